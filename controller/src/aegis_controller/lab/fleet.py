@@ -1,0 +1,238 @@
+"""The local lab fleet, driven through Terraform (``terraform/fleets/local``).
+
+Each fleet has its own state directory (``.state/fleets/<prefix>/``): Terraform state and
+data dir, the fleet's SSH key pair, its known_hosts with pinned host keys, and an
+inventory source for the ``aegis.fleet.fleet`` plugin. Several fleets share the module
+directory without sharing anything else.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..terraform import Terraform, TerraformEvent
+from . import network
+from .image import ensure_image
+from .naming import (
+    LabInputError,
+    check_node_names,
+    check_prefix,
+    node_names,
+    pick_network,
+)
+from .podman import containers_with_label, podman, podman_env
+
+log = logging.getLogger("aegis.lab.fleet")
+
+REPO_ROOT = Path(__file__).resolve().parents[4]
+FLEET_MODULE = REPO_ROOT / "terraform" / "fleets" / "local"
+CLI_CONFIG = REPO_ROOT / "terraform" / "cli.tfrc"
+
+
+def state_root() -> Path:
+    return Path(os.environ.get("AEGIS_STATE_DIR", REPO_ROOT / ".state"))
+
+
+def lab_cli() -> str:
+    found = Path(sys.executable).with_name("aegis-lab")
+    if found.exists():
+        return str(found)
+    which = shutil.which("aegis-lab")
+    if not which:
+        raise LabInputError("aegis-lab is not installed; run scripts/bootstrap.sh first")
+    return which
+
+
+@dataclass
+class Timings:
+    """Wall-clock seconds of each fleet step, in the order they ran."""
+
+    steps: dict[str, float] = field(default_factory=dict)
+
+    def record(self, step: str, seconds: float) -> None:
+        self.steps[step] = round(seconds, 2)
+
+
+class LocalFleet:
+    """A fleet of lab nodes with one prefix."""
+
+    def __init__(self, prefix: str, *, root: Path | None = None,
+                 on_event: Callable[[TerraformEvent], None] | None = None) -> None:
+        self.prefix = check_prefix(prefix)
+        self.dir = (root or state_root()) / "fleets" / self.prefix
+        self.on_event = on_event or _log_event
+        self.timings = Timings()
+        self.tf = Terraform(
+            FLEET_MODULE,
+            data_dir=self.dir / "terraform.d",
+            state_path=self.dir / "terraform.tfstate",
+            cli_config_file=CLI_CONFIG,
+            env=podman_env(),
+        )
+
+    # -- paths --------------------------------------------------------------------
+    @property
+    def ssh_key(self) -> Path:
+        return self.dir / "ssh" / "id_ed25519"
+
+    @property
+    def known_hosts(self) -> Path:
+        return self.dir / "ssh" / "known_hosts"
+
+    @property
+    def inventory_file(self) -> Path:
+        return self.dir / "inventory.aegis_fleet.yml"
+
+    @property
+    def state_file(self) -> Path:
+        return self.dir / "terraform.tfstate"
+
+    @property
+    def vars_file(self) -> Path:
+        return self.dir / "fleet.json"
+
+    # -- lifecycle ------------------------------------------------------------------
+    def _prepare(self) -> None:
+        (self.dir / "ssh").mkdir(parents=True, exist_ok=True, mode=0o700)
+        if not self.ssh_key.exists():
+            subprocess.run(
+                ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"aegis-lab-{self.prefix}",
+                 "-f", str(self.ssh_key)], check=True,
+            )
+        self.known_hosts.touch(mode=0o600)
+        self.inventory_file.write_text(
+            "# Written by aegis-lab: the fleet as Terraform last applied it.\n"
+            "plugin: aegis.fleet.fleet\n"
+            f"state_file: {self.state_file}\n"
+        )
+
+    def _variables(self, nodes: dict[str, int], image: str, net: str) -> dict[str, object]:
+        return {
+            "lab_cli": lab_cli(),
+            "prefix": self.prefix,
+            "nodes": nodes,
+            "network": net,
+            "image": image,
+            "ssh_public_key_file": str(self.ssh_key) + ".pub",
+            "ssh_private_key_file": str(self.ssh_key),
+            "known_hosts_file": str(self.known_hosts),
+        }
+
+    def _timed(self, step: str, fn: Callable[[], object]) -> object:
+        started = time.monotonic()
+        try:
+            return fn()
+        finally:
+            self.timings.record(step, time.monotonic() - started)
+
+    def up(self, size: int | None = None, names: Sequence[str] | None = None,
+           timeout: float | None = 900) -> dict:
+        """Create (or converge) the fleet; return the ``fleet`` output.
+
+        Input is checked before anything is created: a bad size or node name raises
+        LabInputError naming the fix.
+        """
+        wanted = check_node_names(list(names)) if names else node_names(size or 0)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        saved = json.loads(self.vars_file.read_text()) if self.vars_file.exists() else {}
+        nodes = dict(saved.get("nodes", {}))
+        nodes = {n: s for n, s in nodes.items() if n in wanted}
+        free = iter(s for s in range(32) if s not in nodes.values())
+        for name in wanted:
+            nodes.setdefault(name, next(free))
+        net = saved.get("network") or pick_network(self.prefix).cidr
+        image = self._timed("image", ensure_image)
+        self._prepare()
+        variables = self._variables(nodes, image.ref, net)  # type: ignore[attr-defined]
+        self.vars_file.write_text(json.dumps(variables, indent=2))
+        self._timed("init", self.tf.init)
+        self._timed("create", lambda: self.tf.apply(variables, on_event=self.on_event,
+                                                    timeout=timeout))
+        return self.info()
+
+    def replace(self, name: str, timeout: float | None = 600) -> dict:
+        """Replace one node with a fresh one (new identity, same address)."""
+        variables = self._saved_variables()
+        if name not in variables["nodes"]:
+            raise LabInputError(
+                f"node {name!r} is not in fleet {self.prefix} "
+                f"(nodes: {', '.join(sorted(variables['nodes']))})"
+            )
+        self._timed("replace", lambda: self.tf.apply(
+            variables, replace=[f'module.node["{name}"].terraform_data.node'],
+            on_event=self.on_event, timeout=timeout))
+        return self.info()
+
+    def down(self, timeout: float | None = 600) -> None:
+        """Destroy the fleet and everything it made on the host, then its state."""
+        if self.vars_file.exists():
+            self.tf.init()
+            self._timed("destroy", lambda: self.tf.destroy(
+                self._saved_variables(), on_event=self.on_event, timeout=timeout))
+        sweep(self.prefix)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def _saved_variables(self) -> dict:
+        if not self.vars_file.exists():
+            raise LabInputError(
+                f"fleet {self.prefix} does not exist (no {self.vars_file}); "
+                "create it with `aegis-lab fleet up`"
+            )
+        return json.loads(self.vars_file.read_text())
+
+    def info(self) -> dict:
+        return self.tf.output()["fleet"]  # type: ignore[return-value]
+
+
+def _log_event(event: TerraformEvent) -> None:
+    if event.type in ("apply_complete", "apply_errored", "change_summary", "diagnostic"):
+        log.info("terraform %s: %s", event.type, event.message)
+
+
+def leftovers(prefix: str) -> list[str]:
+    """Everything on the host that still carries the prefix (empty after a clean down)."""
+    check_prefix(prefix)
+    found = [f"container {c['Names'][0]}" for c in containers_with_label(f"aegis.prefix={prefix}")]
+    found += [f"link {name}" for name in network.links_with_prefix(prefix)]
+    netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True,
+                           check=False).stdout
+    found += [f"netns {ln.split()[0]}" for ln in netns.splitlines() if ln.startswith(prefix)]
+    mounts = Path("/proc/self/mountinfo").read_text().splitlines()
+    found += [f"mount {ln.split()[4]}" for ln in mounts if f"/{prefix}" in ln.split()[4]]
+    for pin_root in (Path("/sys/fs/bpf"),):
+        if pin_root.is_dir():
+            found += [f"bpf pin {p}" for p in pin_root.glob(f"{prefix}*")]
+    found += [f"process {pid}" for pid in _processes_with(prefix)]
+    return found
+
+
+def _processes_with(prefix: str) -> list[int]:
+    me = os.getpid()
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == me:
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            cwd = os.readlink(entry / "cwd")
+        except OSError:
+            continue
+        if any(f"aegis-{prefix}" in s or f"/{prefix}-" in s for s in (cmdline, cwd)):
+            pids.append(int(entry.name))
+    return pids
+
+
+def sweep(prefix: str) -> None:
+    """Remove whatever of the prefix is left (containers, links), e.g. after a crash."""
+    for c in containers_with_label(f"aegis.prefix={prefix}"):
+        podman("rm", "-f", "--ignore", "-t", "0", c["Id"], check=False)
+    network.bridge_down(prefix)

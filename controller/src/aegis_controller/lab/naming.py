@@ -1,0 +1,161 @@
+"""Names and addresses of the local lab fleet, validated before anything is created.
+
+Every object the lab creates on the host carries the run's prefix (containers, links,
+pins, state directories), so a developer's leftovers never collide with a CI run and a
+cleanup can find exactly what one run made.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import secrets
+from dataclasses import dataclass
+
+MAX_NODES = 32
+FIRST_HOST = 10  # node slot 0 gets .10 in the fleet's /24, the bridge (gateway) .1
+
+_PREFIX_RE = re.compile(r"^[a-z][a-z0-9]{1,7}$")
+_NODE_RE = re.compile(r"^[a-z][a-z0-9-]{0,30}[a-z0-9]$|^[a-z]$")
+
+
+class LabInputError(ValueError):
+    """Bad input to the lab: the message says what was wrong and how to fix it."""
+
+
+def new_prefix() -> str:
+    """A fresh per-run prefix such as ``at3f9c``."""
+    return "at" + secrets.token_hex(2)
+
+
+def check_prefix(prefix: str) -> str:
+    if not _PREFIX_RE.match(prefix or ""):
+        raise LabInputError(
+            f"invalid fleet prefix {prefix!r}: use 2-8 characters, a lowercase letter first, "
+            "then lowercase letters or digits (it becomes part of Linux interface names, "
+            "which are limited to 15 characters), e.g. 'aegis' or 'at3f9c'"
+        )
+    return prefix
+
+
+def check_node_name(name: str) -> str:
+    if not isinstance(name, str) or not _NODE_RE.match(name):
+        raise LabInputError(
+            f"invalid node name {name!r}: use 1-32 characters of lowercase letters, digits "
+            "and '-', starting with a letter and not ending with '-' (it is used as a "
+            "hostname, a container name and a Terraform map key), e.g. 'node1' or 'web-a'"
+        )
+    return name
+
+
+def check_size(size: object) -> int:
+    if isinstance(size, bool) or not isinstance(size, int):
+        try:
+            size = int(str(size), 10)
+        except ValueError:
+            raise LabInputError(
+                f"invalid fleet size {size!r}: give a whole number of nodes from 1 to {MAX_NODES}"
+            ) from None
+    if not 1 <= size <= MAX_NODES:
+        raise LabInputError(
+            f"invalid fleet size {size}: a local fleet has 1 to {MAX_NODES} nodes "
+            f"(each is a container with systemd on this machine); pick a size in that range"
+        )
+    return size
+
+
+def node_names(size: int) -> list[str]:
+    return [f"node{i + 1}" for i in range(check_size(size))]
+
+
+def check_node_names(names: list[str]) -> list[str]:
+    if not names:
+        raise LabInputError("no node names given: name at least one node, e.g. 'node1'")
+    check_size(len(names))
+    seen: set[str] = set()
+    for name in names:
+        check_node_name(name)
+        if name in seen:
+            raise LabInputError(f"node name {name!r} is given twice: node names must be unique")
+        seen.add(name)
+    return names
+
+
+@dataclass(frozen=True)
+class FleetNetwork:
+    """A fleet's /24 on its own bridge: gateway .1 on the host, nodes from .10."""
+
+    cidr: str
+
+    def __post_init__(self) -> None:
+        try:
+            net = ipaddress.IPv4Network(self.cidr, strict=True)
+        except ValueError as exc:
+            raise LabInputError(
+                f"invalid fleet network {self.cidr!r}: {exc}; give an IPv4 /24 such as "
+                "'10.213.7.0/24'"
+            ) from None
+        if net.prefixlen != 24 or not net.is_private:
+            raise LabInputError(
+                f"invalid fleet network {self.cidr!r}: the lab needs a private IPv4 /24 "
+                "(e.g. '10.213.7.0/24') that no other interface on this machine uses"
+            )
+
+    @property
+    def network(self) -> ipaddress.IPv4Network:
+        return ipaddress.IPv4Network(self.cidr)
+
+    @property
+    def gateway(self) -> str:
+        return str(self.network.network_address + 1)
+
+    def address(self, slot: int) -> str:
+        if not 0 <= slot < MAX_NODES:
+            raise LabInputError(f"node slot {slot} out of range 0..{MAX_NODES - 1}")
+        return str(self.network.network_address + FIRST_HOST + slot)
+
+
+def mac_for(address: str) -> str:
+    """A fixed, locally administered MAC per address, so a re-created node keeps it."""
+    octets = ipaddress.IPv4Address(address).packed
+    return "02:ae:" + ":".join(f"{b:02x}" for b in octets)
+
+
+def used_ipv4_networks() -> list[ipaddress.IPv4Network]:
+    """Networks already routed on this host (so a new fleet never overlaps one)."""
+    import json
+    import subprocess
+
+    out = subprocess.run(
+        ["ip", "-j", "-4", "route", "show", "table", "all"],
+        check=True, capture_output=True, text=True,
+    ).stdout
+    nets = []
+    for route in json.loads(out or "[]"):
+        dst = route.get("dst", "")
+        if dst in ("", "default") or route.get("type") in ("broadcast", "local"):
+            continue
+        try:
+            nets.append(ipaddress.IPv4Network(dst, strict=False))
+        except ValueError:
+            continue
+    return nets
+
+
+def pick_network(prefix: str) -> FleetNetwork:
+    """A free 10.213.X.0/24 for this fleet, derived from the prefix and checked unused."""
+    explicit = os.environ.get("AEGIS_FLEET_NETWORK")
+    if explicit:
+        return FleetNetwork(explicit)
+    used = used_ipv4_networks()
+    start = sum(prefix.encode()) % 250
+    for i in range(250):
+        octet = 1 + (start + i) % 250
+        candidate = ipaddress.IPv4Network(f"10.213.{octet}.0/24")
+        if not any(candidate.overlaps(n) for n in used):
+            return FleetNetwork(str(candidate))
+    raise LabInputError(
+        "no free /24 left in 10.213.0.0/16 for a lab fleet; tear down old fleets "
+        "(`aegis-lab cleanup --all`) or set AEGIS_FLEET_NETWORK to a free private /24"
+    )

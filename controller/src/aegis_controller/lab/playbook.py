@@ -1,0 +1,53 @@
+"""Running Ansible against a lab fleet with the project's collections and settings."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from .fleet import REPO_ROOT, LocalFleet, state_root
+from .podman import podman_env
+
+
+def collections_root() -> Path:
+    """A collections path whose ``ansible_collections/aegis/fleet`` is this source tree."""
+    root = state_root() / "collections"
+    link = root / "ansible_collections" / "aegis" / "fleet"
+    if not link.is_symlink() or link.resolve() != REPO_ROOT:
+        link.parent.mkdir(parents=True, exist_ok=True)
+        if link.is_symlink() or link.exists():
+            link.unlink()
+        link.symlink_to(REPO_ROOT)
+    return root
+
+
+def ansible_env(fleet: LocalFleet | None = None) -> dict[str, str]:
+    """Environment for ansible/ansible-playbook/molecule: source tree first on the
+    collections path (the ``ansible`` package's collections come after it from the
+    virtualenv), the project's ansible.cfg, and podman settings for the break-glass
+    ``containers.podman.podman`` connection."""
+    env = podman_env()
+    env["ANSIBLE_CONFIG"] = str(REPO_ROOT / "ansible.cfg")
+    env["ANSIBLE_COLLECTIONS_PATH"] = str(collections_root())
+    env["AEGIS_STATE_DIR"] = str(state_root())
+    env.setdefault("AEGIS_MOLECULE_PREFIX", "aegismol")
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    if fleet is not None:
+        env["ANSIBLE_INVENTORY"] = str(fleet.inventory_file)
+    return env
+
+
+def ansible(fleet: LocalFleet, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    """Run an ad-hoc ``ansible`` command against the fleet's inventory."""
+    exe = Path(sys.executable).with_name("ansible")
+    return subprocess.run([str(exe), *args], env=ansible_env(fleet), capture_output=True,
+                          text=True, timeout=timeout, check=False)
+
+
+def ansible_playbook(fleet: LocalFleet, playbook: Path, *args: str,
+                     timeout: float = 1800) -> subprocess.CompletedProcess:
+    exe = Path(sys.executable).with_name("ansible-playbook")
+    return subprocess.run([str(exe), str(playbook), *args], env=ansible_env(fleet),
+                          capture_output=True, text=True, timeout=timeout, check=False)

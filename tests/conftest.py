@@ -1,0 +1,66 @@
+"""Shared fixtures. Every host object a test run creates carries the run prefix
+(``AEGIS_TEST_PREFIX`` or a fresh ``at<hex>``); the session fails if any is left."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from aegis_controller.lab.fleet import LocalFleet, leftovers
+from aegis_controller.lab.naming import new_prefix
+from harness import NetnsPair, OpenBao, local_fleet, netns_pair, openbao_dev
+
+RUN_PREFIX = os.environ.get("AEGIS_TEST_PREFIX") or new_prefix()
+_suffixes = itertools.count()
+
+
+def sub_prefix() -> str:
+    """A fresh prefix inside this run's prefix (run prefix + one character)."""
+    n = next(_suffixes)
+    if n >= 36:
+        raise RuntimeError("more than 36 sub-prefixes in one run")
+    return RUN_PREFIX + "0123456789abcdefghijklmnopqrstuvwxyz"[n]
+
+
+@pytest.fixture(scope="session")
+def run_prefix() -> str:
+    return RUN_PREFIX
+
+
+@pytest.fixture(scope="session")
+def fleet() -> Iterator[LocalFleet]:
+    """A 2-node local fleet shared by the session; destroyed at the end, even on failure."""
+    with local_fleet(sub_prefix(), 2) as f:
+        yield f
+
+
+@pytest.fixture
+def netns() -> Iterator[NetnsPair]:
+    with netns_pair(sub_prefix()) as pair:
+        yield pair
+
+
+@pytest.fixture(scope="session")
+def openbao() -> Iterator[OpenBao]:
+    with openbao_dev(sub_prefix()) as server:
+        yield server
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    return f"aegis test prefix: {RUN_PREFIX}"
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    left = leftovers(RUN_PREFIX)
+    if left:
+        print(f"\naegis: test run {RUN_PREFIX} left host objects behind:", file=sys.stderr)
+        for item in left:
+            print(f"  {item}", file=sys.stderr)
+        session.exitstatus = 1

