@@ -1,0 +1,359 @@
+"""Run Terraform through its own machine-readable interface.
+
+``init``, ``apply`` (also with ``-replace``), ``destroy`` and ``output`` are run with
+``-json``; every line Terraform prints is parsed into a :class:`TerraformEvent` and
+handed to the caller as it arrives, so long applies show progress. A run can be given
+a timeout or a cancel event: Terraform then gets SIGINT (it stops cleanly and writes
+its state), and if it has not exited after a grace period its whole process group is
+killed. Failures raise :class:`TerraformError` carrying Terraform's own diagnostics.
+
+Why not ``python-terraform``: 0.10.1 passes ``-force`` to ``destroy`` (removed in
+Terraform 0.15) and parses human output; this module uses only documented flags and
+the JSON UI.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import queue
+import shutil
+import signal
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+EventHandler = Callable[["TerraformEvent"], None]
+
+#: Seconds Terraform gets to stop after SIGINT before its process group is killed.
+INTERRUPT_GRACE = 20.0
+
+
+class TerraformFailure(Exception):
+    """Base of every error this module raises."""
+
+
+class TerraformNotFound(TerraformFailure):
+    """The terraform binary is missing or does not run."""
+
+
+class TerraformError(TerraformFailure):
+    """Terraform exited non-zero; ``diagnostics`` holds its error diagnostics."""
+
+    def __init__(self, verb: str, returncode: int, diagnostics: list[dict], stderr: str = ""):
+        self.verb = verb
+        self.returncode = returncode
+        self.diagnostics = diagnostics
+        self.stderr = stderr
+        details = [_format_diagnostic(d) for d in diagnostics if d.get("severity") == "error"]
+        if not details and stderr.strip():
+            details = [stderr.strip().splitlines()[-1]]
+        summary = "; ".join(details) or "no diagnostic was printed"
+        super().__init__(f"terraform {verb} failed (exit {returncode}): {summary}")
+
+
+class TerraformTimeout(TerraformFailure):
+    """The run took longer than its timeout and was stopped."""
+
+
+class TerraformCancelled(TerraformFailure):
+    """The caller cancelled the run and it was stopped."""
+
+
+@dataclass(frozen=True)
+class TerraformEvent:
+    """One line of Terraform's JSON UI (``type`` is e.g. ``apply_complete``)."""
+
+    type: str
+    level: str
+    message: str
+    raw: dict
+
+    @classmethod
+    def parse(cls, line: str) -> TerraformEvent:
+        """Parse one output line; a line that is not JSON becomes a ``text`` event."""
+        try:
+            data = json.loads(line)
+        except json.JSONDecodeError:
+            data = None
+        if not isinstance(data, dict):
+            return cls("text", "info", line.rstrip("\n"), {})
+        return cls(
+            type=str(data.get("type", "log")),
+            level=str(data.get("@level", "info")),
+            message=str(data.get("@message", "")),
+            raw=data,
+        )
+
+    @property
+    def diagnostic(self) -> dict | None:
+        return self.raw.get("diagnostic") if self.type == "diagnostic" else None
+
+
+@dataclass
+class ApplyResult:
+    """What an apply or destroy did."""
+
+    events: list[TerraformEvent]
+    changes: dict = field(default_factory=dict)
+    outputs: dict = field(default_factory=dict)
+    duration: float = 0.0
+
+    @property
+    def resources(self) -> list[tuple[str, str]]:
+        """(address, action) of every resource change that completed."""
+        done = []
+        for ev in self.events:
+            if ev.type == "apply_complete":
+                hook = ev.raw.get("hook", {})
+                done.append((hook.get("resource", {}).get("addr", ""), hook.get("action", "")))
+        return done
+
+
+def _format_diagnostic(diag: Mapping) -> str:
+    text = str(diag.get("summary", "")).strip()
+    detail = str(diag.get("detail", "")).strip()
+    if detail:
+        text = f"{text}: {detail}" if text else detail
+    rng = diag.get("range")
+    if isinstance(rng, dict) and rng.get("filename"):
+        text += f" ({rng['filename']}:{rng.get('start', {}).get('line', '?')})"
+    return text
+
+
+def check_terraform(binary: str = "terraform") -> str:
+    """Return the installed Terraform version or raise TerraformNotFound saying how to fix it."""
+    path = shutil.which(binary)
+    if not path:
+        raise TerraformNotFound(
+            f"'{binary}' is not on PATH: install Terraform >= 1.5 "
+            "(https://developer.hashicorp.com/terraform/install) and run again"
+        )
+    proc = subprocess.run([path, "version", "-json"], capture_output=True, text=True,
+                          check=False, env=_base_env(None, None, None))
+    if proc.returncode != 0:
+        raise TerraformNotFound(f"'{path} version' failed: {proc.stderr.strip()}")
+    return json.loads(proc.stdout)["terraform_version"]
+
+
+def _base_env(env: Mapping[str, str] | None, cli_config_file: Path | None,
+              data_dir: Path | None) -> dict[str, str]:
+    merged = dict(os.environ)
+    merged.update(env or {})
+    merged.update({"CHECKPOINT_DISABLE": "1", "TF_IN_AUTOMATION": "1", "TF_INPUT": "0"})
+    # Terraform reads ~/.terraformrc when this is unset; the project never depends on it.
+    merged["TF_CLI_CONFIG_FILE"] = str(cli_config_file) if cli_config_file else os.devnull
+    if data_dir:
+        merged["TF_DATA_DIR"] = str(data_dir)
+    return merged
+
+
+class Terraform:
+    """One Terraform root module with its own data dir and local state file.
+
+    ``state_path`` is passed to ``init`` as ``-backend-config=path=...``, so the module
+    must declare ``terraform { backend "local" {} }`` for it to take effect.
+    """
+
+    def __init__(self, working_dir: Path | str, *, data_dir: Path | str | None = None,
+                 state_path: Path | str | None = None, binary: str = "terraform",
+                 env: Mapping[str, str] | None = None,
+                 cli_config_file: Path | str | None = None) -> None:
+        self.working_dir = Path(working_dir)
+        self.data_dir = Path(data_dir) if data_dir else None
+        self.state_path = Path(state_path) if state_path else None
+        self.binary = binary
+        self.cli_config_file = Path(cli_config_file) if cli_config_file else None
+        self.env = _base_env(env, self.cli_config_file, self.data_dir)
+
+    # -- verbs ------------------------------------------------------------------------
+    def version(self) -> str:
+        return check_terraform(self.binary)
+
+    def init(self, *, on_event: EventHandler | None = None, timeout: float | None = 300,
+             cancel: threading.Event | None = None) -> list[TerraformEvent]:
+        """``terraform init`` (local backend at ``state_path`` when one is given)."""
+        args = ["init", "-json", "-input=false", "-no-color"]
+        if self.state_path:
+            args.append(f"-backend-config=path={self.state_path}")
+        return self._run("init", args, on_event, timeout, cancel)
+
+    def apply(self, variables: Mapping[str, object] | None = None, *,
+              replace: Iterable[str] = (), targets: Iterable[str] = (),
+              on_event: EventHandler | None = None, timeout: float | None = None,
+              cancel: threading.Event | None = None) -> ApplyResult:
+        """``terraform apply -auto-approve``; ``replace`` lists addresses to re-create."""
+        extra = [f"-replace={addr}" for addr in replace] + [f"-target={t}" for t in targets]
+        return self._apply("apply", extra, variables, on_event, timeout, cancel)
+
+    def destroy(self, variables: Mapping[str, object] | None = None, *,
+                on_event: EventHandler | None = None, timeout: float | None = None,
+                cancel: threading.Event | None = None) -> ApplyResult:
+        """``terraform apply -destroy -auto-approve`` (never the removed ``-force``)."""
+        return self._apply("destroy", ["-destroy"], variables, on_event, timeout, cancel)
+
+    def output(self, *, timeout: float | None = 120) -> dict[str, object]:
+        """All root outputs as ``{name: value}`` (``terraform output -json``)."""
+        proc = self._capture(["output", "-json", "-no-color"], timeout)
+        if proc.returncode != 0:
+            raise TerraformError("output", proc.returncode, [], proc.stderr)
+        try:
+            data = json.loads(proc.stdout or "{}")
+        except json.JSONDecodeError as exc:
+            raise TerraformError("output", 0, [], f"output -json is not JSON: {exc}") from None
+        return {name: spec.get("value") for name, spec in data.items()}
+
+    # -- machinery ------------------------------------------------------------------------
+    def _apply(self, verb: str, extra: list[str], variables: Mapping[str, object] | None,
+               on_event: EventHandler | None, timeout: float | None,
+               cancel: threading.Event | None) -> ApplyResult:
+        started = time.monotonic()
+        args = ["apply", "-json", "-input=false", "-no-color", "-auto-approve",
+                "-lock-timeout=60s", *extra]
+        var_file = None
+        try:
+            if variables is not None:
+                var_file = self._write_var_file(variables)
+                args.append(f"-var-file={var_file}")
+            events = self._run(verb, args, on_event, timeout, cancel)
+        finally:
+            if var_file:
+                var_file.unlink(missing_ok=True)
+        result = ApplyResult(events=events, duration=time.monotonic() - started)
+        for ev in events:
+            if ev.type == "change_summary":
+                result.changes = ev.raw.get("changes", {})
+            elif ev.type == "outputs":
+                result.outputs = {k: v.get("value") for k, v in ev.raw.get("outputs", {}).items()}
+        return result
+
+    def _write_var_file(self, variables: Mapping[str, object]) -> Path:
+        where = self.data_dir or Path(tempfile.gettempdir())
+        where.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix="run-", suffix=".tfvars.json", dir=where)
+        with os.fdopen(fd, "w") as fh:
+            json.dump(dict(variables), fh)
+        return Path(name)
+
+    def _command(self, args: list[str]) -> list[str]:
+        return [self.binary, f"-chdir={self.working_dir}", *args]
+
+    def _capture(self, args: list[str], timeout: float | None) -> subprocess.CompletedProcess:
+        try:
+            return subprocess.run(self._command(args), capture_output=True, text=True,
+                                  env=self.env, timeout=timeout, check=False)
+        except FileNotFoundError:
+            check_terraform(self.binary)
+            raise
+        except subprocess.TimeoutExpired:
+            raise TerraformTimeout(f"terraform {args[0]} did not finish in {timeout} s") from None
+
+    def _run(self, verb: str, args: list[str], on_event: EventHandler | None,
+             timeout: float | None, cancel: threading.Event | None) -> list[TerraformEvent]:
+        try:
+            proc = subprocess.Popen(
+                self._command(args), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                stdin=subprocess.DEVNULL, text=True, env=self.env, start_new_session=True,
+            )
+        except FileNotFoundError:
+            check_terraform(self.binary)
+            raise
+        stderr_chunks: list[str] = []
+        err_reader = threading.Thread(target=_collect, args=(proc.stderr, stderr_chunks),
+                                      daemon=True)
+        err_reader.start()
+        deadline = time.monotonic() + timeout if timeout else None
+        events: list[TerraformEvent] = []
+        try:
+            stop_reason = _follow(proc, events, on_event, deadline, cancel)
+        except BaseException:
+            _stop(proc, grace=2.0)
+            raise
+        finally:
+            err_reader.join(timeout=5)
+        if stop_reason == "cancel":
+            raise TerraformCancelled(f"terraform {verb} was cancelled; Terraform was stopped")
+        if stop_reason == "timeout":
+            raise TerraformTimeout(
+                f"terraform {verb} did not finish in {timeout} s and was stopped; "
+                "raise the timeout or look at what the provisioners wait for"
+            )
+        if proc.returncode != 0:
+            diags = [ev.diagnostic for ev in events if ev.diagnostic]
+            raise TerraformError(verb, proc.returncode, diags, "".join(stderr_chunks))
+        return events
+
+
+def _follow(proc: subprocess.Popen, events: list[TerraformEvent],
+            on_event: EventHandler | None, deadline: float | None,
+            cancel: threading.Event | None) -> str | None:
+    """Collect events until Terraform exits; stop it on cancel or deadline.
+
+    Returns ``"cancel"``, ``"timeout"`` or None (Terraform exited by itself).
+    """
+    lines: queue.Queue[str | None] = queue.Queue()
+    threading.Thread(target=_pump, args=(proc.stdout, lines), daemon=True).start()
+    stop_reason: str | None = None
+    exited_at: float | None = None
+    while True:
+        try:
+            line = lines.get(timeout=0.2)
+        except queue.Empty:
+            # A leftover grandchild may hold the pipe open after Terraform exits.
+            if proc.poll() is not None:
+                exited_at = exited_at or time.monotonic()
+                if time.monotonic() - exited_at > 2.0:
+                    break
+            line = ""
+        if line is None:
+            break
+        if line:
+            ev = TerraformEvent.parse(line)
+            events.append(ev)
+            if on_event:
+                on_event(ev)
+        if stop_reason is None:
+            if cancel is not None and cancel.is_set():
+                stop_reason = "cancel"
+            elif deadline is not None and time.monotonic() > deadline:
+                stop_reason = "timeout"
+            if stop_reason:
+                _stop(proc)
+    proc.wait()
+    return stop_reason
+
+
+def _pump(stream, lines: queue.Queue) -> None:
+    for line in stream:
+        lines.put(line)
+    lines.put(None)
+
+
+def _collect(stream, chunks: list[str]) -> None:
+    for line in stream:
+        chunks.append(line)
+
+
+def _stop(proc: subprocess.Popen, grace: float = INTERRUPT_GRACE) -> None:
+    """SIGINT Terraform's process group (it saves state), SIGKILL it after ``grace``."""
+    if proc.poll() is not None:
+        _kill_group(proc.pid)
+        return
+    try:
+        os.killpg(proc.pid, signal.SIGINT)
+    except ProcessLookupError:
+        return
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=grace)
+    _kill_group(proc.pid)
+    proc.wait()
+
+
+def _kill_group(pgid: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signal.SIGKILL)
