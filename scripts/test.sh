@@ -6,7 +6,8 @@ set -uo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 cd "$repo"
 export PATH="$repo/.venv/bin:$PATH"
-eval "$(aegis-lab env)"
+lab_env=$(aegis-lab env) || { echo "aegis-lab env failed: run ./aegis test (it bootstraps first)" >&2; exit 1; }
+eval "$lab_env"
 export ANSIBLE_LINT_OFFLINE=1 PYTHONDONTWRITEBYTECODE=1
 failed=()
 step() { local name=$1; shift; printf "\n=== %s\n" "$name"; "$@" || failed+=("$name"); }

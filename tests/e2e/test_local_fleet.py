@@ -1,12 +1,13 @@
 """The acceptance path of the foundation: a real 2-node fleet through Terraform."""
 
 import json
-import subprocess
+from pathlib import Path
 
 import pytest
 
 from aegis_controller.lab.fleet import LocalFleet, leftovers
-from aegis_controller.lab.playbook import ansible
+from aegis_controller.lab.playbook import ansible_results
+from aegis_controller.lab.podman import podman
 from conftest import sub_prefix
 
 pytestmark = pytest.mark.e2e
@@ -14,24 +15,27 @@ pytestmark = pytest.mark.e2e
 
 def _facts(fleet: LocalFleet, node: str) -> dict:
     """machine-id and ed25519 host key of a node, read over SSH (strict host keys)."""
-    res = ansible(fleet, node, "-m", "ansible.builtin.command", "-a",
-                  "cat /etc/machine-id /etc/ssh/ssh_host_ed25519_key.pub", "-o")
-    assert res.returncode == 0, res.stdout + res.stderr
-    out = res.stdout.split("(stdout)", 1)[1].strip().split("\\n")
-    return {"machine_id": out[0].strip(), "host_key": out[1].split()[1]}
+    res = ansible_results(fleet, node, "ansible.builtin.command",
+                          "cat /etc/machine-id /etc/ssh/ssh_host_ed25519_key.pub")[node]
+    assert res["rc"] == 0, res
+    machine_id, host_key = res["stdout_lines"]
+    assert len(machine_id) == 32
+    return {"machine_id": machine_id, "host_key": host_key.split()[1]}
 
 
 def test_fleet_create_ping_replace_destroy():
     prefix = sub_prefix()
     fleet = LocalFleet(prefix)
+    host_dmesg_restrict = Path("/proc/sys/kernel/dmesg_restrict").read_text()
     try:
         info = fleet.up(size=2)
         assert sorted(info["nodes"]) == ["node1", "node2"]
 
-        ping = ansible(fleet, "aegis_fleet", "-m", "ansible.builtin.ping", "-o")
-        assert ping.returncode == 0, ping.stdout + ping.stderr
-        for node in ("node1", "node2"):
-            assert f'{node} | SUCCESS => {{"changed": false, "ping": "pong"}}' in ping.stdout
+        ping = ansible_results(fleet, "aegis_fleet", "ansible.builtin.ping")
+        assert sorted(ping) == ["node1", "node2"]
+        for node, result in ping.items():
+            assert result["ping"] == "pong", (node, result)
+            assert not result.get("failed") and not result.get("unreachable"), (node, result)
 
         before = _facts(fleet, "node2")
         other_before = _facts(fleet, "node1")
@@ -47,14 +51,17 @@ def test_fleet_create_ping_replace_destroy():
         assert _facts(fleet, "node1") == other_before
 
         # Kernel-global sysctls stay read-only inside a node; its own net ones are writable.
-        res = ansible(fleet, "node1", "-m", "ansible.builtin.shell", "-a",
-                      "echo 1 > /proc/sys/kernel/dmesg_restrict; echo rc=$?; "
-                      "echo 1 > /proc/sys/net/ipv4/conf/all/rp_filter && echo net=ok", "-o")
-        assert "Read-only file system" in res.stdout and "net=ok" in res.stdout
+        res = ansible_results(fleet, "node1", "ansible.builtin.shell",
+                              "echo 1 > /proc/sys/kernel/dmesg_restrict; echo rc=$?; "
+                              "echo 1 > /proc/sys/net/ipv4/conf/all/rp_filter && echo net=ok")
+        out = res["node1"]
+        assert "Read-only file system" in out["stderr"], out
+        assert out["stdout_lines"][0] != "rc=0", out
+        assert out["stdout_lines"][1] == "net=ok", out
+        assert Path("/proc/sys/kernel/dmesg_restrict").read_text() == host_dmesg_restrict
     finally:
         fleet.down()
     assert leftovers(prefix) == []
     assert not fleet.dir.exists()
-    ps = subprocess.run(["podman", "ps", "-a", "--format", "json"], capture_output=True, text=True,
-                        check=False)
+    ps = podman("ps", "-a", "--format", "json")
     assert prefix not in json.dumps(json.loads(ps.stdout or "[]"))

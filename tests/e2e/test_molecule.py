@@ -1,6 +1,7 @@
 """Molecule scenarios run for real: lab nodes through Terraform, converge, idempotence,
 verify, destroy."""
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -26,5 +27,9 @@ def test_molecule_scenario(scenario):
                           capture_output=True, text=True, timeout=1200, check=False)
     tail = (proc.stdout + proc.stderr)[-6000:]
     assert proc.returncode == 0, tail
-    assert "idempotence" in proc.stdout + proc.stderr
+    out = re.sub(r"\x1b\[[0-9;]*m", "", proc.stdout + proc.stderr)
+    for step in ("converge", "idempotence", "verify"):
+        assert f"{scenario} ➜ {step}: Executed: Successful" in out, tail
+    summary = re.search(r"actions=(\d+)\s+successful=(\d+).*failed=(\d+)", out)
+    assert summary and summary[1] == summary[2] and summary[3] == "0", tail
     assert leftovers(prefix) == []

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import sys
 
 from .. import logs
@@ -129,8 +130,9 @@ def cmd_env(args: argparse.Namespace) -> int:
 
     env = ansible_env(LocalFleet(args.prefix) if args.prefix else None)
     for key in sorted(env):
-        if key.startswith(("ANSIBLE_", "CONTAINERS_", "AEGIS_")) or key == "PATH":
-            print(f"export {key}={env[key]!r}")
+        if key.startswith(("ANSIBLE_", "CONTAINERS_", "AEGIS_", "TF_")) or key in (
+                "PATH", "CHECKPOINT_DISABLE"):
+            print(f"export {key}={shlex.quote(env[key])}")
     return 0
 
 

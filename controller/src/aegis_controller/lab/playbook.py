@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
-from .fleet import REPO_ROOT, LocalFleet, state_root
+from .fleet import CLI_CONFIG, REPO_ROOT, LocalFleet, state_root
 from .podman import podman_env
 
 
@@ -33,6 +34,8 @@ def ansible_env(fleet: LocalFleet | None = None) -> dict[str, str]:
     env["ANSIBLE_COLLECTIONS_PATH"] = str(collections_root())
     env["AEGIS_STATE_DIR"] = str(state_root())
     env.setdefault("AEGIS_MOLECULE_PREFIX", "aegismol")
+    env.update({"TF_CLI_CONFIG_FILE": str(CLI_CONFIG), "CHECKPOINT_DISABLE": "1",
+                "TF_IN_AUTOMATION": "1"})
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     if fleet is not None:
         env["ANSIBLE_INVENTORY"] = str(fleet.inventory_file)
@@ -44,6 +47,31 @@ def ansible(fleet: LocalFleet, *args: str, timeout: float = 600) -> subprocess.C
     exe = Path(sys.executable).with_name("ansible")
     return subprocess.run([str(exe), *args], env=ansible_env(fleet), capture_output=True,
                           text=True, timeout=timeout, check=False)
+
+
+def ansible_results(fleet: LocalFleet, pattern: str, module: str, module_args: str = "",
+                    timeout: float = 600) -> dict[str, dict]:
+    """Run one module ad hoc and return ``{host: result}`` (the ``ansible.posix.json``
+    callback), so callers read structured results instead of screen output."""
+    exe = Path(sys.executable).with_name("ansible")
+    env = ansible_env(fleet)
+    env.update({"ANSIBLE_LOAD_CALLBACK_PLUGINS": "1",
+                "ANSIBLE_STDOUT_CALLBACK": "ansible.posix.json"})
+    args = [str(exe), pattern, "-m", module] + (["-a", module_args] if module_args else [])
+    proc = subprocess.run(args, env=env, capture_output=True, text=True, timeout=timeout,
+                          check=False)
+    try:
+        doc = json.loads(proc.stdout)
+    except json.JSONDecodeError:
+        raise RuntimeError(
+            f"ansible {pattern} -m {module} printed no JSON (exit {proc.returncode}): "
+            f"{proc.stderr.strip()[-2000:]}"
+        ) from None
+    results: dict[str, dict] = {}
+    for play in doc.get("plays", []):
+        for task in play.get("tasks", []):
+            results.update(task.get("hosts", {}))
+    return results
 
 
 def ansible_playbook(fleet: LocalFleet, playbook: Path, *args: str,
