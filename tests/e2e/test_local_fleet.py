@@ -37,6 +37,11 @@ def test_fleet_create_ping_replace_destroy():
             assert result["ping"] == "pong", (node, result)
             assert not result.get("failed") and not result.get("unreachable"), (node, result)
 
+        # Break-glass: the same hosts through podman exec, without the node network.
+        glass = ansible_results(fleet, "aegis_fleet", "ansible.builtin.command",
+                                "cat /etc/hostname", inventory=fleet.break_glass_inventory)
+        assert {n: r["stdout"] for n, r in glass.items()} == {"node1": "node1", "node2": "node2"}
+
         before = _facts(fleet, "node2")
         other_before = _facts(fleet, "node1")
         address = info["nodes"]["node2"]["address"]

@@ -142,6 +142,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(nodes=args.nodes, keep=args.keep, prefix=args.prefix)
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from .bench import run_bench
+
+    return run_bench(nodes=args.nodes, rounds=args.rounds, prefix=args.prefix)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="aegis-lab", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -192,6 +198,12 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--keep", action="store_true", help="keep the fleet running afterwards")
     sp.add_argument("--prefix", type=check_prefix, default="aegis")
     sp.set_defaults(func=cmd_demo)
+
+    sp = sub.add_parser("bench", help="time fleet create, first contact, replace and destroy")
+    sp.add_argument("--nodes", default=3, help="fleet size (default 3)")
+    sp.add_argument("--rounds", default=3, help="how many times to run the cycle (default 3)")
+    sp.add_argument("--prefix", type=check_prefix, default="aegisbn")
+    sp.set_defaults(func=cmd_bench)
     return p
 
 

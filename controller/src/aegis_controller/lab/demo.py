@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import sys
 import time
 
 from ..terraform import TerraformEvent
 from .fleet import REPO_ROOT, LocalFleet
 from .naming import check_size
-from .playbook import ansible, ansible_playbook
+from .playbook import ansible_playbook, ansible_results
 
 
 def _say(msg: str) -> None:
@@ -32,11 +31,11 @@ def run_demo(nodes: object = 3, keep: bool = False, prefix: str = "aegis") -> in
 
         _say("first Ansible contact: ansible -m ansible.builtin.ping")
         t0 = time.monotonic()
-        ping = ansible(fleet, "aegis_fleet", "-m", "ansible.builtin.ping", "-o")
+        ping = ansible_results(fleet, "aegis_fleet", "ansible.builtin.ping")
         fleet.timings.record("first_contact", time.monotonic() - t0)
-        print(ping.stdout, end="")
-        if ping.returncode != 0:
-            print(ping.stderr, file=sys.stderr)
+        for name, result in sorted(ping.items()):
+            print(f"  {name}: {result.get('ping') or result.get('msg', 'no answer')}")
+        if sorted(n for n, r in ping.items() if r.get("ping") == "pong") != sorted(info["nodes"]):
             _say("Ansible could not reach every node")
             return 1
 

@@ -93,6 +93,11 @@ class LocalFleet:
         return self.dir / "inventory.aegis_fleet.yml"
 
     @property
+    def break_glass_inventory(self) -> Path:
+        """The same hosts reached through ``podman exec``, not the node's network."""
+        return self.dir / "break-glass.aegis_fleet.yml"
+
+    @property
     def state_file(self) -> Path:
         return self.dir / "terraform.tfstate"
 
@@ -113,6 +118,12 @@ class LocalFleet:
             "# Written by aegis-lab: the fleet as Terraform last applied it.\n"
             "plugin: aegis.fleet.fleet\n"
             f"state_file: {self.state_file}\n"
+        )
+        self.break_glass_inventory.write_text(
+            "# Written by aegis-lab: break-glass access through podman exec.\n"
+            "plugin: aegis.fleet.fleet\n"
+            f"state_file: {self.state_file}\n"
+            "connection: podman\n"
         )
 
     def _variables(self, nodes: dict[str, int], image: str, net: str) -> dict[str, object]:

@@ -50,13 +50,15 @@ def ansible(fleet: LocalFleet, *args: str, timeout: float = 600) -> subprocess.C
 
 
 def ansible_results(fleet: LocalFleet, pattern: str, module: str, module_args: str = "",
-                    timeout: float = 600) -> dict[str, dict]:
+                    timeout: float = 600, inventory: Path | None = None) -> dict[str, dict]:
     """Run one module ad hoc and return ``{host: result}`` (the ``ansible.posix.json``
     callback), so callers read structured results instead of screen output."""
     exe = Path(sys.executable).with_name("ansible")
     env = ansible_env(fleet)
     env.update({"ANSIBLE_LOAD_CALLBACK_PLUGINS": "1",
                 "ANSIBLE_STDOUT_CALLBACK": "ansible.posix.json"})
+    if inventory is not None:
+        env["ANSIBLE_INVENTORY"] = str(inventory)
     args = [str(exe), pattern, "-m", module] + (["-a", module_args] if module_args else [])
     proc = subprocess.run(args, env=env, capture_output=True, text=True, timeout=timeout,
                           check=False)
