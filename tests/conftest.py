@@ -15,7 +15,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from aegis_controller.lab.fleet import LocalFleet, leftovers
 from aegis_controller.lab.naming import new_prefix
+from aegis_controller.lab.playbook import collections_root
 from harness import NetnsPair, OpenBao, local_fleet, netns_pair, openbao_dev
+
+# The collection's plugins import as ansible_collections.aegis.fleet.* (this source tree).
+sys.path.insert(0, str(collections_root()))
 
 RUN_PREFIX = os.environ.get("AEGIS_TEST_PREFIX") or new_prefix()
 _suffixes = itertools.count()

@@ -1,8 +1,7 @@
-# Copyright: (c) 2025, Aegis developers
-# Apache License 2.0 (see galaxy.yml)
+# Copyright: Aegis contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """Inventory plugin: the Aegis fleet as Terraform last applied it."""
 # Ansible convention: DOCUMENTATION and EXAMPLES come before the imports.
-# ruff: noqa: E402
 
 from __future__ import annotations
 
@@ -11,7 +10,7 @@ name: fleet
 short_description: Aegis fleet inventory from Terraform state or outputs
 version_added: 0.1.0
 author:
-  - Aegis developers
+  - Aegis contributors (@aegis)
 description:
   - Builds an inventory from the C(fleet) output of the Aegis Terraform root module
     (C(terraform/fleets/local)).

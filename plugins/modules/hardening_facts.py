@@ -1,0 +1,252 @@
+#!/usr/bin/python
+# Copyright: Aegis contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: hardening_facts
+short_description: The node's security posture as facts
+version_added: 0.1.0
+description:
+  - Reads, never changes, what aegis.fleet.harden manages and attestation measures, and
+    returns it as C(ansible_facts.aegis_hardening).
+  - Detects container nodes, where kernel-global sysctls belong to the host and are read-only.
+options:
+  sysctls:
+    description: Sysctl names to read. Defaults to the hardening baseline's list.
+    type: list
+    elements: str
+  measure:
+    description: Files to hash (SHA-256) for the golden record; a missing file is reported as null.
+    type: list
+    elements: path
+    default: []
+  units:
+    description: Units to score with C(systemd-analyze security); units the node lacks are skipped.
+    type: list
+    elements: str
+    default: []
+attributes:
+  check_mode:
+    support: full
+    description: Only reads, so it runs the same in check mode.
+  diff_mode:
+    support: none
+    description: Nothing changes, so there is nothing to diff.
+  facts:
+    support: full
+    description: Returns C(ansible_facts.aegis_hardening).
+  platform:
+    support: full
+    platforms: posix
+    description: Debian-family Linux nodes with systemd.
+author:
+  - Aegis contributors (@aegis)
+"""
+
+EXAMPLES = r"""
+- name: Read the posture
+  aegis.fleet.hardening_facts:
+
+- name: Hash files for the golden record
+  aegis.fleet.hardening_facts:
+    measure: [/etc/ssh/sshd_config, /etc/nftables.conf]
+    units: [cron.service]
+
+- name: Skip kernel settings where they are the host's
+  ansible.builtin.debug:
+    msg: "kernel-global sysctls are read-only here"
+  when: not ansible_facts.aegis_hardening.kernel_sysctls_writable
+"""
+
+RETURN = r"""
+ansible_facts:
+  description: Facts added under C(aegis_hardening).
+  returned: always
+  type: complex
+  contains:
+    aegis_hardening:
+      description: The posture.
+      returned: always
+      type: dict
+      contains:
+        virtualization:
+          description: What C(systemd-detect-virt) says (V(none) on bare metal).
+          type: str
+          sample: podman
+        container:
+          description: Whether the node is a container.
+          type: bool
+        kernel_sysctls_writable:
+          description: Whether kernel-global sysctls can be set here (false in container nodes).
+          type: bool
+        sysctl:
+          description: Sysctl name to value; null where the node has no such setting.
+          type: dict
+          sample: {"net.ipv4.tcp_syncookies": "1"}
+        sshd:
+          description: Effective sshd configuration from C(sshd -T) (keyword to value; repeated keywords as lists).
+          type: dict
+        nftables:
+          description: Table (C(FAMILY NAME)) to SHA-256 of its listing without counter values.
+          type: dict
+        mounts:
+          description: Mount options of /tmp, /var/tmp and /dev/shm (only those that are mount points).
+          type: dict
+          sample: {"/tmp": {"fstype": "tmpfs", "options": ["rw", "nosuid", "nodev", "noexec"]}}
+        measurements:
+          description: Path to SHA-256 for O(measure).
+          type: dict
+        unit_exposure:
+          description: Unit to overall exposure for O(units).
+          type: dict
+        package_lock:
+          description: Whether the immutable package lock hook is installed.
+          type: bool
+"""
+
+import hashlib
+import json
+import os
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.aegis.fleet.plugins.module_utils.nftables import normalise
+from ansible_collections.aegis.fleet.plugins.module_utils.sandbox import exposure, valid_unit_name
+
+DEFAULT_SYSCTLS = [
+    "kernel.kptr_restrict", "kernel.dmesg_restrict", "kernel.yama.ptrace_scope",
+    "kernel.unprivileged_bpf_disabled", "kernel.kexec_load_disabled", "kernel.sysrq",
+    "kernel.perf_event_paranoid", "kernel.randomize_va_space", "net.core.bpf_jit_harden",
+    "fs.suid_dumpable", "fs.protected_hardlinks", "fs.protected_symlinks", "fs.protected_fifos",
+    "fs.protected_regular", "net.ipv4.conf.all.rp_filter", "net.ipv4.conf.all.accept_redirects",
+    "net.ipv4.conf.all.send_redirects", "net.ipv4.conf.all.accept_source_route",
+    "net.ipv4.tcp_syncookies", "net.ipv6.conf.all.accept_redirects",
+]
+TEMP_DIRS = ("/tmp", "/var/tmp", "/dev/shm")
+
+
+def _sysctl_path(name):
+    return "/proc/sys/" + name.replace(".", "/")
+
+
+def read_sysctls(names):
+    values = {}
+    for name in names:
+        try:
+            with open(_sysctl_path(name)) as fh:
+                values[name] = " ".join(fh.read().split())
+        except OSError:
+            values[name] = None
+    return values
+
+
+def sha256(path):
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as fh:
+            for block in iter(lambda: fh.read(65536), b""):
+                digest.update(block)
+    except (FileNotFoundError, IsADirectoryError):
+        return None
+    return digest.hexdigest()
+
+
+def parse_sshd(text):
+    conf = {}
+    for line in text.splitlines():
+        key, _sep, value = line.strip().partition(" ")
+        if not key:
+            continue
+        if key in conf:
+            conf[key] = (conf[key] if isinstance(conf[key], list) else [conf[key]]) + [value]
+        else:
+            conf[key] = value
+    return conf
+
+
+def mount_points(mountinfo_text, targets):
+    found = {}
+    for line in mountinfo_text.splitlines():
+        fields = line.split()
+        if len(fields) < 10 or "-" not in fields:
+            continue
+        sep = fields.index("-")
+        target = fields[4]
+        if target in targets:
+            options = fields[5].split(",") + [o for o in fields[sep + 3].split(",") if o in ("nodev", "nosuid", "noexec")]
+            found[target] = {"fstype": fields[sep + 1], "options": sorted(set(options), key=options.index)}
+    return found
+
+
+def kernel_writable():
+    return os.access("/proc/sys/kernel/dmesg_restrict", os.W_OK)
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=dict(
+            sysctls=dict(type="list", elements="str"),
+            measure=dict(type="list", elements="path", default=[]),
+            units=dict(type="list", elements="str", default=[]),
+        ),
+        supports_check_mode=True,
+    )
+    p = module.params
+    bad = [u for u in p["units"] if not valid_unit_name(u)]
+    if bad:
+        module.fail_json(msg="units: %s not full unit names; write e.g. 'cron.service'" % ", ".join(map(repr, bad)))
+    bad = [s for s in (p["sysctls"] or []) if not s or "/" in s or ".." in s]
+    if bad:
+        module.fail_json(msg="sysctls: %s not sysctl names; write e.g. 'kernel.kptr_restrict'" % ", ".join(map(repr, bad)))
+
+    facts = {}
+    detect = module.get_bin_path("systemd-detect-virt")
+    virt = "unknown"
+    container = False
+    if detect:
+        _rc, out, _err = module.run_command([detect])
+        virt = out.strip() or "none"
+        rc, _out, _err = module.run_command([detect, "--container"])
+        container = rc == 0
+    facts["virtualization"] = virt
+    facts["container"] = container
+    facts["kernel_sysctls_writable"] = kernel_writable()
+    facts["sysctl"] = read_sysctls(p["sysctls"] or DEFAULT_SYSCTLS)
+
+    sshd = module.get_bin_path("sshd", opt_dirs=["/usr/sbin"])
+    facts["sshd"] = {}
+    if sshd:
+        rc, out, _err = module.run_command([sshd, "-T", "-C", "user=root,host=localhost,addr=127.0.0.1"])
+        if rc == 0:
+            facts["sshd"] = parse_sshd(out)
+
+    facts["nftables"] = {}
+    nft = module.get_bin_path("nft")
+    if nft:
+        rc, out, _err = module.run_command([nft, "-j", "list", "tables"])
+        if rc == 0 and out.strip():
+            for item in json.loads(out).get("nftables", []):
+                table = item.get("table")
+                if table:
+                    _rc, listing, _e = module.run_command([nft, "list", "table", table["family"], table["name"]])
+                    key = "%s %s" % (table["family"], table["name"])
+                    facts["nftables"][key] = hashlib.sha256(normalise(listing).encode()).hexdigest()
+
+    with open("/proc/self/mountinfo") as fh:
+        facts["mounts"] = mount_points(fh.read(), TEMP_DIRS)
+    facts["measurements"] = dict((path, sha256(path)) for path in p["measure"])
+    facts["unit_exposure"] = {}
+    systemctl = module.get_bin_path("systemctl")
+    for unit in p["units"]:
+        if systemctl:
+            _rc, out, _err = module.run_command([systemctl, "show", "-p", "LoadState", "--value", unit])
+            if out.strip() == "loaded":
+                facts["unit_exposure"][unit] = exposure(module, unit)
+    facts["package_lock"] = os.path.exists("/etc/dpkg/dpkg.cfg.d/aegis-package-lock")
+    module.exit_json(changed=False, ansible_facts={"aegis_hardening": facts})
+
+
+if __name__ == "__main__":
+    main()
