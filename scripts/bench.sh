@@ -1,10 +1,17 @@
 #!/usr/bin/env bash
-# Benchmarks that print figures (./aegis bench). Targets are read from the output,
-# never asserted by timed tests. Extra arguments go to `aegis-lab bench`.
+# Benchmarks that print figures (./aegis bench [fleet|harden|bpf]; all by default).
+# Targets are read from the output, never asserted by timed tests.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 cd "$repo"
 lab_env=$(.venv/bin/aegis-lab env)
 eval "$lab_env"
-echo "=== fleet lifecycle (Terraform + podman nodes + Ansible over SSH)"
-aegis-lab bench "$@"
+which=${1:-all}
+if [ "$which" = all ] || [ "$which" = fleet ]; then
+  echo "=== fleet lifecycle (Terraform + podman nodes + Ansible over SSH)"
+  aegis-lab bench fleet
+fi
+if [ "$which" = all ] || [ "$which" = harden ]; then
+  echo "=== hardening: converge time, Lynis index and systemd exposure before/after"
+  aegis-lab bench harden
+fi

@@ -143,8 +143,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from .bench import run_bench
+    from .bench import run_bench, run_harden_bench
 
+    if args.what == "harden":
+        return run_harden_bench(nodes=args.nodes, prefix=args.prefix)
     return run_bench(nodes=args.nodes, rounds=args.rounds, prefix=args.prefix)
 
 
@@ -199,7 +201,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--prefix", type=check_prefix, default="aegis")
     sp.set_defaults(func=cmd_demo)
 
-    sp = sub.add_parser("bench", help="time fleet create, first contact, replace and destroy")
+    sp = sub.add_parser("bench", help="fleet lifecycle timings, or hardening figures (Lynis)")
+    sp.add_argument("what", nargs="?", choices=["fleet", "harden"], default="fleet")
     sp.add_argument("--nodes", default=3, help="fleet size (default 3)")
     sp.add_argument("--rounds", default=3, help="how many times to run the cycle (default 3)")
     sp.add_argument("--prefix", type=check_prefix, default="aegisbn")
