@@ -25,6 +25,8 @@ APT_PACKAGES=(
   iproute2 openssh-client util-linux ca-certificates git
   # eBPF toolchain (libbpf CO-RE) and the second enforcement path
   clang llvm bpftool libbpf-dev nftables python3-nftables
+  # VM nodes for kernel-level checks (TCG emulation), disks built without loop mounts
+  qemu-system-x86 qemu-utils e2fsprogs
   # fallback interpreter for the virtualenv when no python3.11 with venv is present
   python3-venv
 )

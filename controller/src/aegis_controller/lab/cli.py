@@ -142,6 +142,20 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(nodes=args.nodes, keep=args.keep, prefix=args.prefix)
 
 
+def cmd_vm(args: argparse.Namespace) -> int:
+    from .vm import VmNode
+
+    vm = VmNode(args.prefix, args.name)
+    if args.action == "up":
+        print(json.dumps(vm.up(progress=lambda m: print(f"aegis-lab: {m}", file=sys.stderr)),
+                         indent=2))
+    elif args.action == "down":
+        vm.down()
+    else:
+        print(json.dumps(vm.show(), indent=2))
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from .bench import run_bench, run_harden_bench
 
@@ -181,6 +195,12 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--names", help="comma-separated node names for `up` instead of --size")
     sp.add_argument("--node", help="the node to replace")
     sp.set_defaults(func=cmd_fleet)
+
+    sp = sub.add_parser("vm", help="a QEMU VM node (own kernel) for kernel-level checks")
+    sp.add_argument("action", choices=["up", "down", "show"])
+    prefix_arg(sp)
+    sp.add_argument("--name", required=True, help="the VM's name, e.g. vm1")
+    sp.set_defaults(func=cmd_vm)
 
     sp = sub.add_parser("leftovers", help="list host objects still carrying the prefix")
     prefix_arg(sp)
