@@ -1,0 +1,131 @@
+"""Ledger throughput on this machine: ``python -m aegis_controller.bench_ledger``.
+
+Three figures, each on a fresh SQLite ledger in a temporary directory (or ``--dir``),
+with real keys and the default checkpoint interval (so checkpoints and anchor writes
+are included):
+
+* append, one writer, one commit (fsync) per record — what the controller does per event
+* append, one writer, ``--batch`` records per transaction
+* verify (hash, link and signature of every record, streamed), over the batched ledger
+
+Prints a table, then one JSON line with the same figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from . import db
+from .ledger import DEFAULT_CHECKPOINT_EVERY, Ledger, init_keys, load_signer, load_verifier
+
+
+def _body(i: int) -> dict[str, object]:
+    return {"node": f"node{i % 50}", "from": "trusted", "to": "suspect", "i": i,
+            "reason": "exec of /tmp/x not in allow-list", "event": f"ev-{i:08d}"}
+
+
+def _ledger(where: Path, name: str, every: int) -> Ledger:
+    private = where / "keys" / "ledger.key"
+    if not private.exists():
+        init_keys(where / "keys")
+    engine = db.open_engine(f"sqlite:///{where / name}.db")
+    db.upgrade(engine)
+    return Ledger(engine, signer=load_signer(private), anchor_path=where / f"{name}.anchor.json",
+                  checkpoint_every=every)
+
+
+def _filesystem(path: Path) -> str:
+    proc = subprocess.run(["df", "--output=fstype", str(path)], capture_output=True, text=True,
+                          check=False)
+    lines = proc.stdout.split()
+    return lines[-1] if proc.returncode == 0 and lines else "unknown"
+
+
+def run(records: int, single: int, batch: int, every: int, where: Path) -> dict[str, object]:
+    ledger = _ledger(where, "single", every)
+    started = time.perf_counter()
+    for i in range(single):
+        ledger.append("state_change", f"node{i % 50}", _body(i))
+    single_s = time.perf_counter() - started
+
+    ledger = _ledger(where, "batched", every)
+    started = time.perf_counter()
+    for first in range(0, records, batch):
+        ledger.append_many([("state_change", f"node{i % 50}", _body(i), None)
+                            for i in range(first, min(first + batch, records))])
+    batched_s = time.perf_counter() - started
+
+    started = time.perf_counter()
+    result = ledger.verify(load_verifier(where / "keys" / "ledger.pub"))
+    verify_s = time.perf_counter() - started
+    if not result.ok:
+        raise SystemExit(f"bench_ledger: the fresh ledger did not verify: {result.detail}")
+    return {
+        "append_single_per_s": round(single / single_s),
+        "append_single_records": single,
+        "append_batched_per_s": round(records / batched_s),
+        "append_batched_records": records,
+        "batch": batch,
+        "verify_per_s": round(result.count / verify_s),
+        "verify_records": result.count,
+        "checkpoint_every": every,
+        "db_bytes": (where / "batched.db").stat().st_size,
+        "filesystem": _filesystem(where),
+        "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m aegis_controller.bench_ledger",
+                                     description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--records", type=int, default=20_000,
+                        help="records for the batched append and verify (default 20000)")
+    parser.add_argument("--single", type=int, default=None,
+                        help="records for commit-per-record append (default: --records)")
+    parser.add_argument("--batch", type=int, default=500, help="records per transaction")
+    parser.add_argument("--checkpoint-every", type=int, default=DEFAULT_CHECKPOINT_EVERY)
+    parser.add_argument("--dir", type=Path, help="where to put the databases (default: a "
+                        "temporary directory, removed afterwards)")
+    args = parser.parse_args(argv)
+    if min(args.records, args.batch, args.checkpoint_every, args.single or 1) < 1:
+        parser.error("--records, --single, --batch and --checkpoint-every must be 1 or more")
+    single = args.single or args.records
+    if args.dir:
+        args.dir.mkdir(parents=True, exist_ok=True)
+        if any(args.dir.iterdir()):
+            parser.error(f"--dir {args.dir} is not empty")
+        figures = run(args.records, single, args.batch, args.checkpoint_every, args.dir)
+    else:
+        where = Path(tempfile.mkdtemp(prefix="aegis-bench-ledger-"))
+        try:
+            figures = run(args.records, single, args.batch, args.checkpoint_every, where)
+        finally:
+            shutil.rmtree(where, ignore_errors=True)
+    rows = [
+        ("append, commit per record", figures["append_single_records"],
+         figures["append_single_per_s"]),
+        (f"append, {args.batch} per transaction", figures["append_batched_records"],
+         figures["append_batched_per_s"]),
+        ("verify (hash + link + Ed25519)", figures["verify_records"], figures["verify_per_s"]),
+    ]
+    print(f"ledger benchmark: SQLite (WAL, synchronous=FULL) on {figures['filesystem']}, "
+          f"checkpoint every {args.checkpoint_every}, Python {figures['python']}")
+    print(f"{'operation':<34} {'records':>9} {'records/s':>10}")
+    for name, count, rate in rows:
+        print(f"{name:<34} {count:>9} {rate:>10}")
+    print(json.dumps({"bench": "ledger", **figures}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,293 @@
+"""``aegis-controller``: the Aegis controller from the command line.
+
+Commands come in groups (``ledger ...``, ``keys ...``; more later): each group registers
+its sub-commands in one ``_register_<group>`` function and each command is one
+``cmd_<group>_<verb>(args, settings) -> exit code`` function.
+
+Exit codes: 0 ok; 1 verification failed; 2 bad input or an unusable database, key or
+anchor file (the message says what and how to fix it); 3 an unexpected internal error
+(the JSON log line on stderr carries it). Results go to stdout as JSON, except where a
+human summary is the point (``ledger verify`` without ``--json``); logs are JSON lines
+on stderr.
+
+Where things live (each overridable by option or environment variable):
+
+* state directory: ``--state-dir`` / ``AEGIS_CONTROLLER_STATE_DIR``
+  (default ``/var/lib/aegis/controller``)
+* database: ``--db URL`` / ``AEGIS_CONTROLLER_DB`` (default SQLite
+  ``<state>/controller.db``; PostgreSQL: ``postgresql+psycopg://user@host/db``)
+* ledger keys: ``<state>/keys/ledger.key`` (0600) and ``<state>/keys/ledger.pub``
+* ledger anchor: ``--anchor`` / ``AEGIS_LEDGER_ANCHOR`` (default
+  ``<state>/ledger.anchor.json``)
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from . import logs
+
+if TYPE_CHECKING:
+    from .ledger import Ledger
+
+log = logging.getLogger("aegis_controller.cli")
+
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERNAL = 0, 1, 2, 3
+DEFAULT_STATE_DIR = Path("/var/lib/aegis/controller")
+
+
+@dataclass(frozen=True)
+class Settings:
+    state_dir: Path
+    db_url: str
+    anchor_path: Path
+
+    @property
+    def key_dir(self) -> Path:
+        return self.state_dir / "keys"
+
+    @property
+    def private_key(self) -> Path:
+        from .ledger.keys import PRIVATE_NAME
+
+        return self.key_dir / PRIVATE_NAME
+
+    @property
+    def public_key(self) -> Path:
+        from .ledger.keys import PUBLIC_NAME
+
+        return self.key_dir / PUBLIC_NAME
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> Settings:
+        from .db import default_url
+
+        state = Path(args.state_dir or os.environ.get("AEGIS_CONTROLLER_STATE_DIR")
+                     or DEFAULT_STATE_DIR)
+        url = args.db or os.environ.get("AEGIS_CONTROLLER_DB") or default_url(state)
+        anchor = Path(args.anchor or os.environ.get("AEGIS_LEDGER_ANCHOR")
+                      or state / "ledger.anchor.json")
+        return cls(state_dir=state, db_url=url, anchor_path=anchor)
+
+
+class InputError(Exception):
+    """A command-line value is wrong; exit 2."""
+
+
+def _print_json(doc: object) -> None:
+    print(json.dumps(doc, ensure_ascii=False))
+
+
+# -- ledger ------------------------------------------------------------------------------
+def _ledger(settings: Settings, *, write: bool, checkpoint_every: int | None = None) -> Ledger:
+    from . import db
+    from .ledger import DEFAULT_CHECKPOINT_EVERY, Ledger, load_signer
+
+    signer = load_signer(settings.private_key) if write else None
+    engine = db.open_engine(settings.db_url, must_exist=not write)
+    if write:
+        db.upgrade(engine)
+    return Ledger(engine, signer=signer, anchor_path=settings.anchor_path,
+                  checkpoint_every=checkpoint_every or DEFAULT_CHECKPOINT_EVERY)
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be 1 or more")
+    return value
+
+
+def _default_actor() -> str:
+    try:
+        return f"operator:{getpass.getuser()}"
+    except (KeyError, OSError):
+        return f"operator:uid{os.getuid()}"
+
+
+def cmd_ledger_append(args: argparse.Namespace, settings: Settings) -> int:
+    raw = sys.stdin.read() if args.json == "-" else args.json
+    try:
+        body = json.loads(raw)
+    except json.JSONDecodeError as err:
+        raise InputError(f"--json is not valid JSON ({err}): pass an object, e.g. "
+                         """--json '{"reason": "manual test"}'""") from None
+    every = args.checkpoint_every or _env_int("AEGIS_LEDGER_CHECKPOINT_EVERY")
+    ledger = _ledger(settings, write=True, checkpoint_every=every)
+    record = ledger.append(args.kind, args.subject, body, actor=args.actor or _default_actor())
+    _print_json(record.to_dict())
+    return EXIT_OK
+
+
+def _env_int(name: str) -> int | None:
+    value = os.environ.get(name)
+    if not value:
+        return None
+    try:
+        return _positive(value)
+    except argparse.ArgumentTypeError as err:
+        raise InputError(f"environment variable {name}: {err}") from None
+
+
+def cmd_ledger_show(args: argparse.Namespace, settings: Settings) -> int:
+    ledger = _ledger(settings, write=False)
+    records = ledger.last(args.last) if args.last else ledger.records()
+    for record in records:
+        _print_json(record.to_dict())
+    return EXIT_OK
+
+
+def cmd_ledger_checkpoint(args: argparse.Namespace, settings: Settings) -> int:
+    ledger = _ledger(settings, write=True)
+    record, anchor = ledger.checkpoint()
+    _print_json({"checkpoint": record.to_dict(),
+                 "anchor": anchor.to_dict() if anchor else None,
+                 "anchor_path": str(settings.anchor_path)})
+    return EXIT_OK
+
+
+def cmd_ledger_verify(args: argparse.Namespace, settings: Settings) -> int:
+    from .ledger import load_verifier
+
+    verifier = load_verifier(Path(args.public_key) if args.public_key else settings.public_key)
+    ledger = _ledger(settings, write=False)
+    if args.no_anchor:
+        ledger.anchor_path = None
+    result = ledger.verify(verifier)
+    if args.json:
+        _print_json(result.to_dict())
+    elif result.ok:
+        head = result.head or {"seq": 0, "hash": "-"}
+        where = (f"anchor at seq {result.anchor['seq']} matches" if result.anchor else
+                 "no anchor checked" if args.no_anchor else
+                 "no anchor yet (none is written before the first checkpoint)")
+        print(f"ledger OK: {result.count} records, {result.checkpoints} checkpoints, head seq "
+              f"{head['seq']} hash {head['hash'][:16]}..., key {result.key_id}; {where}")
+    else:
+        at = f" at seq {result.first_bad_seq}" if result.first_bad_seq else ""
+        print(f"ledger verification FAILED{at}: {result.problem}: {result.detail} "
+              f"({result.count} records before it verified)")
+    if not result.ok:
+        log.warning("ledger verification failed", extra={
+            "problem": str(result.problem), "first_bad_seq": result.first_bad_seq})
+    return EXIT_OK if result.ok else EXIT_FAILED
+
+
+def _register_ledger(groups: argparse._SubParsersAction) -> None:
+    from .ledger import APPENDABLE
+
+    ledger = groups.add_parser("ledger", help="the audit ledger: append, show, checkpoint, verify")
+    verbs = ledger.add_subparsers(dest="verb", required=True, metavar="VERB")
+
+    sp = verbs.add_parser("verify", help="check every record and the anchor (exit 1 on failure)")
+    sp.add_argument("--public-key", help="ledger public key PEM (default <state>/keys/ledger.pub)")
+    sp.add_argument("--no-anchor", action="store_true",
+                    help="skip the anchor (e.g. verifying a copy of the database alone)")
+    sp.add_argument("--json", action="store_true", help="print the structured result as JSON")
+    sp.set_defaults(func=cmd_ledger_verify)
+
+    sp = verbs.add_parser("show", help="print records as JSON lines, oldest first")
+    sp.add_argument("--last", type=_positive, metavar="N", help="only the last N records")
+    sp.set_defaults(func=cmd_ledger_show)
+
+    sp = verbs.add_parser("append", help="append one record (operators and tests)")
+    sp.add_argument("--kind", required=True, help=f"one of: {', '.join(APPENDABLE)}")
+    sp.add_argument("--subject", default="", help="node id, or empty")
+    sp.add_argument("--json", required=True, metavar="BODY",
+                    help="the body, a JSON object ('-' reads it from stdin)")
+    sp.add_argument("--actor", help="who did it (default operator:<user>)")
+    sp.add_argument("--checkpoint-every", type=_positive, metavar="N",
+                    help="checkpoint every N seqs (default 1000, or "
+                         "$AEGIS_LEDGER_CHECKPOINT_EVERY)")
+    sp.set_defaults(func=cmd_ledger_append)
+
+    sp = verbs.add_parser("checkpoint", help="write a checkpoint now and move the anchor to it")
+    sp.set_defaults(func=cmd_ledger_checkpoint)
+
+
+# -- keys --------------------------------------------------------------------------------
+def cmd_keys_init(args: argparse.Namespace, settings: Settings) -> int:
+    from .ledger import init_keys
+
+    private, public, key_id = init_keys(settings.key_dir, force=args.force)
+    _print_json({"private_key": str(private), "public_key": str(public), "key_id": key_id})
+    return EXIT_OK
+
+
+def cmd_keys_public(args: argparse.Namespace, settings: Settings) -> int:
+    from .ledger import load_signer, load_verifier
+
+    if settings.public_key.exists():
+        verifier = load_verifier(settings.public_key)
+    else:
+        verifier = load_signer(settings.private_key).verifier
+    sys.stdout.write(verifier.public_pem())
+    return EXIT_OK
+
+
+def _register_keys(groups: argparse._SubParsersAction) -> None:
+    keys = groups.add_parser("keys", help="the controller's keys")
+    verbs = keys.add_subparsers(dest="verb", required=True, metavar="VERB")
+    sp = verbs.add_parser("init", help="create the ledger signing key (once per controller)")
+    sp.add_argument("--force", action="store_true",
+                    help="replace an existing key (old records then fail to verify)")
+    sp.set_defaults(func=cmd_keys_init)
+    sp = verbs.add_parser("public", help="print the ledger public key (PEM) for verifiers")
+    sp.set_defaults(func=cmd_keys_public)
+
+
+# -- entry point ---------------------------------------------------------------------------
+_GROUPS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
+    _register_ledger, _register_keys)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="aegis-controller", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--state-dir", help="controller state directory "
+                        f"(default $AEGIS_CONTROLLER_STATE_DIR or {DEFAULT_STATE_DIR})")
+    parser.add_argument("--db", metavar="URL", help="database URL (default "
+                        "$AEGIS_CONTROLLER_DB or sqlite:///<state>/controller.db)")
+    parser.add_argument("--anchor", metavar="FILE", help="ledger anchor file (default "
+                        "$AEGIS_LEDGER_ANCHOR or <state>/ledger.anchor.json)")
+    parser.add_argument("--log-level", default="warning",
+                        choices=["debug", "info", "warning", "error"])
+    groups = parser.add_subparsers(dest="group", required=True, metavar="COMMAND")
+    for register in _GROUPS:
+        register(groups)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .db import DatabaseError
+    from .ledger import LedgerError
+
+    args = build_parser().parse_args(argv)
+    logs.setup(getattr(logging, args.log_level.upper()))
+    try:
+        return int(args.func(args, Settings.from_args(args)))
+    except (InputError, LedgerError, DatabaseError) as err:
+        print(f"aegis-controller: error: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        return 130
+    except Exception as err:
+        log.exception("internal error")
+        print(f"aegis-controller: internal error: {type(err).__name__}: {err}", file=sys.stderr)
+        return EXIT_INTERNAL
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,33 @@
+"""The audit ledger: append-only, hash-chained, signed records of everything the
+controller decides and does, with periodic signed checkpoints and an anchor file outside
+the database, so that any edited, deleted, reordered or truncated record is found.
+
+Modules, one job each:
+
+* :mod:`.records` — record fields, kinds, canonical encoding and hash; input checks
+* :mod:`.keys` — the Ed25519 ledger key (create, load, sign, verify)
+* :mod:`.anchor` — the signed anchor file (atomic, monotonic)
+* :mod:`.store` — the table and :class:`Ledger` (append, checkpoint, read)
+* :mod:`.verify` — :func:`verify` and its :class:`VerifyResult`
+
+Typical use::
+
+    engine = db.open_engine(url); db.upgrade(engine)
+    ledger = Ledger(engine, signer=load_signer(key), anchor_path=anchor)
+    ledger.append("state_change", "node1", {"from": "trusted", "to": "suspect"})
+    result = ledger.verify()
+"""
+
+from .anchor import Anchor, read_anchor
+from .errors import AnchorError, KeyFileError, LedgerError, LedgerInputError
+from .keys import Signer, Verifier, init_keys, load_signer, load_verifier
+from .records import APPENDABLE, GENESIS, Kind, Record
+from .store import DEFAULT_CHECKPOINT_EVERY, Ledger, records_table
+from .verify import Problem, VerifyResult, verify
+
+__all__ = [
+    "APPENDABLE", "DEFAULT_CHECKPOINT_EVERY", "GENESIS", "Anchor", "AnchorError", "KeyFileError",
+    "Kind", "Ledger", "LedgerError", "LedgerInputError", "Problem", "Record", "Signer",
+    "Verifier", "VerifyResult", "init_keys", "load_signer", "load_verifier", "read_anchor",
+    "records_table", "verify",
+]

@@ -1,0 +1,216 @@
+"""Verify a ledger end to end and name the first bad record.
+
+The rows are streamed in seq order from one read transaction. For each row, in order:
+
+1. its seq follows the previous one (else **deleted**: the first missing seq);
+2. its content hashes to its stored ``hash`` — if not, and its ``prev_hash`` does not
+   link to the previous record either, the record was moved here (**reordered**),
+   otherwise it was changed in place (**edited**);
+3. its ``prev_hash`` is the previous record's hash (else **reordered**);
+4. its signature verifies with the ledger's public key (else **bad_signature**);
+5. a checkpoint names exactly the head it follows (else **checkpoint_mismatch**).
+
+Then the anchor: its signature (**anchor_bad_signature**; unreadable: **anchor_invalid**),
+whether the database still reaches it (**truncated**), whether the record it names has
+its hash (**anchor_mismatch**), and whether it is older than the newest checkpoint in
+the database (**anchor_rollback**). A ledger with checkpoints but no anchor file fails
+with **anchor_missing**. Only the public key is needed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import asdict, dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .anchor import Anchor, read_anchor
+from .errors import AnchorError
+from .keys import Verifier
+from .records import GENESIS, Kind, parse_body, record_hash
+
+if TYPE_CHECKING:
+    from .store import Ledger
+
+
+class Problem(StrEnum):
+    EDITED = "edited"
+    BAD_SIGNATURE = "bad_signature"
+    DELETED = "deleted"
+    REORDERED = "reordered"
+    TRUNCATED = "truncated"
+    CHECKPOINT_MISMATCH = "checkpoint_mismatch"
+    ANCHOR_INVALID = "anchor_invalid"
+    ANCHOR_BAD_SIGNATURE = "anchor_bad_signature"
+    ANCHOR_MISSING = "anchor_missing"
+    ANCHOR_MISMATCH = "anchor_mismatch"
+    ANCHOR_ROLLBACK = "anchor_rollback"
+
+
+@dataclass(frozen=True)
+class VerifyResult:
+    ok: bool
+    #: Records read and found good (all of them when ok).
+    count: int
+    #: ``{"seq", "hash"}`` of the last good record, None for an empty ledger.
+    head: dict[str, Any] | None
+    checkpoints: int
+    anchor: dict[str, Any] | None
+    key_id: str
+    first_bad_seq: int | None = None
+    problem: Problem | None = None
+    detail: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        doc = asdict(self)
+        doc["problem"] = self.problem.value if self.problem else None
+        return doc
+
+
+class _Failed(Exception):
+    def __init__(self, problem: Problem, seq: int | None, detail: str) -> None:
+        super().__init__(detail)
+        self.problem, self.seq, self.detail = problem, seq, detail
+
+
+def _check_checkpoint(seq: int, body: dict[str, Any], prev_hash: str) -> None:
+    expected = {"head_seq": seq - 1, "head_hash": prev_hash, "count": seq - 1}
+    wrong = {k: body.get(k) for k, v in expected.items() if body.get(k) != v}
+    if wrong:
+        raise _Failed(Problem.CHECKPOINT_MISMATCH, seq,
+                      f"checkpoint {seq} claims {wrong} but follows seq {seq - 1} "
+                      f"(hash {prev_hash[:16]}...)")
+
+
+def verify(ledger: Ledger, verifier: Verifier, *, batch: int = 2000) -> VerifyResult:
+    """Check every record and the anchor; stop at the first problem."""
+    walk = _Walk(ledger.anchor_path, verifier)
+    try:
+        with contextlib.closing(ledger.rows(batch=batch)) as rows:
+            for row in rows:
+                walk.row(row)
+        walk.anchor_checks()
+    except _Failed as failure:
+        return walk.result(failure)
+    return walk.result()
+
+
+class _Walk:
+    """State of one verification: the last good record, checkpoints seen, the anchor."""
+
+    def __init__(self, path: Path | None, verifier: Verifier) -> None:
+        self.path, self.verifier = path, verifier
+        self.seq, self.hash, self.count, self.checkpoints = 0, GENESIS, 0, 0
+        self.last_checkpoint: tuple[int, str] | None = None
+        self.anchored_hash: str | None = None
+        self.anchor: Anchor | None = None
+        self.anchor_failure: _Failed | None = None
+        # Read before the rows: a writer moves the anchor only after committing, so every
+        # record the anchor names is in the snapshot read next.
+        if path is not None:
+            try:
+                self.anchor = read_anchor(path)
+            except AnchorError as err:
+                self.anchor_failure = _Failed(Problem.ANCHOR_INVALID, None, str(err))
+            if self.anchor is not None and not self.anchor.signature_ok(verifier):
+                self.anchor_failure = _Failed(
+                    Problem.ANCHOR_BAD_SIGNATURE, None,
+                    f"ledger anchor {path} is not signed by key {verifier.key_id} (it claims "
+                    f"key {self.anchor.key_id}): it was edited or replaced")
+
+    def result(self, failure: _Failed | None = None) -> VerifyResult:
+        anchor = self.anchor
+        return VerifyResult(
+            ok=failure is None, count=self.count,
+            head={"seq": self.seq, "hash": self.hash} if self.seq else None,
+            checkpoints=self.checkpoints,
+            anchor=None if anchor is None else {"path": str(self.path), "seq": anchor.seq,
+                                                 "hash": anchor.hash, "ts": anchor.ts},
+            key_id=self.verifier.key_id,
+            first_bad_seq=failure.seq if failure else None,
+            problem=failure.problem if failure else None,
+            detail=failure.detail if failure else "")
+
+    def row(self, row: Any) -> None:
+        seq, prev_seq, prev_hash = row.seq, self.seq, self.hash
+        if seq != prev_seq + 1:
+            missing = (f"record {prev_seq + 1} is" if seq == prev_seq + 2 else
+                       f"records {prev_seq + 1} to {seq - 1} are")
+            raise _Failed(Problem.DELETED, prev_seq + 1,
+                          f"{missing} missing: seq jumps from {prev_seq} to {seq}")
+        try:
+            body = parse_body(row.body)
+        except ValueError as err:
+            raise _Failed(Problem.EDITED, seq,
+                          f"record {seq}'s body is no longer a JSON object ({err})") from None
+        computed = record_hash(seq, row.ts, row.kind, row.subject, row.actor, body,
+                               row.prev_hash)
+        if computed != row.hash:
+            if row.prev_hash != prev_hash:
+                raise _Failed(Problem.REORDERED, seq,
+                              f"the record at seq {seq} does not belong there: it does not "
+                              "hash to its stored hash at this position and its prev_hash "
+                              f"does not link to seq {prev_seq}")
+            raise _Failed(Problem.EDITED, seq,
+                          f"record {seq} ({row.kind}) was changed: its content hashes to "
+                          f"{computed[:16]}..., its stored hash is {row.hash[:16]}...")
+        if row.prev_hash != prev_hash:
+            raise _Failed(Problem.REORDERED, seq,
+                          f"record {seq}'s prev_hash does not link to seq {prev_seq}: "
+                          "records were moved or replaced")
+        if not self.verifier.record_ok(row.hash, row.sig):
+            raise _Failed(Problem.BAD_SIGNATURE, seq,
+                          f"record {seq}'s signature does not verify with ledger key "
+                          f"{self.verifier.key_id}: it was re-signed with another key or edited")
+        if row.kind == Kind.CHECKPOINT:
+            _check_checkpoint(seq, body, prev_hash)
+            self.checkpoints += 1
+            self.last_checkpoint = (seq, row.hash)
+        if self.anchor is not None and seq == self.anchor.seq:
+            self.anchored_hash = row.hash
+        self.seq, self.hash, self.count = seq, row.hash, self.count + 1
+
+    def anchor_checks(self) -> None:
+        anchor, path, head = self.anchor, self.path, self.seq
+        if self.anchor_failure is not None:
+            raise self.anchor_failure
+        if anchor is None:
+            if path is not None and self.last_checkpoint is not None:
+                raise _Failed(Problem.ANCHOR_MISSING, None,
+                              f"no anchor file at {path}, but the ledger has {self.checkpoints} "
+                              f"checkpoints (the last at seq {self.last_checkpoint[0]}): the "
+                              "anchor was deleted, or --anchor / --state-dir point elsewhere")
+            return
+        if anchor.seq > head:
+            raise _Failed(Problem.TRUNCATED, head + 1,
+                          f"the anchor {path} says the ledger reached seq {anchor.seq}, but "
+                          f"the database ends at seq {head}: records from {head + 1} on "
+                          "were removed")
+        if self.anchored_hash != anchor.hash:
+            raise _Failed(Problem.ANCHOR_MISMATCH, anchor.seq,
+                          f"record {anchor.seq} has hash {str(self.anchored_hash)[:16]}..., "
+                          f"the anchor {path} names {anchor.hash[:16]}...: the ledger was "
+                          "rewritten from there on")
+        if self.last_checkpoint and self.last_checkpoint[0] > anchor.seq:
+            _check_rollback(path, self.verifier, self.last_checkpoint, anchor)
+
+
+def _check_rollback(path: Path | None, verifier: Verifier, last_checkpoint: tuple[int, str],
+                    anchor: Anchor) -> None:
+    """The database has a newer checkpoint than the anchor read at the start. A writer may
+    have committed it and not yet moved the anchor: read the anchor once more."""
+    if path is not None:
+        try:
+            fresh = read_anchor(path)
+        except AnchorError:
+            fresh = None
+        if (fresh is not None and fresh.signature_ok(verifier)
+                and fresh.seq >= last_checkpoint[0]):
+            return
+    raise _Failed(Problem.ANCHOR_ROLLBACK, None,
+                  f"the anchor {path} names seq {anchor.seq}, older than the newest checkpoint "
+                  f"in the database (seq {last_checkpoint[0]}): the anchor was replaced with an "
+                  "older copy, or the controller stopped between committing that checkpoint and "
+                  "writing the anchor; if you know it was the latter, run "
+                  "`aegis-controller ledger checkpoint`")
