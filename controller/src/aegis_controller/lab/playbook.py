@@ -33,6 +33,10 @@ def ansible_env(fleet: LocalFleet | None = None) -> dict[str, str]:
     env["ANSIBLE_CONFIG"] = str(REPO_ROOT / "ansible.cfg")
     env["ANSIBLE_COLLECTIONS_PATH"] = str(collections_root())
     env["AEGIS_STATE_DIR"] = str(state_root())
+    # Ansible's own home (control sockets, temp files, and the collection copies that
+    # Molecule and ansible-lint install) stays in the project, never in ~/.ansible.
+    env["ANSIBLE_HOME"] = str(state_root() / "ansible-home")
+    env["ANSIBLE_REMOTE_TMP"] = "~/.ansible/tmp"  # on the nodes, not derived from ANSIBLE_HOME
     env.setdefault("AEGIS_MOLECULE_PREFIX", "aegismol")
     env.update({"TF_CLI_CONFIG_FILE": str(CLI_CONFIG), "CHECKPOINT_DISABLE": "1",
                 "TF_IN_AUTOMATION": "1"})
