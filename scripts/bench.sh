@@ -15,3 +15,7 @@ if [ "$which" = all ] || [ "$which" = harden ]; then
   echo "=== hardening: converge time, Lynis index and systemd exposure before/after"
   aegis-lab bench harden
 fi
+if [ "$which" = all ] || [ "$which" = bpf ]; then
+  echo "=== eBPF segment filter: ns/packet (100,000 edges vs empty XDP), grant-to-enforce latency"
+  python -m aegis_agent.bpf.bench
+fi

@@ -21,7 +21,7 @@ grep -q 'VERSION_CODENAME=bookworm' /etc/os-release \
 # --- system packages -------------------------------------------------------------
 APT_PACKAGES=(
   # lab nodes: rootful podman on runc, image built with debootstrap
-  podman runc conmon containernetworking-plugins debootstrap zstd
+  podman runc conmon containernetworking-plugins debootstrap zstd make
   iproute2 openssh-client util-linux ca-certificates git
   # eBPF toolchain (libbpf CO-RE) and the second enforcement path
   clang llvm bpftool libbpf-dev nftables python3-nftables
@@ -82,6 +82,8 @@ fi
 link=.state/collections/ansible_collections/aegis/fleet
 mkdir -p "$(dirname "$link")"
 [ "$(readlink "$link" 2>/dev/null)" = "$repo" ] || ln -sfn "$repo" "$link"
+
+say "BPF objects: make -C bpf (bpf/build/*.bpf.o)"; make -C "$repo/bpf" -s
 
 elapsed=$(( (${EPOCHREALTIME/./} - started) / 100000 ))
 say "ready in $((elapsed / 10)).$((elapsed % 10)) s"

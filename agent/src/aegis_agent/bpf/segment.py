@@ -1,0 +1,619 @@
+"""Micro-segmentation on one interface: default-drop XDP ingress, tc/tcx egress.
+
+    seg = SegmentFilter("eth0", "/sys/fs/bpf/aegis/segment")
+    info = seg.attach()            # AttachInfo: xdp native/generic, tcx/clsact
+    seg.grant("10.0.0.0/24 -> 192.0.2.2 tcp/22", ttl=3600, idle=600)
+    seg.quarantine(True, management=["192.0.2.10 tcp/22"])
+    seg.detach()                   # every link, program and pin it made
+
+Everything lives under one pin directory: maps, programs and links. A new process
+that builds a SegmentFilter on the same directory re-opens them, so enforcement stays
+in place across agent restarts, and the policy it finds (mode, quarantine, edges) is
+kept: constructor policy arguments only seed a fresh load.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import logging
+import os
+import socket
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import layout, libbpf, syscall
+from .bpffs import ensure_bpffs
+from .edges import PROTO_NAMES, Edge, EdgeSpecError, Peer
+from .layout import AttachState, Config, Verdict
+from .objects import object_path
+from .syscall import BpfError
+
+log = logging.getLogger(__name__)
+
+PIN_ROOT = Path("/sys/fs/bpf/aegis")
+PROGRAMS = {"ingress": "seg_ingress", "egress": "seg_egress"}
+LINK_PINS = ("link_xdp", "link_tc")
+XDP_PASS, XDP_DROP = 2, 1
+TC_ACT_OK, TC_ACT_SHOT = 0, 2
+_XDP_FLAGS = {"native": syscall.XDP_FLAGS_DRV_MODE, "generic": syscall.XDP_FLAGS_SKB_MODE}
+
+
+class AttachError(BpfError):
+    """The filter could not be attached as asked (never silently downgraded)."""
+
+
+@dataclass(frozen=True)
+class AttachInfo:
+    iface: str | None
+    ifindex: int
+    xdp_mode: str  # native | generic
+    tc_mode: str  # tcx | clsact
+    reused: bool  # found attached in the pin directory (e.g. after a restart)
+    downgraded: str | None = None  # set only when an 'auto' mode fell back, with the reason
+
+    def __str__(self) -> str:
+        s = f"{self.iface or self.ifindex}: ingress xdp/{self.xdp_mode}, egress {self.tc_mode}"
+        return s + (f" (downgraded: {self.downgraded})" if self.downgraded else "")
+
+
+@dataclass(frozen=True)
+class EdgeState:
+    edge: Edge
+    expires_ns: int
+    idle_ns: int
+    last_seen_ns: int
+    granted_ns: int
+
+    def state(self, now_ns: int | None = None) -> str:
+        now = time.monotonic_ns() if now_ns is None else now_ns
+        if self.expires_ns and now >= self.expires_ns:
+            return "expired"
+        if self.idle_ns and now > self.last_seen_ns and now - self.last_seen_ns > self.idle_ns:
+            return "idle"
+        return "active"
+
+
+@dataclass(frozen=True)
+class DropEvent:
+    ts_ns: int
+    src: ipaddress.IPv4Address
+    dst: ipaddress.IPv4Address
+    sport: int
+    dport: int
+    proto: str
+    verdict: str  # e.g. drop_no_edge
+    direction: str  # ingress | egress
+    observed: bool  # observe mode: passed, but enforce would have dropped it
+    ifindex: int
+    l3_proto: int
+    length: int
+
+    @classmethod
+    def unpack(cls, raw: bytes) -> DropEvent:
+        (ts, src, dst, sport, dport, proto, verdict, direction, observed, ifindex, l3,
+         length) = layout.EVENT.unpack(raw[:layout.EVENT.size])
+        return cls(ts, ipaddress.IPv4Address(src), ipaddress.IPv4Address(dst),
+                   int.from_bytes(sport, "big"), int.from_bytes(dport, "big"),
+                   PROTO_NAMES.get(proto, str(proto)), Verdict(verdict).label,
+                   layout.DIRECTIONS[direction], bool(observed), ifindex, l3, length)
+
+
+def _choice(value: str, allowed: Iterable[str], what: str) -> str:
+    allowed = list(allowed)
+    if value not in allowed:
+        raise ValueError(f"bad {what} {value!r}: use one of {', '.join(allowed)}")
+    return value
+
+
+def _seconds_to_ns(value: float | None, what: str) -> int:
+    if value is None:
+        return 0
+    if not value > 0:
+        raise ValueError(f"bad {what} {value!r}: give a positive number of seconds, or None "
+                         "for no limit")
+    return int(value * 1e9)
+
+
+def _netns_ino() -> int:
+    return os.stat("/proc/thread-self/ns/net").st_ino
+
+
+class SegmentFilter:
+    """Default-drop segmentation on ``iface`` with every object pinned in ``pin_dir``."""
+
+    def __init__(self, iface: str | None = None, pin_dir: str | os.PathLike = PIN_ROOT / "segment",
+                 *, object_file: str | os.PathLike | None = None, xdp_mode: str = "native",
+                 tc_mode: str = "tcx", mode: str = "enforce", arp: str = "allow",
+                 ipv6: str = "deny", flow_timeout: float = 300.0, event_rate: float = 1000.0,
+                 event_burst: int = 100) -> None:
+        self.iface = iface
+        self.pin_dir = Path(pin_dir)
+        self.object_file = object_file
+        self.xdp_mode = _choice(xdp_mode, ["native", "generic", "auto"], "xdp_mode")
+        self.tc_mode = _choice(tc_mode, ["tcx", "clsact", "auto"], "tc_mode")
+        if event_rate < 0 or event_burst < 1:
+            raise ValueError("event_rate must be >= 0 (0: unlimited) and event_burst >= 1")
+        cost = int(1e9 / event_rate) if event_rate else 0
+        self._seed = Config(
+            mode=layout.MODES[_choice(mode, layout.MODES, "mode")],
+            arp=layout.ARP_POLICIES[_choice(arp, layout.ARP_POLICIES, "arp policy")],
+            ipv6=layout.IPV6_POLICIES[_choice(ipv6, layout.IPV6_POLICIES, "ipv6 policy")],
+            flow_timeout_ns=_seconds_to_ns(flow_timeout, "flow_timeout"),
+            event_cost_ns=cost, event_burst_ns=cost * event_burst)
+        self._maps: dict[str, int] = {}
+        self._progs: dict[str, int] = {}
+        self._ring: libbpf.RingBuffer | None = None
+        self._pending: list[DropEvent] = []
+
+    # -- lifecycle ---------------------------------------------------------------------
+    def _pin(self, name: str) -> str:
+        return str(self.pin_dir / name)
+
+    @property
+    def loaded(self) -> bool:
+        return (self.pin_dir / "seg_config").exists()
+
+    def load(self) -> bool:
+        """Load the object and pin maps and programs (no attach). Returns False when they
+        were already pinned (re-opened instead)."""
+        ensure_bpffs(self.pin_dir)
+        if self._maps:
+            return False
+        if self.loaded:
+            self._open()
+            return False
+        path = object_path("segment", self.object_file)
+        obj = libbpf.load_object(str(path))
+        self.pin_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            for name in layout.MAP_SIZES:
+                syscall.obj_pin(obj.map_fd(name), self._pin(name))
+            for prog in PROGRAMS.values():
+                syscall.obj_pin(obj.program_fd(prog), self._pin(prog))
+            self._open()
+            self._write_config(self._seed)
+        except BaseException:
+            obj.close()
+            self._remove_pins()
+            raise
+        obj.close()
+        return True
+
+    def _open(self) -> None:
+        try:
+            for name, (ksize, vsize) in layout.MAP_SIZES.items():
+                fd = syscall.obj_get(self._pin(name))
+                self._maps[name] = fd
+                info = syscall.map_info(fd)
+                if name != "seg_events" and (info.key_size, info.value_size) != (ksize, vsize):
+                    raise BpfError(0, f"pinned map {self._pin(name)} has key/value size "
+                                      f"{info.key_size}/{info.value_size}, this agent expects "
+                                      f"{ksize}/{vsize}: the pins come from another build; "
+                                      "detach it (or remove the pin directory) and attach again")
+            for prog in PROGRAMS.values():
+                self._progs[prog] = syscall.obj_get(self._pin(prog))
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        """Close this process's fds; pinned objects (and enforcement) stay."""
+        if self._ring:
+            self._ring.close()
+            self._ring = None
+        for fd in [*self._maps.values(), *self._progs.values()]:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self._maps.clear()
+        self._progs.clear()
+
+    def __enter__(self) -> SegmentFilter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _ifindex(self) -> int:
+        if not self.iface:
+            raise AttachError(0, "no interface given: SegmentFilter(iface=...) to attach")
+        try:
+            return socket.if_nametoindex(self.iface)
+        except OSError as e:
+            raise AttachError(e.errno or 19, f"interface {self.iface!r} not found in this "
+                                             "network namespace; run the agent inside the "
+                                             "namespace that owns it") from e
+
+    def attach(self) -> AttachInfo:
+        """Load, pin and attach (ingress XDP, egress tcx/clsact). When the pin directory
+        already holds live links, re-opens them and reports what it found."""
+        if not self.loaded:
+            self._ifindex()  # a wrong interface fails before anything is pinned
+        self.load()
+        state = self._attach_state()
+        if state.ifindex:
+            if self._links_alive(state):
+                return self._info(state, reused=True)
+            log.warning("pinned links in %s are dead (interface or namespace gone); "
+                        "re-attaching", self.pin_dir)
+            self._detach_links(state)
+        ifindex = self._ifindex()
+        state = AttachState(ifindex=ifindex, attached_ns=time.monotonic_ns(),
+                            netns_ino=_netns_ino())
+        downgraded = []
+        try:
+            tc_mode, why = self._attach_tc(state)
+            downgraded += [why] if why else []
+            xdp_mode, why = self._attach_xdp(state)
+            downgraded += [why] if why else []
+        except BaseException:
+            self._detach_links(state)
+            raise
+        for w in downgraded:
+            log.warning("segment filter on %s: %s", self.iface, w)
+        info = self._info(state, reused=False, downgraded="; ".join(downgraded) or None)
+        log.info("segment filter attached: %s (xdp %s, %s)", info, xdp_mode, tc_mode)
+        return info
+
+    def _attach_xdp(self, state: AttachState) -> tuple[str, str | None]:
+        prog = self._progs[PROGRAMS["ingress"]]
+        order = ["native", "generic"] if self.xdp_mode == "auto" else [self.xdp_mode]
+        errors = []
+        for mode in order:
+            try:
+                fd = syscall.link_create(prog, state.ifindex, syscall.ATTACH_XDP,
+                                         _XDP_FLAGS[mode])
+            except BpfError as e:
+                errors.append(f"xdp {mode}: {e.strerror or e}")
+                continue
+            try:
+                syscall.obj_pin(fd, self._pin("link_xdp"))
+            finally:
+                os.close(fd)
+            state.xdp_mode = 1 if mode == "native" else 2
+            self._write_attach_state(state)
+            why = (f"xdp native refused ({errors[0]}), using generic"
+                   if errors and mode == "generic" else None)
+            return mode, why
+        raise AttachError(0, f"cannot attach XDP to {self.iface}: {'; '.join(errors)}"
+                             + ("" if self.xdp_mode == "auto" else
+                                " (xdp_mode='auto' allows a reported fallback to generic)"))
+
+    def _attach_tc(self, state: AttachState) -> tuple[str, str | None]:
+        prog = self._progs[PROGRAMS["egress"]]
+        errors = []
+        if self.tc_mode in ("tcx", "auto"):
+            try:
+                fd = syscall.link_create(prog, state.ifindex, syscall.ATTACH_TCX_EGRESS)
+            except BpfError as e:
+                errors.append(f"tcx: {e.strerror or e}")
+            else:
+                try:
+                    syscall.obj_pin(fd, self._pin("link_tc"))
+                finally:
+                    os.close(fd)
+                state.tc_mode = 1
+                self._write_attach_state(state)
+                return "tcx", None
+        if self.tc_mode in ("clsact", "auto"):
+            try:
+                handle, prio, created = libbpf.tc_attach(state.ifindex, prog,
+                                                         libbpf.BPF_TC_EGRESS)
+            except BpfError as e:
+                errors.append(f"clsact: {e}")
+            else:
+                state.tc_mode, state.tc_handle, state.tc_priority = 2, handle, prio
+                state.tc_hook_created = int(created)
+                self._write_attach_state(state)
+                return "clsact", (f"tcx refused ({errors[0]}), using clsact" if errors
+                                  else None)
+        raise AttachError(0, f"cannot attach the egress program to {self.iface}: "
+                             f"{'; '.join(errors)}"
+                             + ("" if self.tc_mode == "auto" else
+                                " (tc_mode='auto' allows a reported fallback to clsact)"))
+
+    def _links_alive(self, state: AttachState) -> bool:
+        for name in ("link_xdp", "link_tc") if state.tc_mode == 1 else ("link_xdp",):
+            try:
+                fd = syscall.obj_get(self._pin(name))
+            except BpfError:
+                return False
+            try:
+                if not syscall.link_info(fd).ifindex:
+                    return False
+            finally:
+                os.close(fd)
+        return state.tc_mode != 0
+
+    def _info(self, state: AttachState, reused: bool, downgraded: str | None = None) -> AttachInfo:
+        return AttachInfo(self.iface, state.ifindex, layout.XDP_MODES[state.xdp_mode],
+                          layout.TC_MODES[state.tc_mode], reused, downgraded)
+
+    def attach_info(self) -> AttachInfo | None:
+        """What is attached according to the pins, or None."""
+        if not self._maps and not self.loaded:
+            return None
+        self.load()
+        state = self._attach_state()
+        if not state.ifindex or not self._links_alive(state):
+            return None
+        return self._info(state, reused=True)
+
+    def _detach_links(self, state: AttachState) -> list[str]:
+        problems = []
+        for name in LINK_PINS:
+            path = self._pin(name)
+            if not os.path.exists(path):
+                continue
+            try:
+                fd = syscall.obj_get(path)
+                try:
+                    syscall.link_detach(fd)
+                except BpfError as e:
+                    if e.errno not in (2, 19, 22):  # already detached / device gone
+                        problems.append(f"{name}: {e}")
+                finally:
+                    os.close(fd)
+            except BpfError as e:
+                problems.append(f"{name}: {e}")
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+        if state.tc_mode == 2:
+            if state.netns_ino and state.netns_ino != _netns_ino():
+                problems.append("the clsact filter was attached in another network namespace; "
+                                "run detach there (e.g. nsenter --net=/run/netns/NAME)")
+            else:
+                try:
+                    libbpf.tc_detach(state.ifindex, libbpf.BPF_TC_EGRESS, state.tc_handle,
+                                     state.tc_priority, bool(state.tc_hook_created))
+                except BpfError as e:
+                    problems.append(f"clsact: {e}")
+        return problems
+
+    def detach(self) -> None:
+        """Remove every link, filter, program and pin this filter made (idempotent)."""
+        problems: list[str] = []
+        if self.pin_dir.exists():
+            state = AttachState()
+            if self.loaded:
+                with contextlib.suppress(OSError):
+                    state = self._attach_state()
+            problems += self._detach_links(state)
+        self.close()
+        if problems:
+            raise AttachError(0, f"detach from {self.pin_dir} left work undone: "
+                                 f"{'; '.join(problems)}")
+        self._remove_pins()
+
+    def _remove_pins(self) -> None:
+        if not self.pin_dir.exists():
+            return
+        for entry in self.pin_dir.iterdir():
+            with contextlib.suppress(FileNotFoundError):
+                entry.unlink()
+        self.pin_dir.rmdir()
+
+    # -- maps --------------------------------------------------------------------------
+    def _fd(self, name: str) -> int:
+        if not self._maps:
+            if not self.loaded:
+                raise BpfError(2, f"no segment filter pinned at {self.pin_dir}: attach() or "
+                                  "load() first")
+            self._open()
+        return self._maps[name]
+
+    def _attach_state(self) -> AttachState:
+        raw = syscall.map_lookup(self._fd("seg_attach"), bytes(4), layout.ATTACH.size)
+        return AttachState.unpack(raw or bytes(layout.ATTACH.size))
+
+    def _write_attach_state(self, state: AttachState) -> None:
+        syscall.map_update(self._fd("seg_attach"), bytes(4), state.pack())
+
+    def config(self) -> Config:
+        raw = syscall.map_lookup(self._fd("seg_config"), bytes(4), layout.CONFIG.size)
+        return Config.unpack(raw or bytes(layout.CONFIG.size))
+
+    def _write_config(self, cfg: Config) -> None:
+        syscall.map_update(self._fd("seg_config"), bytes(4), cfg.pack())
+
+    def set_mode(self, mode: str) -> None:
+        """'enforce' drops; 'observe' passes everything and reports would-be drops."""
+        cfg = self.config()
+        cfg.mode = layout.MODES[_choice(mode, layout.MODES, "mode")]
+        self._write_config(cfg)
+
+    def set_policy(self, *, arp: str | None = None, ipv6: str | None = None) -> None:
+        """ARP: allow | deny. IPv6: allow | deny | filter (neighbour/router discovery)."""
+        cfg = self.config()
+        if arp is not None:
+            cfg.arp = layout.ARP_POLICIES[_choice(arp, layout.ARP_POLICIES, "arp policy")]
+        if ipv6 is not None:
+            cfg.ipv6 = layout.IPV6_POLICIES[_choice(ipv6, layout.IPV6_POLICIES, "ipv6 policy")]
+        self._write_config(cfg)
+
+    def policy(self) -> dict[str, object]:
+        cfg = self.config()
+        names = {m: {v: k for k, v in d.items()} for m, d in
+                 (("mode", layout.MODES), ("arp", layout.ARP_POLICIES),
+                  ("ipv6", layout.IPV6_POLICIES))}
+        return {"mode": names["mode"][cfg.mode], "quarantine": bool(cfg.quarantine),
+                "arp": names["arp"][cfg.arp], "ipv6": names["ipv6"][cfg.ipv6],
+                "management": [str(p) for p in self.management()]}
+
+    def quarantine(self, on: bool, management: Iterable[str | Peer] | None = None) -> None:
+        """Cut everything except ``management`` peers (both directions). None keeps the
+        current list; the list is installed before the switch flips."""
+        peers = None if management is None else [Peer.parse(p) for p in management]
+        fd = self._fd("seg_mgmt")
+        if peers is not None:
+            wanted = {p.key() for p in peers}
+            for key in list(syscall.map_keys(fd, layout.MAP_SIZES["seg_mgmt"][0])):
+                if key not in wanted:
+                    syscall.map_delete(fd, key)
+            for key in wanted:
+                syscall.map_update(fd, key, (1).to_bytes(4, "little"))
+        cfg = self.config()
+        cfg.quarantine = int(bool(on))
+        self._write_config(cfg)
+
+    def management(self) -> list[Peer]:
+        fd = self._fd("seg_mgmt")
+        peers = []
+        for key in syscall.map_keys(fd, layout.MAP_SIZES["seg_mgmt"][0]):
+            (plen,) = layout.EDGE_LPM_KEY.unpack(key[:4])
+            proto, port, peer = layout.MGMT_DATA.unpack(key[4:])
+            peers.append(Peer(ipaddress.IPv4Network((peer, plen - layout.MGMT_EXACT_BITS)),
+                              proto, port))
+        return sorted(peers)
+
+    def _edge_value(self, ttl: float | None, idle: float | None, now: int) -> bytes:
+        ttl_ns = _seconds_to_ns(ttl, "ttl")
+        idle_ns = _seconds_to_ns(idle, "idle timeout")
+        return layout.EDGE_VAL.pack(now + ttl_ns if ttl_ns else 0, idle_ns, now, now)
+
+    def _add_kinds(self, kinds: int) -> None:
+        cfg = self.config()
+        if cfg.edge_kinds | kinds != cfg.edge_kinds:
+            cfg.edge_kinds |= kinds
+            self._write_config(cfg)
+
+    def grant(self, edge: str | Edge, ttl: float | None = None,
+              idle: float | None = None) -> Edge:
+        """Allow ``edge``; ``ttl`` seconds from now it expires, and after ``idle`` seconds
+        without a packet it stops passing. Re-granting replaces the old limits."""
+        e = Edge.parse(edge)
+        value = self._edge_value(ttl, idle, time.monotonic_ns())
+        self._add_kinds(e.kind)
+        syscall.map_update(self._fd("seg_edges_lpm" if e.in_lpm else "seg_edges"), e.key(),
+                           value)
+        return e
+
+    def grant_many(self, edges: Iterable[str | Edge], ttl: float | None = None,
+                   idle: float | None = None, chunk: int = 8192) -> int:
+        """Bulk grant with batched map updates; returns how many edges were written."""
+        parsed = [Edge.parse(e) for e in edges]
+        value = self._edge_value(ttl, idle, time.monotonic_ns())
+        kinds = 0
+        for e in parsed:
+            kinds |= e.kind
+        self._add_kinds(kinds)
+        done = 0
+        for lpm in (False, True):
+            group = [e for e in parsed if e.in_lpm == lpm]
+            fd = self._fd("seg_edges_lpm" if lpm else "seg_edges")
+            for i in range(0, len(group), chunk):
+                part = group[i:i + chunk]
+                done += syscall.map_update_batch(fd, b"".join(e.key() for e in part),
+                                                 value * len(part), len(part))
+        return done
+
+    def revoke(self, edge: str | Edge) -> bool:
+        """Remove ``edge``; False when it was not granted."""
+        e = Edge.parse(edge)
+        return syscall.map_delete(self._fd("seg_edges_lpm" if e.in_lpm else "seg_edges"),
+                                  e.key())
+
+    def set_edge_times(self, edge: str | Edge, *, expires_ns: int | None = None,
+                       last_seen_ns: int | None = None) -> None:
+        """Rewrite an edge's absolute expiry / last-seen (CLOCK_MONOTONIC ns)."""
+        e = Edge.parse(edge)
+        fd = self._fd("seg_edges_lpm" if e.in_lpm else "seg_edges")
+        raw = syscall.map_lookup(fd, e.key(), layout.EDGE_VAL.size)
+        if raw is None:
+            raise EdgeSpecError(f"edge {e} is not granted")
+        exp, idle, last, granted = layout.EDGE_VAL.unpack(raw)
+        exp = exp if expires_ns is None else expires_ns
+        last = last if last_seen_ns is None else last_seen_ns
+        syscall.map_update(fd, e.key(), layout.EDGE_VAL.pack(exp, idle, last, granted),
+                           syscall.BPF_EXIST)
+
+    def edges(self) -> list[EdgeState]:
+        out = []
+        for name, lpm in (("seg_edges", False), ("seg_edges_lpm", True)):
+            fd = self._fd(name)
+            ksize = layout.MAP_SIZES[name][0]
+            for key in list(syscall.map_keys(fd, ksize)):
+                raw = syscall.map_lookup(fd, key, layout.EDGE_VAL.size)
+                if raw is not None:
+                    out.append(EdgeState(Edge.from_key(key, lpm), *layout.EDGE_VAL.unpack(raw)))
+        return sorted(out, key=lambda s: s.edge)
+
+    def sweep(self) -> list[Edge]:
+        """Delete expired and idle edges; returns them."""
+        now = time.monotonic_ns()
+        gone = [s.edge for s in self.edges() if s.state(now) != "active"]
+        for e in gone:
+            self.revoke(e)
+        return gone
+
+    # -- counters and events ------------------------------------------------------------
+    def counters(self) -> dict[str, dict[str, int]]:
+        """Per-verdict packet counts by direction (``would_drop_*``: observe mode), and
+        ring-buffer event counts (sent, suppressed by the rate limit, lost)."""
+        fd = self._fd("seg_counters")
+        ncpu = syscall.possible_cpus()
+
+        def read(slot: int) -> int:
+            raw = syscall.map_lookup(fd, slot.to_bytes(4, "little"), 8 * ncpu)
+            return sum(int.from_bytes(raw[i:i + 8], "little") for i in range(0, len(raw), 8))
+
+        out: dict[str, dict[str, int]] = {}
+        for d, direction in enumerate(layout.DIRECTIONS):
+            row = {}
+            for v in Verdict:
+                row[v.label] = read(d * layout.SLOT_DIR + v)
+                if v.is_drop:
+                    row["would_" + v.label] = read(d * layout.SLOT_DIR + layout.SLOT_OBSERVED + v)
+            out[direction] = row
+        out["events"] = {name: read(slot) for name, slot in layout.SLOT_EVENTS.items()}
+        return out
+
+    def reset_counters(self) -> None:
+        fd = self._fd("seg_counters")
+        zero = bytes(8 * syscall.possible_cpus())
+        for slot in range(layout.N_SLOTS):
+            syscall.map_update(fd, slot.to_bytes(4, "little"), zero)
+
+    def events(self, timeout: float = 0.0) -> Iterator[DropEvent]:
+        """Drop (and would-drop) events waiting in the ring buffer; waits up to
+        ``timeout`` seconds for the first one."""
+        if self._ring is None:
+            self._ring = libbpf.RingBuffer(
+                self._fd("seg_events"), lambda raw: self._pending.append(DropEvent.unpack(raw)))
+        self._ring.poll(int(timeout * 1000))
+        while True:
+            self._ring.consume()
+            if not self._pending:
+                return
+            batch, self._pending = self._pending, []
+            yield from batch
+
+    # -- test runs --------------------------------------------------------------------
+    def test_run(self, packet: bytes, direction: str = "ingress",
+                 repeat: int = 1) -> tuple[bool, libbpf.TestRun]:
+        """Run the ingress (XDP) or egress (tc) program on ``packet`` with
+        BPF_PROG_TEST_RUN; returns (passed, run)."""
+        _choice(direction, layout.DIRECTIONS, "direction")
+        if not self._progs:
+            self._fd("seg_config")
+        run = libbpf.test_run(self._progs[PROGRAMS[direction]], packet, repeat)
+        if direction == "ingress":
+            if run.retval not in (XDP_PASS, XDP_DROP):
+                raise BpfError(0, f"unexpected XDP verdict {run.retval}")
+            return run.retval == XDP_PASS, run
+        if run.retval not in (TC_ACT_OK, TC_ACT_SHOT):
+            raise BpfError(0, f"unexpected tc verdict {run.retval}")
+        return run.retval == TC_ACT_OK, run
+
+    def status(self) -> dict[str, object]:
+        info = self.attach_info()
+        return {"pin_dir": str(self.pin_dir),
+                "attached": info is not None,
+                "iface": self.iface,
+                "ifindex": info.ifindex if info else None,
+                "xdp_mode": info.xdp_mode if info else None,
+                "tc_mode": info.tc_mode if info else None,
+                **self.policy(),
+                "edges": len(self.edges())}
