@@ -125,6 +125,11 @@ DEFAULT_SYSCTLS = [
     "net.ipv4.tcp_syncookies", "net.ipv6.conf.all.accept_redirects",
 ]
 TEMP_DIRS = ("/tmp", "/var/tmp", "/dev/shm")
+ARGUMENT_SPEC = dict(
+    sysctls=dict(type="list", elements="str"),
+    measure=dict(type="list", elements="path", default=[]),
+    units=dict(type="list", elements="str", default=[]),
+)
 
 
 def _sysctl_path(name):
@@ -180,19 +185,19 @@ def mount_points(mountinfo_text, targets):
     return found
 
 
-def kernel_writable():
-    return os.access("/proc/sys/kernel/dmesg_restrict", os.W_OK)
+def kernel_writable(proc_sys_kernel="/proc/sys/kernel"):
+    """Whether kernel-global sysctls can be set: false where /proc/sys/kernel is mounted
+    read-only (a container node, whose kernel settings are the host's)."""
+    try:
+        if os.statvfs(proc_sys_kernel).f_flag & os.ST_RDONLY:
+            return False
+    except OSError:
+        return False
+    return os.access(os.path.join(proc_sys_kernel, "dmesg_restrict"), os.W_OK)
 
 
 def main():
-    module = AnsibleModule(
-        argument_spec=dict(
-            sysctls=dict(type="list", elements="str"),
-            measure=dict(type="list", elements="path", default=[]),
-            units=dict(type="list", elements="str", default=[]),
-        ),
-        supports_check_mode=True,
-    )
+    module = AnsibleModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True)
     p = module.params
     bad = [u for u in p["units"] if not valid_unit_name(u)]
     if bad:

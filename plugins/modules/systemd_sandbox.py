@@ -13,18 +13,23 @@ description:
     systemd, optionally restarts the unit, and reports the exposure that
     C(systemd-analyze security) gives the unit before and after.
   - The drop-in is checked with C(systemd-analyze verify); a directive systemd rejects
-    restores the previous drop-in and fails.
+    restores the previous drop-in and fails. So does a unit that does not come back up
+    after O(restart); the previous drop-in is then put back and the unit restarted with it.
+  - Idempotent by comparing the rendered drop-in with the file on the node.
 options:
   unit:
-    description: The unit to sandbox, for example C(cron.service). It must be loaded on the node.
+    description:
+      - The unit to sandbox, with its type, for example C(cron.service). It must be loaded on the node.
+      - Services, sockets, mounts and swaps (the units that take execution directives); only
+        services get an exposure score.
     type: str
     required: true
   settings:
     description:
       - Directive names and values. Booleans become C(yes)/C(no), lists are joined with spaces.
       - Names must be sandboxing or execution directives this module knows, unless O(allow_unknown=true).
+      - Required (non-empty) with O(state=present); ignored with O(state=absent).
     type: dict
-    default: {}
   name:
     description: File name of the drop-in, without C(.conf).
     type: str
@@ -49,10 +54,10 @@ options:
 attributes:
   check_mode:
     support: full
-    description: Computes and reports the change without making it.
+    description: Computes the change and the diff without writing, reloading or restarting; RV(exposure_after) is then the current score.
   diff_mode:
     support: full
-    description: Shows the before and after state.
+    description: Shows the drop-in file before and after.
   platform:
     support: full
     platforms: posix
@@ -88,12 +93,14 @@ path:
   type: str
   sample: /etc/systemd/system/cron.service.d/50-aegis-sandbox.conf
 exposure_before:
-  description: Overall exposure (0 safest, 10 least safe) before this run, if O(score=true).
+  description:
+    - Overall exposure (0 safest, 10 least safe) from C(systemd-analyze security) before this run.
+    - Null with O(score=false) or for units other than services.
   returned: always
   type: float
   sample: 9.6
 exposure_after:
-  description: Overall exposure after this run; in check mode, the current value.
+  description: Overall exposure after this run (after the restart, if any); in check mode, the current value.
   returned: always
   type: float
   sample: 4.2
@@ -101,19 +108,34 @@ restarted:
   description: Whether the unit was restarted.
   returned: always
   type: bool
+  sample: true
 """
 
+import contextlib
 import os
 
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.aegis.fleet.plugins.module_utils.changes import text_diff
 from ansible_collections.aegis.fleet.plugins.module_utils.sandbox import (
-    KNOWN_DIRECTIVES,
+    check_settings,
     exposure,
     render_dropin,
+    section,
     valid_unit_name,
 )
+
+HEADER = "Managed by aegis.fleet.systemd_sandbox"
+ARGUMENT_SPEC = dict(
+    unit=dict(type="str", required=True),
+    settings=dict(type="dict"),
+    name=dict(type="str", default="50-aegis-sandbox"),
+    state=dict(type="str", default="present", choices=["present", "absent"]),
+    restart=dict(type="bool", default=False),
+    score=dict(type="bool", default=True),
+    allow_unknown=dict(type="bool", default=False),
+)
+REQUIRED_IF = [("state", "present", ["settings"])]
 
 
 def _read(path):
@@ -124,7 +146,14 @@ def _read(path):
         return None
 
 
-def _write(path, text):
+def _put(path, text):
+    """Write ``text`` atomically, or remove the file (and an emptied drop-in dir) for None."""
+    if text is None:
+        if os.path.exists(path):
+            os.unlink(path)
+        with contextlib.suppress(OSError):
+            os.rmdir(os.path.dirname(path))  # only when no other drop-in is left
+        return
     os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
     tmp = path + ".aegis-tmp"
     with open(tmp, "w") as fh:
@@ -133,43 +162,65 @@ def _write(path, text):
     os.replace(tmp, path)
 
 
+class Unit:
+    def __init__(self, module, name):
+        self.module = module
+        self.name = name
+        self.systemctl = module.get_bin_path("systemctl", required=True)
+
+    def load_state(self):
+        rc, out, _err = self.module.run_command([self.systemctl, "show", "-p", "LoadState", "--value", self.name])
+        return out.strip() if rc == 0 else "unknown"
+
+    def reload(self):
+        self.module.run_command([self.systemctl, "daemon-reload"], check_rc=True)
+
+    def active(self):
+        rc, _out, _err = self.module.run_command([self.systemctl, "is-active", "--quiet", self.name])
+        return rc == 0
+
+    def restart(self):
+        rc, out, err = self.module.run_command([self.systemctl, "restart", self.name])
+        return rc, (err or out).strip()
+
+
+def verify(module, unit, path):
+    """Complaints of ``systemd-analyze verify`` about the drop-in (empty when it is fine)."""
+    analyze = module.get_bin_path("systemd-analyze")
+    if not analyze:
+        return []
+    _rc, out, err = module.run_command([analyze, "verify", unit])
+    return [line for line in (out + err).splitlines() if path in line]
+
+
 def main():
-    module = AnsibleModule(
-        argument_spec=dict(
-            unit=dict(type="str", required=True),
-            settings=dict(type="dict", default={}),
-            name=dict(type="str", default="50-aegis-sandbox"),
-            state=dict(type="str", default="present", choices=["present", "absent"]),
-            restart=dict(type="bool", default=False),
-            score=dict(type="bool", default=True),
-            allow_unknown=dict(type="bool", default=False),
-        ),
-        supports_check_mode=True,
-    )
+    module = AnsibleModule(argument_spec=ARGUMENT_SPEC, required_if=REQUIRED_IF, supports_check_mode=True)
     p = module.params
-    unit = p["unit"]
-    if not valid_unit_name(unit):
-        module.fail_json(msg="unit: %r is not a unit name; write it in full, e.g. 'cron.service'" % unit)
-    if "/" in p["name"] or not p["name"]:
+    p["settings"] = p["settings"] or {}
+    name = p["unit"]
+    if not valid_unit_name(name):
+        module.fail_json(msg="unit: %r is not a service, socket, mount or swap unit name; write it in full, "
+                             "e.g. 'cron.service'" % name)
+    if not p["name"] or "/" in p["name"] or p["name"].startswith("."):
         module.fail_json(msg="name: %r must be a plain file name without '/' (e.g. 50-aegis-sandbox)" % p["name"])
-    unknown = sorted(set(p["settings"]) - KNOWN_DIRECTIVES)
-    if unknown and not p["allow_unknown"]:
-        module.fail_json(msg="settings: unknown directive(s) %s; use systemd.exec(5) sandboxing directives "
-                             "such as ProtectSystem or NoNewPrivileges, or set allow_unknown=true" % ", ".join(unknown))
-    if p["state"] == "present" and not p["settings"]:
-        module.fail_json(msg="settings: give at least one directive for state=present (or use state=absent)")
+    if p["state"] == "present":
+        if not p["settings"]:
+            module.fail_json(msg="settings: give at least one directive for state=present (or use state=absent)")
+        errors = check_settings(p["settings"], p["allow_unknown"])
+        if errors:
+            module.fail_json(msg="settings: %s" % "; ".join(errors))
 
-    systemctl = module.get_bin_path("systemctl", required=True)
-    rc, out, _err = module.run_command([systemctl, "show", "-p", "LoadState", "--value", unit])
-    if rc != 0 or out.strip() != "loaded":
+    unit = Unit(module, name)
+    load_state = unit.load_state()
+    if load_state != "loaded":
         module.fail_json(msg="unit: %s is not loaded on this node (LoadState=%s); check the name with "
-                             "'systemctl list-unit-files'" % (unit, out.strip() or "unknown"))
+                             "'systemctl list-unit-files'" % (name, load_state or "unknown"))
 
-    path = "/etc/systemd/system/%s.d/%s.conf" % (unit, p["name"])
+    path = "/etc/systemd/system/%s.d/%s.conf" % (name, p["name"])
     before = _read(path)
-    after = render_dropin(p["settings"], "Managed by aegis.fleet.systemd_sandbox") if p["state"] == "present" else None
+    after = render_dropin(p["settings"], HEADER, section(name)) if p["state"] == "present" else None
     changed = before != after
-    score_before = exposure(module, unit) if p["score"] else None
+    score_before = exposure(module, name) if p["score"] else None
     result = dict(changed=changed, path=path, exposure_before=score_before, exposure_after=score_before,
                   restarted=False)
     if module._diff:
@@ -177,32 +228,28 @@ def main():
     if not changed or module.check_mode:
         module.exit_json(**result)
 
-    if after is None:
-        os.unlink(path)
-    else:
-        _write(path, after)
-        analyze = module.get_bin_path("systemd-analyze")
-        if analyze:
-            _rc, vout, verr = module.run_command([analyze, "verify", unit])
-            complaints = [ln for ln in (vout + verr).splitlines() if path in ln]
-            if complaints:
-                if before is None:
-                    os.unlink(path)
-                else:
-                    _write(path, before)
-                module.fail_json(msg="systemd rejects the drop-in for %s (restored the previous one): %s"
-                                     % (unit, "; ".join(complaints)))
-    module.run_command([systemctl, "daemon-reload"], check_rc=True)
-    if p["restart"]:
-        rc, _o, _e = module.run_command([systemctl, "is-active", "--quiet", unit])
-        if rc == 0:
-            rc, out, err = module.run_command([systemctl, "restart", unit])
-            if rc != 0:
-                module.fail_json(msg="%s did not restart with its new sandbox: %s; see journalctl -u %s"
-                                     % (unit, (err or out).strip(), unit), path=path)
-            result["restarted"] = True
+    _put(path, after)
+    if after is not None:
+        complaints = verify(module, name, path)
+        if complaints:
+            _put(path, before)
+            module.fail_json(msg="settings: systemd rejects the drop-in for %s (the previous one is back): %s"
+                                 % (name, "; ".join(complaints)), path=path)
+    unit.reload()
+    if p["restart"] and unit.active():
+        rc, why = unit.restart()
+        if rc != 0 or not unit.active():
+            _put(path, before)
+            unit.reload()
+            back_rc, _why = unit.restart()
+            state = "running" if back_rc == 0 else "still failing"
+            module.fail_json(msg="%s did not come back up with the new sandbox (%s); the previous drop-in is "
+                                 "back and the unit was restarted with it (%s). See journalctl -u %s for the "
+                                 "directive that breaks it." % (name, why or "inactive after restart", state, name),
+                             path=path)
+        result["restarted"] = True
     if p["score"]:
-        result["exposure_after"] = exposure(module, unit)
+        result["exposure_after"] = exposure(module, name)
     module.exit_json(**result)
 
 
