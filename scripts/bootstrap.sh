@@ -27,6 +27,8 @@ APT_PACKAGES=(
   clang llvm bpftool libbpf-dev nftables python3-nftables
   # VM nodes for kernel-level checks (TCG emulation), disks built without loop mounts
   qemu-system-x86 qemu-utils e2fsprogs
+  # controller state on PostgreSQL (the test fixture starts its own cluster on loopback)
+  postgresql
   # fallback interpreter for the virtualenv when no python3.11 with venv is present
   python3-venv
 )
@@ -63,7 +65,7 @@ pick_python() {
   return 1
 }
 py=$(pick_python) || die "no Python 3.11 with venv/ensurepip found (Debian: apt-get install python3-venv)"
-stamp_src=$( { "$py" -c 'import sys; print(sys.version)'; cat requirements.txt agent/pyproject.toml controller/pyproject.toml; } | sha256sum | cut -c1-16)
+stamp_src=$( { "$py" -c 'import sys; print(sys.version)'; cat requirements.txt protocol/pyproject.toml agent/pyproject.toml controller/pyproject.toml; } | sha256sum | cut -c1-16)
 if [ -x .venv/bin/python ] && [ "$(cat .venv/.aegis-stamp 2>/dev/null)" = "$stamp_src" ]; then
   say "virtualenv .venv up to date"
 else
@@ -71,9 +73,9 @@ else
   rm -rf .venv
   "$py" -m venv .venv
   .venv/bin/pip install -q --disable-pip-version-check --upgrade pip 2>&1 | grep -v '^WARNING: Location' >&2 || true
-  .venv/bin/pip install -q --disable-pip-version-check -r requirements.txt -e ./agent -e ./controller 2>&1 \
+  .venv/bin/pip install -q --disable-pip-version-check -r requirements.txt -e ./protocol -e ./agent -e ./controller 2>&1 \
     | { grep -v '^WARNING: Location' || true; } >&2
-  .venv/bin/python -c 'import ansible, aegis_controller, aegis_agent' \
+  .venv/bin/python -c 'import ansible, aegis_controller, aegis_agent, aegis_protocol' \
     || die "virtualenv install incomplete; see the pip output above"
   echo "$stamp_src" > .venv/.aegis-stamp
 fi
