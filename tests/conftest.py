@@ -25,12 +25,16 @@ RUN_PREFIX = os.environ.get("AEGIS_TEST_PREFIX") or new_prefix()
 _suffixes = itertools.count()
 
 
+_DIGITS = "0123456789abcdefghijklmnopqrstuvwxyz"
+
+
 def sub_prefix() -> str:
-    """A fresh prefix inside this run's prefix (run prefix + one character)."""
+    """A fresh prefix inside this run's prefix (run prefix + two characters, so no
+    sub-prefix is a prefix of another and a sweep of one never touches a sibling)."""
     n = next(_suffixes)
-    if n >= 36:
-        raise RuntimeError("more than 36 sub-prefixes in one run")
-    return RUN_PREFIX + "0123456789abcdefghijklmnopqrstuvwxyz"[n]
+    if n >= len(_DIGITS) ** 2:
+        raise RuntimeError(f"more than {len(_DIGITS) ** 2} sub-prefixes in one run")
+    return RUN_PREFIX + _DIGITS[n // len(_DIGITS)] + _DIGITS[n % len(_DIGITS)]
 
 
 @pytest.fixture(scope="session")
