@@ -82,6 +82,7 @@ def lib() -> ctypes.CDLL:
         "bpf_object__find_program_by_name": (vp, [vp, p]),
         "bpf_object__find_map_by_name": (vp, [vp, p]),
         "bpf_program__fd": (i, [vp]),
+        "bpf_program__set_autoload": (i, [vp, ctypes.c_bool]),
         "bpf_map__fd": (i, [vp]),
         "bpf_tc_hook_create": (i, [vp]),
         "bpf_tc_hook_destroy": (i, [vp]),
@@ -93,6 +94,7 @@ def lib() -> ctypes.CDLL:
         "ring_buffer__poll": (i, [vp, i]),
         "ring_buffer__consume": (i, [vp]),
         "ring_buffer__free": (None, [vp]),
+        "ring_buffer__epoll_fd": (i, [vp]),
         "libbpf_set_print": (vp, [_LOG_FN]),
         "libbpf_major_version": (u32, []),
         "libbpf_minor_version": (u32, []),
@@ -142,14 +144,19 @@ class LoadedObject:
             self.handle = 0
 
 
-def load_object(path: str) -> LoadedObject:
-    """Open and load (verify) an object; raises with the verifier's log on refusal."""
+def load_object(path: str, skip: tuple[str, ...] = ()) -> LoadedObject:
+    """Open and load (verify) an object, without the programs named in ``skip``; raises
+    with the verifier's log on refusal."""
     with _log_lock:
         _log_lines.clear()
         ctypes.set_errno(0)
         obj = lib().bpf_object__open_file(os.fsencode(path), None)
         if not obj:
             raise _fail(f"cannot open BPF object {path}", 0)
+        for name in skip:
+            prog = lib().bpf_object__find_program_by_name(obj, name.encode())
+            if prog:
+                lib().bpf_program__set_autoload(prog, False)
         err = lib().bpf_object__load(obj)
         if err:
             e = _fail(f"the kernel refused to load {path}", err)
@@ -235,6 +242,11 @@ class RingBuffer:
         if n < 0 and n != -4:  # EINTR
             raise _fail("ring_buffer__poll failed", n)
         return max(n, 0)
+
+    def fileno(self) -> int:
+        """The ring buffer's epoll fd: readable when records are waiting (asyncio
+        ``loop.add_reader``)."""
+        return int(lib().ring_buffer__epoll_fd(self._rb))
 
     def consume(self) -> int:
         n = lib().ring_buffer__consume(self._rb)

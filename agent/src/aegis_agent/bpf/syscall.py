@@ -33,6 +33,10 @@ BPF_NOEXIST = 1
 BPF_EXIST = 2
 
 # enum bpf_attach_type (uapi; stable numbers)
+ATTACH_CGROUP_INET4_CONNECT = 10
+ATTACH_CGROUP_INET6_CONNECT = 11
+ATTACH_TRACE_RAW_TP = 23
+ATTACH_LSM_MAC = 27
 ATTACH_XDP = 37
 ATTACH_TCX_INGRESS = 46
 ATTACH_TCX_EGRESS = 47
@@ -229,6 +233,8 @@ def prog_info(fd: int) -> ProgInfo:
 
 
 def link_create(prog_fd: int, ifindex: int, attach_type: int, flags: int = 0) -> int:
+    """BPF_LINK_CREATE; ``ifindex`` is the target (an interface index, or a cgroup fd for
+    cgroup attach types, 0 for tracing and LSM programs)."""
     attr = _LinkCreateAttr(prog_fd=prog_fd, target_ifindex=ifindex, attach_type=attach_type,
                            flags=flags)
     return bpf(LINK_CREATE, attr, "link create")

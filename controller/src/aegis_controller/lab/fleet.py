@@ -222,6 +222,9 @@ def leftovers(prefix: str) -> list[str]:
     for pin_root in (Path("/sys/fs/bpf"),):
         if pin_root.is_dir():
             found += [f"bpf pin {p}" for p in pin_root.glob(f"{prefix}*")]
+    for cg_root in (Path("/sys/fs/cgroup/unified"), Path("/sys/fs/cgroup")):
+        if (cg_root / "cgroup.procs").is_file():
+            found += [f"cgroup {p}" for p in cg_root.glob(f"{prefix}*")]
     found += [f"process {pid}" for pid in _processes_with(prefix)]
     return found
 

@@ -1,0 +1,134 @@
+// SPDX-License-Identifier: GPL-2.0
+/* Aegis exec monitor.
+ *
+ *   exec_trace  tp_btf/sched_process_exec: one event per exec (pid, ppid, uid, gid,
+ *               comm, filename, inode, device). An exec whose image (device, inode) is
+ *               in exec_deny gets SIGKILL from here: the signal is delivered on the way
+ *               back to user space, so the new image never runs its first instruction.
+ *   exec_lsm    lsm/bprm_check_security: refuses a denied exec with EPERM before the
+ *               image is even mapped. Loaded only where the kernel allows BPF-LSM; the
+ *               loader tries it first and falls back to SIGKILL, reporting which mode
+ *               is active.
+ *
+ * Layouts are mirrored by agent/src/aegis_agent/bpf/monitors.py.
+ */
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_tracing.h>
+#include <bpf/bpf_core_read.h>
+
+#define SIGKILL 9
+#define EPERM 1
+#define EXEC_DENIED 1
+#define EXEC_LSM 2
+#define FILENAME_LEN 256
+
+enum exec_stat { ST_EVENTS = 0, ST_LOST, ST_DENIED, N_STATS };
+
+struct exec_key {
+	__u64 dev; /* kernel encoding: major << 20 | minor */
+	__u64 ino;
+};
+
+struct exec_event {
+	__u64 ktime_ns;
+	__u64 ino;
+	__u64 dev;
+	__u32 pid;
+	__u32 ppid;
+	__u32 uid;
+	__u32 gid;
+	__u32 flags;
+	__u32 _pad;
+	char comm[16];
+	char filename[FILENAME_LEN];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 1024 * 1024);
+} exec_events SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__type(key, struct exec_key);
+	__type(value, __u32);
+} exec_deny SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, N_STATS);
+	__type(key, __u32);
+	__type(value, __u64);
+} exec_stats SEC(".maps");
+
+static __always_inline void count(__u32 slot)
+{
+	__u64 *v = bpf_map_lookup_elem(&exec_stats, &slot);
+	if (v)
+		*v += 1;
+}
+
+static __always_inline int denied(struct linux_binprm *bprm, struct exec_key *key)
+{
+	struct inode *inode = BPF_CORE_READ(bprm, file, f_inode);
+	key->ino = BPF_CORE_READ(inode, i_ino);
+	key->dev = BPF_CORE_READ(inode, i_sb, s_dev);
+	return bpf_map_lookup_elem(&exec_deny, key) != NULL;
+}
+
+static __always_inline void report(struct task_struct *task, struct linux_binprm *bprm,
+				   struct exec_key *key, __u32 flags)
+{
+	struct exec_event *e = bpf_ringbuf_reserve(&exec_events, sizeof(*e), 0);
+	if (!e) {
+		count(ST_LOST);
+		return;
+	}
+	__u64 ugid = bpf_get_current_uid_gid();
+	e->ktime_ns = bpf_ktime_get_ns();
+	e->ino = key->ino;
+	e->dev = key->dev;
+	e->pid = bpf_get_current_pid_tgid() >> 32;
+	e->ppid = BPF_CORE_READ(task, real_parent, tgid);
+	e->uid = (__u32)ugid;
+	e->gid = ugid >> 32;
+	e->flags = flags;
+	e->_pad = 0;
+	bpf_get_current_comm(e->comm, sizeof(e->comm));
+	bpf_probe_read_kernel_str(e->filename, sizeof(e->filename), BPF_CORE_READ(bprm, filename));
+	bpf_ringbuf_submit(e, 0);
+	count(ST_EVENTS);
+}
+
+SEC("tp_btf/sched_process_exec")
+int BPF_PROG(exec_trace, struct task_struct *task, pid_t old_pid, struct linux_binprm *bprm)
+{
+	struct exec_key key = {};
+	__u32 flags = 0;
+
+	if (denied(bprm, &key)) {
+		bpf_send_signal(SIGKILL);
+		count(ST_DENIED);
+		flags |= EXEC_DENIED;
+	}
+	report(task, bprm, &key, flags);
+	return 0;
+}
+
+SEC("lsm/bprm_check_security")
+int BPF_PROG(exec_lsm, struct linux_binprm *bprm, int ret)
+{
+	struct exec_key key = {};
+
+	if (ret)
+		return ret;
+	if (!denied(bprm, &key))
+		return 0;
+	count(ST_DENIED);
+	report(bpf_get_current_task_btf(), bprm, &key, EXEC_DENIED | EXEC_LSM);
+	return -EPERM;
+}
+
+char LICENSE[] SEC("license") = "GPL";
