@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Benchmarks that print figures (./aegis bench [fleet|harden|bpf]; all by default).
+# Benchmarks that print figures (./aegis bench [fleet|harden|bpf|exec]; all by default).
 # Targets are read from the output, never asserted by timed tests.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
@@ -18,4 +18,8 @@ fi
 if [ "$which" = all ] || [ "$which" = bpf ]; then
   echo "=== eBPF segment filter: ns/packet (100,000 edges vs empty XDP), grant-to-enforce latency"
   python -m aegis_agent.bpf.bench
+fi
+if [ "$which" = all ] || [ "$which" = exec ]; then
+  echo "=== agent exec monitor: exec events/s sustained, events lost, agent CPU and RSS"
+  python -m aegis_agent.bench_exec
 fi

@@ -576,12 +576,18 @@ class SegmentFilter:
         for slot in range(layout.N_SLOTS):
             syscall.map_update(fd, slot.to_bytes(4, "little"), zero)
 
-    def events(self, timeout: float = 0.0) -> Iterator[DropEvent]:
-        """Drop (and would-drop) events waiting in the ring buffer; waits up to
-        ``timeout`` seconds for the first one."""
+    def fileno(self) -> int:
+        """The drop-event ring buffer's epoll fd (readable when events wait)."""
         if self._ring is None:
             self._ring = libbpf.RingBuffer(
                 self._fd("seg_events"), lambda raw: self._pending.append(DropEvent.unpack(raw)))
+        return self._ring.fileno()
+
+    def events(self, timeout: float = 0.0) -> Iterator[DropEvent]:
+        """Drop (and would-drop) events waiting in the ring buffer; waits up to
+        ``timeout`` seconds for the first one."""
+        self.fileno()
+        assert self._ring is not None
         self._ring.poll(int(timeout * 1000))
         while True:
             self._ring.consume()

@@ -1,0 +1,170 @@
+"""The agent's configuration file (YAML), validated with errors that name the key.
+
+    cfg = load_config("/etc/aegis/agent.yaml")     # raises ConfigError listing every problem
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from aegis_protocol.events import EventKind, Scalar
+
+from .bpf.edges import Edge, EdgeSpecError
+
+DEFAULT_PATH = Path("/etc/aegis/agent.yaml")
+
+
+class ConfigError(ValueError):
+    """The config file is missing, not YAML, or not valid; ``problems`` lists each one."""
+
+    def __init__(self, path: str | os.PathLike, problems: list[str]) -> None:
+        self.path = str(path)
+        self.problems = problems
+        super().__init__(f"{path}: invalid agent configuration:\n  " + "\n  ".join(problems))
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class EdgeGrant(_Strict):
+    edge: str
+    ttl: Annotated[float, Field(gt=0)] | None = None
+    idle: Annotated[float, Field(gt=0)] | None = None
+
+    @field_validator("edge")
+    @classmethod
+    def _parse(cls, value: str) -> str:
+        try:
+            Edge.parse(value)
+        except EdgeSpecError as e:
+            raise ValueError(str(e)) from None
+        return value
+
+
+class SegmentConfig(_Strict):
+    interface: str | None = Field(None, description="no interface: no segmentation")
+    pin_dir: Path = Path("/sys/fs/bpf/aegis/segment")
+    xdp_mode: Literal["native", "generic", "auto"] = "auto"
+    tc_mode: Literal["tcx", "clsact", "auto"] = "auto"
+    mode: Literal["enforce", "observe"] = "enforce"
+    arp: Literal["allow", "deny"] = "allow"
+    ipv6: Literal["deny", "allow", "filter"] = "deny"
+    management: list[str] = Field(default_factory=list)
+    edges: list[EdgeGrant] = Field(default_factory=list, description="'SPEC' or {edge, ttl, idle}")
+    sweep_interval: Annotated[float, Field(gt=0)] = 5.0
+
+    @field_validator("edges", mode="before")
+    @classmethod
+    def _short_form(cls, value: object) -> object:
+        if isinstance(value, list):
+            return [{"edge": v} if isinstance(v, str) else v for v in value]
+        return value
+
+    def grants(self) -> list[EdgeGrant]:
+        return self.edges
+
+
+class MonitorConfig(_Strict):
+    exec: bool = True
+    connect: bool = True
+    exec_deny: list[str] = Field(default_factory=list)
+    pin_dir: Path = Path("/sys/fs/bpf/aegis")
+    lsm: bool = True
+
+
+class SpoolConfig(_Strict):
+    dir: Path = Path("/var/lib/aegis/spool")
+    max_bytes: Annotated[int, Field(ge=64 * 1024)] = 64 * 1024 * 1024
+    segment_bytes: Annotated[int, Field(ge=4096)] = 4 * 1024 * 1024
+    high_water: Annotated[float, Field(gt=0, le=1)] = 0.8
+
+
+class ControlConfig(_Strict):
+    socket: Path = Path("/run/aegis/agent.sock")
+
+
+class Threshold(_Strict):
+    count: Annotated[int, Field(ge=1)]
+    seconds: Annotated[float, Field(gt=0)]
+    by: str | None = Field(None, description="data field that keys the count, e.g. src")
+
+
+class Rule(_Strict):
+    name: Annotated[str, Field(min_length=1, max_length=64)]
+    kind: EventKind | list[EventKind]
+    match: dict[str, list[Scalar]] = Field(default_factory=dict)
+    action: Literal["log", "alert", "deny", "quarantine"]
+    threshold: Threshold | None = None
+
+    def kinds(self) -> list[str]:
+        return [self.kind] if isinstance(self.kind, str) else list(self.kind)
+
+
+class WatchdogConfig(_Strict):
+    interval: Annotated[float, Field(gt=0)] = 5.0
+    max_rss_mb: Annotated[float, Field(gt=0)] = 256.0
+    max_cpu_percent: Annotated[float, Field(gt=0)] = 50.0
+    grace: Annotated[int, Field(ge=1, description="intervals over a limit before exiting")] = 6
+
+
+class AgentConfig(_Strict):
+    node_id: str | None = None
+    segment: SegmentConfig = Field(default_factory=SegmentConfig)
+    monitors: MonitorConfig = Field(default_factory=MonitorConfig)
+    spool: SpoolConfig = Field(default_factory=SpoolConfig)
+    control: ControlConfig = Field(default_factory=ControlConfig)
+    policy: list[Rule] = Field(default_factory=list)
+    watchdog: WatchdogConfig = Field(default_factory=WatchdogConfig)
+
+
+def _where(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part in ("str", "EdgeGrant") or "[" in str(part):
+            continue  # pydantic's union branch names
+        else:
+            out += f".{part}" if out else str(part)
+    return out or "(top level)"
+
+
+def problems(error: ValidationError) -> list[str]:
+    """pydantic's errors as 'key.path: what is wrong' lines, one per problem."""
+    lines = []
+    for err in error.errors():
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key (check the spelling; see the agent's config reference)"
+        lines.append(f"{_where(err['loc'])}: {msg}")
+    return list(dict.fromkeys(lines))
+
+
+def parse_config(text: str, path: str | os.PathLike = "<config>") -> AgentConfig:
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(path, [f"not valid YAML: {e}"]) from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(path, ["the file must be a YAML mapping (key: value), "
+                                 f"found a {type(data).__name__}"])
+    try:
+        return AgentConfig.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(path, problems(e)) from None
+
+
+def load_config(path: str | os.PathLike = DEFAULT_PATH) -> AgentConfig:
+    try:
+        text = Path(path).read_text()
+    except OSError as e:
+        raise ConfigError(path, [f"cannot read it: {e.strerror}"]) from None
+    return parse_config(text, path)

@@ -1,0 +1,285 @@
+"""A durable, bounded, append-only event spool.
+
+Records live in segment files ``seg-<first seq>.log``; each record is framed as
+
+    magic b"AS" | u32 length | u32 crc32(seq + payload) | u64 seq | payload (Event JSON)
+
+and every ``append`` ends with fsync, so a record whose ``append`` returned survives
+kill -9 and power loss. On open, a torn record at the end of the newest segment (a
+write cut short) is truncated away; a segment with a bad record anywhere else is moved
+to ``corrupt/`` with a note saying why, reported through ``problems`` (the agent turns
+them into events), and the spool goes on with the rest: nothing is deleted.
+
+The spool is bounded: past ``max_bytes`` the oldest segments are dropped (counted in
+``dropped``); crossing ``high_water`` of it raises an alarm once until usage falls back.
+The forwarder reads after its cursor and ``ack``s; the cursor is written atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import time
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from aegis_protocol.events import Event
+
+MAGIC = b"AS"
+HEADER = struct.Struct("<2sIIQ")
+MAX_RECORD = 1 << 20
+
+
+class SpoolError(OSError):
+    """The spool directory cannot be used."""
+
+
+@dataclass
+class Problem:
+    segment: str
+    reason: str
+    moved_to: str
+
+
+@dataclass
+class _Segment:
+    path: Path
+    first: int
+    last: int = -1  # last seq in it (-1: empty)
+    size: int = 0
+
+
+@dataclass
+class Spool:
+    directory: Path
+    max_bytes: int = 64 * 1024 * 1024
+    segment_bytes: int = 4 * 1024 * 1024
+    high_water: float = 0.8
+    problems: list[Problem] = field(default_factory=list)
+    dropped: int = 0
+    alarm: bool = False
+
+    def __post_init__(self) -> None:
+        self.directory = Path(self.directory)
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        except OSError as e:
+            raise SpoolError(e.errno, f"spool directory {self.directory}: {e.strerror}") from e
+        self._segments: list[_Segment] = []
+        self._fh = None
+        self._next = 0
+        self._acked = self._read_cursor()
+        paths = sorted(self.directory.glob("seg-*.log"))
+        for i, path in enumerate(paths):
+            self._scan(path, newest=i == len(paths) - 1)
+        if self._segments:
+            self._next = max(s.last for s in self._segments) + 1
+            self._next = max(self._next, self._segments[-1].first)
+        self._next = max(self._next, self._acked + 1)
+
+    # -- opening -------------------------------------------------------------------------
+    def _scan(self, path: Path, newest: bool) -> None:
+        """Validate one segment; truncate a torn tail, set aside a corrupt middle."""
+        try:
+            first = int(path.stem.split("-", 1)[1])
+        except ValueError:
+            self._set_aside(path, "file name is not seg-<number>.log")
+            return
+        data = path.read_bytes()
+        seg = _Segment(path, first)
+        off = 0
+        while off < len(data):
+            bad = self._bad_record(data, off)
+            if bad is None:
+                length = HEADER.unpack_from(data, off)[1]
+                seg.last = HEADER.unpack_from(data, off)[3]
+                off += HEADER.size + length
+                continue
+            if newest and self._is_torn_tail(data, off):
+                with path.open("r+b") as fh:
+                    fh.truncate(off)
+                    os.fsync(fh.fileno())
+                break
+            self._set_aside(path, f"{bad} at byte {off}")
+            return
+        seg.size = off
+        self._segments.append(seg)
+
+    @staticmethod
+    def _bad_record(data: bytes, off: int) -> str | None:
+        if len(data) - off < HEADER.size:
+            return "truncated record header"
+        magic, length, crc, seq = HEADER.unpack_from(data, off)
+        if magic != MAGIC:
+            return "bad record marker"
+        if length > MAX_RECORD or off + HEADER.size + length > len(data):
+            return "record runs past the end of the file"
+        payload = data[off + HEADER.size: off + HEADER.size + length]
+        if zlib.crc32(struct.pack("<Q", seq) + payload) != crc:
+            return "checksum mismatch"
+        return None
+
+    def _is_torn_tail(self, data: bytes, off: int) -> bool:
+        """A bad record in the newest segment is a write cut short when no valid record
+        follows it; anything else is corruption."""
+        probe = data.find(MAGIC, off + 1)
+        while probe != -1:
+            if self._bad_record(data, probe) is None:
+                return False
+            probe = data.find(MAGIC, probe + 1)
+        return True
+
+    def _set_aside(self, path: Path, reason: str) -> None:
+        corrupt = self.directory / "corrupt"
+        corrupt.mkdir(exist_ok=True, mode=0o700)
+        dest = corrupt / f"{path.name}.{time.strftime('%Y%m%dT%H%M%S')}"
+        os.replace(path, dest)
+        dest.with_name(dest.name + ".why").write_text(reason + "\n")
+        self._fsync_dir(corrupt)
+        self._fsync_dir(self.directory)
+        self.problems.append(Problem(path.name, reason, str(dest)))
+
+    # -- writing ---------------------------------------------------------------------------
+    def append(self, events: list[Event]) -> list[int]:
+        """Write ``events`` durably (fsync before returning); returns their sequence numbers."""
+        seqs = []
+        frames: list[tuple[int, bytes]] = []
+        for event in events:
+            payload = event.model_dump_json().encode()
+            seq = self._next
+            self._next += 1
+            crc = zlib.crc32(struct.pack("<Q", seq) + payload)
+            frames.append((seq, HEADER.pack(MAGIC, len(payload), crc, seq) + payload))
+            seqs.append(seq)
+        i = 0
+        while i < len(frames):
+            seg = self._writable(frames[i][0])
+            assert self._fh is not None
+            room = max(self.segment_bytes - seg.size, 1)
+            j, size = i, 0
+            while j < len(frames) and (j == i or size + len(frames[j][1]) <= room):
+                size += len(frames[j][1])
+                j += 1
+            self._fh.write(b"".join(f for _s, f in frames[i:j]))
+            self._fh.flush()
+            os.fsync(self._fh.fileno())
+            seg.size += size
+            seg.last = frames[j - 1][0]
+            i = j
+        self._enforce_bound()
+        return seqs
+
+    def _writable(self, seq: int) -> _Segment:
+        seg = self._segments[-1] if self._segments else None
+        if seg is None or seg.size >= self.segment_bytes or self._fh is None:
+            if seg is not None and seg.size < self.segment_bytes and self._fh is None:
+                self._fh = seg.path.open("ab")
+                return seg
+            self.close()
+            path = self.directory / f"seg-{seq:020d}.log"
+            seg = _Segment(path, seq)
+            self._fh = path.open("ab")
+            self._fsync_dir(self.directory)
+            self._segments.append(seg)
+        return seg
+
+    def _enforce_bound(self) -> None:
+        while self.used() > self.max_bytes and len(self._segments) > 1:
+            old = self._segments.pop(0)
+            self.dropped += max(0, old.last - max(old.first, self._acked + 1) + 1)
+            old.path.unlink()
+        self.alarm_changed()
+
+    def alarm_changed(self) -> bool:
+        """Update the high-water alarm; True when it was just raised."""
+        over = self.used() >= self.high_water * self.max_bytes
+        raised = over and not self.alarm
+        self.alarm = over
+        return raised
+
+    # -- reading and acking ------------------------------------------------------------------
+    def read(self, after: int | None = None, limit: int = 1000) -> list[tuple[int, Event]]:
+        """Up to ``limit`` records with seq > ``after`` (default: the ack cursor)."""
+        after = self._acked if after is None else after
+        out: list[tuple[int, Event]] = []
+        for seg in self._segments:
+            if seg.last <= after:
+                continue
+            data = seg.path.read_bytes()[: seg.size]
+            off = 0
+            while off < len(data) and len(out) < limit:
+                _m, length, _crc, seq = HEADER.unpack_from(data, off)
+                if seq > after:
+                    payload = data[off + HEADER.size: off + HEADER.size + length]
+                    out.append((seq, Event.model_validate_json(payload)))
+                off += HEADER.size + length
+            if len(out) >= limit:
+                break
+        return out
+
+    def ack(self, upto: int) -> None:
+        """Everything up to ``upto`` is delivered; fully acked segments are removed."""
+        if upto <= self._acked:
+            return
+        self._acked = upto
+        cursor = self.directory / "cursor.json"
+        tmp = cursor.with_suffix(".tmp")
+        with tmp.open("w") as fh:
+            json.dump({"acked": upto}, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, cursor)
+        self._fsync_dir(self.directory)
+        while len(self._segments) > 1 and self._segments[0].last <= upto:
+            self._segments.pop(0).path.unlink()
+        self.alarm_changed()
+
+    def _read_cursor(self) -> int:
+        cursor = self.directory / "cursor.json"
+        try:
+            return int(json.loads(cursor.read_text())["acked"])
+        except FileNotFoundError:
+            return -1
+        except (ValueError, KeyError, TypeError):
+            dest = self.directory / "corrupt" / f"cursor.json.{time.strftime('%Y%m%dT%H%M%S')}"
+            dest.parent.mkdir(exist_ok=True, mode=0o700)
+            os.replace(cursor, dest)
+            self.problems.append(Problem("cursor.json", "unreadable ack cursor: everything "
+                                         "still spooled will be sent again", str(dest)))
+            return -1
+
+    # -- state ----------------------------------------------------------------------------------
+    @property
+    def acked(self) -> int:
+        return self._acked
+
+    @property
+    def next_seq(self) -> int:
+        return self._next
+
+    def used(self) -> int:
+        return sum(s.size for s in self._segments)
+
+    def pending(self) -> int:
+        return sum(max(0, s.last - max(s.first, self._acked + 1) + 1) for s in self._segments)
+
+    def status(self) -> dict[str, object]:
+        return {"dir": str(self.directory), "used_bytes": self.used(), "max_bytes": self.max_bytes,
+                "pending": self.pending(), "acked": self._acked, "next_seq": self._next,
+                "dropped": self.dropped, "high_water_alarm": self.alarm,
+                "corrupt_set_aside": len(self.problems)}
+
+    @staticmethod
+    def _fsync_dir(path: Path) -> None:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def close(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None

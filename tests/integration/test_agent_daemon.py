@@ -1,0 +1,295 @@
+"""The agent daemon as it runs on a node: a real process in namespace b of a veth pair,
+its control socket driven by the real ``aegis-agent`` CLI, real TCP from namespace a,
+the exec monitor on the real kernel, and its spool on disk.
+
+Everything is named with the run prefix (pins, temp dir) and removed afterwards: the
+daemon is stopped, then ``aegis-agent detach`` removes what it attached.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import yaml
+from test_segment_netns import Lab, _enter
+
+from aegis_agent.spool import HEADER, Spool
+from harness import VENV_BIN, NetnsPair
+
+pytestmark = pytest.mark.integration
+
+AGENT = str(VENV_BIN / "aegis-agent")
+EDGE = "192.0.2.1 -> 192.0.2.2 tcp/8080"
+
+
+@dataclass
+class Daemon:
+    lab: Lab
+    root: Path
+    prefix: str
+    proc: subprocess.Popen | None = None
+    log: list[Path] = field(default_factory=list)
+
+    @property
+    def config(self) -> Path:
+        return self.root / "agent.yaml"
+
+    @property
+    def spool_dir(self) -> Path:
+        return self.root / "spool"
+
+    def write_config(self) -> None:
+        cfg = {
+            "node_id": f"{self.prefix}-node",
+            "segment": {"interface": self.lab.pair.b_if,
+                        "pin_dir": f"/sys/fs/bpf/{self.prefix}-seg",
+                        "management": ["192.0.2.1 tcp/2222"], "sweep_interval": 0.2},
+            "monitors": {"exec": True, "connect": False,
+                         "pin_dir": f"/sys/fs/bpf/{self.prefix}-mon"},
+            "spool": {"dir": str(self.spool_dir), "segment_bytes": 65536},
+            "control": {"socket": str(self.root / "run" / "agent.sock")},
+            "policy": [{"name": "no-evil", "kind": "exec",
+                        "match": {"filename": [str(self.root / "evil")]}, "action": "deny"}],
+        }
+        self.config.write_text(yaml.safe_dump(cfg))
+
+    def start(self) -> None:
+        log = self.root / f"daemon-{len(self.log)}.log"
+        self.log.append(log)
+        self.proc = subprocess.Popen(
+            ["nsenter", f"--net=/run/netns/{self.lab.pair.b}", AGENT, "--config",
+             str(self.config), "run"],
+            stdout=log.open("w"), stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"agent exited {self.proc.returncode}: {log.read_text()}")
+            if self.cli("status", check=False)[0] == 0:
+                return
+            time.sleep(0.1)
+        raise AssertionError(f"agent did not come up: {log.read_text()}")
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+        rc = self.proc.wait(timeout=30)
+        self.proc = None
+        return rc
+
+    def cli(self, *args: str, check: bool = True) -> tuple[int, object, str]:
+        p = subprocess.run([AGENT, "--config", str(self.config), *args], capture_output=True,
+                           text=True, timeout=60, check=False)
+        if check and p.returncode:
+            raise AssertionError(f"aegis-agent {' '.join(args)}: {p.stderr}")
+        out: object = p.stdout
+        with contextlib.suppress(json.JSONDecodeError):
+            out = json.loads(p.stdout)
+        return p.returncode, out, p.stderr
+
+    def events(self) -> list[dict]:
+        _rc, out, _err = self.cli("events", "--limit", "10000", "--after", "-1")
+        assert isinstance(out, str)
+        return [json.loads(line) for line in out.splitlines()]
+
+
+@pytest.fixture
+def daemon(netns: NetnsPair) -> Iterator[Daemon]:
+    prefix = netns.a.removesuffix("-a")
+    root = Path(tempfile.mkdtemp(prefix=f"{prefix}-agent-"))
+    a = ThreadPoolExecutor(1, initializer=_enter, initargs=(netns.a,))
+    b = ThreadPoolExecutor(1, initializer=_enter, initargs=(netns.b,))
+    d = Daemon(Lab(netns, f"/sys/fs/bpf/{prefix}-seg", a, b), root, prefix)
+    d.write_config()
+    try:
+        yield d
+    finally:
+        if d.proc is not None:
+            d.proc.kill()
+            d.proc.wait()
+        d.cli("detach", check=False)
+        for pin in (f"/sys/fs/bpf/{prefix}-seg", f"/sys/fs/bpf/{prefix}-mon"):
+            shutil.rmtree(pin, ignore_errors=True)
+        shutil.rmtree(root, ignore_errors=True)
+        a.shutdown()
+        b.shutdown()
+
+
+def _wait_for(pred, timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_grant_revoke_quarantine_release_through_the_cli(daemon: Daemon) -> None:
+    daemon.start()
+    lab = daemon.lab
+    lab.listen("b", "192.0.2.2", 8080)
+    lab.listen("b", "192.0.2.2", 2222)
+    assert not lab.reachable(8080)  # default drop
+    _rc, out, _e = daemon.cli("grant", EDGE, "--ttl", "600")
+    assert out == {"granted": EDGE}
+    assert lab.reachable(8080)
+    _rc, edges, _e = daemon.cli("edges")
+    assert [e["edge"] for e in edges] == [EDGE] and edges[0]["state"] == "active"
+    _rc, pol, _e = daemon.cli("quarantine")
+    assert pol["quarantine"] is True
+    assert not lab.reachable(8080)
+    assert lab.reachable(2222)  # the management path stays
+    daemon.cli("release")
+    assert lab.reachable(8080)
+    daemon.cli("revoke", EDGE)
+    assert not lab.reachable(8080)
+    whats = [e["data"].get("what") for e in daemon.events() if e["kind"] == "agent"]
+    assert {"start", "grant", "quarantine", "release", "revoke"} <= set(whats)
+
+
+def test_a_short_grant_expires_and_is_swept(daemon: Daemon) -> None:
+    daemon.start()
+    daemon.lab.listen("b", "192.0.2.2", 8080)
+    daemon.cli("grant", EDGE, "--ttl", "1")
+    assert daemon.lab.reachable(8080)
+    assert _wait_for(lambda: not daemon.lab.reachable(8080), 5)
+    assert _wait_for(lambda: daemon.cli("edges")[1] == [], 5)
+    assert any(e["data"].get("what") == "edges_expired" for e in daemon.events())
+
+
+def test_restart_keeps_enforcement(daemon: Daemon) -> None:
+    daemon.start()
+    lab = daemon.lab
+    lab.listen("b", "192.0.2.2", 8080)
+    lab.listen("b", "192.0.2.2", 9090)
+    daemon.cli("grant", EDGE)
+    assert daemon.stop() == 0
+    # the daemon is gone: the kernel keeps enforcing what it was told
+    assert lab.reachable(8080) and not lab.reachable(9090)
+    rc, _o, err = daemon.cli("status", check=False)
+    assert rc == 1 and "not running" in err
+    daemon.start()
+    _rc, status, _e = daemon.cli("status")
+    assert status["segment"]["attached"] is True and status["segment"]["edges"] == 1
+    assert lab.reachable(8080) and not lab.reachable(9090)
+    attached = [e for e in daemon.events() if e["data"].get("what") == "segment_attached"]
+    assert [e["data"]["reused"] for e in attached] == [False, True]
+
+
+def test_policy_denies_an_exec_and_events_reach_the_spool(daemon: Daemon) -> None:
+    daemon.start()
+    evil = daemon.root / "evil"
+    shutil.copy("/usr/bin/touch", evil)
+    first = subprocess.run([str(evil), str(daemon.root / "marker-1")], check=False)
+    assert first.returncode == 0  # not on the deny set yet: the policy sees it and acts
+
+    assert _wait_for(lambda: any(e["kind"] == "policy" for e in daemon.events()), 10)
+    second = subprocess.run([str(evil), str(daemon.root / "marker-2")], check=False)
+    assert second.returncode == -signal.SIGKILL
+    assert not (daemon.root / "marker-2").exists()
+    assert _wait_for(lambda: any(e["kind"] == "exec_denied" for e in daemon.events()), 5)
+    events = daemon.events()
+    execs = [e for e in events if e["kind"] == "exec" and e["data"]["filename"] == str(evil)]
+    assert execs and execs[0]["data"]["ppid"] == os.getpid()
+    (pol,) = [e for e in events if e["kind"] == "policy"]
+    assert pol["data"]["rule"] == "no-evil" and "denied" in pol["data"]["result"]
+    seqs = [e["seq"] for e in events]
+    assert seqs == sorted(set(seqs))
+
+
+def test_corrupt_spool_is_set_aside_and_the_agent_keeps_serving(daemon: Daemon) -> None:
+    daemon.start()
+    daemon.lab.listen("b", "192.0.2.2", 8080)
+    for i in range(30):
+        daemon.cli("grant", f"192.0.2.1 -> 192.0.2.2 tcp/{9000 + i}")
+    daemon.cli("grant", EDGE)
+    assert daemon.stop() == 0
+    (seg,) = sorted(daemon.spool_dir.glob("seg-*.log"))[:1]
+    data = bytearray(seg.read_bytes())
+    data[HEADER.size + 5] ^= 0xFF
+    seg.write_bytes(bytes(data))
+    daemon.start()
+    assert daemon.lab.reachable(8080)  # enforcement untouched
+    (report,) = [e for e in daemon.events() if e["data"].get("what") == "spool_corrupt"]
+    assert report["severity"] == "critical" and "checksum" in report["data"]["reason"]
+    assert Path(report["data"]["moved_to"]).is_file()
+    _rc, status, _e = daemon.cli("status")
+    assert status["spool"]["corrupt_set_aside"] == 1
+
+
+def test_kill_9_mid_write_loses_no_acknowledged_event(daemon: Daemon) -> None:
+    """A writer appends in batches and prints each batch's last seq after the append
+    returned (fsync'd); kill -9 lands mid-burst. Every printed seq is there exactly once."""
+    spool = daemon.root / "burst"
+    code = (
+        "import sys\n"
+        "from aegis_agent.spool import Spool\n"
+        "from aegis_protocol.events import Event\n"
+        f"sp = Spool({str(spool)!r}, segment_bytes=1 << 16)\n"
+        "for i in range(100000):\n"
+        "    seqs = sp.append([Event(ts_ns=i, kind='exec', data={'i': i * 10 + j})"
+        " for j in range(10)])\n"
+        "    print(seqs[-1], flush=True)\n")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    acked = []
+    while len(acked) < 300:
+        acked.append(int(proc.stdout.readline()))
+    proc.kill()
+    proc.wait()
+    acked += [int(x) for x in proc.stdout.read().split()]
+    sp = Spool(spool, segment_bytes=1 << 16)
+    records = sp.read(-1, 10_000_000)
+    seqs = [s for s, _e in records]
+    assert sp.problems == []
+    assert len(seqs) == len(set(seqs))
+    assert seqs == list(range(len(seqs)))
+    assert acked[-1] <= seqs[-1]  # everything acknowledged is there
+    assert [e.data["i"] for _s, e in records] == seqs  # and in order, none twice
+
+    # the daemon too: kill -9, restart, spool and enforcement intact
+    daemon.start()
+    daemon.cli("grant", EDGE)
+    before = len(daemon.events())
+    daemon.stop(signal.SIGKILL)
+    daemon.start()
+    after = daemon.events()
+    assert len(after) > before and [e["seq"] for e in after] == list(range(len(after)))
+
+
+def test_bad_input_gets_clear_errors(daemon: Daemon) -> None:
+    bad = daemon.root / "bad.yaml"
+    bad.write_text("segment: {mode: enforced}\nspoool: {}\n")
+    p = subprocess.run([AGENT, "check-config", str(bad)], capture_output=True, text=True,
+                       check=False)
+    assert p.returncode == 2
+    assert "segment.mode" in p.stderr and "spoool: unknown key" in p.stderr
+    assert daemon.cli("check-config")[0] == 0
+    rc, _o, err = daemon.cli("status", check=False)
+    assert rc == 1 and "not running" in err
+    daemon.start()
+    rc, _o, err = daemon.cli("grant", "192.0.2.1 => 192.0.2.2", check=False)
+    assert rc == 1 and "missing '->'" in err
+    rc, _o, err = daemon.cli("deny-exec", str(daemon.root / "missing"), check=False)
+    assert rc == 1 and "cannot stat" in err
+    with socket.socket(socket.AF_UNIX) as s:
+        s.connect(str(daemon.root / "run" / "agent.sock"))
+        s.sendall(b"not json\n" + json.dumps({"cmd": "grant", "args": {"edge": 5}}).encode()
+                  + b"\n")
+        answers = s.makefile().readline(), s.makefile().readline()
+    assert "not JSON" in answers[0]
+    assert "wrong type" in answers[1]
+    assert daemon.cli("status")[0] == 0  # still serving
