@@ -58,7 +58,7 @@ class Daemon:
             "segment": {"interface": self.lab.pair.b_if,
                         "pin_dir": f"/sys/fs/bpf/{self.prefix}-seg",
                         "management": ["192.0.2.1 tcp/2222"], "sweep_interval": 0.2},
-            "monitors": {"exec": True, "connect": False,
+            "monitors": {"exec": True, "connect": True,
                          "pin_dir": f"/sys/fs/bpf/{self.prefix}-mon"},
             "spool": {"dir": str(self.spool_dir), "segment_bytes": 65536},
             "control": {"socket": str(self.root / "run" / "agent.sock")},
@@ -286,10 +286,31 @@ def test_bad_input_gets_clear_errors(daemon: Daemon) -> None:
     rc, _o, err = daemon.cli("deny-exec", str(daemon.root / "missing"), check=False)
     assert rc == 1 and "cannot stat" in err
     with socket.socket(socket.AF_UNIX) as s:
+        s.settimeout(10)
         s.connect(str(daemon.root / "run" / "agent.sock"))
         s.sendall(b"not json\n" + json.dumps({"cmd": "grant", "args": {"edge": 5}}).encode()
                   + b"\n")
-        answers = s.makefile().readline(), s.makefile().readline()
+        reader = s.makefile()
+        answers = reader.readline(), reader.readline()
     assert "not JSON" in answers[0]
     assert "wrong type" in answers[1]
     assert daemon.cli("status")[0] == 0  # still serving
+
+
+def test_connect_events_reach_the_spool(daemon: Daemon) -> None:
+    daemon.start()
+    with socket.create_server(("127.0.0.1", 0)) as srv:
+        port = srv.getsockname()[1]
+        code = f"import socket; socket.create_connection(('127.0.0.1', {port})).close()"
+        proc = subprocess.Popen([sys.executable, "-c", code])
+        proc.wait()
+
+    def spooled() -> list[dict]:
+        return [e for e in daemon.events()
+                if e["kind"] == "connect" and e["data"]["dport"] == port]
+
+    assert _wait_for(lambda: bool(spooled()), 5)
+    (ev,) = spooled()
+    assert ev["data"]["pid"] == proc.pid and ev["data"]["daddr"] == "127.0.0.1"
+    assert ev["data"]["proto"] == "tcp"
+

@@ -180,3 +180,17 @@ def test_unit_verifies_and_is_sandboxed(tmp_path: Path) -> None:
                          check=True, capture_output=True, text=True).stdout
     level = float(re.search(r"Overall exposure level for \S+: ([0-9.]+)", out).group(1))
     assert level <= 3.5, out
+
+
+# -- self-watchdog ----------
+def test_watchdog_strikes_then_gives_up() -> None:
+    from aegis_agent.config import WatchdogConfig
+    from aegis_agent.watchdog import SelfWatch
+
+    watch = SelfWatch(WatchdogConfig(max_rss_mb=1, max_cpu_percent=1e9, grace=2))  # > 1 MiB
+    first = watch.check()
+    assert len(first.over) == 1 and "rss" in first.over[0] and not first.fatal
+    assert watch.check().fatal
+    relaxed = SelfWatch(WatchdogConfig(max_rss_mb=1 << 20, max_cpu_percent=1e9))
+    assert relaxed.check().over == [] and relaxed.strikes == 0
+
