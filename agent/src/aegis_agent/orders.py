@@ -1,0 +1,112 @@
+"""The agent's side of signed orders: verify, refuse or execute, acknowledge.
+
+Nonces of accepted orders are kept in a file (written atomically) until the orders
+expire, so an agent restarted after a crash still refuses a replay of an order it had
+already executed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from aegis_protocol.orders import (
+    CLOCK_SKEW,
+    OrderAck,
+    OrderRefused,
+    SignedAck,
+    SignedOrder,
+    sign_ack,
+    verify_order,
+)
+
+Handler = Callable[[dict[str, Any]], str]
+
+
+class FileReplayGuard:
+    """Seen nonces with their expiry, in a JSON file replaced atomically on each change.
+
+    If the file is unreadable it is set aside, and every order issued before that moment
+    is refused as a possible replay (its nonce may have been in the lost file); orders
+    issued afterwards are accepted as usual.
+    """
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        self.not_before = 0
+        try:
+            data = json.loads(self.path.read_text())
+            self.seen: dict[str, int] = {str(k): int(v) for k, v in data["seen"].items()}
+            self.not_before = int(data.get("not_before", 0))
+        except FileNotFoundError:
+            self.seen = {}
+        except (ValueError, KeyError, TypeError, AttributeError):
+            os.replace(self.path, self.path.with_name(self.path.name + ".corrupt"))
+            self.seen = {}
+            self.not_before = int(time.time())
+            self._save()
+
+    def check_and_remember(self, nonce: str, issued_at: int, expires_at: int) -> bool:
+        now = int(time.time())
+        self.seen = {n: e for n, e in self.seen.items() if e + CLOCK_SKEW >= now}
+        if nonce in self.seen or issued_at < self.not_before:
+            return False
+        self.seen[nonce] = expires_at
+        self._save()
+        return True
+
+    def _save(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        with tmp.open("w") as fh:
+            json.dump({"seen": self.seen, "not_before": self.not_before}, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, self.path)
+
+
+class OrderExecutor:
+    def __init__(self, node_id: str, controller_key: Ed25519PublicKey,
+                 node_key: Ed25519PrivateKey, guard: FileReplayGuard,
+                 handlers: dict[str, Handler]) -> None:
+        self.node_id = node_id
+        self.controller_key = controller_key
+        self.node_key = node_key
+        self.guard = guard
+        self.handlers = handlers
+
+    def execute(self, signed: SignedOrder | dict, now: int | None = None) -> SignedAck:
+        """Verify and run one order; always returns a signed acknowledgment (refused,
+        failed or done) so the controller learns what happened."""
+        now = int(time.time()) if now is None else now
+        order_id = getattr(getattr(signed, "order", None), "id", None)
+        if isinstance(signed, dict):
+            order_id = (signed.get("order") or {}).get("id")
+        try:
+            order = verify_order(signed, self.controller_key, self.node_id, now, self.guard)
+        except OrderRefused as e:
+            return self._ack(order_id, "refused", f"{e.reason}: {e.detail}", now)
+        handler = self.handlers.get(order.kind)
+        if handler is None:
+            return self._ack(order.id, "failed", f"this agent cannot execute {order.kind}", now)
+        try:
+            detail = handler(dict(order.args))
+        except Exception as e:  # any failure is reported to the controller, never raised
+            return self._ack(order.id, "failed", f"{type(e).__name__}: {e}", now)
+        return self._ack(order.id, "done", detail, now)
+
+    def _ack(self, order_id: Any, status: str, detail: str, now: int) -> SignedAck:
+        try:
+            oid = uuid.UUID(str(order_id))
+        except ValueError:
+            oid = uuid.UUID(int=0)
+        ack = OrderAck(order_id=oid, node_id=self.node_id, status=status,  # type: ignore[arg-type]
+                       detail=detail[:2000], at=now)
+        return sign_ack(self.node_key, ack)
