@@ -17,6 +17,7 @@ from aegis_controller.lab.fleet import LocalFleet, leftovers
 from aegis_controller.lab.naming import new_prefix
 from aegis_controller.lab.playbook import collections_root
 from harness import NetnsPair, OpenBao, local_fleet, netns_pair, openbao_dev
+from harness_pg import postgres_server
 
 # The collection's plugins import as ansible_collections.aegis.fleet.* (this source tree).
 sys.path.insert(0, str(collections_root()))
@@ -59,6 +60,14 @@ def netns() -> Iterator[NetnsPair]:
 def openbao() -> Iterator[OpenBao]:
     with openbao_dev(sub_prefix()) as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> Iterator[str]:
+    """A real PostgreSQL server of this run (Debian's binaries, loopback only): the URL of
+    a scratch database."""
+    with postgres_server(sub_prefix()) as url:
+        yield url
 
 
 def pytest_report_header(config: pytest.Config) -> str:

@@ -1,9 +1,6 @@
-"""The same ledger code on PostgreSQL. Opt-in: runs only when ``AEGIS_TEST_PG_URL`` names
-a scratch database (its ledger tables are dropped) and a PostgreSQL driver is importable,
-e.g. ``AEGIS_TEST_PG_URL=postgresql+psycopg://aegis@127.0.0.1:5432/aegis_test``.
-The suite's PostgreSQL server and driver come with the rest of the controller."""
+"""The same ledger code on PostgreSQL: a real server started by the ``pg_url`` fixture
+(Debian's PostgreSQL, loopback only, removed afterwards) and the psycopg driver."""
 
-import os
 import threading
 
 import pytest
@@ -13,17 +10,11 @@ from aegis_controller import db
 from aegis_controller.ledger import Kind, Ledger, Problem, init_keys, load_signer, load_verifier
 
 pytestmark = pytest.mark.integration
-PG_URL = os.environ.get("AEGIS_TEST_PG_URL", "")
 
 
 @pytest.fixture
-def pg_ledger(tmp_path):
-    if not PG_URL:
-        pytest.skip("AEGIS_TEST_PG_URL is not set (PostgreSQL ledger tests are opt-in)")
-    try:
-        engine = db.open_engine(PG_URL)
-    except db.DatabaseError as err:
-        pytest.skip(f"PostgreSQL not usable: {err}")
+def pg_ledger(tmp_path, pg_url):
+    engine = db.open_engine(pg_url)
     with engine.begin() as conn:
         conn.execute(text("DROP TABLE IF EXISTS ledger_records, alembic_version"))
     db.upgrade(engine)

@@ -1,0 +1,67 @@
+"""A throw-away PostgreSQL server for the tests: Debian's PostgreSQL binaries (installed
+by scripts/bootstrap.sh), a cluster in a per-run temporary directory owned by the
+``postgres`` system user (PostgreSQL refuses to run as root), listening on a free
+loopback port only (its socket stays in that directory), stopped and removed at the end
+even when the tests fail."""
+
+from __future__ import annotations
+
+import contextlib
+import pwd
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from harness import free_port
+
+PG_ROOT = Path("/usr/lib/postgresql")
+
+
+class PostgresMissing(RuntimeError):
+    pass
+
+
+def pg_bin() -> Path:
+    versions = sorted((p for p in PG_ROOT.glob("*/bin") if (p / "initdb").exists()),
+                      key=lambda p: int(p.parent.name), reverse=True)
+    if not versions:
+        raise PostgresMissing(f"no PostgreSQL server binaries under {PG_ROOT}: run "
+                              "scripts/bootstrap.sh (it installs Debian's postgresql)")
+    return versions[0]
+
+
+def _as_postgres(*cmd: str | Path, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run(["setpriv", "--reuid=postgres", "--regid=postgres", "--init-groups",
+                           *map(str, cmd)], capture_output=True, text=True, timeout=timeout,
+                          check=True, cwd="/")
+
+
+@contextlib.contextmanager
+def postgres_server(prefix: str) -> Iterator[str]:
+    """Yields a SQLAlchemy URL (postgresql+psycopg://...) of a fresh database."""
+    binaries = pg_bin()
+    try:
+        pwd.getpwnam("postgres")
+    except KeyError:
+        raise PostgresMissing("no 'postgres' system user: install Debian's postgresql") from None
+    root = Path(tempfile.mkdtemp(prefix=f"{prefix}-pg-"))
+    shutil.chown(root, "postgres", "postgres")
+    data, port = root / "data", free_port()
+    started = False
+    try:
+        _as_postgres(binaries / "initdb", "-D", data, "-U", "aegis", "--auth=trust",
+                     "--encoding=UTF8", "--no-sync")
+        _as_postgres(binaries / "pg_ctl", "-D", data, "-l", root / "server.log", "-w",
+                     "-o", f"-c listen_addresses=127.0.0.1 -c port={port} "
+                           f"-c unix_socket_directories={root} -c fsync=off", "start")
+        started = True
+        _as_postgres(binaries / "createdb", "-h", "127.0.0.1", "-p", str(port), "-U", "aegis",
+                     "aegis_test")
+        yield f"postgresql+psycopg://aegis@127.0.0.1:{port}/aegis_test"
+    finally:
+        if started:
+            with contextlib.suppress(subprocess.SubprocessError):
+                _as_postgres(binaries / "pg_ctl", "-D", data, "-m", "immediate", "-w", "stop")
+        shutil.rmtree(root, ignore_errors=True)
