@@ -88,7 +88,10 @@ def _print_json(doc: object) -> None:
 
 
 # -- ledger ------------------------------------------------------------------------------
-def _ledger(settings: Settings, *, write: bool, checkpoint_every: int | None = None) -> Ledger:
+def open_ledger(settings: Settings, *, write: bool,
+                checkpoint_every: int | None = None) -> Ledger:
+    """The ledger ``settings`` name (with its signing key when ``write``); also used by the
+    aegis.fleet.audit callback plugin."""
     from . import db
     from .ledger import DEFAULT_CHECKPOINT_EVERY, Ledger, load_signer
 
@@ -125,7 +128,7 @@ def cmd_ledger_append(args: argparse.Namespace, settings: Settings) -> int:
         raise InputError(f"--json is not valid JSON ({err}): pass an object, e.g. "
                          """--json '{"reason": "manual test"}'""") from None
     every = args.checkpoint_every or _env_int("AEGIS_LEDGER_CHECKPOINT_EVERY")
-    ledger = _ledger(settings, write=True, checkpoint_every=every)
+    ledger = open_ledger(settings, write=True, checkpoint_every=every)
     record = ledger.append(args.kind, args.subject, body, actor=args.actor or _default_actor())
     _print_json(record.to_dict())
     return EXIT_OK
@@ -142,7 +145,7 @@ def _env_int(name: str) -> int | None:
 
 
 def cmd_ledger_show(args: argparse.Namespace, settings: Settings) -> int:
-    ledger = _ledger(settings, write=False)
+    ledger = open_ledger(settings, write=False)
     records = ledger.last(args.last) if args.last else ledger.records()
     for record in records:
         _print_json(record.to_dict())
@@ -150,7 +153,7 @@ def cmd_ledger_show(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_ledger_checkpoint(args: argparse.Namespace, settings: Settings) -> int:
-    ledger = _ledger(settings, write=True)
+    ledger = open_ledger(settings, write=True)
     record, anchor = ledger.checkpoint()
     _print_json({"checkpoint": record.to_dict(),
                  "anchor": anchor.to_dict() if anchor else None,
@@ -162,7 +165,7 @@ def cmd_ledger_verify(args: argparse.Namespace, settings: Settings) -> int:
     from .ledger import load_verifier
 
     verifier = load_verifier(Path(args.public_key) if args.public_key else settings.public_key)
-    ledger = _ledger(settings, write=False)
+    ledger = open_ledger(settings, write=False)
     if args.no_anchor:
         ledger.anchor_path = None
     result = ledger.verify(verifier)

@@ -98,7 +98,6 @@ class SignedAck(BaseModel):
 class ReplayGuard(Protocol):
     def check_and_remember(self, nonce: str, issued_at: int, expires_at: int) -> bool:
         """True the first time ``nonce`` is seen (and remember it until ``expires_at``)."""
-        ...
 
 
 class MemoryReplayGuard:
