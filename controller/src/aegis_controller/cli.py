@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING
 from . import logs
 
 if TYPE_CHECKING:
+    from .api.service import Controller
     from .ledger import Ledger
 
 log = logging.getLogger("aegis_controller.cli")
@@ -251,9 +252,73 @@ def _register_keys(groups: argparse._SubParsersAction) -> None:
     sp.set_defaults(func=cmd_keys_public)
 
 
+# -- service, tokens, nodes ----------------------------------------------------------------
+def _controller(settings: Settings) -> Controller:
+    from .api.serve import build
+
+    return build(settings.state_dir, settings.db_url, settings.anchor_path,
+                 settings.private_key)
+
+
+def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
+    from .api.serve import serve
+
+    serve(_controller(settings), settings.state_dir, args.host, args.port)
+    return EXIT_OK
+
+
+def cmd_token_issue(args: argparse.Namespace, settings: Settings) -> int:
+    from .api.service import Refused
+
+    try:
+        token = _controller(settings).issue_token(args.node, args.ttl, actor=_default_actor())
+    except Refused as err:
+        raise InputError(err.message) from None
+    print(token)  # the secret itself goes to stdout only, never to a log
+    return EXIT_OK
+
+
+def cmd_nodes(args: argparse.Namespace, settings: Settings) -> int:
+    for node in _controller(settings).nodes():
+        _print_json(node)
+    return EXIT_OK
+
+
+def cmd_node_show(args: argparse.Namespace, settings: Settings) -> int:
+    from .api.service import Refused
+
+    ctl = _controller(settings)
+    try:
+        node = ctl.node(args.node)
+    except Refused as err:
+        raise InputError(err.message) from None
+    _print_json({**node, "events": ctl.event_count(args.node)})
+    return EXIT_OK
+
+
+def _register_service(groups: argparse._SubParsersAction) -> None:
+    sp = groups.add_parser("serve", help="run the HTTPS API (mutual TLS for agents)")
+    sp.add_argument("--host", default="127.0.0.1")
+    sp.add_argument("--port", type=_positive, default=8443)
+    sp.set_defaults(func=cmd_serve)
+    token = groups.add_parser("token", help="one-time bootstrap tokens")
+    verbs = token.add_subparsers(dest="verb", required=True, metavar="VERB")
+    sp = verbs.add_parser("issue", help="issue a token for NODE (printed once)")
+    sp.add_argument("node")
+    sp.add_argument("--ttl", type=_positive, default=600, help="seconds (default 600)")
+    sp.set_defaults(func=cmd_token_issue)
+    groups.add_parser("nodes", help="list nodes and their trust state").set_defaults(
+        func=cmd_nodes)
+    node = groups.add_parser("node", help="one node")
+    verbs = node.add_subparsers(dest="verb", required=True, metavar="VERB")
+    sp = verbs.add_parser("show")
+    sp.add_argument("node")
+    sp.set_defaults(func=cmd_node_show)
+
+
 # -- entry point ---------------------------------------------------------------------------
 _GROUPS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
-    _register_ledger, _register_keys)
+    _register_ledger, _register_keys, _register_service)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,65 @@
+"""The controller's HTTPS API (FastAPI): request bodies are aegis_protocol models, the
+OpenAPI document is at /openapi.json, and every refusal is a 4xx JSON answer whose
+``detail`` says what was wrong."""
+
+from typing import Annotated
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from aegis_protocol.enrollment import EnrollRequest, EnrollResponse, NodeStatus
+from aegis_protocol.events import EventBatch, EventBatchAck
+
+from .service import Controller, Refused
+
+
+def _readable(exc: RequestValidationError) -> str:
+    parts = []
+    for err in exc.errors()[:10]:
+        where = ".".join(str(p) for p in err.get("loc", ()) if p != "body") or "body"
+        parts.append(f"{where}: {err.get('msg', 'invalid')}")
+    return "; ".join(parts)
+
+
+def create_app(controller: Controller) -> FastAPI:
+    app = FastAPI(title="Aegis controller", version="1", docs_url=None, redoc_url=None)
+
+    @app.exception_handler(Refused)
+    async def refused(_request: Request, exc: Refused) -> JSONResponse:
+        return JSONResponse({"detail": exc.message}, status_code=exc.status)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse({"detail": f"invalid request: {_readable(exc)}"}, status_code=422)
+
+    def node_identity(request: Request) -> str:
+        cn = getattr(request.state, "peer_cn", None)
+        if not cn or cn.startswith("operator:"):
+            raise Refused(401, "this route needs a node client certificate issued at enrollment")
+        return cn
+
+    Node = Annotated[str, Depends(node_identity)]
+
+    @app.post("/v1/enroll", response_model=EnrollResponse,
+              responses={403: {"description": "token refused"}})
+    def enroll(req: EnrollRequest, request: Request) -> EnrollResponse:
+        client = request.client
+        return controller.enroll(req, f"{client.host}:{client.port}" if client else "?")
+
+    @app.post("/v1/events", response_model=EventBatchAck,
+              responses={401: {"description": "no node certificate"},
+                         403: {"description": "not this node's batch"}})
+    def events(batch: EventBatch, node: Node) -> EventBatchAck:
+        return controller.intake(node, batch)
+
+    @app.get("/v1/nodes/self", response_model=NodeStatus)
+    def whoami(node: Node) -> NodeStatus:
+        row = controller.node(node)
+        return NodeStatus(node_id=node, state=row["state"], reason=row["reason"])
+
+    @app.get("/healthz")
+    def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    return app

@@ -1,0 +1,56 @@
+"""Run the API with uvicorn over mutual TLS, from a controller state directory."""
+
+from __future__ import annotations
+
+import ssl
+from pathlib import Path
+
+import uvicorn
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from aegis_protocol.signing import public_key_text
+
+from .. import db
+from ..durable import write_atomically
+from ..ledger import Ledger, load_signer
+from ..pki import CertificateAuthority
+from .app import create_app
+from .service import Controller
+
+
+def order_key(state_dir: Path) -> Ed25519PrivateKey:
+    """The controller's Ed25519 key for signing orders (created once, 0600)."""
+    path = state_dir / "keys" / "orders.key"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        key = Ed25519PrivateKey.generate()
+        write_atomically(path, key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption()), mode=0o600)
+    key = serialization.load_pem_private_key(path.read_bytes(), None)
+    assert isinstance(key, Ed25519PrivateKey)
+    return key
+
+
+def build(state_dir: Path, db_url: str, anchor: Path, ledger_key: Path) -> Controller:
+    engine = db.open_engine(db_url)
+    db.upgrade(engine)
+    ca = CertificateAuthority(state_dir / "ca")
+    ca.init()
+    ledger = Ledger(engine, signer=load_signer(ledger_key), anchor_path=anchor)
+    return Controller(engine, ledger, ca, public_key_text(order_key(state_dir).public_key()))
+
+
+def serve(controller: Controller, state_dir: Path, host: str, port: int) -> None:
+    from .tls import MtlsH11Protocol
+
+    tls_dir = state_dir / "tls"
+    tls_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    key, cert = controller.ca.server_cert(tls_dir, [host, "localhost"])
+    config = uvicorn.Config(
+        create_app(controller), host=host, port=port, ssl_keyfile=str(key),
+        ssl_certfile=str(cert), ssl_ca_certs=str(controller.ca.cert_path),
+        ssl_cert_reqs=ssl.CERT_OPTIONAL, http=MtlsH11Protocol, log_config=None,
+        access_log=False, lifespan="off")
+    uvicorn.Server(config).run()

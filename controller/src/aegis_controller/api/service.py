@@ -1,0 +1,155 @@
+"""What the controller does for its API, without HTTP: bootstrap tokens, enrollment and
+event intake, each recorded on the audit ledger (refusals included)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+import time
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Engine
+
+from aegis_protocol.enrollment import EnrollRequest, EnrollResponse
+from aegis_protocol.events import EventBatch, EventBatchAck
+
+from ..ledger import Kind, Ledger
+from ..pki import CertificateAuthority, PkiError, cert_pem
+from . import tables
+
+
+class Refused(Exception):
+    """A request the controller will not honour: ``status`` is the HTTP status to answer."""
+
+    def __init__(self, status: int, message: str) -> None:
+        self.status = status
+        self.message = message
+        super().__init__(message)
+
+
+def token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+@dataclass
+class Controller:
+    engine: Engine
+    ledger: Ledger
+    ca: CertificateAuthority
+    order_key: str  # public, as aegis_protocol.signing.public_key_text
+
+    # -- tokens -----------------------------------------------------------------------------
+    def issue_token(self, node_id: str, ttl: int = 600, actor: str = "operator") -> str:
+        """A one-time bootstrap token for ``node_id`` (only its hash is stored)."""
+        if not 10 <= ttl <= 86400:
+            raise Refused(400, "ttl must be between 10 and 86400 seconds")
+        token = secrets.token_urlsafe(32)
+        now = int(time.time())
+        with self.engine.begin() as conn:
+            conn.execute(tables.tokens.insert().values(
+                token_hash=token_hash(token), node_id=node_id, issued_at=now,
+                expires_at=now + ttl))
+            if conn.execute(sa.select(tables.nodes.c.node_id).where(
+                    tables.nodes.c.node_id == node_id)).first() is None:
+                conn.execute(tables.nodes.insert().values(
+                    node_id=node_id, state="provisioning", reason="bootstrap token issued"))
+        self.ledger.append(Kind.ENROLLMENT, node_id,
+                           {"event": "token_issued", "expires_at": now + ttl}, actor=actor)
+        return token
+
+    # -- enrollment -----------------------------------------------------------------------------
+    def enroll(self, req: EnrollRequest, peer: str) -> EnrollResponse:
+        now = int(time.time())
+        digest = token_hash(req.token)
+        with self.engine.begin() as conn:
+            row = conn.execute(sa.select(tables.tokens).where(
+                tables.tokens.c.token_hash == digest)).first()
+            problem = None
+            if row is None:
+                problem = "unknown bootstrap token"
+            elif row.node_id != req.node_id:
+                problem = "bootstrap token was issued for another node"
+            elif row.used_at is not None:
+                problem = "bootstrap token was already used"
+            elif row.expires_at <= now:
+                problem = f"bootstrap token expired {now - row.expires_at} s ago"
+            if problem is None:
+                # the WHERE makes a concurrent second use lose the race
+                used = conn.execute(tables.tokens.update().where(
+                    tables.tokens.c.token_hash == digest, tables.tokens.c.used_at.is_(None)
+                ).values(used_at=now)).rowcount
+                if used != 1:
+                    problem = "bootstrap token was already used"
+        if problem is not None:
+            self.ledger.append(Kind.TOKEN_REFUSED, req.node_id,
+                               {"reason": problem, "peer": peer, "token_sha256": digest[:16]},
+                               actor=f"node:{req.node_id}")
+            raise Refused(403, f"enrollment refused: {problem}; ask the operator for a new "
+                               "token (aegis-controller token issue NODE)")
+        try:
+            cert = self.ca.sign_csr(req.csr_pem, req.node_id)
+        except PkiError as e:
+            raise Refused(400, f"csr_pem: {e}") from None
+        serial = format(cert.serial_number, "x")
+        with self.engine.begin() as conn:
+            conn.execute(tables.nodes.update().where(tables.nodes.c.node_id == req.node_id)
+                         .values(state="enrolled", reason="enrolled with a bootstrap token",
+                                 enrolled_at=now, cert_serial=serial, last_seen=now))
+        self.ledger.append(Kind.ENROLLMENT, req.node_id,
+                           {"event": "enrolled", "cert_serial": serial, "peer": peer},
+                           actor=f"node:{req.node_id}")
+        return EnrollResponse(node_id=req.node_id, certificate_pem=cert_pem(cert).decode(),
+                              ca_pem=self.ca.cert_path.read_text(), order_key=self.order_key,
+                              not_after=int(cert.not_valid_after_utc.timestamp()))
+
+    # -- nodes --------------------------------------------------------------------------------
+    def node(self, node_id: str) -> dict:
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(tables.nodes).where(
+                tables.nodes.c.node_id == node_id)).first()
+        if row is None:
+            raise Refused(404, f"no node {node_id!r}")
+        return dict(row._mapping)
+
+    def nodes(self) -> list[dict]:
+        with self.engine.connect() as conn:
+            return [dict(r._mapping) for r in conn.execute(
+                sa.select(tables.nodes).order_by(tables.nodes.c.node_id))]
+
+    # -- events -------------------------------------------------------------------------------
+    def intake(self, node_id: str, batch: EventBatch) -> EventBatchAck:
+        """Store a batch idempotently: an event id already stored for this node is counted
+        as a duplicate, never stored twice (agents resend until acknowledged)."""
+        if batch.node_id != node_id:
+            raise Refused(403, f"batch is for node {batch.node_id!r} but the client "
+                               f"certificate is {node_id!r}")
+        node = self.node(node_id)
+        if node["state"] in ("provisioning", "retired"):
+            raise Refused(403, f"node {node_id!r} is {node['state']}: enroll first")
+        insert = (postgresql.insert if self.engine.dialect.name == "postgresql"
+                  else sqlite.insert)
+        now = int(time.time())
+        stored = 0
+        with self.engine.begin() as conn:
+            for ev in batch.events:
+                stmt = insert(tables.events).values(
+                    node_id=node_id, event_id=str(ev.id), ts_ns=ev.ts_ns, kind=ev.kind,
+                    severity=ev.severity, data=json.dumps(ev.data, sort_keys=True),
+                    received_at=now).on_conflict_do_nothing(
+                        index_elements=["node_id", "event_id"]
+                    ).returning(tables.events.c.event_id)
+                # RETURNING, not rowcount: psycopg reports -1 for a skipped conflict
+                stored += len(conn.execute(stmt).fetchall())
+            conn.execute(tables.nodes.update().where(tables.nodes.c.node_id == node_id)
+                         .values(last_seen=now))
+        return EventBatchAck(stored=stored, duplicates=len(batch.events) - stored)
+
+    def event_count(self, node_id: str | None = None) -> int:
+        q = sa.select(sa.func.count()).select_from(tables.events)
+        if node_id:
+            q = q.where(tables.events.c.node_id == node_id)
+        with self.engine.connect() as conn:
+            return int(conn.execute(q).scalar_one())

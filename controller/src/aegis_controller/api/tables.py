@@ -1,0 +1,37 @@
+"""Controller state tables (SQLAlchemy Core; created by migration 0002_controller_state)."""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+metadata = sa.MetaData()
+
+nodes = sa.Table(
+    "nodes", metadata,
+    sa.Column("node_id", sa.String(63), primary_key=True),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("reason", sa.Text(), nullable=False),
+    sa.Column("enrolled_at", sa.BigInteger()),
+    sa.Column("cert_serial", sa.String(64)),
+    sa.Column("last_seen", sa.BigInteger()),
+)
+
+tokens = sa.Table(
+    "bootstrap_tokens", metadata,
+    sa.Column("token_hash", sa.String(64), primary_key=True),
+    sa.Column("node_id", sa.String(63), nullable=False),
+    sa.Column("issued_at", sa.BigInteger(), nullable=False),
+    sa.Column("expires_at", sa.BigInteger(), nullable=False),
+    sa.Column("used_at", sa.BigInteger()),
+)
+
+events = sa.Table(
+    "events", metadata,
+    sa.Column("node_id", sa.String(63), primary_key=True),
+    sa.Column("event_id", sa.String(36), primary_key=True),
+    sa.Column("ts_ns", sa.BigInteger(), nullable=False),
+    sa.Column("kind", sa.String(32), nullable=False),
+    sa.Column("severity", sa.String(16), nullable=False),
+    sa.Column("data", sa.Text(), nullable=False),
+    sa.Column("received_at", sa.BigInteger(), nullable=False),
+)
