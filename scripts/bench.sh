@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Benchmarks that print figures (./aegis bench [fleet|harden|bpf|exec]; all by default).
+# Benchmarks that print figures (./aegis bench [fleet|harden|bpf|exec|controller]; all by default).
 # Targets are read from the output, never asserted by timed tests.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
@@ -22,4 +22,9 @@ fi
 if [ "$which" = all ] || [ "$which" = exec ]; then
   echo "=== agent exec monitor: exec events/s sustained, events lost, agent CPU and RSS"
   python -m aegis_agent.bench_exec
+fi
+if [ "$which" = all ] || [ "$which" = controller ]; then
+  echo "=== controller: ledger append/verify rates, event intake over mutual TLS"
+  python -m aegis_controller.bench_ledger
+  python -m aegis_controller.bench_intake
 fi

@@ -1,0 +1,112 @@
+"""``python -m aegis_controller.bench_intake``: events per second the controller stores.
+
+Starts a real ``aegis-controller serve`` (uvicorn, mutual TLS, SQLite in a throw-away
+state directory), enrolls a node, then posts ``--events`` events in batches of
+``--batch`` over one keep-alive connection with the node's client certificate, and
+then the same batches again (all duplicates). Prints events/s for both and one JSON
+line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import socket
+import ssl
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+from aegis_protocol.events import Event, EventBatch
+
+from .ledger import init_keys
+from .pki import key_pem, make_csr, new_key
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def run(total: int, batch: int) -> dict[str, float]:
+    state = Path(tempfile.mkdtemp(prefix="aegis-bench-intake-"))
+    ctl = [sys.executable, "-m", "aegis_controller.cli", "--state-dir", str(state)]
+    proc = None
+    try:
+        init_keys(state / "keys")
+        port = _free_port()
+        proc = subprocess.Popen([*ctl, "serve", "--port", str(port)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        url = f"https://127.0.0.1:{port}"
+        deadline = time.monotonic() + 30
+        while not (state / "ca" / "ca.pem").exists() or not _up(url, state):
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise SystemExit("the controller did not start")
+            time.sleep(0.1)
+        token = subprocess.run([*ctl, "token", "issue", "bench1"], capture_output=True,
+                               text=True, check=True).stdout.strip()
+        key = new_key()
+        ctx = ssl.create_default_context(cafile=state / "ca" / "ca.pem")
+        with httpx.Client(base_url=url, verify=ctx) as c:
+            r = c.post("/v1/enroll", json={"node_id": "bench1", "token": token,
+                                           "csr_pem": make_csr(key, "bench1").decode()})
+            r.raise_for_status()
+        (state / "node.pem").write_text(r.json()["certificate_pem"])
+        (state / "node.key").write_bytes(key_pem(key))
+        ctx.load_cert_chain(state / "node.pem", state / "node.key")
+        events = [Event(ts_ns=i, kind="exec", data={"pid": i, "filename": "/usr/bin/true"})
+                  for i in range(total)]
+        bodies = [EventBatch(node_id="bench1", events=events[i:i + batch]).model_dump(mode="json")
+                  for i in range(0, total, batch)]
+        rates = {}
+        with httpx.Client(base_url=url, verify=ctx, timeout=60) as c:
+            for label in ("new", "duplicate"):
+                t0 = time.perf_counter()
+                counted = 0
+                for body in bodies:
+                    ack = c.post("/v1/events", json=body).json()
+                    counted += ack["stored"] if label == "new" else ack["duplicates"]
+                wall = time.perf_counter() - t0
+                if counted != total:
+                    raise SystemExit(f"{label}: {counted} of {total} events acknowledged")
+                rates[label] = total / wall
+        return {"events": total, "batch": batch, "new_events_per_s": round(rates["new"]),
+                "duplicate_events_per_s": round(rates["duplicate"])}
+    finally:
+        if proc is not None:
+            proc.kill()
+            proc.wait()
+        shutil.rmtree(state, ignore_errors=True)
+
+
+def _up(url: str, state: Path) -> bool:
+    try:
+        ctx = ssl.create_default_context(cafile=state / "ca" / "ca.pem")
+        return httpx.get(f"{url}/healthz", verify=ctx, timeout=1).status_code == 200
+    except (httpx.HTTPError, OSError):
+        return False
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--events", type=int, default=20000)
+    p.add_argument("--batch", type=int, default=500)
+    args = p.parse_args(argv)
+    if args.events < 1 or not 1 <= args.batch <= 1000:
+        p.error("--events must be >= 1 and --batch between 1 and 1000")
+    r = run(args.events, args.batch)
+    print(f"event intake over mutual TLS, SQLite, batches of {r['batch']}:")
+    print(f"  new events        {r['new_events_per_s']:>8,}/s")
+    print(f"  resent (dupes)    {r['duplicate_events_per_s']:>8,}/s")
+    print(json.dumps(r))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
