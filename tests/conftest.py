@@ -17,6 +17,7 @@ from aegis_controller.lab.fleet import LocalFleet, leftovers
 from aegis_controller.lab.naming import new_prefix
 from aegis_controller.lab.playbook import collections_root
 from harness import NetnsPair, OpenBao, local_fleet, netns_pair, openbao_dev
+from harness_controller import Server, controller_server
 from harness_pg import postgres_server
 
 # The collection's plugins import as ansible_collections.aegis.fleet.* (this source tree).
@@ -68,6 +69,15 @@ def pg_url() -> Iterator[str]:
     a scratch database."""
     with postgres_server(sub_prefix()) as url:
         yield url
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def server(request: pytest.FixtureRequest) -> Iterator[Server]:
+    """A real controller (`aegis-controller serve`, mutual TLS) on SQLite, then on the run's
+    PostgreSQL."""
+    pg = request.getfixturevalue("pg_url") if request.param == "postgresql" else None
+    with controller_server(sub_prefix(), pg) as srv:
+        yield srv
 
 
 def pytest_report_header(config: pytest.Config) -> str:

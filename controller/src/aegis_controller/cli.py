@@ -263,7 +263,39 @@ def _controller(settings: Settings) -> Controller:
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     from .api.serve import serve
 
-    serve(_controller(settings), settings.state_dir, args.host, args.port)
+    serve(_controller(settings), settings.state_dir, args.host, args.port,
+          args.heartbeat_deadline)
+    return EXIT_OK
+
+
+def cmd_operator_cert(args: argparse.Namespace, settings: Settings) -> int:
+    from .durable import write_atomically
+
+    key, cert = _controller(settings).ca.operator_cert(args.name)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True, mode=0o700)
+    write_atomically(out / f"operator-{args.name}.key", key, mode=0o600)
+    write_atomically(out / f"operator-{args.name}.pem", cert, mode=0o644)
+    _print_json({"key": str(out / f"operator-{args.name}.key"),
+                 "certificate": str(out / f"operator-{args.name}.pem")})
+    return EXIT_OK
+
+
+def cmd_profile_set(args: argparse.Namespace, settings: Settings) -> int:
+    from pydantic import ValidationError
+
+    from aegis_protocol.attestation import ExpectedProfile
+
+    from .api.service import Refused
+
+    try:
+        profile = ExpectedProfile.model_validate_json(Path(args.file).read_text())
+    except (OSError, ValidationError) as err:
+        raise InputError(f"{args.file}: not an expected profile ({err})") from None
+    try:
+        _controller(settings).set_profile(args.node, profile, _default_actor())
+    except Refused as err:
+        raise InputError(err.message) from None
     return EXIT_OK
 
 
@@ -300,7 +332,19 @@ def _register_service(groups: argparse._SubParsersAction) -> None:
     sp = groups.add_parser("serve", help="run the HTTPS API (mutual TLS for agents)")
     sp.add_argument("--host", default="127.0.0.1")
     sp.add_argument("--port", type=_positive, default=8443)
+    sp.add_argument("--heartbeat-deadline", type=_positive, default=90, metavar="S",
+                    help="seconds without a heartbeat before a node is suspect (default 90)")
     sp.set_defaults(func=cmd_serve)
+    sp = groups.add_parser("operator-cert", help="issue an operator client certificate")
+    sp.add_argument("name")
+    sp.add_argument("--out", default=".", help="directory for the key and certificate")
+    sp.set_defaults(func=cmd_operator_cert)
+    profile = groups.add_parser("profile", help="a node's expected attestation profile")
+    verbs = profile.add_subparsers(dest="verb", required=True, metavar="VERB")
+    sp = verbs.add_parser("set", help="set NODE's expected profile from a JSON FILE")
+    sp.add_argument("node")
+    sp.add_argument("file")
+    sp.set_defaults(func=cmd_profile_set)
     token = groups.add_parser("token", help="one-time bootstrap tokens")
     verbs = token.add_subparsers(dest="verb", required=True, metavar="VERB")
     sp = verbs.add_parser("issue", help="issue a token for NODE (printed once)")

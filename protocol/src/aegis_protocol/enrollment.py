@@ -16,6 +16,9 @@ class EnrollRequest(BaseModel):
     node_id: NodeId
     token: Annotated[str, Field(min_length=16, max_length=256)]
     csr_pem: Annotated[str, Field(min_length=64, max_length=8192)]
+    identity_key: Annotated[str, Field(min_length=40, max_length=64,
+                                       description="the node's Ed25519 public key (raw, "
+                                                   "URL-safe base64): signs its reports")]
 
 
 class EnrollResponse(BaseModel):
@@ -34,3 +37,26 @@ class NodeStatus(BaseModel):
     node_id: str
     state: str
     reason: str
+
+
+class Inventory(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    os: Annotated[str, Field(max_length=256)] = ""
+    kernel: Annotated[str, Field(max_length=256)] = ""
+    packages: dict[Annotated[str, Field(max_length=256)],
+                   Annotated[str, Field(max_length=256)]] = Field(default_factory=dict,
+                                                                   max_length=20000)
+    services: dict[Annotated[str, Field(max_length=256)],
+                   Annotated[str, Field(max_length=64)]] = Field(default_factory=dict,
+                                                                  max_length=5000)
+    listening: list[dict[str, str | int]] = Field(default_factory=list, max_length=5000)
+
+
+class Heartbeat(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    node_id: NodeId
+    boot_id: Annotated[str, Field(max_length=64)]
+    inventory: Inventory = Field(default_factory=Inventory)
+

@@ -8,7 +8,8 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from aegis_protocol.enrollment import EnrollRequest, EnrollResponse, NodeStatus
+from aegis_protocol.attestation import Challenge, ExpectedProfile, SignedReport, Verdict
+from aegis_protocol.enrollment import EnrollRequest, EnrollResponse, Heartbeat, NodeStatus
 from aegis_protocol.events import EventBatch, EventBatchAck
 
 from .service import Controller, Refused
@@ -39,7 +40,15 @@ def create_app(controller: Controller) -> FastAPI:
             raise Refused(401, "this route needs a node client certificate issued at enrollment")
         return cn
 
+    def operator_identity(request: Request) -> str:
+        cn = getattr(request.state, "peer_cn", None)
+        if not cn or not cn.startswith("operator:"):
+            raise Refused(401, "this route needs an operator client certificate "
+                               "(aegis-controller operator-cert NAME)")
+        return cn
+
     Node = Annotated[str, Depends(node_identity)]
+    Operator = Annotated[str, Depends(operator_identity)]
 
     @app.post("/v1/enroll", response_model=EnrollResponse,
               responses={403: {"description": "token refused"}})
@@ -57,6 +66,24 @@ def create_app(controller: Controller) -> FastAPI:
     def whoami(node: Node) -> NodeStatus:
         row = controller.node(node)
         return NodeStatus(node_id=node, state=row["state"], reason=row["reason"])
+
+    @app.get("/v1/attest/challenge", response_model=Challenge)
+    def challenge(node: Node) -> Challenge:
+        return controller.challenge(node)
+
+    @app.post("/v1/attest", response_model=Verdict,
+              responses={403: {"description": "forged or tampered report"},
+                         409: {"description": "replayed or unknown nonce"}})
+    def attest(report: SignedReport, node: Node) -> Verdict:
+        return controller.attest(node, report)
+
+    @app.post("/v1/heartbeat", status_code=204)
+    def heartbeat(hb: Heartbeat, node: Node) -> None:
+        controller.heartbeat(node, hb)
+
+    @app.put("/v1/nodes/{node_id}/profile", status_code=204)
+    def set_profile(node_id: str, profile: ExpectedProfile, operator: Operator) -> None:
+        controller.set_profile(node_id, profile, operator)
 
     @app.get("/healthz")
     def health() -> dict[str, str]:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import ssl
+import threading
+import time
 from pathlib import Path
 
 import uvicorn
@@ -42,8 +45,26 @@ def build(state_dir: Path, db_url: str, anchor: Path, ledger_key: Path) -> Contr
     return Controller(engine, ledger, ca, public_key_text(order_key(state_dir).public_key()))
 
 
-def serve(controller: Controller, state_dir: Path, host: str, port: int) -> None:
+def _watch_heartbeats(controller: Controller, deadline: int) -> None:
+    log = logging.getLogger("aegis_controller.heartbeats")
+    while True:
+        time.sleep(max(1.0, deadline / 4))
+        try:
+            late = controller.check_deadlines(deadline)
+        except Exception:
+            log.exception("heartbeat deadline check failed")
+            continue
+        for node in late:
+            log.warning("node missed its heartbeat deadline: now suspect",
+                        extra={"node": node, "deadline_s": deadline})
+
+
+def serve(controller: Controller, state_dir: Path, host: str, port: int,
+          heartbeat_deadline: int = 90) -> None:
     from .tls import MtlsH11Protocol
+
+    threading.Thread(target=_watch_heartbeats, args=(controller, heartbeat_deadline),
+                     daemon=True, name="heartbeat-deadlines").start()
 
     tls_dir = state_dir / "tls"
     tls_dir.mkdir(parents=True, exist_ok=True, mode=0o700)

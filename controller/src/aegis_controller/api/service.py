@@ -13,12 +13,17 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 
-from aegis_protocol.enrollment import EnrollRequest, EnrollResponse
+from aegis_protocol.attestation import Challenge, ExpectedProfile, SignedReport, Verdict
+from aegis_protocol.enrollment import EnrollRequest, EnrollResponse, Heartbeat
 from aegis_protocol.events import EventBatch, EventBatchAck
+from aegis_protocol.signing import SignatureError, load_public_key, verify
 
 from ..ledger import Kind, Ledger
 from ..pki import CertificateAuthority, PkiError, cert_pem
+from ..trust import Transition, after_attestation, judge, transition
 from . import tables
+
+NONCE_TTL = 120
 
 
 class Refused(Exception):
@@ -91,19 +96,119 @@ class Controller:
                                "token (aegis-controller token issue NODE)")
         try:
             cert = self.ca.sign_csr(req.csr_pem, req.node_id)
+            load_public_key(req.identity_key)
         except PkiError as e:
             raise Refused(400, f"csr_pem: {e}") from None
+        except SignatureError as e:
+            raise Refused(400, f"identity_key: {e}") from None
         serial = format(cert.serial_number, "x")
         with self.engine.begin() as conn:
             conn.execute(tables.nodes.update().where(tables.nodes.c.node_id == req.node_id)
                          .values(state="enrolled", reason="enrolled with a bootstrap token",
-                                 enrolled_at=now, cert_serial=serial, last_seen=now))
+                                 enrolled_at=now, cert_serial=serial, last_seen=now,
+                                 heartbeat_at=now, identity_key=req.identity_key))
         self.ledger.append(Kind.ENROLLMENT, req.node_id,
                            {"event": "enrolled", "cert_serial": serial, "peer": peer},
                            actor=f"node:{req.node_id}")
         return EnrollResponse(node_id=req.node_id, certificate_pem=cert_pem(cert).decode(),
                               ca_pem=self.ca.cert_path.read_text(), order_key=self.order_key,
                               not_after=int(cert.not_valid_after_utc.timestamp()))
+
+    # -- trust ------------------------------------------------------------------------------
+    def _move(self, node_id: str, t: Transition, actor: str) -> None:
+        """Apply a transition (only from the state it was computed from), then record it;
+        the ledger writes in its own transaction (SQLite has one writer at a time)."""
+        with self.engine.begin() as conn:
+            moved = conn.execute(tables.nodes.update().where(
+                tables.nodes.c.node_id == node_id, tables.nodes.c.state == t.before
+            ).values(state=t.after, reason=t.reason)).rowcount
+        if moved != 1:
+            return
+        self.ledger.append(Kind.STATE_CHANGE, node_id,
+                           {"from": t.before, "to": t.after, "reason": t.reason}, actor=actor)
+
+    def set_profile(self, node_id: str, profile: ExpectedProfile, actor: str) -> None:
+        self.node(node_id)
+        with self.engine.begin() as conn:
+            conn.execute(tables.nodes.update().where(tables.nodes.c.node_id == node_id)
+                         .values(profile=profile.model_dump_json()))
+        self.ledger.append(Kind.ATTESTATION, node_id,
+                           {"event": "expected_profile_set", "golden_files": len(profile.golden)},
+                           actor=actor)
+
+    def challenge(self, node_id: str) -> Challenge:
+        nonce = secrets.token_urlsafe(24)
+        expires = int(time.time()) + NONCE_TTL
+        with self.engine.begin() as conn:
+            conn.execute(tables.nonces.insert().values(nonce=nonce, node_id=node_id,
+                                                       expires_at=expires))
+        return Challenge(nonce=nonce, expires_at=expires)
+
+    def _refuse_report(self, node_id: str, status: int, problem: str) -> Refused:
+        self.ledger.append(Kind.ATTESTATION, node_id, {"verdict": "refused", "reason": problem},
+                           actor=f"node:{node_id}")
+        return Refused(status, f"attestation refused: {problem}")
+
+    def attest(self, node_id: str, signed: SignedReport) -> Verdict:
+        report = signed.report
+        node = self.node(node_id)
+        if report.node_id != node_id:
+            raise self._refuse_report(node_id, 403, f"report is for node {report.node_id!r}")
+        try:
+            verify(load_public_key(node["identity_key"] or ""), report, signed.signature)
+        except SignatureError as e:
+            raise self._refuse_report(node_id, 403, f"signature does not verify with the "
+                                                    f"node's enrolled identity key ({e})"
+                                      ) from None
+        now = int(time.time())
+        with self.engine.begin() as conn:
+            used = conn.execute(tables.nonces.update().where(
+                tables.nonces.c.nonce == report.nonce, tables.nonces.c.node_id == node_id,
+                tables.nonces.c.used_at.is_(None), tables.nonces.c.expires_at > now,
+            ).values(used_at=now)).rowcount
+        if used != 1:
+            raise self._refuse_report(node_id, 409, "nonce unknown, expired, for another node "
+                                                    "or already used (replayed report); ask "
+                                                    "for a new challenge")
+        problems = (judge(report, ExpectedProfile.model_validate_json(node["profile"]))
+                    if node["profile"] else ["no expected profile is set for this node"])
+        t = after_attestation(node["state"], problems)
+        if t is not None:
+            self._move(node_id, t, f"node:{node_id}")
+        state = t.after if t else node["state"]
+        self.ledger.append(Kind.ATTESTATION, node_id,
+                           {"verdict": "match" if not problems else "mismatch",
+                            "mismatches": problems[:50], "state": state,
+                            "kernel": report.measurement.kernel_release},
+                           actor=f"node:{node_id}")
+        reason = t.reason if t else (node["reason"] if not problems else "; ".join(problems))
+        return Verdict(node_id=node_id, ok=not problems, state=state, reason=reason,
+                       mismatches=problems)
+
+    def heartbeat(self, node_id: str, hb: Heartbeat) -> None:
+        if hb.node_id != node_id:
+            raise Refused(403, f"heartbeat is for node {hb.node_id!r} but the client "
+                               f"certificate is {node_id!r}")
+        self.node(node_id)
+        now = int(time.time())
+        with self.engine.begin() as conn:
+            conn.execute(tables.nodes.update().where(tables.nodes.c.node_id == node_id).values(
+                heartbeat_at=now, last_seen=now, inventory=hb.inventory.model_dump_json()))
+
+    def check_deadlines(self, deadline: int, now: int | None = None) -> list[str]:
+        """Nodes (enrolled or trusted) silent for more than ``deadline`` seconds become
+        suspect; returns their ids."""
+        now = int(time.time()) if now is None else now
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(tables.nodes).where(
+                tables.nodes.c.state.in_(("enrolled", "trusted")),
+                tables.nodes.c.heartbeat_at < now - deadline)).fetchall()
+        for row in rows:
+            self._move(row.node_id, transition(
+                row.state, "suspect",
+                f"no heartbeat for {now - row.heartbeat_at} s (deadline {deadline} s)"),
+                "controller")
+        return [row.node_id for row in rows]
 
     # -- nodes --------------------------------------------------------------------------------
     def node(self, node_id: str) -> dict:

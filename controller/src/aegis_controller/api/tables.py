@@ -14,6 +14,18 @@ nodes = sa.Table(
     sa.Column("enrolled_at", sa.BigInteger()),
     sa.Column("cert_serial", sa.String(64)),
     sa.Column("last_seen", sa.BigInteger()),
+    sa.Column("identity_key", sa.String(64)),
+    sa.Column("profile", sa.Text()),
+    sa.Column("heartbeat_at", sa.BigInteger()),
+    sa.Column("inventory", sa.Text()),
+)
+
+nonces = sa.Table(
+    "attest_nonces", metadata,
+    sa.Column("nonce", sa.String(64), primary_key=True),
+    sa.Column("node_id", sa.String(63), nullable=False),
+    sa.Column("expires_at", sa.BigInteger(), nullable=False),
+    sa.Column("used_at", sa.BigInteger()),
 )
 
 tokens = sa.Table(

@@ -1,4 +1,5 @@
-"""Controller state: nodes and their trust state, one-time bootstrap tokens, events.
+"""Controller state: nodes (trust state, identity key, expected profile, last heartbeat and
+inventory), one-time bootstrap tokens, single-use attestation nonces, events.
 
 Revision ID: 0002_controller_state
 Revises: 0001_ledger
@@ -25,6 +26,17 @@ def upgrade() -> None:
         sa.Column("enrolled_at", sa.BigInteger(), nullable=True),
         sa.Column("cert_serial", sa.String(64), nullable=True),
         sa.Column("last_seen", sa.BigInteger(), nullable=True),
+        sa.Column("identity_key", sa.String(64), nullable=True),
+        sa.Column("profile", sa.Text(), nullable=True),
+        sa.Column("heartbeat_at", sa.BigInteger(), nullable=True),
+        sa.Column("inventory", sa.Text(), nullable=True),
+    )
+    op.create_table(
+        "attest_nonces",
+        sa.Column("nonce", sa.String(64), primary_key=True),
+        sa.Column("node_id", sa.String(63), nullable=False),
+        sa.Column("expires_at", sa.BigInteger(), nullable=False),
+        sa.Column("used_at", sa.BigInteger(), nullable=True),
     )
     op.create_table(
         "bootstrap_tokens",
@@ -51,5 +63,6 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.drop_index("ix_events_kind", table_name="events")
     op.drop_table("events")
+    op.drop_table("attest_nonces")
     op.drop_table("bootstrap_tokens")
     op.drop_table("nodes")

@@ -1,0 +1,74 @@
+"""Attestation: the node proves its state with a report signed by its identity key over a
+fresh, single-use controller nonce; the controller compares it with the node's expected
+profile (what the hardening role recorded as golden)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Digest = Annotated[str | None, Field(max_length=64)]  # sha256 hex; None: missing/unreadable
+Path = Annotated[str, Field(min_length=1, max_length=4096)]
+
+
+class Challenge(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    nonce: str
+    expires_at: int
+
+
+class Measurement(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    kernel_release: Annotated[str, Field(max_length=256)]
+    boot_id: Annotated[str, Field(max_length=64)]
+    image_id: Annotated[str, Field(max_length=128)] = ""
+    golden: dict[Path, Digest] = Field(default_factory=dict, max_length=4096)
+    units: dict[Annotated[str, Field(max_length=256)], Digest] = Field(
+        default_factory=dict, max_length=1024)
+    sysctl_digest: Digest = None
+    sshd_digest: Digest = None
+    bpf: list[dict[str, str | int]] = Field(default_factory=list, max_length=256)
+    agent_version: Annotated[str, Field(max_length=64)]
+
+
+class AttestationReport(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    node_id: Annotated[str, Field(min_length=1, max_length=63)]
+    nonce: Annotated[str, Field(min_length=16, max_length=128)]
+    measured_at: int
+    measurement: Measurement
+
+
+class SignedReport(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    report: AttestationReport
+    signature: Annotated[str, Field(min_length=1, max_length=256)]
+
+
+class ExpectedProfile(BaseModel):
+    """What a node must measure to be trusted; only what is set is checked."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    golden: dict[Path, Digest] = Field(default_factory=dict, max_length=4096)
+    units: dict[Annotated[str, Field(max_length=256)], Digest] = Field(
+        default_factory=dict, max_length=1024)
+    sysctl_digest: Digest = None
+    sshd_digest: Digest = None
+    image_id: Annotated[str, Field(max_length=128)] | None = None
+    agent_version: Annotated[str, Field(max_length=64)] | None = None
+
+
+class Verdict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    node_id: str
+    ok: bool
+    state: str
+    reason: str
+    mismatches: list[str] = Field(default_factory=list)

@@ -1,0 +1,141 @@
+"""The controller as agents meet it, for tests: a real `aegis-controller serve` process
+(uvicorn, mutual TLS with the controller's own CA) on a free loopback port, on SQLite or on
+the run's PostgreSQL, and nodes with their own keys that enroll against it."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import ssl
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import sqlalchemy as sa
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from aegis_controller.pki import key_pem, make_csr, new_key
+from aegis_protocol.signing import public_key_text
+from harness import free_port
+
+BIN = Path(sys.executable).parent
+
+
+@dataclass
+class Server:
+    state: Path
+    db: str | None
+    port: int = 0
+    proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"https://127.0.0.1:{self.port}"
+
+    @property
+    def ca(self) -> ssl.SSLContext:
+        return ssl.create_default_context(cafile=self.state / "ca" / "ca.pem")
+
+    def ctl(self, *args: str) -> subprocess.CompletedProcess:
+        cmd = [str(BIN / "aegis-controller"), "--state-dir", str(self.state)]
+        cmd += ["--db", self.db] if self.db else []
+        return subprocess.run([*cmd, *args], capture_output=True, text=True, timeout=120,
+                              check=False)
+
+    def start(self, *extra: str) -> None:
+        self.port = self.port or free_port()
+        cmd = [str(BIN / "aegis-controller"), "--state-dir", str(self.state)]
+        cmd += ["--db", self.db] if self.db else []
+        log = (self.state / "serve.log").open("a")
+        self.proc = subprocess.Popen([*cmd, "serve", "--port", str(self.port), *extra], stdout=log,
+                                     stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, (self.state / "serve.log").read_text()
+            try:
+                if httpx.get(f"{self.url}/healthz", verify=self.ca, timeout=1).status_code == 200:
+                    return
+            except (httpx.HTTPError, OSError):
+                pass
+            time.sleep(0.1)
+        log = (self.state / "serve.log").read_text()
+        raise AssertionError(f"controller did not come up: {log}")
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+        self.proc.wait(timeout=30)
+        self.proc = None
+
+    def token(self, node: str, ttl: int = 600) -> str:
+        out = self.ctl("token", "issue", node, "--ttl", str(ttl))
+        assert out.returncode == 0, out.stderr
+        return out.stdout.strip()
+
+    def engine(self) -> sa.Engine:
+        return sa.create_engine(self.db or f"sqlite:///{self.state / 'controller.db'}")
+
+
+@dataclass
+class Node:
+    node_id: str
+    key_file: Path
+    cert_file: Path | None = None
+
+    def client(self, server: Server) -> httpx.Client:
+        ctx = server.ca
+        if self.cert_file:
+            ctx.load_cert_chain(self.cert_file, self.key_file)
+        return httpx.Client(base_url=server.url, verify=ctx, timeout=30)
+
+
+@contextlib.contextmanager
+def controller_server(prefix: str, pg_url: str | None) -> Iterator[Server]:
+    """A controller on SQLite (``pg_url`` None) or on a wiped PostgreSQL database."""
+    if pg_url:
+        engine = sa.create_engine(pg_url)
+        with engine.begin() as conn:
+            conn.execute(sa.text("DROP TABLE IF EXISTS events, nodes, bootstrap_tokens, "
+                                 "attest_nonces, ledger_records, alembic_version"))
+        engine.dispose()
+    state = Path(tempfile.mkdtemp(prefix=f"{prefix}-ctl-"))
+    srv = Server(state, pg_url)
+    try:
+        assert srv.ctl("keys", "init").returncode == 0
+        srv.start()
+        yield srv
+    finally:
+        if srv.proc is not None:
+            srv.kill()
+        shutil.rmtree(state, ignore_errors=True)
+
+
+def new_node(server: Server, node_id: str) -> Node:
+    key = new_key()
+    path = server.state / f"{node_id}.key"
+    path.write_bytes(key_pem(key))
+    os.chmod(path, 0o600)
+    node = Node(node_id, path)
+    node.csr = make_csr(key, node_id).decode()  # type: ignore[attr-defined]
+    node.identity = Ed25519PrivateKey.generate()  # type: ignore[attr-defined]
+    return node
+
+
+def enroll(server: Server, node: Node, token: str) -> httpx.Response:
+    with node.client(server) as c:
+        r = c.post("/v1/enroll", json={
+            "node_id": node.node_id, "token": token, "csr_pem": node.csr,  # type: ignore[attr-defined]
+            "identity_key": public_key_text(node.identity.public_key())})  # type: ignore[attr-defined]
+    if r.status_code == 200:
+        node.cert_file = server.state / f"{node.node_id}.pem"
+        node.cert_file.write_text(r.json()["certificate_pem"])
+    return r
+
+

@@ -1,0 +1,44 @@
+"""Trust states: allowed transitions only, and verdicts that name each mismatch."""
+
+from __future__ import annotations
+
+import pytest
+
+from aegis_controller.trust import TransitionRefused, after_attestation, judge, transition
+from aegis_protocol.attestation import AttestationReport, ExpectedProfile, Measurement
+
+pytestmark = pytest.mark.unit
+
+
+def _report(**golden: str | None) -> AttestationReport:
+    m = Measurement(kernel_release="6.1", boot_id="b", agent_version="0.1.0",
+                    golden={f"/etc/{k}": v for k, v in golden.items()})
+    return AttestationReport(node_id="n1", nonce="x" * 16, measured_at=0, measurement=m)
+
+
+def test_transitions_outside_the_table_are_refused() -> None:
+    assert transition("enrolled", "trusted", "ok").after == "trusted"
+    with pytest.raises(TransitionRefused, match="from provisioning to trusted"):
+        transition("provisioning", "trusted", "skip enrollment")
+    with pytest.raises(TransitionRefused, match="only an operator"):
+        transition("quarantined", "trusted", "attestation says fine")
+    assert transition("quarantined", "trusted", "released", operator=True).after == "trusted"
+    with pytest.raises(TransitionRefused):
+        transition("retired", "trusted", "resurrect")
+
+
+def test_judge_names_every_mismatch() -> None:
+    expected = ExpectedProfile(golden={"/etc/a": "1" * 64, "/etc/b": "2" * 64},
+                               agent_version="0.1.0")
+    assert judge(_report(a="1" * 64, b="2" * 64), expected) == []
+    problems = judge(_report(a="9" * 64), expected)
+    assert problems == ["golden /etc/a: expected 111111111111…, got 999999999999…",
+                        "golden /etc/b: expected 222222222222…, got missing from the report"]
+
+
+def test_verdicts_move_states() -> None:
+    assert after_attestation("enrolled", []).after == "trusted"
+    assert after_attestation("trusted", ["x"]).after == "suspect"
+    assert after_attestation("suspect", []).after == "trusted"
+    assert after_attestation("trusted", []) is None
+    assert after_attestation("quarantined", []) is None  # stays until an operator releases
