@@ -39,17 +39,17 @@ class NodeStatus(BaseModel):
     reason: str
 
 
+Name = Annotated[str, Field(max_length=256)]
+
+
 class Inventory(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    os: Annotated[str, Field(max_length=256)] = ""
-    kernel: Annotated[str, Field(max_length=256)] = ""
-    packages: dict[Annotated[str, Field(max_length=256)],
-                   Annotated[str, Field(max_length=256)]] = Field(default_factory=dict,
-                                                                   max_length=20000)
-    services: dict[Annotated[str, Field(max_length=256)],
-                   Annotated[str, Field(max_length=64)]] = Field(default_factory=dict,
-                                                                  max_length=5000)
+    os: Name = ""
+    kernel: Name = ""
+    packages: dict[Name, Name] = Field(default_factory=dict, max_length=20000)
+    services: dict[Name, Annotated[str, Field(max_length=64)]] = Field(
+        default_factory=dict, max_length=5000)
     listening: list[dict[str, str | int]] = Field(default_factory=list, max_length=5000)
 
 
@@ -59,4 +59,3 @@ class Heartbeat(BaseModel):
     node_id: NodeId
     boot_id: Annotated[str, Field(max_length=64)]
     inventory: Inventory = Field(default_factory=Inventory)
-
