@@ -102,7 +102,7 @@ def controller_server(prefix: str, pg_url: str | None) -> Iterator[Server]:
     if pg_url:
         engine = sa.create_engine(pg_url)
         with engine.begin() as conn:
-            conn.execute(sa.text("DROP TABLE IF EXISTS events, nodes, bootstrap_tokens, "
+            conn.execute(sa.text("DROP TABLE IF EXISTS events, orders, nodes, bootstrap_tokens, "
                                  "attest_nonces, ledger_records, alembic_version"))
         engine.dispose()
     state = Path(tempfile.mkdtemp(prefix=f"{prefix}-ctl-"))
@@ -136,6 +136,16 @@ def enroll(server: Server, node: Node, token: str) -> httpx.Response:
     if r.status_code == 200:
         node.cert_file = server.state / f"{node.node_id}.pem"
         node.cert_file.write_text(r.json()["certificate_pem"])
+        node.order_key = r.json()["order_key"]  # type: ignore[attr-defined]
     return r
 
+
+def operator_client(server: Server, name: str = "alice") -> httpx.Client:
+    """An HTTPS client with an operator certificate from `aegis-controller operator-cert`."""
+    out = server.ctl("operator-cert", name, "--out", str(server.state / "ops"))
+    assert out.returncode == 0, out.stderr
+    ctx = server.ca
+    ctx.load_cert_chain(server.state / f"ops/operator-{name}.pem",
+                        server.state / f"ops/operator-{name}.key")
+    return httpx.Client(base_url=server.url, verify=ctx, timeout=30)
 

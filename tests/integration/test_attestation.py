@@ -13,7 +13,7 @@ import pytest
 
 from aegis_agent.measure import collect, signed_report
 from aegis_protocol.attestation import ExpectedProfile
-from harness_controller import Node, Server, enroll, new_node
+from harness_controller import Node, Server, enroll, new_node, operator_client
 
 pytestmark = pytest.mark.integration
 
@@ -31,15 +31,6 @@ def _tree(root: Path) -> Path:
     return root
 
 
-def _operator(server: Server) -> httpx.Client:
-    out = server.ctl("operator-cert", "alice", "--out", str(server.state / "ops"))
-    assert out.returncode == 0, out.stderr
-    ctx = server.ca
-    ctx.load_cert_chain(server.state / "ops/operator-alice.pem",
-                        server.state / "ops/operator-alice.key")
-    return httpx.Client(base_url=server.url, verify=ctx, timeout=30)
-
-
 def _attest(server: Server, node: Node, root: Path, nonce: str | None = None) -> httpx.Response:
     with node.client(server) as c:
         if nonce is None:
@@ -55,7 +46,7 @@ def enrolled(server: Server, tmp_path: Path) -> tuple[Server, Node, Path]:
     assert enroll(server, node, server.token("web1")).status_code == 200
     root = _tree(tmp_path / "root")
     expected = ExpectedProfile(golden=collect(root=root, sshd=False).golden)
-    with _operator(server) as op:
+    with operator_client(server) as op:
         r = op.put("/v1/nodes/web1/profile", json=expected.model_dump(mode="json"))
     assert r.status_code == 204, r.text
     return server, node, root

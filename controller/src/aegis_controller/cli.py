@@ -268,6 +268,30 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_OK
 
 
+def cmd_orders(args: argparse.Namespace, settings: Settings) -> int:
+    for order in _controller(settings).orders(args.node):
+        _print_json(order)
+    return EXIT_OK
+
+
+def cmd_order_create(args: argparse.Namespace, settings: Settings) -> int:
+    from .api.service import Refused
+
+    extra: dict[str, object] = {}
+    for item in args.arg:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise InputError(f"--arg {item!r}: write KEY=VALUE, e.g. --arg edge='a -> b tcp/22'")
+        extra[key] = int(value) if value.isdigit() else value
+    try:
+        signed = _controller(settings).create_order(args.node, args.kind, extra,
+                                                    _default_actor(), args.lifetime)
+    except Refused as err:
+        raise InputError(err.message) from None
+    _print_json(signed.model_dump(mode="json"))
+    return EXIT_OK
+
+
 def cmd_operator_cert(args: argparse.Namespace, settings: Settings) -> int:
     from .durable import write_atomically
 
@@ -335,6 +359,17 @@ def _register_service(groups: argparse._SubParsersAction) -> None:
     sp.add_argument("--heartbeat-deadline", type=_positive, default=90, metavar="S",
                     help="seconds without a heartbeat before a node is suspect (default 90)")
     sp.set_defaults(func=cmd_serve)
+    sp = groups.add_parser("orders", help="list orders and their acknowledgments")
+    sp.add_argument("--node")
+    sp.set_defaults(func=cmd_orders)
+    order = groups.add_parser("order", help="signed orders to a node")
+    verbs = order.add_subparsers(dest="verb", required=True, metavar="VERB")
+    sp = verbs.add_parser("create", help="sign and queue an order for NODE")
+    sp.add_argument("node")
+    sp.add_argument("kind", choices=["quarantine", "release", "grant", "revoke", "rotate"])
+    sp.add_argument("--arg", action="append", default=[], metavar="KEY=VALUE")
+    sp.add_argument("--lifetime", type=_positive, default=300, help="seconds (default 300)")
+    sp.set_defaults(func=cmd_order_create)
     sp = groups.add_parser("operator-cert", help="issue an operator client certificate")
     sp.add_argument("name")
     sp.add_argument("--out", default=".", help="directory for the key and certificate")

@@ -7,12 +7,23 @@ from typing import Annotated
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
 
 from aegis_protocol.attestation import Challenge, ExpectedProfile, SignedReport, Verdict
 from aegis_protocol.enrollment import EnrollRequest, EnrollResponse, Heartbeat, NodeStatus
 from aegis_protocol.events import EventBatch, EventBatchAck
+from aegis_protocol.orders import OrderKind, SignedAck, SignedOrder
 
 from .service import Controller, Refused
+
+
+class OrderRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    node_id: str = Field(min_length=1, max_length=63)
+    kind: OrderKind
+    args: dict[str, str | int | float | list[str]] = Field(default_factory=dict, max_length=16)
+    lifetime: int = Field(300, ge=10, le=3600)
 
 
 def _readable(exc: RequestValidationError) -> str:
@@ -84,6 +95,18 @@ def create_app(controller: Controller) -> FastAPI:
     @app.put("/v1/nodes/{node_id}/profile", status_code=204)
     def set_profile(node_id: str, profile: ExpectedProfile, operator: Operator) -> None:
         controller.set_profile(node_id, profile, operator)
+
+    @app.post("/v1/orders", response_model=SignedOrder, status_code=201)
+    def create_order(req: OrderRequest, operator: Operator) -> SignedOrder:
+        return controller.create_order(req.node_id, req.kind, req.args, operator, req.lifetime)
+
+    @app.get("/v1/orders", response_model=list[SignedOrder])
+    def my_orders(node: Node) -> list[SignedOrder]:
+        return controller.pending_orders(node)
+
+    @app.post("/v1/orders/{order_id}/ack")
+    def ack_order(order_id: str, ack: SignedAck, node: Node) -> dict:
+        return controller.acknowledge(node, order_id, ack)
 
     @app.get("/healthz")
     def health() -> dict[str, str]:

@@ -12,8 +12,6 @@ import uvicorn
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from aegis_protocol.signing import public_key_text
-
 from .. import db
 from ..durable import write_atomically
 from ..ledger import Ledger, load_signer
@@ -42,7 +40,7 @@ def build(state_dir: Path, db_url: str, anchor: Path, ledger_key: Path) -> Contr
     ca = CertificateAuthority(state_dir / "ca")
     ca.init()
     ledger = Ledger(engine, signer=load_signer(ledger_key), anchor_path=anchor)
-    return Controller(engine, ledger, ca, public_key_text(order_key(state_dir).public_key()))
+    return Controller(engine, ledger, ca, order_key(state_dir))
 
 
 def _watch_heartbeats(controller: Controller, deadline: int) -> None:

@@ -10,13 +10,23 @@ import time
 from dataclasses import dataclass
 
 import sqlalchemy as sa
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 
 from aegis_protocol.attestation import Challenge, ExpectedProfile, SignedReport, Verdict
 from aegis_protocol.enrollment import EnrollRequest, EnrollResponse, Heartbeat
 from aegis_protocol.events import EventBatch, EventBatchAck
-from aegis_protocol.signing import SignatureError, load_public_key, verify
+from aegis_protocol.orders import (
+    OrderKind,
+    OrderRefused,
+    SignedAck,
+    SignedOrder,
+    new_order,
+    sign_order,
+    verify_ack,
+)
+from aegis_protocol.signing import SignatureError, load_public_key, public_key_text, verify
 
 from ..ledger import Kind, Ledger
 from ..pki import CertificateAuthority, PkiError, cert_pem
@@ -44,7 +54,11 @@ class Controller:
     engine: Engine
     ledger: Ledger
     ca: CertificateAuthority
-    order_key: str  # public, as aegis_protocol.signing.public_key_text
+    order_signer: Ed25519PrivateKey  # signs orders; agents get its public half at enrollment
+
+    @property
+    def order_key(self) -> str:
+        return public_key_text(self.order_signer.public_key())
 
     # -- tokens -----------------------------------------------------------------------------
     def issue_token(self, node_id: str, ttl: int = 600, actor: str = "operator") -> str:
@@ -209,6 +223,77 @@ class Controller:
                 f"no heartbeat for {now - row.heartbeat_at} s (deadline {deadline} s)"),
                 "controller")
         return [row.node_id for row in rows]
+
+    # -- orders -------------------------------------------------------------------------------
+    def create_order(self, node_id: str, kind: OrderKind, args: dict, actor: str,
+                     lifetime: int = 300) -> SignedOrder:
+        node = self.node(node_id)
+        if node["state"] in ("provisioning", "retired"):
+            raise Refused(409, f"node {node_id!r} is {node['state']}: it takes no orders")
+        try:
+            order = new_order(node_id, kind, args, lifetime=lifetime)
+        except OrderRefused as e:
+            raise Refused(400, e.detail) from None
+        except ValueError as e:
+            raise Refused(400, f"order: {e}") from None
+        signed = sign_order(self.order_signer, order)
+        with self.engine.begin() as conn:
+            conn.execute(tables.orders.insert().values(
+                order_id=str(order.id), node_id=node_id, kind=kind,
+                signed=signed.model_dump_json(), status="pending",
+                created_at=order.issued_at, expires_at=order.expires_at))
+        self.ledger.append(Kind.ORDER, node_id, {"order_id": str(order.id), "kind": kind,
+                                                 "args": args, "expires_at": order.expires_at},
+                           actor=actor)
+        return signed
+
+    def pending_orders(self, node_id: str) -> list[SignedOrder]:
+        now = int(time.time())
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(tables.orders.c.signed).where(
+                tables.orders.c.node_id == node_id, tables.orders.c.status == "pending",
+                tables.orders.c.expires_at > now).order_by(tables.orders.c.created_at))
+            return [SignedOrder.model_validate_json(r.signed) for r in rows]
+
+    def acknowledge(self, node_id: str, order_id: str, signed: SignedAck) -> dict:
+        ack = signed.ack
+        node = self.node(node_id)
+        if ack.node_id != node_id or str(ack.order_id) != order_id:
+            raise Refused(403, "acknowledgment is for another node or order")
+        try:
+            verify_ack(signed, load_public_key(node["identity_key"] or ""))
+        except (OrderRefused, SignatureError) as e:
+            self.ledger.append(Kind.ACK, node_id, {"order_id": order_id, "refused": str(e)},
+                               actor=f"node:{node_id}")
+            raise Refused(403, f"acknowledgment refused: {e}") from None
+        with self.engine.begin() as conn:
+            row = conn.execute(sa.select(tables.orders).where(
+                tables.orders.c.order_id == order_id, tables.orders.c.node_id == node_id)).first()
+            if row is None:
+                raise Refused(404, f"no order {order_id} for node {node_id!r}")
+            if row.status != "pending":
+                raise Refused(409, f"order {order_id} was already acknowledged ({row.status})")
+            conn.execute(tables.orders.update().where(tables.orders.c.order_id == order_id)
+                         .values(status=ack.status, acked_at=ack.at, detail=ack.detail))
+        self.ledger.append(Kind.ACK, node_id, {"order_id": order_id, "status": ack.status,
+                                               "detail": ack.detail}, actor=f"node:{node_id}")
+        if ack.status == "done" and row.kind in ("quarantine", "release"):
+            target = "quarantined" if row.kind == "quarantine" else "trusted"
+            current = self.node(node_id)["state"]
+            if current != target:
+                self._move(node_id, transition(current, target, f"{row.kind} order "
+                                               f"{order_id} executed", operator=True),
+                           "controller")
+        return {"order_id": order_id, "status": ack.status}
+
+    def orders(self, node_id: str | None = None) -> list[dict]:
+        q = sa.select(tables.orders.c.order_id, tables.orders.c.node_id, tables.orders.c.kind,
+                      tables.orders.c.status, tables.orders.c.created_at,
+                      tables.orders.c.expires_at, tables.orders.c.detail)
+        if node_id:
+            q = q.where(tables.orders.c.node_id == node_id)
+        with self.engine.connect() as conn:
+            return [dict(r._mapping) for r in conn.execute(q.order_by(tables.orders.c.created_at))]
 
     # -- nodes --------------------------------------------------------------------------------
     def node(self, node_id: str) -> dict:

@@ -37,6 +37,19 @@ tokens = sa.Table(
     sa.Column("used_at", sa.BigInteger()),
 )
 
+orders = sa.Table(
+    "orders", metadata,
+    sa.Column("order_id", sa.String(36), primary_key=True),
+    sa.Column("node_id", sa.String(63), nullable=False),
+    sa.Column("kind", sa.String(16), nullable=False),
+    sa.Column("signed", sa.Text(), nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("created_at", sa.BigInteger(), nullable=False),
+    sa.Column("expires_at", sa.BigInteger(), nullable=False),
+    sa.Column("acked_at", sa.BigInteger()),
+    sa.Column("detail", sa.Text()),
+)
+
 events = sa.Table(
     "events", metadata,
     sa.Column("node_id", sa.String(63), primary_key=True),

@@ -1,5 +1,6 @@
 """Controller state: nodes (trust state, identity key, expected profile, last heartbeat and
-inventory), one-time bootstrap tokens, single-use attestation nonces, events.
+inventory), one-time bootstrap tokens, single-use attestation nonces, signed orders and
+their acks, events.
 
 Revision ID: 0002_controller_state
 Revises: 0001_ledger
@@ -47,6 +48,19 @@ def upgrade() -> None:
         sa.Column("used_at", sa.BigInteger(), nullable=True),
     )
     op.create_table(
+        "orders",
+        sa.Column("order_id", sa.String(36), primary_key=True),
+        sa.Column("node_id", sa.String(63), nullable=False),
+        sa.Column("kind", sa.String(16), nullable=False),
+        sa.Column("signed", sa.Text(), nullable=False),
+        sa.Column("status", sa.String(16), nullable=False),
+        sa.Column("created_at", sa.BigInteger(), nullable=False),
+        sa.Column("expires_at", sa.BigInteger(), nullable=False),
+        sa.Column("acked_at", sa.BigInteger(), nullable=True),
+        sa.Column("detail", sa.Text(), nullable=True),
+    )
+    op.create_index("ix_orders_node_status", "orders", ["node_id", "status"])
+    op.create_table(
         "events",
         sa.Column("node_id", sa.String(63), nullable=False),
         sa.Column("event_id", sa.String(36), nullable=False),
@@ -63,6 +77,8 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.drop_index("ix_events_kind", table_name="events")
     op.drop_table("events")
+    op.drop_index("ix_orders_node_status", table_name="orders")
+    op.drop_table("orders")
     op.drop_table("attest_nonces")
     op.drop_table("bootstrap_tokens")
     op.drop_table("nodes")
