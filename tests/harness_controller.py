@@ -34,10 +34,12 @@ class Server:
     db: str | None
     port: int = 0
     proc: subprocess.Popen | None = None
+    host: str = "127.0.0.1"
+    netns: str | None = None  # serve inside this network namespace
 
     @property
     def url(self) -> str:
-        return f"https://127.0.0.1:{self.port}"
+        return f"https://{self.host}:{self.port}"
 
     @property
     def ca(self) -> ssl.SSLContext:
@@ -54,19 +56,31 @@ class Server:
         cmd = [str(BIN / "aegis-controller"), "--state-dir", str(self.state)]
         cmd += ["--db", self.db] if self.db else []
         log = (self.state / "serve.log").open("a")
-        self.proc = subprocess.Popen([*cmd, "serve", "--port", str(self.port), *extra], stdout=log,
-                                     stderr=subprocess.STDOUT)
+        cmd = [*cmd, "serve", "--host", self.host, "--port", str(self.port), *extra]
+        if self.netns:
+            cmd = ["nsenter", f"--net=/run/netns/{self.netns}", *cmd]
+        self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             assert self.proc.poll() is None, (self.state / "serve.log").read_text()
-            try:
-                if httpx.get(f"{self.url}/healthz", verify=self.ca, timeout=1).status_code == 200:
-                    return
-            except (httpx.HTTPError, OSError):
-                pass
+            if self.healthy():
+                return
             time.sleep(0.1)
         log = (self.state / "serve.log").read_text()
         raise AssertionError(f"controller did not come up: {log}")
+
+    def healthy(self) -> bool:
+        try:
+            if self.netns:  # probe from inside the namespace
+                probe = ("import httpx, ssl, sys; ctx = ssl.create_default_context(cafile="
+                         f"{str(self.state / 'ca' / 'ca.pem')!r}); sys.exit(httpx.get("
+                         f"{self.url + '/healthz'!r}, verify=ctx, timeout=1).status_code != 200)")
+                return subprocess.run(["nsenter", f"--net=/run/netns/{self.netns}",
+                                       sys.executable, "-c", probe], capture_output=True,
+                                      timeout=10, check=False).returncode == 0
+            return httpx.get(f"{self.url}/healthz", verify=self.ca, timeout=1).status_code == 200
+        except (httpx.HTTPError, OSError, ssl.SSLError, subprocess.SubprocessError):
+            return False
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
         assert self.proc is not None
@@ -97,7 +111,8 @@ class Node:
 
 
 @contextlib.contextmanager
-def controller_server(prefix: str, pg_url: str | None) -> Iterator[Server]:
+def controller_server(prefix: str, pg_url: str | None, *, host: str = "127.0.0.1",
+                      netns: str | None = None) -> Iterator[Server]:
     """A controller on SQLite (``pg_url`` None) or on a wiped PostgreSQL database."""
     if pg_url:
         engine = sa.create_engine(pg_url)
@@ -106,7 +121,7 @@ def controller_server(prefix: str, pg_url: str | None) -> Iterator[Server]:
                                  "attest_nonces, ledger_records, alembic_version"))
         engine.dispose()
     state = Path(tempfile.mkdtemp(prefix=f"{prefix}-ctl-"))
-    srv = Server(state, pg_url)
+    srv = Server(state, pg_url, host=host, netns=netns)
     try:
         assert srv.ctl("keys", "init").returncode == 0
         srv.start()

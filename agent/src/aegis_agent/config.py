@@ -10,7 +10,14 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from aegis_protocol.events import EventKind, Scalar
 
@@ -113,6 +120,15 @@ class WatchdogConfig(_Strict):
     grace: Annotated[int, Field(ge=1, description="intervals over a limit before exiting")] = 6
 
 
+class ControllerConfig(_Strict):
+    url: Annotated[str, Field(pattern=r"^https://", description="the controller's API")]
+    ca_file: Path = Field(description="the controller CA that signed its server certificate")
+    token_file: Path = Path("/run/aegis/bootstrap-token")
+    state_dir: Path = Path("/var/lib/aegis/agent")
+    golden_file: Path = Path("/var/lib/aegis/golden.json")
+    interval: Annotated[float, Field(gt=0)] = 10.0
+
+
 class AgentConfig(_Strict):
     node_id: str | None = None
     segment: SegmentConfig = Field(default_factory=SegmentConfig)
@@ -121,6 +137,14 @@ class AgentConfig(_Strict):
     control: ControlConfig = Field(default_factory=ControlConfig)
     policy: list[Rule] = Field(default_factory=list)
     watchdog: WatchdogConfig = Field(default_factory=WatchdogConfig)
+    controller: ControllerConfig | None = None
+
+    @model_validator(mode="after")
+    def _node_id_for_controller(self) -> AgentConfig:
+        if self.controller is not None and not self.node_id:
+            raise ValueError("node_id is required when controller is set (it is the CN of the "
+                             "node's certificate)")
+        return self
 
 
 def _where(loc: tuple[int | str, ...]) -> str:

@@ -31,6 +31,7 @@ from .control import MAX_LINE, parse_request, peer_uid
 from .notify import notify, watchdog_interval
 from .policy import Decision, Policy
 from .spool import Spool
+from .uplink import Uplink
 from .watchdog import SelfWatch
 
 log = logging.getLogger("aegis.agent")
@@ -89,6 +90,7 @@ class Agent:
         self._exit = 0
         self._server: asyncio.AbstractServer | None = None
         self._readers: list[int] = []
+        self.uplink: Uplink | None = None
 
     # -- events ----------------------------------------------------------------------------
     def record(self, events: list[Event]) -> None:
@@ -198,6 +200,51 @@ class Agent:
     def _add_reader(self, fd: int, fn: Any) -> None:
         asyncio.get_running_loop().add_reader(fd, fn)
         self._readers.append(fd)
+
+    # -- controller link ------------------------------------------------------------------------
+    def _order_handlers(self) -> dict[str, Any]:
+        """What signed orders from the controller do here (run on the uplink thread)."""
+        loop = asyncio.get_running_loop()
+
+        def note(what: str, **data: Any) -> None:
+            loop.call_soon_threadsafe(self.record, [_agent_event(what, "warning", **data)])
+
+        def grant(args: dict[str, Any]) -> str:
+            edge = self._need_segment().grant(str(args["edge"]), args.get("ttl"), args.get("idle"))
+            note("order_grant", edge=str(edge))
+            return f"granted {edge}"
+
+        def revoke(args: dict[str, Any]) -> str:
+            found = self._need_segment().revoke(str(args["edge"]))
+            note("order_revoke", edge=str(args["edge"]), found=found)
+            return f"revoked {args['edge']}" if found else f"{args['edge']} was not granted"
+
+        def quarantine(args: dict[str, Any]) -> str:
+            mgmt = args.get("management")
+            self._need_segment().quarantine(True, mgmt if isinstance(mgmt, list) else None)
+            note("order_quarantine", level=str(args.get("level", "soft")))
+            return "quarantined: management path only"
+
+        def release(_args: dict[str, Any]) -> str:
+            self._need_segment().quarantine(False)
+            note("order_release")
+            return "released"
+
+        return {"grant": grant, "revoke": revoke, "quarantine": quarantine, "release": release}
+
+    def _start_uplink(self) -> None:
+        cc = self.cfg.controller
+        if cc is None:
+            return
+        assert self.cfg.node_id is not None  # the config requires it with a controller
+        self.uplink = Uplink(cc, self.cfg.node_id, self.spool, self._order_handlers())
+
+    async def _uplink_loop(self) -> None:
+        assert self.uplink is not None and self.cfg.controller is not None
+        while not self._stop.is_set():
+            await asyncio.to_thread(self.uplink.tick)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), self.cfg.controller.interval)
 
     # -- control socket --------------------------------------------------------------------------
     async def _serve(self) -> None:
@@ -312,7 +359,8 @@ class Agent:
                 "segment": self.segment.status() if self.segment else None,
                 "exec_monitor": self.execs.stats() if self.execs else None,
                 "connect_monitor": self.connects.stats() if self.connects else None,
-                "spool": self.spool.status(), "watchdog": self.last_reading}
+                "spool": self.spool.status(), "watchdog": self.last_reading,
+                "controller": self.uplink.last if self.uplink else None}
 
     # -- periodic work ---------------------------------------------------------------------
     async def _every(self, seconds: float, fn: Any) -> None:
@@ -361,8 +409,11 @@ class Agent:
             if mon is not None:
                 self._add_reader(mon.fileno(), lambda m=mon: self.record(m.consume()))
         await self._serve()
+        self._start_uplink()
         tasks = [asyncio.create_task(self._every(self.cfg.segment.sweep_interval, self._sweep)),
                  asyncio.create_task(self._every(self.cfg.watchdog.interval, self._check_self))]
+        if self.uplink:
+            tasks.append(asyncio.create_task(self._uplink_loop()))
         ping = watchdog_interval()
         if ping:
             tasks.append(asyncio.create_task(self._every(ping, lambda: notify("WATCHDOG=1"))))

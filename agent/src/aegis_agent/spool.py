@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import struct
+import threading
 import time
 import zlib
 from dataclasses import dataclass, field
@@ -67,6 +68,8 @@ class Spool:
             self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         except OSError as e:
             raise SpoolError(e.errno, f"spool directory {self.directory}: {e.strerror}") from e
+        # the daemon appends on its event loop while the uplink thread reads and acks
+        self._lock = threading.RLock()
         self._segments: list[_Segment] = []
         self._fh = None
         self._next = 0
@@ -144,32 +147,33 @@ class Spool:
     # -- writing ---------------------------------------------------------------------------
     def append(self, events: list[Event]) -> list[int]:
         """Write ``events`` durably (fsync before returning); returns their sequence numbers."""
-        seqs = []
-        frames: list[tuple[int, bytes]] = []
-        for event in events:
-            payload = event.model_dump_json().encode()
-            seq = self._next
-            self._next += 1
-            crc = zlib.crc32(struct.pack("<Q", seq) + payload)
-            frames.append((seq, HEADER.pack(MAGIC, len(payload), crc, seq) + payload))
-            seqs.append(seq)
-        i = 0
-        while i < len(frames):
-            seg = self._writable(frames[i][0])
-            assert self._fh is not None
-            room = max(self.segment_bytes - seg.size, 1)
-            j, size = i, 0
-            while j < len(frames) and (j == i or size + len(frames[j][1]) <= room):
-                size += len(frames[j][1])
-                j += 1
-            self._fh.write(b"".join(f for _s, f in frames[i:j]))
-            self._fh.flush()
-            os.fsync(self._fh.fileno())
-            seg.size += size
-            seg.last = frames[j - 1][0]
-            i = j
-        self._enforce_bound()
-        return seqs
+        with self._lock:
+            seqs = []
+            frames: list[tuple[int, bytes]] = []
+            for event in events:
+                payload = event.model_dump_json().encode()
+                seq = self._next
+                self._next += 1
+                crc = zlib.crc32(struct.pack("<Q", seq) + payload)
+                frames.append((seq, HEADER.pack(MAGIC, len(payload), crc, seq) + payload))
+                seqs.append(seq)
+            i = 0
+            while i < len(frames):
+                seg = self._writable(frames[i][0])
+                assert self._fh is not None
+                room = max(self.segment_bytes - seg.size, 1)
+                j, size = i, 0
+                while j < len(frames) and (j == i or size + len(frames[j][1]) <= room):
+                    size += len(frames[j][1])
+                    j += 1
+                self._fh.write(b"".join(f for _s, f in frames[i:j]))
+                self._fh.flush()
+                os.fsync(self._fh.fileno())
+                seg.size += size
+                seg.last = frames[j - 1][0]
+                i = j
+            self._enforce_bound()
+            return seqs
 
     def _writable(self, seq: int) -> _Segment:
         seg = self._segments[-1] if self._segments else None
@@ -202,39 +206,41 @@ class Spool:
     # -- reading and acking ------------------------------------------------------------------
     def read(self, after: int | None = None, limit: int = 1000) -> list[tuple[int, Event]]:
         """Up to ``limit`` records with seq > ``after`` (default: the ack cursor)."""
-        after = self._acked if after is None else after
-        out: list[tuple[int, Event]] = []
-        for seg in self._segments:
-            if seg.last <= after:
-                continue
-            data = seg.path.read_bytes()[: seg.size]
-            off = 0
-            while off < len(data) and len(out) < limit:
-                _m, length, _crc, seq = HEADER.unpack_from(data, off)
-                if seq > after:
-                    payload = data[off + HEADER.size: off + HEADER.size + length]
-                    out.append((seq, Event.model_validate_json(payload)))
-                off += HEADER.size + length
-            if len(out) >= limit:
-                break
-        return out
+        with self._lock:
+            after = self._acked if after is None else after
+            out: list[tuple[int, Event]] = []
+            for seg in self._segments:
+                if seg.last <= after:
+                    continue
+                data = seg.path.read_bytes()[: seg.size]
+                off = 0
+                while off < len(data) and len(out) < limit:
+                    _m, length, _crc, seq = HEADER.unpack_from(data, off)
+                    if seq > after:
+                        payload = data[off + HEADER.size: off + HEADER.size + length]
+                        out.append((seq, Event.model_validate_json(payload)))
+                    off += HEADER.size + length
+                if len(out) >= limit:
+                    break
+            return out
 
     def ack(self, upto: int) -> None:
         """Everything up to ``upto`` is delivered; fully acked segments are removed."""
-        if upto <= self._acked:
-            return
-        self._acked = upto
-        cursor = self.directory / "cursor.json"
-        tmp = cursor.with_suffix(".tmp")
-        with tmp.open("w") as fh:
-            json.dump({"acked": upto}, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, cursor)
-        self._fsync_dir(self.directory)
-        while len(self._segments) > 1 and self._segments[0].last <= upto:
-            self._segments.pop(0).path.unlink()
-        self.alarm_changed()
+        with self._lock:
+            if upto <= self._acked:
+                return
+            self._acked = upto
+            cursor = self.directory / "cursor.json"
+            tmp = cursor.with_suffix(".tmp")
+            with tmp.open("w") as fh:
+                json.dump({"acked": upto}, fh)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, cursor)
+            self._fsync_dir(self.directory)
+            while len(self._segments) > 1 and self._segments[0].last <= upto:
+                self._segments.pop(0).path.unlink()
+            self.alarm_changed()
 
     def _read_cursor(self) -> int:
         cursor = self.directory / "cursor.json"

@@ -186,7 +186,8 @@ class Controller:
                                                     "for a new challenge")
         problems = (judge(report, ExpectedProfile.model_validate_json(node["profile"]))
                     if node["profile"] else ["no expected profile is set for this node"])
-        t = after_attestation(node["state"], problems)
+        # without an expected profile there is nothing to be trusted against: the node stays
+        t = after_attestation(node["state"], problems) if node["profile"] else None
         if t is not None:
             self._move(node_id, t, f"node:{node_id}")
         state = t.after if t else node["state"]

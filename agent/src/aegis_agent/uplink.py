@@ -1,0 +1,175 @@
+"""The agent's link to the controller: enroll once, then heartbeat, attest, forward the
+spool and run signed orders, each on its own period, with back-off when the controller
+cannot be reached.
+
+Nothing secret is written to disk: the bootstrap token is read from a file that
+provisioning put on tmpfs and is removed once used; the node's keys are generated here
+and stay here (0600); the client certificate and the controller's CA and order key are
+public.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import ssl
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from aegis_protocol.enrollment import Heartbeat, Inventory
+from aegis_protocol.events import MAX_BATCH, EventBatch
+from aegis_protocol.signing import load_public_key
+
+from .config import ControllerConfig
+from .identity import csr, identity_key, tls_key
+from .measure import collect, signed_report
+from .orders import FileReplayGuard, OrderExecutor
+from .spool import Spool
+
+log = logging.getLogger("aegis.agent.uplink")
+
+
+class UplinkError(RuntimeError):
+    pass
+
+
+@dataclass
+class Uplink:
+    cfg: ControllerConfig
+    node_id: str
+    spool: Spool
+    handlers: dict[str, Callable[[dict[str, Any]], str]]
+    backoff: float = 0.0
+    next_try: float = 0.0
+    last: dict[str, object] = field(default_factory=dict)
+
+    @property
+    def state(self) -> Path:
+        return self.cfg.state_dir
+
+    def _ctx(self, with_cert: bool = True) -> ssl.SSLContext:
+        ctx = ssl.create_default_context(cafile=self.cfg.ca_file)
+        if with_cert:
+            ctx.load_cert_chain(self.state / "node.pem", self.state / "tls.key")
+        return ctx
+
+    def _client(self, with_cert: bool = True) -> httpx.Client:
+        return httpx.Client(base_url=self.cfg.url, verify=self._ctx(with_cert), timeout=30)
+
+    @property
+    def enrolled(self) -> bool:
+        return (self.state / "node.pem").exists() and (self.state / "order.key").exists()
+
+    def enroll(self) -> None:
+        token_file = self.cfg.token_file
+        try:
+            token = token_file.read_text().strip()
+        except OSError as e:
+            raise UplinkError(f"not enrolled and no bootstrap token at {token_file} "
+                              f"({e.strerror}); provisioning puts it there") from None
+        self.state.mkdir(parents=True, exist_ok=True, mode=0o700)
+        ident = identity_key(self.state / "identity.key")
+        from aegis_protocol.signing import public_key_text
+
+        body = {"node_id": self.node_id, "token": token,
+                "csr_pem": csr(tls_key(self.state / "tls.key"), self.node_id),
+                "identity_key": public_key_text(ident.public_key())}
+        with self._client(with_cert=False) as c:
+            r = c.post("/v1/enroll", json=body)
+        if r.status_code != 200:
+            raise UplinkError(f"enrollment refused ({r.status_code}): {r.json().get('detail')}")
+        answer = r.json()
+        (self.state / "node.pem").write_text(answer["certificate_pem"])
+        (self.state / "order.key").write_text(answer["order_key"])
+        token_file.unlink(missing_ok=True)  # one-time: never keep it
+        log.info("enrolled with the controller", extra={"node": self.node_id,
+                                                        "not_after": answer["not_after"]})
+
+    def attest(self) -> dict:
+        with self._client() as c:
+            nonce = c.get("/v1/attest/challenge").raise_for_status().json()["nonce"]
+            report = signed_report(identity_key(self.state / "identity.key"), self.node_id,
+                                   nonce, collect(self.cfg.golden_file))
+            verdict = c.post("/v1/attest", json=report.model_dump(mode="json"))
+        if verdict.status_code != 200:
+            raise UplinkError(f"attestation refused ({verdict.status_code}): "
+                              f"{verdict.json().get('detail')}")
+        return verdict.json()
+
+    def heartbeat(self) -> None:
+        hb = Heartbeat(node_id=self.node_id, boot_id=_boot_id(),
+                       inventory=Inventory(os=_os_release(), kernel=os.uname().release))
+        with self._client() as c:
+            c.post("/v1/heartbeat", json=hb.model_dump(mode="json")).raise_for_status()
+
+    def forward(self, limit: int = MAX_BATCH) -> int:
+        """Send what the spool holds after its cursor, batch by batch; the cursor moves
+        only when the controller acknowledged a batch (at-least-once; the controller
+        stores each event id once)."""
+        sent = 0
+        with self._client() as c:
+            while records := self.spool.read(limit=limit):
+                batch = EventBatch(node_id=self.node_id, events=[e for _s, e in records])
+                c.post("/v1/events", json=batch.model_dump(mode="json")).raise_for_status()
+                self.spool.ack(records[-1][0])
+                sent += len(records)
+        return sent
+
+    def run_orders(self) -> list[dict]:
+        executor = OrderExecutor(self.node_id,
+                                 load_public_key((self.state / "order.key").read_text().strip()),
+                                 identity_key(self.state / "identity.key"),
+                                 FileReplayGuard(self.state / "order-nonces.json"), self.handlers)
+        done = []
+        with self._client() as c:
+            for signed in c.get("/v1/orders").raise_for_status().json():
+                ack = executor.execute(signed)
+                c.post(f"/v1/orders/{ack.ack.order_id}/ack",
+                       json=ack.model_dump(mode="json")).raise_for_status()
+                done.append({"order_id": str(ack.ack.order_id), "status": ack.ack.status,
+                             "detail": ack.ack.detail})
+        return done
+
+    def tick(self, now: float | None = None) -> dict[str, object]:
+        """One round (enroll if needed, heartbeat, forward, orders); backs off on failure."""
+        now = time.monotonic() if now is None else now
+        if now < self.next_try:
+            return self.last
+        try:
+            if not self.enrolled:
+                self.enroll()
+                self.last["attestation"] = self.attest()
+            self.heartbeat()
+            self.last.update(forwarded=self.forward(), orders=self.run_orders(),
+                             error=None, at=time.time())
+            self.backoff = 0.0
+        except (httpx.HTTPError, OSError, UplinkError, ValueError) as e:
+            self.backoff = min(60.0, max(1.0, self.backoff * 2))
+            self.next_try = now + self.backoff
+            self.last["error"] = f"{type(e).__name__}: {e}"
+            log.warning("controller link failed; retrying in %.0f s", self.backoff,
+                        extra={"error": self.last["error"]})
+        return self.last
+
+
+def _boot_id() -> str:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return ""
+
+
+def _os_release() -> str:
+    try:
+        for line in Path("/etc/os-release").read_text().splitlines():
+            if line.startswith("PRETTY_NAME="):
+                return json.loads(line.split("=", 1)[1]) if '"' in line else line.split("=")[1]
+    except (OSError, ValueError):
+        pass
+    return ""

@@ -1,0 +1,75 @@
+"""The agent daemon and the controller together: the daemon (in namespace b of a veth
+pair) enrolls with a one-time token, attests, forwards its spool and runs a signed grant
+order from an operator, after which real TCP from namespace a passes."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+from test_agent_daemon import EDGE, Daemon, daemon  # noqa: F401
+
+from harness_controller import Server, controller_server, operator_client
+
+pytestmark = pytest.mark.integration
+
+
+def _wait(pred, timeout: float = 20) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return True
+        time.sleep(0.2)
+    return False
+
+
+@pytest.fixture
+def server(daemon: Daemon) -> Iterator[Server]:  # noqa: F811
+    """The controller in namespace a (192.0.2.1), where the node in b can reach it."""
+    with controller_server(daemon.prefix + "c", None, host=daemon.lab.pair.a_addr,
+                           netns=daemon.lab.pair.a) as srv:
+        yield srv
+
+
+def test_agent_enrolls_forwards_and_obeys_signed_orders(daemon: Daemon,  # noqa: F811
+                                                        server: Server) -> None:
+    node_id = f"{daemon.prefix}-node"
+    token_file = daemon.root / "bootstrap-token"
+    token_file.write_text(server.token(node_id))
+    cfg = yaml.safe_load(daemon.config.read_text())
+    cfg["controller"] = {"url": server.url, "ca_file": str(server.state / "ca" / "ca.pem"),
+                         "token_file": str(token_file),
+                         "state_dir": str(daemon.root / "agent-state"), "interval": 0.5}
+    daemon.config.write_text(yaml.safe_dump(cfg))
+    daemon.start()
+
+    def node() -> dict:
+        return json.loads(server.ctl("node", "show", node_id).stdout or "{}")
+
+    assert _wait(lambda: node().get("state") == "enrolled" and node()["events"] > 0)
+    assert not token_file.exists()  # the one-time token is gone from the node
+    key = Path(daemon.root / "agent-state" / "identity.key")
+    assert key.stat().st_mode & 0o777 == 0o600
+    _rc, status, _e = daemon.cli("status")
+    assert status["controller"]["error"] is None, status["controller"]
+
+    daemon.lab.listen("b", "192.0.2.2", 8080)
+    assert not daemon.lab.reachable(8080)
+
+    def order() -> int:
+        with operator_client(server) as op:
+            return op.post("/v1/orders", json={"node_id": node_id, "kind": "grant",
+                                               "args": {"edge": EDGE, "ttl": 600}}).status_code
+
+    assert daemon.lab.in_a.submit(order).result() == 201  # the operator, from namespace a
+    assert _wait(lambda: daemon.lab.reachable(8080))
+    orders = [json.loads(line) for line in server.ctl("orders").stdout.splitlines()]
+    assert [(o["kind"], o["status"]) for o in orders] == [("grant", "done")]
+    # the order and its effect are in the agent's own events too, forwarded once
+    assert _wait(lambda: any(e["data"].get("what") == "order_grant" for e in daemon.events()))
+    spooled = len(daemon.events())
+    assert _wait(lambda: node()["events"] >= spooled - 2)
