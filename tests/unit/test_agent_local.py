@@ -163,7 +163,8 @@ def test_framing_header_layout() -> None:
 
 
 # -- systemd unit ----------
-def test_unit_verifies_and_is_sandboxed(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("package", "limit"), [("agent", 3.5), ("controller", 2.0)])
+def test_unit_verifies_and_is_sandboxed(tmp_path: Path, package: str, limit: float) -> None:
     import re
     import shutil
     import subprocess
@@ -171,15 +172,16 @@ def test_unit_verifies_and_is_sandboxed(tmp_path: Path) -> None:
 
     if not shutil.which("systemd-analyze"):
         pytest.skip("systemd-analyze not installed")
-    unit = Path(__file__).resolve().parents[2] / "agent" / "systemd" / "aegis-agent.service"
-    exe = str(Path(sys.executable).with_name("aegis-agent"))
-    local = tmp_path / "aegis-agent.service"
-    local.write_text(unit.read_text().replace("/opt/aegis/agent/bin/aegis-agent", exe))
+    name = f"aegis-{package}"
+    unit = Path(__file__).resolve().parents[2] / package / "systemd" / f"{name}.service"
+    exe = str(Path(sys.executable).with_name(name))
+    local = tmp_path / f"{name}.service"
+    local.write_text(unit.read_text().replace(f"/opt/aegis/{package}/bin/{name}", exe))
     subprocess.run(["systemd-analyze", "verify", str(local)], check=True, capture_output=True)
     out = subprocess.run(["systemd-analyze", "security", "--offline=true", str(local)],
                          check=True, capture_output=True, text=True).stdout
     level = float(re.search(r"Overall exposure level for \S+: ([0-9.]+)", out).group(1))
-    assert level <= 3.5, out
+    assert level <= limit, out
 
 
 # -- self-watchdog ----------
