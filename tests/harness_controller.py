@@ -117,8 +117,9 @@ def controller_server(prefix: str, pg_url: str | None, *, host: str = "127.0.0.1
     if pg_url:
         engine = sa.create_engine(pg_url)
         with engine.begin() as conn:
-            conn.execute(sa.text("DROP TABLE IF EXISTS events, orders, nodes, bootstrap_tokens, "
-                                 "attest_nonces, ledger_records, alembic_version"))
+            conn.execute(sa.text("DROP TABLE IF EXISTS incidents, events, orders, nodes, "
+                                 "bootstrap_tokens, attest_nonces, ledger_records, "
+                                 "alembic_version"))
         engine.dispose()
     state = Path(tempfile.mkdtemp(prefix=f"{prefix}-ctl-"))
     srv = Server(state, pg_url, host=host, netns=netns)

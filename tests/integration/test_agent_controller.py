@@ -18,7 +18,7 @@ from harness_controller import Server, controller_server, operator_client
 pytestmark = pytest.mark.integration
 
 
-def _wait(pred, timeout: float = 20) -> bool:
+def _wait(pred, timeout: float = 60) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if pred():

@@ -5,6 +5,7 @@ trust states moved by verdicts and by missed heartbeats, and every forgery refus
 from __future__ import annotations
 
 import json
+import threading
 import time
 from pathlib import Path
 
@@ -101,19 +102,32 @@ def test_profile_needs_an_operator_certificate(enrolled) -> None:
 
 def test_a_silent_node_becomes_suspect(server: Server, tmp_path: Path) -> None:
     server.kill()
-    server.start("--heartbeat-deadline", "2")
+    server.start("--heartbeat-deadline", "4")
     chatty, silent = new_node(server, "chatty"), new_node(server, "silent")
     for n in (chatty, silent):
         assert enroll(server, n, server.token(n.node_id)).status_code == 200
-    deadline = time.monotonic() + 15
-    state = "enrolled"
-    while time.monotonic() < deadline and state != "suspect":
+    stop = threading.Event()
+    beats: list[int] = []
+
+    def beat() -> None:  # the chatty node's agent: a heartbeat every 0.5 s
         with chatty.client(server) as c:
-            hb = c.post("/v1/heartbeat", json={"node_id": "chatty", "boot_id": "b",
-                                               "inventory": {"kernel": "6.1"}})
-            assert hb.status_code == 204, hb.text
-        state = json.loads(server.ctl("node", "show", "silent").stdout)["state"]
-        time.sleep(0.5)
+            while not stop.wait(0.5):
+                beats.append(c.post("/v1/heartbeat", json={
+                    "node_id": "chatty", "boot_id": "b",
+                    "inventory": {"kernel": "6.1"}}).status_code)
+
+    thread = threading.Thread(target=beat)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if json.loads(server.ctl("node", "show", "silent").stdout)["state"] == "suspect":
+                break
+            time.sleep(0.5)
+    finally:
+        stop.set()
+        thread.join()
+    assert beats and set(beats) == {204}
     show = json.loads(server.ctl("node", "show", "silent").stdout)
     assert show["state"] == "suspect" and "no heartbeat" in show["reason"]
     assert json.loads(server.ctl("node", "show", "chatty").stdout)["state"] == "enrolled"

@@ -124,3 +124,24 @@ def test_a_node_cannot_post_for_another(server: Server) -> None:
     assert r.status_code == 403 and "client certificate is 'a2'" in r.json()["detail"]
     with httpx.Client(base_url=server.url, verify=server.ca) as c:
         assert c.post("/v1/events", json=_batches("a2", 1, 1)[0]).status_code == 401
+
+
+def test_events_become_incidents_once_and_a_quarantine_is_ordered(server: Server) -> None:
+    node = new_node(server, "i1")
+    assert enroll(server, node, server.token("i1")).status_code == 200
+    denied = Event(ts_ns=1, kind="exec_denied", severity="warning",
+                   data={"filename": "/usr/bin/nc", "pid": 4242, "uid": 0})
+    quarantined = Event(ts_ns=2, kind="policy", severity="critical",
+                        data={"rule": "scan", "action": "quarantine", "result": "ok"})
+    batch = EventBatch(node_id="i1", events=[denied, quarantined]).model_dump(mode="json")
+    with node.client(server) as c:
+        assert c.post("/v1/events", json=batch).json() == {"stored": 2, "duplicates": 0}
+        assert c.post("/v1/events", json=batch).json() == {"stored": 0, "duplicates": 2}
+        pending = c.get("/v1/orders").json()
+    incidents = [json.loads(line) for line in server.ctl("incidents").stdout.splitlines()]
+    assert [(i["rule"], i["severity"]) for i in incidents] == [
+        ("denied-exec", "high"), ("agent-quarantined-node", "critical")]
+    assert "/usr/bin/nc" in incidents[0]["summary"]
+    assert [o["order"]["kind"] for o in pending] == ["quarantine"]
+    assert pending[0]["order"]["args"]["level"] == "hard"
+    assert incidents[1]["order_id"] == pending[0]["order"]["id"]

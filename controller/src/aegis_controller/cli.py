@@ -268,6 +268,12 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_OK
 
 
+def cmd_incidents(args: argparse.Namespace, settings: Settings) -> int:
+    for incident in _controller(settings).incidents(args.node):
+        _print_json(incident)
+    return EXIT_OK
+
+
 def cmd_orders(args: argparse.Namespace, settings: Settings) -> int:
     for order in _controller(settings).orders(args.node):
         _print_json(order)
@@ -359,6 +365,9 @@ def _register_service(groups: argparse._SubParsersAction) -> None:
     sp.add_argument("--heartbeat-deadline", type=_positive, default=90, metavar="S",
                     help="seconds without a heartbeat before a node is suspect (default 90)")
     sp.set_defaults(func=cmd_serve)
+    sp = groups.add_parser("incidents", help="incidents raised from agents' events")
+    sp.add_argument("--node")
+    sp.set_defaults(func=cmd_incidents)
     sp = groups.add_parser("orders", help="list orders and their acknowledgments")
     sp.add_argument("--node")
     sp.set_defaults(func=cmd_orders)

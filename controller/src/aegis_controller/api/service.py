@@ -16,7 +16,7 @@ from sqlalchemy.engine import Engine
 
 from aegis_protocol.attestation import Challenge, ExpectedProfile, SignedReport, Verdict
 from aegis_protocol.enrollment import EnrollRequest, EnrollResponse, Heartbeat
-from aegis_protocol.events import EventBatch, EventBatchAck
+from aegis_protocol.events import Event, EventBatch, EventBatchAck
 from aegis_protocol.orders import (
     OrderKind,
     OrderRefused,
@@ -28,6 +28,7 @@ from aegis_protocol.orders import (
 )
 from aegis_protocol.signing import SignatureError, load_public_key, public_key_text, verify
 
+from ..incidents import IncidentRule, incidents_for, summarize
 from ..ledger import Kind, Ledger
 from ..pki import CertificateAuthority, PkiError, cert_pem
 from ..trust import Transition, after_attestation, judge, transition
@@ -324,6 +325,7 @@ class Controller:
                   else sqlite.insert)
         now = int(time.time())
         stored = 0
+        new: list = []
         with self.engine.begin() as conn:
             for ev in batch.events:
                 stmt = insert(tables.events).values(
@@ -333,10 +335,37 @@ class Controller:
                         index_elements=["node_id", "event_id"]
                     ).returning(tables.events.c.event_id)
                 # RETURNING, not rowcount: psycopg reports -1 for a skipped conflict
-                stored += len(conn.execute(stmt).fetchall())
+                if conn.execute(stmt).fetchall():
+                    stored += 1
+                    new.append(ev)
             conn.execute(tables.nodes.update().where(tables.nodes.c.node_id == node_id)
                          .values(last_seen=now))
+        for ev in new:
+            for rule in incidents_for(ev):
+                self._raise_incident(node_id, rule, ev)
         return EventBatchAck(stored=stored, duplicates=len(batch.events) - stored)
+
+    def _raise_incident(self, node_id: str, rule: IncidentRule, ev: Event) -> None:
+        order_id = None
+        if rule.quarantine:
+            try:
+                order_id = str(self.create_order(node_id, "quarantine",
+                                                 {"level": rule.quarantine,
+                                                  "reason": f"incident rule {rule.name}"},
+                                                 "controller:incidents").order.id)
+            except Refused:
+                order_id = None
+        with self.engine.begin() as conn:
+            conn.execute(tables.incidents.insert().values(
+                node_id=node_id, rule=rule.name, severity=rule.severity, event_id=str(ev.id),
+                summary=summarize(ev), created_at=int(time.time()), order_id=order_id))
+
+    def incidents(self, node_id: str | None = None) -> list[dict]:
+        q = sa.select(tables.incidents).order_by(tables.incidents.c.incident_id)
+        if node_id:
+            q = q.where(tables.incidents.c.node_id == node_id)
+        with self.engine.connect() as conn:
+            return [dict(r._mapping) for r in conn.execute(q)]
 
     def event_count(self, node_id: str | None = None) -> int:
         q = sa.select(sa.func.count()).select_from(tables.events)

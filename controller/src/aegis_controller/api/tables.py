@@ -60,3 +60,16 @@ events = sa.Table(
     sa.Column("data", sa.Text(), nullable=False),
     sa.Column("received_at", sa.BigInteger(), nullable=False),
 )
+
+incidents = sa.Table(
+    "incidents", metadata,
+    sa.Column("incident_id", sa.Integer(), primary_key=True, autoincrement=True),
+    sa.Column("node_id", sa.String(63), nullable=False),
+    sa.Column("rule", sa.String(64), nullable=False),
+    sa.Column("severity", sa.String(16), nullable=False),
+    sa.Column("event_id", sa.String(36), nullable=False),
+    sa.Column("summary", sa.Text(), nullable=False),
+    sa.Column("created_at", sa.BigInteger(), nullable=False),
+    sa.Column("order_id", sa.String(36)),
+)
+

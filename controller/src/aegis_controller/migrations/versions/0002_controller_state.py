@@ -1,6 +1,6 @@
 """Controller state: nodes (trust state, identity key, expected profile, last heartbeat and
 inventory), one-time bootstrap tokens, single-use attestation nonces, signed orders and
-their acks, events.
+their acks, events and the incidents rules made of them.
 
 Revision ID: 0002_controller_state
 Revises: 0001_ledger
@@ -72,9 +72,21 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("node_id", "event_id", name="pk_events"),
     )
     op.create_index("ix_events_kind", "events", ["kind"])
+    op.create_table(
+        "incidents",
+        sa.Column("incident_id", sa.Integer(), primary_key=True, autoincrement=True),
+        sa.Column("node_id", sa.String(63), nullable=False),
+        sa.Column("rule", sa.String(64), nullable=False),
+        sa.Column("severity", sa.String(16), nullable=False),
+        sa.Column("event_id", sa.String(36), nullable=False),
+        sa.Column("summary", sa.Text(), nullable=False),
+        sa.Column("created_at", sa.BigInteger(), nullable=False),
+        sa.Column("order_id", sa.String(36), nullable=True),
+    )
 
 
 def downgrade() -> None:
+    op.drop_table("incidents")
     op.drop_index("ix_events_kind", table_name="events")
     op.drop_table("events")
     op.drop_index("ix_orders_node_status", table_name="orders")

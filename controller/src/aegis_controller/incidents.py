@@ -1,0 +1,54 @@
+"""Incident rules: which stored events become incidents, and which incidents make the
+controller order a quarantine. Evaluated only on events stored for the first time, so a
+resent batch never raises an incident twice."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from aegis_protocol.events import Event
+
+
+@dataclass(frozen=True)
+class IncidentRule:
+    name: str
+    kind: str
+    severity: str  # low | medium | high | critical
+    quarantine: str | None = None  # soft | hard: the controller orders it
+    when_action: str | None = None  # for policy events: the agent's action
+
+    def matches(self, event: Event) -> bool:
+        if event.kind != self.kind:
+            return False
+        return self.when_action is None or event.data.get("action") == self.when_action
+
+
+DEFAULT_RULES = (
+    IncidentRule("denied-exec", "exec_denied", "high"),
+    IncidentRule("denied-connect", "connect_denied", "medium"),
+    IncidentRule("agent-quarantined-node", "policy", "critical", quarantine="hard",
+                 when_action="quarantine"),
+    IncidentRule("spool-corrupt", "agent", "medium"),
+)
+
+
+def summarize(event: Event) -> str:
+    d = event.data
+    if event.kind.startswith("exec"):
+        return f"exec of {d.get('filename')} by pid {d.get('pid')} (uid {d.get('uid')})"
+    if event.kind.startswith("connect"):
+        return f"connect to {d.get('daddr')}:{d.get('dport')} by {d.get('comm')} ({d.get('pid')})"
+    if event.kind == "policy":
+        return f"agent rule {d.get('rule')}: {d.get('action')} ({d.get('result')})"
+    return ", ".join(f"{k}={v}" for k, v in sorted(d.items()))[:500]
+
+
+def incidents_for(event: Event, rules: tuple[IncidentRule, ...] = DEFAULT_RULES
+                  ) -> list[IncidentRule]:
+    out = []
+    for rule in rules:
+        if rule.kind == "agent" and event.data.get("what") != "spool_corrupt":
+            continue
+        if rule.matches(event):
+            out.append(rule)
+    return out
