@@ -18,7 +18,7 @@ from aegis_controller.lab.naming import new_prefix
 from aegis_controller.lab.playbook import collections_root
 from harness import NetnsPair, OpenBao, local_fleet, netns_pair, openbao_dev
 from harness_controller import Server, controller_server
-from harness_pg import postgres_server
+from harness_pg import PgServer, postgres_server
 
 # The collection's plugins import as ansible_collections.aegis.fleet.* (this source tree).
 sys.path.insert(0, str(collections_root()))
@@ -64,10 +64,16 @@ def openbao() -> Iterator[OpenBao]:
 
 
 @pytest.fixture(scope="session")
-def pg_url() -> Iterator[str]:
-    """A real PostgreSQL server of this run (Debian's binaries, loopback only): the URL of
-    a scratch database."""
-    with postgres_server(sub_prefix()) as url:
+def pg_server() -> Iterator[PgServer]:
+    """A real PostgreSQL server for this run (Debian's binaries, loopback only)."""
+    with postgres_server(sub_prefix()) as server:
+        yield server
+
+
+@pytest.fixture
+def pg_url(pg_server: PgServer) -> Iterator[str]:
+    """The URL of a fresh database of its own for one test (dropped afterwards)."""
+    with pg_server.database() as url:
         yield url
 
 

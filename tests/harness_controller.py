@@ -113,14 +113,7 @@ class Node:
 @contextlib.contextmanager
 def controller_server(prefix: str, pg_url: str | None, *, host: str = "127.0.0.1",
                       netns: str | None = None) -> Iterator[Server]:
-    """A controller on SQLite (``pg_url`` None) or on a wiped PostgreSQL database."""
-    if pg_url:
-        engine = sa.create_engine(pg_url)
-        with engine.begin() as conn:
-            conn.execute(sa.text("DROP TABLE IF EXISTS incidents, events, orders, nodes, "
-                                 "bootstrap_tokens, attest_nonces, ledger_records, "
-                                 "alembic_version"))
-        engine.dispose()
+    """A controller on SQLite (``pg_url`` None) or on a fresh PostgreSQL database."""
     state = Path(tempfile.mkdtemp(prefix=f"{prefix}-ctl-"))
     srv = Server(state, pg_url, host=host, netns=netns)
     try:

@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import tempfile
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from harness import free_port
@@ -38,9 +39,36 @@ def _as_postgres(*cmd: str | Path, timeout: float = 120) -> subprocess.Completed
                           check=True, cwd="/")
 
 
+@dataclass
+class PgServer:
+    port: int
+    created: int = 0
+
+    def url(self, database: str) -> str:
+        return f"postgresql+psycopg://aegis@127.0.0.1:{self.port}/{database}"
+
+    def _admin(self, sql: str) -> None:
+        import psycopg
+
+        with psycopg.connect(f"host=127.0.0.1 port={self.port} user=aegis dbname=postgres",
+                             autocommit=True) as conn:
+            conn.execute(sql)  # type: ignore[arg-type]
+
+    @contextlib.contextmanager
+    def database(self) -> Iterator[str]:
+        """A fresh, empty database for one test; dropped afterwards."""
+        self.created += 1
+        name = f"aegis_test_{self.created}"
+        self._admin(f"CREATE DATABASE {name}")
+        try:
+            yield self.url(name)
+        finally:
+            self._admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
 @contextlib.contextmanager
-def postgres_server(prefix: str) -> Iterator[str]:
-    """Yields a SQLAlchemy URL (postgresql+psycopg://...) of a fresh database."""
+def postgres_server(prefix: str) -> Iterator[PgServer]:
+    """A running server; ``database()`` gives each test its own database."""
     binaries = pg_bin()
     try:
         pwd.getpwnam("postgres")
@@ -57,9 +85,7 @@ def postgres_server(prefix: str) -> Iterator[str]:
                      "-o", f"-c listen_addresses=127.0.0.1 -c port={port} "
                            f"-c unix_socket_directories={root} -c fsync=off", "start")
         started = True
-        _as_postgres(binaries / "createdb", "-h", "127.0.0.1", "-p", str(port), "-U", "aegis",
-                     "aegis_test")
-        yield f"postgresql+psycopg://aegis@127.0.0.1:{port}/aegis_test"
+        yield PgServer(port)
     finally:
         if started:
             with contextlib.suppress(subprocess.SubprocessError):

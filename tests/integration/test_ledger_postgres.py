@@ -15,8 +15,6 @@ pytestmark = pytest.mark.integration
 @pytest.fixture
 def pg_ledger(tmp_path, pg_url):
     engine = db.open_engine(pg_url)
-    with engine.begin() as conn:
-        conn.execute(text("DROP TABLE IF EXISTS ledger_records, alembic_version"))
     db.upgrade(engine)
     private, public, _ = init_keys(tmp_path / "keys")
     ledger = Ledger(engine, signer=load_signer(private),
