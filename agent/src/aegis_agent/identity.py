@@ -1,17 +1,16 @@
 """The node's own keys, made on the node and never sent anywhere: an Ed25519 identity key
 that signs attestation reports and order acknowledgments, and an ECDSA P-256 key for the
-mutual-TLS client certificate (its CSR goes to the controller, the key does not)."""
+mutual-TLS client certificate (its CSR, from aegis_protocol.enrollment.node_csr, goes to
+the controller; the key does not)."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from cryptography.x509.oid import NameOID
 
 
 def _write_key(path: Path, pem: bytes) -> None:
@@ -48,10 +47,3 @@ def tls_key(path: Path) -> ec.EllipticCurvePrivateKey:
     if not isinstance(key, ec.EllipticCurvePrivateKey):
         raise ValueError(f"{path} is not an ECDSA private key")
     return key
-
-
-def csr(key: ec.EllipticCurvePrivateKey, node_id: str) -> str:
-    req = (x509.CertificateSigningRequestBuilder()
-           .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, node_id)]))
-           .sign(key, hashes.SHA256()))
-    return req.public_bytes(serialization.Encoding.PEM).decode()

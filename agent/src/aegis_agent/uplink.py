@@ -22,12 +22,12 @@ from typing import Any
 
 import httpx
 
-from aegis_protocol.enrollment import Heartbeat, Inventory
+from aegis_protocol.enrollment import Heartbeat, Inventory, node_csr
 from aegis_protocol.events import MAX_BATCH, EventBatch
 from aegis_protocol.signing import load_public_key
 
 from .config import ControllerConfig
-from .identity import csr, identity_key, tls_key
+from .identity import identity_key, tls_key
 from .measure import collect, signed_report
 from .orders import FileReplayGuard, OrderExecutor
 from .spool import Spool
@@ -78,7 +78,7 @@ class Uplink:
         from aegis_protocol.signing import public_key_text
 
         body = {"node_id": self.node_id, "token": token,
-                "csr_pem": csr(tls_key(self.state / "tls.key"), self.node_id),
+                "csr_pem": node_csr(tls_key(self.state / "tls.key"), self.node_id),
                 "identity_key": public_key_text(ident.public_key())}
         with self._client(with_cert=False) as c:
             r = c.post("/v1/enroll", json=body)

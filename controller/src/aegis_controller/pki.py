@@ -18,6 +18,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from aegis_protocol.enrollment import node_csr
+
 from .durable import write_atomically
 
 NODE_CERT_HOURS = 24
@@ -41,10 +43,8 @@ def cert_pem(cert: x509.Certificate) -> bytes:
 
 
 def make_csr(key: ec.EllipticCurvePrivateKey, node_id: str) -> bytes:
-    csr = (x509.CertificateSigningRequestBuilder()
-           .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, node_id)]))
-           .sign(key, hashes.SHA256()))
-    return csr.public_bytes(serialization.Encoding.PEM)
+    """A node's CSR as the protocol defines it (for tests and benchmarks on this side)."""
+    return node_csr(key, node_id).encode()
 
 
 def _now() -> dt.datetime:

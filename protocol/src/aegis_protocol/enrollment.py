@@ -5,9 +5,21 @@ from __future__ import annotations
 
 from typing import Annotated
 
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 from pydantic import BaseModel, ConfigDict, Field
 
 NodeId = Annotated[str, Field(min_length=1, max_length=63, pattern=r"^[a-z0-9][a-z0-9.-]*$")]
+
+
+def node_csr(key: ec.EllipticCurvePrivateKey, node_id: str) -> str:
+    """The CSR a node sends to enroll: its TLS key, CN = its node id (PEM)."""
+    req = (x509.CertificateSigningRequestBuilder()
+           .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, node_id)]))
+           .sign(key, hashes.SHA256()))
+    return req.public_bytes(serialization.Encoding.PEM).decode()
 
 
 class EnrollRequest(BaseModel):
