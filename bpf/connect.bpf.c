@@ -15,6 +15,7 @@
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_tracing.h>
 #include <bpf/bpf_core_read.h>
+#include "scope.h"
 #include <bpf/bpf_endian.h>
 
 #define AF_INET 2
@@ -64,6 +65,8 @@ struct {
 	__type(value, __u64);
 } connect_stats SEC(".maps");
 
+AEGIS_SCOPE_MAP(connect_scope);
+
 static __always_inline void count(__u32 slot)
 {
 	__u64 *v = bpf_map_lookup_elem(&connect_stats, &slot);
@@ -71,7 +74,7 @@ static __always_inline void count(__u32 slot)
 		*v += 1;
 }
 
-static __always_inline struct connect_event *reserve(void)
+static __always_inline struct connect_event *reserve(__u32 tgid)
 {
 	struct connect_event *e = bpf_ringbuf_reserve(&connect_events, sizeof(*e), 0);
 	if (!e) {
@@ -80,7 +83,7 @@ static __always_inline struct connect_event *reserve(void)
 	}
 	__builtin_memset(e, 0, sizeof(*e));
 	e->ktime_ns = bpf_ktime_get_ns();
-	e->pid = bpf_get_current_pid_tgid() >> 32;
+	e->pid = tgid;
 	e->uid = (__u32)bpf_get_current_uid_gid();
 	e->cgroup_id = bpf_get_current_cgroup_id();
 	bpf_get_current_comm(e->comm, sizeof(e->comm));
@@ -98,12 +101,16 @@ static __always_inline void mapped4(__u8 *out, __u32 addr_be)
 SEC("tp_btf/inet_sock_set_state")
 int BPF_PROG(connect_trace, const struct sock *sk, const int oldstate, const int newstate)
 {
+	__u32 tgid;
+
 	if (oldstate != TCP_CLOSE_STATE || newstate != TCP_SYN_SENT_STATE)
+		return 0;
+	if (!aegis_in_scope(&connect_scope, &tgid))
 		return 0;
 	__u16 family = BPF_CORE_READ(sk, __sk_common.skc_family);
 	if (family != AF_INET && family != AF_INET6)
 		return 0;
-	struct connect_event *e = reserve();
+	struct connect_event *e = reserve(tgid);
 	if (!e)
 		return 0;
 	e->family = family;
@@ -129,7 +136,9 @@ static __always_inline int decide(struct bpf_sock_addr *ctx, struct mgmt_key *ke
 		return 1;
 	key->port = any;
 	count(ST_DENIED);
-	struct connect_event *e = reserve();
+	/* attached to the quarantined cgroup itself: already in scope; pids as the
+	 * host sees them (this hook has no PID-namespace helper) */
+	struct connect_event *e = reserve(bpf_get_current_pid_tgid() >> 32);
 	if (e) {
 		e->family = ctx->user_family;
 		e->proto = ctx->protocol;

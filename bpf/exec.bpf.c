@@ -16,6 +16,7 @@
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_tracing.h>
 #include <bpf/bpf_core_read.h>
+#include "scope.h"
 
 #define SIGKILL 9
 #define EPERM 1
@@ -63,6 +64,8 @@ struct {
 	__type(value, __u64);
 } exec_stats SEC(".maps");
 
+AEGIS_SCOPE_MAP(exec_scope);
+
 static __always_inline void count(__u32 slot)
 {
 	__u64 *v = bpf_map_lookup_elem(&exec_stats, &slot);
@@ -79,7 +82,7 @@ static __always_inline int denied(struct linux_binprm *bprm, struct exec_key *ke
 }
 
 static __always_inline void report(struct task_struct *task, struct linux_binprm *bprm,
-				   struct exec_key *key, __u32 flags)
+				   struct exec_key *key, __u32 flags, __u32 tgid)
 {
 	struct exec_event *e = bpf_ringbuf_reserve(&exec_events, sizeof(*e), 0);
 	if (!e) {
@@ -90,8 +93,9 @@ static __always_inline void report(struct task_struct *task, struct linux_binprm
 	e->ktime_ns = bpf_ktime_get_ns();
 	e->ino = key->ino;
 	e->dev = key->dev;
-	e->pid = bpf_get_current_pid_tgid() >> 32;
-	e->ppid = BPF_CORE_READ(task, real_parent, tgid);
+	e->pid = tgid;
+	e->ppid = (tgid == bpf_get_current_pid_tgid() >> 32) ? BPF_CORE_READ(task, real_parent, tgid)
+							     : aegis_ns_ppid(task);
 	e->uid = (__u32)ugid;
 	e->gid = ugid >> 32;
 	e->flags = flags;
@@ -106,14 +110,16 @@ SEC("tp_btf/sched_process_exec")
 int BPF_PROG(exec_trace, struct task_struct *task, pid_t old_pid, struct linux_binprm *bprm)
 {
 	struct exec_key key = {};
-	__u32 flags = 0;
+	__u32 flags = 0, tgid;
 
+	if (!aegis_in_scope(&exec_scope, &tgid))
+		return 0;
 	if (denied(bprm, &key)) {
 		bpf_send_signal(SIGKILL);
 		count(ST_DENIED);
 		flags |= EXEC_DENIED;
 	}
-	report(task, bprm, &key, flags);
+	report(task, bprm, &key, flags, tgid);
 	return 0;
 }
 
@@ -121,13 +127,14 @@ SEC("lsm/bprm_check_security")
 int BPF_PROG(exec_lsm, struct linux_binprm *bprm, int ret)
 {
 	struct exec_key key = {};
+	__u32 tgid;
 
-	if (ret)
+	if (ret || !aegis_in_scope(&exec_scope, &tgid))
 		return ret;
 	if (!denied(bprm, &key))
 		return 0;
 	count(ST_DENIED);
-	report(bpf_get_current_task_btf(), bprm, &key, EXEC_DENIED | EXEC_LSM);
+	report(bpf_get_current_task_btf(), bprm, &key, EXEC_DENIED | EXEC_LSM, tgid);
 	return -EPERM;
 }
 

@@ -8,6 +8,7 @@ cgroup the test creates; nothing is attached to the host's own cgroups.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -122,6 +123,62 @@ def test_exec_events_carry_pid_ppid_uid_and_file(execs: ExecMonitor, workdir: Pa
     assert ev.data["pid"] == proc.pid and ev.data["ppid"] == os.getpid()
     assert ev.data["uid"] == os.getuid() and ev.data["comm"] == "sleepy"
     assert ev.data["ino"] == st.st_ino and ev.data["dev"] == st.st_dev
+
+
+_SCOPED_CHILD = """
+import json, os, shutil, subprocess, sys, time
+from aegis_agent.bpf.monitors import ExecMonitor
+pin, workdir = sys.argv[1], sys.argv[2]
+mon = ExecMonitor(pin)  # scope "auto": this process is in its own PID namespace
+info = mon.start()
+try:
+    mon.deny(workdir + "/denied")
+    print(json.dumps(info), flush=True)
+    sys.stdin.readline()  # the test ran its execs outside
+    inside = subprocess.run([workdir + "/inside"], check=False)
+    time.sleep(0.2)
+    events = []
+    for _ in range(10):
+        events += [e.model_dump(mode="json") for e in mon.wait(0.1)]
+    print(json.dumps({"events": events, "inside_pid": inside.returncode,
+                      "me": os.getpid()}), flush=True)
+finally:
+    mon.stop()
+"""
+
+
+def test_monitor_in_a_pid_namespace_sees_and_denies_only_its_own_processes(
+        prefix: str, workdir: Path) -> None:
+    """An agent in a container node shares the kernel: its exec monitor must neither
+    report nor kill the host's (or another node's) processes, and it reports pids as
+    the node sees them."""
+    for name in ("inside", "outside", "denied"):
+        shutil.copy("/bin/true", workdir / name)
+    pin = f"/sys/fs/bpf/{prefix}-scoped"
+    child = subprocess.Popen(
+        ["unshare", "--pid", "--fork", "--mount-proc", sys.executable, "-c", _SCOPED_CHILD,
+         pin, str(workdir)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout and child.stdin
+        info = json.loads(child.stdout.readline())
+        assert isinstance(info["pid_namespace"], int), info
+        # outside the namespace: not reported, and the deny set does not apply here
+        assert subprocess.run([str(workdir / "outside")], check=False).returncode == 0
+        assert subprocess.run([str(workdir / "denied")], check=False).returncode == 0
+        child.stdin.write("go\n")
+        child.stdin.flush()
+        result = json.loads(child.stdout.readline())
+        assert child.wait(timeout=30) == 0
+    finally:
+        if child.poll() is None:
+            child.kill()
+        ExecMonitor(pin).stop()
+    files = {e["data"]["filename"]: e for e in result["events"]}
+    assert str(workdir / "inside") in files
+    assert str(workdir / "outside") not in files and str(workdir / "denied") not in files
+    ev = files[str(workdir / "inside")]
+    assert ev["data"]["ppid"] == result["me"] and ev["data"]["pid"] < 100, ev
+    assert not Path(pin).exists()
 
 
 def test_deny_of_a_missing_file_is_a_clear_error(execs: ExecMonitor, workdir: Path) -> None:

@@ -83,6 +83,9 @@ class MonitorConfig(_Strict):
     exec_deny: list[str] = Field(default_factory=list)
     pin_dir: Path = Path("/sys/fs/bpf/aegis")
     lsm: bool = True
+    scope: Literal["auto", "host", "namespace"] = Field(
+        "auto", description="host: every process on the kernel; namespace: only the agent's "
+        "PID namespace; auto: namespace when the agent runs in a container node")
 
 
 class SpoolConfig(_Strict):

@@ -174,7 +174,7 @@ class Agent:
     def _start_monitors(self) -> None:
         mc = self.cfg.monitors
         if mc.exec:
-            mon = ExecMonitor(mc.pin_dir / "exec", lsm=mc.lsm)
+            mon = ExecMonitor(mc.pin_dir / "exec", lsm=mc.lsm, scope=mc.scope)
             try:
                 info = mon.start()
                 self.execs = mon
@@ -189,7 +189,7 @@ class Agent:
                     self.record([_agent_event("exec_deny_failed", "warning", path=path,
                                               error=str(e))])
         if mc.connect:
-            cmon = ConnectMonitor(mc.pin_dir / "connect")
+            cmon = ConnectMonitor(mc.pin_dir / "connect", scope=mc.scope)
             try:
                 cmon.start()
                 self.connects = cmon

@@ -47,6 +47,20 @@ _EXEC_EVENT = struct.Struct("<QQQIIIII4x16s256s")
 _CONNECT_EVENT = struct.Struct("<QQIIIIII16s16s")
 _DENIED, _LSM = 1, 2
 _STATS = ("events", "lost", "denied")
+_SCOPE = struct.Struct("<QQI4x")
+PROC_PID_INIT_INO = 0xEFFFFFFC  # the inode of the initial (host) PID namespace
+
+
+def pid_scope(mode: str = "auto") -> tuple[int, int] | None:
+    """The (kernel dev, inode) of this process's PID namespace when the monitors must
+    stay inside it, else None (host-wide). ``auto``: scoped when this process is not in
+    the host's initial PID namespace, i.e. the agent runs inside a container node."""
+    if mode == "host":
+        return None
+    st = os.stat("/proc/self/ns/pid")
+    if mode == "auto" and st.st_ino == PROC_PID_INIT_INO:
+        return None
+    return kernel_dev(st.st_dev), st.st_ino
 
 
 class MonitorError(BpfError):
@@ -80,9 +94,10 @@ class _Monitor:
     STATS_MAP = ""
 
     def __init__(self, pin_dir: str | os.PathLike | None = None,
-                 object_file: str | os.PathLike | None = None) -> None:
+                 object_file: str | os.PathLike | None = None, *, scope: str = "auto") -> None:
         self.pin_dir = Path(pin_dir) if pin_dir else PIN_ROOT / self.NAME
         self.object_file = object_file
+        self.scope = pid_scope(scope)
         self._maps: dict[str, int] = {}
         self._ring: libbpf.RingBuffer | None = None
         self._pending: list[Event] = []
@@ -114,6 +129,13 @@ class _Monitor:
         for name in self.MAPS:
             if name not in self._maps:
                 self._maps[name] = syscall.obj_get(str(self._pin(name)))
+
+    def _set_scope(self) -> dict[str, object]:
+        """Write the PID-namespace scope before anything is attached (see bpf/scope.h)."""
+        dev, ino = self.scope or (0, 0)
+        syscall.map_update(self._maps[f"{self.NAME}_scope"], bytes(4),
+                           _SCOPE.pack(dev, ino, 1 if self.scope else 0))
+        return ({"pid_namespace": ino} if self.scope else {"pid_namespace": "host (all)"})
 
     def _link(self, prog: str, target: int, attach_type: int, pin: str) -> None:
         """Attach pinned ``prog`` with a BPF link pinned at ``pin`` (kept if alive)."""
@@ -213,13 +235,14 @@ class ExecMonitor(_Monitor):
     """Every exec on the host as an event; execs of denied files killed or refused."""
 
     NAME = "exec"
-    MAPS = ("exec_events", "exec_deny", "exec_stats")
+    MAPS = ("exec_events", "exec_deny", "exec_stats", "exec_scope")
     RING = "exec_events"
     STATS_MAP = "exec_stats"
 
     def __init__(self, pin_dir: str | os.PathLike | None = None,
-                 object_file: str | os.PathLike | None = None, *, lsm: bool = True) -> None:
-        super().__init__(pin_dir, object_file)
+                 object_file: str | os.PathLike | None = None, *, lsm: bool = True,
+                 scope: str = "auto") -> None:
+        super().__init__(pin_dir, object_file, scope=scope)
         self.try_lsm = lsm
         self.reason = ""
 
@@ -234,6 +257,7 @@ class ExecMonitor(_Monitor):
         if not reused:
             self.reason = self._load_best()
         self._open()
+        scope = self._set_scope()
         self._link("exec_trace", 0, syscall.ATTACH_TRACE_RAW_TP, "link_exec_trace")
         if self._pin("exec_lsm").exists():
             try:
@@ -244,7 +268,7 @@ class ExecMonitor(_Monitor):
         if reused and not self.reason:
             self.reason = "found attached in the pin directory"
         info = {"mode": self.mode, "reason": self.reason, "reused": reused,
-                "pin_dir": str(self.pin_dir)}
+                "pin_dir": str(self.pin_dir), **scope}
         log.info("exec monitor started", extra={"monitor": info})
         return info
 
@@ -334,7 +358,7 @@ class ConnectMonitor(_Monitor):
     connect to their management destinations."""
 
     NAME = "connect"
-    MAPS = ("connect_events", "connect_mgmt", "connect_stats")
+    MAPS = ("connect_events", "connect_mgmt", "connect_stats", "connect_scope")
     RING = "connect_events"
     STATS_MAP = "connect_stats"
     _PROGS = ("connect_trace", "connect4", "connect6")
@@ -345,10 +369,11 @@ class ConnectMonitor(_Monitor):
         if not reused:
             self._load(self._PROGS)
         self._open()
+        scope = self._set_scope()
         self._link("connect_trace", 0, syscall.ATTACH_TRACE_RAW_TP, "link_connect_trace")
         info = {"hook": "tp_btf/inet_sock_set_state (TCP, IPv4 and IPv6)",
                 "deny": "cgroup/connect4 + cgroup/connect6 on quarantined cgroups",
-                "reused": reused, "pin_dir": str(self.pin_dir)}
+                "reused": reused, "pin_dir": str(self.pin_dir), **scope}
         log.info("connect monitor started", extra={"monitor": info})
         return info
 
