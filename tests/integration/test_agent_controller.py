@@ -9,6 +9,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 import yaml
 from test_agent_daemon import EDGE, Daemon, daemon  # noqa: F401
@@ -73,3 +74,49 @@ def test_agent_enrolls_forwards_and_obeys_signed_orders(daemon: Daemon,  # noqa:
     assert _wait(lambda: any(e["data"].get("what") == "order_grant" for e in daemon.events()))
     spooled = len(daemon.events())
     assert _wait(lambda: node()["events"] >= spooled - 2)
+
+    # on request: an attest order makes the agent measure now (no profile yet: enrolled)
+    def create(kind: str, args: dict) -> int:
+        def post() -> int:
+            with operator_client(server) as op:
+                return op.post("/v1/orders", json={"node_id": node_id, "kind": kind,
+                                                   "args": args}).status_code
+        return daemon.lab.in_a.submit(post).result()
+
+    def done(kind: str) -> list[dict]:
+        rows = [json.loads(line) for line in server.ctl("orders").stdout.splitlines()]
+        return [o for o in rows if o["kind"] == kind and o["status"] != "pending"]
+
+    assert create("attest", {"reason": "operator asked"}) == 201
+    assert _wait(lambda: done("attest"))
+    assert done("attest")[0]["status"] == "done" and "attested" in done("attest")[0]["detail"]
+
+    # certificate rotation: a new key made on the node, a new certificate; the old one is
+    # refused from then on although it has not expired
+    state = daemon.root / "agent-state"
+    old_cert, old_key = (state / "node.pem").read_bytes(), (state / "tls.key").read_bytes()
+    assert create("rotate", {"what": "certificate"}) == 201
+    assert _wait(lambda: done("rotate"))
+    assert done("rotate")[0]["status"] == "done", done("rotate")
+    assert (state / "node.pem").read_bytes() != old_cert
+    assert (state / "tls.key").read_bytes() != old_key
+    assert (state / "tls.key").stat().st_mode & 0o777 == 0o600
+    (daemon.root / "old.pem").write_bytes(old_cert)
+    (daemon.root / "old.key").write_bytes(old_key)
+
+    def with_old_cert() -> tuple[int, str]:
+        ctx = server.ca
+        ctx.load_cert_chain(daemon.root / "old.pem", daemon.root / "old.key")
+        with httpx.Client(base_url=server.url, verify=ctx, timeout=30) as c:
+            r = c.get("/v1/nodes/self")
+            return r.status_code, r.json()["detail"]
+
+    code, detail = daemon.lab.in_a.submit(with_old_cert).result()
+    assert code == 401 and "replaced" in detail
+    # the agent goes on with its new certificate
+    events_before = node()["events"]
+    assert _wait(lambda: node()["events"] > events_before)
+    _rc, status, _e = daemon.cli("status")
+    assert status["controller"]["error"] is None, status["controller"]
+    ledger = server.ctl("ledger", "show")
+    assert "certificate_rotated" in ledger.stdout, ledger.stderr

@@ -14,7 +14,7 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
-from aegis_controller.pki import make_csr, new_key
+from aegis_controller.pki import key_pem, make_csr, new_key
 from aegis_protocol.events import Event, EventBatch
 from harness_controller import Server, enroll, new_node
 
@@ -39,6 +39,35 @@ def test_enrollment_and_the_identity_it_gives(server: Server) -> None:
         assert anonymous.get("/v1/nodes/self").status_code == 401
     assert ("enrollment", "web1") in _ledger_kinds(server)
     assert server.ctl("ledger", "verify").returncode == 0
+
+
+def test_certificate_rotation_replaces_the_old_certificate(server: Server) -> None:
+    node = new_node(server, "rot1")
+    assert enroll(server, node, server.token("rot1")).status_code == 200
+    old_cert = node.cert_file.read_bytes()
+    with node.client(server) as c:
+        wrong = c.post("/v1/certificate",
+                       json={"csr_pem": make_csr(new_key(), "other").decode()})
+        assert wrong.status_code == 400 and "CN must be the node id" in wrong.json()["detail"]
+        garbage = c.post("/v1/certificate", json={"csr_pem": "-" * 80})
+        assert garbage.status_code == 400 and "csr_pem" in garbage.json()["detail"]
+        key = new_key()
+        r = c.post("/v1/certificate", json={"csr_pem": make_csr(key, "rot1").decode()})
+    assert r.status_code == 200, r.text
+    assert r.json()["not_after"] > time.time() + 3600
+    with node.client(server) as c:  # the old certificate: refused although not expired
+        stale = c.get("/v1/nodes/self")
+    assert stale.status_code == 401 and "replaced" in stale.json()["detail"]
+    node.key_file.write_bytes(key_pem(key))
+    node.cert_file.write_text(r.json()["certificate_pem"])
+    assert node.cert_file.read_bytes() != old_cert
+    with node.client(server) as c:
+        assert c.get("/v1/nodes/self").status_code == 200
+    with httpx.Client(base_url=server.url, verify=server.ca) as anonymous:
+        assert anonymous.post("/v1/certificate", json={"csr_pem": "x" * 80}).status_code == 401
+    assert server.ctl("ledger", "verify").returncode == 0
+    assert any(json.loads(line)["body"].get("event") == "certificate_rotated"
+               for line in server.ctl("ledger", "show").stdout.splitlines())
 
 
 def test_bad_tokens_are_refused_and_recorded(server: Server) -> None:

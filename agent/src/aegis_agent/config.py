@@ -130,6 +130,10 @@ class ControllerConfig(_Strict):
     state_dir: Path = Path("/var/lib/aegis/agent")
     golden_file: Path = Path("/var/lib/aegis/golden.json")
     interval: Annotated[float, Field(gt=0)] = 10.0
+    attest_interval: Annotated[float, Field(gt=0, description="seconds between attestations "
+                                            "(also on start and on an attest order)")] = 300.0
+    renew_before: Annotated[float, Field(gt=0, description="rotate the client certificate "
+                                         "this many seconds before it expires")] = 8 * 3600.0
 
 
 class AgentConfig(_Strict):

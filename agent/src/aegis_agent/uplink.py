@@ -21,13 +21,14 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from cryptography import x509
 
-from aegis_protocol.enrollment import Heartbeat, Inventory, node_csr
+from aegis_protocol.enrollment import Heartbeat, Inventory, RenewResponse, node_csr
 from aegis_protocol.events import MAX_BATCH, EventBatch
 from aegis_protocol.signing import load_public_key
 
 from .config import ControllerConfig
-from .identity import identity_key, tls_key
+from .identity import identity_key, key_pem, new_tls_key, tls_key, write_private
 from .measure import collect, signed_report
 from .orders import FileReplayGuard, OrderExecutor
 from .spool import Spool
@@ -47,7 +48,13 @@ class Uplink:
     handlers: dict[str, Callable[[dict[str, Any]], str]]
     backoff: float = 0.0
     next_try: float = 0.0
+    next_attest: float = 0.0  # monotonic; 0: attest at the next tick (start)
     last: dict[str, object] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        # orders the link runs itself; the daemon's handlers act on the agent core
+        self.handlers = {**self.handlers, "attest": self._attest_order,
+                         "rotate": self._rotate_order}
 
     @property
     def state(self) -> Path:
@@ -102,6 +109,37 @@ class Uplink:
                               f"{verdict.json().get('detail')}")
         return verdict.json()
 
+    def _attest_order(self, _args: dict[str, Any]) -> str:
+        verdict = self.attest()
+        self.last["attestation"] = verdict
+        self.next_attest = time.monotonic() + self.cfg.attest_interval
+        return f"attested: {verdict['state']}"
+
+    def _rotate_order(self, args: dict[str, Any]) -> str:
+        if args.get("what") != "certificate":
+            raise UplinkError(f"cannot rotate {args.get('what')!r} yet: no secrets are leased")
+        return f"certificate rotated, valid until {self.rotate_certificate()}"
+
+    def certificate_expires(self) -> float:
+        cert = x509.load_pem_x509_certificate((self.state / "node.pem").read_bytes())
+        return cert.not_valid_after_utc.timestamp()
+
+    def rotate_certificate(self) -> int:
+        """A new TLS key made here, a CSR for it, and the controller's new certificate;
+        both files are replaced atomically (the old certificate stops working)."""
+        key = new_tls_key()
+        with self._client() as c:
+            r = c.post("/v1/certificate", json={"csr_pem": node_csr(key, self.node_id)})
+        if r.status_code != 200:
+            raise UplinkError(f"certificate rotation refused ({r.status_code}): "
+                              f"{r.json().get('detail')}")
+        answer = RenewResponse.model_validate(r.json())
+        write_private(self.state / "tls.key", key_pem(key))
+        write_private(self.state / "node.pem", answer.certificate_pem.encode())
+        log.info("client certificate rotated", extra={"node": self.node_id,
+                                                      "not_after": answer.not_after})
+        return answer.not_after
+
     def heartbeat(self) -> None:
         hb = Heartbeat(node_id=self.node_id, boot_id=_boot_id(),
                        inventory=Inventory(os=_os_release(), kernel=os.uname().release))
@@ -128,8 +166,11 @@ class Uplink:
                                  FileReplayGuard(self.state / "order-nonces.json"), self.handlers)
         done = []
         with self._client() as c:
-            for signed in c.get("/v1/orders").raise_for_status().json():
-                ack = executor.execute(signed)
+            pending = c.get("/v1/orders").raise_for_status().json()
+        for signed in pending:
+            ack = executor.execute(signed)
+            # a new connection per ack: a rotate order has just replaced the certificate
+            with self._client() as c:
                 c.post(f"/v1/orders/{ack.ack.order_id}/ack",
                        json=ack.model_dump(mode="json")).raise_for_status()
                 done.append({"order_id": str(ack.ack.order_id), "status": ack.ack.status,
@@ -144,7 +185,11 @@ class Uplink:
         try:
             if not self.enrolled:
                 self.enroll()
+            if time.time() > self.certificate_expires() - self.cfg.renew_before:
+                self.rotate_certificate()
+            if now >= self.next_attest:
                 self.last["attestation"] = self.attest()
+                self.next_attest = now + self.cfg.attest_interval
             self.heartbeat()
             self.last.update(forwarded=self.forward(), orders=self.run_orders(),
                              error=None, at=time.time())

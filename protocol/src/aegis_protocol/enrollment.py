@@ -43,6 +43,22 @@ class EnrollResponse(BaseModel):
     not_after: int  # unix seconds: rotate before this
 
 
+class RenewRequest(BaseModel):
+    """A node's new CSR (a new P-256 key made on the node), sent over mutual TLS with its
+    current certificate before that one expires."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    csr_pem: Annotated[str, Field(min_length=64, max_length=8192)]
+
+
+class RenewResponse(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    certificate_pem: str
+    not_after: int  # unix seconds
+
+
 class NodeStatus(BaseModel):
     model_config = ConfigDict(extra="forbid")
 

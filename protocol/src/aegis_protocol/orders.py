@@ -28,7 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from .events import Scalar
 from .signing import SignatureError, key_id, sign, verify
 
-OrderKind = Literal["quarantine", "release", "grant", "revoke", "rotate"]
+OrderKind = Literal["quarantine", "release", "grant", "revoke", "rotate", "attest"]
 RefusalReason = Literal["forged", "replayed", "expired", "misaddressed", "malformed"]
 
 CLOCK_SKEW = 30  # seconds an order may appear to come from the future
@@ -41,6 +41,7 @@ _ARGS: dict[str, dict[str, type | tuple[type, ...]]] = {
     "grant": {"edge": str, "ttl": (int, float), "idle": (int, float)},
     "revoke": {"edge": str},
     "rotate": {"what": str},
+    "attest": {"reason": str},  # attest now (on request), not at the next period
 }
 _REQUIRED = {"grant": ("edge",), "revoke": ("edge",), "rotate": ("what",)}
 _CHOICES = {("quarantine", "level"): ("soft", "hard"),

@@ -10,7 +10,14 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from aegis_protocol.attestation import Challenge, ExpectedProfile, SignedReport, Verdict
-from aegis_protocol.enrollment import EnrollRequest, EnrollResponse, Heartbeat, NodeStatus
+from aegis_protocol.enrollment import (
+    EnrollRequest,
+    EnrollResponse,
+    Heartbeat,
+    NodeStatus,
+    RenewRequest,
+    RenewResponse,
+)
 from aegis_protocol.events import EventBatch, EventBatchAck
 from aegis_protocol.orders import OrderKind, SignedAck, SignedOrder
 
@@ -49,6 +56,7 @@ def create_app(controller: Controller) -> FastAPI:
         cn = getattr(request.state, "peer_cn", None)
         if not cn or cn.startswith("operator:"):
             raise Refused(401, "this route needs a node client certificate issued at enrollment")
+        controller.current_certificate(cn, getattr(request.state, "peer_serial", None))
         return cn
 
     def operator_identity(request: Request) -> str:
@@ -72,6 +80,12 @@ def create_app(controller: Controller) -> FastAPI:
                          403: {"description": "not this node's batch"}})
     def events(batch: EventBatch, node: Node) -> EventBatchAck:
         return controller.intake(node, batch)
+
+    @app.post("/v1/certificate", response_model=RenewResponse,
+              responses={401: {"description": "no current node certificate"}})
+    def renew(req: RenewRequest, node: Node) -> RenewResponse:
+        """A new short-lived client certificate for a new key; the old one stops working."""
+        return controller.renew_certificate(node, req)
 
     @app.get("/v1/nodes/self", response_model=NodeStatus)
     def whoami(node: Node) -> NodeStatus:

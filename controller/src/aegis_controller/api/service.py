@@ -15,7 +15,13 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 
 from aegis_protocol.attestation import Challenge, ExpectedProfile, SignedReport, Verdict
-from aegis_protocol.enrollment import EnrollRequest, EnrollResponse, Heartbeat
+from aegis_protocol.enrollment import (
+    EnrollRequest,
+    EnrollResponse,
+    Heartbeat,
+    RenewRequest,
+    RenewResponse,
+)
 from aegis_protocol.events import Event, EventBatch, EventBatchAck
 from aegis_protocol.orders import (
     OrderKind,
@@ -129,6 +135,32 @@ class Controller:
                               ca_pem=self.ca.cert_path.read_text(), order_key=self.order_key,
                               not_after=int(cert.not_valid_after_utc.timestamp()))
 
+    def current_certificate(self, node_id: str, serial: int | None) -> None:
+        """Only the node's newest certificate is accepted: one replaced by a rotation or a
+        re-enrollment is refused although it has not expired."""
+        row = self.node(node_id)
+        if serial is None or not row["cert_serial"] or int(row["cert_serial"], 16) != serial:
+            raise Refused(401, f"this certificate of {node_id!r} was replaced (rotated or "
+                               "re-enrolled); use the newest one")
+
+    def renew_certificate(self, node_id: str, req: RenewRequest) -> RenewResponse:
+        node = self.node(node_id)
+        if node["state"] in ("rebuilding", "retired"):
+            raise Refused(409, f"node {node_id!r} is {node['state']}: no new certificate")
+        try:
+            cert = self.ca.sign_csr(req.csr_pem, node_id)
+        except PkiError as e:
+            raise Refused(400, f"csr_pem: {e}") from None
+        serial = format(cert.serial_number, "x")
+        with self.engine.begin() as conn:
+            conn.execute(tables.nodes.update().where(tables.nodes.c.node_id == node_id)
+                         .values(cert_serial=serial))
+        self.ledger.append(Kind.ENROLLMENT, node_id,
+                           {"event": "certificate_rotated", "cert_serial": serial,
+                            "previous_serial": node["cert_serial"]}, actor=f"node:{node_id}")
+        return RenewResponse(certificate_pem=cert_pem(cert).decode(),
+                             not_after=int(cert.not_valid_after_utc.timestamp()))
+
     # -- trust ------------------------------------------------------------------------------
     def _move(self, node_id: str, t: Transition, actor: str) -> None:
         """Apply a transition (only from the state it was computed from), then record it;
@@ -143,13 +175,16 @@ class Controller:
                            {"from": t.before, "to": t.after, "reason": t.reason}, actor=actor)
 
     def set_profile(self, node_id: str, profile: ExpectedProfile, actor: str) -> None:
-        self.node(node_id)
+        state = self.node(node_id)["state"]
         with self.engine.begin() as conn:
             conn.execute(tables.nodes.update().where(tables.nodes.c.node_id == node_id)
                          .values(profile=profile.model_dump_json()))
         self.ledger.append(Kind.ATTESTATION, node_id,
                            {"event": "expected_profile_set", "golden_files": len(profile.golden)},
                            actor=actor)
+        if state not in ("provisioning", "retired"):
+            # an enrolled node measures against the new profile now, not at its next period
+            self.create_order(node_id, "attest", {"reason": "expected profile changed"}, actor)
 
     def challenge(self, node_id: str) -> Challenge:
         nonce = secrets.token_urlsafe(24)

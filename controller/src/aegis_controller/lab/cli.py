@@ -164,7 +164,17 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return run_bench(nodes=args.nodes, rounds=args.rounds, prefix=args.prefix)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def cmd_wheels(args: argparse.Namespace) -> int:
+    from .wheels import build_agent_wheels
+
+    out, built = build_agent_wheels(force=args.force)
+    print(f"aegis-lab: agent wheelhouse {'built' if built else 'up to date'}: {out}",
+          file=sys.stderr)
+    print(out)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915 (one flat list of commands)
     p = argparse.ArgumentParser(prog="aegis-lab", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -220,6 +230,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--keep", action="store_true", help="keep the fleet running afterwards")
     sp.add_argument("--prefix", type=check_prefix, default="aegis")
     sp.set_defaults(func=cmd_demo)
+
+    sp = sub.add_parser("wheels", help="build the agent's wheelhouse for the nodes (if its "
+                        "sources changed); prints its directory")
+    sp.add_argument("--force", action="store_true", help="rebuild even if up to date")
+    sp.set_defaults(func=cmd_wheels)
 
     sp = sub.add_parser("bench", help="fleet lifecycle timings, or hardening figures (Lynis)")
     sp.add_argument("what", nargs="?", choices=["fleet", "harden"], default="fleet")

@@ -1,7 +1,8 @@
 """One lab node: a rootful podman container of the node image with systemd as PID 1.
 
-Created with ``--systemd=always --network none`` and ``SYS_ADMIN,NET_ADMIN,NET_RAW``
-(never ``--privileged``, never an unmasked ``/proc/sys``). After start, only
+Created with ``--systemd=always --network none`` and ``SYS_ADMIN,NET_ADMIN,NET_RAW`` plus
+``BPF,PERFMON`` (the capabilities the agent's systemd unit keeps for itself), never
+``--privileged``, never an unmasked ``/proc/sys``. After start, only
 ``/proc/sys/net`` is made writable inside the node's mount namespace: the node's network
 sysctls are its own netns's, while ``kernel.*``, ``vm.*`` and ``fs.*`` stay read-only
 because in a container they are the host's.
@@ -28,7 +29,7 @@ from .podman import PodmanError, container_pid, podman
 
 log = logging.getLogger("aegis.lab.node")
 
-CAPS = "SYS_ADMIN,NET_ADMIN,NET_RAW"
+CAPS = "SYS_ADMIN,NET_ADMIN,NET_RAW,BPF,PERFMON"
 HOSTKEY = "/etc/ssh/ssh_host_ed25519_key.pub"
 
 

@@ -38,6 +38,10 @@ def ansible_env(fleet: LocalFleet | None = None) -> dict[str, str]:
     env["ANSIBLE_HOME"] = str(state_root() / "ansible-home")
     env["ANSIBLE_REMOTE_TMP"] = "~/.ansible/tmp"  # on the nodes, not derived from ANSIBLE_HOME
     env.setdefault("AEGIS_MOLECULE_PREFIX", "aegismol")
+    # what the aegis.fleet.agent role ships to the nodes (built by `aegis-lab wheels`
+    # and `make -C bpf`)
+    env.setdefault("AEGIS_AGENT_WHEELHOUSE", str(state_root() / "wheels" / "agent"))
+    env.setdefault("AEGIS_BPF_DIR", str(REPO_ROOT / "bpf" / "build"))
     env.update({"TF_CLI_CONFIG_FILE": str(CLI_CONFIG), "CHECKPOINT_DISABLE": "1",
                 "TF_IN_AUTOMATION": "1"})
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
