@@ -25,6 +25,16 @@ REPO = Path(__file__).resolve().parents[1]
 VENV_BIN = REPO / ".venv" / "bin"
 
 
+def wait_until(pred, timeout: float = 60.0, step: float = 0.2) -> bool:
+    """Poll ``pred`` until it is true (True) or ``timeout`` seconds pass (False)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return True
+        time.sleep(step)
+    return False
+
+
 # -- local fleet ------------------------------------------------------------------------
 @contextlib.contextmanager
 def local_fleet(prefix: str, size: int) -> Iterator[LocalFleet]:

@@ -5,7 +5,6 @@ order from an operator, after which real TCP from namespace a passes."""
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,18 +13,14 @@ import pytest
 import yaml
 from test_agent_daemon import EDGE, Daemon, daemon  # noqa: F401
 
+from harness import wait_until
 from harness_controller import Server, controller_server, operator_client
 
 pytestmark = pytest.mark.integration
 
 
 def _wait(pred, timeout: float = 60) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        time.sleep(0.2)
-    return False
+    return wait_until(pred, timeout)
 
 
 @pytest.fixture

@@ -28,7 +28,7 @@ import yaml
 from test_segment_netns import Lab, _enter
 
 from aegis_agent.spool import HEADER, Spool
-from harness import VENV_BIN, NetnsPair
+from harness import VENV_BIN, NetnsPair, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -129,12 +129,7 @@ def daemon(netns: NetnsPair) -> Iterator[Daemon]:
 
 
 def _wait_for(pred, timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        time.sleep(0.05)
-    return False
+    return wait_until(pred, timeout, 0.05)
 
 
 def test_grant_revoke_quarantine_release_through_the_cli(daemon: Daemon) -> None:

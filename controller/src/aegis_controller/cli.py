@@ -32,7 +32,9 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, get_args
+
+from aegis_protocol.orders import OrderKind
 
 from . import logs
 
@@ -312,16 +314,19 @@ def cmd_operator_cert(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_profile_set(args: argparse.Namespace, settings: Settings) -> int:
-    from pydantic import ValidationError
-
-    from aegis_protocol.attestation import ExpectedProfile
+    from aegis_protocol.attestation import GOLDEN_SCHEMA, ExpectedProfile, profile_from_golden
 
     from .api.service import Refused
 
     try:
-        profile = ExpectedProfile.model_validate_json(Path(args.file).read_text())
-    except (OSError, ValidationError) as err:
-        raise InputError(f"{args.file}: not an expected profile ({err})") from None
+        data = json.loads(Path(args.file).read_text())
+        if isinstance(data, dict) and data.get("schema") == GOLDEN_SCHEMA:
+            profile = profile_from_golden(data)
+        else:
+            profile = ExpectedProfile.model_validate(data)
+    except (OSError, ValueError) as err:  # pydantic's ValidationError is a ValueError
+        raise InputError(f"{args.file}: neither an expected profile nor a golden record "
+                         f"({err})") from None
     try:
         _controller(settings).set_profile(args.node, profile, _default_actor())
     except Refused as err:
@@ -375,7 +380,7 @@ def _register_service(groups: argparse._SubParsersAction) -> None:
     verbs = order.add_subparsers(dest="verb", required=True, metavar="VERB")
     sp = verbs.add_parser("create", help="sign and queue an order for NODE")
     sp.add_argument("node")
-    sp.add_argument("kind", choices=["quarantine", "release", "grant", "revoke", "rotate"])
+    sp.add_argument("kind", choices=get_args(OrderKind))
     sp.add_argument("--arg", action="append", default=[], metavar="KEY=VALUE")
     sp.add_argument("--lifetime", type=_positive, default=300, help="seconds (default 300)")
     sp.set_defaults(func=cmd_order_create)
@@ -385,7 +390,8 @@ def _register_service(groups: argparse._SubParsersAction) -> None:
     sp.set_defaults(func=cmd_operator_cert)
     profile = groups.add_parser("profile", help="a node's expected attestation profile")
     verbs = profile.add_subparsers(dest="verb", required=True, metavar="VERB")
-    sp = verbs.add_parser("set", help="set NODE's expected profile from a JSON FILE")
+    sp = verbs.add_parser("set", help="set NODE's expected profile from a JSON FILE (an "
+                          "expected profile, or the golden record the harden role wrote)")
     sp.add_argument("node")
     sp.add_argument("file")
     sp.set_defaults(func=cmd_profile_set)

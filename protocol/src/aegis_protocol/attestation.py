@@ -64,6 +64,21 @@ class ExpectedProfile(BaseModel):
     agent_version: Annotated[str, Field(max_length=64)] | None = None
 
 
+GOLDEN_SCHEMA = "aegis.golden/v1"
+
+
+def profile_from_golden(record: dict) -> ExpectedProfile:
+    """The expected profile a golden record (written by the aegis.fleet.harden role at
+    converge time, ``/var/lib/aegis/golden.json``) stands for: the hash of every file it
+    lists. Raises ValueError when ``record`` is not a golden record."""
+    if not isinstance(record, dict) or record.get("schema") != GOLDEN_SCHEMA:
+        raise ValueError(f"not a golden record (no \"schema\": \"{GOLDEN_SCHEMA}\")")
+    files = record.get("files")
+    if not isinstance(files, dict):
+        raise ValueError("golden record has no \"files\" mapping")
+    return ExpectedProfile(golden=files)
+
+
 class Verdict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 

@@ -164,6 +164,18 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return run_bench(nodes=args.nodes, rounds=args.rounds, prefix=args.prefix)
 
 
+def cmd_controller(args: argparse.Namespace) -> int:
+    from . import controller
+
+    if args.action == "up":
+        print(json.dumps(controller.up(args.prefix), indent=2))
+    elif args.action == "down":
+        controller.down(args.prefix)
+    else:
+        print(json.dumps(controller.show(args.prefix), indent=2))
+    return 0
+
+
 def cmd_wheels(args: argparse.Namespace) -> int:
     from .wheels import build_agent_wheels
 
@@ -230,6 +242,11 @@ def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915 (one flat list o
     sp.add_argument("--keep", action="store_true", help="keep the fleet running afterwards")
     sp.add_argument("--prefix", type=check_prefix, default="aegis")
     sp.set_defaults(func=cmd_demo)
+
+    sp = sub.add_parser("controller", help="a controller on the fleet's bridge for its nodes")
+    sp.add_argument("action", choices=["up", "down", "show"])
+    prefix_arg(sp)
+    sp.set_defaults(func=cmd_controller)
 
     sp = sub.add_parser("wheels", help="build the agent's wheelhouse for the nodes (if its "
                         "sources changed); prints its directory")

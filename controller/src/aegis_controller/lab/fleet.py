@@ -246,7 +246,11 @@ def _processes_with(prefix: str) -> list[int]:
 
 
 def sweep(prefix: str) -> None:
-    """Remove whatever of the prefix is left (containers, links), e.g. after a crash."""
+    """Remove whatever of the prefix is left (containers, links, the fleet's lab
+    controller), e.g. after a crash."""
+    from .controller import down as controller_down
+
+    controller_down(prefix)
     for c in containers_with_label(f"aegis.prefix={prefix}"):
         podman("rm", "-f", "--ignore", "-t", "0", c["Id"], check=False)
     network.bridge_down(prefix)

@@ -1,0 +1,119 @@
+"""The agent on the local fleet: a real node (podman + systemd over SSH), the
+``aegis.fleet.agent`` role, and a real controller listening on the fleet's bridge.
+
+The hardening role records the golden measurements; the agent installed by the role
+enrolls with a one-time token, attests, and becomes trusted once the operator has set
+the node's expected profile from that golden record. A changed golden file makes the node
+suspect at its next attestation, with the file named in the reason; the segmentation
+filter lets only SSH from the control node and the controller through.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+from aegis_controller.lab.fleet import REPO_ROOT, LocalFleet
+from aegis_controller.lab.playbook import ansible_playbook, ansible_results
+from aegis_controller.lab.podman import podman
+from aegis_controller.lab.wheels import build_agent_wheels
+from conftest import sub_prefix
+from harness import local_fleet, wait_until
+from harness_controller import Server, controller_server
+
+pytestmark = pytest.mark.e2e
+
+NODE = "node1"
+
+
+def _wait(pred, timeout: float = 90) -> bool:
+    return wait_until(pred, timeout, 0.5)
+
+
+@pytest.fixture(scope="module")
+def lab() -> Iterator[tuple[LocalFleet, Server]]:
+    build_agent_wheels()
+    prefix = sub_prefix()
+    with local_fleet(prefix, 1) as fleet:
+        gateway = fleet.info()["gateway"]
+        with controller_server(prefix, None, host=gateway) as server:
+            yield fleet, server
+
+
+def _agent_playbook(fleet: LocalFleet, server: Server, token: str) -> Path:
+    gw = fleet.info()["gateway"]
+    play = [{
+        "name": "Install the agent", "hosts": NODE, "gather_facts": False,
+        "roles": [{"role": "aegis.fleet.agent", "vars": {
+            "agent_controller_url": server.url,
+            "agent_controller_ca": (server.state / "ca" / "ca.pem").read_text(),
+            "agent_bootstrap_token": token,
+            "agent_interval": 1,
+            "agent_attest_interval": 3600,
+            "agent_segment_interface": "eth0",
+            "agent_edges": [f"{gw} -> any tcp/22"],
+            "agent_management_peers": [f"{gw} tcp/22", f"{gw} tcp/{server.port}"],
+        }}],
+    }]
+    path = server.state / "agent.yml"
+    path.write_text(yaml.safe_dump(play))
+    return path
+
+
+def _node(server: Server) -> dict:
+    return json.loads(server.ctl("node", "show", NODE).stdout or "{}")
+
+
+def _exec(fleet: LocalFleet, *cmd: str) -> subprocess.CompletedProcess:
+    return podman("exec", f"{fleet.prefix}-{NODE}", *cmd, check=False)
+
+
+def test_agent_role_enrolls_attests_and_drift_makes_the_node_suspect(lab) -> None:
+    fleet, server = lab
+    # 1. the hardening role records what the node must measure
+    harden = ansible_playbook(fleet, REPO_ROOT / "playbooks" / "harden.yml", "--tags", "golden")
+    assert harden.returncode == 0, harden.stdout[-3000:]
+
+    # 2. the agent role: install, hand over the token, enroll
+    token = server.token(NODE)
+    playbook = _agent_playbook(fleet, server, token)
+    first = ansible_playbook(fleet, playbook)
+    assert first.returncode == 0, first.stdout[-4000:]
+    assert token not in first.stdout + first.stderr  # no_log
+    assert _wait(lambda: _node(server).get("state") == "enrolled")
+    assert _exec(fleet, "test", "-e", "/run/aegis/bootstrap-token").returncode == 1
+    second = ansible_playbook(fleet, playbook)  # idempotent
+    assert second.returncode == 0 and "changed=0" in second.stdout, second.stdout[-3000:]
+
+    # the unit runs under systemd with its sandbox, the filter and monitors attached
+    active = _exec(fleet, "systemctl", "is-active", "aegis-agent.service")
+    assert active.stdout.strip() == "active", _exec(fleet, "journalctl", "-u", "aegis-agent",
+                                                     "--no-pager", "-n", "50").stdout
+    status = json.loads(_exec(fleet, "/opt/aegis/agent/bin/aegis-agent", "status").stdout)
+    assert status["segment"]["attached"] and status["segment"]["iface"] == "eth0"
+    assert status["controller"]["error"] is None, status["controller"]
+    # no expected profile yet: nothing to be trusted against
+    assert status["controller"]["attestation"]["state"] == "enrolled"
+
+    # 3. the operator sets the expected profile from the golden record -> attest -> trusted
+    golden = server.state / "golden.json"
+    golden.write_text(_exec(fleet, "cat", "/var/lib/aegis/golden.json").stdout)
+    assert server.ctl("profile", "set", NODE, str(golden)).returncode == 0
+    assert _wait(lambda: _node(server).get("state") == "trusted"), _node(server)
+
+    # 4. a golden file changes on the node -> suspect at the next attestation
+    res = ansible_results(fleet, NODE, "ansible.builtin.lineinfile",
+                          "path=/etc/login.defs line='# drift'")
+    assert res[NODE].get("changed"), res
+    orders = server.ctl("order", "create", NODE, "attest", "--arg", "reason=test")
+    assert orders.returncode == 0, orders.stderr
+    assert _wait(lambda: _node(server).get("state") == "suspect"), _node(server)
+    assert "/etc/login.defs" in _node(server)["reason"]
+    assert server.ctl("ledger", "verify").returncode == 0
+    # events from the node reached the controller, and they are the node's own
+    assert _node(server)["events"] > 0
