@@ -5,11 +5,16 @@ order from an operator, after which real TCP from namespace a passes."""
 from __future__ import annotations
 
 import json
+import shutil
+import signal
+import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
+import sqlalchemy as sa
 import yaml
 from test_agent_daemon import EDGE, Daemon, daemon  # noqa: F401
 
@@ -31,17 +36,26 @@ def server(daemon: Daemon) -> Iterator[Server]:  # noqa: F811
         yield srv
 
 
-def test_agent_enrolls_forwards_and_obeys_signed_orders(daemon: Daemon,  # noqa: F811
-                                                        server: Server) -> None:
+def _connect(daemon: Daemon, server: Server, *, interval: float,  # noqa: F811
+             **controller: object) -> tuple[str, Path]:
+    """Point the daemon at the controller with a fresh bootstrap token and start it;
+    returns the node id (the daemon's configured one) and the token file."""
     node_id = f"{daemon.prefix}-node"
     token_file = daemon.root / "bootstrap-token"
     token_file.write_text(server.token(node_id))
     cfg = yaml.safe_load(daemon.config.read_text())
     cfg["controller"] = {"url": server.url, "ca_file": str(server.state / "ca" / "ca.pem"),
                          "token_file": str(token_file),
-                         "state_dir": str(daemon.root / "agent-state"), "interval": 0.5}
+                         "state_dir": str(daemon.root / "agent-state"), "interval": interval,
+                         **controller}
     daemon.config.write_text(yaml.safe_dump(cfg))
     daemon.start()
+    return node_id, token_file
+
+
+def test_agent_enrolls_forwards_and_obeys_signed_orders(daemon: Daemon,  # noqa: F811
+                                                        server: Server) -> None:
+    node_id, token_file = _connect(daemon, server, interval=0.5)
 
     def node() -> dict:
         return json.loads(server.ctl("node", "show", node_id).stdout or "{}")
@@ -115,3 +129,45 @@ def test_agent_enrolls_forwards_and_obeys_signed_orders(daemon: Daemon,  # noqa:
     assert status["controller"]["error"] is None, status["controller"]
     ledger = server.ctl("ledger", "show")
     assert "certificate_rotated" in ledger.stdout, ledger.stderr
+
+
+def test_ten_thousand_events_once_across_kill_9_of_agent_and_controller(
+        daemon: Daemon, server: Server) -> None:  # noqa: F811
+    """10,000 exec events of a marker binary go from the kernel through the agent's spool
+    to the controller while the agent and then the controller are killed with SIGKILL in
+    the middle of the burst; afterwards the controller holds each exactly once."""
+    node_id, _token = _connect(daemon, server, interval=0.2)
+    marker = daemon.root / "burst-marker"
+    shutil.copy("/bin/true", marker)
+    query = sa.text("SELECT count(*) FROM events WHERE node_id = :n AND kind = 'exec' "
+                    "AND data LIKE :p")
+
+    def stored() -> int:
+        with server.engine().connect() as conn:
+            return int(conn.execute(query, {"n": node_id, "p": f'%"{marker}"%'}).scalar_one())
+
+    def burst(n: int) -> subprocess.Popen:
+        return subprocess.Popen(["sh", "-c", f'i=0; while [ $i -lt {n} ]; do "{marker}"; '
+                                             'i=$((i+1)); done'])
+
+    assert _wait(lambda: daemon.cli("status")[1]["controller"].get("error") is None
+                 and daemon.cli("status")[1]["controller"].get("forwarded") is not None)
+    total = 0
+    for step in range(20):
+        gen = burst(500)
+        time.sleep(0.1)
+        if step == 6:  # the agent dies mid-burst: spool and ring hold unforwarded events
+            daemon.stop(signal.SIGKILL)
+            daemon.start()
+        if step == 12:  # the controller dies mid-intake, comes back on the same port
+            server.kill()
+            gen.wait()
+            server.start()
+        assert gen.wait(timeout=120) == 0
+        total += 500
+    assert total == 10_000
+    assert _wait(lambda: stored() >= 10_000, timeout=180), stored()
+    time.sleep(2)  # a few more forwarding rounds: resends must not add anything
+    assert stored() == 10_000
+    status = daemon.cli("status")[1]
+    assert status["exec_monitor"]["lost"] == 0, status["exec_monitor"]

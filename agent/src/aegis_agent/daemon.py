@@ -91,13 +91,20 @@ class Agent:
         self._server: asyncio.AbstractServer | None = None
         self._readers: list[int] = []
         self.uplink: Uplink | None = None
+        self._written: list[Event] = []
 
     # -- events ----------------------------------------------------------------------------
-    def record(self, events: list[Event]) -> None:
-        """Spool ``events`` durably, then run the policy on them."""
+    def record(self, events: list[Event], *, written: bool = False) -> None:
+        """Spool ``events`` durably, then run the policy on them.
+
+        ``written``: the events are already in the spool file (a ring-buffer sink wrote
+        each one before the ring advanced past it) and only need the fsync."""
         if not events:
             return
-        self.spool.append(events)
+        if written:
+            self.spool.sync()
+        else:
+            self.spool.append(events)
         if self.spool.alarm_changed() or (self.spool.alarm and not self._alarm_reported):
             self._alarm_reported = True
             st = self.spool.status()
@@ -151,9 +158,28 @@ class Agent:
                            "direction": d.direction, "observed": d.observed,
                            "ifindex": d.ifindex})
 
+    # A kernel ring buffer is the only copy of an event until the agent writes it out, and
+    # libbpf moves the ring's consumer position past each record right after its callback.
+    # So the callbacks (sinks) write each event to the spool file at once: kill -9 at any
+    # point loses nothing (the page cache survives the process); the drain then fsyncs
+    # the batch and runs the policy on it.
+    def _spool_unsynced(self, event: Event) -> None:
+        self.spool.append([event], sync=False)
+
+    def _segment_sink(self, drop: DropEvent) -> None:
+        event = self._drop_event(drop)
+        self.spool.append([event], sync=False)
+        self._written.append(event)
+
     def _drain_segment(self) -> None:
         assert self.segment is not None
-        self.record([self._drop_event(d) for d in self.segment.events(0)])
+        for _ in self.segment.events(0):
+            pass
+        events, self._written = self._written, []
+        self.record(events, written=True)
+
+    def _drain_monitor(self, mon: ExecMonitor | ConnectMonitor) -> None:
+        self.record(mon.consume(), written=True)
 
     # -- set-up -------------------------------------------------------------------------------
     def _start_segment(self) -> None:
@@ -404,10 +430,12 @@ class Agent:
         self._start_segment()
         self._start_monitors()
         if self.segment:
+            self.segment.sink = self._segment_sink
             self._add_reader(self.segment.fileno(), self._drain_segment)
         for mon in (self.execs, self.connects):
             if mon is not None:
-                self._add_reader(mon.fileno(), lambda m=mon: self.record(m.consume()))
+                mon.sink = self._spool_unsynced
+                self._add_reader(mon.fileno(), lambda m=mon: self._drain_monitor(m))
         await self._serve()
         self._start_uplink()
         tasks = [asyncio.create_task(self._every(self.cfg.segment.sweep_interval, self._sweep)),

@@ -145,8 +145,12 @@ class Spool:
         self.problems.append(Problem(path.name, reason, str(dest)))
 
     # -- writing ---------------------------------------------------------------------------
-    def append(self, events: list[Event]) -> list[int]:
-        """Write ``events`` durably (fsync before returning); returns their sequence numbers."""
+    def append(self, events: list[Event], *, sync: bool = True) -> list[int]:
+        """Write ``events`` durably (fsync before returning); returns their sequence numbers.
+
+        ``sync=False`` writes them to the file (they survive the process being killed) and
+        leaves the fsync to the next ``sync()``: for events whose only other copy is a
+        kernel ring buffer, written one by one before the ring advances."""
         with self._lock:
             seqs = []
             frames: list[tuple[int, bytes]] = []
@@ -168,12 +172,19 @@ class Spool:
                     j += 1
                 self._fh.write(b"".join(f for _s, f in frames[i:j]))
                 self._fh.flush()
-                os.fsync(self._fh.fileno())
+                if sync:
+                    os.fsync(self._fh.fileno())
                 seg.size += size
                 seg.last = frames[j - 1][0]
                 i = j
             self._enforce_bound()
             return seqs
+
+    def sync(self) -> None:
+        """fsync what ``append(sync=False)`` wrote."""
+        with self._lock:
+            if self._fh is not None:
+                os.fsync(self._fh.fileno())
 
     def _writable(self, seq: int) -> _Segment:
         seg = self._segments[-1] if self._segments else None
@@ -287,5 +298,6 @@ class Spool:
 
     def close(self) -> None:
         if self._fh is not None:
+            os.fsync(self._fh.fileno())  # a segment may hold append(sync=False) writes
             self._fh.close()
             self._fh = None

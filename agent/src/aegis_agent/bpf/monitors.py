@@ -29,6 +29,7 @@ import os
 import socket
 import struct
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from aegis_protocol.events import Event
@@ -102,6 +103,10 @@ class _Monitor:
         self._ring: libbpf.RingBuffer | None = None
         self._pending: list[Event] = []
         self._offset = _wall_offset_ns()
+        # Called with each event before the ring buffer's consumer position moves past
+        # it: a sink that write()s the event out (the agent's spool) loses nothing when
+        # the process is killed, since the ring only advances over what was written.
+        self.sink: Callable[[Event], None] | None = None
 
     def _pin(self, name: str) -> Path:
         return self.pin_dir / name
@@ -162,7 +167,10 @@ class _Monitor:
         return self._ring
 
     def _on_record(self, raw: bytes) -> None:
-        self._pending.append(self._event(raw))
+        event = self._event(raw)
+        if self.sink is not None:
+            self.sink(event)
+        self._pending.append(event)
 
     def _event(self, raw: bytes) -> Event:
         raise NotImplementedError

@@ -20,7 +20,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -147,6 +147,7 @@ class SegmentFilter:
         self._progs: dict[str, int] = {}
         self._ring: libbpf.RingBuffer | None = None
         self._pending: list[DropEvent] = []
+        self.sink: Callable[[DropEvent], None] | None = None
 
     # -- lifecycle ---------------------------------------------------------------------
     def _pin(self, name: str) -> str:
@@ -579,9 +580,14 @@ class SegmentFilter:
     def fileno(self) -> int:
         """The drop-event ring buffer's epoll fd (readable when events wait)."""
         if self._ring is None:
-            self._ring = libbpf.RingBuffer(
-                self._fd("seg_events"), lambda raw: self._pending.append(DropEvent.unpack(raw)))
+            self._ring = libbpf.RingBuffer(self._fd("seg_events"), self._on_record)
         return self._ring.fileno()
+
+    def _on_record(self, raw: bytes) -> None:
+        drop = DropEvent.unpack(raw)
+        if self.sink is not None:  # written out before the ring advances (see monitors)
+            self.sink(drop)
+        self._pending.append(drop)
 
     def events(self, timeout: float = 0.0) -> Iterator[DropEvent]:
         """Drop (and would-drop) events waiting in the ring buffer; waits up to
