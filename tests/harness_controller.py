@@ -45,11 +45,16 @@ class Server:
     def ca(self) -> ssl.SSLContext:
         return ssl.create_default_context(cafile=self.state / "ca" / "ca.pem")
 
-    def ctl(self, *args: str) -> subprocess.CompletedProcess:
+    def ctl(self, *args: str, env: dict[str, str] | None = None,
+            in_netns: bool = False) -> subprocess.CompletedProcess:
+        """Run ``aegis-controller`` on this server's state (``env`` added to the
+        environment; ``in_netns``: inside the server's network namespace)."""
         cmd = [str(BIN / "aegis-controller"), "--state-dir", str(self.state)]
         cmd += ["--db", self.db] if self.db else []
+        if in_netns and self.netns:
+            cmd = ["nsenter", f"--net=/run/netns/{self.netns}", *cmd]
         return subprocess.run([*cmd, *args], capture_output=True, text=True, timeout=120,
-                              check=False)
+                              check=False, env={**os.environ, **(env or {})})
 
     def start(self, *extra: str) -> None:
         self.port = self.port or free_port()

@@ -2,7 +2,8 @@
 ``aegis.fleet.agent`` role, and a real controller listening on the fleet's bridge.
 
 The hardening role records the golden measurements; the agent installed by the role
-enrolls with a one-time token, attests, and becomes trusted once the operator has set
+enrolls with a one-time token (response-wrapped by a real OpenBao and unwrapped on the
+node), attests, and becomes trusted once the operator has set
 the node's expected profile from that golden record. A changed golden file makes the node
 suspect at its next attestation, with the file named in the reason; the segmentation
 filter lets only SSH from the control node and the controller through.
@@ -23,7 +24,7 @@ from aegis_controller.lab.playbook import ansible_playbook, ansible_results
 from aegis_controller.lab.podman import podman
 from aegis_controller.lab.wheels import build_agent_wheels
 from conftest import sub_prefix
-from harness import local_fleet, wait_until
+from harness import OpenBao, local_fleet, openbao_dev, wait_until
 from harness_controller import Server, controller_server
 
 pytestmark = pytest.mark.e2e
@@ -36,28 +37,32 @@ def _wait(pred, timeout: float = 90) -> bool:
 
 
 @pytest.fixture(scope="module")
-def lab() -> Iterator[tuple[LocalFleet, Server]]:
+def lab() -> Iterator[tuple[LocalFleet, Server, OpenBao]]:
     build_agent_wheels()
     prefix = sub_prefix()
     with local_fleet(prefix, 1) as fleet:
         gateway = fleet.info()["gateway"]
-        with controller_server(prefix, None, host=gateway) as server:
-            yield fleet, server
+        with (controller_server(prefix, None, host=gateway) as server,
+              openbao_dev(prefix, host=gateway) as bao):
+            yield fleet, server, bao
 
 
-def _agent_playbook(fleet: LocalFleet, server: Server, token: str) -> Path:
+def _agent_playbook(fleet: LocalFleet, server: Server, bao: OpenBao, token: str) -> Path:
     gw = fleet.info()["gateway"]
+    bao_port = bao.addr.rsplit(":", 1)[1]
     play = [{
         "name": "Install the agent", "hosts": NODE, "gather_facts": False,
         "roles": [{"role": "aegis.fleet.agent", "vars": {
             "agent_controller_url": server.url,
             "agent_controller_ca": (server.state / "ca" / "ca.pem").read_text(),
             "agent_bootstrap_token": token,
+            "agent_vault_url": bao.addr,
             "agent_interval": 1,
             "agent_attest_interval": 3600,
             "agent_segment_interface": "eth0",
             "agent_edges": [f"{gw} -> any tcp/22"],
-            "agent_management_peers": [f"{gw} tcp/22", f"{gw} tcp/{server.port}"],
+            "agent_management_peers": [f"{gw} tcp/22", f"{gw} tcp/{server.port}",
+                                       f"{gw} tcp/{bao_port}"],
         }}],
     }]
     path = server.state / "agent.yml"
@@ -74,14 +79,17 @@ def _exec(fleet: LocalFleet, *cmd: str) -> subprocess.CompletedProcess:
 
 
 def test_agent_role_enrolls_attests_and_drift_makes_the_node_suspect(lab) -> None:
-    fleet, server = lab
+    fleet, server, bao = lab
     # 1. the hardening role records what the node must measure
     harden = ansible_playbook(fleet, REPO_ROOT / "playbooks" / "harden.yml", "--tags", "golden")
     assert harden.returncode == 0, harden.stdout[-3000:]
 
-    # 2. the agent role: install, hand over the token, enroll
-    token = server.token(NODE)
-    playbook = _agent_playbook(fleet, server, token)
+    # 2. the agent role: install, hand over the response-wrapped token, unwrap, enroll
+    issued = server.ctl("token", "issue", NODE,
+                        env={"BAO_ADDR": bao.addr, "BAO_TOKEN": bao.token})
+    assert issued.returncode == 0 and "response-wrapped" in issued.stderr, issued.stderr
+    token = issued.stdout.strip()
+    playbook = _agent_playbook(fleet, server, bao, token)
     first = ansible_playbook(fleet, playbook)
     assert first.returncode == 0, first.stdout[-4000:]
     assert token not in first.stdout + first.stderr  # no_log

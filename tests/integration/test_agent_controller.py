@@ -5,6 +5,7 @@ order from an operator, after which real TCP from namespace a passes."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -18,10 +19,11 @@ import sqlalchemy as sa
 import yaml
 from test_agent_daemon import EDGE, Daemon, daemon  # noqa: F401
 
-from harness import wait_until
+from harness import VENV_BIN, openbao_dev, wait_until
 from harness_controller import Server, controller_server, operator_client
 
 pytestmark = pytest.mark.integration
+BAO = VENV_BIN / "bao"
 
 
 def _wait(pred, timeout: float = 60) -> bool:
@@ -37,12 +39,13 @@ def server(daemon: Daemon) -> Iterator[Server]:  # noqa: F811
 
 
 def _connect(daemon: Daemon, server: Server, *, interval: float,  # noqa: F811
-             **controller: object) -> tuple[str, Path]:
-    """Point the daemon at the controller with a fresh bootstrap token and start it;
-    returns the node id (the daemon's configured one) and the token file."""
+             token: str | None = None, **controller: object) -> tuple[str, Path]:
+    """Point the daemon at the controller with a bootstrap token (a fresh one unless
+    given) and start it; returns the node id (the daemon's configured one) and the token
+    file."""
     node_id = f"{daemon.prefix}-node"
     token_file = daemon.root / "bootstrap-token"
-    token_file.write_text(server.token(node_id))
+    token_file.write_text(token or server.token(node_id))
     cfg = yaml.safe_load(daemon.config.read_text())
     cfg["controller"] = {"url": server.url, "ca_file": str(server.state / "ca" / "ca.pem"),
                          "token_file": str(token_file),
@@ -171,3 +174,49 @@ def test_ten_thousand_events_once_across_kill_9_of_agent_and_controller(
     assert stored() == 10_000
     status = daemon.cli("status")[1]
     assert status["exec_monitor"]["lost"] == 0, status["exec_monitor"]
+
+
+def test_agent_unwraps_its_bootstrap_token_once_and_reports_a_stolen_one(
+        daemon: Daemon, server: Server) -> None:  # noqa: F811
+    """OpenBao in namespace a wraps the bootstrap token; the agent in b unwraps it. A
+    wrapping token someone else opened first is refused (and reported once the node is
+    enrolled); a fresh one enrolls the node and is gone from it."""
+    node_id = f"{daemon.prefix}-node"
+    with openbao_dev(daemon.prefix + "v", netns=daemon.lab.pair.a,
+                     host=daemon.lab.pair.a_addr) as bao:
+        env = {"BAO_ADDR": bao.addr, "BAO_TOKEN": bao.token}
+
+        def wrapped() -> str:
+            out = server.ctl("token", "issue", node_id, env=env, in_netns=True)
+            assert out.returncode == 0 and "response-wrapped" in out.stderr, out.stderr
+            return out.stdout.strip()
+
+        stolen = wrapped()
+        thief = subprocess.run(["nsenter", f"--net=/run/netns/{daemon.lab.pair.a}",
+                                str(BAO), "unwrap", "-format=json"], capture_output=True,
+                               text=True, timeout=60, check=False,
+                               env={**os.environ, "BAO_ADDR": bao.addr, "BAO_TOKEN": stolen})
+        assert thief.returncode == 0, thief.stderr
+        assert json.loads(thief.stdout)["data"]["node_id"] == node_id
+        _node, token_file = _connect(daemon, server, interval=0.5, token=stolen,
+                                     vault={"url": bao.addr})
+
+        def link_error() -> str:
+            return str(daemon.cli("status")[1]["controller"].get("error") or "")
+
+        assert _wait(lambda: "already unwrapped or it expired" in link_error()), link_error()
+        assert not token_file.exists()  # spent: not kept
+        assert stolen not in link_error()
+        token_file.write_text(wrapped())
+        assert _wait(lambda: json.loads(server.ctl("node", "show", node_id).stdout or "{}")
+                     .get("state") == "enrolled", timeout=90), link_error()
+        assert not token_file.exists()
+    # the failed unwrap was spooled and reaches the controller once the node is enrolled
+    assert _wait(lambda: _reported(server, node_id) == 1), _reported(server, node_id)
+
+
+def _reported(server: Server, node_id: str) -> int:
+    with server.engine().connect() as conn:
+        return int(conn.execute(sa.text(
+            "SELECT count(*) FROM events WHERE node_id = :n AND data LIKE :p"),
+            {"n": node_id, "p": '%bootstrap_unwrap_failed%'}).scalar_one())

@@ -36,6 +36,10 @@ def test_empty_config_gives_defaults() -> None:
     ("policy: [{name: r, kind: exec, action: nuke}]", "policy[0].action"),
     ("- a\n- b", "must be a YAML mapping"),
     ("segment: {mode: [", "not valid YAML"),
+    ("node_id: n\ncontroller: {url: 'https://c', ca_file: /c.pem, vault: {url: 'bao:8200'}}",
+     "controller.vault.url: String should match pattern"),
+    ("node_id: n\ncontroller: {url: 'https://c', ca_file: /c.pem, vault: {adr: 'x'}}",
+     "controller.vault.adr: unknown key"),
 ])
 def test_bad_config_names_the_key(text: str, expected: str) -> None:
     with pytest.raises(ConfigError) as err:

@@ -123,10 +123,19 @@ class WatchdogConfig(_Strict):
     grace: Annotated[int, Field(ge=1, description="intervals over a limit before exiting")] = 6
 
 
+class VaultConfig(_Strict):
+    """The Vault-compatible server (OpenBao, Vault) that response-wrapped the bootstrap
+    token: with it set, ``token_file`` holds a wrapping token the agent unwraps there."""
+
+    url: Annotated[str, Field(pattern=r"^https?://", description="the server's address")]
+    ca_file: Path | None = Field(None, description="CA bundle for an https url")
+
+
 class ControllerConfig(_Strict):
     url: Annotated[str, Field(pattern=r"^https://", description="the controller's API")]
     ca_file: Path = Field(description="the controller CA that signed its server certificate")
     token_file: Path = Path("/run/aegis/bootstrap-token")
+    vault: VaultConfig | None = Field(None, description="unwrap the bootstrap token here")
     state_dir: Path = Path("/var/lib/aegis/agent")
     golden_file: Path = Path("/var/lib/aegis/golden.json")
     interval: Annotated[float, Field(gt=0)] = 10.0

@@ -24,7 +24,7 @@ import httpx
 from cryptography import x509
 
 from aegis_protocol.enrollment import Heartbeat, Inventory, RenewResponse, node_csr
-from aegis_protocol.events import MAX_BATCH, EventBatch
+from aegis_protocol.events import MAX_BATCH, Event, EventBatch
 from aegis_protocol.signing import load_public_key
 
 from .config import ControllerConfig
@@ -32,6 +32,7 @@ from .identity import identity_key, key_pem, new_tls_key, tls_key, write_private
 from .measure import collect, signed_report
 from .orders import FileReplayGuard, OrderExecutor
 from .spool import Spool
+from .unwrap import UnwrapError, unwrap_bootstrap
 
 log = logging.getLogger("aegis.agent.uplink")
 
@@ -50,6 +51,7 @@ class Uplink:
     next_try: float = 0.0
     next_attest: float = 0.0  # monotonic; 0: attest at the next tick (start)
     last: dict[str, object] = field(default_factory=dict)
+    _unwrapped: str | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         # orders the link runs itself; the daemon's handlers act on the agent core
@@ -73,13 +75,36 @@ class Uplink:
     def enrolled(self) -> bool:
         return (self.state / "node.pem").exists() and (self.state / "order.key").exists()
 
-    def enroll(self) -> None:
+    def _bootstrap_token(self) -> str:
+        """The bootstrap token: from the token file, unwrapped first when it is a
+        response-wrapping token (``vault`` configured). An unwrapped token is held in
+        memory until enrollment succeeds; the spent wrapping token is removed at once."""
+        if self._unwrapped is not None:
+            return self._unwrapped
         token_file = self.cfg.token_file
         try:
             token = token_file.read_text().strip()
         except OSError as e:
             raise UplinkError(f"not enrolled and no bootstrap token at {token_file} "
                               f"({e.strerror}); provisioning puts it there") from None
+        if self.cfg.vault is None:
+            return token
+        try:
+            self._unwrapped = unwrap_bootstrap(self.cfg.vault, token, self.node_id)
+        except UnwrapError as e:
+            if e.spent:  # keep no useless file, and say so once
+                token_file.unlink(missing_ok=True)
+                self.spool.append([Event(ts_ns=time.time_ns(), kind="agent",
+                                         severity="critical",
+                                         data={"what": "bootstrap_unwrap_failed",
+                                               "error": str(e)})])
+            raise UplinkError(str(e)) from None
+        token_file.unlink(missing_ok=True)
+        return self._unwrapped
+
+    def enroll(self) -> None:
+        token_file = self.cfg.token_file
+        token = self._bootstrap_token()
         self.state.mkdir(parents=True, exist_ok=True, mode=0o700)
         ident = identity_key(self.state / "identity.key")
         from aegis_protocol.signing import public_key_text
@@ -95,6 +120,7 @@ class Uplink:
         (self.state / "node.pem").write_text(answer["certificate_pem"])
         (self.state / "order.key").write_text(answer["order_key"])
         token_file.unlink(missing_ok=True)  # one-time: never keep it
+        self._unwrapped = None
         log.info("enrolled with the controller", extra={"node": self.node_id,
                                                         "not_after": answer["not_after"]})
 

@@ -19,6 +19,8 @@ Where things live (each overridable by option or environment variable):
 * ledger keys: ``<state>/keys/ledger.key`` (0600) and ``<state>/keys/ledger.pub``
 * ledger anchor: ``--anchor`` / ``AEGIS_LEDGER_ANCHOR`` (default
   ``<state>/ledger.anchor.json``)
+* Vault-compatible server that response-wraps bootstrap tokens (optional):
+  ``token issue --vault-addr`` / ``BAO_ADDR`` / ``VAULT_ADDR`` (see ``vault_wrap``)
 """
 
 from __future__ import annotations
@@ -336,11 +338,28 @@ def cmd_profile_set(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_token_issue(args: argparse.Namespace, settings: Settings) -> int:
     from .api.service import Refused
+    from .vault_wrap import VaultError, VaultSettings, wrap_bootstrap
 
     try:
-        token = _controller(settings).issue_token(args.node, args.ttl, actor=_default_actor())
+        vault = None if args.wrap is False else VaultSettings.resolve(
+            args.vault_addr, args.vault_token_file, args.vault_ca)
+    except VaultError as err:
+        raise InputError(str(err)) from None
+    if args.wrap and vault is None:
+        raise InputError("--wrap needs a Vault-compatible server: set BAO_ADDR (or "
+                         "VAULT_ADDR) or pass --vault-addr")
+    wrap = None if vault is None else (
+        lambda token: wrap_bootstrap(vault, args.node, token, args.ttl))
+    try:
+        token = _controller(settings).issue_token(args.node, args.ttl, actor=_default_actor(),
+                                                  wrap=wrap)
     except Refused as err:
         raise InputError(err.message) from None
+    except VaultError as err:
+        raise InputError(f"{err} (no token was issued)") from None
+    if vault is not None:
+        print(f"response-wrapped by {vault.addr}: the node's agent unwraps it there once "
+              "(controller.vault.url in its config)", file=sys.stderr)
     print(token)  # the secret itself goes to stdout only, never to a log
     return EXIT_OK
 
@@ -400,6 +419,15 @@ def _register_service(groups: argparse._SubParsersAction) -> None:
     sp = verbs.add_parser("issue", help="issue a token for NODE (printed once)")
     sp.add_argument("node")
     sp.add_argument("--ttl", type=_positive, default=600, help="seconds (default 600)")
+    sp.add_argument("--wrap", action=argparse.BooleanOptionalAction, default=None,
+                    help="response-wrap the token through a Vault-compatible server and "
+                    "print the wrapping token (default: when BAO_ADDR/VAULT_ADDR is set)")
+    sp.add_argument("--vault-addr", help="the server's address (else AEGIS_VAULT_ADDR, "
+                    "BAO_ADDR, VAULT_ADDR)")
+    sp.add_argument("--vault-token-file", help="file holding a token that may update "
+                    "sys/wrapping/wrap (else BAO_TOKEN, VAULT_TOKEN)")
+    sp.add_argument("--vault-ca", help="CA bundle for an https address (else BAO_CACERT, "
+                    "VAULT_CACERT)")
     sp.set_defaults(func=cmd_token_issue)
     groups.add_parser("nodes", help="list nodes and their trust state").set_defaults(
         func=cmd_nodes)

@@ -14,6 +14,16 @@ from pydantic import BaseModel, ConfigDict, Field
 NodeId = Annotated[str, Field(min_length=1, max_length=63, pattern=r"^[a-z0-9][a-z0-9.-]*$")]
 
 
+class WrappedBootstrap(BaseModel):
+    """What a Vault-compatible server's response wrapping holds when the controller has
+    the bootstrap token wrapped (``sys/wrapping/wrap``); the agent unwraps it once."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    node_id: NodeId
+    aegis_bootstrap_token: Annotated[str, Field(min_length=16, max_length=256, repr=False)]
+
+
 def node_csr(key: ec.EllipticCurvePrivateKey, node_id: str) -> str:
     """The CSR a node sends to enroll: its TLS key, CN = its node id (PEM)."""
     req = (x509.CertificateSigningRequestBuilder()

@@ -7,6 +7,7 @@ import hashlib
 import json
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import sqlalchemy as sa
@@ -38,6 +39,7 @@ from ..incidents import IncidentRule, incidents_for, summarize
 from ..ledger import Kind, Ledger
 from ..pki import CertificateAuthority, PkiError, cert_pem
 from ..trust import Transition, after_attestation, judge, transition
+from ..vault_wrap import Wrapped
 from . import tables
 
 NONCE_TTL = 120
@@ -68,11 +70,17 @@ class Controller:
         return public_key_text(self.order_signer.public_key())
 
     # -- tokens -----------------------------------------------------------------------------
-    def issue_token(self, node_id: str, ttl: int = 600, actor: str = "operator") -> str:
-        """A one-time bootstrap token for ``node_id`` (only its hash is stored)."""
+    def issue_token(self, node_id: str, ttl: int = 600, actor: str = "operator",
+                    wrap: Callable[[str], Wrapped] | None = None) -> str:
+        """A one-time bootstrap token for ``node_id`` (only its hash is stored).
+
+        With ``wrap`` (a Vault-compatible server's response wrapping), the token is
+        wrapped before anything is stored and the wrapping token is returned instead: a
+        failed wrap leaves no usable token behind."""
         if not 10 <= ttl <= 86400:
             raise Refused(400, "ttl must be between 10 and 86400 seconds")
         token = secrets.token_urlsafe(32)
+        wrapped = wrap(token) if wrap is not None else None
         now = int(time.time())
         with self.engine.begin() as conn:
             conn.execute(tables.tokens.insert().values(
@@ -82,9 +90,11 @@ class Controller:
                     tables.nodes.c.node_id == node_id)).first() is None:
                 conn.execute(tables.nodes.insert().values(
                     node_id=node_id, state="provisioning", reason="bootstrap token issued"))
-        self.ledger.append(Kind.ENROLLMENT, node_id,
-                           {"event": "token_issued", "expires_at": now + ttl}, actor=actor)
-        return token
+        issued: dict[str, object] = {"event": "token_issued", "expires_at": now + ttl}
+        if wrapped is not None:
+            issued.update(wrapped=True, wrap_accessor=wrapped.accessor)
+        self.ledger.append(Kind.ENROLLMENT, node_id, issued, actor=actor)
+        return wrapped.token if wrapped is not None else token
 
     # -- enrollment -----------------------------------------------------------------------------
     def enroll(self, req: EnrollRequest, peer: str) -> EnrollResponse:

@@ -1,0 +1,110 @@
+"""Bootstrap tokens response-wrapped by a Vault-compatible server (OpenBao, Vault).
+
+With a server configured, ``aegis-controller token issue`` does not print the bootstrap
+token itself: it has the server wrap it (``sys/wrapping/wrap``) and prints the wrapping
+token. That one can be unwrapped exactly once and only until its TTL runs out, so a
+token read on its way to the node shows up as a failed unwrap on the node instead of a
+silent copy. The node's agent unwraps it at the same server before it enrolls.
+
+Configuration (the usual client variables, ``BAO_*`` first):
+
+* address: ``--vault-addr`` / ``AEGIS_VAULT_ADDR`` / ``BAO_ADDR`` / ``VAULT_ADDR``
+* token allowed to ``update`` ``sys/wrapping/wrap``: ``--vault-token-file`` /
+  ``BAO_TOKEN`` / ``VAULT_TOKEN``
+* CA for an https address: ``--vault-ca`` / ``BAO_CACERT`` / ``VAULT_CACERT``
+"""
+
+from __future__ import annotations
+
+import os
+import ssl
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from aegis_protocol.enrollment import WrappedBootstrap
+
+
+class VaultError(RuntimeError):
+    """The Vault-compatible server could not wrap the token (the message says why)."""
+
+
+def _env(*names: str) -> str:
+    return next((os.environ[n] for n in names if os.environ.get(n)), "")
+
+
+@dataclass(frozen=True)
+class VaultSettings:
+    addr: str
+    token: str = field(repr=False)
+    ca_file: Path | None = None
+
+    @classmethod
+    def resolve(cls, addr: str | None, token_file: str | None,
+                ca_file: str | None) -> VaultSettings | None:
+        """Settings from options, then the environment; None when no address is set."""
+        addr = addr or _env("AEGIS_VAULT_ADDR", "BAO_ADDR", "VAULT_ADDR")
+        if not addr:
+            return None
+        if not addr.startswith(("http://", "https://")):
+            raise VaultError(f"vault address {addr!r} must start with http:// or https://")
+        if token_file:
+            try:
+                token = Path(token_file).read_text().strip()
+            except OSError as e:
+                raise VaultError(f"cannot read the vault token file {token_file}: "
+                                 f"{e.strerror}") from None
+        else:
+            token = _env("BAO_TOKEN", "VAULT_TOKEN")
+        if not token:
+            raise VaultError(f"a vault address is set ({addr}) but no token: put one in "
+                             "BAO_TOKEN (or VAULT_TOKEN) or pass --vault-token-file")
+        ca = ca_file or _env("BAO_CACERT", "VAULT_CACERT")
+        return cls(addr.rstrip("/"), token, Path(ca) if ca else None)
+
+    def _verify(self) -> ssl.SSLContext | bool:
+        if self.ca_file is None:
+            return True
+        try:
+            return ssl.create_default_context(cafile=self.ca_file)
+        except (OSError, ssl.SSLError) as e:
+            raise VaultError(f"cannot load the vault CA {self.ca_file}: {e}") from None
+
+
+@dataclass(frozen=True)
+class Wrapped:
+    token: str = field(repr=False)  # the wrapping token: what the node gets
+    accessor: str  # not secret; names the wrapping token in the server's audit log
+    ttl: int
+    creation_path: str
+
+
+def wrap_bootstrap(settings: VaultSettings, node_id: str, token: str, ttl: int) -> Wrapped:
+    """Have the server wrap ``token`` for ``node_id`` for ``ttl`` seconds."""
+    try:
+        payload = WrappedBootstrap(node_id=node_id, aegis_bootstrap_token=token).model_dump()
+    except ValueError:
+        raise VaultError(f"node id {node_id!r} is not valid: lower-case letters, digits, "
+                         "'.' and '-', at most 63 characters") from None
+    try:
+        with httpx.Client(base_url=settings.addr, verify=settings._verify(), timeout=30) as c:
+            r = c.post("/v1/sys/wrapping/wrap",
+                       headers={"X-Vault-Token": settings.token, "X-Vault-Wrap-TTL": f"{ttl}s"},
+                       json=payload)
+    except httpx.HTTPError as e:
+        raise VaultError(f"cannot reach the vault at {settings.addr}: {e}") from None
+    if r.status_code == 403:
+        raise VaultError(f"the vault at {settings.addr} refused the token (403): it needs "
+                         "the 'update' capability on sys/wrapping/wrap")
+    try:
+        doc = r.json()
+    except ValueError:
+        doc = {}
+    info = doc.get("wrap_info") if r.status_code == 200 else None
+    if not isinstance(info, dict) or not info.get("token"):
+        errors = "; ".join(doc.get("errors") or []) or r.text[:200]
+        raise VaultError(f"the vault at {settings.addr} did not wrap the token "
+                         f"({r.status_code}): {errors}")
+    return Wrapped(info["token"], str(info.get("accessor", "")), int(info.get("ttl", ttl)),
+                   str(info.get("creation_path", "")))
