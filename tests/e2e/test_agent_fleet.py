@@ -105,6 +105,13 @@ def test_agent_role_enrolls_attests_and_drift_makes_the_node_suspect(lab) -> Non
     status = json.loads(_exec(fleet, "/opt/aegis/agent/bin/aegis-agent", "status").stdout)
     assert status["segment"]["attached"] and status["segment"]["iface"] == "eth0"
     assert status["controller"]["error"] is None, status["controller"]
+    # the heartbeat's inventory, collected by the sandboxed agent on the node
+    assert _wait(lambda: _node(server).get("inventory") is not None)
+    inv = json.loads(_node(server)["inventory"])
+    assert "openssh-server" in inv["packages"] and inv["os"].startswith("Debian"), inv["os"]
+    assert inv["services"].get("aegis-agent.service") == "active/running", inv["services"]
+    assert {"proto": "tcp", "port": 22} in [
+        {"proto": s["proto"], "port": s["port"]} for s in inv["listening"]], inv["listening"]
     # no expected profile yet: nothing to be trusted against
     assert status["controller"]["attestation"]["state"] == "enrolled"
 

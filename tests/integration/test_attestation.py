@@ -14,6 +14,7 @@ import pytest
 
 from aegis_agent.measure import collect, signed_report
 from aegis_protocol.attestation import ExpectedProfile
+from aegis_protocol.enrollment import Inventory, Listening
 from harness_controller import Node, Server, enroll, new_node, operator_client
 
 pytestmark = pytest.mark.integration
@@ -127,7 +128,32 @@ def test_a_silent_node_becomes_suspect(server: Server, tmp_path: Path) -> None:
     finally:
         stop.set()
         thread.join()
-    assert beats and set(beats) == {204}
+    assert beats and set(beats) == {200}
     show = json.loads(server.ctl("node", "show", "silent").stdout)
     assert show["state"] == "suspect" and "no heartbeat" in show["reason"]
     assert json.loads(server.ctl("node", "show", "chatty").stdout)["state"] == "enrolled"
+
+
+def test_inventory_travels_only_when_the_controller_lacks_it(server: Server) -> None:
+    node = new_node(server, "inv")
+    assert enroll(server, node, server.token("inv")).status_code == 200
+    inv = Inventory(os="Debian 12", kernel="6.1", packages={"openssh-server": "1:9.2p1"},
+                    services={"ssh.service": "active/running"},
+                    listening=[Listening(proto="tcp", address="192.0.2.7", port=22)])
+    digest = inv.digest()
+
+    def beat(**body: object) -> httpx.Response:
+        with node.client(server) as c:
+            return c.post("/v1/heartbeat", json={"node_id": "inv", "boot_id": "b", **body})
+
+    assert beat(inventory_digest=digest).json() == {"inventory_wanted": True}
+    assert beat(inventory=inv.model_dump(mode="json"),
+                inventory_digest=digest).json() == {"inventory_wanted": False}
+    assert beat(inventory_digest=digest).json() == {"inventory_wanted": False}
+    stored = json.loads(json.loads(server.ctl("node", "show", "inv").stdout)["inventory"])
+    assert stored["packages"] == {"openssh-server": "1:9.2p1"}
+    assert stored["listening"] == [{"proto": "tcp", "address": "192.0.2.7", "port": 22, "uid": 0}]
+    changed = inv.model_copy(update={"kernel": "6.12"})
+    assert beat(inventory_digest=changed.digest()).json() == {"inventory_wanted": True}
+    r = beat(inventory=changed.model_dump(mode="json"), inventory_digest=digest)
+    assert r.status_code == 422 and "not the digest of inventory" in r.text

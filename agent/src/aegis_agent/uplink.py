@@ -10,9 +10,7 @@ public.
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import ssl
 import time
 from collections.abc import Callable
@@ -23,10 +21,11 @@ from typing import Any
 import httpx
 from cryptography import x509
 
-from aegis_protocol.enrollment import Heartbeat, Inventory, RenewResponse, node_csr
+from aegis_protocol.enrollment import Heartbeat, HeartbeatAck, RenewResponse, node_csr
 from aegis_protocol.events import MAX_BATCH, Event, EventBatch
 from aegis_protocol.signing import load_public_key
 
+from . import inventory
 from .config import ControllerConfig
 from .identity import identity_key, key_pem, new_tls_key, tls_key, write_private
 from .measure import collect, signed_report
@@ -52,6 +51,7 @@ class Uplink:
     next_attest: float = 0.0  # monotonic; 0: attest at the next tick (start)
     last: dict[str, object] = field(default_factory=dict)
     _unwrapped: str | None = field(default=None, repr=False)
+    _inventory_sent: str | None = None  # digest of the inventory the controller holds
 
     def __post_init__(self) -> None:
         # orders the link runs itself; the daemon's handlers act on the agent core
@@ -167,10 +167,18 @@ class Uplink:
         return answer.not_after
 
     def heartbeat(self) -> None:
-        hb = Heartbeat(node_id=self.node_id, boot_id=_boot_id(),
-                       inventory=Inventory(os=_os_release(), kernel=os.uname().release))
+        """A heartbeat with the inventory's digest; the inventory itself only when it
+        changed since the controller last took it, or when the controller asks for it."""
+        inv = inventory.collect()
+        digest = inv.digest()
+        hb = Heartbeat(node_id=self.node_id, boot_id=_boot_id(), inventory_digest=digest,
+                       inventory=inv if digest != self._inventory_sent else None)
         with self._client() as c:
-            c.post("/v1/heartbeat", json=hb.model_dump(mode="json")).raise_for_status()
+            r = c.post("/v1/heartbeat", json=hb.model_dump(mode="json")).raise_for_status()
+        if hb.inventory is not None:
+            self._inventory_sent = digest
+        if HeartbeatAck.model_validate(r.json()).inventory_wanted:
+            self._inventory_sent = None  # the controller lacks it: send it next time
 
     def forward(self, limit: int = MAX_BATCH) -> int:
         """Send what the spool holds after its cursor, batch by batch; the cursor moves
@@ -235,12 +243,3 @@ def _boot_id() -> str:
     except OSError:
         return ""
 
-
-def _os_release() -> str:
-    try:
-        for line in Path("/etc/os-release").read_text().splitlines():
-            if line.startswith("PRETTY_NAME="):
-                return json.loads(line.split("=", 1)[1]) if '"' in line else line.split("=")[1]
-    except (OSError, ValueError):
-        pass
-    return ""

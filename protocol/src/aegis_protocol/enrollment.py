@@ -3,13 +3,15 @@ it) for a short-lived client certificate, the CA, and the controller's order key
 
 from __future__ import annotations
 
-from typing import Annotated
+import hashlib
+import json
+from typing import Annotated, Literal
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 NodeId = Annotated[str, Field(min_length=1, max_length=63, pattern=r"^[a-z0-9][a-z0-9.-]*$")]
 
@@ -80,7 +82,21 @@ class NodeStatus(BaseModel):
 Name = Annotated[str, Field(max_length=256)]
 
 
+class Listening(BaseModel):
+    """One listening socket: TCP in LISTEN, or an unconnected bound UDP socket."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    proto: Literal["tcp", "udp"]
+    address: Annotated[str, Field(max_length=45)]
+    port: Annotated[int, Field(ge=0, le=65535)]
+    uid: Annotated[int, Field(ge=0)] = 0
+
+
 class Inventory(BaseModel):
+    """What a node runs: OS, kernel, installed packages (name -> version), services
+    (unit -> active/sub state) and listening sockets."""
+
     model_config = ConfigDict(extra="forbid")
 
     os: Name = ""
@@ -88,12 +104,40 @@ class Inventory(BaseModel):
     packages: dict[Name, Name] = Field(default_factory=dict, max_length=20000)
     services: dict[Name, Annotated[str, Field(max_length=64)]] = Field(
         default_factory=dict, max_length=5000)
-    listening: list[dict[str, str | int]] = Field(default_factory=list, max_length=5000)
+    listening: list[Listening] = Field(default_factory=list, max_length=5000)
+
+    def digest(self) -> str:
+        """SHA-256 of the canonical JSON form: equal inventories, equal digests."""
+        doc = self.model_dump(mode="json")
+        doc["listening"] = sorted(doc["listening"], key=lambda s: json.dumps(s, sort_keys=True))
+        text = json.dumps(doc, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(text.encode()).hexdigest()
+
+
+Digest = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
 
 
 class Heartbeat(BaseModel):
+    """Sent every interval. The inventory travels only when it changed: otherwise the
+    node sends just its digest, and the controller asks for the full one
+    (``HeartbeatAck.inventory_wanted``) when the digest is not the one it holds."""
+
     model_config = ConfigDict(extra="forbid")
 
     node_id: NodeId
     boot_id: Annotated[str, Field(max_length=64)]
-    inventory: Inventory = Field(default_factory=Inventory)
+    inventory: Inventory | None = None
+    inventory_digest: Digest | None = None
+
+    @model_validator(mode="after")
+    def _digest_matches(self) -> Heartbeat:
+        if self.inventory is not None and self.inventory_digest not in (
+                None, self.inventory.digest()):
+            raise ValueError("inventory_digest is not the digest of inventory")
+        return self
+
+
+class HeartbeatAck(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    inventory_wanted: bool = False

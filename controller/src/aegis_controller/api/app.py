@@ -14,6 +14,7 @@ from aegis_protocol.enrollment import (
     EnrollRequest,
     EnrollResponse,
     Heartbeat,
+    HeartbeatAck,
     NodeStatus,
     RenewRequest,
     RenewResponse,
@@ -102,9 +103,9 @@ def create_app(controller: Controller) -> FastAPI:
     def attest(report: SignedReport, node: Node) -> Verdict:
         return controller.attest(node, report)
 
-    @app.post("/v1/heartbeat", status_code=204)
-    def heartbeat(hb: Heartbeat, node: Node) -> None:
-        controller.heartbeat(node, hb)
+    @app.post("/v1/heartbeat")
+    def heartbeat(hb: Heartbeat, node: Node) -> HeartbeatAck:
+        return controller.heartbeat(node, hb)
 
     @app.put("/v1/nodes/{node_id}/profile", status_code=204)
     def set_profile(node_id: str, profile: ExpectedProfile, operator: Operator) -> None:

@@ -20,6 +20,8 @@ from aegis_protocol.enrollment import (
     EnrollRequest,
     EnrollResponse,
     Heartbeat,
+    HeartbeatAck,
+    Inventory,
     RenewRequest,
     RenewResponse,
 )
@@ -246,15 +248,24 @@ class Controller:
         return Verdict(node_id=node_id, ok=not problems, state=state, reason=reason,
                        mismatches=problems)
 
-    def heartbeat(self, node_id: str, hb: Heartbeat) -> None:
+    def heartbeat(self, node_id: str, hb: Heartbeat) -> HeartbeatAck:
         if hb.node_id != node_id:
             raise Refused(403, f"heartbeat is for node {hb.node_id!r} but the client "
                                f"certificate is {node_id!r}")
-        self.node(node_id)
+        node = self.node(node_id)
         now = int(time.time())
+        values: dict[str, object] = {"heartbeat_at": now, "last_seen": now}
+        wanted = False
+        if hb.inventory is not None:
+            values["inventory"] = hb.inventory.model_dump_json()
+        elif hb.inventory_digest is not None:
+            held = node.get("inventory")
+            wanted = held is None or Inventory.model_validate_json(held).digest() != \
+                hb.inventory_digest
         with self.engine.begin() as conn:
             conn.execute(tables.nodes.update().where(tables.nodes.c.node_id == node_id).values(
-                heartbeat_at=now, last_seen=now, inventory=hb.inventory.model_dump_json()))
+                **values))
+        return HeartbeatAck(inventory_wanted=wanted)
 
     def check_deadlines(self, deadline: int, now: int | None = None) -> list[str]:
         """Nodes (enrolled or trusted) silent for more than ``deadline`` seconds become
