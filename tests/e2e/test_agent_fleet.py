@@ -118,7 +118,11 @@ def test_agent_role_enrolls_attests_and_drift_makes_the_node_suspect(lab) -> Non
     # 3. the operator sets the expected profile from the golden record -> attest -> trusted
     golden = server.state / "golden.json"
     golden.write_text(_exec(fleet, "cat", "/var/lib/aegis/golden.json").stdout)
-    assert server.ctl("profile", "set", NODE, str(golden)).returncode == 0
+    # ... and pins the BPF programs and attach modes the node's agent reported
+    assert _wait(lambda: _node(server).get("measurement") is not None)
+    pinned = server.ctl("profile", "set", NODE, str(golden), "--pin-bpf")
+    assert pinned.returncode == 0, pinned.stderr
+    assert "mode:segment" in json.loads(pinned.stdout)["bpf"], pinned.stdout
     assert _wait(lambda: _node(server).get("state") == "trusted"), _node(server)
 
     # 4. a golden file changes on the node -> suspect at the next attestation

@@ -221,3 +221,48 @@ def _stored(server: Server, node_id: str, what: str) -> int:
         return int(conn.execute(sa.text(
             "SELECT count(*) FROM events WHERE node_id = :n AND kind = 'agent' "
             "AND data LIKE :p"), {"n": node_id, "p": f'%"what": "{what}"%'}).scalar_one())
+
+
+def test_attested_bpf_programs_pinned_into_the_profile_and_a_removed_one_is_caught(
+        daemon: Daemon, server: Server) -> None:  # noqa: F811
+    """The report names each pinned program by its kernel tag and each component's attach
+    mode; `profile set --pin-bpf` expects them; a program pin removed on the node makes
+    the node suspect at its next attestation, with the program named."""
+    node_id, _token = _connect(daemon, server, interval=0.5)
+
+    def node() -> dict:
+        return json.loads(server.ctl("node", "show", node_id).stdout or "{}")
+
+    assert _wait(lambda: node().get("measurement") is not None), node()
+    bpf = json.loads(node()["measurement"])["bpf"]
+    progs = {e["pin"]: e for e in bpf if e.get("kind") == "prog"}
+    modes = {e["component"]: e["mode"] for e in bpf if "component" in e}
+    assert modes["segment"] in ("xdp/native tcx", "xdp/generic tcx",
+                                "xdp/native clsact", "xdp/generic clsact"), modes
+    assert modes["exec"] in ("lsm", "sigkill") and modes["connect"] == "cgroup", modes
+    assert any(p.startswith("segment/") for p in progs), progs
+    exec_prog = next(p for p in progs if p.startswith("exec/"))
+    assert len(progs[exec_prog]["tag"]) == 16 and progs[exec_prog]["name"], progs[exec_prog]
+
+    empty = daemon.root / "profile.json"
+    empty.write_text("{}")
+    pinned = server.ctl("profile", "set", node_id, str(empty), "--pin-bpf")
+    assert pinned.returncode == 0, pinned.stderr
+    expected = json.loads(pinned.stdout)["bpf"]
+    assert expected[f"prog:{exec_prog}"] == progs[exec_prog]["tag"]
+    assert expected["mode:exec"] == modes["exec"]
+    assert _wait(lambda: node().get("state") == "trusted"), node()
+
+    (Path(f"/sys/fs/bpf/{daemon.prefix}-mon") / exec_prog).unlink()  # tampering on the node
+    assert server.ctl("order", "create", node_id, "attest").returncode == 0
+    assert _wait(lambda: node().get("state") == "suspect"), node()
+    assert f"bpf prog:{exec_prog}: expected {progs[exec_prog]['tag']}, got not loaded" \
+        in node()["reason"], node()["reason"]
+
+
+def test_pin_bpf_before_any_attestation_says_what_to_do(server: Server) -> None:
+    server.token("fresh")  # the node exists, never enrolled
+    empty = server.state / "profile.json"
+    empty.write_text("{}")
+    out = server.ctl("profile", "set", "fresh", str(empty), "--pin-bpf")
+    assert out.returncode == 2 and "has not attested yet" in out.stderr, out.stderr

@@ -5,7 +5,12 @@ from __future__ import annotations
 import pytest
 
 from aegis_controller.trust import TransitionRefused, after_attestation, judge, transition
-from aegis_protocol.attestation import AttestationReport, ExpectedProfile, Measurement
+from aegis_protocol.attestation import (
+    AttestationReport,
+    ExpectedProfile,
+    Measurement,
+    bpf_summary,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -34,6 +39,22 @@ def test_judge_names_every_mismatch() -> None:
     problems = judge(_report(a="9" * 64), expected)
     assert problems == ["golden /etc/a: expected 111111111111…, got 999999999999…",
                         "golden /etc/b: expected 222222222222…, got missing from the report"]
+
+
+def test_judge_compares_bpf_program_tags_and_modes_only() -> None:
+    bpf: list[dict[str, str | int]] = [
+        {"component": "exec", "mode": "lsm"},
+        {"pin": "exec/exec_lsm", "kind": "prog", "type": 29, "tag": "aa" * 8, "name": "x"},
+        {"pin": "exec/link_exec_lsm", "kind": "link", "type": 2, "attach_type": 27}]
+    report = _report()
+    report.measurement.bpf = bpf
+    assert bpf_summary(bpf) == {"mode:exec": "lsm", "prog:exec/exec_lsm": "aa" * 8}
+    assert judge(report, ExpectedProfile(bpf=bpf_summary(bpf))) == []
+    expected = ExpectedProfile(bpf={"mode:exec": "lsm", "prog:exec/exec_lsm": "bb" * 8,
+                                    "prog:segment/xdp_segment": "cc" * 8})
+    assert judge(report, expected) == [
+        f"bpf prog:exec/exec_lsm: expected {'bb' * 8}, got {'aa' * 8}",
+        f"bpf prog:segment/xdp_segment: expected {'cc' * 8}, got not loaded"]
 
 
 def test_verdicts_move_states() -> None:

@@ -21,7 +21,7 @@ from typing import Any
 
 from aegis_protocol.events import Event
 
-from . import __version__
+from . import __version__, measure
 from .bpf.edges import EdgeSpecError
 from .bpf.monitors import ConnectMonitor, ExecMonitor
 from .bpf.segment import DropEvent, SegmentFilter
@@ -263,7 +263,25 @@ class Agent:
         if cc is None:
             return
         assert self.cfg.node_id is not None  # the config requires it with a controller
-        self.uplink = Uplink(cc, self.cfg.node_id, self.spool, self._order_handlers())
+        self.uplink = Uplink(cc, self.cfg.node_id, self.spool, self._order_handlers(),
+                             bpf_state=self.bpf_state)
+
+    def bpf_state(self) -> list[dict[str, str | int]]:
+        """The enforcement as the attestation reports it: each component with its attach
+        mode, and the programs and links pinned for it, read back from the kernel."""
+        state: list[dict[str, str | int]] = []
+        if self.segment is not None:
+            info = self.segment.attach_info()
+            mode = f"xdp/{info.xdp_mode} {info.tc_mode}" if info else "detached"
+            state.append({"component": "segment", "mode": mode})
+            state += measure.bpf_objects("segment", self.segment.pin_dir)
+        if self.execs is not None:
+            state.append({"component": "exec", "mode": self.execs.mode})
+            state += measure.bpf_objects("exec", self.execs.pin_dir)
+        if self.connects is not None:
+            state.append({"component": "connect", "mode": "cgroup"})
+            state += measure.bpf_objects("connect", self.connects.pin_dir)
+        return state
 
     async def _uplink_loop(self) -> None:
         assert self.uplink is not None and self.cfg.controller is not None

@@ -21,6 +21,8 @@ from aegis_protocol.attestation import AttestationReport, Measurement, SignedRep
 from aegis_protocol.signing import canonical, sign
 
 from . import __version__
+from .bpf import syscall
+from .bpf.syscall import BpfError
 
 GOLDEN = Path("/var/lib/aegis/golden.json")
 IMAGE_ID = Path("/etc/aegis/image-id")
@@ -59,8 +61,46 @@ def _sshd_digest() -> str | None:
     return hashlib.sha256("\n".join(sorted(out.stdout.splitlines())).encode()).hexdigest()
 
 
-def collect(golden: Path = GOLDEN, root: Path = Path("/"), *, sshd: bool = True) -> Measurement:
-    """Measure this node (``root`` lets a test measure a tree of its own)."""
+def bpf_objects(component: str, pin_dir: Path) -> list[dict[str, str | int]]:
+    """The programs and links pinned in ``pin_dir``, read back from the kernel: a program
+    by its tag (the hash of its loaded instructions), a link by its type and attach type.
+    Maps are left out (their contents are state, not code)."""
+    found: list[dict[str, str | int]] = []
+    if not pin_dir.is_dir():
+        return found
+    for path in sorted(p for p in pin_dir.iterdir() if p.is_file()):
+        try:
+            fd = syscall.obj_get(str(path))
+        except (BpfError, OSError):
+            continue
+        try:
+            kind = os.readlink(f"/proc/self/fd/{fd}")
+            pin = f"{component}/{path.name}"
+            if kind == "anon_inode:bpf-prog":
+                info = syscall.prog_info(fd)
+                found.append({"pin": pin, "kind": "prog", "type": info.type,
+                              "tag": bytes(info.tag).hex(), "name": _prog_name(info)})
+            elif kind == "anon_inode:bpf_link":
+                link = syscall.link_info(fd)
+                found.append({"pin": pin, "kind": "link", "type": link.type,
+                              "attach_type": link.attach_type})
+        except (BpfError, OSError):
+            continue
+        finally:
+            os.close(fd)
+    return found
+
+
+def _prog_name(info: syscall.ProgInfo) -> str:
+    # struct bpf_prog_info: name[16] at offset 64, i.e. 48 bytes into ProgInfo._rest
+    return bytes(info._rest[48:64]).split(b"\0", 1)[0].decode(errors="replace")
+
+
+def collect(golden: Path = GOLDEN, root: Path = Path("/"), *, sshd: bool = True,
+            bpf: list[dict[str, str | int]] | None = None) -> Measurement:
+    """Measure this node (``root`` lets a test measure a tree of its own). ``bpf``: the
+    agent's enforcement as it stands (components, modes, pinned programs); without it
+    the top-level pin names are listed."""
     try:
         record = json.loads((root / golden.relative_to("/")).read_text())
     except (OSError, ValueError):
@@ -75,7 +115,7 @@ def collect(golden: Path = GOLDEN, root: Path = Path("/"), *, sshd: bool = True)
         golden={f: sha256_file(root / f.lstrip("/")) for f in files},
         sysctl_digest=_sysctl_digest(list(record.get("sysctl", {})) if record else [], root),
         sshd_digest=_sshd_digest() if sshd and root == Path("/") else None,
-        bpf=[{"pin": p} for p in pins],
+        bpf=bpf if bpf is not None else [{"pin": p} for p in pins],
         agent_version=__version__,
     )
 

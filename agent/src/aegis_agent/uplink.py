@@ -50,6 +50,8 @@ class Uplink:
     next_try: float = 0.0
     next_attest: float = 0.0  # monotonic; 0: attest at the next tick (start)
     last: dict[str, object] = field(default_factory=dict)
+    # the agent core's enforcement state for the attestation report (daemon.bpf_state)
+    bpf_state: Callable[[], list[dict[str, str | int]]] | None = None
     _unwrapped: str | None = field(default=None, repr=False)
     _inventory_sent: str | None = None  # digest of the inventory the controller holds
 
@@ -128,7 +130,9 @@ class Uplink:
         with self._client() as c:
             nonce = c.get("/v1/attest/challenge").raise_for_status().json()["nonce"]
             report = signed_report(identity_key(self.state / "identity.key"), self.node_id,
-                                   nonce, collect(self.cfg.golden_file))
+                                   nonce, collect(self.cfg.golden_file,
+                                                  bpf=self.bpf_state() if self.bpf_state
+                                                  else None))
             verdict = c.post("/v1/attest", json=report.model_dump(mode="json"))
         if verdict.status_code != 200:
             raise UplinkError(f"attestation refused ({verdict.status_code}): "

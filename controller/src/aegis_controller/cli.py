@@ -330,10 +330,29 @@ def cmd_profile_set(args: argparse.Namespace, settings: Settings) -> int:
         raise InputError(f"{args.file}: neither an expected profile nor a golden record "
                          f"({err})") from None
     try:
-        _controller(settings).set_profile(args.node, profile, _default_actor())
+        controller = _controller(settings)
+        if args.pin_bpf:
+            profile.bpf.update(_reported_bpf(controller.node(args.node), args.node))
+        controller.set_profile(args.node, profile, _default_actor())
     except Refused as err:
         raise InputError(err.message) from None
+    if args.pin_bpf:
+        _print_json({"bpf": profile.bpf})
     return EXIT_OK
+
+
+def _reported_bpf(node: dict, node_id: str) -> dict[str, str]:
+    """The BPF programs and attach modes of the node's last attestation."""
+    from aegis_protocol.attestation import Measurement, bpf_summary
+
+    if not node.get("measurement"):
+        raise InputError(f"node {node_id!r} has not attested yet: no BPF programs to pin "
+                         "(wait for its first attestation, or leave out --pin-bpf)")
+    pinned = bpf_summary(Measurement.model_validate_json(node["measurement"]).bpf)
+    if not pinned:
+        raise InputError(f"node {node_id!r} reported no Aegis BPF programs: is its agent "
+                         "enforcing? (aegis-agent status on the node)")
+    return pinned
 
 
 def cmd_token_issue(args: argparse.Namespace, settings: Settings) -> int:
@@ -413,6 +432,10 @@ def _register_service(groups: argparse._SubParsersAction) -> None:
                           "expected profile, or the golden record the harden role wrote)")
     sp.add_argument("node")
     sp.add_argument("file")
+    sp.add_argument("--pin-bpf", action="store_true",
+                    help="also expect the BPF programs (by tag) and attach modes of the "
+                    "node's last attestation: a swapped or unloaded program then makes the "
+                    "node suspect")
     sp.set_defaults(func=cmd_profile_set)
     token = groups.add_parser("token", help="one-time bootstrap tokens")
     verbs = token.add_subparsers(dest="verb", required=True, metavar="VERB")

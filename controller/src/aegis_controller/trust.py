@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from aegis_protocol.attestation import AttestationReport, ExpectedProfile
+from aegis_protocol.attestation import AttestationReport, ExpectedProfile, bpf_summary
 
 STATES = ("provisioning", "enrolled", "trusted", "suspect", "quarantined", "rebuilding",
           "retired")
@@ -57,6 +57,11 @@ def judge(report: AttestationReport, expected: ExpectedProfile) -> list[str]:
         got = m.units.get(unit, "missing from the report")
         if got != want:
             problems.append(f"unit {unit}: expected {_short(want)}, got {_short(got)}")
+    reported = bpf_summary(m.bpf)
+    for key, want in sorted(expected.bpf.items()):
+        got = reported.get(key, "not loaded")
+        if got != want:
+            problems.append(f"bpf {key}: expected {want}, got {got}")
     for field in ("sysctl_digest", "sshd_digest", "image_id", "agent_version"):
         want = getattr(expected, field)
         if want is not None and getattr(m, field) != want:

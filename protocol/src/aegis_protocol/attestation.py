@@ -62,6 +62,24 @@ class ExpectedProfile(BaseModel):
     sshd_digest: Digest = None
     image_id: Annotated[str, Field(max_length=128)] | None = None
     agent_version: Annotated[str, Field(max_length=64)] | None = None
+    bpf: dict[Annotated[str, Field(max_length=256)], Annotated[str, Field(max_length=256)]] = \
+        Field(default_factory=dict, max_length=256,
+              description="bpf_summary() entries the node must report: each pinned "
+                          "program's tag, each enforcement component's attach mode")
+
+
+def bpf_summary(bpf: list[dict[str, str | int]]) -> dict[str, str]:
+    """The comparable part of a measurement's ``bpf`` list: ``prog:<pin>`` -> program tag
+    (the hash of the loaded instructions: a swapped program has another one) and
+    ``mode:<component>`` -> how it is attached. Links and map ids change on every load and
+    are left out."""
+    out: dict[str, str] = {}
+    for item in bpf:
+        if item.get("kind") == "prog" and "pin" in item:
+            out[f"prog:{item['pin']}"] = str(item.get("tag", ""))
+        elif "component" in item:
+            out[f"mode:{item['component']}"] = str(item.get("mode", ""))
+    return out
 
 
 GOLDEN_SCHEMA = "aegis.golden/v1"

@@ -192,7 +192,8 @@ class Controller:
             conn.execute(tables.nodes.update().where(tables.nodes.c.node_id == node_id)
                          .values(profile=profile.model_dump_json()))
         self.ledger.append(Kind.ATTESTATION, node_id,
-                           {"event": "expected_profile_set", "golden_files": len(profile.golden)},
+                           {"event": "expected_profile_set", "golden_files": len(profile.golden),
+                            "bpf_entries": len(profile.bpf)},
                            actor=actor)
         if state not in ("provisioning", "retired"):
             # an enrolled node measures against the new profile now, not at its next period
@@ -232,6 +233,9 @@ class Controller:
             raise self._refuse_report(node_id, 409, "nonce unknown, expired, for another node "
                                                     "or already used (replayed report); ask "
                                                     "for a new challenge")
+        with self.engine.begin() as conn:  # kept for operators (node show, --pin-bpf)
+            conn.execute(tables.nodes.update().where(tables.nodes.c.node_id == node_id)
+                         .values(measurement=report.measurement.model_dump_json()))
         problems = (judge(report, ExpectedProfile.model_validate_json(node["profile"]))
                     if node["profile"] else ["no expected profile is set for this node"])
         # without an expected profile there is nothing to be trusted against: the node stays

@@ -18,6 +18,7 @@ nodes = sa.Table(
     sa.Column("profile", sa.Text()),
     sa.Column("heartbeat_at", sa.BigInteger()),
     sa.Column("inventory", sa.Text()),
+    sa.Column("measurement", sa.Text()),  # the last attestation's (0003)
 )
 
 nonces = sa.Table(
