@@ -21,8 +21,10 @@ import time
 from pathlib import Path
 
 import httpx
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from aegis_protocol.events import Event, EventBatch
+from aegis_protocol.signing import public_key_text
 
 from .ledger import init_keys
 from .pki import key_pem, make_csr, new_key
@@ -49,13 +51,15 @@ def run(total: int, batch: int) -> dict[str, float]:
             if time.monotonic() > deadline or proc.poll() is not None:
                 raise SystemExit("the controller did not start")
             time.sleep(0.1)
-        token = subprocess.run([*ctl, "token", "issue", "bench1"], capture_output=True,
-                               text=True, check=True).stdout.strip()
+        token = subprocess.run([*ctl, "token", "issue", "bench1", "--no-wrap"],
+                               capture_output=True, text=True, check=True).stdout.strip()
         key = new_key()
+        identity = public_key_text(Ed25519PrivateKey.generate().public_key())
         ctx = ssl.create_default_context(cafile=state / "ca" / "ca.pem")
         with httpx.Client(base_url=url, verify=ctx) as c:
             r = c.post("/v1/enroll", json={"node_id": "bench1", "token": token,
-                                           "csr_pem": make_csr(key, "bench1").decode()})
+                                           "csr_pem": make_csr(key, "bench1").decode(),
+                                           "identity_key": identity})
             r.raise_for_status()
         (state / "node.pem").write_text(r.json()["certificate_pem"])
         (state / "node.key").write_bytes(key_pem(key))

@@ -1,0 +1,27 @@
+"""The controller benchmarks behind `./aegis bench controller` still run against the
+current API (a tiny size: behaviour, not speed; the figures come from the command)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.mark.parametrize(("module", "args", "keys"), [
+    ("aegis_controller.bench_intake", ["--events", "200", "--batch", "50"],
+     {"new_events_per_s", "duplicate_events_per_s"}),
+    ("aegis_controller.bench_ledger", ["--records", "200", "--batch", "50", "--single", "20"],
+     {"append_single_per_s", "append_batched_per_s", "verify_per_s"}),
+])
+def test_benchmark_prints_its_figures(module: str, args: list[str], keys: set[str]) -> None:
+    out = subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True,
+                         timeout=300, check=False)
+    assert out.returncode == 0, out.stderr[-3000:]
+    figures = json.loads(out.stdout.strip().splitlines()[-1])
+    assert keys <= set(figures), figures
+    assert all(figures[k] > 0 for k in keys), figures
