@@ -350,10 +350,26 @@ def _stop(proc: subprocess.Popen, grace: float = INTERRUPT_GRACE) -> None:
         return
     with contextlib.suppress(subprocess.TimeoutExpired):
         proc.wait(timeout=grace)
-    _kill_group(proc.pid)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
+    _await_group_gone(proc.pid)
 
 
 def _kill_group(pgid: int) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, signal.SIGKILL)
+    _await_group_gone(pgid)
+
+
+def _await_group_gone(pgid: int, wait: float = 5.0) -> None:
+    """Wait (up to ``wait`` s) until nothing of the group is left, so no provisioner
+    outlives a cancelled or timed-out run when the call returns. Call it only after
+    Terraform itself has been waited for (an unreaped child still counts)."""
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pgid, 0)
+        except (ProcessLookupError, PermissionError):
+            return
+        time.sleep(0.02)
