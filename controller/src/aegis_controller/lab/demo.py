@@ -1,13 +1,23 @@
-"""The main job: bring up a local fleet, reach it with Ansible, report, tear down."""
+"""The main job: bring up a local fleet, reach it with Ansible, harden it, install and enroll
+the agent until every node is trusted by the controller, report, tear down."""
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+import tempfile
 import time
+from collections.abc import Callable
+from pathlib import Path
 
 from ..terraform import TerraformEvent
+from . import controller as lab_controller
 from .fleet import REPO_ROOT, LocalFleet
 from .naming import check_size
 from .playbook import ansible_playbook, ansible_results
+from .podman import podman
+from .wheels import build_agent_wheels
 
 
 def _say(msg: str) -> None:
@@ -50,12 +60,17 @@ def run_demo(nodes: object = 3, keep: bool = False, prefix: str = "aegis") -> in
         else:
             _say("hardening play: not part of the collection yet (playbooks/harden.yml)")
 
+        if rc == 0:
+            rc = _agents(fleet, info)
+
         _say("inventory (aegis.fleet.fleet plugin):")
         for name, node in sorted(info["nodes"].items()):
             print(f"  {name:<10} {node['address']:<15} {node['mac']}  "
                   f"container={node['container']}")
         _say(f"inventory source: {fleet.inventory_file}")
     finally:
+        if not keep:
+            lab_controller.down(prefix)
         if keep:
             _say(f"keeping the fleet; tear down with: aegis-lab fleet down --prefix {prefix}")
         else:
@@ -64,3 +79,82 @@ def run_demo(nodes: object = 3, keep: bool = False, prefix: str = "aegis") -> in
         _say("timings (seconds): " + ", ".join(f"{k}={v}" for k, v in fleet.timings.steps.items())
              + f", total={time.monotonic() - started:.1f}")
     return rc
+
+
+def _agents(fleet: LocalFleet, info: dict) -> int:
+    """Controller on the bridge, the agent role on every node (one-time tokens), expected
+    profiles from each node's golden record with its BPF programs pinned; every node
+    must end up trusted."""
+    _say("controller: aegis-controller serve on the fleet bridge (mutual TLS)")
+    ctl = lab_controller.up(fleet.prefix)
+    base = [str(Path(sys.executable).with_name("aegis-controller")), "--state-dir",
+            ctl["state_dir"]]
+
+    def controller(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([*base, *args], capture_output=True, text=True, timeout=120,
+                              check=False)
+
+    _say("agent: wheelhouse for offline install (aegis-lab wheels)")
+    build_agent_wheels()
+    nodes = sorted(info["nodes"])
+    tokens = {}
+    for name in nodes:
+        out = controller("token", "issue", name, "--no-wrap")
+        if out.returncode:
+            _say(f"token issue {name} failed: {out.stderr.strip()}")
+            return 1
+        tokens[name] = out.stdout.strip()
+    gw = info["gateway"]
+    extra = {"agent_controller_url": ctl["url"],
+             "agent_controller_ca": Path(ctl["ca_file"]).read_text(),
+             "agent_bootstrap_tokens": tokens, "agent_segment_interface": "eth0",
+             "agent_edges": [f"{gw} -> any tcp/22"],
+             "agent_management_peers": [f"{gw} tcp/22", f"{gw} tcp/{ctl['port']}"],
+             "agent_interval": 2}
+    with tempfile.TemporaryDirectory(prefix="aegis-demo-") as tmp:
+        vars_file = Path(tmp) / "agent-vars.json"
+        vars_file.touch(mode=0o600)
+        vars_file.write_text(json.dumps(extra))  # holds the tokens: 0600, removed below
+        _say("agent play: playbooks/agent.yml (aegis.fleet.agent: install, enroll)")
+        t0 = time.monotonic()
+        play = ansible_playbook(fleet, REPO_ROOT / "playbooks" / "agent.yml",
+                                "-e", f"@{vars_file}")
+        fleet.timings.record("agent", time.monotonic() - t0)
+    print(play.stdout[-2000:], end="")
+    if play.returncode:
+        return 1
+    t0 = time.monotonic()
+    for name in nodes:
+        golden = Path(ctl["state_dir"]) / f"golden-{name}.json"
+        golden.write_text(podman("exec", f"{fleet.prefix}-{name}", "cat",
+                                 "/var/lib/aegis/golden.json").stdout)
+        _wait(lambda n=name: _node(controller, n).get("measurement") is not None, 60)
+        out = controller("profile", "set", name, str(golden), "--pin-bpf")
+        if out.returncode:
+            _say(f"profile set {name} failed: {out.stderr.strip()}")
+            return 1
+    _wait(lambda: all(_node(controller, n).get("state") == "trusted" for n in nodes), 90)
+    fleet.timings.record("attest_trusted", time.monotonic() - t0)
+    _say("nodes (aegis-controller nodes):")
+    states = {}
+    for name in nodes:
+        node = _node(controller, name)
+        states[name] = node.get("state")
+        print(f"  {name:<10} {node.get('state', '?'):<10} {node.get('reason', '')}")
+    verify = controller("ledger", "verify")
+    print(f"  ledger: {verify.stdout.strip().splitlines()[-1] if verify.stdout else '?'}")
+    return 0 if set(states.values()) == {"trusted"} and verify.returncode == 0 else 1
+
+
+def _node(controller: Callable[..., subprocess.CompletedProcess], name: str) -> dict:
+    out = controller("node", "show", name)
+    return json.loads(out.stdout) if out.returncode == 0 and out.stdout else {}
+
+
+def _wait(pred: Callable[[], bool], timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return True
+        time.sleep(1)
+    return False
