@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from aegis_protocol.events import Event
+from aegis_protocol.events import Event, agent_event
 
 from . import __version__, measure
 from .bpf.edges import EdgeSpecError
@@ -37,11 +37,6 @@ from .watchdog import SelfWatch
 log = logging.getLogger("aegis.agent")
 
 WATCHDOG_EXIT = 3
-
-
-def _agent_event(what: str, severity: str = "info", **data: Any) -> Event:
-    return Event(ts_ns=time.time_ns(), kind="agent", severity=severity,
-                 data={"what": what, **data})
 
 
 def cgroup_of(pid: int) -> str:
@@ -109,7 +104,7 @@ class Agent:
             self._alarm_reported = True
             st = self.spool.status()
             log.warning("spool above its high-water mark", extra={"spool": st})
-            self.spool.append([_agent_event("spool_high_water", "warning",
+            self.spool.append([agent_event("spool_high_water", "warning",
                                             used_bytes=st["used_bytes"],
                                             max_bytes=st["max_bytes"])])
         elif not self.spool.alarm:
@@ -195,7 +190,7 @@ class Agent:
             for g in sc.grants():
                 seg.grant(g.edge, g.ttl, g.idle)
         self.segment = seg
-        self.record([_agent_event("segment_attached", detail=str(info), reused=info.reused)])
+        self.record([agent_event("segment_attached", detail=str(info), reused=info.reused)])
 
     def _start_monitors(self) -> None:
         mc = self.cfg.monitors
@@ -204,15 +199,15 @@ class Agent:
             try:
                 info = mon.start()
                 self.execs = mon
-                self.record([_agent_event("exec_monitor", mode=str(info["mode"]),
+                self.record([agent_event("exec_monitor", mode=str(info["mode"]),
                                           reason=str(info["reason"]))])
             except (BpfError, OSError) as e:
-                self.record([_agent_event("exec_monitor_unavailable", "warning", error=str(e))])
+                self.record([agent_event("exec_monitor_unavailable", "warning", error=str(e))])
             for path in mc.exec_deny if self.execs else []:
                 try:
                     self.execs.deny(path)
                 except (BpfError, OSError) as e:
-                    self.record([_agent_event("exec_deny_failed", "warning", path=path,
+                    self.record([agent_event("exec_deny_failed", "warning", path=path,
                                               error=str(e))])
         if mc.connect:
             cmon = ConnectMonitor(mc.pin_dir / "connect", scope=mc.scope)
@@ -220,7 +215,7 @@ class Agent:
                 cmon.start()
                 self.connects = cmon
             except (BpfError, OSError) as e:
-                self.record([_agent_event("connect_monitor_unavailable", "warning",
+                self.record([agent_event("connect_monitor_unavailable", "warning",
                                           error=str(e))])
 
     def _add_reader(self, fd: int, fn: Any) -> None:
@@ -233,7 +228,7 @@ class Agent:
         loop = asyncio.get_running_loop()
 
         def note(what: str, **data: Any) -> None:
-            loop.call_soon_threadsafe(self.record, [_agent_event(what, "warning", **data)])
+            loop.call_soon_threadsafe(self.record, [agent_event(what, "warning", **data)])
 
         def grant(args: dict[str, Any]) -> str:
             edge = self._need_segment().grant(str(args["edge"]), args.get("ttl"), args.get("idle"))
@@ -356,17 +351,17 @@ class Agent:
     def _cmd_grant(self, a: _Args) -> Any:
         ttl, idle = a.get("ttl", (int, float), None), a.get("idle", (int, float), None)
         edge = self._need_segment().grant(a.get("edge"), ttl, idle)
-        self.record([_agent_event("grant", edge=str(edge), ttl=ttl, idle=idle)])
+        self.record([agent_event("grant", edge=str(edge), ttl=ttl, idle=idle)])
         return {"granted": str(edge)}
 
     def _cmd_revoke(self, a: _Args) -> Any:
         found = self._need_segment().revoke(a.get("edge"))
-        self.record([_agent_event("revoke", edge=a.get("edge"), found=found)])
+        self.record([agent_event("revoke", edge=a.get("edge"), found=found)])
         return {"revoked": found}
 
     def _cmd_quarantine(self, a: _Args, on: bool = True) -> Any:
         self._need_segment().quarantine(on)
-        self.record([_agent_event(a.cmd, "warning")])
+        self.record([agent_event(a.cmd, "warning")])
         return self._need_segment().policy()
 
     def _cmd_release(self, a: _Args) -> Any:
@@ -379,12 +374,12 @@ class Agent:
 
     def _cmd_deny_exec(self, a: _Args) -> Any:
         self._exec_monitor().deny(a.get("path"))
-        self.record([_agent_event(a.cmd, path=a.get("path"))])
+        self.record([agent_event(a.cmd, path=a.get("path"))])
         return {"denied": self._exec_monitor().denied()}
 
     def _cmd_allow_exec(self, a: _Args) -> Any:
         self._exec_monitor().allow(a.get("path"))
-        self.record([_agent_event(a.cmd, path=a.get("path"))])
+        self.record([agent_event(a.cmd, path=a.get("path"))])
         return {"denied": self._exec_monitor().denied()}
 
     def _cmd_events(self, a: _Args) -> Any:
@@ -418,7 +413,7 @@ class Agent:
         if self.segment:
             gone = self.segment.sweep()
             if gone:
-                self.record([_agent_event("edges_expired", edges=",".join(map(str, gone)))])
+                self.record([agent_event("edges_expired", edges=",".join(map(str, gone)))])
 
     def _check_self(self) -> None:
         r = self.watch.check()
@@ -427,7 +422,7 @@ class Agent:
         if r.over:
             log.warning("agent over its limits: %s", ", ".join(r.over),
                         extra={"watchdog": self.last_reading})
-            self.record([_agent_event("watchdog", "warning", over="; ".join(r.over))])
+            self.record([agent_event("watchdog", "warning", over="; ".join(r.over))])
         if r.fatal:
             log.error("agent over its limits for %d checks: exiting so systemd restarts it",
                       self.cfg.watchdog.grace)
@@ -439,11 +434,11 @@ class Agent:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
-        self.record([_agent_event("start", version=__version__, pid=os.getpid())])
+        self.record([agent_event("start", version=__version__, pid=os.getpid())])
         for p in self.spool.problems:
             log.error("spool segment set aside: %s (%s)", p.segment, p.reason,
                       extra={"moved_to": p.moved_to})
-            self.record([_agent_event("spool_corrupt", "critical", segment=p.segment,
+            self.record([agent_event("spool_corrupt", "critical", segment=p.segment,
                                       reason=p.reason, moved_to=p.moved_to)])
         self._start_segment()
         self._start_monitors()
@@ -484,7 +479,7 @@ class Agent:
         with contextlib.suppress(FileNotFoundError):
             self.cfg.control.socket.unlink()
         with contextlib.suppress(Exception):
-            self.record([_agent_event("stop", exit=self._exit)])
+            self.record([agent_event("stop", exit=self._exit)])
         for part in (self.segment, self.execs, self.connects):
             if part is not None:
                 part.close()

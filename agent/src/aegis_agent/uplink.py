@@ -22,7 +22,7 @@ import httpx
 from cryptography import x509
 
 from aegis_protocol.enrollment import Heartbeat, HeartbeatAck, RenewResponse, node_csr
-from aegis_protocol.events import MAX_BATCH, Event, EventBatch
+from aegis_protocol.events import MAX_BATCH, EventBatch, agent_event
 from aegis_protocol.signing import load_public_key
 
 from . import inventory
@@ -96,10 +96,8 @@ class Uplink:
         except UnwrapError as e:
             if e.spent:  # keep no useless file, and say so once
                 token_file.unlink(missing_ok=True)
-                self.spool.append([Event(ts_ns=time.time_ns(), kind="agent",
-                                         severity="critical",
-                                         data={"what": "bootstrap_unwrap_failed",
-                                               "error": str(e)})])
+                self.spool.append([agent_event("bootstrap_unwrap_failed", "critical",
+                                               error=str(e))])
             raise UplinkError(str(e)) from None
         token_file.unlink(missing_ok=True)
         return self._unwrapped

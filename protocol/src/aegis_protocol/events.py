@@ -7,6 +7,7 @@ keys events on (node_id, id).
 
 from __future__ import annotations
 
+import time
 import uuid
 from typing import Annotated, Literal
 
@@ -43,6 +44,12 @@ class Event(BaseModel):
     data: dict[Annotated[str, Field(max_length=64)], Scalar] = Field(
         default_factory=dict, max_length=64
     )
+
+
+def agent_event(what: str, severity: Severity = "info", **data: Scalar) -> Event:
+    """An event about the agent itself (kind ``agent``, ``data.what`` names it)."""
+    return Event(ts_ns=time.time_ns(), kind="agent", severity=severity,
+                 data={"what": what, **data})
 
 
 class EventBatch(BaseModel):

@@ -69,11 +69,10 @@ def run_demo(nodes: object = 3, keep: bool = False, prefix: str = "aegis") -> in
                   f"container={node['container']}")
         _say(f"inventory source: {fleet.inventory_file}")
     finally:
-        if not keep:
-            lab_controller.down(prefix)
         if keep:
             _say(f"keeping the fleet; tear down with: aegis-lab fleet down --prefix {prefix}")
         else:
+            lab_controller.down(prefix)
             _say("destroying the fleet")
             fleet.down()
         _say("timings (seconds): " + ", ".join(f"{k}={v}" for k, v in fleet.timings.steps.items())
