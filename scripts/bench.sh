@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Benchmarks that print figures (./aegis bench [fleet|harden|bpf|exec|controller]; all by default).
+# Benchmarks that print figures (./aegis bench [fleet|harden|bpf|exec|controller]; all by
+# default). Each is a module of benchmarks/ and prints through benchmarks.figures.report.
 # Targets are read from the output, never asserted by timed tests.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
@@ -7,24 +8,27 @@ cd "$repo"
 lab_env=$(.venv/bin/aegis-lab env)
 eval "$lab_env"
 which=${1:-all}
-if [ "$which" = all ] || [ "$which" = fleet ]; then
+shift || true
+run() { python -m "benchmarks.$1" "${@:2}"; }
+want() { [ "$which" = all ] || [ "$which" = "$1" ]; }
+if want fleet; then
   echo "=== fleet lifecycle (Terraform + podman nodes + Ansible over SSH)"
-  aegis-lab bench fleet
+  run fleet "$@"
 fi
-if [ "$which" = all ] || [ "$which" = harden ]; then
+if want harden; then
   echo "=== hardening: converge time, Lynis index and systemd exposure before/after"
-  aegis-lab bench harden
+  run harden "$@"
 fi
-if [ "$which" = all ] || [ "$which" = bpf ]; then
+if want bpf; then
   echo "=== eBPF segment filter: ns/packet (100,000 edges vs empty XDP), grant-to-enforce latency"
-  python -m aegis_agent.bpf.bench
+  run bpf "$@"
 fi
-if [ "$which" = all ] || [ "$which" = exec ]; then
+if want exec; then
   echo "=== agent exec monitor: exec events/s sustained, events lost, agent CPU and RSS"
-  python -m aegis_agent.bench_exec
+  run exec "$@"
 fi
-if [ "$which" = all ] || [ "$which" = controller ]; then
+if want controller; then
   echo "=== controller: ledger append/verify rates, event intake over mutual TLS"
-  python -m aegis_controller.bench_ledger
-  python -m aegis_controller.bench_intake
+  run ledger "$@"
+  run intake "$@"
 fi

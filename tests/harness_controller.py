@@ -22,6 +22,7 @@ import sqlalchemy as sa
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from aegis_controller.pki import key_pem, make_csr, new_key
+from aegis_protocol import routes
 from aegis_protocol.signing import public_key_text
 from harness import free_port
 
@@ -144,7 +145,7 @@ def new_node(server: Server, node_id: str) -> Node:
 
 def enroll(server: Server, node: Node, token: str) -> httpx.Response:
     with node.client(server) as c:
-        r = c.post("/v1/enroll", json={
+        r = c.post(routes.ENROLL, json={
             "node_id": node.node_id, "token": token, "csr_pem": node.csr,  # type: ignore[attr-defined]
             "identity_key": public_key_text(node.identity.public_key())})  # type: ignore[attr-defined]
     if r.status_code == 200:

@@ -21,6 +21,7 @@ from typing import Any
 import httpx
 from cryptography import x509
 
+from aegis_protocol import routes
 from aegis_protocol.enrollment import Heartbeat, HeartbeatAck, RenewResponse, node_csr
 from aegis_protocol.events import MAX_BATCH, EventBatch, agent_event
 from aegis_protocol.signing import load_public_key
@@ -113,7 +114,7 @@ class Uplink:
                 "csr_pem": node_csr(tls_key(self.state / "tls.key"), self.node_id),
                 "identity_key": public_key_text(ident.public_key())}
         with self._client(with_cert=False) as c:
-            r = c.post("/v1/enroll", json=body)
+            r = c.post(routes.ENROLL, json=body)
         if r.status_code != 200:
             raise UplinkError(f"enrollment refused ({r.status_code}): {r.json().get('detail')}")
         answer = r.json()
@@ -126,12 +127,12 @@ class Uplink:
 
     def attest(self) -> dict:
         with self._client() as c:
-            nonce = c.get("/v1/attest/challenge").raise_for_status().json()["nonce"]
+            nonce = c.get(routes.ATTEST_CHALLENGE).raise_for_status().json()["nonce"]
             report = signed_report(identity_key(self.state / "identity.key"), self.node_id,
                                    nonce, collect(self.cfg.golden_file,
                                                   bpf=self.bpf_state() if self.bpf_state
                                                   else None))
-            verdict = c.post("/v1/attest", json=report.model_dump(mode="json"))
+            verdict = c.post(routes.ATTEST, json=report.model_dump(mode="json"))
         if verdict.status_code != 200:
             raise UplinkError(f"attestation refused ({verdict.status_code}): "
                               f"{verdict.json().get('detail')}")
@@ -157,7 +158,7 @@ class Uplink:
         both files are replaced atomically (the old certificate stops working)."""
         key = new_tls_key()
         with self._client() as c:
-            r = c.post("/v1/certificate", json={"csr_pem": node_csr(key, self.node_id)})
+            r = c.post(routes.CERTIFICATE, json={"csr_pem": node_csr(key, self.node_id)})
         if r.status_code != 200:
             raise UplinkError(f"certificate rotation refused ({r.status_code}): "
                               f"{r.json().get('detail')}")
@@ -176,7 +177,7 @@ class Uplink:
         hb = Heartbeat(node_id=self.node_id, boot_id=_boot_id(), inventory_digest=digest,
                        inventory=inv if digest != self._inventory_sent else None)
         with self._client() as c:
-            r = c.post("/v1/heartbeat", json=hb.model_dump(mode="json")).raise_for_status()
+            r = c.post(routes.HEARTBEAT, json=hb.model_dump(mode="json")).raise_for_status()
         if hb.inventory is not None:
             self._inventory_sent = digest
         if HeartbeatAck.model_validate(r.json()).inventory_wanted:
@@ -190,7 +191,7 @@ class Uplink:
         with self._client() as c:
             while records := self.spool.read(limit=limit):
                 batch = EventBatch(node_id=self.node_id, events=[e for _s, e in records])
-                c.post("/v1/events", json=batch.model_dump(mode="json")).raise_for_status()
+                c.post(routes.EVENTS, json=batch.model_dump(mode="json")).raise_for_status()
                 self.spool.ack(records[-1][0])
                 sent += len(records)
         return sent
@@ -202,12 +203,12 @@ class Uplink:
                                  FileReplayGuard(self.state / "order-nonces.json"), self.handlers)
         done = []
         with self._client() as c:
-            pending = c.get("/v1/orders").raise_for_status().json()
+            pending = c.get(routes.ORDERS).raise_for_status().json()
         for signed in pending:
             ack = executor.execute(signed)
             # a new connection per ack: a rotate order has just replaced the certificate
             with self._client() as c:
-                c.post(f"/v1/orders/{ack.ack.order_id}/ack",
+                c.post(routes.order_ack(ack.ack.order_id),
                        json=ack.model_dump(mode="json")).raise_for_status()
                 done.append({"order_id": str(ack.ack.order_id), "status": ack.ack.status,
                              "detail": ack.ack.detail})

@@ -23,6 +23,7 @@ from pathlib import Path
 import httpx
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from aegis_protocol import routes
 from aegis_protocol.events import Event, EventBatch
 from aegis_protocol.signing import public_key_text
 
@@ -57,7 +58,7 @@ def run(total: int, batch: int) -> dict[str, float]:
         identity = public_key_text(Ed25519PrivateKey.generate().public_key())
         ctx = ssl.create_default_context(cafile=state / "ca" / "ca.pem")
         with httpx.Client(base_url=url, verify=ctx) as c:
-            r = c.post("/v1/enroll", json={"node_id": "bench1", "token": token,
+            r = c.post(routes.ENROLL, json={"node_id": "bench1", "token": token,
                                            "csr_pem": make_csr(key, "bench1").decode(),
                                            "identity_key": identity})
             r.raise_for_status()
@@ -74,7 +75,7 @@ def run(total: int, batch: int) -> dict[str, float]:
                 t0 = time.perf_counter()
                 counted = 0
                 for body in bodies:
-                    ack = c.post("/v1/events", json=body).json()
+                    ack = c.post(routes.EVENTS, json=body).json()
                     counted += ack["stored"] if label == "new" else ack["duplicates"]
                 wall = time.perf_counter() - t0
                 if counted != total:

@@ -9,6 +9,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
+from aegis_protocol import routes
 from aegis_protocol.attestation import Challenge, ExpectedProfile, SignedReport, Verdict
 from aegis_protocol.enrollment import (
     EnrollRequest,
@@ -70,56 +71,56 @@ def create_app(controller: Controller) -> FastAPI:
     Node = Annotated[str, Depends(node_identity)]
     Operator = Annotated[str, Depends(operator_identity)]
 
-    @app.post("/v1/enroll", response_model=EnrollResponse,
+    @app.post(routes.ENROLL, response_model=EnrollResponse,
               responses={403: {"description": "token refused"}})
     def enroll(req: EnrollRequest, request: Request) -> EnrollResponse:
         client = request.client
         return controller.enroll(req, f"{client.host}:{client.port}" if client else "?")
 
-    @app.post("/v1/events", response_model=EventBatchAck,
+    @app.post(routes.EVENTS, response_model=EventBatchAck,
               responses={401: {"description": "no node certificate"},
                          403: {"description": "not this node's batch"}})
     def events(batch: EventBatch, node: Node) -> EventBatchAck:
         return controller.intake(node, batch)
 
-    @app.post("/v1/certificate", response_model=RenewResponse,
+    @app.post(routes.CERTIFICATE, response_model=RenewResponse,
               responses={401: {"description": "no current node certificate"}})
     def renew(req: RenewRequest, node: Node) -> RenewResponse:
         """A new short-lived client certificate for a new key; the old one stops working."""
         return controller.renew_certificate(node, req)
 
-    @app.get("/v1/nodes/self", response_model=NodeStatus)
+    @app.get(routes.NODE_SELF, response_model=NodeStatus)
     def whoami(node: Node) -> NodeStatus:
         row = controller.node(node)
         return NodeStatus(node_id=node, state=row["state"], reason=row["reason"])
 
-    @app.get("/v1/attest/challenge", response_model=Challenge)
+    @app.get(routes.ATTEST_CHALLENGE, response_model=Challenge)
     def challenge(node: Node) -> Challenge:
         return controller.challenge(node)
 
-    @app.post("/v1/attest", response_model=Verdict,
+    @app.post(routes.ATTEST, response_model=Verdict,
               responses={403: {"description": "forged or tampered report"},
                          409: {"description": "replayed or unknown nonce"}})
     def attest(report: SignedReport, node: Node) -> Verdict:
         return controller.attest(node, report)
 
-    @app.post("/v1/heartbeat")
+    @app.post(routes.HEARTBEAT)
     def heartbeat(hb: Heartbeat, node: Node) -> HeartbeatAck:
         return controller.heartbeat(node, hb)
 
-    @app.put("/v1/nodes/{node_id}/profile", status_code=204)
+    @app.put(routes.NODE_PROFILE, status_code=204)
     def set_profile(node_id: str, profile: ExpectedProfile, operator: Operator) -> None:
         controller.set_profile(node_id, profile, operator)
 
-    @app.post("/v1/orders", response_model=SignedOrder, status_code=201)
+    @app.post(routes.ORDERS, response_model=SignedOrder, status_code=201)
     def create_order(req: OrderRequest, operator: Operator) -> SignedOrder:
         return controller.create_order(req.node_id, req.kind, req.args, operator, req.lifetime)
 
-    @app.get("/v1/orders", response_model=list[SignedOrder])
+    @app.get(routes.ORDERS, response_model=list[SignedOrder])
     def my_orders(node: Node) -> list[SignedOrder]:
         return controller.pending_orders(node)
 
-    @app.post("/v1/orders/{order_id}/ack")
+    @app.post(routes.ORDER_ACK)
     def ack_order(order_id: str, ack: SignedAck, node: Node) -> dict:
         return controller.acknowledge(node, order_id, ack)
 
