@@ -1,5 +1,9 @@
 """The BPF filesystem: where pins live. Mounted at /sys/fs/bpf when missing (this
-machine's kernel does not mount it by default)."""
+machine's kernel does not mount it by default).
+
+``PIN_ROOT`` is the one definition of where the agent pins: every component's default
+pin directory (segment, exec, connect), the attestation's pin listing and the agent
+config's defaults derive from it."""
 
 from __future__ import annotations
 
@@ -10,6 +14,7 @@ from pathlib import Path
 from .syscall import BpfError, _libc
 
 BPFFS = Path("/sys/fs/bpf")
+PIN_ROOT = BPFFS / "aegis"
 
 
 def bpffs_mounts() -> list[Path]:
