@@ -1,4 +1,4 @@
-"""The BPF filesystem: where pins live. Mounted at /sys/fs/bpf when missing (this
+"""The BPF filesystem: where pins live. Mounted at ``BPFFS`` when missing (this
 machine's kernel does not mount it by default).
 
 ``PIN_ROOT`` is the one definition of where the agent pins: every component's default
@@ -27,7 +27,7 @@ def bpffs_mounts() -> list[Path]:
 
 
 def ensure_bpffs(path: Path = BPFFS) -> None:
-    """Make sure ``path`` is on a bpffs; mount one at /sys/fs/bpf when none is."""
+    """Make sure ``path`` is on a bpffs; mount one at ``BPFFS`` when none is."""
     mounts = bpffs_mounts()
     if any(path == m or m in path.parents for m in mounts):
         return
