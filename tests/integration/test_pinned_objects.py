@@ -68,3 +68,13 @@ def test_reopen_with_another_map_size_names_the_map(pinned, cls: type[PinnedObje
     assert "expected" in msg and "detach and re-attach" in msg
     assert not obj.is_open  # nothing half-open is left behind
     assert obj.pin(name).exists()  # and the pins (enforcement) are untouched
+
+
+def test_attestation_reads_each_pinned_program_by_name_and_tag(pinned) -> None:
+    """measure.bpf_objects reads struct bpf_prog_info's name through ProgInfo.name."""
+    from aegis_agent import measure
+
+    progs = [o for o in measure.bpf_objects("segment", pinned[SegmentFilter].pin_dir)
+             if o["kind"] == "prog"]
+    assert sorted(o["name"] for o in progs) == sorted(SegmentFilter.PROGRAMS)
+    assert all(len(str(o["tag"])) == 16 for o in progs)
