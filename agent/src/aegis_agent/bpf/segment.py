@@ -333,22 +333,19 @@ class SegmentFilter(PinnedObject):
         self.remove()
 
     # -- maps --------------------------------------------------------------------------
-    def _fd(self, name: str) -> int:
-        return self.map_fd(name)
-
     def _attach_state(self) -> AttachState:
-        raw = syscall.map_lookup(self._fd(MAP_SEG_ATTACH), bytes(4), layout.ATTACH.size)
+        raw = syscall.map_lookup(self.map_fd(MAP_SEG_ATTACH), bytes(4), layout.ATTACH.size)
         return AttachState.unpack(raw or bytes(layout.ATTACH.size))
 
     def _write_attach_state(self, state: AttachState) -> None:
-        syscall.map_update(self._fd(MAP_SEG_ATTACH), bytes(4), state.pack())
+        syscall.map_update(self.map_fd(MAP_SEG_ATTACH), bytes(4), state.pack())
 
     def config(self) -> Config:
-        raw = syscall.map_lookup(self._fd(MAP_SEG_CONFIG), bytes(4), layout.CONFIG.size)
+        raw = syscall.map_lookup(self.map_fd(MAP_SEG_CONFIG), bytes(4), layout.CONFIG.size)
         return Config.unpack(raw or bytes(layout.CONFIG.size))
 
     def _write_config(self, cfg: Config) -> None:
-        syscall.map_update(self._fd(MAP_SEG_CONFIG), bytes(4), cfg.pack())
+        syscall.map_update(self.map_fd(MAP_SEG_CONFIG), bytes(4), cfg.pack())
 
     def set_mode(self, mode: str) -> None:
         """'enforce' drops; 'observe' passes everything and reports would-be drops."""
@@ -378,7 +375,7 @@ class SegmentFilter(PinnedObject):
         """Cut everything except ``management`` peers (both directions). None keeps the
         current list; the list is installed before the switch flips."""
         peers = None if management is None else [Peer.parse(p) for p in management]
-        fd = self._fd(MAP_SEG_MGMT)
+        fd = self.map_fd(MAP_SEG_MGMT)
         if peers is not None:
             wanted = {p.key() for p in peers}
             for key in list(syscall.map_keys(fd, layout.SEGMENT_MAPS[MAP_SEG_MGMT].key_size)):
@@ -391,7 +388,7 @@ class SegmentFilter(PinnedObject):
         self._write_config(cfg)
 
     def management(self) -> list[Peer]:
-        fd = self._fd(MAP_SEG_MGMT)
+        fd = self.map_fd(MAP_SEG_MGMT)
         peers = []
         for key in syscall.map_keys(fd, layout.SEGMENT_MAPS[MAP_SEG_MGMT].key_size):
             (plen,) = layout.MGMT_KEY.unpack(key[:layout.MGMT_KEY.size])
@@ -418,7 +415,7 @@ class SegmentFilter(PinnedObject):
         e = Edge.parse(edge)
         value = self._edge_value(ttl, idle, time.monotonic_ns())
         self._add_kinds(e.kind)
-        syscall.map_update(self._fd(_edge_map(e)), e.key(),
+        syscall.map_update(self.map_fd(_edge_map(e)), e.key(),
                            value)
         return e
 
@@ -434,7 +431,7 @@ class SegmentFilter(PinnedObject):
         done = 0
         for lpm in (False, True):
             group = [e for e in parsed if e.in_lpm == lpm]
-            fd = self._fd(MAP_SEG_EDGES_LPM if lpm else MAP_SEG_EDGES)
+            fd = self.map_fd(MAP_SEG_EDGES_LPM if lpm else MAP_SEG_EDGES)
             for i in range(0, len(group), chunk):
                 part = group[i:i + chunk]
                 done += syscall.map_update_batch(fd, b"".join(e.key() for e in part),
@@ -444,7 +441,7 @@ class SegmentFilter(PinnedObject):
     def revoke(self, edge: str | Edge) -> bool:
         """Remove ``edge``; False when it was not granted."""
         e = Edge.parse(edge)
-        return syscall.map_delete(self._fd(_edge_map(e)),
+        return syscall.map_delete(self.map_fd(_edge_map(e)),
                                   e.key())
 
     def set_edge_times(self, edge: str | Edge, *, expires_ns: int | None = None,
@@ -452,7 +449,7 @@ class SegmentFilter(PinnedObject):
         """Test hook: rewrite an edge's absolute expiry / last-seen (CLOCK_MONOTONIC ns),
         so tests of expiry and idle timeouts need not wait. No product code calls it."""
         e = Edge.parse(edge)
-        fd = self._fd(_edge_map(e))
+        fd = self.map_fd(_edge_map(e))
         raw = syscall.map_lookup(fd, e.key(), layout.EDGE_VAL.size)
         if raw is None:
             raise EdgeSpecError(f"edge {e} is not granted")
@@ -465,7 +462,7 @@ class SegmentFilter(PinnedObject):
     def edges(self) -> list[EdgeState]:
         out = []
         for name, lpm in ((MAP_SEG_EDGES, False), (MAP_SEG_EDGES_LPM, True)):
-            fd = self._fd(name)
+            fd = self.map_fd(name)
             ksize = layout.SEGMENT_MAPS[name].key_size
             for key in list(syscall.map_keys(fd, ksize)):
                 raw = syscall.map_lookup(fd, key, layout.EDGE_VAL.size)
