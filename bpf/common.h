@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: GPL-2.0 */
-/* What every Aegis monitor program shares: the per-CPU stats map, counting into it,
- * and reserving a ring-buffer record (a full ring counts as ST_LOST).
+/* What every Aegis monitor program shares: its ring buffer and per-CPU stats map,
+ * counting into it, and reserving a ring-buffer record (a full ring counts as ST_LOST).
  *
  * The stats slots are mirrored by agent/src/aegis_agent/bpf/layout.py (MONITOR_STATS).
  */
@@ -15,6 +15,12 @@ enum aegis_stat { ST_EVENTS = 0, ST_LOST, ST_DENIED, N_STATS };
 		__uint(max_entries, slots);                                             \
 		__type(key, __u32);                                                     \
 		__type(value, __u64);                                                   \
+	} name SEC(".maps")
+
+#define AEGIS_RING_MAP(name, bytes)                                                   \
+	struct {                                                                        \
+		__uint(type, BPF_MAP_TYPE_RINGBUF);                                     \
+		__uint(max_entries, bytes);                                             \
 	} name SEC(".maps")
 
 /* Add one to ``slot`` of a per-CPU array of __u64 counters. */

@@ -25,10 +25,7 @@
 #define TCP_CLOSE_STATE 7
 #define TCP_SYN_SENT_STATE 2
 
-struct {
-	__uint(type, BPF_MAP_TYPE_RINGBUF);
-	__uint(max_entries, 512 * 1024);
-} connect_events SEC(".maps");
+AEGIS_RING_MAP(connect_events, 512 * 1024);
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);

@@ -23,10 +23,7 @@
 #define SIGKILL 9
 #define EPERM 1
 
-struct {
-	__uint(type, BPF_MAP_TYPE_RINGBUF);
-	__uint(max_entries, 1024 * 1024);
-} exec_events SEC(".maps");
+AEGIS_RING_MAP(exec_events, 1024 * 1024);
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
