@@ -9,78 +9,41 @@
  *                  the destination is on the management allow-list; each refusal is an
  *                  event.
  *
- * Layouts are mirrored by agent/src/aegis_agent/bpf/monitors.py.
+ * Records are in connect.h, shared with agent/src/aegis_agent/bpf/layout.py.
  */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_tracing.h>
 #include <bpf/bpf_core_read.h>
-#include "scope.h"
 #include <bpf/bpf_endian.h>
+#include "scope.h"
+#include "common.h"
+#include "connect.h"
 
 #define AF_INET 2
 #define AF_INET6 10
 #define TCP_CLOSE_STATE 7
 #define TCP_SYN_SENT_STATE 2
-#define CONNECT_DENIED 1
 
-enum connect_stat { ST_EVENTS = 0, ST_LOST, ST_DENIED, N_STATS };
-
-struct connect_event {
-	__u64 ktime_ns;
-	__u64 cgroup_id;
-	__u32 pid;
-	__u32 uid;
-	__u32 family;
-	__u32 proto;
-	__u32 dport; /* host order */
-	__u32 flags;
-	__u8 daddr[16];
-	char comm[16];
-};
-
-/* A management destination allowed out of a quarantined cgroup: IPv4-mapped or
- * IPv6 address and port (0: any port). */
-struct mgmt_key {
-	__u8 addr[16];
-	__u32 port;
-};
-
-struct {
-	__uint(type, BPF_MAP_TYPE_RINGBUF);
-	__uint(max_entries, 512 * 1024);
-} connect_events SEC(".maps");
+AEGIS_RING_MAP(connect_events, 512 * 1024);
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 1024);
-	__type(key, struct mgmt_key);
+	__type(key, struct connect_mgmt_key);
 	__type(value, __u32);
 } connect_mgmt SEC(".maps");
 
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, N_STATS);
-	__type(key, __u32);
-	__type(value, __u64);
-} connect_stats SEC(".maps");
+AEGIS_STATS_MAP(connect_stats, N_STATS);
 
 AEGIS_SCOPE_MAP(connect_scope);
 
-static __always_inline void count(__u32 slot)
-{
-	__u64 *v = bpf_map_lookup_elem(&connect_stats, &slot);
-	if (v)
-		*v += 1;
-}
-
 static __always_inline struct connect_event *reserve(__u32 tgid)
 {
-	struct connect_event *e = bpf_ringbuf_reserve(&connect_events, sizeof(*e), 0);
-	if (!e) {
-		count(ST_LOST);
+	struct connect_event *e = aegis_reserve(&connect_events, &connect_stats, sizeof(*e),
+						ST_LOST);
+	if (!e)
 		return NULL;
-	}
 	__builtin_memset(e, 0, sizeof(*e));
 	e->ktime_ns = bpf_ktime_get_ns();
 	e->pid = tgid;
@@ -121,11 +84,11 @@ int BPF_PROG(connect_trace, const struct sock *sk, const int oldstate, const int
 	else
 		BPF_CORE_READ_INTO(&e->daddr, sk, __sk_common.skc_v6_daddr.in6_u.u6_addr8);
 	bpf_ringbuf_submit(e, 0);
-	count(ST_EVENTS);
+	aegis_count(&connect_stats, ST_EVENTS);
 	return 0;
 }
 
-static __always_inline int decide(struct bpf_sock_addr *ctx, struct mgmt_key *key)
+static __always_inline int decide(struct bpf_sock_addr *ctx, struct connect_mgmt_key *key)
 {
 	__u32 any = key->port;
 
@@ -135,7 +98,7 @@ static __always_inline int decide(struct bpf_sock_addr *ctx, struct mgmt_key *ke
 	if (bpf_map_lookup_elem(&connect_mgmt, key))
 		return 1;
 	key->port = any;
-	count(ST_DENIED);
+	aegis_count(&connect_stats, ST_DENIED);
 	/* attached to the quarantined cgroup itself: already in scope; pids as the
 	 * host sees them (this hook has no PID-namespace helper) */
 	struct connect_event *e = reserve(bpf_get_current_pid_tgid() >> 32);
@@ -153,7 +116,7 @@ static __always_inline int decide(struct bpf_sock_addr *ctx, struct mgmt_key *ke
 SEC("cgroup/connect4")
 int connect4(struct bpf_sock_addr *ctx)
 {
-	struct mgmt_key key = {};
+	struct connect_mgmt_key key = {};
 
 	mapped4(key.addr, ctx->user_ip4);
 	key.port = bpf_ntohs(ctx->user_port);
@@ -163,7 +126,7 @@ int connect4(struct bpf_sock_addr *ctx)
 SEC("cgroup/connect6")
 int connect6(struct bpf_sock_addr *ctx)
 {
-	struct mgmt_key key = {};
+	struct connect_mgmt_key key = {};
 
 	__u32 w0 = ctx->user_ip6[0], w1 = ctx->user_ip6[1], w2 = ctx->user_ip6[2],
 	      w3 = ctx->user_ip6[3];

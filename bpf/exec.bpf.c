@@ -10,45 +10,20 @@
  *               loader tries it first and falls back to SIGKILL, reporting which mode
  *               is active.
  *
- * Layouts are mirrored by agent/src/aegis_agent/bpf/monitors.py.
+ * Records are in exec.h, shared with agent/src/aegis_agent/bpf/layout.py.
  */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_tracing.h>
 #include <bpf/bpf_core_read.h>
 #include "scope.h"
+#include "common.h"
+#include "exec.h"
 
 #define SIGKILL 9
 #define EPERM 1
-#define EXEC_DENIED 1
-#define EXEC_LSM 2
-#define FILENAME_LEN 256
 
-enum exec_stat { ST_EVENTS = 0, ST_LOST, ST_DENIED, N_STATS };
-
-struct exec_key {
-	__u64 dev; /* kernel encoding: major << 20 | minor */
-	__u64 ino;
-};
-
-struct exec_event {
-	__u64 ktime_ns;
-	__u64 ino;
-	__u64 dev;
-	__u32 pid;
-	__u32 ppid;
-	__u32 uid;
-	__u32 gid;
-	__u32 flags;
-	__u32 _pad;
-	char comm[16];
-	char filename[FILENAME_LEN];
-};
-
-struct {
-	__uint(type, BPF_MAP_TYPE_RINGBUF);
-	__uint(max_entries, 1024 * 1024);
-} exec_events SEC(".maps");
+AEGIS_RING_MAP(exec_events, 1024 * 1024);
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -57,21 +32,9 @@ struct {
 	__type(value, __u32);
 } exec_deny SEC(".maps");
 
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, N_STATS);
-	__type(key, __u32);
-	__type(value, __u64);
-} exec_stats SEC(".maps");
+AEGIS_STATS_MAP(exec_stats, N_STATS);
 
 AEGIS_SCOPE_MAP(exec_scope);
-
-static __always_inline void count(__u32 slot)
-{
-	__u64 *v = bpf_map_lookup_elem(&exec_stats, &slot);
-	if (v)
-		*v += 1;
-}
 
 static __always_inline int denied(struct linux_binprm *bprm, struct exec_key *key)
 {
@@ -84,11 +47,9 @@ static __always_inline int denied(struct linux_binprm *bprm, struct exec_key *ke
 static __always_inline void report(struct task_struct *task, struct linux_binprm *bprm,
 				   struct exec_key *key, __u32 flags, __u32 tgid)
 {
-	struct exec_event *e = bpf_ringbuf_reserve(&exec_events, sizeof(*e), 0);
-	if (!e) {
-		count(ST_LOST);
+	struct exec_event *e = aegis_reserve(&exec_events, &exec_stats, sizeof(*e), ST_LOST);
+	if (!e)
 		return;
-	}
 	__u64 ugid = bpf_get_current_uid_gid();
 	e->ktime_ns = bpf_ktime_get_ns();
 	e->ino = key->ino;
@@ -103,7 +64,7 @@ static __always_inline void report(struct task_struct *task, struct linux_binprm
 	bpf_get_current_comm(e->comm, sizeof(e->comm));
 	bpf_probe_read_kernel_str(e->filename, sizeof(e->filename), BPF_CORE_READ(bprm, filename));
 	bpf_ringbuf_submit(e, 0);
-	count(ST_EVENTS);
+	aegis_count(&exec_stats, ST_EVENTS);
 }
 
 SEC("tp_btf/sched_process_exec")
@@ -116,7 +77,7 @@ int BPF_PROG(exec_trace, struct task_struct *task, pid_t old_pid, struct linux_b
 		return 0;
 	if (denied(bprm, &key)) {
 		bpf_send_signal(SIGKILL);
-		count(ST_DENIED);
+		aegis_count(&exec_stats, ST_DENIED);
 		flags |= EXEC_DENIED;
 	}
 	report(task, bprm, &key, flags, tgid);
@@ -133,7 +94,7 @@ int BPF_PROG(exec_lsm, struct linux_binprm *bprm, int ret)
 		return ret;
 	if (!denied(bprm, &key))
 		return 0;
-	count(ST_DENIED);
+	aegis_count(&exec_stats, ST_DENIED);
 	report(bpf_get_current_task_btf(), bprm, &key, EXEC_DENIED | EXEC_LSM, tgid);
 	return -EPERM;
 }

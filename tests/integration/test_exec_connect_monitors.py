@@ -1,4 +1,5 @@
-"""The exec and connect monitors on the real kernel.
+"""The exec and connect monitors on the real kernel, their records read as the agent's
+protocol events (``aegis_agent.events``).
 
 The exec monitor sees every exec on the host, so its deny set only ever holds copies of
 binaries that this test made in its own temporary directory (a unique inode), and the
@@ -22,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from aegis_agent.bpf.monitors import ConnectMonitor, ExecMonitor, MonitorError
+from aegis_agent.events import from_record
 from conftest import sub_prefix
 
 pytestmark = pytest.mark.integration
@@ -83,7 +85,7 @@ def cgroup(prefix: str) -> Iterator[Path]:
 def _events_for(mon: ExecMonitor | ConnectMonitor, pred, tries: int = 20) -> list:
     found = []
     for _ in range(tries):
-        found += [e for e in mon.wait(0.1) if pred(e)]
+        found += [e for e in map(from_record, mon.wait(0.1)) if pred(e)]
         if found:
             return found
     return found
@@ -128,6 +130,7 @@ def test_exec_events_carry_pid_ppid_uid_and_file(execs: ExecMonitor, workdir: Pa
 _SCOPED_CHILD = """
 import json, os, shutil, subprocess, sys, time
 from aegis_agent.bpf.monitors import ExecMonitor
+from aegis_agent.events import from_record
 pin, workdir = sys.argv[1], sys.argv[2]
 mon = ExecMonitor(pin)  # scope "auto": this process is in its own PID namespace
 info = mon.start()
@@ -139,7 +142,7 @@ try:
     time.sleep(0.2)
     events = []
     for _ in range(10):
-        events += [e.model_dump(mode="json") for e in mon.wait(0.1)]
+        events += [from_record(r).model_dump(mode="json") for r in mon.wait(0.1)]
     print(json.dumps({"events": events, "inside_pid": inside.returncode,
                       "me": os.getpid()}), flush=True)
 finally:

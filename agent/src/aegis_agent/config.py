@@ -21,6 +21,7 @@ from pydantic import (
 
 from aegis_protocol.events import EventKind, Scalar
 
+from .bpf.bpffs import PIN_ROOT
 from .bpf.edges import Edge, EdgeSpecError
 
 DEFAULT_PATH = Path("/etc/aegis/agent.yaml")
@@ -56,7 +57,7 @@ class EdgeGrant(_Strict):
 
 class SegmentConfig(_Strict):
     interface: str | None = Field(None, description="no interface: no segmentation")
-    pin_dir: Path = Path("/sys/fs/bpf/aegis/segment")
+    pin_dir: Path = PIN_ROOT / "segment"
     xdp_mode: Literal["native", "generic", "auto"] = "auto"
     tc_mode: Literal["tcx", "clsact", "auto"] = "auto"
     mode: Literal["enforce", "observe"] = "enforce"
@@ -81,7 +82,7 @@ class MonitorConfig(_Strict):
     exec: bool = True
     connect: bool = True
     exec_deny: list[str] = Field(default_factory=list)
-    pin_dir: Path = Path("/sys/fs/bpf/aegis")
+    pin_dir: Path = PIN_ROOT
     lsm: bool = True
     scope: Literal["auto", "host", "namespace"] = Field(
         "auto", description="host: every process on the kernel; namespace: only the agent's "

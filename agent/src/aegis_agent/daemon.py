@@ -24,10 +24,13 @@ from aegis_protocol.events import Event, agent_event
 from . import __version__, measure
 from .bpf.edges import EdgeSpecError
 from .bpf.monitors import ConnectMonitor, ExecMonitor
-from .bpf.segment import DropEvent, SegmentFilter
+from .bpf.pinned import PinnedObject
+from .bpf.ring import RingReader
+from .bpf.segment import SegmentFilter
 from .bpf.syscall import BpfError
 from .config import AgentConfig
 from .control import MAX_LINE, parse_request, peer_uid
+from .events import Record, from_record
 from .notify import notify, watchdog_interval
 from .policy import Decision, Policy
 from .spool import Spool
@@ -145,36 +148,20 @@ class Agent:
             return "node quarantined (management path only)"
         return "no segment filter configured: cannot quarantine the node"
 
-    def _drop_event(self, d: DropEvent) -> Event:
-        return Event(ts_ns=d.ts_ns + self.offset_ns, kind="drop",
-                     severity="info" if d.observed else "notice",
-                     data={"src": str(d.src), "dst": str(d.dst), "sport": d.sport,
-                           "dport": d.dport, "proto": d.proto, "verdict": d.verdict,
-                           "direction": d.direction, "observed": d.observed,
-                           "ifindex": d.ifindex})
-
     # A kernel ring buffer is the only copy of an event until the agent writes it out, and
     # libbpf moves the ring's consumer position past each record right after its callback.
-    # So the callbacks (sinks) write each event to the spool file at once: kill -9 at any
-    # point loses nothing (the page cache survives the process); the drain then fsyncs
-    # the batch and runs the policy on it.
-    def _spool_unsynced(self, event: Event) -> None:
-        self.spool.append([event], sync=False)
-
-    def _segment_sink(self, drop: DropEvent) -> None:
-        event = self._drop_event(drop)
+    # So the sink writes each event to the spool file at once: kill -9 at any point loses
+    # nothing (the page cache survives the process); the drain then fsyncs the batch and
+    # runs the policy on it. One sink and one drain serve segment, exec and connect.
+    def _sink(self, record: Record) -> None:
+        event = from_record(record, self.offset_ns)
         self.spool.append([event], sync=False)
         self._written.append(event)
 
-    def _drain_segment(self) -> None:
-        assert self.segment is not None
-        for _ in self.segment.events(0):
-            pass
+    def _drain(self, reader: RingReader[Record]) -> None:
+        reader.drain()
         events, self._written = self._written, []
         self.record(events, written=True)
-
-    def _drain_monitor(self, mon: ExecMonitor | ConnectMonitor) -> None:
-        self.record(mon.consume(), written=True)
 
     # -- set-up -------------------------------------------------------------------------------
     def _start_segment(self) -> None:
@@ -218,9 +205,11 @@ class Agent:
                 self.record([agent_event("connect_monitor_unavailable", "warning",
                                           error=str(e))])
 
-    def _add_reader(self, fd: int, fn: Any) -> None:
-        asyncio.get_running_loop().add_reader(fd, fn)
-        self._readers.append(fd)
+    def _add_reader(self, part: PinnedObject) -> None:
+        """Drain ``part``'s ring buffer into the spool whenever records wait."""
+        reader = part.reader(self._sink)
+        asyncio.get_running_loop().add_reader(reader.fileno(), self._drain, reader)
+        self._readers.append(reader.fileno())
 
     # -- controller link ------------------------------------------------------------------------
     def _order_handlers(self) -> dict[str, Any]:
@@ -442,13 +431,9 @@ class Agent:
                                       reason=p.reason, moved_to=p.moved_to)])
         self._start_segment()
         self._start_monitors()
-        if self.segment:
-            self.segment.sink = self._segment_sink
-            self._add_reader(self.segment.fileno(), self._drain_segment)
-        for mon in (self.execs, self.connects):
-            if mon is not None:
-                mon.sink = self._spool_unsynced
-                self._add_reader(mon.fileno(), lambda m=mon: self._drain_monitor(m))
+        for part in (self.segment, self.execs, self.connects):
+            if part is not None:
+                self._add_reader(part)
         await self._serve()
         self._start_uplink()
         tasks = [asyncio.create_task(self._every(self.cfg.segment.sweep_interval, self._sweep)),

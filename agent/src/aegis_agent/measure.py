@@ -22,11 +22,11 @@ from aegis_protocol.signing import canonical, sign
 
 from . import __version__
 from .bpf import syscall
+from .bpf.bpffs import PIN_ROOT
 from .bpf.syscall import BpfError
 
 GOLDEN = Path("/var/lib/aegis/golden.json")
 IMAGE_ID = Path("/etc/aegis/image-id")
-BPF_PINS = Path("/sys/fs/bpf/aegis")
 
 
 def sha256_file(path: Path) -> str | None:
@@ -79,7 +79,7 @@ def bpf_objects(component: str, pin_dir: Path) -> list[dict[str, str | int]]:
             if kind == "anon_inode:bpf-prog":
                 info = syscall.prog_info(fd)
                 found.append({"pin": pin, "kind": "prog", "type": info.type,
-                              "tag": bytes(info.tag).hex(), "name": _prog_name(info)})
+                              "tag": bytes(info.tag).hex(), "name": info.prog_name})
             elif kind == "anon_inode:bpf_link":
                 link = syscall.link_info(fd)
                 found.append({"pin": pin, "kind": "link", "type": link.type,
@@ -89,11 +89,6 @@ def bpf_objects(component: str, pin_dir: Path) -> list[dict[str, str | int]]:
         finally:
             os.close(fd)
     return found
-
-
-def _prog_name(info: syscall.ProgInfo) -> str:
-    # struct bpf_prog_info: name[16] at offset 64, i.e. 48 bytes into ProgInfo._rest
-    return bytes(info._rest[48:64]).split(b"\0", 1)[0].decode(errors="replace")
 
 
 def collect(golden: Path = GOLDEN, root: Path = Path("/"), *, sshd: bool = True,
@@ -106,8 +101,8 @@ def collect(golden: Path = GOLDEN, root: Path = Path("/"), *, sshd: bool = True,
     except (OSError, ValueError):
         record = {}
     files = sorted(record.get("files", {})) if isinstance(record, dict) else []
-    pins = (sorted(p.name for p in BPF_PINS.iterdir())
-            if root == Path("/") and BPF_PINS.is_dir() else [])
+    pins = (sorted(p.name for p in PIN_ROOT.iterdir())
+            if root == Path("/") and PIN_ROOT.is_dir() else [])
     return Measurement(
         kernel_release=os.uname().release,
         boot_id=_read(root / "proc/sys/kernel/random/boot_id"),

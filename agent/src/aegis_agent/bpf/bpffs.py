@@ -1,5 +1,9 @@
-"""The BPF filesystem: where pins live. Mounted at /sys/fs/bpf when missing (this
-machine's kernel does not mount it by default)."""
+"""The BPF filesystem: where pins live. Mounted at ``BPFFS`` when missing (this
+machine's kernel does not mount it by default).
+
+``PIN_ROOT`` is the one definition of where the agent pins: every component's default
+pin directory (segment, exec, connect), the attestation's pin listing and the agent
+config's defaults derive from it."""
 
 from __future__ import annotations
 
@@ -10,6 +14,7 @@ from pathlib import Path
 from .syscall import BpfError, _libc
 
 BPFFS = Path("/sys/fs/bpf")
+PIN_ROOT = BPFFS / "aegis"
 
 
 def bpffs_mounts() -> list[Path]:
@@ -22,7 +27,7 @@ def bpffs_mounts() -> list[Path]:
 
 
 def ensure_bpffs(path: Path = BPFFS) -> None:
-    """Make sure ``path`` is on a bpffs; mount one at /sys/fs/bpf when none is."""
+    """Make sure ``path`` is on a bpffs; mount one at ``BPFFS`` when none is."""
     mounts = bpffs_mounts()
     if any(path == m or m in path.parents for m in mounts):
         return

@@ -15,9 +15,7 @@ import ipaddress
 from dataclasses import dataclass
 
 from . import layout
-
-PROTOS = {"tcp": 6, "udp": 17, "icmp": 1}
-PROTO_NAMES = {v: k for k, v in PROTOS.items()}
+from .layout import PROTO_NAMES, PROTOS
 
 EDGE_HELP = (
     "write an edge as 'SOURCE -> DESTINATION PROTO/PORT', e.g. "
@@ -179,7 +177,7 @@ class Peer:
         return cls(net, proto, port)
 
     def key(self) -> bytes:
-        return (layout.EDGE_LPM_KEY.pack(layout.MGMT_EXACT_BITS + self.net.prefixlen)
+        return (layout.MGMT_KEY.pack(layout.MGMT_EXACT_BITS + self.net.prefixlen)
                 + layout.MGMT_DATA.pack(self.proto, self.port, int(self.net.network_address)))
 
     def __str__(self) -> str:

@@ -1,16 +1,98 @@
-"""Binary layouts of segment.bpf.c's maps and events, defined once for the loader.
+"""Every kernel struct, map name and program name the loader shares with bpf/*.bpf.c.
 
-Addresses and ports are kept in network byte order, as the kernel reads them off the
-wire; the loader checks each map's key and value size against these at open time.
+The C side declares the same structs once in ``bpf/segment.h``, ``bpf/exec.h``,
+``bpf/connect.h`` and ``bpf/scope.h``. Each Python mirror here is a :class:`CStruct`
+that names its fields, so ``tests/unit/test_bpf_layout.py`` compiles a file of
+``sizeof``/``offsetof`` assertions from them against those headers: a drift fails the
+build of that test, not a node. Map names and sizes are declared per object
+(``SEGMENT_MAPS``, ``EXEC_MAPS``, ``CONNECT_MAPS``) and checked against the pinned maps
+whenever they are re-opened (``pinned.PinnedObject.open``).
+
+Addresses and ports of the segment filter are kept in network byte order, as the kernel
+reads them off the wire. Decoded ring records (``DropRecord``, ``ExecRecord``,
+``ConnectRecord``) are plain data: turning them into protocol events is the agent's job
+(``aegis_agent.events``), not this package's.
 """
 
 from __future__ import annotations
 
+import ipaddress
+import os
 import struct
 from dataclasses import dataclass
 from enum import IntEnum
 
 
+class CStruct(struct.Struct):
+    """A ``struct.Struct`` built from named fields of one C struct (``c_name``).
+
+    ``fields``: (name, format) pairs in order; a name starting with ``_`` is padding
+    (still checked). ``at``: the offset of the first field inside the C struct, for a
+    mirror that covers only part of it (``whole=False``: sizeof is not compared)."""
+
+    def __init__(self, c_name: str, order: str, fields: list[tuple[str, str]], *,
+                 at: int = 0, whole: bool = True) -> None:
+        super().__init__(order + "".join(f for _, f in fields))
+        self.c_name = c_name
+        self.fields = fields
+        self.at = at
+        self.whole = whole
+
+    def offsets(self) -> dict[str, int]:
+        """Each field's offset in the C struct (what ``offsetof`` must say)."""
+        out, prefix = {}, self.format[0]
+        for i, (name, _) in enumerate(self.fields):
+            out[name] = self.at + struct.calcsize(prefix + "".join(f for _, f in
+                                                                   self.fields[:i]))
+        return out
+
+
+# -- names (C identifiers) -----------------------------------------------------------------
+MAP_SEG_CONFIG = "seg_config"
+MAP_SEG_EDGES = "seg_edges"
+MAP_SEG_EDGES_LPM = "seg_edges_lpm"
+MAP_SEG_MGMT = "seg_mgmt"
+MAP_SEG_FLOWS = "seg_flows"
+MAP_SEG_COUNTERS = "seg_counters"
+MAP_SEG_EVENTS = "seg_events"
+MAP_SEG_RATELIMIT = "seg_ratelimit"
+MAP_SEG_ATTACH = "seg_attach"
+PROG_SEG_INGRESS = "seg_ingress"
+PROG_SEG_EGRESS = "seg_egress"
+
+MAP_EXEC_EVENTS = "exec_events"
+MAP_EXEC_DENY = "exec_deny"
+MAP_EXEC_STATS = "exec_stats"
+MAP_EXEC_SCOPE = "exec_scope"
+PROG_EXEC_TRACE = "exec_trace"
+PROG_EXEC_LSM = "exec_lsm"
+
+MAP_CONNECT_EVENTS = "connect_events"
+MAP_CONNECT_MGMT = "connect_mgmt"
+MAP_CONNECT_STATS = "connect_stats"
+MAP_CONNECT_SCOPE = "connect_scope"
+PROG_CONNECT_TRACE = "connect_trace"
+PROG_CONNECT4 = "connect4"
+PROG_CONNECT6 = "connect6"
+
+PROG_EMPTY_XDP = "empty_xdp"
+
+# enum bpf_map_type (uapi; stable numbers)
+MAP_HASH, MAP_ARRAY, MAP_PERCPU_ARRAY, MAP_LRU_HASH, MAP_LPM_TRIE, MAP_RINGBUF = (
+    1, 2, 6, 9, 11, 27)
+
+
+@dataclass(frozen=True)
+class MapSpec:
+    """What a map must be: key and value size, and its type and max_entries."""
+
+    key_size: int
+    value_size: int
+    type: int | None = None
+    max_entries: int | None = None
+
+
+# -- segment.h ---------------------------------------------------------------------------
 class Verdict(IntEnum):
     PASS_EDGE = 0
     PASS_FLOW = 1
@@ -50,46 +132,58 @@ MODES = {"enforce": 0, "observe": 1}
 ARP_POLICIES = {"allow": 0, "deny": 1}
 IPV6_POLICIES = {"deny": 0, "allow": 1, "filter": 2}
 DIRECTIONS = ("ingress", "egress")
+PROTOS = {"tcp": 6, "udp": 17, "icmp": 1}
+PROTO_NAMES = {v: k for k, v in PROTOS.items()}
 
 SLOT_DIR = 64
 SLOT_OBSERVED = 32
 SLOT_EVENTS = {"sent": 128, "suppressed": 129, "lost": 130}
 N_SLOTS = 136
 
-# struct config
-CONFIG = struct.Struct("<IIIIII QQQ")
-# struct edge_key: src, dst (be32), dport (be16), proto, pad
-EDGE_KEY = struct.Struct("!IIHBx")
-# struct edge_val
-EDGE_VAL = struct.Struct("<QQQQ")
-# struct edge_lpm_key: prefixlen (host order), then proto, pad, dport, dst, src (wire order)
-EDGE_LPM_KEY = struct.Struct("<I")
-EDGE_LPM_DATA = struct.Struct("!BxHII")
+CONFIG = CStruct("config", "<", [
+    ("mode", "I"), ("quarantine", "I"), ("arp", "I"), ("ipv6", "I"), ("edge_kinds", "I"),
+    ("_pad", "I"), ("flow_timeout_ns", "Q"), ("event_cost_ns", "Q"), ("event_burst_ns", "Q")])
+EDGE_KEY = CStruct("edge_key", "!", [
+    ("src", "I"), ("dst", "I"), ("dport", "H"), ("proto", "B"), ("_pad", "x")])
+EDGE_VAL = CStruct("edge_val", "<", [
+    ("expires_ns", "Q"), ("idle_ns", "Q"), ("last_seen_ns", "Q"), ("granted_ns", "Q")])
+# struct edge_lpm_key: prefixlen in host order, then the data in wire order
+EDGE_LPM_KEY = CStruct("edge_lpm_key", "<", [("prefixlen", "I")], whole=False)
+EDGE_LPM_DATA = CStruct("edge_lpm_key", "!", [
+    ("proto", "B"), ("_pad", "x"), ("dport", "H"), ("dst", "I"), ("src", "I")], at=4)
 EDGE_LPM_EXACT_BITS = 64  # proto + pad + dport + dst
-# struct mgmt_key: prefixlen, proto, pad, port, peer
-MGMT_DATA = struct.Struct("!BxHI")
+# struct mgmt_key: prefixlen (host order, shares EDGE_LPM_KEY's shape), then wire order
+MGMT_KEY = CStruct("mgmt_key", "<", [("prefixlen", "I")], whole=False)
+MGMT_DATA = CStruct("mgmt_key", "!", [
+    ("proto", "B"), ("_pad", "x"), ("port", "H"), ("peer", "I")], at=4)
 MGMT_EXACT_BITS = 32
-# struct flow_key / flow_val
-FLOW_KEY = struct.Struct("!IIHHB3x")
-FLOW_VAL = struct.Struct("<QII")
-# struct attach_state
-ATTACH = struct.Struct("<IIIIII QQ")
-# struct event
-EVENT = struct.Struct("<Q 4s4s2s2s BBBB I HH")
-# struct ratelimit: lock, pad, credit, last
-RATELIMIT_SIZE = 24
+FLOW_KEY = CStruct("flow_key", "!", [
+    ("remote", "I"), ("local", "I"), ("rport", "H"), ("lport", "H"), ("proto", "B"),
+    ("_pad", "3x")])
+FLOW_VAL = CStruct("flow_val", "<", [("last_seen_ns", "Q"), ("outbound", "I"), ("_pad", "I")])
+ATTACH = CStruct("attach_state", "<", [
+    ("ifindex", "I"), ("xdp_mode", "I"), ("tc_mode", "I"), ("tc_handle", "I"),
+    ("tc_priority", "I"), ("tc_hook_created", "I"), ("attached_ns", "Q"), ("netns_ino", "Q")])
+SEG_EVENT = CStruct("seg_event", "<", [
+    ("ts_ns", "Q"), ("src", "4s"), ("dst", "4s"), ("sport", "2s"), ("dport", "2s"),
+    ("proto", "B"), ("verdict", "B"), ("direction", "B"), ("observed", "B"),
+    ("ifindex", "I"), ("l3_proto", "H"), ("pkt_len", "H")])
+RATELIMIT = CStruct("ratelimit", "<", [
+    ("lock", "I"), ("_pad", "I"), ("credit_ns", "Q"), ("last_ns", "Q")])
 
-MAP_SIZES: dict[str, tuple[int, int]] = {
-    "seg_config": (4, CONFIG.size),
-    "seg_edges": (EDGE_KEY.size, EDGE_VAL.size),
-    "seg_edges_lpm": (EDGE_LPM_KEY.size + EDGE_LPM_DATA.size, EDGE_VAL.size),
-    "seg_mgmt": (EDGE_LPM_KEY.size + MGMT_DATA.size, 4),
-    "seg_flows": (FLOW_KEY.size, FLOW_VAL.size),
-    "seg_counters": (4, 8),
-    "seg_events": (0, 0),
-    "seg_ratelimit": (4, RATELIMIT_SIZE),
-    "seg_attach": (4, ATTACH.size),
+SEGMENT_MAPS: dict[str, MapSpec] = {
+    MAP_SEG_CONFIG: MapSpec(4, CONFIG.size, MAP_ARRAY, 1),
+    MAP_SEG_EDGES: MapSpec(EDGE_KEY.size, EDGE_VAL.size, MAP_HASH, 262144),
+    MAP_SEG_EDGES_LPM: MapSpec(EDGE_LPM_KEY.size + EDGE_LPM_DATA.size, EDGE_VAL.size,
+                               MAP_LPM_TRIE, 65536),
+    MAP_SEG_MGMT: MapSpec(MGMT_KEY.size + MGMT_DATA.size, 4, MAP_LPM_TRIE, 1024),
+    MAP_SEG_FLOWS: MapSpec(FLOW_KEY.size, FLOW_VAL.size, MAP_LRU_HASH, 65536),
+    MAP_SEG_COUNTERS: MapSpec(4, 8, MAP_PERCPU_ARRAY, N_SLOTS),
+    MAP_SEG_EVENTS: MapSpec(0, 0, MAP_RINGBUF, 256 * 1024),
+    MAP_SEG_RATELIMIT: MapSpec(4, RATELIMIT.size, MAP_ARRAY, 1),
+    MAP_SEG_ATTACH: MapSpec(4, ATTACH.size, MAP_ARRAY, 1),
 }
+SEGMENT_PROGRAMS = (PROG_SEG_INGRESS, PROG_SEG_EGRESS)
 
 XDP_MODES = {0: "none", 1: "native", 2: "generic"}
 TC_MODES = {0: "none", 1: "tcx", 2: "clsact"}
@@ -135,3 +229,133 @@ class AttachState:
     @classmethod
     def unpack(cls, raw: bytes) -> AttachState:
         return cls(*ATTACH.unpack(raw[:ATTACH.size]))
+
+
+@dataclass(frozen=True)
+class DropRecord:
+    """A segment drop (or observe-mode would-be drop) from ``seg_events``; ``ts_ns`` is
+    CLOCK_MONOTONIC."""
+
+    ts_ns: int
+    src: ipaddress.IPv4Address
+    dst: ipaddress.IPv4Address
+    sport: int
+    dport: int
+    proto: str
+    verdict: str  # e.g. drop_no_edge
+    direction: str  # ingress | egress
+    observed: bool  # observe mode: passed, but enforce would have dropped it
+    ifindex: int
+    l3_proto: int
+    length: int
+
+    @classmethod
+    def unpack(cls, raw: bytes) -> DropRecord:
+        (ts, src, dst, sport, dport, proto, verdict, direction, observed, ifindex, l3,
+         length) = SEG_EVENT.unpack(raw[:SEG_EVENT.size])
+        return cls(ts, ipaddress.IPv4Address(src), ipaddress.IPv4Address(dst),
+                   int.from_bytes(sport, "big"), int.from_bytes(dport, "big"),
+                   PROTO_NAMES.get(proto, str(proto)), Verdict(verdict).label,
+                   DIRECTIONS[direction], bool(observed), ifindex, l3, length)
+
+
+# -- common.h, scope.h ---------------------------------------------------------------------
+MONITOR_STATS = ("events", "lost", "denied")  # enum aegis_stat
+SCOPE = CStruct("aegis_scope", "<", [("dev", "Q"), ("ino", "Q"), ("on", "I"), ("_pad", "I")])
+U32 = struct.Struct("<I")
+
+
+def monitor_maps(ring: str, ring_bytes: int, table: str, table_spec: MapSpec, stats: str,
+                 scope: str) -> dict[str, MapSpec]:
+    """A monitor's maps: its ring buffer first, its own table, then the stats map
+    (common.h AEGIS_STATS_MAP) and the scope map (scope.h AEGIS_SCOPE_MAP)."""
+    return {ring: MapSpec(0, 0, MAP_RINGBUF, ring_bytes), table: table_spec,
+            stats: MapSpec(4, 8, MAP_PERCPU_ARRAY, len(MONITOR_STATS)),
+            scope: MapSpec(4, SCOPE.size, MAP_ARRAY, 1)}
+
+
+def kernel_dev(st_dev: int) -> int:
+    """A stat() device number in the kernel's internal encoding (major << 20 | minor)."""
+    return (os.major(st_dev) << 20) | os.minor(st_dev)
+
+
+def user_dev(kdev: int) -> int:
+    """The inverse of :func:`kernel_dev`: a device number as stat() reports it."""
+    return os.makedev(kdev >> 20, kdev & 0xFFFFF)
+
+
+def _cstr(raw: bytes) -> str:
+    return raw.split(b"\0", 1)[0].decode(errors="replace")
+
+
+# -- exec.h --------------------------------------------------------------------------------
+EXEC_DENIED, EXEC_LSM = 1, 2
+EXEC_KEY = CStruct("exec_key", "<", [("dev", "Q"), ("ino", "Q")])
+EXEC_EVENT = CStruct("exec_event", "<", [
+    ("ktime_ns", "Q"), ("ino", "Q"), ("dev", "Q"), ("pid", "I"), ("ppid", "I"), ("uid", "I"),
+    ("gid", "I"), ("flags", "I"), ("_pad", "4x"), ("comm", "16s"), ("filename", "256s")])
+EXEC_MAPS = monitor_maps(MAP_EXEC_EVENTS, 1024 * 1024,
+                         MAP_EXEC_DENY, MapSpec(EXEC_KEY.size, 4, MAP_HASH, 4096),
+                         MAP_EXEC_STATS, MAP_EXEC_SCOPE)
+
+
+@dataclass(frozen=True)
+class ExecRecord:
+    """One exec from ``exec_events``: ``ktime_ns`` is CLOCK_MONOTONIC, ``dev`` as stat()
+    reports it, ``enforced_by`` set ("lsm" | "sigkill") when the exec was denied."""
+
+    ktime_ns: int
+    ino: int
+    dev: int
+    pid: int
+    ppid: int
+    uid: int
+    gid: int
+    comm: str
+    filename: str
+    denied: bool
+    enforced_by: str | None
+
+    @classmethod
+    def unpack(cls, raw: bytes) -> ExecRecord:
+        (ktime, ino, kdev, pid, ppid, uid, gid, flags, comm,
+         filename) = EXEC_EVENT.unpack_from(raw)
+        denied = bool(flags & EXEC_DENIED)
+        return cls(ktime, ino, user_dev(kdev), pid, ppid, uid, gid, _cstr(comm),
+                   _cstr(filename), denied,
+                   ("lsm" if flags & EXEC_LSM else "sigkill") if denied else None)
+
+
+# -- connect.h -----------------------------------------------------------------------------
+CONNECT_DENIED = 1
+CONNECT_EVENT = CStruct("connect_event", "<", [
+    ("ktime_ns", "Q"), ("cgroup_id", "Q"), ("pid", "I"), ("uid", "I"), ("family", "I"),
+    ("proto", "I"), ("dport", "I"), ("flags", "I"), ("daddr", "16s"), ("comm", "16s")])
+CONNECT_MGMT_KEY = CStruct("connect_mgmt_key", "<", [("addr", "16s"), ("port", "I")])
+CONNECT_MAPS = monitor_maps(MAP_CONNECT_EVENTS, 512 * 1024,
+                            MAP_CONNECT_MGMT, MapSpec(CONNECT_MGMT_KEY.size, 4, MAP_HASH, 1024),
+                            MAP_CONNECT_STATS, MAP_CONNECT_SCOPE)
+
+
+@dataclass(frozen=True)
+class ConnectRecord:
+    """One outbound connect (or a refused one) from ``connect_events``."""
+
+    ktime_ns: int
+    cgroup_id: int
+    pid: int
+    uid: int
+    family: int
+    proto: int
+    dport: int
+    daddr: ipaddress.IPv4Address | ipaddress.IPv6Address  # IPv4-mapped shown as IPv4
+    comm: str
+    denied: bool
+
+    @classmethod
+    def unpack(cls, raw: bytes) -> ConnectRecord:
+        (ktime, cgid, pid, uid, family, proto, dport, flags, daddr,
+         comm) = CONNECT_EVENT.unpack_from(raw)
+        addr = ipaddress.IPv6Address(daddr)
+        return cls(ktime, cgid, pid, uid, family, proto, dport, addr.ipv4_mapped or addr,
+                   _cstr(comm), bool(flags & CONNECT_DENIED))

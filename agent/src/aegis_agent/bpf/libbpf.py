@@ -88,7 +88,6 @@ def lib() -> ctypes.CDLL:
         "bpf_tc_hook_destroy": (i, [vp]),
         "bpf_tc_attach": (i, [vp, vp]),
         "bpf_tc_detach": (i, [vp, vp]),
-        "bpf_tc_query": (i, [vp, vp]),
         "bpf_prog_test_run_opts": (i, [i, vp]),
         "ring_buffer__new": (vp, [i, _SAMPLE_FN, vp, vp]),
         "ring_buffer__poll": (i, [vp, i]),
@@ -194,12 +193,6 @@ def tc_detach(ifindex: int, point: int, handle: int, priority: int,
         err = lib().bpf_tc_hook_destroy(ctypes.byref(hook))
         if err and err not in (-2, -22):
             raise _fail(f"cannot remove clsact from ifindex {ifindex}", err)
-
-
-def tc_attached(ifindex: int, point: int, handle: int, priority: int) -> bool:
-    hook = TcHook(sz=ctypes.sizeof(TcHook), ifindex=ifindex, attach_point=point)
-    opts = TcOpts(sz=ctypes.sizeof(TcOpts), handle=handle, priority=priority)
-    return lib().bpf_tc_query(ctypes.byref(hook), ctypes.byref(opts)) == 0
 
 
 @dataclass(frozen=True)

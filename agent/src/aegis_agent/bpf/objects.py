@@ -1,5 +1,12 @@
-"""Where the built BPF objects are: an explicit path, $AEGIS_BPF_DIR, this source
-checkout's bpf/build/, or the installed /usr/lib/aegis/bpf."""
+"""Where the built BPF objects are. One rule, first match wins:
+
+1. an explicit path (``object_file=``);
+2. ``$AEGIS_BPF_DIR/<name>.bpf.o``;
+3. a source checkout: the nearest directory above this file that holds the repo
+   marker ``bpf/Makefile`` gives ``bpf/build/`` (what ``make -C bpf`` builds; an
+   editable install runs from the checkout, so this needs no path arithmetic);
+4. the installed ``/usr/lib/aegis/bpf``.
+"""
 
 from __future__ import annotations
 
@@ -13,10 +20,14 @@ class ObjectMissingError(FileNotFoundError):
     """A .bpf.o file is not built: the message says how to build it."""
 
 
+REPO_MARKER = Path("bpf") / "Makefile"
+
+
 def _checkout_build() -> Path | None:
+    """``bpf/build`` of the checkout this module runs from (rule 3), or None."""
     here = Path(__file__).resolve()
     for parent in here.parents:
-        if (parent / "bpf" / "Makefile").is_file():
+        if (parent / REPO_MARKER).is_file():
             return parent / "bpf" / "build"
     return None
 

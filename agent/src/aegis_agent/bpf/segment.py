@@ -1,6 +1,6 @@
 """Micro-segmentation on one interface: default-drop XDP ingress, tc/tcx egress.
 
-    seg = SegmentFilter("eth0", "/sys/fs/bpf/aegis/segment")
+    seg = SegmentFilter("eth0", PIN_ROOT / "segment")
     info = seg.attach()            # AttachInfo: xdp native/generic, tcx/clsact
     seg.grant("10.0.0.0/24 -> 192.0.2.2 tcp/22", ttl=3600, idle=600)
     seg.quarantine(True, management=["192.0.2.10 tcp/22"])
@@ -9,7 +9,9 @@
 Everything lives under one pin directory: maps, programs and links. A new process
 that builds a SegmentFilter on the same directory re-opens them, so enforcement stays
 in place across agent restarts, and the policy it finds (mode, quarantine, edges) is
-kept: constructor policy arguments only seed a fresh load.
+kept: constructor policy arguments only seed a fresh load. The pinned-object lifecycle
+(load, reopen with every map checked, close, unpin) is ``pinned.PinnedObject``'s; this
+module keeps the filter's verbs.
 """
 
 from __future__ import annotations
@@ -20,21 +22,31 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
-from pathlib import Path
 
 from . import layout, libbpf, syscall
-from .bpffs import ensure_bpffs
-from .edges import PROTO_NAMES, Edge, EdgeSpecError, Peer
-from .layout import AttachState, Config, Verdict
-from .objects import object_path
+from .bpffs import PIN_ROOT, ensure_bpffs
+from .edges import Edge, EdgeSpecError, Peer
+from .layout import (
+    MAP_SEG_ATTACH,
+    MAP_SEG_CONFIG,
+    MAP_SEG_COUNTERS,
+    MAP_SEG_EDGES,
+    MAP_SEG_EDGES_LPM,
+    MAP_SEG_EVENTS,
+    MAP_SEG_MGMT,
+    AttachState,
+    Config,
+    DropRecord,
+    Verdict,
+)
+from .pinned import PinnedObject
 from .syscall import BpfError
 
 log = logging.getLogger(__name__)
 
-PIN_ROOT = Path("/sys/fs/bpf/aegis")
-PROGRAMS = {"ingress": "seg_ingress", "egress": "seg_egress"}
+PROGRAMS = {"ingress": layout.PROG_SEG_INGRESS, "egress": layout.PROG_SEG_EGRESS}
 LINK_PINS = ("link_xdp", "link_tc")
 XDP_PASS, XDP_DROP = 2, 1
 TC_ACT_OK, TC_ACT_SHOT = 0, 2
@@ -76,31 +88,6 @@ class EdgeState:
         return "active"
 
 
-@dataclass(frozen=True)
-class DropEvent:
-    ts_ns: int
-    src: ipaddress.IPv4Address
-    dst: ipaddress.IPv4Address
-    sport: int
-    dport: int
-    proto: str
-    verdict: str  # e.g. drop_no_edge
-    direction: str  # ingress | egress
-    observed: bool  # observe mode: passed, but enforce would have dropped it
-    ifindex: int
-    l3_proto: int
-    length: int
-
-    @classmethod
-    def unpack(cls, raw: bytes) -> DropEvent:
-        (ts, src, dst, sport, dport, proto, verdict, direction, observed, ifindex, l3,
-         length) = layout.EVENT.unpack(raw[:layout.EVENT.size])
-        return cls(ts, ipaddress.IPv4Address(src), ipaddress.IPv4Address(dst),
-                   int.from_bytes(sport, "big"), int.from_bytes(dport, "big"),
-                   PROTO_NAMES.get(proto, str(proto)), Verdict(verdict).label,
-                   layout.DIRECTIONS[direction], bool(observed), ifindex, l3, length)
-
-
 def _choice(value: str, allowed: Iterable[str], what: str) -> str:
     allowed = list(allowed)
     if value not in allowed:
@@ -117,21 +104,29 @@ def _seconds_to_ns(value: float | None, what: str) -> int:
     return int(value * 1e9)
 
 
+def _edge_map(e: Edge) -> str:
+    return MAP_SEG_EDGES_LPM if e.in_lpm else MAP_SEG_EDGES
+
+
 def _netns_ino() -> int:
     return os.stat("/proc/thread-self/ns/net").st_ino
 
 
-class SegmentFilter:
+class SegmentFilter(PinnedObject):
     """Default-drop segmentation on ``iface`` with every object pinned in ``pin_dir``."""
+
+    OBJECT = "segment"
+    MAPS = layout.SEGMENT_MAPS
+    PROGRAMS = layout.SEGMENT_PROGRAMS
+    RING = MAP_SEG_EVENTS
 
     def __init__(self, iface: str | None = None, pin_dir: str | os.PathLike = PIN_ROOT / "segment",
                  *, object_file: str | os.PathLike | None = None, xdp_mode: str = "native",
                  tc_mode: str = "tcx", mode: str = "enforce", arp: str = "allow",
                  ipv6: str = "deny", flow_timeout: float = 300.0, event_rate: float = 1000.0,
                  event_burst: int = 100) -> None:
+        super().__init__(pin_dir, object_file)
         self.iface = iface
-        self.pin_dir = Path(pin_dir)
-        self.object_file = object_file
         self.xdp_mode = _choice(xdp_mode, ["native", "generic", "auto"], "xdp_mode")
         self.tc_mode = _choice(tc_mode, ["tcx", "clsact", "auto"], "tc_mode")
         if event_rate < 0 or event_burst < 1:
@@ -143,79 +138,28 @@ class SegmentFilter:
             ipv6=layout.IPV6_POLICIES[_choice(ipv6, layout.IPV6_POLICIES, "ipv6 policy")],
             flow_timeout_ns=_seconds_to_ns(flow_timeout, "flow_timeout"),
             event_cost_ns=cost, event_burst_ns=cost * event_burst)
-        self._maps: dict[str, int] = {}
-        self._progs: dict[str, int] = {}
-        self._ring: libbpf.RingBuffer | None = None
-        self._pending: list[DropEvent] = []
-        self.sink: Callable[[DropEvent], None] | None = None
 
     # -- lifecycle ---------------------------------------------------------------------
     def _pin(self, name: str) -> str:
-        return str(self.pin_dir / name)
+        return str(self.pin(name))
 
-    @property
-    def loaded(self) -> bool:
-        return (self.pin_dir / "seg_config").exists()
-
-    def load(self) -> bool:
+    def load(self, skip: tuple[str, ...] = ()) -> bool:
         """Load the object and pin maps and programs (no attach). Returns False when they
         were already pinned (re-opened instead)."""
         ensure_bpffs(self.pin_dir)
-        if self._maps:
+        if self.is_open:
             return False
         if self.loaded:
-            self._open()
+            self.open()
             return False
-        path = object_path("segment", self.object_file)
-        obj = libbpf.load_object(str(path))
-        self.pin_dir.mkdir(parents=True, exist_ok=True)
+        super().load(skip)
         try:
-            for name in layout.MAP_SIZES:
-                syscall.obj_pin(obj.map_fd(name), self._pin(name))
-            for prog in PROGRAMS.values():
-                syscall.obj_pin(obj.program_fd(prog), self._pin(prog))
-            self._open()
             self._write_config(self._seed)
         except BaseException:
-            obj.close()
-            self._remove_pins()
-            raise
-        obj.close()
-        return True
-
-    def _open(self) -> None:
-        try:
-            for name, (ksize, vsize) in layout.MAP_SIZES.items():
-                fd = syscall.obj_get(self._pin(name))
-                self._maps[name] = fd
-                info = syscall.map_info(fd)
-                if name != "seg_events" and (info.key_size, info.value_size) != (ksize, vsize):
-                    raise BpfError(0, f"pinned map {self._pin(name)} has key/value size "
-                                      f"{info.key_size}/{info.value_size}, this agent expects "
-                                      f"{ksize}/{vsize}: the pins come from another build; "
-                                      "detach it (or remove the pin directory) and attach again")
-            for prog in PROGRAMS.values():
-                self._progs[prog] = syscall.obj_get(self._pin(prog))
-        except BaseException:
             self.close()
+            self.remove()
             raise
-
-    def close(self) -> None:
-        """Close this process's fds; pinned objects (and enforcement) stay."""
-        if self._ring:
-            self._ring.close()
-            self._ring = None
-        for fd in [*self._maps.values(), *self._progs.values()]:
-            with contextlib.suppress(OSError):
-                os.close(fd)
-        self._maps.clear()
-        self._progs.clear()
-
-    def __enter__(self) -> SegmentFilter:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+        return True
 
     def _ifindex(self) -> int:
         if not self.iface:
@@ -259,7 +203,7 @@ class SegmentFilter:
         return info
 
     def _attach_xdp(self, state: AttachState) -> tuple[str, str | None]:
-        prog = self._progs[PROGRAMS["ingress"]]
+        prog = self.prog_fd(PROGRAMS["ingress"])
         order = ["native", "generic"] if self.xdp_mode == "auto" else [self.xdp_mode]
         errors = []
         for mode in order:
@@ -283,7 +227,7 @@ class SegmentFilter:
                                 " (xdp_mode='auto' allows a reported fallback to generic)"))
 
     def _attach_tc(self, state: AttachState) -> tuple[str, str | None]:
-        prog = self._progs[PROGRAMS["egress"]]
+        prog = self.prog_fd(PROGRAMS["egress"])
         errors = []
         if self.tc_mode in ("tcx", "auto"):
             try:
@@ -334,7 +278,7 @@ class SegmentFilter:
 
     def attach_info(self) -> AttachInfo | None:
         """What is attached according to the pins, or None."""
-        if not self._maps and not self.loaded:
+        if not self.is_open and not self.loaded:
             return None
         self.load()
         state = self._attach_state()
@@ -386,38 +330,22 @@ class SegmentFilter:
         if problems:
             raise AttachError(0, f"detach from {self.pin_dir} left work undone: "
                                  f"{'; '.join(problems)}")
-        self._remove_pins()
-
-    def _remove_pins(self) -> None:
-        if not self.pin_dir.exists():
-            return
-        for entry in self.pin_dir.iterdir():
-            with contextlib.suppress(FileNotFoundError):
-                entry.unlink()
-        self.pin_dir.rmdir()
+        self.remove()
 
     # -- maps --------------------------------------------------------------------------
-    def _fd(self, name: str) -> int:
-        if not self._maps:
-            if not self.loaded:
-                raise BpfError(2, f"no segment filter pinned at {self.pin_dir}: attach() or "
-                                  "load() first")
-            self._open()
-        return self._maps[name]
-
     def _attach_state(self) -> AttachState:
-        raw = syscall.map_lookup(self._fd("seg_attach"), bytes(4), layout.ATTACH.size)
+        raw = syscall.map_lookup(self.map_fd(MAP_SEG_ATTACH), bytes(4), layout.ATTACH.size)
         return AttachState.unpack(raw or bytes(layout.ATTACH.size))
 
     def _write_attach_state(self, state: AttachState) -> None:
-        syscall.map_update(self._fd("seg_attach"), bytes(4), state.pack())
+        syscall.map_update(self.map_fd(MAP_SEG_ATTACH), bytes(4), state.pack())
 
     def config(self) -> Config:
-        raw = syscall.map_lookup(self._fd("seg_config"), bytes(4), layout.CONFIG.size)
+        raw = syscall.map_lookup(self.map_fd(MAP_SEG_CONFIG), bytes(4), layout.CONFIG.size)
         return Config.unpack(raw or bytes(layout.CONFIG.size))
 
     def _write_config(self, cfg: Config) -> None:
-        syscall.map_update(self._fd("seg_config"), bytes(4), cfg.pack())
+        syscall.map_update(self.map_fd(MAP_SEG_CONFIG), bytes(4), cfg.pack())
 
     def set_mode(self, mode: str) -> None:
         """'enforce' drops; 'observe' passes everything and reports would-be drops."""
@@ -447,10 +375,10 @@ class SegmentFilter:
         """Cut everything except ``management`` peers (both directions). None keeps the
         current list; the list is installed before the switch flips."""
         peers = None if management is None else [Peer.parse(p) for p in management]
-        fd = self._fd("seg_mgmt")
+        fd = self.map_fd(MAP_SEG_MGMT)
         if peers is not None:
             wanted = {p.key() for p in peers}
-            for key in list(syscall.map_keys(fd, layout.MAP_SIZES["seg_mgmt"][0])):
+            for key in list(syscall.map_keys(fd, layout.SEGMENT_MAPS[MAP_SEG_MGMT].key_size)):
                 if key not in wanted:
                     syscall.map_delete(fd, key)
             for key in wanted:
@@ -460,11 +388,11 @@ class SegmentFilter:
         self._write_config(cfg)
 
     def management(self) -> list[Peer]:
-        fd = self._fd("seg_mgmt")
+        fd = self.map_fd(MAP_SEG_MGMT)
         peers = []
-        for key in syscall.map_keys(fd, layout.MAP_SIZES["seg_mgmt"][0]):
-            (plen,) = layout.EDGE_LPM_KEY.unpack(key[:4])
-            proto, port, peer = layout.MGMT_DATA.unpack(key[4:])
+        for key in syscall.map_keys(fd, layout.SEGMENT_MAPS[MAP_SEG_MGMT].key_size):
+            (plen,) = layout.MGMT_KEY.unpack(key[:layout.MGMT_KEY.size])
+            proto, port, peer = layout.MGMT_DATA.unpack(key[layout.MGMT_KEY.size:])
             peers.append(Peer(ipaddress.IPv4Network((peer, plen - layout.MGMT_EXACT_BITS)),
                               proto, port))
         return sorted(peers)
@@ -487,7 +415,7 @@ class SegmentFilter:
         e = Edge.parse(edge)
         value = self._edge_value(ttl, idle, time.monotonic_ns())
         self._add_kinds(e.kind)
-        syscall.map_update(self._fd("seg_edges_lpm" if e.in_lpm else "seg_edges"), e.key(),
+        syscall.map_update(self.map_fd(_edge_map(e)), e.key(),
                            value)
         return e
 
@@ -503,7 +431,7 @@ class SegmentFilter:
         done = 0
         for lpm in (False, True):
             group = [e for e in parsed if e.in_lpm == lpm]
-            fd = self._fd("seg_edges_lpm" if lpm else "seg_edges")
+            fd = self.map_fd(MAP_SEG_EDGES_LPM if lpm else MAP_SEG_EDGES)
             for i in range(0, len(group), chunk):
                 part = group[i:i + chunk]
                 done += syscall.map_update_batch(fd, b"".join(e.key() for e in part),
@@ -513,14 +441,15 @@ class SegmentFilter:
     def revoke(self, edge: str | Edge) -> bool:
         """Remove ``edge``; False when it was not granted."""
         e = Edge.parse(edge)
-        return syscall.map_delete(self._fd("seg_edges_lpm" if e.in_lpm else "seg_edges"),
+        return syscall.map_delete(self.map_fd(_edge_map(e)),
                                   e.key())
 
     def set_edge_times(self, edge: str | Edge, *, expires_ns: int | None = None,
                        last_seen_ns: int | None = None) -> None:
-        """Rewrite an edge's absolute expiry / last-seen (CLOCK_MONOTONIC ns)."""
+        """Test hook: rewrite an edge's absolute expiry / last-seen (CLOCK_MONOTONIC ns),
+        so tests of expiry and idle timeouts need not wait. No product code calls it."""
         e = Edge.parse(edge)
-        fd = self._fd("seg_edges_lpm" if e.in_lpm else "seg_edges")
+        fd = self.map_fd(_edge_map(e))
         raw = syscall.map_lookup(fd, e.key(), layout.EDGE_VAL.size)
         if raw is None:
             raise EdgeSpecError(f"edge {e} is not granted")
@@ -532,9 +461,9 @@ class SegmentFilter:
 
     def edges(self) -> list[EdgeState]:
         out = []
-        for name, lpm in (("seg_edges", False), ("seg_edges_lpm", True)):
-            fd = self._fd(name)
-            ksize = layout.MAP_SIZES[name][0]
+        for name, lpm in ((MAP_SEG_EDGES, False), (MAP_SEG_EDGES_LPM, True)):
+            fd = self.map_fd(name)
+            ksize = layout.SEGMENT_MAPS[name].key_size
             for key in list(syscall.map_keys(fd, ksize)):
                 raw = syscall.map_lookup(fd, key, layout.EDGE_VAL.size)
                 if raw is not None:
@@ -553,12 +482,8 @@ class SegmentFilter:
     def counters(self) -> dict[str, dict[str, int]]:
         """Per-verdict packet counts by direction (``would_drop_*``: observe mode), and
         ring-buffer event counts (sent, suppressed by the rate limit, lost)."""
-        fd = self._fd("seg_counters")
-        ncpu = syscall.possible_cpus()
-
         def read(slot: int) -> int:
-            raw = syscall.map_lookup(fd, slot.to_bytes(4, "little"), 8 * ncpu)
-            return sum(int.from_bytes(raw[i:i + 8], "little") for i in range(0, len(raw), 8))
+            return self.percpu_sum(MAP_SEG_COUNTERS, slot)
 
         out: dict[str, dict[str, int]] = {}
         for d, direction in enumerate(layout.DIRECTIONS):
@@ -571,36 +496,14 @@ class SegmentFilter:
         out["events"] = {name: read(slot) for name, slot in layout.SLOT_EVENTS.items()}
         return out
 
-    def reset_counters(self) -> None:
-        fd = self._fd("seg_counters")
-        zero = bytes(8 * syscall.possible_cpus())
-        for slot in range(layout.N_SLOTS):
-            syscall.map_update(fd, slot.to_bytes(4, "little"), zero)
+    def decode(self, raw: bytes) -> DropRecord:
+        return DropRecord.unpack(raw)
 
-    def fileno(self) -> int:
-        """The drop-event ring buffer's epoll fd (readable when events wait)."""
-        if self._ring is None:
-            self._ring = libbpf.RingBuffer(self._fd("seg_events"), self._on_record)
-        return self._ring.fileno()
-
-    def _on_record(self, raw: bytes) -> None:
-        drop = DropEvent.unpack(raw)
-        if self.sink is not None:  # written out before the ring advances (see monitors)
-            self.sink(drop)
-        self._pending.append(drop)
-
-    def events(self, timeout: float = 0.0) -> Iterator[DropEvent]:
-        """Drop (and would-drop) events waiting in the ring buffer; waits up to
-        ``timeout`` seconds for the first one."""
-        self.fileno()
-        assert self._ring is not None
-        self._ring.poll(int(timeout * 1000))
-        while True:
-            self._ring.consume()
-            if not self._pending:
-                return
-            batch, self._pending = self._pending, []
-            yield from batch
+    def events(self, timeout: float = 0.0) -> list[DropRecord]:
+        """Drop (and would-drop) records waiting in the ring buffer; waits up to
+        ``timeout`` seconds for the first one (tools and tests: the agent reads the ring
+        through ``reader(sink)``)."""
+        return self.records(timeout)
 
     # -- test runs --------------------------------------------------------------------
     def test_run(self, packet: bytes, direction: str = "ingress",
@@ -608,9 +511,7 @@ class SegmentFilter:
         """Run the ingress (XDP) or egress (tc) program on ``packet`` with
         BPF_PROG_TEST_RUN; returns (passed, run)."""
         _choice(direction, layout.DIRECTIONS, "direction")
-        if not self._progs:
-            self._fd("seg_config")
-        run = libbpf.test_run(self._progs[PROGRAMS[direction]], packet, repeat)
+        run = libbpf.test_run(self.prog_fd(PROGRAMS[direction]), packet, repeat)
         if direction == "ingress":
             if run.retval not in (XDP_PASS, XDP_DROP):
                 raise BpfError(0, f"unexpected XDP verdict {run.retval}")

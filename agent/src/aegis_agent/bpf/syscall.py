@@ -135,8 +135,19 @@ class LinkInfo(ctypes.Structure):
 
 
 class ProgInfo(ctypes.Structure):
+    """The head of struct bpf_prog_info, up to and including ``name`` (offset 64)."""
+
     _fields_ = [("type", ctypes.c_uint32), ("id", ctypes.c_uint32),
-                ("tag", ctypes.c_uint8 * 8), ("_rest", ctypes.c_uint8 * 256)]
+                ("tag", ctypes.c_uint8 * 8), ("jited_prog_len", ctypes.c_uint32),
+                ("xlated_prog_len", ctypes.c_uint32), ("jited_prog_insns", ctypes.c_uint64),
+                ("xlated_prog_insns", ctypes.c_uint64), ("load_time", ctypes.c_uint64),
+                ("created_by_uid", ctypes.c_uint32), ("nr_map_ids", ctypes.c_uint32),
+                ("map_ids", ctypes.c_uint64), ("name", ctypes.c_char * 16),
+                ("_rest", ctypes.c_uint8 * 192)]
+
+    @property
+    def prog_name(self) -> str:
+        return bytes(self.name).split(b"\0", 1)[0].decode(errors="replace")
 
 
 def map_lookup(fd: int, key: bytes, value_size: int) -> bytes | None:

@@ -1,5 +1,6 @@
 """The segmentation programs driven with BPF_PROG_TEST_RUN on crafted packets: every
-case checks the verdict, the per-verdict counters and the ring-buffer events."""
+case checks the verdict, the per-verdict counters and the ring-buffer events. Loads real
+programs, so it is an integration test (the edge syntax alone: tests/unit/test_edges.py)."""
 
 from __future__ import annotations
 
@@ -12,13 +13,12 @@ from ipaddress import IPv4Address
 
 import pytest
 
-from aegis_agent.bpf import EdgeSpecError, ObjectMissingError, SegmentFilter
-from aegis_agent.bpf.edges import Edge, Peer
+from aegis_agent.bpf import SegmentFilter
+from aegis_agent.bpf.edges import Edge
 from aegis_agent.bpf.libbpf import LibbpfError
-from aegis_agent.bpf.objects import object_path
 from conftest import sub_prefix
 
-pytestmark = pytest.mark.unit
+pytestmark = pytest.mark.integration
 
 PREFIX = sub_prefix()
 _n = itertools.count()
@@ -416,47 +416,6 @@ def test_detach_removes_every_pin():
     assert not os.path.exists(pin)
 
 
-def test_missing_object_names_make(tmp_path):
-    with pytest.raises(ObjectMissingError, match=r"make -C"):
-        object_path("segment", tmp_path / "nope.bpf.o")
-    with pytest.raises(ObjectMissingError, match=r"make -C .*bpf"):
-        object_path("no-such-program")
-
-
 def test_attach_without_interface_says_so(seg):
     with pytest.raises(OSError, match="no interface given"):
         seg.attach()
-
-
-@pytest.mark.parametrize(("spec", "message"), [
-    ("10.0.0.0/24 192.0.2.2 tcp/22", "missing '->'"),
-    ("10.0.0.0/24 -> 192.0.2.2", "after '->' write DESTINATION and PROTO/PORT"),
-    ("10.0.0.1/24 -> 192.0.2.2 tcp/22", "host bits are set; did you mean 10.0.0.0/24"),
-    ("10.0.0.300 -> 192.0.2.2 tcp/22", "not an IPv4 address or CIDR"),
-    ("10.0.0.0/24 -> 192.0.2.0/24 tcp/22", "CIDR only on the source side"),
-    ("10.0.0.0/24 -> 192.0.2.2 tcp", "missing port"),
-    ("10.0.0.0/24 -> 192.0.2.2 tcp/0", "use 1-65535"),
-    ("10.0.0.0/24 -> 192.0.2.2 tcp/http", "use 1-65535"),
-    ("10.0.0.0/24 -> 192.0.2.2 sctp/9", "use tcp, udp or icmp"),
-    ("10.0.0.0/24 -> 192.0.2.2 icmp/8", "icmp takes no port"),
-    ("2001:db8::/32 -> 192.0.2.2 tcp/22", "IPv6 edges are not supported yet"),
-    ("a b -> 192.0.2.2 tcp/22", "one SOURCE"),
-])
-def test_edge_parse_errors_say_what_and_how(spec, message):
-    with pytest.raises(EdgeSpecError) as err:
-        Edge.parse(spec)
-    assert message in str(err.value)
-    assert "e.g." in str(err.value)
-
-
-def test_edge_round_trip_and_peer_parsing():
-    for spec in ("10.0.0.0/24 -> 192.0.2.2 tcp/22", "any -> 192.0.2.2 udp/53",
-                 "192.0.2.1 -> any icmp", "any -> any tcp/443"):
-        e = Edge.parse(spec)
-        assert str(e) == spec
-        assert Edge.from_key(e.key(), e.in_lpm) == e
-    assert str(Peer.parse("192.0.2.10 tcp/22")) == "192.0.2.10 tcp/22"
-    with pytest.raises(EdgeSpecError, match="quarantine a no-op"):
-        Peer.parse("any")
-    with pytest.raises(ValueError, match="positive number of seconds"):
-        SegmentFilter(None, "/sys/fs/bpf/x")._edge_value(-1, None, 0)

@@ -1,4 +1,4 @@
-"""``python -m aegis_agent.bpf.bench``: what the segment filter costs.
+"""``python -m benchmarks.bpf``: what the segment filter costs.
 
   - ns per packet (BPF_PROG_TEST_RUN, ``--repeat`` runs in the kernel) for an allowed
     packet and a miss, with ``--edges`` exact edges loaded by batch update, next to an
@@ -6,23 +6,26 @@
   - grant-to-enforce latency: from just before the map update until a test run of the
     newly allowed packet returns XDP_PASS (the update syscall plus one run), p50/p99.
 
-Prints a table, then one JSON line. Needs root (loads programs, pins under bpffs).
+Prints through ``benchmarks.figures.report``. Needs root (loads programs, pins under
+bpffs).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import struct
 import time
 from ipaddress import IPv4Address
 
-from . import layout, libbpf
-from .edges import Edge
-from .objects import object_path
-from .segment import SegmentFilter
+from aegis_agent.bpf import layout, libbpf
+from aegis_agent.bpf.bpffs import BPFFS
+from aegis_agent.bpf.edges import Edge
+from aegis_agent.bpf.objects import object_path
+from aegis_agent.bpf.segment import SegmentFilter
+
+from .figures import report
 
 NODE = "192.0.2.2"
 
@@ -44,16 +47,17 @@ def _pct(values: list[float], q: float) -> float:
 
 
 def run(edges: int, repeat: int, samples: int) -> dict:
-    res: dict = {"edges": edges, "repeat": repeat, "libbpf": libbpf.version()}
+    """The figures, by name (ns per packet, seconds, microseconds)."""
+    res: dict = {}
     empty = libbpf.load_object(str(object_path("empty")))
     try:
-        res["empty_xdp_ns"] = libbpf.test_run(empty.program_fd("empty_xdp"), _syn(_src(1)),
-                                              repeat).duration_ns
+        res["empty_xdp_ns"] = libbpf.test_run(empty.program_fd(layout.PROG_EMPTY_XDP),
+                                              _syn(_src(1)), repeat).duration_ns
     finally:
         empty.close()
 
     # default event rate limit (1000/s): misses are counted, few become events
-    seg = SegmentFilter(None, f"/sys/fs/bpf/aegis-bench-{os.getpid()}")
+    seg = SegmentFilter(None, BPFFS / f"aegis-bench-{os.getpid()}")
     try:
         seg.load()
         t0 = time.perf_counter()
@@ -87,40 +91,30 @@ def run(edges: int, repeat: int, samples: int) -> dict:
             assert ok
             upd.append((t1 - t0) / 1e3)
             lat.append((t2 - t0) / 1e3)
-        res["grant_to_enforce_us"] = {"p50": round(statistics.median(lat), 1),
-                                      "p99": round(_pct(lat, 0.99), 1)}
-        res["grant_call_us"] = {"p50": round(statistics.median(upd), 1),
-                                "p99": round(_pct(upd, 0.99), 1)}
+        res["grant_to_enforce_us_p50"] = round(statistics.median(lat), 1)
+        res["grant_to_enforce_us_p99"] = round(_pct(lat, 0.99), 1)
+        res["grant_call_us_p50"] = round(statistics.median(upd), 1)
+        res["grant_call_us_p99"] = round(_pct(upd, 0.99), 1)
     finally:
         seg.detach()
     return res
 
 
-def main() -> int:
-    p = argparse.ArgumentParser(prog="python -m aegis_agent.bpf.bench", description=__doc__,
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.bpf", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--edges", type=int, default=100_000)
     p.add_argument("--repeat", type=int, default=1_000_000)
     p.add_argument("--samples", type=int, default=1000)
-    a = p.parse_args()
-    r = run(a.edges, a.repeat, a.samples)
-    rows = [
-        ("empty XDP program", f"{r['empty_xdp_ns']} ns/packet"),
-        (f"allowed packet, {r['edges']:,} edges", f"{r['allow_hit_ns']} ns/packet"),
-        (f"unknown packet (miss), {r['edges']:,} edges", f"{r['miss_ns']} ns/packet"),
-        ("miss, all six edge shapes in use", f"{r['miss_all_shapes_ns']} ns/packet"),
-        (f"batch load of {r['edges']:,} edges", f"{r['batch_load_s']} s "
-                                                 f"(+ {r['edge_parse_s']} s parsing specs)"),
-        ("grant -> first accepted packet p50/p99",
-         f"{r['grant_to_enforce_us']['p50']} / {r['grant_to_enforce_us']['p99']} us"),
-        ("grant() call alone p50/p99",
-         f"{r['grant_call_us']['p50']} / {r['grant_call_us']['p99']} us"),
-    ]
-    width = max(len(k) for k, _ in rows)
-    print(f"segment filter (BPF_PROG_TEST_RUN, repeat={r['repeat']:,}, libbpf {r['libbpf']})")
-    for k, v in rows:
-        print(f"  {k:<{width}}  {v}")
-    print(json.dumps({"bench": "bpf_segment", **r}))
+    a = p.parse_args(argv)
+    figures = run(a.edges, a.repeat, a.samples)
+    empty = f"empty XDP program: {figures['empty_xdp_ns']} ns"
+    report("bpf_segment", figures,
+           title=f"segment filter (BPF_PROG_TEST_RUN, repeat={a.repeat:,}, {a.edges:,} edges, "
+                 f"libbpf {libbpf.version()}; miss_all_shapes: all six edge shapes in use)",
+           peers={"allow_hit_ns": empty, "miss_ns": empty, "miss_all_shapes_ns": empty},
+           notes={"edges": a.edges, "repeat": a.repeat, "samples": a.samples,
+                  "libbpf": libbpf.version()})
     return 0
 
 

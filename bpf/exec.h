@@ -1,0 +1,33 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/* The exec monitor's kernel/user-space records (libbpf-bootstrap's shared header):
+ * included by exec.bpf.c, mirrored field by field by
+ * agent/src/aegis_agent/bpf/layout.py (EXEC_KEY, EXEC_EVENT), which a unit test
+ * checks against this file with the compiler.
+ */
+#ifndef AEGIS_EXEC_H
+#define AEGIS_EXEC_H
+
+#define EXEC_DENIED 1 /* flags: the exec was denied */
+#define EXEC_LSM 2    /* flags: denied by BPF-LSM (else SIGKILL) */
+#define FILENAME_LEN 256
+
+struct exec_key {
+	__u64 dev; /* kernel encoding: major << 20 | minor */
+	__u64 ino;
+};
+
+struct exec_event {
+	__u64 ktime_ns;
+	__u64 ino;
+	__u64 dev;
+	__u32 pid;
+	__u32 ppid;
+	__u32 uid;
+	__u32 gid;
+	__u32 flags;
+	__u32 _pad;
+	char comm[16];
+	char filename[FILENAME_LEN];
+};
+
+#endif

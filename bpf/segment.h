@@ -1,0 +1,150 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/* The segment filter's maps and records (libbpf-bootstrap's shared header): included by
+ * segment.bpf.c, mirrored field by field by agent/src/aegis_agent/bpf/layout.py, which a
+ * unit test checks against this file with the compiler; the loader also checks every
+ * pinned map's key and value size when it re-opens them.
+ */
+#ifndef AEGIS_SEGMENT_H
+#define AEGIS_SEGMENT_H
+
+enum direction { DIR_INGRESS = 0, DIR_EGRESS = 1 };
+
+enum mode { MODE_ENFORCE = 0, MODE_OBSERVE = 1 };
+enum arp_policy { ARP_ALLOW = 0, ARP_DENY = 1 };
+enum ipv6_policy { IPV6_DENY = 0, IPV6_ALLOW = 1, IPV6_FILTER = 2 };
+
+/* Which edge key shapes exist (set by user space on grant, never cleared by revoke):
+ * lookups for shapes that were never granted are skipped. */
+enum edge_kind {
+	KIND_SRC_DST = 1 << 0,     /* exact source, exact destination (hash) */
+	KIND_ANY_DST = 1 << 1,     /* any source, exact destination (hash) */
+	KIND_SRC_ANYDST = 1 << 2,  /* exact source, any destination (hash) */
+	KIND_ANY_ANYDST = 1 << 3,  /* any source, any destination (hash) */
+	KIND_CIDR_DST = 1 << 4,    /* source CIDR, exact destination (LPM) */
+	KIND_CIDR_ANYDST = 1 << 5, /* source CIDR, any destination (LPM) */
+};
+
+enum verdict {
+	V_PASS_EDGE = 0,
+	V_PASS_FLOW,
+	V_PASS_MGMT,
+	V_PASS_ARP,
+	V_PASS_IPV6,
+	V_PASS_EGRESS,
+	V_DROP_NO_EDGE,
+	V_DROP_EXPIRED,
+	V_DROP_IDLE,
+	V_DROP_QUARANTINE,
+	V_DROP_ARP,
+	V_DROP_IPV6,
+	V_DROP_MALFORMED,
+	V_DROP_FRAGMENT,
+	V_DROP_OTHER_L3,
+	V__COUNT,
+};
+#define V_FIRST_DROP V_DROP_NO_EDGE
+
+/* counters: slot = direction * 64 + observed * 32 + verdict; event slots after that */
+#define SLOT_DIR 64
+#define SLOT_OBSERVED 32
+#define SLOT_EVENTS_SENT 128
+#define SLOT_EVENTS_SUPPRESSED 129
+#define SLOT_EVENTS_LOST 130
+#define N_SLOTS 136
+
+struct config {
+	__u32 mode;
+	__u32 quarantine;
+	__u32 arp;
+	__u32 ipv6;
+	__u32 edge_kinds;
+	__u32 _pad;
+	__u64 flow_timeout_ns;
+	__u64 event_cost_ns;  /* 0: no rate limit */
+	__u64 event_burst_ns; /* bucket depth = burst * cost */
+};
+
+/* IPv4 addresses and ports in network byte order, as on the wire. */
+struct edge_key {
+	__u32 src; /* 0: any source */
+	__u32 dst; /* 0: any destination */
+	__u16 dport;
+	__u8 proto;
+	__u8 _pad;
+};
+
+struct edge_val {
+	__u64 expires_ns;   /* absolute CLOCK_MONOTONIC ns, 0: never */
+	__u64 idle_ns;      /* inactivity timeout, 0: none */
+	__u64 last_seen_ns; /* set at grant, refreshed on hit */
+	__u64 granted_ns;
+};
+
+/* LPM data: proto, pad, dport, dst are exact (64 bits), then the source prefix. */
+struct edge_lpm_key {
+	__u32 prefixlen;
+	__u8 proto;
+	__u8 _pad;
+	__u16 dport;
+	__u32 dst;
+	__u32 src;
+};
+
+struct mgmt_key {
+	__u32 prefixlen; /* 32 + peer prefix length */
+	__u8 proto;      /* 0: any protocol (then port 0) */
+	__u8 _pad;
+	__u16 port;      /* 0: any port; matches the local or the remote port */
+	__u32 peer;
+};
+
+struct flow_key {
+	__u32 remote;
+	__u32 local;
+	__u16 rport;
+	__u16 lport;
+	__u8 proto;
+	__u8 _pad[3];
+};
+
+struct flow_val {
+	__u64 last_seen_ns;
+	__u32 outbound; /* 1: opened by this node; 0: inbound marker (never passes) */
+	__u32 _pad;
+};
+
+struct ratelimit {
+	struct bpf_spin_lock lock;
+	__u32 _pad;
+	__u64 credit_ns;
+	__u64 last_ns;
+};
+
+struct seg_event {
+	__u64 ts_ns;
+	__u32 src;
+	__u32 dst;
+	__u16 sport;
+	__u16 dport;
+	__u8 proto;
+	__u8 verdict;
+	__u8 direction;
+	__u8 observed;
+	__u32 ifindex;
+	__u16 l3_proto;
+	__u16 pkt_len;
+};
+
+/* Attach bookkeeping for the loader (user space only). */
+struct attach_state {
+	__u32 ifindex;
+	__u32 xdp_mode;
+	__u32 tc_mode;
+	__u32 tc_handle;
+	__u32 tc_priority;
+	__u32 tc_hook_created;
+	__u64 attached_ns;
+	__u64 netns_ino; /* the network namespace the links were made in */
+};
+
+#endif

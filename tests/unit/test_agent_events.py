@@ -1,0 +1,68 @@
+"""Kernel records become the same protocol events as before the BPF reshape: raw ring
+records packed with the shared layouts, decoded, then converted (no kernel needed)."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import socket
+
+import pytest
+
+from aegis_agent.bpf import layout
+from aegis_agent.bpf.layout import ConnectRecord, DropRecord, ExecRecord
+from aegis_agent.events import from_record
+
+pytestmark = pytest.mark.unit
+
+OFFSET = 1_000_000
+
+
+def test_segment_drop_record_becomes_a_drop_event() -> None:
+    raw = layout.SEG_EVENT.pack(5, ipaddress.IPv4Address("192.0.2.1").packed,
+                                ipaddress.IPv4Address("192.0.2.2").packed,
+                                (40000).to_bytes(2, "big"), (22).to_bytes(2, "big"), 6,
+                                layout.Verdict.DROP_NO_EDGE, 0, 0, 3, 0x0800, 60)
+    ev = from_record(DropRecord.unpack(raw), OFFSET)
+    assert (ev.ts_ns, ev.kind, ev.severity) == (OFFSET + 5, "drop", "notice")
+    assert ev.data == {"src": "192.0.2.1", "dst": "192.0.2.2", "sport": 40000, "dport": 22,
+                       "proto": "tcp", "verdict": "drop_no_edge", "direction": "ingress",
+                       "observed": False, "ifindex": 3}
+    observed = layout.SEG_EVENT.pack(5, bytes(4), bytes(4), bytes(2), bytes(2), 17,
+                                     layout.Verdict.DROP_IDLE, 1, 1, 3, 0x0800, 60)
+    ev = from_record(DropRecord.unpack(observed), OFFSET)
+    assert ev.severity == "info" and ev.data["observed"] is True
+    assert (ev.data["direction"], ev.data["proto"]) == ("egress", "udp")
+
+
+@pytest.mark.parametrize(("flags", "kind", "severity", "extra"), [
+    (0, "exec", "info", {}),
+    (layout.EXEC_DENIED, "exec_denied", "warning", {"enforced_by": "sigkill"}),
+    (layout.EXEC_DENIED | layout.EXEC_LSM, "exec_denied", "warning", {"enforced_by": "lsm"}),
+])
+def test_exec_record_becomes_an_exec_event(flags: int, kind: str, severity: str,
+                                           extra: dict) -> None:
+    dev = os.makedev(8, 1)
+    raw = layout.EXEC_EVENT.pack(7, 1234, layout.kernel_dev(dev), 100, 1, 0, 0, flags,
+                                 b"touch", b"/usr/bin/touch")
+    ev = from_record(ExecRecord.unpack(raw), OFFSET)
+    assert (ev.ts_ns, ev.kind, ev.severity) == (OFFSET + 7, kind, severity)
+    assert ev.data == {"pid": 100, "ppid": 1, "uid": 0, "gid": 0, "comm": "touch",
+                       "filename": "/usr/bin/touch", "ino": 1234, "dev": dev, **extra}
+
+
+def test_connect_record_becomes_a_connect_event() -> None:
+    mapped = b"\0" * 10 + b"\xff\xff" + bytes([127, 0, 0, 1])
+    raw = layout.CONNECT_EVENT.pack(9, 77, 100, 0, socket.AF_INET, 6, 443, 0, mapped,
+                                    b"curl")
+    ev = from_record(ConnectRecord.unpack(raw), OFFSET)
+    assert (ev.ts_ns, ev.kind, ev.severity) == (OFFSET + 9, "connect", "info")
+    assert ev.data == {"pid": 100, "uid": 0, "comm": "curl", "family": "inet",
+                       "proto": "tcp", "daddr": "127.0.0.1", "dport": 443, "cgroup_id": 77}
+    v6 = layout.CONNECT_EVENT.pack(9, 77, 100, 0, socket.AF_INET6, 17, 53,
+                                   layout.CONNECT_DENIED,
+                                   ipaddress.IPv6Address("2001:db8::1").packed, b"dig")
+    ev = from_record(ConnectRecord.unpack(v6), OFFSET)
+    assert (ev.kind, ev.severity) == ("connect_denied", "warning")
+    assert (ev.data["family"], ev.data["proto"], ev.data["daddr"]) == ("inet6", "udp",
+                                                                        "2001:db8::1")
