@@ -237,4 +237,3 @@ class Nft:
 
     def check(self, script):
         self.run(["-c", "-f", "-"], data=script)
-

@@ -226,11 +226,10 @@ class Dropin:
             self.systemd.daemon_reload()
             back_rc, _why = self.unit.restart()
             state = "running" if back_rc == 0 else "still failing"
-            self.module.fail_json(msg="%s did not come back up with the new sandbox (%s); the previous drop-in "
-                                      "is back and the unit was restarted with it (%s). See journalctl -u %s for "
-                                      "the directive that breaks it." % (name, why or "inactive after restart",
-                                                                          state, name),
-                                  path=self.path)
+            msg = ("%s did not come back up with the new sandbox (%s); the previous drop-in is back and the "
+                   "unit was restarted with it (%s). See journalctl -u %s for the directive that breaks it."
+                   % (name, why or "inactive after restart", state, name))
+            self.module.fail_json(msg=msg, path=self.path)
         return True
 
 
