@@ -1,12 +1,12 @@
 # Copyright: Aegis contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""nftables helpers for aegis.fleet: which tables an nft script declares, the canonical
-text of a script (as the kernel lists it), atomic replacement of whole tables and the
-commit-confirmed rollback guard."""
+"""nftables scripts for aegis.fleet: which tables an nft script declares, the canonical
+text of a script (as the kernel lists it) and atomic replacement of whole tables.
+
+The commit-confirmed rollback guard that restores them is in ``rollback_guard``."""
 
 from __future__ import annotations
 
-import os
 import re
 
 FAMILIES = ("ip", "ip6", "inet", "arp", "bridge", "netdev")
@@ -20,7 +20,6 @@ _QUOTA_USED = re.compile(r"(\bquota (?:over |until )?\d+ \w+) used \d+ \w+")
 _IFACE = re.compile(r"\b[io]if\s+(\{[^}]*\}|\"[^\"]+\"|[A-Za-z0-9_.:@-]+)")
 _IFNAME = re.compile(r"[A-Za-z0-9_.:@-]{1,15}")
 _RESTORED_TABLE = re.compile(r"^delete table (\S+) (\S+)$", re.M)
-GUARD_DIR = "/run/aegis/nft-guard"
 
 
 class RulesetError(ValueError):
@@ -238,76 +237,3 @@ class Nft:
 
     def check(self, script):
         self.run(["-c", "-f", "-"], data=script)
-
-
-class Guard:
-    """Commit-confirmed: restore the saved tables after a timeout unless confirmed.
-
-    The saved script lives in tmpfs under GUARD_DIR; a transient systemd timer
-    ``NAME-rollback.timer`` starts ``NAME-rollback.service``, which loads it.
-    """
-
-    def __init__(self, module, name):
-        self.module = module
-        self.name = name
-        self.unit = "%s-rollback" % name
-        self.path = os.path.join(GUARD_DIR, "%s.nft" % name)
-        self.systemctl = module.get_bin_path("systemctl", required=True)
-
-    def _active(self, unit):
-        rc, _out, _err = self.module.run_command([self.systemctl, "is-active", "--quiet", unit])
-        return rc == 0
-
-    def status(self):
-        """'armed' (timer running), 'fired' (the saved state was restored, or is being
-        restored, and nobody confirmed) or 'none'."""
-        if self._active(self.unit + ".timer"):
-            return "armed"
-        if os.path.exists(self.path):
-            return "fired"
-        return "none"
-
-    def saved(self):
-        try:
-            with open(self.path) as fh:
-                return fh.read()
-        except FileNotFoundError:
-            return None
-
-    def rollback_result(self):
-        """What the rollback service reported (systemd's Result), if systemd still knows it."""
-        _rc, out, _err = self.module.run_command([self.systemctl, "show", "-p", "Result", "--value",
-                                                  self.unit + ".service"])
-        return out.strip() or "unknown"
-
-    def _stop_units(self):
-        units = [self.unit + ".timer", self.unit + ".service"]
-        self.module.run_command([self.systemctl, "stop", *units])
-        self.module.run_command([self.systemctl, "reset-failed", *units])
-
-    def disarm(self):
-        self._stop_units()
-        if os.path.exists(self.path):
-            os.unlink(self.path)
-
-    def arm(self, script, timeout, nft_path):
-        """Save ``script`` and (re)start the timer; an armed timer is replaced."""
-        self._stop_units()
-        os.makedirs(GUARD_DIR, mode=0o700, exist_ok=True)
-        tmp = self.path + ".tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            fh.write(script)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, self.path)
-        run = self.module.get_bin_path("systemd-run", required=True)
-        rc, out, err = self.module.run_command([
-            run, "--unit", self.unit, "--on-active=%ds" % timeout, "--timer-property=AccuracySec=1s",
-            "--description=aegis: restore the nftables tables saved in %s (unconfirmed change)" % self.path,
-            nft_path, "-f", self.path,
-        ])
-        if rc != 0:
-            os.unlink(self.path)
-            self.module.fail_json(msg="could not arm the rollback guard with systemd-run (nothing was "
-                                      "changed): %s" % (err or out).strip())

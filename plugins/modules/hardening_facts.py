@@ -114,6 +114,7 @@ from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.aegis.fleet.plugins.module_utils.nftables import normalise
 from ansible_collections.aegis.fleet.plugins.module_utils.sandbox import exposure, valid_unit_name
+from ansible_collections.aegis.fleet.plugins.module_utils.systemd import Systemd
 
 DEFAULT_SYSCTLS = [
     "kernel.kptr_restrict", "kernel.dmesg_restrict", "kernel.yama.ptrace_scope",
@@ -125,6 +126,7 @@ DEFAULT_SYSCTLS = [
     "net.ipv4.tcp_syncookies", "net.ipv6.conf.all.accept_redirects",
 ]
 TEMP_DIRS = ("/tmp", "/var/tmp", "/dev/shm")
+PACKAGE_LOCK_HOOK = "/etc/dpkg/dpkg.cfg.d/aegis-package-lock"
 ARGUMENT_SPEC = dict(
     sysctls=dict(type="list", elements="str"),
     measure=dict(type="list", elements="path", default=[]),
@@ -196,8 +198,8 @@ def kernel_writable(proc_sys_kernel="/proc/sys/kernel"):
     return os.access(os.path.join(proc_sys_kernel, "dmesg_restrict"), os.W_OK)
 
 
-def main():
-    module = AnsibleModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True)
+def check_params(module):
+    """Fail with a message naming the option unless units and sysctls are names."""
     p = module.params
     bad = [u for u in p["units"] if not valid_unit_name(u)]
     if bad:
@@ -206,28 +208,30 @@ def main():
     if bad:
         module.fail_json(msg="sysctls: %s not sysctl names; write e.g. 'kernel.kptr_restrict'" % ", ".join(map(repr, bad)))
 
-    facts = {}
-    detect = module.get_bin_path("systemd-detect-virt")
-    virt = "unknown"
-    container = False
-    if detect:
-        _rc, out, _err = module.run_command([detect])
-        virt = out.strip() or "none"
-        rc, _out, _err = module.run_command([detect, "--container"])
-        container = rc == 0
-    facts["virtualization"] = virt
-    facts["container"] = container
-    facts["kernel_sysctls_writable"] = kernel_writable()
-    facts["sysctl"] = read_sysctls(p["sysctls"] or DEFAULT_SYSCTLS)
 
+def virtualization(module):
+    """(what systemd-detect-virt says, whether the node is a container)."""
+    detect = module.get_bin_path("systemd-detect-virt")
+    if not detect:
+        return "unknown", False
+    _rc, out, _err = module.run_command([detect])
+    rc, _out, _err = module.run_command([detect, "--container"])
+    return out.strip() or "none", rc == 0
+
+
+def sshd_config(module):
+    """Effective sshd configuration (``sshd -T``); empty without sshd or when it fails."""
     sshd = module.get_bin_path("sshd", opt_dirs=["/usr/sbin"])
-    facts["sshd"] = {}
     if sshd:
         rc, out, _err = module.run_command([sshd, "-T", "-C", "user=root,host=localhost,addr=127.0.0.1"])
         if rc == 0:
-            facts["sshd"] = parse_sshd(out)
+            return parse_sshd(out)
+    return {}
 
-    facts["nftables"] = {}
+
+def nftables_digests(module):
+    """'FAMILY NAME' -> SHA-256 of each table's listing without counter values."""
+    digests = {}
     nft = module.get_bin_path("nft")
     if nft:
         rc, out, _err = module.run_command([nft, "-j", "list", "tables"])
@@ -237,20 +241,42 @@ def main():
                 if table:
                     _rc, listing, _e = module.run_command([nft, "list", "table", table["family"], table["name"]])
                     key = "%s %s" % (table["family"], table["name"])
-                    facts["nftables"][key] = hashlib.sha256(normalise(listing).encode()).hexdigest()
+                    digests[key] = hashlib.sha256(normalise(listing).encode()).hexdigest()
+    return digests
 
+
+def unit_exposure(module, units):
+    """Unit -> overall exposure, for the units loaded on the node."""
+    systemd = Systemd(module, required=False)
+    if not systemd.available:
+        return {}
+    return dict((unit, exposure(module, unit)) for unit in units if systemd.unit(unit).is_loaded())
+
+
+def posture(module):
+    """The ``aegis_hardening`` facts."""
+    p = module.params
+    virt, container = virtualization(module)
     with open("/proc/self/mountinfo") as fh:
-        facts["mounts"] = mount_points(fh.read(), TEMP_DIRS)
-    facts["measurements"] = dict((path, sha256(path)) for path in p["measure"])
-    facts["unit_exposure"] = {}
-    systemctl = module.get_bin_path("systemctl")
-    for unit in p["units"]:
-        if systemctl:
-            _rc, out, _err = module.run_command([systemctl, "show", "-p", "LoadState", "--value", unit])
-            if out.strip() == "loaded":
-                facts["unit_exposure"][unit] = exposure(module, unit)
-    facts["package_lock"] = os.path.exists("/etc/dpkg/dpkg.cfg.d/aegis-package-lock")
-    module.exit_json(changed=False, ansible_facts={"aegis_hardening": facts})
+        mounts = mount_points(fh.read(), TEMP_DIRS)
+    return {
+        "virtualization": virt,
+        "container": container,
+        "kernel_sysctls_writable": kernel_writable(),
+        "sysctl": read_sysctls(p["sysctls"] or DEFAULT_SYSCTLS),
+        "sshd": sshd_config(module),
+        "nftables": nftables_digests(module),
+        "mounts": mounts,
+        "measurements": dict((path, sha256(path)) for path in p["measure"]),
+        "unit_exposure": unit_exposure(module, p["units"]),
+        "package_lock": os.path.exists(PACKAGE_LOCK_HOOK),
+    }
+
+
+def main():
+    module = AnsibleModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True)
+    check_params(module)
+    module.exit_json(changed=False, ansible_facts={"aegis_hardening": posture(module)})
 
 
 if __name__ == "__main__":

@@ -148,7 +148,6 @@ from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.aegis.fleet.plugins.module_utils.changes import report
 from ansible_collections.aegis.fleet.plugins.module_utils.nftables import (
-    Guard,
     Nft,
     RulesetError,
     declared_tables,
@@ -159,6 +158,7 @@ from ansible_collections.aegis.fleet.plugins.module_utils.nftables import (
     restore_script,
     restored_tables,
 )
+from ansible_collections.aegis.fleet.plugins.module_utils.rollback_guard import Guard
 
 _GUARD_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 ARGUMENT_SPEC = dict(
@@ -184,7 +184,7 @@ def confirm(module, guard):
     if status == "fired":
         # Let a restore that is running finish before its saved file goes away.
         for _i in range(50):
-            if not guard._active(guard.unit + ".service"):
+            if not guard.service.is_active():
                 break
             time.sleep(0.2)
         result = guard.rollback_result()

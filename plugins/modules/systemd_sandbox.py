@@ -116,7 +116,7 @@ import os
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.aegis.fleet.plugins.module_utils.changes import text_diff
+from ansible_collections.aegis.fleet.plugins.module_utils.changes import report
 from ansible_collections.aegis.fleet.plugins.module_utils.sandbox import (
     check_settings,
     exposure,
@@ -124,6 +124,7 @@ from ansible_collections.aegis.fleet.plugins.module_utils.sandbox import (
     section,
     valid_unit_name,
 )
+from ansible_collections.aegis.fleet.plugins.module_utils.systemd import Systemd
 
 HEADER = "Managed by aegis.fleet.systemd_sandbox"
 ARGUMENT_SPEC = dict(
@@ -162,45 +163,13 @@ def _put(path, text):
     os.replace(tmp, path)
 
 
-class Unit:
-    def __init__(self, module, name):
-        self.module = module
-        self.name = name
-        self.systemctl = module.get_bin_path("systemctl", required=True)
-
-    def load_state(self):
-        rc, out, _err = self.module.run_command([self.systemctl, "show", "-p", "LoadState", "--value", self.name])
-        return out.strip() if rc == 0 else "unknown"
-
-    def reload(self):
-        self.module.run_command([self.systemctl, "daemon-reload"], check_rc=True)
-
-    def active(self):
-        rc, _out, _err = self.module.run_command([self.systemctl, "is-active", "--quiet", self.name])
-        return rc == 0
-
-    def restart(self):
-        rc, out, err = self.module.run_command([self.systemctl, "restart", self.name])
-        return rc, (err or out).strip()
-
-
-def verify(module, unit, path):
-    """Complaints of ``systemd-analyze verify`` about the drop-in (empty when it is fine)."""
-    analyze = module.get_bin_path("systemd-analyze")
-    if not analyze:
-        return []
-    _rc, out, err = module.run_command([analyze, "verify", unit])
-    return [line for line in (out + err).splitlines() if path in line]
-
-
-def main():
-    module = AnsibleModule(argument_spec=ARGUMENT_SPEC, required_if=REQUIRED_IF, supports_check_mode=True)
+def check_params(module):
+    """Fail with a message naming the option unless the parameters describe a drop-in."""
     p = module.params
     p["settings"] = p["settings"] or {}
-    name = p["unit"]
-    if not valid_unit_name(name):
+    if not valid_unit_name(p["unit"]):
         module.fail_json(msg="unit: %r is not a service, socket, mount or swap unit name; write it in full, "
-                             "e.g. 'cron.service'" % name)
+                             "e.g. 'cron.service'" % p["unit"])
     if not p["name"] or "/" in p["name"] or p["name"].startswith("."):
         module.fail_json(msg="name: %r must be a plain file name without '/' (e.g. 50-aegis-sandbox)" % p["name"])
     if p["state"] == "present":
@@ -210,47 +179,74 @@ def main():
         if errors:
             module.fail_json(msg="settings: %s" % "; ".join(errors))
 
-    unit = Unit(module, name)
-    load_state = unit.load_state()
-    if load_state != "loaded":
-        module.fail_json(msg="unit: %s is not loaded on this node (LoadState=%s); check the name with "
-                             "'systemctl list-unit-files'" % (name, load_state or "unknown"))
 
-    path = "/etc/systemd/system/%s.d/%s.conf" % (name, p["name"])
-    before = _read(path)
-    after = render_dropin(p["settings"], HEADER, section(name)) if p["state"] == "present" else None
-    changed = before != after
-    score_before = exposure(module, name) if p["score"] else None
-    result = dict(changed=changed, path=path, exposure_before=score_before, exposure_after=score_before,
-                  restarted=False)
-    if module._diff:
-        result["diff"] = text_diff(before, after, path)
-    if not changed or module.check_mode:
-        module.exit_json(**result)
+class Dropin:
+    """One sandboxing drop-in of one loaded unit: its text now, and putting new text in place
+    without leaving the unit broken."""
 
-    _put(path, after)
-    if after is not None:
-        complaints = verify(module, name, path)
-        if complaints:
-            _put(path, before)
-            module.fail_json(msg="settings: systemd rejects the drop-in for %s (the previous one is back): %s"
-                                 % (name, "; ".join(complaints)), path=path)
-    unit.reload()
-    if p["restart"] and unit.active():
-        rc, why = unit.restart()
-        if rc != 0 or not unit.active():
-            _put(path, before)
-            unit.reload()
-            back_rc, _why = unit.restart()
+    def __init__(self, module, unit, name):
+        self.module = module
+        self.systemd = Systemd(module)
+        self.unit = self.systemd.unit(unit)
+        load_state = self.unit.load_state()
+        if load_state != "loaded":
+            module.fail_json(msg="unit: %s is not loaded on this node (LoadState=%s); check the name with "
+                                 "'systemctl list-unit-files'" % (unit, load_state or "unknown"))
+        self.path = "/etc/systemd/system/%s.d/%s.conf" % (unit, name)
+
+    def current(self):
+        return _read(self.path)
+
+    def verify(self):
+        """Complaints of ``systemd-analyze verify`` about the drop-in (empty when it is fine)."""
+        analyze = self.module.get_bin_path("systemd-analyze")
+        if not analyze:
+            return []
+        _rc, out, err = self.module.run_command([analyze, "verify", self.unit.name])
+        return [line for line in (out + err).splitlines() if self.path in line]
+
+    def apply(self, before, after, restart):
+        """Replace the drop-in ``before`` with ``after`` (None: remove it), reload systemd and,
+        with ``restart``, restart an active unit; put ``before`` back and fail when systemd
+        rejects the drop-in or the unit does not come back up. Returns whether it restarted."""
+        name = self.unit.name
+        _put(self.path, after)
+        if after is not None:
+            complaints = self.verify()
+            if complaints:
+                _put(self.path, before)
+                self.module.fail_json(msg="settings: systemd rejects the drop-in for %s (the previous one is "
+                                          "back): %s" % (name, "; ".join(complaints)), path=self.path)
+        self.systemd.daemon_reload()
+        if not (restart and self.unit.is_active()):
+            return False
+        rc, why = self.unit.restart()
+        if rc != 0 or not self.unit.is_active():
+            _put(self.path, before)
+            self.systemd.daemon_reload()
+            back_rc, _why = self.unit.restart()
             state = "running" if back_rc == 0 else "still failing"
-            module.fail_json(msg="%s did not come back up with the new sandbox (%s); the previous drop-in is "
-                                 "back and the unit was restarted with it (%s). See journalctl -u %s for the "
-                                 "directive that breaks it." % (name, why or "inactive after restart", state, name),
-                             path=path)
-        result["restarted"] = True
-    if p["score"]:
-        result["exposure_after"] = exposure(module, name)
-    module.exit_json(**result)
+            msg = ("%s did not come back up with the new sandbox (%s); the previous drop-in is back and the "
+                   "unit was restarted with it (%s). See journalctl -u %s for the directive that breaks it."
+                   % (name, why or "inactive after restart", state, name))
+            self.module.fail_json(msg=msg, path=self.path)
+        return True
+
+
+def main():
+    module = AnsibleModule(argument_spec=ARGUMENT_SPEC, required_if=REQUIRED_IF, supports_check_mode=True)
+    check_params(module)
+    p = module.params
+    dropin = Dropin(module, p["unit"], p["name"])
+    before = dropin.current()
+    after = render_dropin(p["settings"], HEADER, section(p["unit"])) if p["state"] == "present" else None
+    score = exposure(module, p["unit"]) if p["score"] else None
+    result = dict(path=dropin.path, exposure_before=score, exposure_after=score, restarted=False)
+    if before != after and not module.check_mode:
+        result["restarted"] = dropin.apply(before, after, p["restart"])
+        if p["score"]:
+            result["exposure_after"] = exposure(module, p["unit"])
+    report(module, before, after, dropin.path, **result)
 
 
 if __name__ == "__main__":

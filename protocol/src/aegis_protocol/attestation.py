@@ -88,12 +88,21 @@ GOLDEN_SCHEMA = "aegis.golden/v1"
 def profile_from_golden(record: dict) -> ExpectedProfile:
     """The expected profile a golden record (written by the aegis.fleet.harden role at
     converge time, ``/var/lib/aegis/golden.json``) stands for: the hash of every file it
-    lists. Raises ValueError when ``record`` is not a golden record."""
+    lists. Its ``sysctl`` mapping (name -> value at converge, null where the node lacks the
+    setting) names what the agent digests into ``sysctl_digest``; it is checked here but
+    expects nothing by itself. Raises ValueError when ``record`` is not a golden record."""
     if not isinstance(record, dict) or record.get("schema") != GOLDEN_SCHEMA:
         raise ValueError(f"not a golden record (no \"schema\": \"{GOLDEN_SCHEMA}\")")
     files = record.get("files")
     if not isinstance(files, dict):
         raise ValueError("golden record has no \"files\" mapping")
+    sysctl = record.get("sysctl", {})
+    if not isinstance(sysctl, dict) or not all(
+            isinstance(k, str) and k and (v is None or isinstance(v, str))
+            for k, v in sysctl.items()):
+        raise ValueError("golden record \"sysctl\" must map sysctl names to their values as "
+                         "strings (null where the node lacks one), "
+                         "e.g. {\"kernel.kptr_restrict\": \"2\"}")
     return ExpectedProfile(golden=files)
 
 

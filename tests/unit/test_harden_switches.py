@@ -1,0 +1,44 @@
+"""Every feature of aegis.fleet.harden is switched in tasks/main.yml the same way: one task
+file, a ``when:`` and a tag, so an operator can turn off or skip any piece by itself."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+pytestmark = pytest.mark.unit
+TASKS = Path(__file__).resolve().parents[2] / "roles" / "harden" / "tasks"
+IMPORTS = ("ansible.builtin.import_tasks", "ansible.builtin.include_tasks")
+
+
+def _file(task: dict) -> str | None:
+    for key in IMPORTS:
+        if key in task:
+            value = task[key]
+            return value["file"] if isinstance(value, dict) else value
+    return None
+
+
+def _feature_tasks() -> list[dict]:
+    tasks = []
+    for task in yaml.safe_load((TASKS / "main.yml").read_text()):
+        tasks += [task, *task.get("block", []), *task.get("always", [])]
+    return [t for t in tasks if _file(t)]
+
+
+def test_every_feature_file_has_a_switch_and_a_tag():
+    features = _feature_tasks()
+    assert len(features) > 10
+    for task in features:
+        assert task.get("when"), f"{_file(task)}: no when: switch in main.yml"
+        assert task.get("tags"), f"{_file(task)}: no tag in main.yml"
+
+
+def test_task_files_do_not_test_the_package_lock_mode_themselves():
+    for path in TASKS.glob("package_lock*.yml"):
+        assert "harden_package_lock ==" not in path.read_text(), path.name
+
+
+def test_every_task_file_is_switched_from_main():
+    switched = {_file(t) for t in _feature_tasks()}
+    assert {p.name for p in TASKS.glob("*.yml")} - switched == {"main.yml"}
