@@ -10,6 +10,7 @@ from pathlib import Path
 from .syscall import BpfError, _libc
 
 BPFFS = Path("/sys/fs/bpf")
+PIN_ROOT = BPFFS / "aegis"
 
 
 def bpffs_mounts() -> list[Path]:
