@@ -41,9 +41,12 @@ class _EdgeVerb(_Verb):
     @field_validator("edge")
     @classmethod
     def _edge_shape(cls, value: str) -> str:
-        # the full grammar is the agent's (bpf.edges.Edge.parse); this is the wire's check
-        if "->" not in value or len(value) > 200:
-            raise ValueError(f"edge {value!r} is not {EDGE_HELP}")
+        # the full grammar is the agent's (bpf.edges.Edge.parse); this is the wire's check,
+        # worded as the agent words the same mistake
+        if len(value) > 200:
+            raise ValueError(f"bad edge {value[:40]!r}...: longer than 200 characters")
+        if "->" not in value:
+            raise ValueError(f"bad edge {value!r}: missing '->' — write an edge as {EDGE_HELP}")
         return value
 
 
