@@ -40,6 +40,11 @@ log = logging.getLogger("aegis.agent")
 WATCHDOG_EXIT = 3
 
 
+def _from_policy(event: Event) -> bool:
+    return event.kind == "policy" or (event.kind == "agent"
+                                      and event.data.get("source") == "policy")
+
+
 class _InEnforcement:
     """An attribute of the agent that is the same-named attribute of its enforcement."""
 
@@ -100,8 +105,7 @@ class Agent:
             self._alarm_reported = False
         # a policy's own actions (policy events, verbs with source policy) are not judged
         # again: a rule can never trigger itself
-        decisions = [d for e in events if e.kind != "policy" and e.data.get("source") != "policy"
-                     for d in self.policy.evaluate(e)]
+        decisions = [d for e in events if not _from_policy(e) for d in self.policy.evaluate(e)]
         if decisions:
             self.spool.append([self._act(d) for d in decisions])
 
