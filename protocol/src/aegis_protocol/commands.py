@@ -14,13 +14,13 @@ missing argument, an argument of the wrong type, a value outside its choices.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
 __all__ = ["ENFORCEMENT_VERBS", "QUERY_VERBS", "AllowExec", "Attest", "Command", "CommandError",
-           "DenyExec", "Edges", "Events", "Grant", "Ping", "Quarantine", "QuarantineCgroup",
-           "Release", "ReleaseCgroup", "Revoke", "Rotate", "Status", "parse"]
+           "DenyExec", "Events", "Grant", "Quarantine", "QuarantineCgroup", "Query", "Release",
+           "ReleaseCgroup", "Revoke", "Rotate", "parse"]
 
 EDGE_HELP = "'SOURCE -> DESTINATION PROTO/PORT'"
 Reason = Annotated[str, Field(max_length=200)]
@@ -127,16 +127,11 @@ class Attest(_Verb):
     reason: Reason | None = None
 
 
-class Status(_Verb):
-    """The agent's state (control socket only)."""
+class Query(_Verb):
+    """A question without arguments (control socket only): the agent's status, the granted
+    edges, or whether the daemon is serving."""
 
-    verb: Literal["status"] = "status"
-
-
-class Edges(_Verb):
-    """The granted edges (control socket only)."""
-
-    verb: Literal["edges"] = "edges"
+    verb: Literal["status", "edges", "ping"]
 
 
 class Events(_Verb):
@@ -147,21 +142,15 @@ class Events(_Verb):
     after: int | None = None
 
 
-class Ping(_Verb):
-    """Is the daemon serving (control socket only)."""
-
-    verb: Literal["ping"] = "ping"
-
-
 Command = Annotated[Grant | Revoke | Quarantine | Release | DenyExec | AllowExec
-                    | QuarantineCgroup | ReleaseCgroup | Rotate | Attest | Status | Edges
-                    | Events | Ping,
+                    | QuarantineCgroup | ReleaseCgroup | Rotate | Attest | Query | Events,
                     Field(discriminator="verb")]
 _COMMAND: TypeAdapter[Any] = TypeAdapter(Command)
 _MODELS: dict[str, type[_Verb]] = {
-    m.model_fields["verb"].default: m
+    verb: m
     for m in (Grant, Revoke, Quarantine, Release, DenyExec, AllowExec, QuarantineCgroup,
-              ReleaseCgroup, Rotate, Attest, Status, Edges, Events, Ping)}
+              ReleaseCgroup, Rotate, Attest, Query, Events)
+    for verb in get_args(m.model_fields["verb"].annotation)}
 ENFORCEMENT_VERBS = ("grant", "revoke", "quarantine", "release", "deny-exec", "allow-exec",
                      "quarantine-cgroup", "release-cgroup")
 QUERY_VERBS = ("status", "edges", "events", "ping")
