@@ -66,8 +66,6 @@ class Enforcement:
 
     def _done(self, verb: str, source: Source, result: dict[str, Any], summary: str,
               severity: Severity = "info", **data: Scalar) -> Outcome:
-        if source not in SOURCES:
-            raise ValueError(f"unknown source {source!r}; known: {', '.join(SOURCES)}")
         self.record([agent_event(verb, severity, source=source,
                                  **{k: v for k, v in data.items() if v is not None})])
         return Outcome(verb, source, result, summary)
@@ -77,6 +75,8 @@ class Enforcement:
         """Run a parsed ``aegis_protocol.commands`` model of an enforcement verb."""
         if command.verb not in ENFORCEMENT_VERBS:
             raise ValueError(f"{command.verb} is not an enforcement verb")
+        if source not in SOURCES:
+            raise ValueError(f"unknown source {source!r}; known: {', '.join(SOURCES)}")
         method = getattr(self, command.verb.replace("-", "_"))
         return method(**command.model_dump(exclude={"verb"}), source=source)
 
