@@ -85,7 +85,7 @@ def test_agent_enrolls_forwards_and_obeys_signed_orders(daemon: Daemon,  # noqa:
     # the order and its effect are in the agent's own events too, forwarded once (read
     # at the controller: the spool drops acknowledged segments, and the exec monitor of
     # an agent in the host's PID namespace spools every exec on the machine)
-    assert _wait(lambda: _stored(server, node_id, "order_grant") == 1)
+    assert _wait(lambda: _stored(server, node_id, "grant", source="order") == 1)
 
     # on request: an attest order makes the agent measure now (no profile yet: enrolled)
     def create(kind: str, args: dict) -> int:
@@ -215,12 +215,15 @@ def test_agent_unwraps_its_bootstrap_token_once_and_reports_a_stolen_one(
     assert _wait(lambda: _stored(server, node_id, "bootstrap_unwrap_failed") == 1)
 
 
-def _stored(server: Server, node_id: str, what: str) -> int:
-    """How many of the node's agent events named ``what`` the controller holds."""
+def _stored(server: Server, node_id: str, what: str, source: str | None = None) -> int:
+    """How many of the node's agent events named ``what`` (from ``source``: cli, order or
+    policy, when given) the controller holds."""
     with server.engine().connect() as conn:
         return int(conn.execute(sa.text(
             "SELECT count(*) FROM events WHERE node_id = :n AND kind = 'agent' "
-            "AND data LIKE :p"), {"n": node_id, "p": f'%"what": "{what}"%'}).scalar_one())
+            "AND data LIKE :p AND data LIKE :s"),
+            {"n": node_id, "p": f'%"what": "{what}"%',
+             "s": f'%"source": "{source}"%' if source else "%"}).scalar_one())
 
 
 def test_attested_bpf_programs_pinned_into_the_profile_and_a_removed_one_is_caught(

@@ -309,3 +309,116 @@ def test_connect_events_reach_the_spool(daemon: Daemon) -> None:
     assert ev["data"]["pid"] == proc.pid and ev["data"]["daddr"] == "127.0.0.1"
     assert ev["data"]["proto"] == "tcp"
 
+
+
+# -- one enforcement path -----------------------------------------------------------------
+def test_socket_order_and_policy_record_one_event_kind_with_their_source(
+        daemon: Daemon, tmp_path: Path) -> None:
+    """The same verb from the control socket, a signed order and the local policy runs
+    through one Enforcement: the same event (kind agent, what = the verb) with its source;
+    the socket, the developer CLI and the order acknowledgment carry the same result."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from aegis_agent.bpf import SegmentFilter
+    from aegis_agent.control_server import ControlServer
+    from aegis_agent.enforcement import Enforcement
+    from aegis_agent.orders import FileReplayGuard, OrderExecutor, order_handlers
+    from aegis_agent.policy import Decision, respond
+    from aegis_protocol.events import Event
+    from aegis_protocol.orders import new_order, sign_order, verify_ack
+
+    lab = daemon.lab
+    lab.listen("b", "192.0.2.2", 8080)
+    lab.listen("b", "192.0.2.2", 8081)
+    lab.agent("attach")  # the developer CLI (aegis-agent segment) in namespace b
+    recorded: list[Event] = []
+    seg = SegmentFilter(None, lab.pin)
+    try:
+        enforcement = Enforcement(seg, None, None, recorded.extend)
+        server = ControlServer(tmp_path / "sock", enforcement, Spool(tmp_path / "spool"),
+                               dict)
+        controller, node = Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate()
+        executor = OrderExecutor("n1", controller.public_key(), node,
+                                 FileReplayGuard(tmp_path / "nonces.json"),
+                                 order_handlers(enforcement))
+
+        by_socket = server.answer(json.dumps({"cmd": "grant", "args": {"edge": EDGE}}).encode())
+        assert by_socket == {"ok": True, "result": {"granted": EDGE}}
+        other = "192.0.2.1 -> 192.0.2.2 tcp/8081"
+        ack = verify_ack(executor.execute(sign_order(controller, new_order(
+            "n1", "grant", {"edge": other, "ttl": 600}))), node.public_key())
+        assert ack.status == "done", ack.detail
+        assert lab.reachable(8080) and lab.reachable(8081)
+        by_cli = lab.agent("grant", EDGE, netns=False)  # a re-grant, from another process
+        assert json.loads(ack.detail) == {"granted": other}
+        assert by_cli.keys() == json.loads(ack.detail).keys() == by_socket["result"].keys()
+
+        drop = Event(ts_ns=1, kind="drop", data={"src": "192.0.2.1"})
+        assert "quarantined" in respond(Decision("scan", "quarantine", drop), enforcement)
+        assert not lab.reachable(8080)
+        assert server.answer(b'{"cmd": "release"}')["result"]["quarantine"] is False
+        assert lab.reachable(8080)
+        ack = verify_ack(executor.execute(sign_order(controller, new_order(
+            "n1", "quarantine", {"level": "hard"}))), node.public_key())
+        assert json.loads(ack.detail)["quarantine"] is True
+        assert not lab.reachable(8080)
+    finally:
+        seg.close()
+        lab.agent("detach", check=False)
+
+    seen = [(e.kind, e.data["what"], e.data["source"]) for e in recorded]
+    assert seen == [("agent", "grant", "cli"), ("agent", "grant", "order"),
+                    ("agent", "quarantine", "policy"), ("agent", "release", "cli"),
+                    ("agent", "quarantine", "order")]
+    assert recorded[1].data["edge"] == other and recorded[4].data["level"] == "hard"
+
+
+def test_policy_quarantines_a_cgroup_and_the_cli_releases_it(daemon: Daemon) -> None:
+    """A connect rule with action deny quarantines the connecting process's cgroup (the
+    policy path); ``aegis-agent release-cgroup`` lets it connect again (the CLI path)."""
+    cgroups = Path("/sys/fs/cgroup/unified")
+    if not (cgroups / "cgroup.procs").is_file():
+        pytest.skip("no cgroup v2 hierarchy at /sys/fs/cgroup/unified")
+    with socket.create_server(("127.0.0.1", 0)) as trigger, \
+            socket.create_server(("127.0.0.1", 0)) as other:
+        tport, oport = trigger.getsockname()[1], other.getsockname()[1]
+        cfg = yaml.safe_load(daemon.config.read_text())
+        cfg["policy"].append({"name": "no-trigger", "kind": "connect",
+                              "match": {"dport": [tport]}, "action": "deny"})
+        daemon.config.write_text(yaml.safe_dump(cfg))
+        cg = cgroups / f"{daemon.prefix}-q"
+        cg.mkdir()
+        try:
+            daemon.start()
+            code = (f"import os, socket, time\n"
+                    f"open('{cg}/cgroup.procs', 'w').write(str(os.getpid()))\n"
+                    f"socket.create_connection(('127.0.0.1', {tport}), timeout=2).close()\n"
+                    f"for _ in range(100):\n"
+                    f"    try:\n"
+                    f"        socket.create_connection(('127.0.0.1', {oport}), timeout=2)"
+                    f".close()\n"
+                    f"    except PermissionError:\n"
+                    f"        print('denied', flush=True)\n"
+                    f"        break\n"
+                    f"    time.sleep(0.1)\n")
+            out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                                 timeout=60, check=True).stdout
+            assert out.strip() == "denied"  # the policy quarantined the process's cgroup
+            _rc, status, _e = daemon.cli("release-cgroup", str(cg))
+            assert status == {"released": True, "cgroups": []}
+            again = (f"import os, socket\n"
+                     f"open('{cg}/cgroup.procs', 'w').write(str(os.getpid()))\n"
+                     f"socket.create_connection(('127.0.0.1', {oport}), timeout=2).close()\n")
+            subprocess.run([sys.executable, "-c", again], timeout=60, check=True)
+            rc, _o, err = daemon.cli("release-cgroup", "/tmp", check=False)
+            assert rc == 1 and "not a cgroup" in err
+            events = daemon.events()
+        finally:
+            for pid in (cg / "cgroup.procs").read_text().split():
+                os.kill(int(pid), signal.SIGKILL)
+            cg.rmdir()
+    verbs = [(e["data"]["what"], e["data"]["source"]) for e in events
+             if e["kind"] == "agent" and "source" in e["data"]]
+    assert verbs == [("quarantine-cgroup", "policy"), ("release-cgroup", "cli")]
+    (pol,) = [e for e in events if e["kind"] == "policy"]
+    assert pol["data"]["rule"] == "no-trigger" and str(cg) in pol["data"]["result"]

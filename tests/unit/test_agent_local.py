@@ -31,6 +31,9 @@ def test_empty_config_gives_defaults() -> None:
     ("segment: {mode: enforced}", "segment.mode: Input should be 'enforce' or 'observe'"),
     ("segmnet: {}", "segmnet: unknown key"),
     ("segment: {edges: ['10.0.0.1 => x']}", "segment.edges[0]"),
+    ("segment: {management: ['192.0.2.1 tcp/22', 'any']}",
+     "segment.management[1]: bad management peer 'any'"),
+    ("segment: {management: ['192.0.2.1 tcp/99999']}", "segment.management[0]: bad"),
     ("spool: {max_bytes: 10}", "spool.max_bytes: Input should be greater than or equal"),
     ("policy: [{name: r, kind: exex, action: deny}]", "policy[0].kind"),
     ("policy: [{name: r, kind: exec, action: nuke}]", "policy[0].action"),
@@ -177,7 +180,10 @@ def test_unit_verifies_and_is_sandboxed(tmp_path: Path, package: str, limit: flo
     if not shutil.which("systemd-analyze"):
         pytest.skip("systemd-analyze not installed")
     name = f"aegis-{package}"
-    unit = Path(__file__).resolve().parents[2] / package / "systemd" / f"{name}.service"
+    repo = Path(__file__).resolve().parents[2]
+    # the agent's unit ships with its role (the only copy); the controller's with its package
+    unit = (repo / "roles" / "agent" / "files" if package == "agent"
+            else repo / package / "systemd") / f"{name}.service"
     exe = str(Path(sys.executable).with_name(name))
     local = tmp_path / f"{name}.service"
     local.write_text(unit.read_text().replace(f"/opt/aegis/{package}/bin/{name}", exe))
@@ -200,3 +206,46 @@ def test_watchdog_strikes_then_gives_up() -> None:
     relaxed = SelfWatch(WatchdogConfig(max_rss_mb=1 << 20, max_cpu_percent=1e9))
     assert relaxed.check().over == [] and relaxed.strikes == 0
 
+
+
+# -- policy through the enforcement ----------
+def test_a_policy_action_is_recorded_once_and_never_judged_again(tmp_path: Path) -> None:
+    """A quarantine rule on agent events: its own quarantine (an agent event, source
+    policy) must not fire the rule again."""
+    import asyncio
+
+    from aegis_agent.daemon import Agent
+    from aegis_protocol.events import agent_event
+
+    class Segment:  # the kernel side of a segment filter, as far as quarantine needs it
+        def __init__(self) -> None:
+            self.calls: list[bool] = []
+
+        def quarantine(self, on: bool, management: list[str] | None = None) -> None:
+            self.calls.append(on)
+
+        def policy(self) -> dict[str, object]:
+            return {"quarantine": self.calls[-1]}
+
+    cfg = parse_config(f"""
+spool: {{dir: {tmp_path / 'spool'}}}
+policy:
+  - {{name: lockdown, kind: agent, match: {{what: [start]}}, action: quarantine}}
+  - {{name: any-agent, kind: agent, action: quarantine}}
+""")
+    agent = Agent(cfg)
+    seg = Segment()
+    agent.segment = seg  # type: ignore[assignment]
+
+    async def run() -> None:
+        agent._loop = asyncio.get_running_loop()
+        agent.record([agent_event("start")])
+
+    asyncio.run(run())
+    assert seg.calls == [True, True]  # once per rule that matched "start", not again
+    events = [e for _s, e in agent.spool.read(-1, 100)]
+    whats = [(e.kind, e.data.get("what"), e.data.get("source")) for e in events]
+    assert whats == [("agent", "start", None), ("agent", "quarantine", "policy"),
+                     ("agent", "quarantine", "policy"), ("policy", None, None),
+                     ("policy", None, None)]
+    assert {e.data["rule"] for e in events if e.kind == "policy"} == {"lockdown", "any-agent"}

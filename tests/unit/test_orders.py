@@ -115,3 +115,38 @@ def test_a_lost_nonce_file_refuses_older_orders(tmp_path: Path) -> None:
     assert _refusal(old, guard) == "replayed"  # may have been executed before the loss
     fresh = _signed(now=int(time.time()) + 1)
     assert verify_order(fresh, CONTROLLER.public_key(), "n1", None, guard)
+
+
+@pytest.mark.parametrize(("kind", "args", "expected"), [
+    ("grant", {}, "grant needs the argument 'edge'"),
+    ("grant", {"edge": EDGE, "rm": "-rf"}, "grant takes no argument(s) rm; allowed: edge, "
+                                           "idle, ttl"),
+    ("grant", {"edge": EDGE, "ttl": True}, "grant: argument 'ttl' has the wrong type"),
+    ("grant", {"edge": "10.0.0.1 => 10.0.0.2"}, "grant: bad edge '10.0.0.1 => 10.0.0.2': "
+                                                "missing '->'"),
+    ("quarantine", {"level": "total"}, "quarantine: level must be one of soft, hard"),
+    ("rotate", {"what": "disk"}, "rotate: what must be one of certificate, secrets"),
+    ("release-cgroup", {}, "release-cgroup needs the argument 'cgroup'"),
+    ("release", {"verb": "grant"}, "release takes no argument(s) verb"),
+])
+def test_order_args_are_checked_by_the_verb_models(kind: str, args: dict,
+                                                   expected: str) -> None:
+    with pytest.raises(OrderRefused) as err:
+        new_order("n1", kind, args)  # type: ignore[arg-type]
+    assert err.value.reason == "malformed" and expected in err.value.detail, err.value.detail
+
+
+def test_enforcement_order_kinds_run_through_one_enforcement(tmp_path: Path) -> None:
+    from aegis_agent.enforcement import Enforcement
+    from aegis_agent.orders import order_handlers
+
+    recorded: list = []
+    handlers = order_handlers(Enforcement(None, None, None, recorded.extend))
+    assert set(handlers) == {"grant", "revoke", "quarantine", "release", "release-cgroup"}
+    ex = OrderExecutor("n1", CONTROLLER.public_key(), NODE,
+                       FileReplayGuard(tmp_path / "nonces.json"), handlers)
+    ack = ex.execute(_signed("release-cgroup", {"cgroup": "/sys/fs/cgroup/x"})).ack
+    assert ack.status == "failed" and "the connect monitor is not running" in ack.detail
+    ack = ex.execute(_signed("grant")).ack
+    assert ack.status == "failed" and "segmentation is off" in ack.detail
+    assert recorded == []  # nothing was done, so nothing is recorded

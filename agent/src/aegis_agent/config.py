@@ -11,6 +11,7 @@ from typing import Annotated, Literal
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -22,7 +23,7 @@ from pydantic import (
 from aegis_protocol.events import EventKind, Scalar
 
 from .bpf.bpffs import PIN_ROOT
-from .bpf.edges import Edge, EdgeSpecError
+from .bpf.edges import Edge, EdgeSpecError, Peer
 
 DEFAULT_PATH = Path("/etc/aegis/agent.yaml")
 
@@ -55,6 +56,18 @@ class EdgeGrant(_Strict):
         return value
 
 
+def _peer(spec: str) -> str:
+    # checked at load, not first at attach: a bad peer is a config error naming the key
+    try:
+        Peer.parse(spec)
+    except EdgeSpecError as e:
+        raise ValueError(str(e)) from None
+    return spec
+
+
+ManagementPeer = Annotated[str, AfterValidator(_peer)]
+
+
 class SegmentConfig(_Strict):
     interface: str | None = Field(None, description="no interface: no segmentation")
     pin_dir: Path = PIN_ROOT / "segment"
@@ -63,7 +76,7 @@ class SegmentConfig(_Strict):
     mode: Literal["enforce", "observe"] = "enforce"
     arp: Literal["allow", "deny"] = "allow"
     ipv6: Literal["deny", "allow", "filter"] = "deny"
-    management: list[str] = Field(default_factory=list)
+    management: list[ManagementPeer] = Field(default_factory=list)
     edges: list[EdgeGrant] = Field(default_factory=list, description="'SPEC' or {edge, ttl, idle}")
     sweep_interval: Annotated[float, Field(gt=0)] = 5.0
 
@@ -74,8 +87,6 @@ class SegmentConfig(_Strict):
             return [{"edge": v} if isinstance(v, str) else v for v in value]
         return value
 
-    def grants(self) -> list[EdgeGrant]:
-        return self.edges
 
 
 class MonitorConfig(_Strict):

@@ -1,32 +1,28 @@
-"""The agent's control socket: one JSON request per line, one JSON answer per line.
+"""The agent's control socket as the client sees it: the line format and ``call``.
 
     {"cmd": "grant", "args": {"edge": "10.0.0.1 -> 10.0.0.2 tcp/22", "ttl": 60}}
     {"ok": true, "result": {...}}  |  {"ok": false, "error": "what was wrong"}
 
-The socket is root-only: 0600 in a 0700 directory, and the daemon checks the peer's uid
-with SO_PEERCRED.
+The commands are the verbs of ``aegis_protocol.commands`` (their models check the args);
+the daemon serves them in ``control_server``. The socket is root-only: 0600 in a 0700
+directory, and the daemon checks the peer's uid with SO_PEERCRED.
 """
 
 from __future__ import annotations
 
 import json
 import socket
-import struct
 from pathlib import Path
 from typing import Any
 
+from aegis_protocol.commands import ENFORCEMENT_VERBS, QUERY_VERBS
+
 MAX_LINE = 1 << 20
-COMMANDS = ("status", "edges", "grant", "revoke", "quarantine", "release", "events",
-            "deny-exec", "allow-exec", "ping")
+COMMANDS = QUERY_VERBS + ENFORCEMENT_VERBS
 
 
 class ControlError(RuntimeError):
     """The daemon could not be reached, or refused the request (message says why)."""
-
-
-def peer_uid(sock: socket.socket) -> int:
-    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-    return struct.unpack("3i", creds)[1]
 
 
 def parse_request(line: bytes) -> tuple[str, dict[str, Any]]:

@@ -1,38 +1,39 @@
-"""The agent daemon: kernel enforcement and monitors in, durable events out.
+"""The agent daemon: start-up, readers, periodic tasks and shutdown.
 
 One asyncio loop: ring buffers (segment drops, execs, connects) are drained through
-``loop.add_reader`` into the spool, each event goes through the local policy, expired
-edges are swept, the agent watches its own CPU and memory, and the control socket
-serves the CLI. SIGTERM closes this process's handles and leaves every pin in place, so
-enforcement outlives the process (``aegis-agent detach`` removes it).
+``loop.add_reader`` into the spool, each event goes through the local policy (whose
+decisions run as ``Enforcement`` verbs), expired edges are swept, the agent watches its
+own CPU and memory, the control socket (``control_server``) serves the CLI and the
+controller link runs signed orders (``orders.order_handlers``). SIGTERM closes this
+process's handles and leaves every pin in place, so enforcement outlives the process
+(``aegis-agent detach`` removes it).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import signal
 import time
-from pathlib import Path
 from typing import Any
 
 from aegis_protocol.events import Event, agent_event
 
 from . import __version__, measure
-from .bpf.edges import EdgeSpecError
 from .bpf.monitors import ConnectMonitor, ExecMonitor
 from .bpf.pinned import PinnedObject
 from .bpf.ring import RingReader
 from .bpf.segment import SegmentFilter
 from .bpf.syscall import BpfError
 from .config import AgentConfig
-from .control import MAX_LINE, parse_request, peer_uid
+from .control_server import ControlServer
+from .enforcement import Enforcement
 from .events import Record, from_record
 from .notify import notify, watchdog_interval
-from .policy import Decision, Policy
+from .orders import order_handlers
+from .policy import Decision, Policy, respond
 from .spool import Spool
 from .uplink import Uplink
 from .watchdog import SelfWatch
@@ -42,33 +43,22 @@ log = logging.getLogger("aegis.agent")
 WATCHDOG_EXIT = 3
 
 
-def cgroup_of(pid: int) -> str:
-    """The cgroup v2 directory of ``pid`` (hybrid hierarchy: under /sys/fs/cgroup/unified)."""
-    for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines():
-        if line.startswith("0::"):
-            rel = line[3:].lstrip("/")
-            for root in (Path("/sys/fs/cgroup/unified"), Path("/sys/fs/cgroup")):
-                if (root / "cgroup.procs").exists() and (root / rel / "cgroup.procs").exists():
-                    return str(root / rel)
-    raise FileNotFoundError(f"no cgroup v2 directory found for pid {pid}")
+def _from_policy(event: Event) -> bool:
+    return event.kind == "policy" or (event.kind == "agent"
+                                      and event.data.get("source") == "policy")
 
 
-class _Args:
-    """A request's arguments, checked for presence and type as they are read."""
+class _InEnforcement:
+    """An attribute of the agent that is the same-named attribute of its enforcement."""
 
-    def __init__(self, cmd: str, args: dict[str, Any]) -> None:
-        self.cmd, self.args = cmd, args
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
 
-    def get(self, name: str, kind: type | tuple[type, ...] = str, default: Any = ...) -> Any:
-        if name not in self.args:
-            if default is ...:
-                raise ValueError(f"{self.cmd}: missing argument {name!r}")
-            return default
-        value = self.args[name]
-        if value is not None and (not isinstance(value, kind) or isinstance(value, bool)):
-            raise ValueError(f"{self.cmd}: argument {name!r} has the wrong type "
-                             f"({type(value).__name__})")
-        return value
+    def __get__(self, agent: Any, owner: type | None = None) -> Any:
+        return getattr(agent.enforcement, self.name)
+
+    def __set__(self, agent: Any, value: Any) -> None:
+        setattr(agent.enforcement, self.name, value)
 
 
 class Agent:
@@ -77,19 +67,23 @@ class Agent:
         self.spool = Spool(cfg.spool.dir, cfg.spool.max_bytes, cfg.spool.segment_bytes,
                            cfg.spool.high_water)
         self.policy = Policy(cfg.policy)
-        self.segment: SegmentFilter | None = None
-        self.execs: ExecMonitor | None = None
-        self.connects: ConnectMonitor | None = None
+        self.enforcement = Enforcement(None, None, None, self._record_from_any_thread)
         self.watch = SelfWatch(cfg.watchdog)
         self.started = time.monotonic()
         self.last_reading: dict[str, object] = {}
         self.offset_ns = time.time_ns() - time.monotonic_ns()
         self._stop = asyncio.Event()
         self._exit = 0
-        self._server: asyncio.AbstractServer | None = None
+        self._server: ControlServer | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._readers: list[int] = []
         self.uplink: Uplink | None = None
         self._written: list[Event] = []
+
+    # the kernel components live in the enforcement; the start-up code sets them here
+    segment: SegmentFilter | None = _InEnforcement()  # type: ignore[assignment]
+    execs: ExecMonitor | None = _InEnforcement()  # type: ignore[assignment]
+    connects: ConnectMonitor | None = _InEnforcement()  # type: ignore[assignment]
 
     # -- events ----------------------------------------------------------------------------
     def record(self, events: list[Event], *, written: bool = False) -> None:
@@ -112,17 +106,29 @@ class Agent:
                                             max_bytes=st["max_bytes"])])
         elif not self.spool.alarm:
             self._alarm_reported = False
-        decisions = [d for e in events if e.kind != "policy" for d in self.policy.evaluate(e)]
+        # a policy's own actions (policy events, verbs with source policy) are not judged
+        # again: a rule can never trigger itself
+        decisions = [d for e in events if not _from_policy(e) for d in self.policy.evaluate(e)]
         if decisions:
             self.spool.append([self._act(d) for d in decisions])
 
     _alarm_reported = False
 
+    def _record_from_any_thread(self, events: list[Event]) -> None:
+        """``record``, handed to the loop when called from the controller link's thread."""
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            assert self._loop is not None
+            self._loop.call_soon_threadsafe(self.record, events)
+            return
+        self.record(events)
+
     def _act(self, d: Decision) -> Event:
         data = {"rule": d.rule, "action": d.action, "trigger_kind": d.event.kind,
                 "trigger_id": str(d.event.id)}
         try:
-            data["result"] = self._execute(d)
+            data["result"] = respond(d, self.enforcement)
         except (BpfError, OSError, ValueError) as e:
             data["result"] = f"failed: {e}"
         severity = {"log": "info", "alert": "warning"}.get(d.action, "critical")
@@ -130,23 +136,6 @@ class Agent:
             "policy %s: %s", d.rule, d.action, extra={"decision": data})
         return Event(ts_ns=time.time_ns(), kind="policy", severity=severity, data=data)
 
-    def _execute(self, d: Decision) -> str:
-        ev = d.event
-        if d.action in ("log", "alert"):
-            return "recorded"
-        if d.action == "deny":
-            if ev.kind.startswith("exec") and self.execs:
-                self.execs.deny(str(ev.data["filename"]))
-                return f"exec of {ev.data['filename']} denied"
-            if ev.kind.startswith("connect") and self.connects:
-                cg = cgroup_of(int(ev.data["pid"]))  # type: ignore[arg-type]
-                self.connects.quarantine_cgroup(cg)
-                return f"connects from cgroup {cg} denied"
-            return "nothing to deny for this event kind"
-        if self.segment:
-            self.segment.quarantine(True)
-            return "node quarantined (management path only)"
-        return "no segment filter configured: cannot quarantine the node"
 
     # A kernel ring buffer is the only copy of an event until the agent writes it out, and
     # libbpf moves the ring's consumer position past each record right after its callback.
@@ -174,7 +163,7 @@ class Agent:
         info = seg.attach()
         if not info.reused:
             seg.quarantine(False, sc.management)
-            for g in sc.grants():
+            for g in sc.edges:
                 seg.grant(g.edge, g.ttl, g.idle)
         self.segment = seg
         self.record([agent_event("segment_attached", detail=str(info), reused=info.reused)])
@@ -212,42 +201,12 @@ class Agent:
         self._readers.append(reader.fileno())
 
     # -- controller link ------------------------------------------------------------------------
-    def _order_handlers(self) -> dict[str, Any]:
-        """What signed orders from the controller do here (run on the uplink thread)."""
-        loop = asyncio.get_running_loop()
-
-        def note(what: str, **data: Any) -> None:
-            loop.call_soon_threadsafe(self.record, [agent_event(what, "warning", **data)])
-
-        def grant(args: dict[str, Any]) -> str:
-            edge = self._need_segment().grant(str(args["edge"]), args.get("ttl"), args.get("idle"))
-            note("order_grant", edge=str(edge))
-            return f"granted {edge}"
-
-        def revoke(args: dict[str, Any]) -> str:
-            found = self._need_segment().revoke(str(args["edge"]))
-            note("order_revoke", edge=str(args["edge"]), found=found)
-            return f"revoked {args['edge']}" if found else f"{args['edge']} was not granted"
-
-        def quarantine(args: dict[str, Any]) -> str:
-            mgmt = args.get("management")
-            self._need_segment().quarantine(True, mgmt if isinstance(mgmt, list) else None)
-            note("order_quarantine", level=str(args.get("level", "soft")))
-            return "quarantined: management path only"
-
-        def release(_args: dict[str, Any]) -> str:
-            self._need_segment().quarantine(False)
-            note("order_release")
-            return "released"
-
-        return {"grant": grant, "revoke": revoke, "quarantine": quarantine, "release": release}
-
     def _start_uplink(self) -> None:
         cc = self.cfg.controller
         if cc is None:
             return
         assert self.cfg.node_id is not None  # the config requires it with a controller
-        self.uplink = Uplink(cc, self.cfg.node_id, self.spool, self._order_handlers(),
+        self.uplink = Uplink(cc, self.cfg.node_id, self.spool, order_handlers(self.enforcement),
                              bpf_state=self.bpf_state)
 
     def bpf_state(self) -> list[dict[str, str | int]]:
@@ -273,113 +232,6 @@ class Agent:
             await asyncio.to_thread(self.uplink.tick)
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), self.cfg.controller.interval)
-
-    # -- control socket --------------------------------------------------------------------------
-    async def _serve(self) -> None:
-        path = self.cfg.control.socket
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        os.chmod(path.parent, 0o700)
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()
-        old = os.umask(0o177)
-        try:
-            self._server = await asyncio.start_unix_server(self._client, str(path),
-                                                           limit=MAX_LINE)
-        finally:
-            os.umask(old)
-
-    async def _client(self, reader: asyncio.StreamReader,
-                      writer: asyncio.StreamWriter) -> None:
-        try:
-            sock = writer.get_extra_info("socket")
-            if peer_uid(sock) != 0:
-                await self._answer(writer, {"ok": False,
-                                            "error": "the control socket is root-only"})
-                return
-            while line := await reader.readline():
-                try:
-                    cmd, args = parse_request(line)
-                    answer = {"ok": True, "result": self.handle(cmd, args)}
-                except (ValueError, TypeError, EdgeSpecError, BpfError, OSError) as e:
-                    answer = {"ok": False, "error": str(e)}
-                await self._answer(writer, answer)
-        except (asyncio.LimitOverrunError, ValueError):
-            await self._answer(writer, {"ok": False, "error": "request line too long"})
-        except ConnectionError:
-            pass
-        finally:
-            writer.close()
-
-    @staticmethod
-    async def _answer(writer: asyncio.StreamWriter, answer: dict) -> None:
-        writer.write(json.dumps(answer, default=str).encode() + b"\n")
-        await writer.drain()
-
-    def _need_segment(self) -> SegmentFilter:
-        if self.segment is None:
-            raise ValueError("segmentation is off (no segment.interface in the config)")
-        return self.segment
-
-    def handle(self, cmd: str, args: dict[str, Any]) -> Any:
-        """One control request; raises ValueError (and friends) with what was wrong."""
-        return getattr(self, "_cmd_" + cmd.replace("-", "_"))(_Args(cmd, args))
-
-    def _cmd_ping(self, _a: _Args) -> Any:
-        return "pong"
-
-    def _cmd_status(self, _a: _Args) -> Any:
-        return self.status()
-
-    def _cmd_edges(self, _a: _Args) -> Any:
-        now = time.monotonic_ns()
-        return [{"edge": str(s.edge), "state": s.state(now),
-                 "expires_in": (s.expires_ns - now) / 1e9 if s.expires_ns else None,
-                 "idle_timeout": s.idle_ns / 1e9 if s.idle_ns else None}
-                for s in self._need_segment().edges()]
-
-    def _cmd_grant(self, a: _Args) -> Any:
-        ttl, idle = a.get("ttl", (int, float), None), a.get("idle", (int, float), None)
-        edge = self._need_segment().grant(a.get("edge"), ttl, idle)
-        self.record([agent_event("grant", edge=str(edge), ttl=ttl, idle=idle)])
-        return {"granted": str(edge)}
-
-    def _cmd_revoke(self, a: _Args) -> Any:
-        found = self._need_segment().revoke(a.get("edge"))
-        self.record([agent_event("revoke", edge=a.get("edge"), found=found)])
-        return {"revoked": found}
-
-    def _cmd_quarantine(self, a: _Args, on: bool = True) -> Any:
-        self._need_segment().quarantine(on)
-        self.record([agent_event(a.cmd, "warning")])
-        return self._need_segment().policy()
-
-    def _cmd_release(self, a: _Args) -> Any:
-        return self._cmd_quarantine(a, on=False)
-
-    def _exec_monitor(self) -> ExecMonitor:
-        if self.execs is None:
-            raise ValueError("the exec monitor is not running")
-        return self.execs
-
-    def _cmd_deny_exec(self, a: _Args) -> Any:
-        self._exec_monitor().deny(a.get("path"))
-        self.record([agent_event(a.cmd, path=a.get("path"))])
-        return {"denied": self._exec_monitor().denied()}
-
-    def _cmd_allow_exec(self, a: _Args) -> Any:
-        self._exec_monitor().allow(a.get("path"))
-        self.record([agent_event(a.cmd, path=a.get("path"))])
-        return {"denied": self._exec_monitor().denied()}
-
-    def _cmd_events(self, a: _Args) -> Any:
-        limit = a.get("limit", int, 100)
-        if not 1 <= limit <= 10000:
-            raise ValueError("events: limit must be between 1 and 10000")
-        after = a.get("after", int, None)
-        if after is None:
-            after = max(-1, self.spool.next_seq - limit - 1)
-        return [{"seq": seq, **json.loads(e.model_dump_json())}
-                for seq, e in self.spool.read(after, limit)]
 
     def status(self) -> dict[str, object]:
         return {"version": __version__, "pid": os.getpid(), "node_id": self.cfg.node_id,
@@ -420,7 +272,7 @@ class Agent:
 
     # -- run ----------------------------------------------------------------------------------
     async def run(self) -> int:
-        loop = asyncio.get_running_loop()
+        loop = self._loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
         self.record([agent_event("start", version=__version__, pid=os.getpid())])
@@ -434,7 +286,9 @@ class Agent:
         for part in (self.segment, self.execs, self.connects):
             if part is not None:
                 self._add_reader(part)
-        await self._serve()
+        self._server = ControlServer(self.cfg.control.socket, self.enforcement, self.spool,
+                                     self.status)
+        await self._server.start()
         self._start_uplink()
         tasks = [asyncio.create_task(self._every(self.cfg.segment.sweep_interval, self._sweep)),
                  asyncio.create_task(self._every(self.cfg.watchdog.interval, self._check_self))]
@@ -461,8 +315,6 @@ class Agent:
             loop.remove_reader(fd)
         if self._server:
             self._server.close()
-        with contextlib.suppress(FileNotFoundError):
-            self.cfg.control.socket.unlink()
         with contextlib.suppress(Exception):
             self.record([agent_event("stop", exit=self._exit)])
         for part in (self.segment, self.execs, self.connects):

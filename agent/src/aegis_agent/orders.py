@@ -2,7 +2,9 @@
 
 Nonces of accepted orders are kept in a file (written atomically) until the orders
 expire, so an agent restarted after a crash still refuses a replay of an order it had
-already executed.
+already executed. The enforcement kinds run as ``Enforcement`` verbs with source
+``order`` (:func:`order_handlers`); their acknowledgment carries the verb's result as JSON,
+the same result the control socket answers.
 """
 
 from __future__ import annotations
@@ -13,19 +15,24 @@ import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from aegis_protocol.commands import ENFORCEMENT_VERBS, parse
+from aegis_protocol.files import write_atomically
 from aegis_protocol.orders import (
     CLOCK_SKEW,
     OrderAck,
+    OrderKind,
     OrderRefused,
     SignedAck,
     SignedOrder,
     sign_ack,
     verify_order,
 )
+
+from .enforcement import Enforcement
 
 Handler = Callable[[dict[str, Any]], str]
 
@@ -64,12 +71,9 @@ class FileReplayGuard:
 
     def _save(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        with tmp.open("w") as fh:
-            json.dump({"seen": self.seen, "not_before": self.not_before}, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, self.path)
+        write_atomically(self.path, json.dumps({"seen": self.seen,
+                                                "not_before": self.not_before}).encode(),
+                         mode=0o600)
 
 
 class OrderExecutor:
@@ -110,3 +114,16 @@ class OrderExecutor:
         ack = OrderAck(order_id=oid, node_id=self.node_id, status=status,  # type: ignore[arg-type]
                        detail=detail[:2000], at=now)
         return sign_ack(self.node_key, ack)
+
+
+def order_handlers(enforcement: Enforcement) -> dict[str, Handler]:
+    """The order kinds that are enforcement verbs, each run through ``enforcement`` with
+    source ``order``; the acknowledgment's detail is the verb's result as JSON."""
+
+    def handler(kind: str) -> Handler:
+        def run(args: dict[str, Any]) -> str:
+            outcome = enforcement.run(parse(kind, args), "order")
+            return json.dumps(outcome.result, default=str, sort_keys=True)
+        return run
+
+    return {kind: handler(kind) for kind in get_args(OrderKind) if kind in ENFORCEMENT_VERBS}

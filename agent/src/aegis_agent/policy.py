@@ -3,7 +3,9 @@
 A rule matches an event by kind and by data fields (each listed field must have one of
 the listed values); with a threshold it fires when ``count`` matching events arrive
 within ``seconds`` (per value of the ``by`` field, e.g. per source address), then its
-window starts over.
+window starts over. :func:`respond` carries a decision out through the same
+:class:`~aegis_agent.enforcement.Enforcement` verbs as the socket and orders
+(source ``policy``).
 """
 
 from __future__ import annotations
@@ -11,10 +13,12 @@ from __future__ import annotations
 import time
 from collections import defaultdict, deque
 from dataclasses import dataclass
+from pathlib import Path
 
 from aegis_protocol.events import Event
 
 from .config import Rule
+from .enforcement import Enforcement
 
 
 @dataclass(frozen=True)
@@ -50,3 +54,32 @@ class Policy:
                 window.clear()
             decisions.append(Decision(rule.name, rule.action, event, key))
         return decisions
+
+
+def cgroup_of(pid: int) -> str:
+    """The cgroup v2 directory of ``pid`` (hybrid hierarchy: under /sys/fs/cgroup/unified)."""
+    for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines():
+        if line.startswith("0::"):
+            rel = line[3:].lstrip("/")
+            for root in (Path("/sys/fs/cgroup/unified"), Path("/sys/fs/cgroup")):
+                if (root / "cgroup.procs").exists() and (root / rel / "cgroup.procs").exists():
+                    return str(root / rel)
+    raise FileNotFoundError(f"no cgroup v2 directory found for pid {pid}")
+
+
+def respond(d: Decision, enforcement: Enforcement) -> str:
+    """Carry out ``d``; returns what was done (raises what the verb raises).
+
+    deny: an exec event denies the file, a connect event quarantines the process's
+    cgroup; quarantine: the node's segment; log and alert only record the decision."""
+    ev = d.event
+    if d.action in ("log", "alert"):
+        return "recorded"
+    if d.action == "deny":
+        if ev.kind.startswith("exec"):
+            return enforcement.deny_exec(str(ev.data["filename"]), source="policy").summary
+        if ev.kind.startswith("connect"):
+            cgroup = cgroup_of(int(ev.data["pid"]))  # type: ignore[arg-type]
+            return enforcement.quarantine_cgroup(cgroup, source="policy").summary
+        return "nothing to deny for this event kind"
+    return enforcement.quarantine(source="policy").summary

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from aegis_protocol.events import Event
+from aegis_protocol.files import write_atomically
 
 MAGIC = b"AS"
 HEADER = struct.Struct("<2sIIQ")
@@ -241,14 +242,7 @@ class Spool:
             if upto <= self._acked:
                 return
             self._acked = upto
-            cursor = self.directory / "cursor.json"
-            tmp = cursor.with_suffix(".tmp")
-            with tmp.open("w") as fh:
-                json.dump({"acked": upto}, fh)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, cursor)
-            self._fsync_dir(self.directory)
+            write_atomically(self.directory / "cursor.json", json.dumps({"acked": upto}).encode())
             while len(self._segments) > 1 and self._segments[0].last <= upto:
                 self._segments.pop(0).path.unlink()
             self.alarm_changed()

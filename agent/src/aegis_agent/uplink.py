@@ -24,11 +24,12 @@ from cryptography import x509
 from aegis_protocol import routes
 from aegis_protocol.enrollment import Heartbeat, HeartbeatAck, RenewResponse, node_csr
 from aegis_protocol.events import MAX_BATCH, EventBatch, agent_event
+from aegis_protocol.files import key_pem, write_atomically
 from aegis_protocol.signing import load_public_key
 
 from . import inventory
 from .config import ControllerConfig
-from .identity import identity_key, key_pem, new_tls_key, tls_key, write_private
+from .identity import identity_key, new_tls_key, tls_key
 from .measure import collect, signed_report
 from .orders import FileReplayGuard, OrderExecutor
 from .spool import Spool
@@ -118,8 +119,8 @@ class Uplink:
         if r.status_code != 200:
             raise UplinkError(f"enrollment refused ({r.status_code}): {r.json().get('detail')}")
         answer = r.json()
-        (self.state / "node.pem").write_text(answer["certificate_pem"])
-        (self.state / "order.key").write_text(answer["order_key"])
+        write_atomically(self.state / "node.pem", answer["certificate_pem"].encode())
+        write_atomically(self.state / "order.key", answer["order_key"].encode())
         token_file.unlink(missing_ok=True)  # one-time: never keep it
         self._unwrapped = None
         log.info("enrolled with the controller", extra={"node": self.node_id,
@@ -163,8 +164,8 @@ class Uplink:
             raise UplinkError(f"certificate rotation refused ({r.status_code}): "
                               f"{r.json().get('detail')}")
         answer = RenewResponse.model_validate(r.json())
-        write_private(self.state / "tls.key", key_pem(key))
-        write_private(self.state / "node.pem", answer.certificate_pem.encode())
+        write_atomically(self.state / "tls.key", key_pem(key), mode=0o600)
+        write_atomically(self.state / "node.pem", answer.certificate_pem.encode(), mode=0o600)
         log.info("client certificate rotated", extra={"node": self.node_id,
                                                       "not_after": answer.not_after})
         return answer.not_after

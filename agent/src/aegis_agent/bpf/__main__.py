@@ -1,5 +1,5 @@
 import sys
 
-from .cli import main
+from aegis_agent.cli import main
 
-sys.exit(main())
+sys.exit(main(["segment", *sys.argv[1:]]))

@@ -1,17 +1,17 @@
-"""``python -m aegis_agent.bench_exec``: how many execs per second the agent follows.
+"""How many execs per second the agent follows: ``python -m benchmarks.exec``.
 
 Starts the real agent daemon (exec monitor only, its own pins, spool and socket in a
 throw-away directory), runs ``--workers`` bash loops that exec a copy of /bin/true as
 fast as they can for ``--seconds``, then stops the agent and counts that binary's exec
 events in its spool. Prints execs issued and spooled per second, events lost (issued
 minus spooled: ring-buffer overflow or anything else), the agent's CPU share over the
-burst and its peak RSS; then one JSON line. Needs root.
+burst and its peak RSS through :func:`benchmarks.figures.report` (a table, then one JSON
+line). Needs root.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import secrets
 import shutil
@@ -25,9 +25,12 @@ from pathlib import Path
 
 import yaml
 
-from .bpf.monitors import ExecMonitor
-from .control import ControlError, call
-from .spool import Spool
+from aegis_agent.bpf.bpffs import BPFFS
+from aegis_agent.bpf.monitors import ExecMonitor
+from aegis_agent.control import ControlError, call
+from aegis_agent.spool import Spool
+
+from .figures import report
 
 _TICK = os.sysconf("SC_CLK_TCK")
 
@@ -47,7 +50,7 @@ def _rss_mb(pid: int) -> float:
 def run(seconds: float, workers: int) -> dict[str, float | int]:
     name = f"aegis-bench-{secrets.token_hex(3)}"
     root = Path(tempfile.mkdtemp(prefix=f"{name}-"))
-    pin = Path("/sys/fs/bpf") / name
+    pin = BPFFS / name
     sock = root / "agent.sock"
     cfg = {"monitors": {"exec": True, "connect": False, "pin_dir": str(pin)},
            "spool": {"dir": str(root / "spool"), "max_bytes": 1 << 30},
@@ -112,13 +115,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.seconds < 1 or args.workers < 1:
         p.error("--seconds must be >= 1 and --workers >= 1")
     r = run(args.seconds, args.workers)
-    print(f"execs issued        {r['execs_issued']:>10,}  ({r['execs_per_s']:,}/s over "
-          f"{r['seconds']} s, {r['workers']} workers)")
-    print(f"exec events spooled {r['events_spooled']:>10,}  ({r['events_per_s']:,}/s)")
-    print(f"events lost         {r['events_lost']:>10,}")
-    print(f"agent CPU           {r['agent_cpu_percent']:>9}%  (of one core, burst + drain)")
-    print(f"agent peak RSS      {r['agent_peak_rss_mb']:>8} MiB")
-    print(json.dumps(r))
+    report("exec", {k: v for k, v in r.items() if k not in ("seconds", "workers")},
+           title=f"agent exec monitor: {r['workers']} workers exec'ing for {r['seconds']} s",
+           targets={"events_lost": "0"},
+           notes={"seconds": r["seconds"], "workers": r["workers"],
+                  "agent_cpu": "percent of one core over burst + drain"})
     return 0
 
 

@@ -1,0 +1,145 @@
+"""The agent's enforcement verbs, each written once: the kernel call, one event, one result.
+
+Every way a verb reaches the agent goes through :class:`Enforcement`: the control socket
+and the developer CLI (source ``cli``), signed orders from the controller (``order``) and
+the local policy (``policy``). Each method
+
+- makes the kernel call (``bpf.SegmentFilter``, ``ExecMonitor``, ``ConnectMonitor``),
+- records one ``agent`` event whose ``what`` is the verb, with ``source`` set,
+- returns an :class:`Outcome`: ``result`` is what the control socket answers and what an
+  order's acknowledgment carries (as JSON); ``summary`` is the line for people.
+
+A component that is not running fails the same way for every caller (``ValueError``).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from aegis_protocol.commands import ENFORCEMENT_VERBS
+from aegis_protocol.events import Event, Scalar, Severity, agent_event
+
+from .bpf.monitors import ConnectMonitor, ExecMonitor
+from .bpf.segment import SegmentFilter
+
+Source = Literal["cli", "order", "policy"]
+SOURCES: tuple[Source, ...] = ("cli", "order", "policy")
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What one verb did: the same shape whoever asked."""
+
+    verb: str
+    source: Source
+    result: dict[str, Any]
+    summary: str
+
+
+@dataclass
+class Enforcement:
+    """The kernel components (None when not running) and where events go."""
+
+    segment: SegmentFilter | None
+    execs: ExecMonitor | None
+    connects: ConnectMonitor | None
+    record: Callable[[list[Event]], None]
+
+    # -- the components, or the one error for a missing one --------------------------------
+    def _segment(self) -> SegmentFilter:
+        if self.segment is None:
+            raise ValueError("segmentation is off (no segment.interface in the config)")
+        return self.segment
+
+    def _execs(self) -> ExecMonitor:
+        if self.execs is None:
+            raise ValueError("the exec monitor is not running")
+        return self.execs
+
+    def _connects(self) -> ConnectMonitor:
+        if self.connects is None:
+            raise ValueError("the connect monitor is not running")
+        return self.connects
+
+    def _done(self, verb: str, source: Source, result: dict[str, Any], summary: str,
+              severity: Severity = "info", **data: Scalar) -> Outcome:
+        self.record([agent_event(verb, severity, source=source,
+                                 **{k: v for k, v in data.items() if v is not None})])
+        return Outcome(verb, source, result, summary)
+
+    # -- verbs ----------------------------------------------------------------------------
+    def run(self, command: Any, source: Source) -> Outcome:
+        """Run a parsed ``aegis_protocol.commands`` model of an enforcement verb."""
+        if command.verb not in ENFORCEMENT_VERBS:
+            raise ValueError(f"{command.verb} is not an enforcement verb")
+        if source not in SOURCES:
+            raise ValueError(f"unknown source {source!r}; known: {', '.join(SOURCES)}")
+        method = getattr(self, command.verb.replace("-", "_"))
+        return method(**command.model_dump(exclude={"verb"}), source=source)
+
+    def grant(self, edge: str, ttl: float | None = None, idle: float | None = None, *,
+              source: Source) -> Outcome:
+        granted = str(self._segment().grant(edge, ttl, idle))
+        return self._done("grant", source, {"granted": granted}, f"granted {granted}",
+                          edge=granted, ttl=ttl, idle=idle)
+
+    def revoke(self, edge: str, *, source: Source) -> Outcome:
+        found = self._segment().revoke(edge)
+        return self._done("revoke", source, {"revoked": found},
+                          f"revoked {edge}" if found else f"{edge} was not granted",
+                          edge=edge, found=found)
+
+    def quarantine(self, level: str = "soft", management: list[str] | None = None,
+                   reason: str | None = None, *, source: Source) -> Outcome:
+        seg = self._segment()
+        seg.quarantine(True, management)
+        return self._done("quarantine", source, seg.policy(),
+                          "node quarantined (management path only)", "warning", level=level,
+                          reason=reason,
+                          management=", ".join(management) if management is not None else None)
+
+    def release(self, reason: str | None = None, *, source: Source) -> Outcome:
+        seg = self._segment()
+        seg.quarantine(False)
+        return self._done("release", source, seg.policy(), "node released from quarantine",
+                          "warning", reason=reason)
+
+    def deny_exec(self, path: str, *, source: Source) -> Outcome:
+        execs = self._execs()
+        execs.deny(path)
+        return self._done("deny-exec", source, {"denied": execs.denied()},
+                          f"exec of {path} denied", path=path)
+
+    def allow_exec(self, path: str, *, source: Source) -> Outcome:
+        execs = self._execs()
+        found = execs.allow(path)
+        return self._done("allow-exec", source, {"denied": execs.denied()},
+                          f"exec of {path} allowed" if found else f"{path} was not denied",
+                          path=path, found=found)
+
+    def quarantine_cgroup(self, cgroup: str, *, source: Source) -> Outcome:
+        connects = self._connects()
+        connects.quarantine_cgroup(cgroup)
+        return self._done("quarantine-cgroup", source, {"cgroups": connects.quarantined()},
+                          f"connects from cgroup {cgroup} denied", "warning", cgroup=cgroup)
+
+    def release_cgroup(self, cgroup: str, *, source: Source) -> Outcome:
+        connects = self._connects()
+        found = connects.release_cgroup(cgroup)
+        return self._done("release-cgroup", source,
+                          {"released": found, "cgroups": connects.quarantined()},
+                          f"cgroup {cgroup} may connect again" if found
+                          else f"cgroup {cgroup} was not quarantined",
+                          "warning", cgroup=cgroup, found=found)
+
+    # -- what is enforced -------------------------------------------------------------------
+    def edges(self) -> list[dict[str, object]]:
+        """The granted edges, one shape for the socket and the developer CLI."""
+        now = time.monotonic_ns()
+        return [{"edge": str(s.edge), "state": s.state(now),
+                 "expires_in": (s.expires_ns - now) / 1e9 if s.expires_ns else None,
+                 "idle_timeout": s.idle_ns / 1e9 if s.idle_ns else None}
+                for s in self._segment().edges()]
