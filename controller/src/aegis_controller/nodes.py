@@ -54,14 +54,10 @@ class NodeStore:
         self.ledger = ledger
 
     # -- reading --------------------------------------------------------------------------
-    def get(self, node_id: str, conn: Connection | None = None) -> dict[str, Any]:
+    def get(self, node_id: str) -> dict[str, Any]:
         """The node's row as a dict; :class:`NotFound` when there is none."""
-        query = sa.select(tables.nodes).where(_n.node_id == node_id)
-        if conn is not None:
-            row = conn.execute(query).first()
-        else:
-            with db.errors(self.engine), db.reader(self.engine) as c:
-                row = c.execute(query).first()
+        with db.errors(self.engine), db.reader(self.engine) as conn:
+            row = conn.execute(sa.select(tables.nodes).where(_n.node_id == node_id)).first()
         if row is None:
             raise NotFound(f"no node {node_id!r}")
         return dict(row._mapping)
@@ -93,11 +89,13 @@ class NodeStore:
             current = self._state(conn, node_id)
             if current is None:
                 raise NotFound(f"no node {node_id!r}")
-            if current != t.before:
+            # on PostgreSQL the read takes no lock: the WHERE on the state makes a
+            # concurrent second move lose there too
+            if current != t.before or conn.execute(tables.nodes.update().where(
+                    _n.node_id == node_id, _n.state == t.before
+            ).values(state=t.after, reason=t.reason)).rowcount != 1:
                 raise Conflict(f"node {node_id!r} is {current} now, no longer {t.before}: "
                                f"not moved to {t.after}")
-            conn.execute(tables.nodes.update().where(_n.node_id == node_id)
-                         .values(state=t.after, reason=t.reason))
         self.ledger.append(Kind.STATE_CHANGE, node_id,
                            {"from": t.before, "to": t.after, "reason": t.reason}, actor=actor)
 

@@ -55,7 +55,7 @@ def create_app(controller: Controller) -> FastAPI:
 
     @app.exception_handler(DomainError)
     async def refused(_request: Request, exc: DomainError) -> JSONResponse:
-        status = next(code for cls, code in STATUS.items() if isinstance(exc, cls))
+        status = next((STATUS[c] for c in type(exc).__mro__ if c in STATUS), 400)
         return JSONResponse({"detail": exc.message}, status_code=status)
 
     @app.exception_handler(RequestValidationError)
