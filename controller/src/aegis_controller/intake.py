@@ -28,7 +28,7 @@ class Intake:
         self.ledger = ledger
         self.orders = orders
 
-    def intake(self, node_id: str, batch: EventBatch) -> EventBatchAck:
+    def store(self, node_id: str, batch: EventBatch) -> EventBatchAck:
         """Store a batch idempotently: an event id already stored for this node is counted
         as a duplicate, never stored twice (agents resend until acknowledged)."""
         if batch.node_id != node_id:

@@ -90,7 +90,7 @@ def create_app(controller: Controller) -> FastAPI:
               responses={401: {"description": "no node certificate"},
                          403: {"description": "not this node's batch"}})
     def events(batch: EventBatch, node: Node) -> EventBatchAck:
-        return controller.intake.intake(node, batch)
+        return controller.intake.store(node, batch)
 
     @app.post(routes.CERTIFICATE, response_model=RenewResponse,
               responses={401: {"description": "no current node certificate"}})
