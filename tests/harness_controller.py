@@ -19,14 +19,22 @@ from pathlib import Path
 
 import httpx
 import sqlalchemy as sa
+from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from aegis_controller.pki import key_pem, make_csr, new_key
+from aegis_controller.pki import new_key
 from aegis_protocol import routes
+from aegis_protocol.enrollment import node_csr
+from aegis_protocol.files import key_pem
 from aegis_protocol.signing import public_key_text
 from harness import free_port
 
 BIN = Path(sys.executable).parent
+
+
+def make_csr(key: ec.EllipticCurvePrivateKey, node_id: str) -> bytes:
+    """A node's CSR as the protocol defines it, in PEM."""
+    return node_csr(key, node_id).encode()
 
 
 @dataclass

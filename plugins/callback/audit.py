@@ -61,7 +61,8 @@ import time
 from ansible.plugins.callback import CallbackBase
 
 try:
-    from aegis_controller.cli import Settings, open_ledger
+    from aegis_controller.ledger import open_ledger
+    from aegis_controller.settings import Settings
 
     HAS_AEGIS = True
 except ImportError:
@@ -148,7 +149,8 @@ class CallbackModule(CallbackBase):
             self._warn("the aegis_controller package is not importable on this control node")
             return
         try:
-            settings = Settings.from_args(_Args(self.get_option("state_dir"), self.get_option("db_url")))
+            settings = Settings.resolve(state_dir=self.get_option("state_dir"),
+                                        db_url=self.get_option("db_url"))
             ledger = open_ledger(settings, write=True)
             try:
                 ledger.append("playbook_run", "", body, actor=self._actor())
@@ -157,11 +159,3 @@ class CallbackModule(CallbackBase):
         except Exception as e:  # never fail the play because the ledger is unreachable
             self._warn("cannot write the ledger (%s: %s)" % (type(e).__name__, e))
 
-
-class _Args(object):
-    """The attributes Settings.from_args reads."""
-
-    def __init__(self, state_dir, db_url):
-        self.state_dir = state_dir
-        self.db = db_url
-        self.anchor = None

@@ -6,22 +6,25 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 pytestmark = pytest.mark.integration
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.parametrize(("module", "args", "keys"), [
-    ("aegis_controller.bench_intake", ["--events", "200", "--batch", "50"],
+    ("benchmarks.intake", ["--events", "200", "--batch", "50"],
      {"new_events_per_s", "duplicate_events_per_s"}),
-    ("aegis_controller.bench_ledger", ["--records", "200", "--batch", "50", "--single", "20"],
+    ("benchmarks.ledger", ["--records", "200", "--batch", "50", "--single", "20"],
      {"append_single_per_s", "append_batched_per_s", "verify_per_s"}),
 ])
 def test_benchmark_prints_its_figures(module: str, args: list[str], keys: set[str]) -> None:
     out = subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True,
-                         timeout=300, check=False)
+                         timeout=300, check=False, cwd=REPO)
     assert out.returncode == 0, out.stderr[-3000:]
     figures = json.loads(out.stdout.strip().splitlines()[-1])
+    assert figures["bench"] == module.removeprefix("benchmarks.")
     assert keys <= set(figures), figures
     assert all(figures[k] > 0 for k in keys), figures

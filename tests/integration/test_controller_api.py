@@ -14,9 +14,10 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
-from aegis_controller.pki import key_pem, make_csr, new_key
+from aegis_controller.pki import new_key
 from aegis_protocol.events import Event, EventBatch
-from harness_controller import Server, enroll, new_node
+from aegis_protocol.files import key_pem
+from harness_controller import Server, enroll, make_csr, new_node
 
 pytestmark = pytest.mark.integration
 

@@ -12,8 +12,9 @@ from hypothesis import HealthCheck, settings
 from schemathesis.config import SchemathesisConfig
 
 from aegis_controller.api.app import create_app
-from aegis_controller.api.serve import build
+from aegis_controller.domain import open_controller
 from aegis_controller.ledger import init_keys
+from aegis_controller.settings import Settings
 
 pytestmark = pytest.mark.integration
 
@@ -21,10 +22,10 @@ pytestmark = pytest.mark.integration
 @pytest.fixture(scope="module")
 def api_schema(tmp_path_factory: pytest.TempPathFactory) -> schemathesis.BaseSchema:
     state: Path = tmp_path_factory.mktemp("controller")
-    private, _public, _id = init_keys(state / "keys")
-    controller = build(state, f"sqlite:///{state / 'controller.db'}",
-                       state / "ledger.anchor.json", private)
-    controller.issue_token("fuzz1", 600)
+    init_keys(state / "keys")
+    controller = open_controller(Settings.resolve(
+        state, f"sqlite:///{state / 'controller.db'}", state / "ledger.anchor.json"))
+    controller.enrollment.issue_token("fuzz1", 600)
     # both positive (schema-valid) and negative (schema-violating) requests
     config = SchemathesisConfig.from_dict({"generation": {"mode": "all", "max-examples": 60}})
     return schemathesis.openapi.from_asgi("/openapi.json", create_app(controller), config=config)

@@ -10,6 +10,8 @@ from aegis_protocol.attestation import (
     ExpectedProfile,
     Measurement,
     bpf_summary,
+    profile_from_document,
+    reported_bpf,
 )
 
 pytestmark = pytest.mark.unit
@@ -63,3 +65,23 @@ def test_verdicts_move_states() -> None:
     assert after_attestation("suspect", []).after == "trusted"
     assert after_attestation("trusted", []) is None
     assert after_attestation("quarantined", []) is None  # stays until an operator releases
+
+
+def test_a_profile_comes_from_a_golden_record_or_an_expected_profile() -> None:
+    golden = {"schema": "aegis.golden/v1", "files": {"/etc/a": "1" * 64}, "sysctl": {}}
+    assert profile_from_document(golden) == ExpectedProfile(golden={"/etc/a": "1" * 64})
+    assert profile_from_document({"agent_version": "0.1.0"}).agent_version == "0.1.0"
+    with pytest.raises(ValueError, match="no \"files\" mapping"):
+        profile_from_document({"schema": "aegis.golden/v1"})
+    with pytest.raises(ValueError):
+        profile_from_document({"sysctl": {}})  # neither: extra keys are refused
+
+
+def test_pinned_bpf_comes_from_the_last_attestation() -> None:
+    with pytest.raises(ValueError, match="'n1' has not attested yet"):
+        reported_bpf("n1", None)
+    m = _report().measurement
+    with pytest.raises(ValueError, match="'n1' reported no Aegis BPF programs"):
+        reported_bpf("n1", m.model_dump_json())
+    m.bpf = [{"component": "segment", "mode": "xdp"}]
+    assert reported_bpf("n1", m.model_dump_json()) == {"mode:segment": "xdp"}

@@ -9,7 +9,8 @@ dialect-specific lines are in this module, each guarded by the dialect's name.
 * :func:`writer` opens the one kind of transaction that writes: on SQLite it is
   ``BEGIN IMMEDIATE`` (the write lock is taken up front, so two processes never both
   read the same head and then collide); on PostgreSQL a plain transaction, and the
-  callers rely on unique keys plus a retry.
+  callers rely on unique keys plus a retry (or on a conditional ``UPDATE``).
+  :func:`transaction` is the same inside :func:`errors`.
 * :func:`upgrade` runs the Alembic migrations shipped in ``aegis_controller/migrations``
   up to head, serialised the same way, so several processes may start at once.
 
@@ -157,6 +158,15 @@ def writer(engine: Engine) -> Iterator[Connection]:
         conn.execution_options(aegis_writer=True)
         with conn.begin():
             yield conn
+
+
+@contextlib.contextmanager
+def transaction(engine: Engine) -> Iterator[Connection]:
+    """:func:`writer` inside :func:`errors`: the domain's one way to read and then write
+    (the write lock is held from the read on, so a second writer waits and then reads
+    what the first one wrote)."""
+    with errors(engine), writer(engine) as conn:
+        yield conn
 
 
 @contextlib.contextmanager

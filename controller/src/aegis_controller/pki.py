@@ -18,9 +18,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from aegis_protocol.enrollment import node_csr
-
-from .durable import write_atomically
+from aegis_protocol.files import key_pem, write_atomically
 
 NODE_CERT_HOURS = 24
 
@@ -33,18 +31,8 @@ def new_key() -> ec.EllipticCurvePrivateKey:
     return ec.generate_private_key(ec.SECP256R1())
 
 
-def key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                             serialization.NoEncryption())
-
-
 def cert_pem(cert: x509.Certificate) -> bytes:
     return cert.public_bytes(serialization.Encoding.PEM)
-
-
-def make_csr(key: ec.EllipticCurvePrivateKey, node_id: str) -> bytes:
-    """A node's CSR as the protocol defines it (for tests and benchmarks on this side)."""
-    return node_csr(key, node_id).encode()
 
 
 def _now() -> dt.datetime:

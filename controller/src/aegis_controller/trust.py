@@ -13,16 +13,17 @@ from dataclasses import dataclass
 
 from aegis_protocol.attestation import AttestationReport, ExpectedProfile, bpf_summary
 
-STATES = ("provisioning", "enrolled", "trusted", "suspect", "quarantined", "rebuilding",
-          "retired")
-ALLOWED: dict[str, set[str]] = {
-    "provisioning": {"enrolled", "retired"},
-    "enrolled": {"trusted", "suspect", "quarantined", "retired"},
-    "trusted": {"suspect", "quarantined", "rebuilding", "retired"},
-    "suspect": {"trusted", "quarantined", "rebuilding", "retired"},
-    "quarantined": {"trusted", "rebuilding", "retired"},  # -> trusted: operator release only
-    "rebuilding": {"retired"},
-    "retired": set(),
+from .nodes import NodeState
+
+_S = NodeState
+ALLOWED: dict[NodeState, set[NodeState]] = {
+    _S.PROVISIONING: {_S.ENROLLED, _S.RETIRED},
+    _S.ENROLLED: {_S.TRUSTED, _S.SUSPECT, _S.QUARANTINED, _S.RETIRED},
+    _S.TRUSTED: {_S.SUSPECT, _S.QUARANTINED, _S.REBUILDING, _S.RETIRED},
+    _S.SUSPECT: {_S.TRUSTED, _S.QUARANTINED, _S.REBUILDING, _S.RETIRED},
+    _S.QUARANTINED: {_S.TRUSTED, _S.REBUILDING, _S.RETIRED},  # -> trusted: operator only
+    _S.REBUILDING: {_S.RETIRED},
+    _S.RETIRED: set(),
 }
 
 
@@ -32,17 +33,17 @@ class TransitionRefused(ValueError):
 
 @dataclass(frozen=True)
 class Transition:
-    before: str
-    after: str
+    before: NodeState
+    after: NodeState
     reason: str
 
 
 def transition(current: str, target: str, reason: str, *, operator: bool = False) -> Transition:
-    if target not in ALLOWED.get(current, set()):
+    if target not in ALLOWED.get(current, set()):  # type: ignore[call-overload]
         raise TransitionRefused(f"a node cannot go from {current} to {target}")
-    if current == "quarantined" and target == "trusted" and not operator:
+    if current == _S.QUARANTINED and target == _S.TRUSTED and not operator:
         raise TransitionRefused("only an operator can release a quarantined node")
-    return Transition(current, target, reason)
+    return Transition(NodeState(current), NodeState(target), reason)
 
 
 def judge(report: AttestationReport, expected: ExpectedProfile) -> list[str]:
@@ -77,9 +78,10 @@ def _short(value: object) -> str:
 def after_attestation(current: str, problems: list[str]) -> Transition | None:
     """The transition an attestation verdict causes (None: stay)."""
     if problems:
-        if current in ("enrolled", "trusted"):
-            return transition(current, "suspect", "attestation mismatch: " + "; ".join(problems))
+        if current in (_S.ENROLLED, _S.TRUSTED):
+            return transition(current, _S.SUSPECT,
+                              "attestation mismatch: " + "; ".join(problems))
         return None
-    if current in ("enrolled", "suspect"):
-        return transition(current, "trusted", "attestation matches the expected profile")
+    if current in (_S.ENROLLED, _S.SUSPECT):
+        return transition(current, _S.TRUSTED, "attestation matches the expected profile")
     return None

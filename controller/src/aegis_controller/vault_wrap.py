@@ -12,6 +12,9 @@ Configuration (the usual client variables, ``BAO_*`` first):
 * token allowed to ``update`` ``sys/wrapping/wrap``: ``--vault-token-file`` /
   ``BAO_TOKEN`` / ``VAULT_TOKEN``
 * CA for an https address: ``--vault-ca`` / ``BAO_CACERT`` / ``VAULT_CACERT``
+
+The server is spoken to through ``hvac`` (its ``sys.wrap``); its errors become
+:class:`VaultError` with the server's own message.
 """
 
 from __future__ import annotations
@@ -21,9 +24,20 @@ import ssl
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import httpx
+import hvac
+import requests
+from hvac import exceptions as hvac_errors
 
 from aegis_protocol.enrollment import WrappedBootstrap
+
+#: The HTTP status behind each of hvac's error classes (for messages).
+_STATUS: dict[type[hvac_errors.VaultError], int] = {
+    hvac_errors.InvalidRequest: 400, hvac_errors.Unauthorized: 401,
+    hvac_errors.Forbidden: 403, hvac_errors.InvalidPath: 404,
+    hvac_errors.RateLimitExceeded: 429, hvac_errors.InternalServerError: 500,
+    hvac_errors.VaultNotInitialized: 501, hvac_errors.BadGateway: 502,
+    hvac_errors.VaultDown: 503,
+}
 
 
 class VaultError(RuntimeError):
@@ -63,13 +77,15 @@ class VaultSettings:
         ca = ca_file or _env("BAO_CACERT", "VAULT_CACERT")
         return cls(addr.rstrip("/"), token, Path(ca) if ca else None)
 
-    def _verify(self) -> ssl.SSLContext | bool:
+    def _verify(self) -> str | bool:
+        """What hvac's ``verify`` takes: the CA file (checked to load) or True."""
         if self.ca_file is None:
             return True
         try:
-            return ssl.create_default_context(cafile=self.ca_file)
+            ssl.create_default_context(cafile=self.ca_file)
         except (OSError, ssl.SSLError) as e:
             raise VaultError(f"cannot load the vault CA {self.ca_file}: {e}") from None
+        return str(self.ca_file)
 
 
 @dataclass(frozen=True)
@@ -87,24 +103,25 @@ def wrap_bootstrap(settings: VaultSettings, node_id: str, token: str, ttl: int) 
     except ValueError:
         raise VaultError(f"node id {node_id!r} is not valid: lower-case letters, digits, "
                          "'.' and '-', at most 63 characters") from None
+    client = hvac.Client(url=settings.addr, token=settings.token, verify=settings._verify(),
+                         timeout=30)
     try:
-        with httpx.Client(base_url=settings.addr, verify=settings._verify(), timeout=30) as c:
-            r = c.post("/v1/sys/wrapping/wrap",
-                       headers={"X-Vault-Token": settings.token, "X-Vault-Wrap-TTL": f"{ttl}s"},
-                       json=payload)
-    except httpx.HTTPError as e:
+        doc = client.sys.wrap(payload=payload, ttl=f"{ttl}s")
+    except requests.RequestException as e:
         raise VaultError(f"cannot reach the vault at {settings.addr}: {e}") from None
-    if r.status_code == 403:
+    except hvac_errors.Forbidden:
         raise VaultError(f"the vault at {settings.addr} refused the token (403): it needs "
-                         "the 'update' capability on sys/wrapping/wrap")
-    try:
-        doc = r.json()
-    except ValueError:
-        doc = {}
-    info = doc.get("wrap_info") if r.status_code == 200 else None
-    if not isinstance(info, dict) or not info.get("token"):
-        errors = "; ".join(doc.get("errors") or []) or r.text[:200]
+                         "the 'update' capability on sys/wrapping/wrap") from None
+    except hvac_errors.VaultError as e:
+        status = _STATUS.get(type(e), "?")
+        errors = "; ".join(e.errors or []) or (e.text or "")[:200]
         raise VaultError(f"the vault at {settings.addr} did not wrap the token "
-                         f"({r.status_code}): {errors}")
+                         f"({status}): {errors}") from None
+    finally:
+        client.adapter.close()
+    info = doc.get("wrap_info") if isinstance(doc, dict) else None
+    if not isinstance(info, dict) or not info.get("token"):
+        raise VaultError(f"the vault at {settings.addr} did not wrap the token "
+                         f"(no wrap_info in the answer): {str(doc)[:200]}")
     return Wrapped(info["token"], str(info.get("accessor", "")), int(info.get("ttl", ttl)),
                    str(info.get("creation_path", "")))

@@ -114,3 +114,26 @@ class Verdict(BaseModel):
     state: str
     reason: str
     mismatches: list[str] = Field(default_factory=list)
+
+
+def profile_from_document(document: object) -> ExpectedProfile:
+    """The expected profile a JSON document stands for: a golden record (``"schema":
+    "aegis.golden/v1"``) through :func:`profile_from_golden`, anything else read as an
+    :class:`ExpectedProfile`. Raises ValueError (pydantic's ValidationError is one)."""
+    if isinstance(document, dict) and document.get("schema") == GOLDEN_SCHEMA:
+        return profile_from_golden(document)
+    return ExpectedProfile.model_validate(document)
+
+
+def reported_bpf(node_id: str, measurement: str | None) -> dict[str, str]:
+    """The :func:`bpf_summary` of a node's last attestation (``measurement``: its JSON, as
+    the controller keeps it), to pin in the node's expected profile. Raises ValueError when
+    there is nothing to pin."""
+    if not measurement:
+        raise ValueError(f"node {node_id!r} has not attested yet: no BPF programs to pin "
+                         "(wait for its first attestation, or leave out --pin-bpf)")
+    pinned = bpf_summary(Measurement.model_validate_json(measurement).bpf)
+    if not pinned:
+        raise ValueError(f"node {node_id!r} reported no Aegis BPF programs: is its agent "
+                         "enforcing? (aegis-agent status on the node)")
+    return pinned

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 from typing import Any
 
@@ -59,8 +60,7 @@ def load_public_key(text: str) -> Ed25519PublicKey:
 
 
 def key_id(public: Ed25519PublicKey) -> str:
-    """Short, stable name of a public key (first 16 hex digits of its SHA-256)."""
-    import hashlib
-
+    """Short, stable name of a public key: the first 16 hex digits of the SHA-256 of its raw
+    32 bytes (the ledger's key id, too)."""
     raw = public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
     return hashlib.sha256(raw).hexdigest()[:16]

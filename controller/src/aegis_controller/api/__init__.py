@@ -1,2 +1,3 @@
-"""The controller's API: service logic (``service``), the FastAPI app (``app``), mutual TLS
-identity (``tls``) and its state tables (``tables``); ``serve`` runs it with uvicorn."""
+"""The controller's HTTP side, and nothing else: the FastAPI app (``app``: identities from
+client certificates, domain errors mapped to statuses), mutual TLS identity (``tls``) and
+``serve``, which runs it with uvicorn. The domain lives in :mod:`aegis_controller.domain`."""

@@ -1,6 +1,8 @@
 """The controller's HTTPS API (FastAPI): request bodies are aegis_protocol models, the
 OpenAPI document is at /openapi.json, and every refusal is a 4xx JSON answer whose
-``detail`` says what was wrong."""
+``detail`` says what was wrong. This module only names the caller (node or operator, from
+the client certificate), calls the domain and maps its errors to statuses, here and
+nowhere else."""
 
 from typing import Annotated
 
@@ -23,7 +25,12 @@ from aegis_protocol.enrollment import (
 from aegis_protocol.events import EventBatch, EventBatchAck
 from aegis_protocol.orders import OrderKind, SignedAck, SignedOrder
 
-from .service import Controller, Refused
+from ..domain import Controller
+from ..errors import Conflict, DomainError, Forbidden, Invalid, NotFound, Unauthenticated
+
+#: The one mapping of domain refusals to HTTP statuses.
+STATUS: dict[type[DomainError], int] = {
+    Invalid: 400, Unauthenticated: 401, Forbidden: 403, NotFound: 404, Conflict: 409}
 
 
 class OrderRequest(BaseModel):
@@ -46,9 +53,10 @@ def _readable(exc: RequestValidationError) -> str:
 def create_app(controller: Controller) -> FastAPI:
     app = FastAPI(title="Aegis controller", version="1", docs_url=None, redoc_url=None)
 
-    @app.exception_handler(Refused)
-    async def refused(_request: Request, exc: Refused) -> JSONResponse:
-        return JSONResponse({"detail": exc.message}, status_code=exc.status)
+    @app.exception_handler(DomainError)
+    async def refused(_request: Request, exc: DomainError) -> JSONResponse:
+        status = next((STATUS[c] for c in type(exc).__mro__ if c in STATUS), 400)
+        return JSONResponse({"detail": exc.message}, status_code=status)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -57,15 +65,16 @@ def create_app(controller: Controller) -> FastAPI:
     def node_identity(request: Request) -> str:
         cn = getattr(request.state, "peer_cn", None)
         if not cn or cn.startswith("operator:"):
-            raise Refused(401, "this route needs a node client certificate issued at enrollment")
-        controller.current_certificate(cn, getattr(request.state, "peer_serial", None))
+            raise Unauthenticated("this route needs a node client certificate issued at "
+                                  "enrollment")
+        controller.enrollment.current_certificate(cn, getattr(request.state, "peer_serial", None))
         return cn
 
     def operator_identity(request: Request) -> str:
         cn = getattr(request.state, "peer_cn", None)
         if not cn or not cn.startswith("operator:"):
-            raise Refused(401, "this route needs an operator client certificate "
-                               "(aegis-controller operator-cert NAME)")
+            raise Unauthenticated("this route needs an operator client certificate "
+                                  "(aegis-controller operator-cert NAME)")
         return cn
 
     Node = Annotated[str, Depends(node_identity)]
@@ -75,54 +84,54 @@ def create_app(controller: Controller) -> FastAPI:
               responses={403: {"description": "token refused"}})
     def enroll(req: EnrollRequest, request: Request) -> EnrollResponse:
         client = request.client
-        return controller.enroll(req, f"{client.host}:{client.port}" if client else "?")
+        return controller.enrollment.enroll(req, f"{client.host}:{client.port}" if client else "?")
 
     @app.post(routes.EVENTS, response_model=EventBatchAck,
               responses={401: {"description": "no node certificate"},
                          403: {"description": "not this node's batch"}})
     def events(batch: EventBatch, node: Node) -> EventBatchAck:
-        return controller.intake(node, batch)
+        return controller.intake.store(node, batch)
 
     @app.post(routes.CERTIFICATE, response_model=RenewResponse,
               responses={401: {"description": "no current node certificate"}})
     def renew(req: RenewRequest, node: Node) -> RenewResponse:
         """A new short-lived client certificate for a new key; the old one stops working."""
-        return controller.renew_certificate(node, req)
+        return controller.enrollment.renew_certificate(node, req)
 
     @app.get(routes.NODE_SELF, response_model=NodeStatus)
     def whoami(node: Node) -> NodeStatus:
-        row = controller.node(node)
+        row = controller.nodes.get(node)
         return NodeStatus(node_id=node, state=row["state"], reason=row["reason"])
 
     @app.get(routes.ATTEST_CHALLENGE, response_model=Challenge)
     def challenge(node: Node) -> Challenge:
-        return controller.challenge(node)
+        return controller.attestation.challenge(node)
 
     @app.post(routes.ATTEST, response_model=Verdict,
               responses={403: {"description": "forged or tampered report"},
                          409: {"description": "replayed or unknown nonce"}})
     def attest(report: SignedReport, node: Node) -> Verdict:
-        return controller.attest(node, report)
+        return controller.attestation.attest(node, report)
 
     @app.post(routes.HEARTBEAT)
     def heartbeat(hb: Heartbeat, node: Node) -> HeartbeatAck:
-        return controller.heartbeat(node, hb)
+        return controller.attestation.heartbeat(node, hb)
 
     @app.put(routes.NODE_PROFILE, status_code=204)
     def set_profile(node_id: str, profile: ExpectedProfile, operator: Operator) -> None:
-        controller.set_profile(node_id, profile, operator)
+        controller.attestation.set_profile(node_id, profile, operator)
 
     @app.post(routes.ORDERS, response_model=SignedOrder, status_code=201)
     def create_order(req: OrderRequest, operator: Operator) -> SignedOrder:
-        return controller.create_order(req.node_id, req.kind, req.args, operator, req.lifetime)
+        return controller.orders.create(req.node_id, req.kind, req.args, operator, req.lifetime)
 
     @app.get(routes.ORDERS, response_model=list[SignedOrder])
     def my_orders(node: Node) -> list[SignedOrder]:
-        return controller.pending_orders(node)
+        return controller.orders.pending(node)
 
     @app.post(routes.ORDER_ACK)
     def ack_order(order_id: str, ack: SignedAck, node: Node) -> dict:
-        return controller.acknowledge(node, order_id, ack)
+        return controller.orders.acknowledge(node, order_id, ack)
 
     @app.get("/healthz")
     def health() -> dict[str, str]:

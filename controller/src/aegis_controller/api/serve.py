@@ -9,38 +9,9 @@ import time
 from pathlib import Path
 
 import uvicorn
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from .. import db
-from ..durable import write_atomically
-from ..ledger import Ledger, load_signer
-from ..pki import CertificateAuthority
+from ..domain import Controller
 from .app import create_app
-from .service import Controller
-
-
-def order_key(state_dir: Path) -> Ed25519PrivateKey:
-    """The controller's Ed25519 key for signing orders (created once, 0600)."""
-    path = state_dir / "keys" / "orders.key"
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        key = Ed25519PrivateKey.generate()
-        write_atomically(path, key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption()), mode=0o600)
-    key = serialization.load_pem_private_key(path.read_bytes(), None)
-    assert isinstance(key, Ed25519PrivateKey)
-    return key
-
-
-def build(state_dir: Path, db_url: str, anchor: Path, ledger_key: Path) -> Controller:
-    engine = db.open_engine(db_url)
-    db.upgrade(engine)
-    ca = CertificateAuthority(state_dir / "ca")
-    ca.init()
-    ledger = Ledger(engine, signer=load_signer(ledger_key), anchor_path=anchor)
-    return Controller(engine, ledger, ca, order_key(state_dir))
 
 
 def _watch_heartbeats(controller: Controller, deadline: int) -> None:
@@ -48,7 +19,7 @@ def _watch_heartbeats(controller: Controller, deadline: int) -> None:
     while True:
         time.sleep(max(1.0, deadline / 4))
         try:
-            late = controller.check_deadlines(deadline)
+            late = controller.attestation.check_deadlines(deadline)
         except Exception:
             log.exception("heartbeat deadline check failed")
             continue

@@ -9,9 +9,11 @@ Modules, one job each:
 * :mod:`.anchor` — the signed anchor file (atomic, monotonic)
 * :mod:`.store` — the table and :class:`Ledger` (append, checkpoint, read)
 * :mod:`.verify` — :func:`verify` and its :class:`VerifyResult`
+* :mod:`.opener` — :func:`open_ledger`: the ledger a ``Settings`` names
 
 Typical use::
 
+    ledger = open_ledger(Settings.resolve(), write=True)   # or, by hand:
     engine = db.open_engine(url); db.upgrade(engine)
     ledger = Ledger(engine, signer=load_signer(key), anchor_path=anchor)
     ledger.append("state_change", "node1", {"from": "trusted", "to": "suspect"})
@@ -21,6 +23,7 @@ Typical use::
 from .anchor import Anchor, read_anchor
 from .errors import AnchorError, KeyFileError, LedgerError, LedgerInputError
 from .keys import Signer, Verifier, init_keys, load_signer, load_verifier
+from .opener import open_ledger
 from .records import APPENDABLE, GENESIS, Kind, Record
 from .store import DEFAULT_CHECKPOINT_EVERY, Ledger, records_table
 from .verify import Problem, VerifyResult, verify
@@ -28,6 +31,6 @@ from .verify import Problem, VerifyResult, verify
 __all__ = [
     "APPENDABLE", "DEFAULT_CHECKPOINT_EVERY", "GENESIS", "Anchor", "AnchorError", "KeyFileError",
     "Kind", "Ledger", "LedgerError", "LedgerInputError", "Problem", "Record", "Signer",
-    "Verifier", "VerifyResult", "init_keys", "load_signer", "load_verifier", "read_anchor",
-    "records_table", "verify",
+    "Verifier", "VerifyResult", "init_keys", "load_signer", "load_verifier", "open_ledger",
+    "read_anchor", "records_table", "verify",
 ]

@@ -20,7 +20,8 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from ..durable import write_atomically
+from aegis_protocol.files import write_atomically
+
 from .errors import AnchorError
 from .keys import Signer, Verifier
 from .records import canonical, now_ts

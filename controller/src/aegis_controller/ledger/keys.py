@@ -12,7 +12,6 @@ Signatures and hashes are stored as lowercase hex.
 
 from __future__ import annotations
 
-import hashlib
 import stat
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +20,9 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from ..durable import write_atomically
+from aegis_protocol.files import key_pem, write_atomically
+from aegis_protocol.signing import key_id
+
 from .errors import KeyFileError
 
 PRIVATE_NAME = "ledger.key"
@@ -29,12 +30,6 @@ PUBLIC_NAME = "ledger.pub"
 RECORD_TAG = b"aegis-ledger-record/1\0"
 ANCHOR_TAG = b"aegis-ledger-anchor/1\0"
 _INIT_HINT = "run `aegis-controller keys init` (once per controller)"
-
-
-def key_id(public: Ed25519PublicKey) -> str:
-    """Short fingerprint of a public key: first 16 hex digits of SHA-256 of its raw bytes."""
-    raw = public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-    return hashlib.sha256(raw).hexdigest()[:16]
 
 
 @dataclass(frozen=True)
@@ -101,9 +96,7 @@ def init_keys(key_dir: Path, *, force: bool = False) -> tuple[Path, Path, str]:
             "the old key, database and anchor aside or pass --force")
     key_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     private = Ed25519PrivateKey.generate()
-    pem = private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                serialization.NoEncryption())
-    write_atomically(private_path, pem, mode=0o600)
+    write_atomically(private_path, key_pem(private), mode=0o600)
     public_path.write_text(Verifier(private.public_key()).public_pem())
     public_path.chmod(0o644)
     return private_path, public_path, key_id(private.public_key())

@@ -77,10 +77,6 @@ class Record:
     hash: str
     sig: str
 
-    def computed_hash(self) -> str:
-        return record_hash(self.seq, self.ts, self.kind, self.subject, self.actor, self.body,
-                           self.prev_hash)
-
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 

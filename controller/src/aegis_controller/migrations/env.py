@@ -11,7 +11,7 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import Connection
 
-from aegis_controller import db
+from aegis_controller import db, tables  # noqa: F401  (tables registers the state tables)
 from aegis_controller.ledger import store  # noqa: F401  (registers the ledger's table)
 
 

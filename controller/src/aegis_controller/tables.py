@@ -1,10 +1,11 @@
-"""Controller state tables (SQLAlchemy Core; created by migration 0002_controller_state)."""
+"""Controller state tables (SQLAlchemy Core; created by migration 0002_controller_state),
+registered on :data:`aegis_controller.db.metadata`, the one the migrations target."""
 
 from __future__ import annotations
 
 import sqlalchemy as sa
 
-metadata = sa.MetaData()
+from .db import metadata
 
 nodes = sa.Table(
     "nodes", metadata,
@@ -49,6 +50,7 @@ orders = sa.Table(
     sa.Column("expires_at", sa.BigInteger(), nullable=False),
     sa.Column("acked_at", sa.BigInteger()),
     sa.Column("detail", sa.Text()),
+    sa.Index("ix_orders_node_status", "node_id", "status"),
 )
 
 events = sa.Table(
@@ -60,6 +62,7 @@ events = sa.Table(
     sa.Column("severity", sa.String(16), nullable=False),
     sa.Column("data", sa.Text(), nullable=False),
     sa.Column("received_at", sa.BigInteger(), nullable=False),
+    sa.Index("ix_events_kind", "kind"),
 )
 
 incidents = sa.Table(

@@ -1,16 +1,15 @@
-"""``python -m aegis_controller.bench_intake``: events per second the controller stores.
+"""``python -m benchmarks.intake``: events per second the controller stores.
 
 Starts a real ``aegis-controller serve`` (uvicorn, mutual TLS, SQLite in a throw-away
 state directory), enrolls a node, then posts ``--events`` events in batches of
 ``--batch`` over one keep-alive connection with the node's client certificate, and
 then the same batches again (all duplicates). Prints events/s for both and one JSON
-line.
+line (through :func:`benchmarks.figures.report`).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import socket
 import ssl
@@ -21,14 +20,17 @@ import time
 from pathlib import Path
 
 import httpx
+from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from aegis_controller.ledger import init_keys
 from aegis_protocol import routes
+from aegis_protocol.enrollment import node_csr
 from aegis_protocol.events import Event, EventBatch
+from aegis_protocol.files import key_pem
 from aegis_protocol.signing import public_key_text
 
-from .ledger import init_keys
-from .pki import key_pem, make_csr, new_key
+from .figures import report
 
 
 def _free_port() -> int:
@@ -54,12 +56,12 @@ def run(total: int, batch: int) -> dict[str, float]:
             time.sleep(0.1)
         token = subprocess.run([*ctl, "token", "issue", "bench1", "--no-wrap"],
                                capture_output=True, text=True, check=True).stdout.strip()
-        key = new_key()
+        key = ec.generate_private_key(ec.SECP256R1())  # the node's TLS key, as the agent makes it
         identity = public_key_text(Ed25519PrivateKey.generate().public_key())
         ctx = ssl.create_default_context(cafile=state / "ca" / "ca.pem")
         with httpx.Client(base_url=url, verify=ctx) as c:
             r = c.post(routes.ENROLL, json={"node_id": "bench1", "token": token,
-                                           "csr_pem": make_csr(key, "bench1").decode(),
+                                           "csr_pem": node_csr(key, "bench1"),
                                            "identity_key": identity})
             r.raise_for_status()
         (state / "node.pem").write_text(r.json()["certificate_pem"])
@@ -106,10 +108,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.events < 1 or not 1 <= args.batch <= 1000:
         p.error("--events must be >= 1 and --batch between 1 and 1000")
     r = run(args.events, args.batch)
-    print(f"event intake over mutual TLS, SQLite, batches of {r['batch']}:")
-    print(f"  new events        {r['new_events_per_s']:>8,}/s")
-    print(f"  resent (dupes)    {r['duplicate_events_per_s']:>8,}/s")
-    print(json.dumps(r))
+    report("intake", {"new_events_per_s": r["new_events_per_s"],
+                      "duplicate_events_per_s": r["duplicate_events_per_s"]},
+           title=f"event intake over mutual TLS, SQLite, batches of {r['batch']}:",
+           notes={"events": r["events"], "batch": r["batch"]})
     return 0
 
 

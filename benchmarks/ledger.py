@@ -1,4 +1,4 @@
-"""Ledger throughput on this machine: ``python -m aegis_controller.bench_ledger``.
+"""Ledger throughput on this machine: ``python -m benchmarks.ledger``.
 
 Three figures, each on a fresh SQLite ledger in a temporary directory (or ``--dir``),
 with real keys and the default checkpoint interval (so checkpoints and anchor writes
@@ -8,13 +8,12 @@ are included):
 * append, one writer, ``--batch`` records per transaction
 * verify (hash, link and signature of every record, streamed), over the batched ledger
 
-Prints a table, then one JSON line with the same figures.
+Prints through :func:`benchmarks.figures.report`: a table, then one JSON line.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import shutil
@@ -23,8 +22,16 @@ import tempfile
 import time
 from pathlib import Path
 
-from . import db
-from .ledger import DEFAULT_CHECKPOINT_EVERY, Ledger, init_keys, load_signer, load_verifier
+from aegis_controller import db
+from aegis_controller.ledger import (
+    DEFAULT_CHECKPOINT_EVERY,
+    Ledger,
+    init_keys,
+    load_signer,
+    load_verifier,
+)
+
+from .figures import report
 
 
 def _body(i: int) -> dict[str, object]:
@@ -67,7 +74,7 @@ def run(records: int, single: int, batch: int, every: int, where: Path) -> dict[
     result = ledger.verify(load_verifier(where / "keys" / "ledger.pub"))
     verify_s = time.perf_counter() - started
     if not result.ok:
-        raise SystemExit(f"bench_ledger: the fresh ledger did not verify: {result.detail}")
+        raise SystemExit(f"benchmarks.ledger: the fresh ledger did not verify: {result.detail}")
     return {
         "append_single_per_s": round(single / single_s),
         "append_single_records": single,
@@ -85,7 +92,7 @@ def run(records: int, single: int, batch: int, every: int, where: Path) -> dict[
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m aegis_controller.bench_ledger",
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.ledger",
                                      description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--records", type=int, default=20_000,
@@ -111,19 +118,12 @@ def main(argv: list[str] | None = None) -> int:
             figures = run(args.records, single, args.batch, args.checkpoint_every, where)
         finally:
             shutil.rmtree(where, ignore_errors=True)
-    rows = [
-        ("append, commit per record", figures["append_single_records"],
-         figures["append_single_per_s"]),
-        (f"append, {args.batch} per transaction", figures["append_batched_records"],
-         figures["append_batched_per_s"]),
-        ("verify (hash + link + Ed25519)", figures["verify_records"], figures["verify_per_s"]),
-    ]
-    print(f"ledger benchmark: SQLite (WAL, synchronous=FULL) on {figures['filesystem']}, "
-          f"checkpoint every {args.checkpoint_every}, Python {figures['python']}")
-    print(f"{'operation':<34} {'records':>9} {'records/s':>10}")
-    for name, count, rate in rows:
-        print(f"{name:<34} {count:>9} {rate:>10}")
-    print(json.dumps({"bench": "ledger", **figures}))
+    rates = ("append_single_per_s", "append_single_records", "append_batched_per_s",
+             "append_batched_records", "verify_per_s", "verify_records")
+    report("ledger", {k: figures[k] for k in rates},
+           title=f"ledger benchmark: SQLite (WAL, synchronous=FULL) on {figures['filesystem']}, "
+                 f"checkpoint every {args.checkpoint_every}, Python {figures['python']}",
+           notes={k: v for k, v in figures.items() if k not in rates})
     return 0
 
 

@@ -1,0 +1,133 @@
+"""Attestation: a node's expected profile, single-use challenges, signed reports judged
+against the profile (a verdict moves the trust state), and heartbeats with the deadline
+after which a silent node becomes suspect."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+
+from aegis_protocol.attestation import Challenge, ExpectedProfile, SignedReport, Verdict
+from aegis_protocol.enrollment import Heartbeat, HeartbeatAck, Inventory
+from aegis_protocol.signing import SignatureError, load_public_key, verify
+
+from . import db, tables
+from .errors import Conflict, DomainError, Forbidden
+from .ledger import Kind, Ledger
+from .nodes import NOT_LIVE, WATCHED, NodeState, NodeStore
+from .orders import Orders
+from .trust import after_attestation, judge, transition
+
+log = logging.getLogger(__name__)
+NONCE_TTL = 120
+_c = tables.nonces.c
+
+
+class Attestation:
+    """Profiles, challenges, reports and heartbeats of enrolled nodes."""
+
+    def __init__(self, nodes: NodeStore, ledger: Ledger, orders: Orders) -> None:
+        self.nodes = nodes
+        self.ledger = ledger
+        self.orders = orders
+
+    def set_profile(self, node_id: str, profile: ExpectedProfile, actor: str) -> None:
+        state = self.nodes.set_profile(node_id, profile.model_dump_json())
+        self.ledger.append(Kind.ATTESTATION, node_id,
+                           {"event": "expected_profile_set", "golden_files": len(profile.golden),
+                            "bpf_entries": len(profile.bpf)},
+                           actor=actor)
+        if state not in NOT_LIVE:
+            # an enrolled node measures against the new profile now, not at its next period
+            self.orders.create(node_id, "attest", {"reason": "expected profile changed"}, actor)
+
+    def challenge(self, node_id: str) -> Challenge:
+        nonce = secrets.token_urlsafe(24)
+        expires = int(time.time()) + NONCE_TTL
+        with db.transaction(self.nodes.engine) as conn:
+            conn.execute(tables.nonces.insert().values(nonce=nonce, node_id=node_id,
+                                                       expires_at=expires))
+        return Challenge(nonce=nonce, expires_at=expires)
+
+    def _refuse(self, node_id: str, error: type[DomainError], problem: str) -> DomainError:
+        self.ledger.append(Kind.ATTESTATION, node_id, {"verdict": "refused", "reason": problem},
+                           actor=f"node:{node_id}")
+        return error(f"attestation refused: {problem}")
+
+    def _spend_nonce(self, node_id: str, nonce: str) -> bool:
+        now = int(time.time())
+        with db.transaction(self.nodes.engine) as conn:
+            return conn.execute(tables.nonces.update().where(
+                _c.nonce == nonce, _c.node_id == node_id, _c.used_at.is_(None),
+                _c.expires_at > now).values(used_at=now)).rowcount == 1
+
+    def attest(self, node_id: str, signed: SignedReport) -> Verdict:
+        report = signed.report
+        node = self.nodes.get(node_id)
+        if report.node_id != node_id:
+            raise self._refuse(node_id, Forbidden, f"report is for node {report.node_id!r}")
+        try:
+            verify(load_public_key(node["identity_key"] or ""), report, signed.signature)
+        except SignatureError as e:
+            raise self._refuse(node_id, Forbidden, f"signature does not verify with the "
+                                                   f"node's enrolled identity key ({e})"
+                               ) from None
+        if not self._spend_nonce(node_id, report.nonce):
+            raise self._refuse(node_id, Conflict, "nonce unknown, expired, for another node "
+                                                  "or already used (replayed report); ask "
+                                                  "for a new challenge")
+        # kept for operators (node show, --pin-bpf)
+        self.nodes.update(node_id, measurement=report.measurement.model_dump_json())
+        problems = (judge(report, ExpectedProfile.model_validate_json(node["profile"]))
+                    if node["profile"] else ["no expected profile is set for this node"])
+        # without an expected profile there is nothing to be trusted against: the node stays
+        t = after_attestation(node["state"], problems) if node["profile"] else None
+        if t is not None:
+            try:
+                self.nodes.move(node_id, t, f"node:{node_id}")
+            except Conflict as e:  # another move came first; this verdict still stands
+                log.info("attestation verdict did not move the node", extra={
+                    "node": node_id, "why": e.message})
+        state = t.after if t else node["state"]
+        self.ledger.append(Kind.ATTESTATION, node_id,
+                           {"verdict": "match" if not problems else "mismatch",
+                            "mismatches": problems[:50], "state": state,
+                            "kernel": report.measurement.kernel_release},
+                           actor=f"node:{node_id}")
+        reason = t.reason if t else (node["reason"] if not problems else "; ".join(problems))
+        return Verdict(node_id=node_id, ok=not problems, state=state, reason=reason,
+                       mismatches=problems)
+
+    def heartbeat(self, node_id: str, hb: Heartbeat) -> HeartbeatAck:
+        if hb.node_id != node_id:
+            raise Forbidden(f"heartbeat is for node {hb.node_id!r} but the client "
+                            f"certificate is {node_id!r}")
+        node = self.nodes.get(node_id)
+        now = int(time.time())
+        values: dict[str, object] = {"heartbeat_at": now, "last_seen": now}
+        wanted = False
+        if hb.inventory is not None:
+            values["inventory"] = hb.inventory.model_dump_json()
+        elif hb.inventory_digest is not None:
+            held = node.get("inventory")
+            wanted = held is None or Inventory.model_validate_json(held).digest() != \
+                hb.inventory_digest
+        self.nodes.update(node_id, **values)
+        return HeartbeatAck(inventory_wanted=wanted)
+
+    def check_deadlines(self, deadline: int, now: int | None = None) -> list[str]:
+        """Nodes (enrolled or trusted) silent for more than ``deadline`` seconds become
+        suspect; returns their ids."""
+        now = int(time.time()) if now is None else now
+        rows = self.nodes.silent(WATCHED, now - deadline)
+        for row in rows:
+            try:
+                self.nodes.move(row["node_id"], transition(
+                    row["state"], NodeState.SUSPECT,
+                    f"no heartbeat for {now - row['heartbeat_at']} s (deadline {deadline} s)"),
+                    "controller")
+            except Conflict as e:  # it moved (or beat) in the meantime
+                log.info("deadline check did not move the node", extra={
+                    "node": row["node_id"], "why": e.message})
+        return [row["node_id"] for row in rows]

@@ -1,0 +1,47 @@
+"""What every ``aegis-controller`` command shares: exit codes, the input error that exits 2,
+argument value types, JSON output and the operator's actor name."""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import os
+
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERNAL = 0, 1, 2, 3
+
+
+class InputError(Exception):
+    """A command-line value is wrong; exit 2."""
+
+
+def print_json(doc: object) -> None:
+    print(json.dumps(doc, ensure_ascii=False))
+
+
+def positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be 1 or more")
+    return value
+
+
+def env_int(name: str) -> int | None:
+    """A positive whole number from environment variable ``name`` (None: unset)."""
+    value = os.environ.get(name)
+    if not value:
+        return None
+    try:
+        return positive(value)
+    except argparse.ArgumentTypeError as err:
+        raise InputError(f"environment variable {name}: {err}") from None
+
+
+def default_actor() -> str:
+    try:
+        return f"operator:{getpass.getuser()}"
+    except (KeyError, OSError):
+        return f"operator:uid{os.getuid()}"

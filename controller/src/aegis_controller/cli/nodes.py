@@ -1,0 +1,112 @@
+"""``aegis-controller nodes``, ``node show``, ``profile set`` and ``token issue``: the nodes,
+what they must measure, and the one-time tokens they enroll with."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from aegis_protocol.attestation import profile_from_document, reported_bpf
+
+from ..domain import open_controller
+from ..settings import Settings
+from ..vault_wrap import VaultError, VaultSettings, wrap_bootstrap
+from .conventions import EXIT_OK, InputError, default_actor, positive, print_json
+
+
+def cmd_nodes_list(args: argparse.Namespace, settings: Settings) -> int:
+    for node in open_controller(settings).nodes.all():
+        print_json(node)
+    return EXIT_OK
+
+
+def cmd_node_show(args: argparse.Namespace, settings: Settings) -> int:
+    ctl = open_controller(settings)
+    node = ctl.nodes.get(args.node)
+    print_json({**node, "events": ctl.intake.event_count(args.node)})
+    return EXIT_OK
+
+
+def cmd_profile_set(args: argparse.Namespace, settings: Settings) -> int:
+    try:
+        profile = profile_from_document(json.loads(Path(args.file).read_text()))
+    except (OSError, ValueError) as err:  # pydantic's ValidationError is a ValueError
+        raise InputError(f"{args.file}: neither an expected profile nor a golden record "
+                         f"({err})") from None
+    ctl = open_controller(settings)
+    if args.pin_bpf:
+        try:
+            profile.bpf.update(reported_bpf(args.node, ctl.nodes.get(args.node)["measurement"]))
+        except ValueError as err:
+            raise InputError(str(err)) from None
+    ctl.attestation.set_profile(args.node, profile, default_actor())
+    if args.pin_bpf:
+        print_json({"bpf": profile.bpf})
+    return EXIT_OK
+
+
+def cmd_token_issue(args: argparse.Namespace, settings: Settings) -> int:
+    try:
+        vault = None if args.wrap is False else VaultSettings.resolve(
+            args.vault_addr, args.vault_token_file, args.vault_ca)
+    except VaultError as err:
+        raise InputError(str(err)) from None
+    if args.wrap and vault is None:
+        raise InputError("--wrap needs a Vault-compatible server: set BAO_ADDR (or "
+                         "VAULT_ADDR) or pass --vault-addr")
+    wrap = None if vault is None else (
+        lambda token: wrap_bootstrap(vault, args.node, token, args.ttl))
+    try:
+        token = open_controller(settings).enrollment.issue_token(
+            args.node, args.ttl, actor=default_actor(), wrap=wrap)
+    except VaultError as err:
+        raise InputError(f"{err} (no token was issued)") from None
+    if vault is not None:
+        print(f"response-wrapped by {vault.addr}: the node's agent unwraps it there once "
+              "(controller.vault.url in its config)", file=sys.stderr)
+    print(token)  # the secret itself goes to stdout only, never to a log
+    return EXIT_OK
+
+
+def _register_profile(groups: argparse._SubParsersAction) -> None:
+    profile = groups.add_parser("profile", help="a node's expected attestation profile")
+    verbs = profile.add_subparsers(dest="verb", required=True, metavar="VERB")
+    sp = verbs.add_parser("set", help="set NODE's expected profile from a JSON FILE (an "
+                          "expected profile, or the golden record the harden role wrote)")
+    sp.add_argument("node")
+    sp.add_argument("file")
+    sp.add_argument("--pin-bpf", action="store_true",
+                    help="also expect the BPF programs (by tag) and attach modes of the "
+                    "node's last attestation: a swapped or unloaded program then makes the "
+                    "node suspect")
+    sp.set_defaults(func=cmd_profile_set)
+
+
+def _register_token(groups: argparse._SubParsersAction) -> None:
+    token = groups.add_parser("token", help="one-time bootstrap tokens")
+    verbs = token.add_subparsers(dest="verb", required=True, metavar="VERB")
+    sp = verbs.add_parser("issue", help="issue a token for NODE (printed once)")
+    sp.add_argument("node")
+    sp.add_argument("--ttl", type=positive, default=600, help="seconds (default 600)")
+    sp.add_argument("--wrap", action=argparse.BooleanOptionalAction, default=None,
+                    help="response-wrap the token through a Vault-compatible server and "
+                    "print the wrapping token (default: when BAO_ADDR/VAULT_ADDR is set)")
+    sp.add_argument("--vault-addr", help="the server's address (else AEGIS_VAULT_ADDR, "
+                    "BAO_ADDR, VAULT_ADDR)")
+    sp.add_argument("--vault-token-file", help="file holding a token that may update "
+                    "sys/wrapping/wrap (else BAO_TOKEN, VAULT_TOKEN)")
+    sp.add_argument("--vault-ca", help="CA bundle for an https address (else BAO_CACERT, "
+                    "VAULT_CACERT)")
+    sp.set_defaults(func=cmd_token_issue)
+
+
+def _register_nodes(groups: argparse._SubParsersAction) -> None:
+    groups.add_parser("nodes", help="list nodes and their trust state").set_defaults(
+        func=cmd_nodes_list)
+    node = groups.add_parser("node", help="one node")
+    verbs = node.add_subparsers(dest="verb", required=True, metavar="VERB")
+    sp = verbs.add_parser("show")
+    sp.add_argument("node")
+    sp.set_defaults(func=cmd_node_show)

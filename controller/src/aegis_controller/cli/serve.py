@@ -1,0 +1,26 @@
+"""``aegis-controller serve``: the HTTPS API over mutual TLS, with the heartbeat watch."""
+
+from __future__ import annotations
+
+import argparse
+
+from ..domain import open_controller
+from ..settings import Settings
+from .conventions import EXIT_OK, positive
+
+
+def cmd_serve_run(args: argparse.Namespace, settings: Settings) -> int:
+    from ..api.serve import serve  # FastAPI and uvicorn: only for this command
+
+    serve(open_controller(settings), settings.state_dir, args.host, args.port,
+          args.heartbeat_deadline)
+    return EXIT_OK
+
+
+def _register_serve(groups: argparse._SubParsersAction) -> None:
+    sp = groups.add_parser("serve", help="run the HTTPS API (mutual TLS for agents)")
+    sp.add_argument("--host", default="127.0.0.1")
+    sp.add_argument("--port", type=positive, default=8443)
+    sp.add_argument("--heartbeat-deadline", type=positive, default=90, metavar="S",
+                    help="seconds without a heartbeat before a node is suspect (default 90)")
+    sp.set_defaults(func=cmd_serve_run)

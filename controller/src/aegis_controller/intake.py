@@ -1,0 +1,91 @@
+"""Event intake: a node's event batches stored exactly once, and the incidents the rules
+in :mod:`.incidents` raise from newly stored events (a quarantine rule orders one)."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+
+from aegis_protocol.events import Event, EventBatch, EventBatchAck
+
+from . import db, tables
+from .errors import DomainError, Forbidden
+from .incidents import IncidentRule, incidents_for, summarize
+from .ledger import Ledger
+from .nodes import NOT_LIVE, NodeStore
+from .orders import Orders
+
+
+class Intake:
+    """Events in, incidents out."""
+
+    def __init__(self, nodes: NodeStore, ledger: Ledger, orders: Orders) -> None:
+        self.nodes = nodes
+        self.ledger = ledger
+        self.orders = orders
+
+    def store(self, node_id: str, batch: EventBatch) -> EventBatchAck:
+        """Store a batch idempotently: an event id already stored for this node is counted
+        as a duplicate, never stored twice (agents resend until acknowledged)."""
+        if batch.node_id != node_id:
+            raise Forbidden(f"batch is for node {batch.node_id!r} but the client "
+                            f"certificate is {node_id!r}")
+        node = self.nodes.get(node_id)
+        if node["state"] in NOT_LIVE:
+            raise Forbidden(f"node {node_id!r} is {node['state']}: enroll first")
+        engine = self.nodes.engine
+        insert = postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert
+        now = int(time.time())
+        stored = 0
+        new: list[Event] = []
+        with db.transaction(engine) as conn:
+            for ev in batch.events:
+                stmt = insert(tables.events).values(
+                    node_id=node_id, event_id=str(ev.id), ts_ns=ev.ts_ns, kind=ev.kind,
+                    severity=ev.severity, data=json.dumps(ev.data, sort_keys=True),
+                    received_at=now).on_conflict_do_nothing(
+                        index_elements=["node_id", "event_id"]
+                    ).returning(tables.events.c.event_id)
+                # RETURNING, not rowcount: psycopg reports -1 for a skipped conflict
+                if conn.execute(stmt).fetchall():
+                    stored += 1
+                    new.append(ev)
+            conn.execute(tables.nodes.update().where(tables.nodes.c.node_id == node_id)
+                         .values(last_seen=now))
+        for ev in new:
+            for rule in incidents_for(ev):
+                self._raise_incident(node_id, rule, ev)
+        return EventBatchAck(stored=stored, duplicates=len(batch.events) - stored)
+
+    def _raise_incident(self, node_id: str, rule: IncidentRule, ev: Event) -> None:
+        order_id = None
+        if rule.quarantine:
+            try:
+                order_id = str(self.orders.create(node_id, "quarantine",
+                                                  {"level": rule.quarantine,
+                                                   "reason": f"incident rule {rule.name}"},
+                                                  "controller:incidents").order.id)
+            except DomainError:
+                order_id = None
+        with db.transaction(self.nodes.engine) as conn:
+            conn.execute(tables.incidents.insert().values(
+                node_id=node_id, rule=rule.name, severity=rule.severity, event_id=str(ev.id),
+                summary=summarize(ev), created_at=int(time.time()), order_id=order_id))
+
+    def incidents(self, node_id: str | None = None) -> list[dict[str, Any]]:
+        q = sa.select(tables.incidents).order_by(tables.incidents.c.incident_id)
+        if node_id:
+            q = q.where(tables.incidents.c.node_id == node_id)
+        with db.errors(self.nodes.engine), db.reader(self.nodes.engine) as conn:
+            return [dict(r._mapping) for r in conn.execute(q)]
+
+    def event_count(self, node_id: str | None = None) -> int:
+        q = sa.select(sa.func.count()).select_from(tables.events)
+        if node_id:
+            q = q.where(tables.events.c.node_id == node_id)
+        with db.errors(self.nodes.engine), db.reader(self.nodes.engine) as conn:
+            return int(conn.execute(q).scalar_one())

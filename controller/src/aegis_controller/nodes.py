@@ -1,0 +1,126 @@
+"""Nodes and their trust state: the :class:`NodeState` enum and :class:`NodeStore`, the one
+place that reads and writes the ``nodes`` table.
+
+A state changes only through :meth:`NodeStore.move`, with a :class:`~.trust.Transition`
+computed from the state it leaves; the move is applied in one write transaction
+(``BEGIN IMMEDIATE`` on SQLite) and then recorded on the ledger, so of two concurrent
+moves of one node exactly one wins and the other gets :class:`~.errors.Conflict`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from enum import StrEnum
+from typing import TYPE_CHECKING, Any
+
+import sqlalchemy as sa
+from sqlalchemy import Connection, Engine
+
+from . import db, tables
+from .errors import Conflict, NotFound
+from .ledger import Kind, Ledger
+
+if TYPE_CHECKING:
+    from .trust import Transition
+
+_n = tables.nodes.c
+
+
+class NodeState(StrEnum):
+    """Trust states, in the order a node normally goes through them."""
+
+    PROVISIONING = "provisioning"
+    ENROLLED = "enrolled"
+    TRUSTED = "trusted"
+    SUSPECT = "suspect"
+    QUARANTINED = "quarantined"
+    REBUILDING = "rebuilding"
+    RETIRED = "retired"
+
+
+#: States in which a node takes no orders (not enrolled yet, or gone).
+NOT_LIVE = frozenset({NodeState.PROVISIONING, NodeState.RETIRED})
+#: States in which a node gets no new certificate.
+NO_CERTIFICATE = frozenset({NodeState.REBUILDING, NodeState.RETIRED})
+#: States whose heartbeats are watched.
+WATCHED = (NodeState.ENROLLED, NodeState.TRUSTED)
+
+
+class NodeStore:
+    """The nodes table: read a node, create it, move its state, update what it reports."""
+
+    def __init__(self, engine: Engine, ledger: Ledger) -> None:
+        self.engine = engine
+        self.ledger = ledger
+
+    # -- reading --------------------------------------------------------------------------
+    def get(self, node_id: str) -> dict[str, Any]:
+        """The node's row as a dict; :class:`NotFound` when there is none."""
+        with db.errors(self.engine), db.reader(self.engine) as conn:
+            row = conn.execute(sa.select(tables.nodes).where(_n.node_id == node_id)).first()
+        if row is None:
+            raise NotFound(f"no node {node_id!r}")
+        return dict(row._mapping)
+
+    def all(self) -> list[dict[str, Any]]:
+        with db.errors(self.engine), db.reader(self.engine) as conn:
+            return [dict(r._mapping) for r in conn.execute(
+                sa.select(tables.nodes).order_by(_n.node_id))]
+
+    def silent(self, states: Iterable[NodeState], since: int) -> list[dict[str, Any]]:
+        """Nodes in ``states`` whose last heartbeat is older than ``since``."""
+        with db.errors(self.engine), db.reader(self.engine) as conn:
+            return [dict(r._mapping) for r in conn.execute(sa.select(tables.nodes).where(
+                _n.state.in_([str(s) for s in states]), _n.heartbeat_at < since))]
+
+    # -- writing --------------------------------------------------------------------------
+    @staticmethod
+    def create_if_missing(conn: Connection, node_id: str, reason: str) -> None:
+        """A new node in ``provisioning``, inside the caller's write transaction."""
+        if conn.execute(sa.select(_n.node_id).where(_n.node_id == node_id)).first() is None:
+            conn.execute(tables.nodes.insert().values(
+                node_id=node_id, state=NodeState.PROVISIONING, reason=reason))
+
+    def move(self, node_id: str, t: Transition, actor: str) -> None:
+        """Apply ``t`` (only from the state it was computed from), then record it on the
+        ledger (in its own transaction: SQLite has one writer at a time). :class:`Conflict`
+        when the node is no longer in ``t.before``."""
+        with db.transaction(self.engine) as conn:
+            current = self._state(conn, node_id)
+            if current is None:
+                raise NotFound(f"no node {node_id!r}")
+            # on PostgreSQL the read takes no lock: the WHERE on the state makes a
+            # concurrent second move lose there too
+            if current != t.before or conn.execute(tables.nodes.update().where(
+                    _n.node_id == node_id, _n.state == t.before
+            ).values(state=t.after, reason=t.reason)).rowcount != 1:
+                raise Conflict(f"node {node_id!r} is {current} now, no longer {t.before}: "
+                               f"not moved to {t.after}")
+        self.ledger.append(Kind.STATE_CHANGE, node_id,
+                           {"from": t.before, "to": t.after, "reason": t.reason}, actor=actor)
+
+    @staticmethod
+    def _state(conn: Connection, node_id: str) -> str | None:
+        return conn.execute(sa.select(_n.state).where(_n.node_id == node_id)).scalar()
+
+    def record_enrollment(self, node_id: str, *, serial: str, identity_key: str,
+                          now: int) -> None:
+        """The node enrolled (again): it is ``enrolled`` with this certificate and key."""
+        self.update(node_id, state=NodeState.ENROLLED, reason="enrolled with a bootstrap token",
+                    enrolled_at=now, cert_serial=serial, last_seen=now, heartbeat_at=now,
+                    identity_key=identity_key)
+
+    def set_profile(self, node_id: str, profile_json: str) -> NodeState:
+        """Store the node's expected profile; returns the node's state."""
+        with db.transaction(self.engine) as conn:
+            state = self._state(conn, node_id)
+            if state is None:
+                raise NotFound(f"no node {node_id!r}")
+            conn.execute(tables.nodes.update().where(_n.node_id == node_id)
+                         .values(profile=profile_json))
+        return NodeState(state)
+
+    def update(self, node_id: str, **values: object) -> None:
+        """Write ``values`` (heartbeat, inventory, measurement, certificate serial...)."""
+        with db.transaction(self.engine) as conn:
+            conn.execute(tables.nodes.update().where(_n.node_id == node_id).values(**values))
