@@ -2,7 +2,7 @@
 
 import pytest
 
-from aegis_controller.lab.naming import (
+from aegis_lab.naming import (
     FleetNetwork,
     LabInputError,
     check_node_names,

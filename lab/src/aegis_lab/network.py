@@ -1,4 +1,4 @@
-"""The fleet's project-owned bridge and each node's veth link, done with iproute2.
+"""The fleet's project-owned bridge and each node's veth link, done over rtnetlink (pyroute2).
 
 No NAT, no forwarding, no host firewall rule: nodes reach each other over the bridge and
 the host through the bridge address; nothing else. Interface names carry the prefix.
@@ -6,24 +6,15 @@ the host through the bridge address; nothing else. Interface names carry the pre
 
 from __future__ import annotations
 
-import json
-import subprocess
+import contextlib
+
+from pyroute2 import IPRoute, NetlinkError, NetNS
 
 from .naming import FleetNetwork, check_prefix
 
 
 class NetworkError(RuntimeError):
-    """An iproute2 step failed."""
-
-
-def _ip(*args: str, check: bool = True, netns_pid: int | None = None) -> str:
-    cmd = ["ip", *args]
-    if netns_pid is not None:
-        cmd = ["nsenter", "-t", str(netns_pid), "-n", "--", *cmd]
-    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    if check and proc.returncode != 0:
-        raise NetworkError(f"`{' '.join(cmd)}` failed: {proc.stderr.strip()}")
-    return proc.stdout
+    """An rtnetlink step failed."""
 
 
 def bridge_name(prefix: str) -> str:
@@ -34,31 +25,56 @@ def host_veth_name(prefix: str, slot: int) -> str:
     return f"{check_prefix(prefix)}v{slot}"
 
 
+def _index(ipr: IPRoute | NetNS, name: str) -> int | None:
+    found = ipr.link_lookup(ifname=name)
+    return found[0] if found else None
+
+
 def link_exists(name: str) -> bool:
-    return subprocess.run(["ip", "link", "show", "dev", name], capture_output=True,
-                          check=False).returncode == 0
+    with IPRoute() as ipr:
+        return _index(ipr, name) is not None
 
 
 def links_with_prefix(prefix: str) -> list[str]:
-    out = _ip("-j", "link", "show")
-    return [link["ifname"] for link in json.loads(out or "[]")
-            if link["ifname"].startswith(check_prefix(prefix))]
+    check_prefix(prefix)
+    with IPRoute() as ipr:
+        names = [link.get("ifname") or "" for link in ipr.get_links()]
+    return [name for name in names if name.startswith(prefix)]
+
+
+def _delete(ipr: IPRoute, name: str) -> None:
+    index = _index(ipr, name)
+    if index is not None:
+        try:
+            ipr.link("del", index=index)
+        except NetlinkError as exc:  # gone meanwhile (a veth goes with its peer)
+            if _index(ipr, name) is not None:
+                raise NetworkError(f"could not delete link {name}: {exc}") from exc
 
 
 def bridge_up(prefix: str, net: FleetNetwork) -> str:
     """Create (idempotently) the fleet bridge with the gateway address."""
     br = bridge_name(prefix)
-    if not link_exists(br):
-        _ip("link", "add", br, "type", "bridge", "stp_state", "0")
-    _ip("addr", "replace", f"{net.gateway}/24", "dev", br)
-    _ip("link", "set", br, "up")
+    try:
+        with IPRoute() as ipr:
+            if _index(ipr, br) is None:
+                ipr.link("add", ifname=br, kind="bridge", br_stp_state=0)
+            index = _index(ipr, br)
+            ipr.addr("replace", index=index, address=net.gateway, prefixlen=24)
+            ipr.link("set", index=index, state="up")
+    except NetlinkError as exc:
+        raise NetworkError(f"could not bring up bridge {br} with {net.gateway}/24: {exc}") \
+            from exc
     return br
 
 
 def bridge_down(prefix: str) -> None:
     """Delete the fleet bridge and any host-side veth of the fleet still present."""
-    for name in links_with_prefix(prefix):
-        _ip("link", "del", name, check=False)
+    names = links_with_prefix(prefix)
+    with IPRoute() as ipr:
+        for name in names:
+            with contextlib.suppress(NetworkError):  # keep sweeping the rest
+                _delete(ipr, name)
 
 
 def attach_node(prefix: str, slot: int, pid: int, address: str, mac: str,
@@ -66,21 +82,38 @@ def attach_node(prefix: str, slot: int, pid: int, address: str, mac: str,
     """Give the node (by its init PID) an eth0 on the fleet bridge with a fixed MAC."""
     br = bridge_name(prefix)
     host_end = host_veth_name(prefix, slot)
-    if link_exists(host_end):
-        _ip("link", "del", host_end)
-    _ip("link", "add", host_end, "type", "veth", "peer", "name", "eth0", "netns", str(pid))
-    _ip("link", "set", host_end, "master", br, "up")
-    _ip("link", "set", "lo", "up", netns_pid=pid)
-    _ip("link", "set", "eth0", "address", mac, netns_pid=pid)
-    _ip("addr", "add", f"{address}/24", "dev", "eth0", netns_pid=pid)
-    _ip("link", "set", "eth0", "up", netns_pid=pid)
-    _ip("route", "replace", "default", "via", net.gateway, netns_pid=pid)
-    # A re-created node keeps address and MAC; drop whatever the host cached about it.
-    _ip("neigh", "flush", "to", address, "dev", br, check=False)
+    try:
+        with IPRoute() as ipr:
+            _delete(ipr, host_end)
+            ipr.link("add", ifname=host_end, kind="veth",
+                     peer={"ifname": "eth0", "net_ns_pid": pid})
+            ipr.link("set", index=_index(ipr, host_end), master=_index(ipr, br), state="up")
+        with NetNS(f"/proc/{pid}/ns/net") as ns:
+            ns.link("set", index=_index(ns, "lo"), state="up")
+            eth0 = _index(ns, "eth0")
+            ns.link("set", index=eth0, address=mac)
+            ns.addr("add", index=eth0, address=address, prefixlen=24)
+            ns.link("set", index=eth0, state="up")
+            ns.route("replace", dst="default", gateway=net.gateway)
+        with IPRoute() as ipr:
+            _flush_neighbour(ipr, address, _index(ipr, br))
+    except NetlinkError as exc:
+        raise NetworkError(f"could not attach node {address} (pid {pid}) to {br}: {exc}") \
+            from exc
     return host_end
 
 
+def _flush_neighbour(ipr: IPRoute, address: str, bridge: int | None) -> None:
+    """A re-created node keeps address and MAC: drop whatever the host cached about it."""
+    if bridge is None:
+        return
+    for _ in ipr.get_neighbours(dst=address, ifindex=bridge):
+        try:
+            ipr.neigh("del", dst=address, ifindex=bridge)
+        except NetlinkError:
+            break
+
+
 def detach_node(prefix: str, slot: int) -> None:
-    host_end = host_veth_name(prefix, slot)
-    if link_exists(host_end):
-        _ip("link", "del", host_end, check=False)
+    with IPRoute() as ipr:
+        _delete(ipr, host_veth_name(prefix, slot))
