@@ -14,8 +14,10 @@ never the source tree); the environment handed to ansible-playbook (collections 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
 import threading
 import time
 import uuid
@@ -258,8 +260,23 @@ class Ansible:
              inventory: Path | None = None, **kwargs: Any) -> PlayResult:
         private = self._private_dir()
         results: list[PlayEvent] = []
+        deadline = time.monotonic() + timeout if timeout else None
+        state: dict[str, Any] = {"pid": None, "stopped": None}
+
+        def should_stop() -> bool:
+            # Checked by the runner every few seconds. Ansible runs each task's command in
+            # a session of its own, which the runner's kill of ansible-playbook's process
+            # group misses: stop the whole process tree first.
+            if cancel is not None and cancel.is_set():
+                state["stopped"] = "cancel"
+            elif deadline is not None and time.monotonic() > deadline:
+                state["stopped"] = "timeout"
+            if state["stopped"] and state["pid"]:
+                _kill_tree(int(state["pid"]))
+            return bool(state["stopped"])
 
         def handle(data: dict) -> bool:
+            state["pid"] = state["pid"] or data.get("pid")
             event = PlayEvent.parse(data)
             if event.is_result:
                 results.append(event)
@@ -276,9 +293,7 @@ class Ansible:
             kwargs["inventory"] = self.env["ANSIBLE_INVENTORY"]
         runner = ansible_runner.run(
             private_data_dir=str(private), quiet=True, envvars=envvars,
-            event_handler=handle,
-            cancel_callback=cancel.is_set if cancel is not None else None,
-            timeout=int(timeout) if timeout else None,
+            event_handler=handle, cancel_callback=should_stop,
             **{k: v for k, v in kwargs.items() if v not in (None, [], {})},
         )
         shutil.rmtree(private / "env", ignore_errors=True)  # holds the environment
@@ -286,9 +301,9 @@ class Ansible:
         result = PlayResult(status=str(runner.status), rc=int(runner.rc or 0),
                             stats=stats_from(runner.stats), results=results,
                             artifact_dir=artifacts)
-        if result.status == "timeout":
+        if state["stopped"] == "timeout":
             raise PlaybookTimeout(f"{what} did not finish within {timeout} s (stopped)")
-        if result.status == "canceled":
+        if state["stopped"] == "cancel" or result.status == "canceled":
             raise PlaybookCancelled(f"{what} was cancelled (stopped)")
         if check and not result.ok:
             first = result.failures[0] if result.failures else None
@@ -299,6 +314,34 @@ class Ansible:
             raise PlaybookError(what, "-", "-", f"{result.status} (rc {result.rc}): {tail}",
                                 result)
         return result
+
+
+def _children() -> dict[int, list[int]]:
+    """``{ppid: [pid, ...]}`` of every process now."""
+    tree: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        tree.setdefault(ppid, []).append(int(entry.name))
+    return tree
+
+
+def _kill_tree(pid: int) -> None:
+    """SIGKILL ``pid`` and all its descendants (whatever session they are in)."""
+    tree = _children()
+    todo, found = [pid], []
+    while todo:
+        current = todo.pop()
+        found.append(current)
+        todo.extend(tree.get(current, []))
+    for victim in reversed(found):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(victim, signal.SIGKILL)
 
 
 def _stdout_tail(artifacts: Path | None, lines: int = 15) -> str:
