@@ -151,6 +151,24 @@ def test_cancel_stops_the_run_once_the_slow_task_starts(ansible, tmp_path):
     assert _running(b"sleep\0" + seconds.encode() + b"\0") == []
 
 
+def test_extra_var_files_and_tags_reach_ansible_playbook(ansible, tmp_path):
+    (tmp_path / "vars.json").write_text('{"greeting": "from a file"}')
+    play = tmp_path / "tagged.yml"
+    play.write_text(HEADER + """
+    - name: Greet
+      ansible.builtin.debug:
+        msg: "{{ greeting }} and {{ other }}"
+      tags: [greet]
+    - name: Untagged
+      ansible.builtin.debug:
+        msg: not selected
+""")
+    result = ansible.run(play, extra_files=[tmp_path / "vars.json"], tags="greet",
+                         extravars={"other": "a dict"})
+    assert [e.task for e in result.results] == ["Greet"]
+    assert result.per_host()["localhost"]["msg"] == "from a file and a dict"
+
+
 def test_run_async_and_module(ansible, tmp_path):
     run = ansible.run_async(_play(tmp_path, "ok"))
     assert run.wait(timeout=120).ok and run.done()

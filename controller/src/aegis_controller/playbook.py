@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shlex
 import shutil
 import signal
 import threading
@@ -151,6 +152,10 @@ class PlayResult:
         path = self.artifact_dir / "stdout" if self.artifact_dir else None
         return path.read_text(errors="replace") if path and path.is_file() else ""
 
+    def tail(self, lines: int = 15) -> str:
+        """The last lines Ansible printed (errors before any task ran: syntax, inventory)."""
+        return "\n".join(self.stdout.strip().splitlines()[-lines:]) or "no output"
+
     def per_host(self) -> dict[str, dict]:
         """``{host: result dict}`` of the last result per host (for one-task module runs)."""
         out: dict[str, dict] = {}
@@ -215,10 +220,10 @@ class Ansible:
         cmdline = [arg for f in extra_files for arg in ("-e", f"@{f}")]
         if tags:
             cmdline += ["--tags", tags]
-        result = self._run(f"playbook {playbook.name}", check, on_event, timeout, cancel,
-                           playbook=str(playbook), extravars=dict(extravars or {}),
-                           limit=limit, inventory=inventory, cmdline=cmdline)
-        return result
+        return self._run(f"playbook {playbook.name}", check, on_event, timeout, cancel,
+                         playbook=str(playbook), extravars=dict(extravars or {}),
+                         limit=limit, inventory=inventory,
+                         cmdline=shlex.join(cmdline) if cmdline else None)
 
     def run_async(self, playbook: Path, **kwargs: Any) -> PlayRun:
         """Start :meth:`run` in a thread; the returned :class:`PlayRun` waits for it."""
@@ -310,9 +315,8 @@ class Ansible:
             if first is not None:
                 raise PlaybookError(what, first.host or "?", first.task or "?",
                                     first.message, result)
-            tail = _stdout_tail(artifacts)
-            raise PlaybookError(what, "-", "-", f"{result.status} (rc {result.rc}): {tail}",
-                                result)
+            raise PlaybookError(what, "-", "-",
+                                f"{result.status} (rc {result.rc}): {result.tail()}", result)
         return result
 
 
@@ -342,14 +346,6 @@ def _kill_tree(pid: int) -> None:
     for victim in reversed(found):
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(victim, signal.SIGKILL)
-
-
-def _stdout_tail(artifacts: Path | None, lines: int = 15) -> str:
-    """The last lines Ansible printed (for errors before any task ran: syntax, inventory)."""
-    if artifacts is None or not (artifacts / "stdout").is_file():
-        return "no output"
-    return "\n".join((artifacts / "stdout").read_text(errors="replace").strip()
-                     .splitlines()[-lines:])
 
 
 def progress_line(label: str, event: PlayEvent, ordinal: int,

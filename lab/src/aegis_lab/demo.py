@@ -43,6 +43,8 @@ def _recap(play: PlayResult) -> None:
               f"unreachable={st.unreachable} skipped={st.skipped}")
     for failure in play.failures:
         print(f"  FAILED {failure.host}: {failure.task}: {failure.message}")
+    if not play.ok and not play.failures:
+        print(f"  the play did not run ({play.status}, rc {play.rc}):\n{play.tail()}")
 
 
 def run_demo(paths: Paths, nodes: object = 3, keep: bool = False, prefix: str = "aegis") -> int:
