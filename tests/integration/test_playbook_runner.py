@@ -169,6 +169,15 @@ def test_extra_var_files_and_tags_reach_ansible_playbook(ansible, tmp_path):
     assert result.per_host()["localhost"]["msg"] == "from a file and a dict"
 
 
+def test_host_key_checking_stays_on_unless_the_caller_turns_it_off(ansible, tmp_path):
+    echo = "echo checking=$ANSIBLE_HOST_KEY_CHECKING"
+    res = ansible.module("localhost", "ansible.builtin.shell", echo, inventory="localhost,")
+    assert res.per_host()["localhost"]["stdout"] == "checking=True"
+    off = Ansible(tmp_path / "runs", env={**ansible.env, "ANSIBLE_HOST_KEY_CHECKING": "False"})
+    res = off.module("localhost", "ansible.builtin.shell", echo, inventory="localhost,")
+    assert res.per_host()["localhost"]["stdout"] == "checking=False"
+
+
 def test_run_async_and_module(ansible, tmp_path):
     run = ansible.run_async(_play(tmp_path, "ok"))
     assert run.wait(timeout=120).ok and run.done()

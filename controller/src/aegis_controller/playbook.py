@@ -9,7 +9,8 @@ A failed run raises a :class:`PlaybookFailure` naming the failing host, task and
 
 Each run gets its own private data dir under ``runs_dir`` (the caller's state directory,
 never the source tree); the environment handed to ansible-playbook (collections path,
-``ANSIBLE_CONFIG``, inventory ...) is the caller's.
+``ANSIBLE_CONFIG``, inventory ...) is the caller's. Unlike ansible-runner's default, host
+key checking stays on unless that environment sets ``ANSIBLE_HOST_KEY_CHECKING``.
 """
 
 from __future__ import annotations
@@ -292,6 +293,10 @@ class Ansible:
         # Only what differs from our own environment goes to the runner (which writes
         # it under the private dir); the runner starts from os.environ itself.
         envvars = {k: v for k, v in self.env.items() if os.environ.get(k) != v}
+        # ansible-runner turns host key checking off unless told otherwise: keep Ansible's
+        # own default (on) unless the caller's environment turns it off itself.
+        if "ANSIBLE_HOST_KEY_CHECKING" not in os.environ:
+            envvars.setdefault("ANSIBLE_HOST_KEY_CHECKING", "True")
         if inventory is not None:
             kwargs["inventory"] = str(inventory)
         elif "ANSIBLE_INVENTORY" in self.env:
