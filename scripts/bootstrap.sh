@@ -4,7 +4,7 @@
 # returns in seconds.
 #   - system packages (apt) for the lab nodes, eBPF builds and nftables
 #   - a project-local virtualenv (.venv) with the pinned Python packages
-#     (requirements.txt) and the agent and controller packages (editable)
+#     (requirements.txt), the agent and controller packages and the lab (editable)
 #   - a collections path (.state/collections) whose aegis/fleet is this checkout
 set -euo pipefail
 
@@ -65,7 +65,7 @@ pick_python() {
   return 1
 }
 py=$(pick_python) || die "no Python 3.11 with venv/ensurepip found (Debian: apt-get install python3-venv)"
-stamp_src=$( { "$py" -c 'import sys; print(sys.version)'; cat requirements.txt protocol/pyproject.toml agent/pyproject.toml controller/pyproject.toml; } | sha256sum | cut -c1-16)
+stamp_src=$( { "$py" -c 'import sys; print(sys.version)'; cat requirements.txt protocol/pyproject.toml agent/pyproject.toml controller/pyproject.toml lab/pyproject.toml; } | sha256sum | cut -c1-16)
 if [ -x .venv/bin/python ] && [ "$(cat .venv/.aegis-stamp 2>/dev/null)" = "$stamp_src" ]; then
   say "virtualenv .venv up to date"
 else
@@ -73,9 +73,9 @@ else
   rm -rf .venv
   "$py" -m venv .venv
   .venv/bin/pip install -q --disable-pip-version-check --upgrade pip 2>&1 | grep -v '^WARNING: Location' >&2 || true
-  .venv/bin/pip install -q --disable-pip-version-check -r requirements.txt -e ./protocol -e ./agent -e ./controller 2>&1 \
+  .venv/bin/pip install -q --disable-pip-version-check -r requirements.txt -e ./protocol -e ./agent -e ./controller -e ./lab 2>&1 \
     | { grep -v '^WARNING: Location' || true; } >&2
-  .venv/bin/python -c 'import ansible, aegis_controller, aegis_agent, aegis_protocol' \
+  .venv/bin/python -c 'import ansible, aegis_controller, aegis_agent, aegis_protocol, aegis_lab' \
     || die "virtualenv install incomplete; see the pip output above"
   echo "$stamp_src" > .venv/.aegis-stamp
 fi

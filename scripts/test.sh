@@ -12,7 +12,7 @@ export ANSIBLE_LINT_OFFLINE=1 PYTHONDONTWRITEBYTECODE=1
 failed=()
 step() { local name=$1; shift; printf "\n=== %s\n" "$name"; "$@" || failed+=("$name"); }
 
-step "ruff" ruff check protocol agent controller plugins tests scripts benchmarks
+step "ruff" ruff check protocol agent controller plugins tests scripts benchmarks lab
 step "terraform fmt" terraform fmt -check -recursive terraform
 # ansible-lint installs the collection it lints into $ANSIBLE_HOME/collections: give it a
 # throw-away home so it always lints this tree and never writes to ~/.ansible.

@@ -13,15 +13,15 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from aegis_controller.lab.fleet import LocalFleet, leftovers
-from aegis_controller.lab.naming import new_prefix
-from aegis_controller.lab.playbook import collections_root
-from harness import NetnsPair, OpenBao, local_fleet, netns_pair, openbao_dev
+from aegis_lab.cleanup import leftovers
+from aegis_lab.fleet import LocalFleet
+from aegis_lab.naming import new_prefix
+from harness import PATHS, NetnsPair, OpenBao, local_fleet, netns_pair, openbao_dev
 from harness_controller import Server, controller_server
 from harness_pg import PgServer, postgres_server
 
 # The collection's plugins import as ansible_collections.aegis.fleet.* (this source tree).
-sys.path.insert(0, str(collections_root()))
+sys.path.insert(0, str(PATHS.collections))
 
 RUN_PREFIX = os.environ.get("AEGIS_TEST_PREFIX") or new_prefix()
 _suffixes = itertools.count()

@@ -20,9 +20,16 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from aegis_controller.lab.fleet import LocalFleet, sweep
+from pyroute2 import NetNS, netns
 
-REPO = Path(__file__).resolve().parents[1]
+from aegis_lab.cleanup import down, sweep
+from aegis_lab.fleet import LocalFleet
+from aegis_lab.paths import Paths
+
+#: The checkout and state dir under test, found by the lab's one rule (AEGIS_REPO, else
+#: the checkout aegis-lab is installed from).
+PATHS = Paths.discover()
+REPO = PATHS.repo_root
 VENV_BIN = REPO / ".venv" / "bin"
 
 
@@ -39,15 +46,15 @@ def wait_until(pred, timeout: float = 60.0, step: float = 0.2) -> bool:
 # -- local fleet ------------------------------------------------------------------------
 @contextlib.contextmanager
 def local_fleet(prefix: str, size: int) -> Iterator[LocalFleet]:
-    fleet = LocalFleet(prefix)
+    fleet = LocalFleet(prefix, PATHS)
     try:
         fleet.up(size=size)
         yield fleet
     finally:
         try:
-            fleet.down()
+            down(fleet)
         finally:
-            sweep(prefix)
+            sweep(fleet)
 
 
 # -- network namespaces -------------------------------------------------------------------
@@ -68,8 +75,13 @@ class NetnsPair:
                               capture_output=True, text=True, timeout=timeout, **kw)
 
 
-def _ip(*args: str, check: bool = True) -> None:
-    subprocess.run(["ip", *args], check=check, capture_output=True)
+def _up(ns: str, ifname: str, address: str | None = None) -> None:
+    """Bring ``ifname`` in namespace ``ns`` up, with ``address``/24 if given."""
+    with NetNS(ns) as ipr:
+        index = ipr.link_lookup(ifname=ifname)[0]
+        if address:
+            ipr.addr("add", index=index, address=address, prefixlen=24)
+        ipr.link("set", index=index, state="up")
 
 
 @contextlib.contextmanager
@@ -77,19 +89,19 @@ def netns_pair(prefix: str) -> Iterator[NetnsPair]:
     pair = NetnsPair(a=f"{prefix}-a", b=f"{prefix}-b", a_if=f"{prefix}a0", b_if=f"{prefix}b0")
     try:
         for ns in (pair.a, pair.b):
-            _ip("netns", "add", ns)
-            _ip("-n", ns, "link", "set", "lo", "up")
-        _ip("link", "add", pair.a_if, "netns", pair.a, "type", "veth",
-            "peer", "name", pair.b_if, "netns", pair.b)
-        _ip("-n", pair.a, "addr", "add", f"{pair.a_addr}/24", "dev", pair.a_if)
-        _ip("-n", pair.b, "addr", "add", f"{pair.b_addr}/24", "dev", pair.b_if)
-        _ip("-n", pair.a, "link", "set", pair.a_if, "up")
-        _ip("-n", pair.b, "link", "set", pair.b_if, "up")
+            netns.create(ns)
+            _up(ns, "lo")
+        with NetNS(pair.a) as ipr:
+            ipr.link("add", ifname=pair.a_if, kind="veth",
+                     peer={"ifname": pair.b_if, "net_ns_fd": pair.b})
+        _up(pair.a, pair.a_if, pair.a_addr)
+        _up(pair.b, pair.b_if, pair.b_addr)
         yield pair
     finally:
         # Deleting a namespace takes its end of the veth (and so the peer) with it.
         for ns in (pair.a, pair.b):
-            _ip("netns", "del", ns, check=False)
+            with contextlib.suppress(OSError):
+                netns.remove(ns)
 
 
 # -- OpenBao dev server -------------------------------------------------------------------------

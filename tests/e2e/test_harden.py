@@ -12,14 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from aegis_controller.lab.fleet import REPO_ROOT, LocalFleet
-from aegis_controller.lab.playbook import ansible_env, ansible_playbook, ansible_results
+from aegis_lab.fleet import LocalFleet
+from aegis_lab.playbook import ansible_env, ansible_playbook, ansible_results
 from conftest import sub_prefix
-from harness import local_fleet
+from harness import PATHS, local_fleet
 
 pytestmark = pytest.mark.e2e
 
-HARDEN = REPO_ROOT / "playbooks" / "harden.yml"
+HARDEN = PATHS.playbooks / "harden.yml"
 HOST_KERNEL = [
     "kernel/kptr_restrict", "kernel/dmesg_restrict", "kernel/yama/ptrace_scope",
     "kernel/unprivileged_bpf_disabled", "kernel/sysrq", "kernel/perf_event_paranoid",
@@ -43,7 +43,7 @@ def _host_kernel() -> dict[str, str]:
 
 def _play(fleet: LocalFleet, *args: str, timeout: float = 900) -> tuple[int, dict]:
     """Run the harden playbook with the JSON callback; return (rc, the JSON document)."""
-    env = ansible_env(fleet)
+    env = ansible_env(fleet.paths, fleet)
     env.update({"ANSIBLE_STDOUT_CALLBACK": "ansible.posix.json",
                 "ANSIBLE_LOAD_CALLBACK_PLUGINS": "1"})
     proc = subprocess.run([str(Path(sys.executable).with_name("ansible-playbook")), str(HARDEN),
@@ -98,9 +98,9 @@ def test_check_mode_reports_changes_and_changes_nothing(fleet3):
 
 def test_audit_reports_and_changes_nothing(fleet3, tmp_path):
     before = _snapshot(fleet3)
-    proc = ansible_playbook(fleet3, REPO_ROOT / "playbooks" / "audit.yml",
-                            "-e", f"aegis_audit_report_dir={tmp_path}")
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    proc = ansible_playbook(fleet3, PATHS.playbooks / "audit.yml",
+                            extravars={"aegis_audit_report_dir": str(tmp_path)})
+    assert proc.ok, proc.stdout[-3000:]
     assert _snapshot(fleet3) == before
     for node in ("node1", "node2", "node3"):
         report = json.loads((tmp_path / f"{node}.json").read_text())

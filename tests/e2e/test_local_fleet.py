@@ -5,10 +5,12 @@ from pathlib import Path
 
 import pytest
 
-from aegis_controller.lab.fleet import LocalFleet, leftovers
-from aegis_controller.lab.playbook import ansible_results
-from aegis_controller.lab.podman import podman
+from aegis_lab.cleanup import down, leftovers
+from aegis_lab.fleet import LocalFleet
+from aegis_lab.playbook import ansible_results
+from aegis_lab.podman import podman
 from conftest import sub_prefix
+from harness import PATHS
 
 pytestmark = pytest.mark.e2e
 
@@ -25,7 +27,7 @@ def _facts(fleet: LocalFleet, node: str) -> dict:
 
 def test_fleet_create_ping_replace_destroy():
     prefix = sub_prefix()
-    fleet = LocalFleet(prefix)
+    fleet = LocalFleet(prefix, PATHS)
     host_dmesg_restrict = Path("/proc/sys/kernel/dmesg_restrict").read_text()
     try:
         info = fleet.up(size=2)
@@ -65,7 +67,7 @@ def test_fleet_create_ping_replace_destroy():
         assert out["stdout_lines"][1] == "net=ok", out
         assert Path("/proc/sys/kernel/dmesg_restrict").read_text() == host_dmesg_restrict
     finally:
-        fleet.down()
+        down(fleet)
     assert leftovers(prefix) == []
     assert not fleet.dir.exists()
     ps = podman("ps", "-a", "--format", "json")

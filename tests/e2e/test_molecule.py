@@ -8,22 +8,23 @@ from pathlib import Path
 
 import pytest
 
-from aegis_controller.lab.fleet import REPO_ROOT, leftovers
-from aegis_controller.lab.playbook import ansible_env
+from aegis_lab.cleanup import leftovers
+from aegis_lab.playbook import ansible_env
 from conftest import sub_prefix
+from harness import PATHS, REPO
 
 pytestmark = pytest.mark.e2e
-SCENARIOS = sorted(p.parent.name for p in (REPO_ROOT / "molecule").glob("*/molecule.yml"))
+SCENARIOS = sorted(p.parent.name for p in (REPO / "molecule").glob("*/molecule.yml"))
 
 
 @pytest.mark.parametrize("scenario", SCENARIOS)
 def test_molecule_scenario(scenario):
     prefix = sub_prefix()
-    env = ansible_env()
+    env = ansible_env(PATHS)
     env["AEGIS_MOLECULE_PREFIX"] = prefix
     env.pop("ANSIBLE_INVENTORY", None)
     molecule = str(Path(sys.executable).with_name("molecule"))
-    proc = subprocess.run([molecule, "test", "-s", scenario], cwd=REPO_ROOT, env=env,
+    proc = subprocess.run([molecule, "test", "-s", scenario], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=1200, check=False)
     tail = (proc.stdout + proc.stderr)[-6000:]
     assert proc.returncode == 0, tail

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from aegis_controller.lab.playbook import collections_root
+from harness import PATHS
 
 pytestmark = pytest.mark.integration
 BIN = Path(sys.executable).parent
@@ -45,7 +45,7 @@ def _play(tmp_path: Path, state: Path, db: str | None, *extra: str) -> subproces
     playbook.write_text(PLAY)
     env = dict(os.environ, AEGIS_CONTROLLER_STATE_DIR=str(state),
                ANSIBLE_CALLBACKS_ENABLED="aegis.fleet.audit",
-               ANSIBLE_COLLECTIONS_PATH=str(collections_root()),
+               ANSIBLE_COLLECTIONS_PATH=str(PATHS.collections),
                ANSIBLE_LOCALHOST_WARNING="false", ANSIBLE_INVENTORY_UNPARSED_WARNING="false")
     if db:
         env["AEGIS_CONTROLLER_DB"] = db

@@ -5,8 +5,9 @@ import subprocess
 
 import hvac
 import pytest
+from pyroute2 import netns as pyroute2_netns
 
-from aegis_controller.lab.fleet import leftovers
+from aegis_lab.cleanup import leftovers
 from conftest import sub_prefix
 from harness import netns_pair, openbao_dev
 
@@ -18,6 +19,7 @@ def test_netns_pair_carries_traffic_and_is_removed_even_on_failure():
     with pytest.raises(RuntimeError, match="boom"), netns_pair(prefix) as pair:
         assert pair.a in subprocess.run(["ip", "netns", "list"], capture_output=True,
                                         text=True, check=False).stdout
+        assert pair.b in pyroute2_netns.listnetns()
         assert leftovers(prefix) != []
         raise RuntimeError("boom")
     assert leftovers(prefix) == []

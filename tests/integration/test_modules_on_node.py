@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from aegis_controller.lab.playbook import ansible_env
+from aegis_lab.playbook import ansible_env
 
 pytestmark = pytest.mark.e2e
 
@@ -25,7 +25,7 @@ GUARD_DIR = "/run/aegis/nft-guard"
 
 
 def _json_env(fleet) -> dict:
-    env = ansible_env(fleet)
+    env = ansible_env(fleet.paths, fleet)
     env.update(
         {"ANSIBLE_LOAD_CALLBACK_PLUGINS": "1", "ANSIBLE_STDOUT_CALLBACK": "ansible.posix.json"}
     )

@@ -10,13 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from aegis_controller.lab.fleet import CLI_CONFIG
 from aegis_controller.terraform import (
     Terraform,
     TerraformCancelled,
     TerraformError,
     TerraformTimeout,
 )
+from harness import PATHS
 
 pytestmark = pytest.mark.integration
 
@@ -57,7 +57,7 @@ def tf(tmp_path) -> Terraform:
     (module / "main.tf").write_text(MODULE)
     (tmp_path / "markers").mkdir()
     runner = Terraform(module, data_dir=tmp_path / "data", state_path=tmp_path / "state.tfstate",
-                       cli_config_file=CLI_CONFIG)
+                       cli_config_file=PATHS.terraform_cli_config)
     runner.init()
     return runner
 

@@ -177,13 +177,14 @@ def test_unit_verifies_and_is_sandboxed(tmp_path: Path, package: str, limit: flo
     import subprocess
     import sys
 
+    from harness import REPO
+
     if not shutil.which("systemd-analyze"):
         pytest.skip("systemd-analyze not installed")
     name = f"aegis-{package}"
-    repo = Path(__file__).resolve().parents[2]
     # the agent's unit ships with its role (the only copy); the controller's with its package
-    unit = (repo / "roles" / "agent" / "files" if package == "agent"
-            else repo / package / "systemd") / f"{name}.service"
+    unit = (REPO / "roles" / "agent" / "files" if package == "agent"
+            else REPO / package / "systemd") / f"{name}.service"
     exe = str(Path(sys.executable).with_name(name))
     local = tmp_path / f"{name}.service"
     local.write_text(unit.read_text().replace(f"/opt/aegis/{package}/bin/{name}", exe))

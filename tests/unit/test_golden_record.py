@@ -1,15 +1,14 @@
 """The golden record the harden role writes holds what attestation reads (files for the
 expected profile, sysctl names for the agent's sysctl digest), and nothing else."""
 
-from pathlib import Path
-
 import pytest
 import yaml
 
 from aegis_protocol.attestation import GOLDEN_SCHEMA, profile_from_golden
+from harness import REPO
 
 pytestmark = pytest.mark.unit
-GOLDEN_TASKS = Path(__file__).resolve().parents[2] / "roles" / "harden" / "tasks" / "golden.yml"
+GOLDEN_TASKS = REPO / "roles" / "harden" / "tasks" / "golden.yml"
 
 
 def _record_template() -> dict:

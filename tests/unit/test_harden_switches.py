@@ -1,13 +1,13 @@
 """Every feature of aegis.fleet.harden is switched in tasks/main.yml the same way: one task
 file, a ``when:`` and a tag, so an operator can turn off or skip any piece by itself."""
 
-from pathlib import Path
-
 import pytest
 import yaml
 
+from harness import REPO
+
 pytestmark = pytest.mark.unit
-TASKS = Path(__file__).resolve().parents[2] / "roles" / "harden" / "tasks"
+TASKS = REPO / "roles" / "harden" / "tasks"
 IMPORTS = ("ansible.builtin.import_tasks", "ansible.builtin.include_tasks")
 
 

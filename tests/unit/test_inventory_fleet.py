@@ -15,9 +15,10 @@ from pathlib import Path
 
 import pytest
 
+from harness import REPO as REPO_ROOT
+
 pytestmark = pytest.mark.unit
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 ANSIBLE_INVENTORY = str(Path(sys.executable).parent / "ansible-inventory")
 ANSIBLE_DOC = str(Path(sys.executable).parent / "ansible-doc")
 SSH_ARGS = "-o UserKnownHostsFile={} -o StrictHostKeyChecking=yes -o IdentitiesOnly=yes"

@@ -2,13 +2,14 @@
 
 import pytest
 
-from aegis_controller.lab.naming import (
+from aegis_lab.naming import (
     FleetNetwork,
     LabInputError,
     check_node_names,
     check_prefix,
     check_size,
     mac_for,
+    node_addressing,
     node_names,
 )
 
@@ -56,3 +57,11 @@ def test_addresses_and_macs_are_fixed_per_slot():
     assert net.address(31) == "10.213.7.41"
     assert mac_for(net.address(2)) == "02:ae:0a:d5:07:0c"
     assert node_names(3) == ["node1", "node2", "node3"]
+
+
+def test_the_lab_hands_terraform_each_nodes_address_and_mac():
+    net = FleetNetwork("10.213.7.0/24")
+    assert node_addressing(net, 2) == {"slot": 2, "address": "10.213.7.12",
+                                       "mac": "02:ae:0a:d5:07:0c"}
+    with pytest.raises(LabInputError, match="slot 32 out of range"):
+        node_addressing(net, 32)

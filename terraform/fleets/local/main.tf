@@ -1,5 +1,5 @@
 # The local Aegis lab fleet: a project-owned bridge and N podman nodes on it.
-# Driven by aegis_controller.lab.fleet (through Terraform's -json interface); state lives
+# Driven by aegis_lab.fleet (through Terraform's -json interface); state lives
 # per fleet outside the source tree (backend path and TF_DATA_DIR set by the driver).
 
 terraform {
@@ -22,8 +22,12 @@ variable "prefix" {
 }
 
 variable "nodes" {
-  description = "Node name => slot (0-31). The slot fixes the node's address and MAC."
-  type        = map(number)
+  description = "Node name => slot (0-31), address and MAC. The lab computes address and MAC from the slot (aegis_lab.naming); Terraform only forwards them."
+  type = map(object({
+    slot    = number
+    address = string
+    mac     = string
+  }))
   validation {
     condition     = length(var.nodes) >= 1 && length(var.nodes) <= 32
     error_message = "a local fleet has 1 to 32 nodes; give between 1 and 32 entries in nodes."
@@ -33,7 +37,7 @@ variable "nodes" {
     error_message = "node names must be 1-32 characters of lowercase letters, digits and '-', start with a letter and not end with '-' (e.g. node1, web-a)."
   }
   validation {
-    condition     = alltrue([for s in values(var.nodes) : s >= 0 && s <= 31 && floor(s) == s]) && length(distinct(values(var.nodes))) == length(var.nodes)
+    condition     = alltrue([for n in values(var.nodes) : n.slot >= 0 && n.slot <= 31 && floor(n.slot) == n.slot]) && length(distinct([for n in values(var.nodes) : n.slot])) == length(var.nodes)
     error_message = "node slots must be distinct whole numbers from 0 to 31."
   }
 }
@@ -100,7 +104,9 @@ module "node" {
   lab_cli             = var.lab_cli
   prefix              = var.prefix
   name                = each.key
-  slot                = each.value
+  slot                = each.value.slot
+  address             = each.value.address
+  mac                 = each.value.mac
   network             = var.network
   image               = var.image
   ssh_public_key_file = var.ssh_public_key_file
@@ -120,11 +126,11 @@ output "fleet" {
     ssh_private_key = var.ssh_private_key_file
     known_hosts     = var.known_hosts_file
     nodes = {
-      for name, slot in var.nodes : name => {
-        address   = module.node[name].address
-        mac       = format("02:ae:%s", join(":", [for o in split(".", module.node[name].address) : format("%02x", tonumber(o))]))
+      for name, node in var.nodes : name => {
+        address   = node.address
+        mac       = node.mac
         container = module.node[name].container
-        slot      = slot
+        slot      = node.slot
         id        = module.node[name].id
       }
     }

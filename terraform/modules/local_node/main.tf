@@ -24,8 +24,18 @@ variable "name" {
 }
 
 variable "slot" {
-  description = "Node slot in the fleet; fixes its address and MAC."
+  description = "Node slot in the fleet (names its host-side veth)."
   type        = number
+}
+
+variable "address" {
+  description = "The node's address on the fleet bridge (computed by the lab, forwarded)."
+  type        = string
+}
+
+variable "mac" {
+  description = "The node's fixed MAC (computed by the lab, forwarded)."
+  type        = string
 }
 
 variable "network" {
@@ -54,6 +64,8 @@ resource "terraform_data" "node" {
     prefix              = var.prefix
     name                = var.name
     slot                = var.slot
+    address             = var.address
+    mac                 = var.mac
     network             = var.network
     image               = var.image
     ssh_public_key_file = var.ssh_public_key_file
@@ -80,7 +92,7 @@ resource "terraform_data" "node" {
 
 output "address" {
   description = "The node's address on the fleet bridge."
-  value       = cidrhost(var.network, 10 + var.slot)
+  value       = var.address
 }
 
 output "container" {

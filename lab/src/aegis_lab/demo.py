@@ -5,16 +5,19 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-from ..terraform import TerraformEvent
+from aegis_controller.playbook import PlayResult, Progress
+from aegis_controller.terraform import TerraformEvent
+
+from . import cleanup
 from . import controller as lab_controller
-from .fleet import REPO_ROOT, LocalFleet
+from .fleet import LocalFleet
 from .naming import check_size
+from .paths import Paths
 from .playbook import ansible_playbook, ansible_results
 from .podman import podman
 from .wheels import build_agent_wheels
@@ -24,14 +27,29 @@ def _say(msg: str) -> None:
     print(f"[aegis demo] {msg}", flush=True)
 
 
+def _show(line: str) -> None:
+    print(f"  {line}", flush=True)
+
+
 def _progress(event: TerraformEvent) -> None:
     if event.type in ("apply_complete", "apply_errored", "provision_errored"):
         _say(f"  terraform: {event.message}")
 
 
-def run_demo(nodes: object = 3, keep: bool = False, prefix: str = "aegis") -> int:
+def _recap(play: PlayResult) -> None:
+    """The play recap from the runner's stats, and each failed task."""
+    for host, st in sorted(play.stats.items()):
+        print(f"  {host:<10} ok={st.ok} changed={st.changed} failed={st.failures} "
+              f"unreachable={st.unreachable} skipped={st.skipped}")
+    for failure in play.failures:
+        print(f"  FAILED {failure.host}: {failure.task}: {failure.message}")
+    if not play.ok and not play.failures:
+        print(f"  the play did not run ({play.status}, rc {play.rc}):\n{play.tail()}")
+
+
+def run_demo(paths: Paths, nodes: object = 3, keep: bool = False, prefix: str = "aegis") -> int:
     size = check_size(nodes)
-    fleet = LocalFleet(prefix, on_event=_progress)
+    fleet = LocalFleet(prefix, paths, on_event=_progress)
     started = time.monotonic()
     rc = 0
     try:
@@ -49,14 +67,14 @@ def run_demo(nodes: object = 3, keep: bool = False, prefix: str = "aegis") -> in
             _say("Ansible could not reach every node")
             return 1
 
-        harden = REPO_ROOT / "playbooks" / "harden.yml"
+        harden = paths.playbooks / "harden.yml"
         if harden.exists():
             _say("hardening play: playbooks/harden.yml")
             t0 = time.monotonic()
-            play = ansible_playbook(fleet, harden)
+            play = ansible_playbook(fleet, harden, on_event=Progress("harden", _show))
             fleet.timings.record("harden", time.monotonic() - t0)
-            print(play.stdout[-3000:], end="")
-            rc = 0 if play.returncode == 0 else 1
+            _recap(play)
+            rc = 0 if play.ok else 1
         else:
             _say("hardening play: not part of the collection yet (playbooks/harden.yml)")
 
@@ -72,9 +90,9 @@ def run_demo(nodes: object = 3, keep: bool = False, prefix: str = "aegis") -> in
         if keep:
             _say(f"keeping the fleet; tear down with: aegis-lab fleet down --prefix {prefix}")
         else:
-            lab_controller.down(prefix)
+            lab_controller.down(fleet)
             _say("destroying the fleet")
-            fleet.down()
+            cleanup.down(fleet)
         _say("timings (seconds): " + ", ".join(f"{k}={v}" for k, v in fleet.timings.steps.items())
              + f", total={time.monotonic() - started:.1f}")
     return rc
@@ -85,16 +103,15 @@ def _agents(fleet: LocalFleet, info: dict) -> int:
     profiles from each node's golden record with its BPF programs pinned; every node
     must end up trusted."""
     _say("controller: aegis-controller serve on the fleet bridge (mutual TLS)")
-    ctl = lab_controller.up(fleet.prefix)
-    base = [str(Path(sys.executable).with_name("aegis-controller")), "--state-dir",
-            ctl["state_dir"]]
+    ctl = lab_controller.up(fleet)
+    base = lab_controller.controller_command(fleet)
 
     def controller(*args: str) -> subprocess.CompletedProcess:
         return subprocess.run([*base, *args], capture_output=True, text=True, timeout=120,
                               check=False)
 
     _say("agent: wheelhouse for offline install (aegis-lab wheels)")
-    build_agent_wheels()
+    build_agent_wheels(fleet.paths)
     nodes = sorted(info["nodes"])
     tokens = {}
     for name in nodes:
@@ -116,11 +133,11 @@ def _agents(fleet: LocalFleet, info: dict) -> int:
         vars_file.write_text(json.dumps(extra))  # holds the tokens: 0600, removed below
         _say("agent play: playbooks/agent.yml (aegis.fleet.agent: install, enroll)")
         t0 = time.monotonic()
-        play = ansible_playbook(fleet, REPO_ROOT / "playbooks" / "agent.yml",
-                                "-e", f"@{vars_file}")
+        play = ansible_playbook(fleet, fleet.paths.playbooks / "agent.yml",
+                                extra_files=(vars_file,), on_event=Progress("agent", _show))
         fleet.timings.record("agent", time.monotonic() - t0)
-    print(play.stdout[-2000:], end="")
-    if play.returncode:
+    _recap(play)
+    if not play.ok:
         return 1
     t0 = time.monotonic()
     for name in nodes:

@@ -11,6 +11,7 @@ import ipaddress
 import os
 import re
 import secrets
+import socket
 from dataclasses import dataclass
 
 MAX_NODES = 32
@@ -122,24 +123,29 @@ def mac_for(address: str) -> str:
     return "02:ae:" + ":".join(f"{b:02x}" for b in octets)
 
 
-def used_ipv4_networks() -> list[ipaddress.IPv4Network]:
-    """Networks already routed on this host (so a new fleet never overlaps one)."""
-    import json
-    import subprocess
+def node_addressing(net: FleetNetwork, slot: int) -> dict[str, object]:
+    """A node's slot, address and MAC: the one place they are computed (Terraform only
+    forwards them from the ``nodes`` variable)."""
+    address = net.address(slot)
+    return {"slot": slot, "address": address, "mac": mac_for(address)}
 
-    out = subprocess.run(
-        ["ip", "-j", "-4", "route", "show", "table", "all"],
-        check=True, capture_output=True, text=True,
-    ).stdout
+
+_RTN_LOCAL, _RTN_BROADCAST = 2, 3  # rtnetlink route types that are not routed networks
+
+
+def used_ipv4_networks() -> list[ipaddress.IPv4Network]:
+    """Networks already routed on this host, in any table (so a new fleet never overlaps
+    one)."""
+    from pyroute2 import IPRoute
+
+    with IPRoute() as ipr:
+        routes = ipr.get_routes(family=socket.AF_INET)
     nets = []
-    for route in json.loads(out or "[]"):
-        dst = route.get("dst", "")
-        if dst in ("", "default") or route.get("type") in ("broadcast", "local"):
+    for route in routes:
+        dst = route.get("dst")
+        if not dst or route["type"] in (_RTN_LOCAL, _RTN_BROADCAST):
             continue
-        try:
-            nets.append(ipaddress.IPv4Network(dst, strict=False))
-        except ValueError:
-            continue
+        nets.append(ipaddress.IPv4Network(f"{dst}/{route['dst_len']}", strict=False))
     return nets
 
 

@@ -18,7 +18,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from .fleet import REPO_ROOT, state_root
+from .paths import Paths
 
 PACKAGES = ("protocol", "agent")
 STAMP = ".source-hash"
@@ -28,43 +28,40 @@ class WheelBuildError(RuntimeError):
     pass
 
 
-def wheelhouse() -> Path:
-    return state_root() / "wheels" / "agent"
-
-
-def _sources() -> list[Path]:
-    files = [REPO_ROOT / "requirements.txt"]
+def _sources(paths: Paths) -> list[Path]:
+    files = [paths.requirements]
     for pkg in PACKAGES:
-        root = REPO_ROOT / pkg
+        root = paths.repo_root / pkg
         files.append(root / "pyproject.toml")
         files += sorted(p for p in (root / "src").rglob("*.py")
                         if "egg-info" not in str(p) and "__pycache__" not in p.parts)
     return files
 
 
-def source_hash() -> str:
+def source_hash(paths: Paths) -> str:
     h = hashlib.sha256()
-    for path in _sources():
-        h.update(str(path.relative_to(REPO_ROOT)).encode() + b"\0")
+    for path in _sources(paths):
+        h.update(str(path.relative_to(paths.repo_root)).encode() + b"\0")
         h.update(path.read_bytes() + b"\0")
     return h.hexdigest()
 
 
-def _pins() -> str:
+def _pins(paths: Paths) -> str:
     """The project's ``NAME==VERSION`` pins (extras dropped) as pip constraints, so a
     node runs the dependency versions the tests ran."""
     out = []
-    for line in (REPO_ROOT / "requirements.txt").read_text().splitlines():
+    for line in paths.requirements.read_text().splitlines():
         m = re.match(r"^([A-Za-z0-9_.-]+)(\[[^\]]*\])?(==[^\s;#]+)", line.strip())
         if m:
             out.append(m.group(1) + m.group(3))
     return "\n".join(out) + "\n"
 
 
-def build_agent_wheels(out: Path | None = None, *, force: bool = False) -> tuple[Path, bool]:
+def build_agent_wheels(paths: Paths, out: Path | None = None, *,
+                       force: bool = False) -> tuple[Path, bool]:
     """Build the wheelhouse if its sources changed; returns (directory, built)."""
-    out = out or wheelhouse()
-    digest = source_hash()
+    out = out or paths.wheelhouse
+    digest = source_hash(paths)
     stamp = out / STAMP
     if not force and stamp.exists() and stamp.read_text().strip() == digest:
         return out, False
@@ -72,10 +69,10 @@ def build_agent_wheels(out: Path | None = None, *, force: bool = False) -> tuple
     with tempfile.TemporaryDirectory(prefix="aegis-wheels-", dir=out.parent) as tmp:
         work, dest = Path(tmp) / "src", Path(tmp) / "wheels"
         for pkg in PACKAGES:
-            shutil.copytree(REPO_ROOT / pkg, work / pkg,
+            shutil.copytree(paths.repo_root / pkg, work / pkg,
                             ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))
         constraints = Path(tmp) / "constraints.txt"
-        constraints.write_text(_pins())
+        constraints.write_text(_pins(paths))
         env = dict(os.environ, SOURCE_DATE_EPOCH="315532800", PIP_DISABLE_PIP_VERSION_CHECK="1")
         cmd = [sys.executable, "-m", "pip", "wheel", "--quiet", "--wheel-dir", str(dest),
                "--constraint", str(constraints),

@@ -26,9 +26,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .fleet import state_root
 from .image import CACHE_ROOT, RECIPE_DIR, ImageBuildError, _locked, apt_mirror
 from .naming import LabInputError, check_node_name, check_prefix
+from .paths import Paths
 
 VM_RECIPE = RECIPE_DIR / "vm" / "build-vm.sh"
 PACKAGES = RECIPE_DIR / "packages.txt"
@@ -92,10 +92,11 @@ def _free_port() -> int:
 class VmNode:
     """One VM node: ``aegis-<prefix>-<name>``, state under ``.state/vms/<prefix>-<name>``."""
 
-    def __init__(self, prefix: str, name: str, *, memory_mb: int = 1024, cpus: int = 2) -> None:
+    def __init__(self, prefix: str, name: str, paths: Paths, *, memory_mb: int = 1024,
+                 cpus: int = 2) -> None:
         self.prefix = check_prefix(prefix)
         self.name = check_node_name(name)
-        self.dir = state_root() / "vms" / f"{self.prefix}-{self.name}"
+        self.dir = paths.vms / f"{self.prefix}-{self.name}"
         self.memory_mb = memory_mb
         self.cpus = cpus
 

@@ -20,11 +20,11 @@ import socket
 import subprocess
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 from . import network
-from .naming import FleetNetwork, check_node_name, check_prefix, mac_for
+from .naming import FleetNetwork, check_node_name, check_prefix
 from .podman import PodmanError, container_pid, podman
 
 log = logging.getLogger("aegis.lab.node")
@@ -39,6 +39,9 @@ class NodeError(RuntimeError):
 
 @dataclass(frozen=True)
 class NodeSpec:
+    """What Terraform hands ``aegis-lab node create|destroy``; ``address`` and ``mac``
+    were computed by the lab (``naming.node_addressing``) and only forwarded."""
+
     prefix: str
     name: str
     slot: int
@@ -46,6 +49,8 @@ class NodeSpec:
     image: str
     ssh_public_key_file: str
     known_hosts_file: str
+    address: str
+    mac: str
 
     def __post_init__(self) -> None:
         check_prefix(self.prefix)
@@ -58,13 +63,6 @@ class NodeSpec:
     @property
     def net(self) -> FleetNetwork:
         return FleetNetwork(self.network)
-
-    @property
-    def address(self) -> str:
-        return self.net.address(self.slot)
-
-    def as_dict(self) -> dict:
-        return asdict(self)
 
 
 @contextlib.contextmanager
@@ -144,15 +142,14 @@ def create(spec: NodeSpec, timeout: float = 90) -> dict:
         podman("start", spec.container)
         pid = container_pid(spec.container)
         _make_proc_sys_net_writable(pid)
-        mac = mac_for(spec.address)
-        network.attach_node(spec.prefix, spec.slot, pid, spec.address, mac, spec.net)
+        network.attach_node(spec.prefix, spec.slot, pid, spec.address, spec.mac, spec.net)
         key = _wait_for_ssh(spec, started + timeout)
     except Exception:
         destroy(spec)
         raise
     _set_known_host(Path(spec.known_hosts_file), spec.address, key)
     facts = {"name": spec.name, "container": spec.container, "address": spec.address,
-             "mac": mac, "host_key": key, "seconds": round(time.monotonic() - started, 2)}
+             "mac": spec.mac, "host_key": key, "seconds": round(time.monotonic() - started, 2)}
     log.info("node ready", extra={"node": facts})
     return facts
 

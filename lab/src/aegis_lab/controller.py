@@ -12,26 +12,28 @@ import signal
 import socket
 import ssl
 import subprocess
-import sys
 import time
 import urllib.request
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from .fleet import LocalFleet, state_root
-from .naming import check_prefix
+if TYPE_CHECKING:  # the fleet is handed in; this module does not make fleets
+    from .fleet import LocalFleet
 
 
 class LabControllerError(RuntimeError):
     pass
 
 
-def controller_dir(prefix: str) -> Path:
-    check_prefix(prefix)
-    return state_root() / "fleets" / prefix / f"{prefix}-controller"
+def controller_dir(fleet: LocalFleet) -> Path:
+    return fleet.dir / f"{fleet.prefix}-controller"
 
 
-def _bin() -> str:
-    return str(Path(sys.executable).with_name("aegis-controller"))
+def controller_command(fleet: LocalFleet) -> list[str]:
+    """``aegis-controller --state-dir <dir>``: the lab reaches the controller only
+    through its command line."""
+    return [str(fleet.paths.bin_dir / "aegis-controller"), "--state-dir",
+            str(controller_dir(fleet))]
 
 
 def _free_port(host: str) -> int:
@@ -49,8 +51,8 @@ def _healthy(url: str, ca: Path) -> bool:
         return False
 
 
-def show(prefix: str) -> dict | None:
-    info = controller_dir(prefix) / "controller.json"
+def show(fleet: LocalFleet) -> dict | None:
+    info = controller_dir(fleet) / "controller.json"
     if not info.exists():
         return None
     data = json.loads(info.read_text())
@@ -66,20 +68,20 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def up(prefix: str, timeout: float = 30) -> dict:
+def up(fleet: LocalFleet, timeout: float = 30) -> dict:
     """Start the fleet's controller (or find it running); returns url, ca_file, pid."""
-    current = show(prefix)
+    current = show(fleet)
     if current and current["running"]:
         return current
-    gateway = LocalFleet(prefix).info()["gateway"]
-    state = controller_dir(prefix)
+    gateway = fleet.info()["gateway"]
+    state = controller_dir(fleet)
     state.mkdir(parents=True, exist_ok=True, mode=0o700)
+    command = controller_command(fleet)
     if not (state / "keys").exists():
-        subprocess.run([_bin(), "--state-dir", str(state), "keys", "init"], check=True,
-                       capture_output=True, text=True)
+        subprocess.run([*command, "keys", "init"], check=True, capture_output=True, text=True)
     port = _free_port(gateway)
     log = (state / "serve.log").open("a")
-    proc = subprocess.Popen([_bin(), "--state-dir", str(state), "serve", "--host", gateway,
+    proc = subprocess.Popen([*command, "serve", "--host", gateway,
                              "--port", str(port)], stdout=log, stderr=subprocess.STDOUT,
                             stdin=subprocess.DEVNULL, start_new_session=True)
     info = {"url": f"https://{gateway}:{port}", "ca_file": str(state / "ca" / "ca.pem"),
@@ -96,9 +98,9 @@ def up(prefix: str, timeout: float = 30) -> dict:
     return info
 
 
-def down(prefix: str) -> None:
+def down(fleet: LocalFleet) -> None:
     """Stop the fleet's controller (its state stays until the fleet's state is removed)."""
-    current = show(prefix)
+    current = show(fleet)
     if current and current["running"]:
         os.kill(current["pid"], signal.SIGTERM)
         for _ in range(100):
@@ -107,5 +109,5 @@ def down(prefix: str) -> None:
             time.sleep(0.1)
         else:
             os.kill(current["pid"], signal.SIGKILL)
-    info = controller_dir(prefix) / "controller.json"
+    info = controller_dir(fleet) / "controller.json"
     info.unlink(missing_ok=True)

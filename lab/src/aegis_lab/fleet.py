@@ -10,40 +10,33 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..terraform import Terraform, TerraformEvent
-from . import network
+from aegis_controller.terraform import Terraform, TerraformEvent
+
 from .image import ensure_image
 from .naming import (
+    FleetNetwork,
     LabInputError,
     check_node_names,
     check_prefix,
+    node_addressing,
     node_names,
     pick_network,
 )
-from .podman import containers_with_label, podman, podman_env
+from .paths import Paths
+from .podman import podman_env
 
 log = logging.getLogger("aegis.lab.fleet")
 
-REPO_ROOT = Path(__file__).resolve().parents[4]
-FLEET_MODULE = REPO_ROOT / "terraform" / "fleets" / "local"
-CLI_CONFIG = REPO_ROOT / "terraform" / "cli.tfrc"
 
-
-def state_root() -> Path:
-    return Path(os.environ.get("AEGIS_STATE_DIR", REPO_ROOT / ".state"))
-
-
-def lab_cli() -> str:
-    found = Path(sys.executable).with_name("aegis-lab")
+def lab_cli(paths: Paths) -> str:
+    found = paths.bin_dir / "aegis-lab"
     if found.exists():
         return str(found)
     which = shutil.which("aegis-lab")
@@ -65,17 +58,18 @@ class Timings:
 class LocalFleet:
     """A fleet of lab nodes with one prefix."""
 
-    def __init__(self, prefix: str, *, root: Path | None = None,
+    def __init__(self, prefix: str, paths: Paths, *,
                  on_event: Callable[[TerraformEvent], None] | None = None) -> None:
         self.prefix = check_prefix(prefix)
-        self.dir = (root or state_root()) / "fleets" / self.prefix
+        self.paths = paths
+        self.dir = paths.fleets / self.prefix
         self.on_event = on_event or _log_event
         self.timings = Timings()
         self.tf = Terraform(
-            FLEET_MODULE,
+            paths.fleet_module,
             data_dir=self.dir / "terraform.d",
             state_path=self.dir / "terraform.tfstate",
-            cli_config_file=CLI_CONFIG,
+            cli_config_file=paths.terraform_cli_config,
             env=podman_env(),
         )
 
@@ -126,11 +120,12 @@ class LocalFleet:
             "connection: podman\n"
         )
 
-    def _variables(self, nodes: dict[str, int], image: str, net: str) -> dict[str, object]:
+    def _variables(self, slots: dict[str, int], image: str, net: str) -> dict[str, object]:
+        network = FleetNetwork(net)
         return {
-            "lab_cli": lab_cli(),
+            "lab_cli": lab_cli(self.paths),
             "prefix": self.prefix,
-            "nodes": nodes,
+            "nodes": {name: node_addressing(network, slot) for name, slot in slots.items()},
             "network": net,
             "image": image,
             "ssh_public_key_file": str(self.ssh_key) + ".pub",
@@ -155,8 +150,7 @@ class LocalFleet:
         wanted = check_node_names(list(names)) if names else node_names(size or 0)
         self.dir.mkdir(parents=True, exist_ok=True)
         saved = json.loads(self.vars_file.read_text()) if self.vars_file.exists() else {}
-        nodes = dict(saved.get("nodes", {}))
-        nodes = {n: s for n, s in nodes.items() if n in wanted}
+        nodes = {n: _slot(v) for n, v in saved.get("nodes", {}).items() if n in wanted}
         free = iter(s for s in range(32) if s not in nodes.values())
         for name in wanted:
             nodes.setdefault(name, next(free))
@@ -183,13 +177,16 @@ class LocalFleet:
             on_event=self.on_event, timeout=timeout))
         return self.info()
 
-    def down(self, timeout: float | None = 600) -> None:
-        """Destroy the fleet and everything it made on the host, then its state."""
+    def destroy(self, timeout: float | None = 600) -> None:
+        """Destroy what Terraform made for the fleet (``cleanup.down`` also sweeps the
+        host and removes the fleet's state)."""
         if self.vars_file.exists():
             self.tf.init()
             self._timed("destroy", lambda: self.tf.destroy(
                 self._saved_variables(), on_event=self.on_event, timeout=timeout))
-        sweep(self.prefix)
+
+    def forget(self) -> None:
+        """Remove the fleet's state directory."""
         shutil.rmtree(self.dir, ignore_errors=True)
 
     def _saved_variables(self) -> dict:
@@ -209,48 +206,7 @@ def _log_event(event: TerraformEvent) -> None:
         log.info("terraform %s: %s", event.type, event.message)
 
 
-def leftovers(prefix: str) -> list[str]:
-    """Everything on the host that still carries the prefix (empty after a clean down)."""
-    check_prefix(prefix)
-    found = [f"container {c['Names'][0]}" for c in containers_with_label(f"aegis.prefix={prefix}")]
-    found += [f"link {name}" for name in network.links_with_prefix(prefix)]
-    netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True,
-                           check=False).stdout
-    found += [f"netns {ln.split()[0]}" for ln in netns.splitlines() if ln.startswith(prefix)]
-    mounts = Path("/proc/self/mountinfo").read_text().splitlines()
-    found += [f"mount {ln.split()[4]}" for ln in mounts if f"/{prefix}" in ln.split()[4]]
-    for pin_root in (Path("/sys/fs/bpf"),):
-        if pin_root.is_dir():
-            found += [f"bpf pin {p}" for p in pin_root.glob(f"{prefix}*")]
-    for cg_root in (Path("/sys/fs/cgroup/unified"), Path("/sys/fs/cgroup")):
-        if (cg_root / "cgroup.procs").is_file():
-            found += [f"cgroup {p}" for p in cg_root.glob(f"{prefix}*")]
-    found += [f"process {pid}" for pid in _processes_with(prefix)]
-    return found
-
-
-def _processes_with(prefix: str) -> list[int]:
-    me = os.getpid()
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == me:
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-            cwd = os.readlink(entry / "cwd")
-        except OSError:
-            continue
-        if any(f"aegis-{prefix}" in s or f"/{prefix}-" in s for s in (cmdline, cwd)):
-            pids.append(int(entry.name))
-    return pids
-
-
-def sweep(prefix: str) -> None:
-    """Remove whatever of the prefix is left (containers, links, the fleet's lab
-    controller), e.g. after a crash."""
-    from .controller import down as controller_down
-
-    controller_down(prefix)
-    for c in containers_with_label(f"aegis.prefix={prefix}"):
-        podman("rm", "-f", "--ignore", "-t", "0", c["Id"], check=False)
-    network.bridge_down(prefix)
+def _slot(saved: object) -> int:
+    """A node's slot from a saved ``nodes`` entry (``{slot, address, mac}``, or the bare
+    slot older fleets saved)."""
+    return int(saved["slot"] if isinstance(saved, dict) else saved)  # type: ignore[arg-type]

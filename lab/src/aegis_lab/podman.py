@@ -26,7 +26,7 @@ def storage_conf() -> Path:
     """Write (once) and return the storage.conf that keeps the lab's images apart."""
     path = STORAGE_ROOT / "storage.conf"
     text = (
-        "# Written by aegis_controller.lab.podman: storage for Aegis lab nodes only.\n"
+        "# Written by aegis_lab.podman: storage for Aegis lab nodes only.\n"
         "[storage]\n"
         'driver = "overlay"\n'
         f'graphroot = "{STORAGE_ROOT / "storage"}"\n'

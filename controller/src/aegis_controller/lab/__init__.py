@@ -1,1 +1,0 @@
-"""The local lab fleet: node image, podman nodes on a project bridge, Terraform driver."""

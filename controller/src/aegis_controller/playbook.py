@@ -1,0 +1,386 @@
+"""Run Ansible (playbooks and single modules) through ansible-runner, with typed events.
+
+The counterpart of ``terraform.py`` for Ansible: :class:`Ansible` runs a playbook
+(``run``, or ``run_async`` in a thread) or one module ad hoc (``module``), hands every
+task result to ``on_event`` as a :class:`PlayEvent` while the play runs, can be given a
+``timeout`` or a ``cancel`` event, and returns a :class:`PlayResult` built from the
+runner's own stats (per host) and its failed task results, never from screen output.
+A failed run raises a :class:`PlaybookFailure` naming the failing host, task and message.
+
+Each run gets its own private data dir under ``runs_dir`` (the caller's state directory,
+never the source tree); the environment handed to ansible-playbook (collections path,
+``ANSIBLE_CONFIG``, inventory ...) is the caller's. Unlike ansible-runner's default, host
+key checking stays on unless that environment sets ``ANSIBLE_HOST_KEY_CHECKING``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shlex
+import shutil
+import signal
+import threading
+import time
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import ansible_runner
+
+EventHandler = Callable[["PlayEvent"], None]
+
+#: runner event name -> task status (``runner_on_ok`` becomes ``changed`` when it changed).
+_STATUS = {
+    "runner_on_ok": "ok",
+    "runner_on_failed": "failed",
+    "runner_on_unreachable": "unreachable",
+    "runner_on_skipped": "skipped",
+    "runner_on_async_failed": "failed",
+}
+
+
+class PlaybookFailure(Exception):
+    """Base of every error this module raises."""
+
+
+class PlaybookNotFound(PlaybookFailure):
+    """The playbook file does not exist."""
+
+
+class PlaybookError(PlaybookFailure):
+    """A task failed (or a host was unreachable): the first such result, by host and task."""
+
+    def __init__(self, what: str, host: str, task: str, message: str,
+                 result: PlayResult | None = None) -> None:
+        self.host = host
+        self.task = task
+        self.message = message
+        self.result = result
+        super().__init__(f"{what}: task {task!r} failed on {host}: {message}")
+
+
+class PlaybookTimeout(PlaybookFailure):
+    """The run did not finish within its timeout and was stopped."""
+
+
+class PlaybookCancelled(PlaybookFailure):
+    """The run was cancelled by the caller and was stopped."""
+
+
+@dataclass(frozen=True)
+class PlayEvent:
+    """One event of a run: a task starting (``status`` None) or one host's task result."""
+
+    kind: str
+    counter: int
+    host: str | None = None
+    task: str | None = None
+    status: str | None = None
+    message: str = ""
+    raw: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    @classmethod
+    def parse(cls, data: Mapping[str, Any]) -> PlayEvent:
+        kind = str(data.get("event", ""))
+        ev = data.get("event_data") or {}
+        res = ev.get("res") or {}
+        status = _STATUS.get(kind)
+        if status == "ok" and res.get("changed"):
+            status = "changed"
+        if status == "failed" and ev.get("ignore_errors"):
+            status = "ignored"
+        message = res.get("msg") or res.get("stderr") or res.get("reason") or ""
+        return cls(kind=kind, counter=int(data.get("counter") or 0), host=ev.get("host"),
+                   task=ev.get("task") or None, status=status, message=str(message).strip(),
+                   raw=data)
+
+    @property
+    def is_task_start(self) -> bool:
+        return self.kind == "playbook_on_task_start"
+
+    @property
+    def is_result(self) -> bool:
+        return self.status is not None
+
+    @property
+    def is_failure(self) -> bool:
+        return self.status in ("failed", "unreachable")
+
+
+@dataclass(frozen=True)
+class HostStats:
+    """The play recap of one host."""
+
+    ok: int = 0
+    changed: int = 0
+    failures: int = 0
+    unreachable: int = 0
+    skipped: int = 0
+    rescued: int = 0
+    ignored: int = 0
+
+
+@dataclass
+class PlayResult:
+    """What a run left: its status and rc, stats per host, every task result, the failures."""
+
+    status: str
+    rc: int
+    stats: dict[str, HostStats]
+    results: list[PlayEvent]
+    artifact_dir: Path | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "successful"
+
+    @property
+    def failures(self) -> list[PlayEvent]:
+        return [e for e in self.results if e.is_failure]
+
+    @property
+    def changed(self) -> int:
+        """Task results that changed something, over all hosts."""
+        return sum(st.changed for st in self.stats.values())
+
+    @property
+    def stdout(self) -> str:
+        """What Ansible printed (kept by the runner in the artifacts; for people and for
+        checks that something was *not* printed, never parsed for results)."""
+        path = self.artifact_dir / "stdout" if self.artifact_dir else None
+        return path.read_text(errors="replace") if path and path.is_file() else ""
+
+    def tail(self, lines: int = 15) -> str:
+        """The last lines Ansible printed (errors before any task ran: syntax, inventory)."""
+        return "\n".join(self.stdout.strip().splitlines()[-lines:]) or "no output"
+
+    def per_host(self) -> dict[str, dict]:
+        """``{host: result dict}`` of the last result per host (for one-task module runs)."""
+        out: dict[str, dict] = {}
+        for e in self.results:
+            if e.host:
+                out[e.host] = dict((e.raw.get("event_data") or {}).get("res") or {})
+        return out
+
+
+def stats_from(raw: Mapping[str, Mapping[str, int]] | None) -> dict[str, HostStats]:
+    """Turn ansible-runner's stats (``{"ok": {host: n}, "dark": ..., ...}``) into one
+    :class:`HostStats` per host."""
+    if not raw:
+        return {}
+    names = {"ok": "ok", "changed": "changed", "failures": "failures", "dark": "unreachable",
+             "skipped": "skipped", "rescued": "rescued", "ignored": "ignored"}
+    hosts = sorted({h for key in names for h in (raw.get(key) or {})}
+                   | set(raw.get("processed") or {}))
+    return {h: HostStats(**{field_: int((raw.get(key) or {}).get(h, 0))
+                            for key, field_ in names.items()}) for h in hosts}
+
+
+class PlayRun:
+    """A run started by :meth:`Ansible.run_async`: ``wait()`` returns its result."""
+
+    def __init__(self, thread: threading.Thread, holder: dict[str, Any]) -> None:
+        self._thread = thread
+        self._holder = holder
+
+    def done(self) -> bool:
+        return not self._thread.is_alive()
+
+    def wait(self, timeout: float | None = None) -> PlayResult:
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            raise PlaybookTimeout("the run is still going")
+        if "error" in self._holder:
+            raise self._holder["error"]
+        return self._holder["result"]
+
+
+class Ansible:
+    """Ansible runs with one environment, each in its own private data dir under
+    ``runs_dir`` (the last ``keep`` kept for inspection)."""
+
+    def __init__(self, runs_dir: Path, *, env: Mapping[str, str] | None = None,
+                 keep: int = 20) -> None:
+        self.runs_dir = Path(runs_dir)
+        self.env = dict(os.environ if env is None else env)
+        self.keep = keep
+
+    # -- public -------------------------------------------------------------------------
+    def run(self, playbook: Path, *, extravars: Mapping[str, Any] | None = None,
+            extra_files: Sequence[Path] = (), limit: str | None = None,
+            tags: str | None = None, inventory: Path | None = None,
+            on_event: EventHandler | None = None, timeout: float | None = None,
+            cancel: threading.Event | None = None, check: bool = True) -> PlayResult:
+        """Run ``playbook``; with ``check`` a failed task raises :class:`PlaybookError`."""
+        playbook = Path(playbook)
+        if not playbook.is_file():
+            raise PlaybookNotFound(f"playbook {playbook} not found")
+        cmdline = [arg for f in extra_files for arg in ("-e", f"@{f}")]
+        if tags:
+            cmdline += ["--tags", tags]
+        return self._run(f"playbook {playbook.name}", check, on_event, timeout, cancel,
+                         playbook=str(playbook), extravars=dict(extravars or {}),
+                         limit=limit, inventory=inventory,
+                         cmdline=shlex.join(cmdline) if cmdline else None)
+
+    def run_async(self, playbook: Path, **kwargs: Any) -> PlayRun:
+        """Start :meth:`run` in a thread; the returned :class:`PlayRun` waits for it."""
+        holder: dict[str, Any] = {}
+
+        def target() -> None:
+            try:
+                holder["result"] = self.run(playbook, **kwargs)
+            except BaseException as exc:
+                holder["error"] = exc
+
+        thread = threading.Thread(target=target, name=f"ansible-{Path(playbook).stem}",
+                                  daemon=True)
+        thread.start()
+        return PlayRun(thread, holder)
+
+    def module(self, pattern: str, module: str, args: str = "", *,
+               inventory: Path | None = None, on_event: EventHandler | None = None,
+               timeout: float | None = None, cancel: threading.Event | None = None,
+               check: bool = False) -> PlayResult:
+        """Run one module ad hoc on ``pattern``; ``result.per_host()`` holds each host's
+        result. Failed hosts do not raise unless ``check``."""
+        return self._run(f"{module} on {pattern}", check, on_event, timeout, cancel,
+                         host_pattern=pattern, module=module, module_args=args or None,
+                         inventory=inventory)
+
+    # -- internals ------------------------------------------------------------------------
+    def _private_dir(self) -> Path:
+        self.runs_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        runs = sorted(self.runs_dir.iterdir(), key=lambda p: p.stat().st_mtime)
+        for old in runs[:max(0, len(runs) - self.keep + 1)]:
+            shutil.rmtree(old, ignore_errors=True)
+        path = self.runs_dir / f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}"
+        path.mkdir(mode=0o700)
+        return path
+
+    def _run(self, what: str, check: bool, on_event: EventHandler | None,
+             timeout: float | None, cancel: threading.Event | None,
+             inventory: Path | None = None, **kwargs: Any) -> PlayResult:
+        private = self._private_dir()
+        results: list[PlayEvent] = []
+        deadline = time.monotonic() + timeout if timeout else None
+        state: dict[str, Any] = {"pid": None, "stopped": None}
+
+        def should_stop() -> bool:
+            # Checked by the runner every few seconds. Ansible runs each task's command in
+            # a session of its own, which the runner's kill of ansible-playbook's process
+            # group misses: stop the whole process tree first.
+            if cancel is not None and cancel.is_set():
+                state["stopped"] = "cancel"
+            elif deadline is not None and time.monotonic() > deadline:
+                state["stopped"] = "timeout"
+            if state["stopped"] and state["pid"]:
+                _kill_tree(int(state["pid"]))
+            return bool(state["stopped"])
+
+        def handle(data: dict) -> bool:
+            state["pid"] = state["pid"] or data.get("pid")
+            event = PlayEvent.parse(data)
+            if event.is_result:
+                results.append(event)
+            if on_event is not None:
+                on_event(event)
+            return True
+
+        # Only what differs from our own environment goes to the runner (which writes
+        # it under the private dir); the runner starts from os.environ itself.
+        envvars = {k: v for k, v in self.env.items() if os.environ.get(k) != v}
+        # ansible-runner turns host key checking off unless told otherwise: keep Ansible's
+        # own default (on) unless the caller's environment turns it off itself.
+        if "ANSIBLE_HOST_KEY_CHECKING" not in os.environ:
+            envvars.setdefault("ANSIBLE_HOST_KEY_CHECKING", "True")
+        if inventory is not None:
+            kwargs["inventory"] = str(inventory)
+        elif "ANSIBLE_INVENTORY" in self.env:
+            kwargs["inventory"] = self.env["ANSIBLE_INVENTORY"]
+        runner = ansible_runner.run(
+            private_data_dir=str(private), quiet=True, envvars=envvars,
+            event_handler=handle, cancel_callback=should_stop,
+            **{k: v for k, v in kwargs.items() if v not in (None, [], {})},
+        )
+        shutil.rmtree(private / "env", ignore_errors=True)  # holds the environment
+        artifacts = Path(runner.config.artifact_dir) if runner.config.artifact_dir else None
+        result = PlayResult(status=str(runner.status), rc=int(runner.rc or 0),
+                            stats=stats_from(runner.stats), results=results,
+                            artifact_dir=artifacts)
+        if state["stopped"] == "timeout":
+            raise PlaybookTimeout(f"{what} did not finish within {timeout} s (stopped)")
+        if state["stopped"] == "cancel" or result.status == "canceled":
+            raise PlaybookCancelled(f"{what} was cancelled (stopped)")
+        if check and not result.ok:
+            first = result.failures[0] if result.failures else None
+            if first is not None:
+                raise PlaybookError(what, first.host or "?", first.task or "?",
+                                    first.message, result)
+            raise PlaybookError(what, "-", "-",
+                                f"{result.status} (rc {result.rc}): {result.tail()}", result)
+        return result
+
+
+def _children() -> dict[int, list[int]]:
+    """``{ppid: [pid, ...]}`` of every process now."""
+    tree: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        tree.setdefault(ppid, []).append(int(entry.name))
+    return tree
+
+
+def _kill_tree(pid: int) -> None:
+    """SIGKILL ``pid`` and all its descendants (whatever session they are in)."""
+    tree = _children()
+    todo, found = [pid], []
+    while todo:
+        current = todo.pop()
+        found.append(current)
+        todo.extend(tree.get(current, []))
+    for victim in reversed(found):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(victim, signal.SIGKILL)
+
+
+def progress_line(label: str, event: PlayEvent, ordinal: int,
+                  total: int | None = None) -> str | None:
+    """The one line a person sees for ``event`` while a play runs, e.g.
+    ``[harden] node1 ok: Apply sysctl (12/48)``; None for events that are not results."""
+    if not event.is_result:
+        return None
+    where = f"({ordinal}/{total})" if total else f"({ordinal})"
+    line = f"[{label}] {event.host} {event.status}: {event.task} {where}"
+    if event.is_failure and event.message:
+        line += f": {event.message.splitlines()[0][:200]}"
+    return line
+
+
+class Progress:
+    """An ``on_event`` handler that prints one :func:`progress_line` per task result,
+    counting tasks as they start."""
+
+    def __init__(self, label: str, emit: Callable[[str], None] = print,
+                 total: int | None = None) -> None:
+        self.label = label
+        self.emit = emit
+        self.total = total
+        self.tasks = 0
+
+    def __call__(self, event: PlayEvent) -> None:
+        if event.is_task_start:
+            self.tasks += 1
+            return
+        line = progress_line(self.label, event, self.tasks, self.total)
+        if line is not None:
+            self.emit(line)

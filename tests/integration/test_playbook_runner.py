@@ -1,0 +1,190 @@
+"""The ansible-runner wrapper (``aegis_controller.playbook``) on real, tiny playbooks run
+on localhost (connection local): events in order, a failing task raises naming it,
+timeout and cancel stop the run, artifacts stay under the given runs directory."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from aegis_controller.playbook import (
+    Ansible,
+    PlaybookCancelled,
+    PlaybookError,
+    PlaybookNotFound,
+    PlaybookTimeout,
+    PlayEvent,
+)
+
+pytestmark = pytest.mark.integration
+
+HEADER = """
+- name: Tiny
+  hosts: localhost
+  connection: local
+  gather_facts: false
+  tasks:
+"""
+TASKS = {
+    "ok": """
+    - name: Say hi
+      ansible.builtin.debug:
+        msg: hi
+    - name: Change something
+      ansible.builtin.command: "true"
+    - name: Set a fact
+      ansible.builtin.set_fact:
+        answer: 42
+""",
+    "fail": """
+    - name: Say hi
+      ansible.builtin.debug:
+        msg: hi
+    - name: Break on purpose
+      ansible.builtin.fail:
+        msg: the node is not ready
+    - name: Never reached
+      ansible.builtin.debug:
+        msg: unreachable
+""",
+    "slow": """
+    - name: Say hi
+      ansible.builtin.debug:
+        msg: hi
+    - name: Take a long time
+      ansible.builtin.command: sleep {seconds}
+""",
+}
+
+
+@pytest.fixture
+def ansible(tmp_path: Path) -> Ansible:
+    env = dict(os.environ, ANSIBLE_INVENTORY="localhost,", ANSIBLE_LOCALHOST_WARNING="False",
+               ANSIBLE_HOME=str(tmp_path / "ansible-home"))
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env.pop("ANSIBLE_CONFIG", None)
+    return Ansible(tmp_path / "runs", env=env)
+
+
+def _play(tmp_path: Path, kind: str, seconds: str = "60") -> Path:
+    path = tmp_path / f"{kind}.yml"
+    path.write_text(HEADER + TASKS[kind].replace("{seconds}", seconds))
+    return path
+
+
+def _running(cmdline: bytes) -> list[int]:
+    pids = []
+    for entry in Path("/proc").iterdir():
+        with contextlib.suppress(OSError):
+            if entry.name.isdigit() and (entry / "cmdline").read_bytes() == cmdline:
+                pids.append(int(entry.name))
+    return pids
+
+
+def _unique_seconds() -> str:
+    """A sleep duration no other process on the machine uses, to find the task's process."""
+    return f"60.{os.getpid()}{time.monotonic_ns() % 100000}"
+
+
+def test_events_arrive_in_order_and_stats_come_from_the_runner(ansible, tmp_path):
+    seen: list[PlayEvent] = []
+    result = ansible.run(_play(tmp_path, "ok"), on_event=seen.append)
+    assert result.ok and result.rc == 0
+    counters = [e.counter for e in seen]
+    assert counters == sorted(counters) and len(set(counters)) == len(counters)
+    assert [e.task for e in seen if e.is_task_start] == ["Say hi", "Change something",
+                                                         "Set a fact"]
+    assert [(e.task, e.status) for e in result.results] == [
+        ("Say hi", "ok"), ("Change something", "changed"), ("Set a fact", "ok")]
+    assert result.stats["localhost"].ok == 3 and result.stats["localhost"].changed == 1
+    assert result.failures == []
+    # the run's private data dir is under the runs dir; the environment is not kept
+    assert result.artifact_dir is not None
+    assert result.artifact_dir.is_relative_to(tmp_path / "runs")
+    assert not (result.artifact_dir.parent.parent / "env").exists()
+    assert "TASK [Say hi]" in result.stdout
+
+
+def test_a_failing_task_raises_naming_host_task_and_message(ansible, tmp_path):
+    with pytest.raises(PlaybookError, match="Break on purpose") as err:
+        ansible.run(_play(tmp_path, "fail"))
+    assert (err.value.host, err.value.task) == ("localhost", "Break on purpose")
+    assert err.value.message == "the node is not ready"
+    assert err.value.result is not None
+    assert err.value.result.stats["localhost"].failures == 1
+    assert "Never reached" not in [e.task for e in err.value.result.results]
+    # without check, the failure is in the result instead
+    result = ansible.run(_play(tmp_path, "fail"), check=False)
+    assert not result.ok
+    assert [(f.task, f.message) for f in result.failures] == [
+        ("Break on purpose", "the node is not ready")]
+
+
+def test_timeout_stops_the_run(ansible, tmp_path):
+    seconds = _unique_seconds()
+    started = time.monotonic()
+    with pytest.raises(PlaybookTimeout):
+        ansible.run(_play(tmp_path, "slow", seconds), timeout=5)
+    assert time.monotonic() - started < 30
+    # the task's own process (in a session of its own) is stopped too
+    assert _running(b"sleep\0" + seconds.encode() + b"\0") == []
+
+
+def test_cancel_stops_the_run_once_the_slow_task_starts(ansible, tmp_path):
+    cancel = threading.Event()
+
+    def on_event(event: PlayEvent) -> None:
+        if event.is_task_start and event.task == "Take a long time":
+            cancel.set()
+
+    seconds = _unique_seconds()
+    started = time.monotonic()
+    with pytest.raises(PlaybookCancelled):
+        ansible.run(_play(tmp_path, "slow", seconds), on_event=on_event, cancel=cancel)
+    assert time.monotonic() - started < 30
+    assert _running(b"sleep\0" + seconds.encode() + b"\0") == []
+
+
+def test_extra_var_files_and_tags_reach_ansible_playbook(ansible, tmp_path):
+    (tmp_path / "vars.json").write_text('{"greeting": "from a file"}')
+    play = tmp_path / "tagged.yml"
+    play.write_text(HEADER + """
+    - name: Greet
+      ansible.builtin.debug:
+        msg: "{{ greeting }} and {{ other }}"
+      tags: [greet]
+    - name: Untagged
+      ansible.builtin.debug:
+        msg: not selected
+""")
+    result = ansible.run(play, extra_files=[tmp_path / "vars.json"], tags="greet",
+                         extravars={"other": "a dict"})
+    assert [e.task for e in result.results] == ["Greet"]
+    assert result.per_host()["localhost"]["msg"] == "from a file and a dict"
+
+
+def test_host_key_checking_stays_on_unless_the_caller_turns_it_off(ansible, tmp_path):
+    echo = "echo checking=$ANSIBLE_HOST_KEY_CHECKING"
+    res = ansible.module("localhost", "ansible.builtin.shell", echo, inventory="localhost,")
+    assert res.per_host()["localhost"]["stdout"] == "checking=True"
+    off = Ansible(tmp_path / "runs", env={**ansible.env, "ANSIBLE_HOST_KEY_CHECKING": "False"})
+    res = off.module("localhost", "ansible.builtin.shell", echo, inventory="localhost,")
+    assert res.per_host()["localhost"]["stdout"] == "checking=False"
+
+
+def test_run_async_and_module(ansible, tmp_path):
+    run = ansible.run_async(_play(tmp_path, "ok"))
+    assert run.wait(timeout=120).ok and run.done()
+    failing = ansible.run_async(_play(tmp_path, "fail"))
+    with pytest.raises(PlaybookError, match="Break on purpose"):
+        failing.wait(timeout=120)
+    ping = ansible.module("localhost", "ansible.builtin.ping", inventory="localhost,")
+    assert ping.per_host()["localhost"]["ping"] == "pong"
+    with pytest.raises(PlaybookNotFound):
+        ansible.run(tmp_path / "missing.yml")
