@@ -11,6 +11,8 @@ from pathlib import Path
 
 from pyroute2 import netns
 
+from aegis_agent.bpf.bpffs import BPFFS
+
 from . import controller as lab_controller
 from . import network
 from .fleet import LocalFleet
@@ -26,9 +28,8 @@ def leftovers(prefix: str) -> list[str]:
     found += [f"netns {name}" for name in sorted(netns.listnetns()) if name.startswith(prefix)]
     mounts = Path("/proc/self/mountinfo").read_text().splitlines()
     found += [f"mount {ln.split()[4]}" for ln in mounts if f"/{prefix}" in ln.split()[4]]
-    for pin_root in (Path("/sys/fs/bpf"),):
-        if pin_root.is_dir():
-            found += [f"bpf pin {p}" for p in pin_root.glob(f"{prefix}*")]
+    if BPFFS.is_dir():
+        found += [f"bpf pin {p}" for p in BPFFS.glob(f"{prefix}*")]
     for cg_root in (Path("/sys/fs/cgroup/unified"), Path("/sys/fs/cgroup")):
         if (cg_root / "cgroup.procs").is_file():
             found += [f"cgroup {p}" for p in cg_root.glob(f"{prefix}*")]
