@@ -29,7 +29,7 @@ mkdir -p "$dest"
 # The collection's files as git sees them (tracked and new), without what galaxy.yml's
 # build_ignore leaves out of the collection; tests/sanity (ignore files) is kept.
 git ls-files -co --exclude-standard \
-  | grep -vE '^(tests/|agent/|controller/|terraform/|bpf/|molecule/|scripts/|\.ci/|aegis$|requirements\.txt$|pyproject\.toml$)' \
+  | grep -vE '^(tests/|agent/|controller/|protocol/|lab/|benchmarks/|terraform/|bpf/|molecule/|scripts/|\.ci/|aegis$|requirements\.txt$|pyproject\.toml$)' \
   | cat - <(git ls-files -co --exclude-standard tests/sanity) \
   | while read -r f; do [ -e "$f" ] && printf '%s\n' "$f"; done \
   | tar -cf - -T - | tar -xf - -C "$dest"

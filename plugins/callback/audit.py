@@ -158,4 +158,3 @@ class CallbackModule(CallbackBase):
                 ledger.engine.dispose()
         except Exception as e:  # never fail the play because the ledger is unreachable
             self._warn("cannot write the ledger (%s: %s)" % (type(e).__name__, e))
-

@@ -37,6 +37,7 @@ RefusalReason = Literal["forged", "replayed", "expired", "misaddressed", "malfor
 CLOCK_SKEW = 30  # seconds an order may appear to come from the future
 MAX_LIFETIME = 3600  # seconds: orders are short-lived by construction
 
+
 class OrderRefused(Exception):
     """The agent will not execute this order; ``reason`` says which check failed."""
 
