@@ -187,13 +187,18 @@ class Uplink:
     def forward(self, limit: int = MAX_BATCH) -> int:
         """Send what the spool holds after its cursor, batch by batch; the cursor moves
         only when the controller acknowledged a batch (at-least-once; the controller
-        stores each event id once)."""
+        stores each event id once). Records the event model rejects were set aside by the
+        spool's read; the cursor moves past them too."""
         sent = 0
         with self._client() as c:
-            while records := self.spool.read(limit=limit):
-                batch = EventBatch(node_id=self.node_id, events=[e for _s, e in records])
-                c.post(routes.EVENTS, json=batch.model_dump(mode="json")).raise_for_status()
-                self.spool.ack(records[-1][0])
+            while True:
+                records, upto = self.spool.read_batch(limit=limit)
+                if upto <= self.spool.acked:
+                    break
+                if records:
+                    batch = EventBatch(node_id=self.node_id, events=[e for _s, e in records])
+                    c.post(routes.EVENTS, json=batch.model_dump(mode="json")).raise_for_status()
+                self.spool.ack(upto)
                 sent += len(records)
         return sent
 
@@ -215,6 +220,34 @@ class Uplink:
                              "detail": ack.ack.detail})
         return done
 
+    def _attest_if_due(self, now: float) -> dict | None:
+        if now < self.next_attest:
+            return None
+        verdict = self.attest()
+        self.next_attest = now + self.cfg.attest_interval
+        return verdict
+
+    def _exchange(self, now: float) -> list[str]:
+        """Attestation (when due), heartbeat, forwarding and orders, each on its own: a
+        failure in one (a refused attestation, a batch the controller rejects) does not
+        keep a pending order from running. Returns what failed; an unreachable
+        controller ends the round at once."""
+        failed = []
+        steps: tuple[tuple[str, Callable[[], object]], ...] = (
+            ("attestation", lambda: self._attest_if_due(now)), ("heartbeat", self.heartbeat),
+            ("forwarded", self.forward), ("orders", self.run_orders))
+        for name, step in steps:
+            try:
+                result = step()
+            except httpx.TransportError:
+                raise
+            except (httpx.HTTPError, OSError, UplinkError, ValueError) as e:
+                failed.append(f"{name}: {type(e).__name__}: {e}")
+                continue
+            if result is not None:
+                self.last[name] = result
+        return failed
+
     def tick(self, now: float | None = None) -> dict[str, object]:
         """One round (enroll if needed, heartbeat, forward, orders); backs off on failure."""
         now = time.monotonic() if now is None else now
@@ -225,19 +258,18 @@ class Uplink:
                 self.enroll()
             if time.time() > self.certificate_expires() - self.cfg.renew_before:
                 self.rotate_certificate()
-            if now >= self.next_attest:
-                self.last["attestation"] = self.attest()
-                self.next_attest = now + self.cfg.attest_interval
-            self.heartbeat()
-            self.last.update(forwarded=self.forward(), orders=self.run_orders(),
-                             error=None, at=time.time())
-            self.backoff = 0.0
+            failed = self._exchange(now)
         except (httpx.HTTPError, OSError, UplinkError, ValueError) as e:
+            failed = [f"{type(e).__name__}: {e}"]
+        if failed:
             self.backoff = min(60.0, max(1.0, self.backoff * 2))
             self.next_try = now + self.backoff
-            self.last["error"] = f"{type(e).__name__}: {e}"
+            self.last["error"] = "; ".join(failed)
             log.warning("controller link failed; retrying in %.0f s", self.backoff,
                         extra={"error": self.last["error"]})
+        else:
+            self.backoff = 0.0
+            self.last.update(error=None, at=time.time())
         return self.last
 
 

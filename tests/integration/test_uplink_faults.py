@@ -1,0 +1,116 @@
+"""The agent's controller link under faults, in-process against a real controller on
+loopback: undecodable spool records, a failing forwarder, a lost order acknowledgment, a
+lost certificate-rotation reply. The order handlers only record what they were asked."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+import sqlalchemy as sa
+
+from aegis_agent.config import ControllerConfig
+from aegis_agent.spool import Spool
+from aegis_agent.uplink import Uplink
+from aegis_protocol.events import agent_event
+from conftest import sub_prefix
+from harness import FUTURE_EVENT, foreign_record
+from harness_controller import Server, controller_server, operator_client
+
+pytestmark = pytest.mark.integration
+NODE = "faulty1"
+
+
+@dataclass
+class Agent:
+    uplink: Uplink
+    done: list[tuple[str, dict]]
+    spool_dir: Path
+
+
+@pytest.fixture
+def server() -> Iterator[Server]:
+    with controller_server(sub_prefix(), None) as srv:
+        yield srv
+
+
+@pytest.fixture
+def agent(server: Server, tmp_path: Path) -> Agent:
+    """An enrolled uplink whose order handlers record their calls (no attestation)."""
+    token = tmp_path / "token"
+    token.write_text(server.token(NODE))
+    cfg = ControllerConfig(url=server.url, ca_file=server.state / "ca" / "ca.pem",
+                           token_file=token, state_dir=tmp_path / "state",
+                           golden_file=tmp_path / "golden.json")
+    done: list[tuple[str, dict]] = []
+
+    def handler(kind: str):
+        return lambda args: done.append((kind, args)) or f"{kind} done"
+
+    spool_dir = tmp_path / "spool"
+    up = Uplink(cfg, NODE, Spool(spool_dir),
+                {k: handler(k) for k in ("grant", "revoke", "quarantine", "release")})
+    up.next_attest = float("inf")
+    up.enroll()
+    return Agent(up, done, spool_dir)
+
+
+def _order(server: Server, kind: str, **args: object) -> str:
+    with operator_client(server) as op:
+        r = op.post("/v1/orders", json={"node_id": NODE, "kind": kind, "args": args})
+    assert r.status_code == 201, r.text
+    return r.json()["order"]["id"]
+
+
+def _orders(server: Server) -> dict[str, tuple[str, str]]:
+    rows = [json.loads(line) for line in server.ctl("orders").stdout.splitlines()]
+    return {o["order_id"]: (o["status"], o["detail"]) for o in rows}
+
+
+def _stored(server: Server, what: str) -> list[dict]:
+    with server.engine().connect() as conn:
+        rows = conn.execute(sa.text("SELECT data FROM events WHERE node_id = :n"),
+                            {"n": NODE}).scalars().all()
+    data = [json.loads(r) if isinstance(r, str) else r for r in rows]
+    return [d for d in data if d.get("what") == what]
+
+
+def test_a_schema_invalid_spool_record_neither_stops_forwarding_nor_orders(
+        server: Server, agent: Agent) -> None:
+    oid = _order(server, "quarantine", level="hard")
+    agent.uplink.spool.append([agent_event("before", i=0)])
+    agent.uplink.spool.close()
+    foreign_record(agent.spool_dir, agent.uplink.spool.next_seq, FUTURE_EVENT)
+    agent.uplink.spool = Spool(agent.spool_dir)
+    agent.uplink.spool.append([agent_event("after", i=2)])
+
+    last = agent.uplink.tick(now=0)
+    assert last["error"] is None, last
+    assert agent.done == [("quarantine", {"level": "hard"})]
+    assert _orders(server)[oid][0] == "done"
+    assert len(_stored(server, "before")) == 1 and len(_stored(server, "after")) == 1
+    (report,) = _stored(server, "spool_record_set_aside")
+    assert report["seq"] == 1
+    assert agent.uplink.spool.status()["records_set_aside"] == 1
+    assert agent.uplink.spool.pending() == 0  # the cursor went past the bad record
+    assert list((agent.spool_dir / "corrupt").glob("record-*.json"))
+
+
+def test_a_forwarding_failure_does_not_keep_a_pending_order_from_running(
+        server: Server, agent: Agent, monkeypatch: pytest.MonkeyPatch) -> None:
+    oid = _order(server, "quarantine", level="hard")
+    agent.uplink.spool.append([agent_event("waiting")])
+
+    def refused(*_a: object, **_k: object) -> int:
+        raise httpx.HTTPStatusError("events refused", request=httpx.Request("POST", "/"),
+                                    response=httpx.Response(503))
+
+    monkeypatch.setattr(agent.uplink, "forward", refused)
+    last = agent.uplink.tick(now=0)
+    assert agent.done == [("quarantine", {"level": "hard"})]
+    assert _orders(server)[oid][0] == "done"
+    assert "forwarded" in str(last["error"])  # reported, and backed off
