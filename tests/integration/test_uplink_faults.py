@@ -114,3 +114,29 @@ def test_a_forwarding_failure_does_not_keep_a_pending_order_from_running(
     assert agent.done == [("quarantine", {"level": "hard"})]
     assert _orders(server)[oid][0] == "done"
     assert "forwarded" in str(last["error"])  # reported, and backed off
+
+
+def test_an_order_whose_ack_was_lost_is_recorded_as_done_not_refused(
+        server: Server, agent: Agent, monkeypatch: pytest.MonkeyPatch) -> None:
+    oid = _order(server, "quarantine", level="hard")
+    lost: list[str] = []
+    post = httpx.Client.post
+
+    def lose_first_ack(self: httpx.Client, url: str, *a: object, **k: object) -> httpx.Response:
+        if url.endswith("/ack") and not lost:
+            lost.append(url)
+            raise httpx.ReadError("connection reset before the acknowledgment arrived")
+        return post(self, url, *a, **k)
+
+    monkeypatch.setattr(httpx.Client, "post", lose_first_ack)
+    assert "ReadError" in str(agent.uplink.tick(now=0)["error"])
+    assert lost and _orders(server)[oid][0] == "pending"  # executed, but not known so
+    assert agent.done == [("quarantine", {"level": "hard"})]
+
+    last = agent.uplink.tick(now=1000)  # the order is fetched again
+    assert last["error"] is None, last
+    assert agent.done == [("quarantine", {"level": "hard"})]  # not run twice
+    status, detail = _orders(server)[oid]
+    assert status == "done" and "replayed" not in detail, detail
+    shown = json.loads(server.ctl("node", "show", NODE).stdout)
+    assert shown["state"] == "quarantined", shown
