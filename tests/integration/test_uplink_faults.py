@@ -16,10 +16,11 @@ import sqlalchemy as sa
 from aegis_agent.config import ControllerConfig
 from aegis_agent.spool import Spool
 from aegis_agent.uplink import Uplink
+from aegis_protocol import routes
 from aegis_protocol.events import agent_event
 from conftest import sub_prefix
 from harness import FUTURE_EVENT, foreign_record
-from harness_controller import Server, controller_server, operator_client
+from harness_controller import Node, Server, controller_server, operator_client
 
 pytestmark = pytest.mark.integration
 NODE = "faulty1"
@@ -140,3 +141,43 @@ def test_an_order_whose_ack_was_lost_is_recorded_as_done_not_refused(
     assert status == "done" and "replayed" not in detail, detail
     shown = json.loads(server.ctl("node", "show", NODE).stdout)
     assert shown["state"] == "quarantined", shown
+
+
+def test_a_lost_rotation_reply_does_not_lock_the_node_out(
+        server: Server, agent: Agent, monkeypatch: pytest.MonkeyPatch,
+        tmp_path: Path) -> None:
+    state = agent.uplink.state
+    old_cert, old_key = (state / "node.pem").read_bytes(), (state / "tls.key").read_bytes()
+    post = httpx.Client.post
+    lost: list[str] = []
+
+    def lose_rotation_reply(self: httpx.Client, url: str, *a: object,
+                            **k: object) -> httpx.Response:
+        r = post(self, url, *a, **k)
+        if url == routes.CERTIFICATE and not lost:
+            lost.append(r.json()["certificate_pem"])  # issued, but the node never sees it
+            raise httpx.ReadError("connection reset before the reply arrived")
+        return r
+
+    monkeypatch.setattr(httpx.Client, "post", lose_rotation_reply)
+    with pytest.raises(httpx.ReadError):
+        agent.uplink.rotate_certificate()
+    assert lost and (state / "node.pem").read_bytes() == old_cert
+
+    # still in with the old certificate: a quarantine order reaches the node
+    oid = _order(server, "quarantine", level="hard")
+    assert agent.uplink.tick(now=0)["error"] is None
+    assert _orders(server)[oid][0] == "done"
+
+    # the retry asks for the same key and gets the certificate issued the first time
+    agent.uplink.rotate_certificate()
+    assert (state / "node.pem").read_text() == lost[0]
+    assert agent.uplink.tick(now=1000)["error"] is None  # the new certificate's first use
+    (tmp_path / "old.pem").write_bytes(old_cert)
+    (tmp_path / "old.key").write_bytes(old_key)
+    with Node(NODE, tmp_path / "old.key", tmp_path / "old.pem").client(server) as c:
+        stale = c.get(routes.NODE_SELF)
+    assert stale.status_code == 401 and "replaced" in stale.json()["detail"]
+    events = [json.loads(line)["body"].get("event")
+              for line in server.ctl("ledger", "show").stdout.splitlines()]
+    assert events.count("certificate_rotated") == 1  # the retry issued nothing new

@@ -33,7 +33,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from aegis_protocol.events import Event, agent_event
-from aegis_protocol.files import write_atomically
+from aegis_protocol.files import fsync_dir, write_atomically
 
 MAGIC = b"AS"
 HEADER = struct.Struct("<2sIIQ")
@@ -148,8 +148,8 @@ class Spool:
         dest = corrupt / f"{path.name}.{time.strftime('%Y%m%dT%H%M%S')}"
         os.replace(path, dest)
         dest.with_name(dest.name + ".why").write_text(reason + "\n")
-        self._fsync_dir(corrupt)
-        self._fsync_dir(self.directory)
+        fsync_dir(corrupt)
+        fsync_dir(self.directory)
         self.problems.append(Problem(path.name, reason, str(dest)))
 
     # -- writing ---------------------------------------------------------------------------
@@ -204,7 +204,7 @@ class Spool:
             path = self.directory / f"seg-{seq:020d}.log"
             seg = _Segment(path, seq)
             self._fh = path.open("ab")
-            self._fsync_dir(self.directory)
+            fsync_dir(self.directory)
             self._segments.append(seg)
         return seg
 
@@ -322,14 +322,6 @@ class Spool:
                 "dropped": self.dropped, "high_water_alarm": self.alarm,
                 "corrupt_set_aside": len(self.problems),
                 "records_set_aside": self.records_set_aside}
-
-    @staticmethod
-    def _fsync_dir(path: Path) -> None:
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
     def close(self) -> None:
         if self._fh is not None:

@@ -22,14 +22,20 @@ import httpx
 from cryptography import x509
 
 from aegis_protocol import routes
-from aegis_protocol.enrollment import Heartbeat, HeartbeatAck, RenewResponse, node_csr
+from aegis_protocol.enrollment import (
+    Heartbeat,
+    HeartbeatAck,
+    RenewResponse,
+    node_csr,
+    renew_request,
+)
 from aegis_protocol.events import MAX_BATCH, EventBatch, agent_event
-from aegis_protocol.files import key_pem, write_atomically
+from aegis_protocol.files import write_atomically
 from aegis_protocol.signing import load_public_key
 
-from . import inventory
+from . import inventory, tls_pair
 from .config import ControllerConfig
-from .identity import identity_key, new_tls_key, tls_key
+from .identity import identity_key
 from .measure import collect, signed_report
 from .orders import FileReplayGuard, OrderExecutor
 from .spool import Spool
@@ -111,15 +117,16 @@ class Uplink:
         ident = identity_key(self.state / "identity.key")
         from aegis_protocol.signing import public_key_text
 
+        key = tls_pair.next_key(self.state)
         body = {"node_id": self.node_id, "token": token,
-                "csr_pem": node_csr(tls_key(self.state / "tls.key"), self.node_id),
+                "csr_pem": node_csr(key, self.node_id),
                 "identity_key": public_key_text(ident.public_key())}
         with self._client(with_cert=False) as c:
             r = c.post(routes.ENROLL, json=body)
         if r.status_code != 200:
             raise UplinkError(f"enrollment refused ({r.status_code}): {r.json().get('detail')}")
         answer = r.json()
-        write_atomically(self.state / "node.pem", answer["certificate_pem"].encode())
+        tls_pair.install(self.state, key, answer["certificate_pem"].encode())
         write_atomically(self.state / "order.key", answer["order_key"].encode())
         token_file.unlink(missing_ok=True)  # one-time: never keep it
         self._unwrapped = None
@@ -155,17 +162,21 @@ class Uplink:
         return cert.not_valid_after_utc.timestamp()
 
     def rotate_certificate(self) -> int:
-        """A new TLS key made here, a CSR for it, and the controller's new certificate;
-        both files are replaced atomically (the old certificate stops working)."""
-        key = new_tls_key()
+        """A new TLS key made here (kept until its certificate arrives, so a retry after
+        a lost reply asks for the same one and gets the same certificate), a CSR for it
+        signed by the identity key, and the controller's new certificate; key and
+        certificate are switched as one pair (the old certificate stops working once the
+        new one is used)."""
+        key = tls_pair.next_key(self.state)
+        req = renew_request(identity_key(self.state / "identity.key"), self.node_id,
+                            node_csr(key, self.node_id))
         with self._client() as c:
-            r = c.post(routes.CERTIFICATE, json={"csr_pem": node_csr(key, self.node_id)})
+            r = c.post(routes.CERTIFICATE, json=req.model_dump(mode="json"))
         if r.status_code != 200:
             raise UplinkError(f"certificate rotation refused ({r.status_code}): "
                               f"{r.json().get('detail')}")
         answer = RenewResponse.model_validate(r.json())
-        write_atomically(self.state / "tls.key", key_pem(key), mode=0o600)
-        write_atomically(self.state / "node.pem", answer.certificate_pem.encode(), mode=0o600)
+        tls_pair.install(self.state, key, answer.certificate_pem.encode())
         log.info("client certificate rotated", extra={"node": self.node_id,
                                                       "not_after": answer.not_after})
         return answer.not_after
