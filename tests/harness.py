@@ -11,11 +11,13 @@ import contextlib
 import os
 import shutil
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -182,3 +184,19 @@ def _healthy(host: str, port: int, enter: list[str]) -> bool:
             return r.status == 200
     except OSError:
         return False
+
+
+# an event of a kind this agent's event model does not know (another version's)
+FUTURE_EVENT = b'{"ts_ns": 1, "kind": "file_open", "severity": "info", "data": {}}'
+
+
+def foreign_record(directory: Path, seq: int, payload: bytes) -> None:
+    """Append a record with a good checksum but ``payload`` as written, to the newest
+    segment of the (closed) spool at ``directory``: what another agent version wrote."""
+    from aegis_agent.spool import HEADER, MAGIC
+
+    seg = sorted(directory.glob("seg-*.log"))[-1]
+    crc = zlib.crc32(struct.pack("<Q", seq) + payload)
+    with seg.open("ab") as fh:
+        fh.write(HEADER.pack(MAGIC, len(payload), crc, seq) + payload)
+

@@ -13,11 +13,13 @@ import time
 import httpx
 import pytest
 import sqlalchemy as sa
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from aegis_controller.pki import new_key
+from aegis_protocol.enrollment import renew_request
 from aegis_protocol.events import Event, EventBatch
 from aegis_protocol.files import key_pem
-from harness_controller import Server, enroll, make_csr, new_node
+from harness_controller import Node, Server, enroll, make_csr, new_node
 
 pytestmark = pytest.mark.integration
 
@@ -42,33 +44,59 @@ def test_enrollment_and_the_identity_it_gives(server: Server) -> None:
     assert server.ctl("ledger", "verify").returncode == 0
 
 
+def _renewal(node: object, key: object, cn: str, identity: object = None) -> dict:
+    """A renewal request for ``key`` (CN ``cn``), signed by the node's identity key unless
+    another is given."""
+    signer = identity or node.identity  # type: ignore[attr-defined]
+    return renew_request(signer, node.node_id, make_csr(key, cn).decode()).model_dump()  # type: ignore[attr-defined]
+
+
 def test_certificate_rotation_replaces_the_old_certificate(server: Server) -> None:
     node = new_node(server, "rot1")
     assert enroll(server, node, server.token("rot1")).status_code == 200
     old_cert = node.cert_file.read_bytes()
+    old_key = node.key_file.read_bytes()
     with node.client(server) as c:
-        wrong = c.post("/v1/certificate",
-                       json={"csr_pem": make_csr(new_key(), "other").decode()})
+        wrong = c.post("/v1/certificate", json=_renewal(node, new_key(), "other"))
         assert wrong.status_code == 400 and "CN must be the node id" in wrong.json()["detail"]
-        garbage = c.post("/v1/certificate", json={"csr_pem": "-" * 80})
+        garbage = c.post("/v1/certificate", json=renew_request(
+            node.identity, "rot1", "-" * 80).model_dump())  # type: ignore[attr-defined]
         assert garbage.status_code == 400 and "csr_pem" in garbage.json()["detail"]
+        # a stolen TLS key alone cannot rotate: unsigned, or signed by another key
+        unsigned = c.post("/v1/certificate",
+                          json={"csr_pem": make_csr(new_key(), "rot1").decode()})
+        assert unsigned.status_code == 422 and "signature" in unsigned.json()["detail"]
+        forged = c.post("/v1/certificate", json=_renewal(node, new_key(), "rot1",
+                                                         Ed25519PrivateKey.generate()))
+        assert forged.status_code == 403 and "identity key" in forged.json()["detail"]
         key = new_key()
-        r = c.post("/v1/certificate", json={"csr_pem": make_csr(key, "rot1").decode()})
+        r = c.post("/v1/certificate", json=_renewal(node, key, "rot1"))
     assert r.status_code == 200, r.text
     assert r.json()["not_after"] > time.time() + 3600
-    with node.client(server) as c:  # the old certificate: refused although not expired
-        stale = c.get("/v1/nodes/self")
-    assert stale.status_code == 401 and "replaced" in stale.json()["detail"]
+    # the reply may have been lost: the old certificate still works, and asking again
+    # for the same key (a new CSR) gives the same certificate
+    with node.client(server) as c:
+        assert c.get("/v1/nodes/self").status_code == 200
+        again = c.post("/v1/certificate", json=_renewal(node, key, "rot1"))
+    assert again.status_code == 200 and again.json() == r.json()
     node.key_file.write_bytes(key_pem(key))
     node.cert_file.write_text(r.json()["certificate_pem"])
     assert node.cert_file.read_bytes() != old_cert
-    with node.client(server) as c:
+    with node.client(server) as c:  # the new certificate's first use
         assert c.get("/v1/nodes/self").status_code == 200
+    (server.state / "old.pem").write_bytes(old_cert)
+    (server.state / "old.key").write_bytes(old_key)
+    old = Node("rot1", server.state / "old.key", server.state / "old.pem")
+    with old.client(server) as c:  # from then on refused although not expired
+        stale = c.get("/v1/nodes/self")
+    assert stale.status_code == 401 and "replaced" in stale.json()["detail"]
     with httpx.Client(base_url=server.url, verify=server.ca) as anonymous:
         assert anonymous.post("/v1/certificate", json={"csr_pem": "x" * 80}).status_code == 401
     assert server.ctl("ledger", "verify").returncode == 0
-    assert any(json.loads(line)["body"].get("event") == "certificate_rotated"
-               for line in server.ctl("ledger", "show").stdout.splitlines())
+    events = [json.loads(line)["body"].get("event")
+              for line in server.ctl("ledger", "show").stdout.splitlines()]
+    assert events.count("certificate_rotated") == 1  # the repeat issued nothing new
+    assert events.count("certificate_renewal_refused") == 1
 
 
 def test_bad_tokens_are_refused_and_recorded(server: Server) -> None:

@@ -12,6 +12,7 @@ from aegis_agent.control import parse_request
 from aegis_agent.policy import Policy
 from aegis_agent.spool import HEADER, Spool
 from aegis_protocol.events import Event
+from harness import FUTURE_EVENT, foreign_record
 
 pytestmark = pytest.mark.unit
 
@@ -250,3 +251,25 @@ policy:
                      ("agent", "quarantine", "policy"), ("policy", None, None),
                      ("policy", None, None)]
     assert {e.data["rule"] for e in events if e.kind == "policy"} == {"lockdown", "any-agent"}
+
+
+def test_a_record_the_event_model_rejects_is_set_aside_and_reported(tmp_path: Path) -> None:
+    sp = Spool(tmp_path)
+    sp.append([_ev(i=0)])
+    sp.close()
+    foreign_record(tmp_path, 1, FUTURE_EVENT)  # e.g. a newer agent's event kind
+    sp = Spool(tmp_path)
+    assert sp.problems == []  # the checksum is good: not a corrupt segment
+    sp.append([_ev(i=2)])
+    records, upto = sp.read_batch()
+    assert [s for s, _e in records] == [0, 2] and upto == 2
+    assert sp.status()["records_set_aside"] == 1
+    (kept,) = (tmp_path / "corrupt").glob("record-*.json")
+    assert kept.read_bytes() == FUTURE_EVENT
+    assert "kind" in kept.with_name(kept.name + ".why").read_text()
+    # reported once, as an agent event after the others; read again: not reported again
+    (report,) = [e for _s, e in sp.read(after=2)]
+    assert report.data["what"] == "spool_record_set_aside" and report.data["seq"] == 1
+    assert "file_open" not in str(report.data)  # the record's values are not echoed
+    sp.read_batch()
+    assert sp.status()["records_set_aside"] == 1 and len(sp.read(after=2)) == 1

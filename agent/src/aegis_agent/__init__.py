@@ -10,9 +10,9 @@ Modules, one job each (above ``bpf/``, the kernel layer):
 - ``policy``: rules that turn events into decisions, carried out through ``enforcement``;
 - ``daemon``: start-up, ring readers, periodic tasks and shutdown;
 - ``cli`` (``aegis-agent``) and ``segment_tool`` (``aegis-agent segment``, no daemon);
-- ``config``, ``spool``, ``uplink``, ``identity``, ``measure``, ``inventory``, ``unwrap``,
-  ``watchdog``, ``notify``: configuration, durable events, the controller link and the
-  node's own state.
+- ``config``, ``spool``, ``uplink``, ``identity``, ``tls_pair``, ``measure``,
+  ``inventory``, ``unwrap``, ``watchdog``, ``notify``: configuration, durable events, the
+  controller link and the node's own state.
 """
 
 __version__ = "0.1.0"

@@ -113,6 +113,16 @@ class Enforcement:
         return self._done("deny-exec", source, {"denied": execs.denied()},
                           f"exec of {path} denied", path=path)
 
+    def deny_exec_file(self, dev: int, ino: int, *, source: Source,
+                       seen_as: str | None = None) -> Outcome:
+        """Deny the file an exec event names by its device and inode (``seen_as``: the
+        path the event showed, for the record only: it is not resolved)."""
+        execs = self._execs()
+        execs.deny_file(dev, ino)
+        what = f"dev {dev} ino {ino}" + (f" (exec'd as {seen_as})" if seen_as else "")
+        return self._done("deny-exec", source, {"denied": execs.denied()},
+                          f"exec of {what} denied", dev=dev, ino=ino, path=seen_as)
+
     def allow_exec(self, path: str, *, source: Source) -> Outcome:
         execs = self._execs()
         found = execs.allow(path)
@@ -120,11 +130,15 @@ class Enforcement:
                           f"exec of {path} allowed" if found else f"{path} was not denied",
                           path=path, found=found)
 
-    def quarantine_cgroup(self, cgroup: str, *, source: Source) -> Outcome:
+    def quarantine_cgroup(self, cgroup: str, *, source: Source,
+                          cgroup_id: int | None = None) -> Outcome:
+        """Refuse connects from ``cgroup``; with ``cgroup_id`` (from a connect event) only
+        if the directory still is that cgroup."""
         connects = self._connects()
-        connects.quarantine_cgroup(cgroup)
+        connects.quarantine_cgroup(cgroup, expect_id=cgroup_id)
         return self._done("quarantine-cgroup", source, {"cgroups": connects.quarantined()},
-                          f"connects from cgroup {cgroup} denied", "warning", cgroup=cgroup)
+                          f"connects from cgroup {cgroup} denied", "warning", cgroup=cgroup,
+                          cgroup_id=cgroup_id)
 
     def release_cgroup(self, cgroup: str, *, source: Source) -> Outcome:
         connects = self._connects()

@@ -22,9 +22,3 @@ def identity_key(path: Path) -> Ed25519PrivateKey:
 def tls_key(path: Path) -> ec.EllipticCurvePrivateKey:
     """The node's ECDSA P-256 TLS client key at ``path`` (created 0600 on first use)."""
     return private_key(path, ec.EllipticCurvePrivateKey)
-
-
-def new_tls_key() -> ec.EllipticCurvePrivateKey:
-    """A fresh P-256 key for a certificate rotation (saved only once the controller has
-    issued its certificate)."""
-    return ec.generate_private_key(ec.SECP256R1())

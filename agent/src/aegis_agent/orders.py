@@ -2,9 +2,13 @@
 
 Nonces of accepted orders are kept in a file (written atomically) until the orders
 expire, so an agent restarted after a crash still refuses a replay of an order it had
-already executed. The enforcement kinds run as ``Enforcement`` verbs with source
-``order`` (:func:`order_handlers`); their acknowledgment carries the verb's result as JSON,
-the same result the control socket answers.
+already executed. With each nonce the file keeps the signed acknowledgment sent for it:
+when the same order comes again (its acknowledgment was lost on the way), the agent sends
+that original acknowledgment again instead of refusing the order as a replay.
+
+The enforcement kinds run as ``Enforcement`` verbs with source ``order``
+(:func:`order_handlers`); their acknowledgment carries the verb's result as JSON, the same
+result the control socket answers.
 """
 
 from __future__ import annotations
@@ -38,7 +42,8 @@ Handler = Callable[[dict[str, Any]], str]
 
 
 class FileReplayGuard:
-    """Seen nonces with their expiry, in a JSON file replaced atomically on each change.
+    """Seen nonces with their expiry, and the signed acknowledgment sent for each, in a
+    JSON file replaced atomically on each change.
 
     If the file is unreadable it is set aside, and every order issued before that moment
     is refused as a possible replay (its nonce may have been in the lost file); orders
@@ -52,26 +57,44 @@ class FileReplayGuard:
             data = json.loads(self.path.read_text())
             self.seen: dict[str, int] = {str(k): int(v) for k, v in data["seen"].items()}
             self.not_before = int(data.get("not_before", 0))
+            self.acks: dict[str, dict[str, Any]] = {
+                str(k): dict(v) for k, v in data.get("acks", {}).items() if k in self.seen}
         except FileNotFoundError:
-            self.seen = {}
+            self.seen, self.acks = {}, {}
         except (ValueError, KeyError, TypeError, AttributeError):
             os.replace(self.path, self.path.with_name(self.path.name + ".corrupt"))
-            self.seen = {}
+            self.seen, self.acks = {}, {}
             self.not_before = int(time.time())
             self._save()
 
     def check_and_remember(self, nonce: str, issued_at: int, expires_at: int) -> bool:
         now = int(time.time())
         self.seen = {n: e for n, e in self.seen.items() if e + CLOCK_SKEW >= now}
+        self.acks = {n: a for n, a in self.acks.items() if n in self.seen}
         if nonce in self.seen or issued_at < self.not_before:
             return False
         self.seen[nonce] = expires_at
         self._save()
         return True
 
+    def remember_ack(self, nonce: str, ack: SignedAck) -> None:
+        """Keep the acknowledgment sent for the order with ``nonce`` (durably, before it
+        is sent) for as long as the nonce is kept."""
+        if nonce in self.seen:
+            self.acks[nonce] = ack.model_dump(mode="json")
+            self._save()
+
+    def ack_for(self, nonce: str, order_id: uuid.UUID) -> SignedAck | None:
+        """The acknowledgment already sent for this order, if any."""
+        kept = self.acks.get(nonce)
+        if kept is None:
+            return None
+        ack = SignedAck.model_validate(kept)
+        return ack if ack.ack.order_id == order_id else None
+
     def _save(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        write_atomically(self.path, json.dumps({"seen": self.seen,
+        write_atomically(self.path, json.dumps({"seen": self.seen, "acks": self.acks,
                                                 "not_before": self.not_before}).encode(),
                          mode=0o600)
 
@@ -88,7 +111,9 @@ class OrderExecutor:
 
     def execute(self, signed: SignedOrder | dict, now: int | None = None) -> SignedAck:
         """Verify and run one order; always returns a signed acknowledgment (refused,
-        failed or done) so the controller learns what happened."""
+        failed or done) so the controller learns what happened. An order already run
+        (its nonce is known) gets the acknowledgment it got then, not a refusal: the
+        controller asks again when that acknowledgment did not reach it."""
         now = int(time.time()) if now is None else now
         order_id = getattr(getattr(signed, "order", None), "id", None)
         if isinstance(signed, dict):
@@ -96,15 +121,24 @@ class OrderExecutor:
         try:
             order = verify_order(signed, self.controller_key, self.node_id, now, self.guard)
         except OrderRefused as e:
-            return self._ack(order_id, "refused", f"{e.reason}: {e.detail}", now)
+            # "replayed" is decided only after the signature and address were checked
+            sent = self._sent_before(signed) if e.reason == "replayed" else None
+            return sent or self._ack(order_id, "refused", f"{e.reason}: {e.detail}", now)
         handler = self.handlers.get(order.kind)
         if handler is None:
-            return self._ack(order.id, "failed", f"this agent cannot execute {order.kind}", now)
-        try:
-            detail = handler(dict(order.args))
-        except Exception as e:  # any failure is reported to the controller, never raised
-            return self._ack(order.id, "failed", f"{type(e).__name__}: {e}", now)
-        return self._ack(order.id, "done", detail, now)
+            ack = self._ack(order.id, "failed", f"this agent cannot execute {order.kind}", now)
+        else:
+            try:
+                ack = self._ack(order.id, "done", handler(dict(order.args)), now)
+            except Exception as e:  # any failure is reported to the controller, never raised
+                ack = self._ack(order.id, "failed", f"{type(e).__name__}: {e}", now)
+        self.guard.remember_ack(order.nonce, ack)
+        return ack
+
+    def _sent_before(self, signed: SignedOrder | dict) -> SignedAck | None:
+        order = (signed if isinstance(signed, SignedOrder)
+                 else SignedOrder.model_validate(signed)).order
+        return self.guard.ack_for(order.nonce, order.id)
 
     def _ack(self, order_id: Any, status: str, detail: str, now: int) -> SignedAck:
         try:

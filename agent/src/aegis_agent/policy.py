@@ -10,6 +10,7 @@ window starts over. :func:`respond` carries a decision out through the same
 
 from __future__ import annotations
 
+import os
 import time
 from collections import defaultdict, deque
 from dataclasses import dataclass
@@ -56,30 +57,52 @@ class Policy:
         return decisions
 
 
-def cgroup_of(pid: int) -> str:
-    """The cgroup v2 directory of ``pid`` (hybrid hierarchy: under /sys/fs/cgroup/unified)."""
-    for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines():
-        if line.startswith("0::"):
-            rel = line[3:].lstrip("/")
-            for root in (Path("/sys/fs/cgroup/unified"), Path("/sys/fs/cgroup")):
-                if (root / "cgroup.procs").exists() and (root / rel / "cgroup.procs").exists():
-                    return str(root / rel)
-    raise FileNotFoundError(f"no cgroup v2 directory found for pid {pid}")
+CGROUP_ROOTS = (Path("/sys/fs/cgroup/unified"), Path("/sys/fs/cgroup"))
+
+
+def cgroup_by_id(cgroup_id: int) -> str:
+    """The cgroup v2 directory whose id (its inode) is ``cgroup_id``, the id a connect
+    event carries from the kernel: no process is looked up afterwards, so an exited or
+    reused PID cannot point the decision at another cgroup. Hybrid hierarchy: the v2
+    tree is under /sys/fs/cgroup/unified."""
+    for root in CGROUP_ROOTS:
+        if not (root / "cgroup.procs").is_file():
+            continue
+        for top, dirs, _files in os.walk(root):
+            if os.stat(top).st_ino == cgroup_id:
+                return top
+            dirs[:] = [d for d in dirs if not os.path.islink(os.path.join(top, d))]
+        break  # only the first v2 root: the other is the hybrid's v1 side
+    raise FileNotFoundError(f"no cgroup v2 directory with id {cgroup_id} (it was removed)")
 
 
 def respond(d: Decision, enforcement: Enforcement) -> str:
     """Carry out ``d``; returns what was done (raises what the verb raises).
 
-    deny: an exec event denies the file, a connect event quarantines the process's
-    cgroup; quarantine: the node's segment; log and alert only record the decision."""
+    deny: an exec event denies the file the kernel ran (the event's device and inode; the
+    path, which the user chose, is not resolved again: a symlink ``nc`` to sshd must not
+    get sshd denied), a connect event quarantines the event's cgroup (its id from the
+    kernel, not a later look-up of the PID); quarantine: the node's segment; log and
+    alert only record the decision."""
     ev = d.event
     if d.action in ("log", "alert"):
         return "recorded"
     if d.action == "deny":
         if ev.kind.startswith("exec"):
-            return enforcement.deny_exec(str(ev.data["filename"]), source="policy").summary
+            dev, ino = _event_int(ev, "dev"), _event_int(ev, "ino")
+            return enforcement.deny_exec_file(dev, ino, source="policy",
+                                              seen_as=str(ev.data.get("filename"))).summary
         if ev.kind.startswith("connect"):
-            cgroup = cgroup_of(int(ev.data["pid"]))  # type: ignore[arg-type]
-            return enforcement.quarantine_cgroup(cgroup, source="policy").summary
+            cgid = _event_int(ev, "cgroup_id")
+            return enforcement.quarantine_cgroup(cgroup_by_id(cgid), source="policy",
+                                                 cgroup_id=cgid).summary
         return "nothing to deny for this event kind"
     return enforcement.quarantine(source="policy").summary
+
+
+def _event_int(ev: Event, name: str) -> int:
+    value = ev.data.get(name)
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        raise ValueError(f"a {ev.kind} event without a kernel {name} cannot be denied: "
+                         f"deny takes the file or cgroup the kernel named, never a path or PID")
+    return value

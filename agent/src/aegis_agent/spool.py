@@ -8,7 +8,11 @@ and every ``append`` ends with fsync, so a record whose ``append`` returned surv
 kill -9 and power loss. On open, a torn record at the end of the newest segment (a
 write cut short) is truncated away; a segment with a bad record anywhere else is moved
 to ``corrupt/`` with a note saying why, reported through ``problems`` (the agent turns
-them into events), and the spool goes on with the rest: nothing is deleted.
+them into events), and the spool goes on with the rest: nothing is deleted. A record
+whose checksum is good but whose payload the current event model rejects (written by
+another agent version) is set aside the same way, on its own, when it is read: copied to
+``corrupt/record-<seq>.json`` with a note, reported by an agent event and counted in
+``status``; the reader skips it, so one such record never stops the others.
 
 The spool is bounded: past ``max_bytes`` the oldest segments are dropped (counted in
 ``dropped``); crossing ``high_water`` of it raises an alarm once until usage falls back.
@@ -26,8 +30,10 @@ import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from aegis_protocol.events import Event
-from aegis_protocol.files import write_atomically
+from pydantic import ValidationError
+
+from aegis_protocol.events import Event, agent_event
+from aegis_protocol.files import fsync_dir, write_atomically
 
 MAGIC = b"AS"
 HEADER = struct.Struct("<2sIIQ")
@@ -62,6 +68,7 @@ class Spool:
     problems: list[Problem] = field(default_factory=list)
     dropped: int = 0
     alarm: bool = False
+    records_set_aside: int = 0  # undecodable records set aside since start
 
     def __post_init__(self) -> None:
         self.directory = Path(self.directory)
@@ -141,8 +148,8 @@ class Spool:
         dest = corrupt / f"{path.name}.{time.strftime('%Y%m%dT%H%M%S')}"
         os.replace(path, dest)
         dest.with_name(dest.name + ".why").write_text(reason + "\n")
-        self._fsync_dir(corrupt)
-        self._fsync_dir(self.directory)
+        fsync_dir(corrupt)
+        fsync_dir(self.directory)
         self.problems.append(Problem(path.name, reason, str(dest)))
 
     # -- writing ---------------------------------------------------------------------------
@@ -197,7 +204,7 @@ class Spool:
             path = self.directory / f"seg-{seq:020d}.log"
             seg = _Segment(path, seq)
             self._fh = path.open("ab")
-            self._fsync_dir(self.directory)
+            fsync_dir(self.directory)
             self._segments.append(seg)
         return seg
 
@@ -217,10 +224,20 @@ class Spool:
 
     # -- reading and acking ------------------------------------------------------------------
     def read(self, after: int | None = None, limit: int = 1000) -> list[tuple[int, Event]]:
-        """Up to ``limit`` records with seq > ``after`` (default: the ack cursor)."""
+        """Up to ``limit`` records with seq > ``after`` (default: the ack cursor); records
+        the event model rejects are set aside and skipped (see ``read_batch``)."""
+        return self.read_batch(after, limit)[0]
+
+    def read_batch(self, after: int | None = None,
+                   limit: int = 1000) -> tuple[list[tuple[int, Event]], int]:
+        """Up to ``limit`` decodable records with seq > ``after`` (default: the ack
+        cursor), and the last seq this read went through, set-aside records included: the
+        forwarder acks up to it, so an undecodable record is passed over once, not retried."""
         with self._lock:
             after = self._acked if after is None else after
             out: list[tuple[int, Event]] = []
+            upto = after
+            reports: list[Event] = []
             for seg in self._segments:
                 if seg.last <= after:
                     continue
@@ -230,11 +247,34 @@ class Spool:
                     _m, length, _crc, seq = HEADER.unpack_from(data, off)
                     if seq > after:
                         payload = data[off + HEADER.size: off + HEADER.size + length]
-                        out.append((seq, Event.model_validate_json(payload)))
+                        try:
+                            out.append((seq, Event.model_validate_json(payload)))
+                        except ValidationError as e:
+                            reports += self._set_record_aside(seq, payload, e)
+                        upto = seq
                     off += HEADER.size + length
                 if len(out) >= limit:
                     break
-            return out
+            if reports:  # appended after the scan: appending may drop old segments
+                self.append(reports)
+            return out, upto
+
+    def _set_record_aside(self, seq: int, payload: bytes,
+                          error: ValidationError) -> list[Event]:
+        """Copy one undecodable record to ``corrupt/`` with why; returns the agent event
+        that reports it (none when it was set aside before) and counts it for ``status``.
+        The segment stays as it is."""
+        corrupt = self.directory / "corrupt"
+        dest = corrupt / f"record-{seq:020d}.json"
+        if dest.exists():  # already set aside and reported (read again before an ack)
+            return []
+        reason = _rejection(error)
+        corrupt.mkdir(exist_ok=True, mode=0o700)
+        write_atomically(dest, payload, mode=0o600)
+        write_atomically(dest.with_name(dest.name + ".why"), reason.encode() + b"\n")
+        self.records_set_aside += 1
+        return [agent_event("spool_record_set_aside", "warning", seq=seq, reason=reason,
+                            moved_to=str(dest))]
 
     def ack(self, upto: int) -> None:
         """Everything up to ``upto`` is delivered; fully acked segments are removed."""
@@ -280,18 +320,20 @@ class Spool:
         return {"dir": str(self.directory), "used_bytes": self.used(), "max_bytes": self.max_bytes,
                 "pending": self.pending(), "acked": self._acked, "next_seq": self._next,
                 "dropped": self.dropped, "high_water_alarm": self.alarm,
-                "corrupt_set_aside": len(self.problems)}
-
-    @staticmethod
-    def _fsync_dir(path: Path) -> None:
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+                "corrupt_set_aside": len(self.problems),
+                "records_set_aside": self.records_set_aside}
 
     def close(self) -> None:
         if self._fh is not None:
             os.fsync(self._fh.fileno())  # a segment may hold append(sync=False) writes
             self._fh.close()
             self._fh = None
+
+
+def _rejection(error: ValidationError) -> str:
+    """Why the event model rejected a record: field paths and messages, never the values
+    (a record may carry anything)."""
+    parts = [f"{'.'.join(str(p) for p in err['loc']) or 'record'}: {err['msg']}"
+             for err in error.errors(include_input=False, include_url=False)[:5]]
+    return ("event model rejects the record (written by another agent version?): "
+            + "; ".join(parts))[:500]

@@ -22,14 +22,20 @@ import httpx
 from cryptography import x509
 
 from aegis_protocol import routes
-from aegis_protocol.enrollment import Heartbeat, HeartbeatAck, RenewResponse, node_csr
+from aegis_protocol.enrollment import (
+    Heartbeat,
+    HeartbeatAck,
+    RenewResponse,
+    node_csr,
+    renew_request,
+)
 from aegis_protocol.events import MAX_BATCH, EventBatch, agent_event
-from aegis_protocol.files import key_pem, write_atomically
+from aegis_protocol.files import write_atomically
 from aegis_protocol.signing import load_public_key
 
-from . import inventory
+from . import inventory, tls_pair
 from .config import ControllerConfig
-from .identity import identity_key, new_tls_key, tls_key
+from .identity import identity_key
 from .measure import collect, signed_report
 from .orders import FileReplayGuard, OrderExecutor
 from .spool import Spool
@@ -111,15 +117,16 @@ class Uplink:
         ident = identity_key(self.state / "identity.key")
         from aegis_protocol.signing import public_key_text
 
+        key = tls_pair.next_key(self.state)
         body = {"node_id": self.node_id, "token": token,
-                "csr_pem": node_csr(tls_key(self.state / "tls.key"), self.node_id),
+                "csr_pem": node_csr(key, self.node_id),
                 "identity_key": public_key_text(ident.public_key())}
         with self._client(with_cert=False) as c:
             r = c.post(routes.ENROLL, json=body)
         if r.status_code != 200:
             raise UplinkError(f"enrollment refused ({r.status_code}): {r.json().get('detail')}")
         answer = r.json()
-        write_atomically(self.state / "node.pem", answer["certificate_pem"].encode())
+        tls_pair.install(self.state, key, answer["certificate_pem"].encode())
         write_atomically(self.state / "order.key", answer["order_key"].encode())
         token_file.unlink(missing_ok=True)  # one-time: never keep it
         self._unwrapped = None
@@ -155,17 +162,21 @@ class Uplink:
         return cert.not_valid_after_utc.timestamp()
 
     def rotate_certificate(self) -> int:
-        """A new TLS key made here, a CSR for it, and the controller's new certificate;
-        both files are replaced atomically (the old certificate stops working)."""
-        key = new_tls_key()
+        """A new TLS key made here (kept until its certificate arrives, so a retry after
+        a lost reply asks for the same one and gets the same certificate), a CSR for it
+        signed by the identity key, and the controller's new certificate; key and
+        certificate are switched as one pair (the old certificate stops working once the
+        new one is used)."""
+        key = tls_pair.next_key(self.state)
+        req = renew_request(identity_key(self.state / "identity.key"), self.node_id,
+                            node_csr(key, self.node_id))
         with self._client() as c:
-            r = c.post(routes.CERTIFICATE, json={"csr_pem": node_csr(key, self.node_id)})
+            r = c.post(routes.CERTIFICATE, json=req.model_dump(mode="json"))
         if r.status_code != 200:
             raise UplinkError(f"certificate rotation refused ({r.status_code}): "
                               f"{r.json().get('detail')}")
         answer = RenewResponse.model_validate(r.json())
-        write_atomically(self.state / "tls.key", key_pem(key), mode=0o600)
-        write_atomically(self.state / "node.pem", answer.certificate_pem.encode(), mode=0o600)
+        tls_pair.install(self.state, key, answer.certificate_pem.encode())
         log.info("client certificate rotated", extra={"node": self.node_id,
                                                       "not_after": answer.not_after})
         return answer.not_after
@@ -187,13 +198,18 @@ class Uplink:
     def forward(self, limit: int = MAX_BATCH) -> int:
         """Send what the spool holds after its cursor, batch by batch; the cursor moves
         only when the controller acknowledged a batch (at-least-once; the controller
-        stores each event id once)."""
+        stores each event id once). Records the event model rejects were set aside by the
+        spool's read; the cursor moves past them too."""
         sent = 0
         with self._client() as c:
-            while records := self.spool.read(limit=limit):
-                batch = EventBatch(node_id=self.node_id, events=[e for _s, e in records])
-                c.post(routes.EVENTS, json=batch.model_dump(mode="json")).raise_for_status()
-                self.spool.ack(records[-1][0])
+            while True:
+                records, upto = self.spool.read_batch(limit=limit)
+                if upto <= self.spool.acked:
+                    break
+                if records:
+                    batch = EventBatch(node_id=self.node_id, events=[e for _s, e in records])
+                    c.post(routes.EVENTS, json=batch.model_dump(mode="json")).raise_for_status()
+                self.spool.ack(upto)
                 sent += len(records)
         return sent
 
@@ -215,6 +231,34 @@ class Uplink:
                              "detail": ack.ack.detail})
         return done
 
+    def _attest_if_due(self, now: float) -> dict | None:
+        if now < self.next_attest:
+            return None
+        verdict = self.attest()
+        self.next_attest = now + self.cfg.attest_interval
+        return verdict
+
+    def _exchange(self, now: float) -> list[str]:
+        """Attestation (when due), heartbeat, forwarding and orders, each on its own: a
+        failure in one (a refused attestation, a batch the controller rejects) does not
+        keep a pending order from running. Returns what failed; an unreachable
+        controller ends the round at once."""
+        failed = []
+        steps: tuple[tuple[str, Callable[[], object]], ...] = (
+            ("attestation", lambda: self._attest_if_due(now)), ("heartbeat", self.heartbeat),
+            ("forwarded", self.forward), ("orders", self.run_orders))
+        for name, step in steps:
+            try:
+                result = step()
+            except httpx.TransportError:
+                raise
+            except (httpx.HTTPError, OSError, UplinkError, ValueError) as e:
+                failed.append(f"{name}: {type(e).__name__}: {e}")
+                continue
+            if result is not None:
+                self.last[name] = result
+        return failed
+
     def tick(self, now: float | None = None) -> dict[str, object]:
         """One round (enroll if needed, heartbeat, forward, orders); backs off on failure."""
         now = time.monotonic() if now is None else now
@@ -225,19 +269,18 @@ class Uplink:
                 self.enroll()
             if time.time() > self.certificate_expires() - self.cfg.renew_before:
                 self.rotate_certificate()
-            if now >= self.next_attest:
-                self.last["attestation"] = self.attest()
-                self.next_attest = now + self.cfg.attest_interval
-            self.heartbeat()
-            self.last.update(forwarded=self.forward(), orders=self.run_orders(),
-                             error=None, at=time.time())
-            self.backoff = 0.0
+            failed = self._exchange(now)
         except (httpx.HTTPError, OSError, UplinkError, ValueError) as e:
+            failed = [f"{type(e).__name__}: {e}"]
+        if failed:
             self.backoff = min(60.0, max(1.0, self.backoff * 2))
             self.next_try = now + self.backoff
-            self.last["error"] = f"{type(e).__name__}: {e}"
+            self.last["error"] = "; ".join(failed)
             log.warning("controller link failed; retrying in %.0f s", self.backoff,
                         extra={"error": self.last["error"]})
+        else:
+            self.backoff = 0.0
+            self.last.update(error=None, at=time.time())
         return self.last
 
 

@@ -1,5 +1,6 @@
 """Enrollment: one-time bootstrap tokens, enrolling a node with one, and its client
-certificates (only the newest is accepted; a node renews it with a new key). Every step
+certificates (only the newest is accepted, and the one a rotation replaced until the new
+one is first used; a node renews with a new key, asking with its identity key). Every step
 and every refusal is recorded on the ledger."""
 
 from __future__ import annotations
@@ -10,9 +11,16 @@ import time
 from collections.abc import Callable
 
 import sqlalchemy as sa
+from cryptography import x509
 
-from aegis_protocol.enrollment import EnrollRequest, EnrollResponse, RenewRequest, RenewResponse
-from aegis_protocol.signing import SignatureError, load_public_key
+from aegis_protocol.enrollment import (
+    EnrollRequest,
+    EnrollResponse,
+    RenewRequest,
+    RenewResponse,
+    csr_key_digest,
+)
+from aegis_protocol.signing import SignatureError, load_public_key, verify
 
 from . import db, tables
 from .errors import Conflict, Forbidden, Invalid, Unauthenticated
@@ -22,6 +30,7 @@ from .pki import CertificateAuthority, PkiError, cert_pem
 from .vault_wrap import Wrapped
 
 _t = tables.tokens.c
+_r = tables.cert_renewals.c
 
 
 def token_hash(token: str) -> str:
@@ -107,25 +116,73 @@ class Enrollment:
                               not_after=int(cert.not_valid_after_utc.timestamp()))
 
     def current_certificate(self, node_id: str, serial: int | None) -> None:
-        """Only the node's newest certificate is accepted: one replaced by a rotation or a
-        re-enrollment is refused although it has not expired."""
-        row = self.nodes.get(node_id)
-        if serial is None or not row["cert_serial"] or int(row["cert_serial"], 16) != serial:
-            raise Unauthenticated(f"this certificate of {node_id!r} was replaced (rotated or "
-                                  "re-enrolled); use the newest one")
+        """Only the node's newest certificate is accepted, and, until that one is first
+        used, the one it replaced by a rotation (the rotation's reply may have been lost);
+        a certificate replaced by a re-enrollment or an older rotation is refused although
+        it has not expired. The first use of the new certificate ends the grace."""
+        with db.errors(self.nodes.engine), db.reader(self.nodes.engine) as conn:
+            row = conn.execute(
+                sa.select(tables.nodes.c.cert_serial, _r.previous_serial, _r.new_serial)
+                .select_from(tables.nodes.outerjoin(tables.cert_renewals,
+                                                    _r.node_id == tables.nodes.c.node_id))
+                .where(tables.nodes.c.node_id == node_id)).first()
+        current = row.cert_serial if row is not None else None
+        pending = row is not None and row.new_serial is not None and row.new_serial == current
+        if serial is not None and current and int(current, 16) == serial:
+            if pending:  # the new certificate's first use: the previous one is done
+                with db.transaction(self.nodes.engine) as conn:
+                    conn.execute(tables.cert_renewals.delete().where(
+                        _r.node_id == node_id, _r.new_serial == current))
+            return
+        if serial is not None and pending and int(row.previous_serial, 16) == serial:
+            return
+        raise Unauthenticated(f"this certificate of {node_id!r} was replaced (rotated or "
+                              "re-enrolled); use the newest one")
 
     def renew_certificate(self, node_id: str, req: RenewRequest) -> RenewResponse:
+        """A new certificate for the key in ``req``'s CSR, if the node's enrolled identity
+        key signed the request. Asked again for the same key before the new certificate
+        was used (the reply was lost), the same certificate is returned."""
         node = self.nodes.get(node_id)
         if node["state"] in NO_CERTIFICATE:
             raise Conflict(f"node {node_id!r} is {node['state']}: no new certificate")
+        try:
+            verify(load_public_key(node["identity_key"] or ""), req.claim(node_id),
+                   req.signature)
+        except (SignatureError, ValueError) as e:
+            self.ledger.append(Kind.ENROLLMENT, node_id,
+                               {"event": "certificate_renewal_refused",
+                                "reason": f"identity signature: {e}"}, actor=f"node:{node_id}")
+            raise Forbidden("certificate renewal refused: the request must be signed by the "
+                            "node's enrolled identity key") from None
+        try:
+            key_digest = csr_key_digest(req.csr_pem)
+        except ValueError as e:
+            raise Invalid(f"csr_pem: not a PEM certificate request ({e})") from None
+        with db.errors(self.nodes.engine), db.reader(self.nodes.engine) as conn:
+            pending = conn.execute(sa.select(tables.cert_renewals).where(
+                _r.node_id == node_id, _r.new_serial == node["cert_serial"])).first()
+        if pending is not None and pending.key_sha256 == key_digest:
+            cert = x509.load_pem_x509_certificate(pending.certificate_pem.encode())
+            return RenewResponse(certificate_pem=pending.certificate_pem,
+                                 not_after=int(cert.not_valid_after_utc.timestamp()))
         try:
             cert = self.ca.sign_csr(req.csr_pem, node_id)
         except PkiError as e:
             raise Invalid(f"csr_pem: {e}") from None
         serial = format(cert.serial_number, "x")
-        self.nodes.update(node_id, cert_serial=serial)
+        # the certificate the node last used stays accepted until the new one is used
+        previous = pending.previous_serial if pending is not None else node["cert_serial"]
+        pem = cert_pem(cert).decode()
+        with db.transaction(self.nodes.engine) as conn:
+            conn.execute(tables.nodes.update().where(tables.nodes.c.node_id == node_id)
+                         .values(cert_serial=serial))
+            conn.execute(tables.cert_renewals.delete().where(_r.node_id == node_id))
+            conn.execute(tables.cert_renewals.insert().values(
+                node_id=node_id, previous_serial=previous, new_serial=serial,
+                key_sha256=key_digest, certificate_pem=pem, issued_at=int(time.time())))
         self.ledger.append(Kind.ENROLLMENT, node_id,
                            {"event": "certificate_rotated", "cert_serial": serial,
                             "previous_serial": node["cert_serial"]}, actor=f"node:{node_id}")
-        return RenewResponse(certificate_pem=cert_pem(cert).decode(),
+        return RenewResponse(certificate_pem=pem,
                              not_after=int(cert.not_valid_after_utc.timestamp()))

@@ -22,6 +22,18 @@ nodes = sa.Table(
     sa.Column("measurement", sa.Text()),  # the last attestation's (0003)
 )
 
+# a node's certificate rotation until the new certificate is first used (0004): the
+# previous certificate stays accepted meanwhile, and the same request gets the same answer
+cert_renewals = sa.Table(
+    "cert_renewals", metadata,
+    sa.Column("node_id", sa.String(63), primary_key=True),
+    sa.Column("previous_serial", sa.String(64), nullable=False),
+    sa.Column("new_serial", sa.String(64), nullable=False),
+    sa.Column("key_sha256", sa.String(64), nullable=False),
+    sa.Column("certificate_pem", sa.Text(), nullable=False),
+    sa.Column("issued_at", sa.BigInteger(), nullable=False),
+)
+
 nonces = sa.Table(
     "attest_nonces", metadata,
     sa.Column("nonce", sa.String(64), primary_key=True),

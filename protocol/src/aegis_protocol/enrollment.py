@@ -10,8 +10,11 @@ from typing import Annotated, Literal
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.x509.oid import NameOID
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from .signing import sign
 
 NodeId = Annotated[str, Field(min_length=1, max_length=63, pattern=r"^[a-z0-9][a-z0-9.-]*$")]
 
@@ -55,13 +58,45 @@ class EnrollResponse(BaseModel):
     not_after: int  # unix seconds: rotate before this
 
 
+class RenewClaim(BaseModel):
+    """What a node's enrolled identity key signs to ask for a new certificate: a stolen
+    TLS key alone cannot rotate the node's certificate."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    purpose: Literal["certificate-renewal"] = "certificate-renewal"
+    node_id: NodeId
+    csr_pem: str
+
+
 class RenewRequest(BaseModel):
     """A node's new CSR (a new P-256 key made on the node), sent over mutual TLS with its
-    current certificate before that one expires."""
+    current certificate before that one expires, signed by its identity key."""
 
     model_config = ConfigDict(extra="forbid")
 
     csr_pem: Annotated[str, Field(min_length=64, max_length=8192)]
+    signature: Annotated[str, Field(min_length=1, max_length=256,
+                                    description="the node's identity key's signature of "
+                                                "RenewClaim(node_id, csr_pem)")]
+
+    def claim(self, node_id: str) -> RenewClaim:
+        return RenewClaim(node_id=node_id, csr_pem=self.csr_pem)
+
+
+def renew_request(identity: Ed25519PrivateKey, node_id: str, csr_pem: str) -> RenewRequest:
+    """A renewal request for ``csr_pem`` signed with the node's identity key."""
+    return RenewRequest(csr_pem=csr_pem,
+                        signature=sign(identity, RenewClaim(node_id=node_id, csr_pem=csr_pem)))
+
+
+def csr_key_digest(csr_pem: str) -> str:
+    """SHA-256 of the public key a CSR asks to certify: a renewal retried with the same key
+    (its CSR bytes differ, ECDSA signatures are randomised) is the same request."""
+    csr = x509.load_pem_x509_csr(csr_pem.encode())
+    der = csr.public_key().public_bytes(serialization.Encoding.DER,
+                                        serialization.PublicFormat.SubjectPublicKeyInfo)
+    return hashlib.sha256(der).hexdigest()
 
 
 class RenewResponse(BaseModel):

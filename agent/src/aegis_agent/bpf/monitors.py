@@ -195,7 +195,14 @@ class ExecMonitor(_Monitor):
     def deny(self, path: str) -> None:
         """Deny executing ``path`` (its device and inode: a copy elsewhere is another file,
         a hard link is the same one)."""
-        key, _st = self._key(path)
+        _key, st = self._key(path)
+        self.deny_file(st.st_dev, st.st_ino)
+
+    def deny_file(self, dev: int, ino: int) -> None:
+        """Deny executing the file with device ``dev`` (as stat() gives it, the way exec
+        events carry it) and inode ``ino``: the file the kernel ran, with no path to
+        resolve again."""
+        key = layout.EXEC_KEY.pack(kernel_dev(dev), ino)
         syscall.map_update(self.map_fd(MAP_EXEC_DENY), key, _ON)
 
     def allow(self, path: str) -> bool:
@@ -274,10 +281,15 @@ class ConnectMonitor(_Monitor):
         for key in keys:
             syscall.map_update(fd, key, _ON)
 
-    def quarantine_cgroup(self, cgroup_path: str, allow: list[str] | None = None) -> None:
+    def quarantine_cgroup(self, cgroup_path: str, allow: list[str] | None = None,
+                          expect_id: int | None = None) -> None:
         """Refuse connect() from processes in ``cgroup_path`` (and below) except to
-        ``allow`` (when given, it replaces the management list)."""
+        ``allow`` (when given, it replaces the management list); with ``expect_id``, only
+        if ``cgroup_path`` is the cgroup with that id (an event's)."""
         cgid = self._cgroup_id(cgroup_path)
+        if expect_id is not None and cgid != expect_id:
+            raise MonitorError(2, f"{cgroup_path!r} is cgroup {cgid}, not {expect_id}: it was "
+                                  "removed or replaced since the event")
         if allow is not None:
             self.set_management(allow)
         self.open()

@@ -1,0 +1,93 @@
+"""A local ``deny`` acts on what the kernel event names, never on a path or PID looked up
+afterwards: a symlink ``nc`` to another binary gets only the exec'd file denied, and a
+connect from an exited process quarantines the cgroup the event carried."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from aegis_agent import policy
+from aegis_agent.enforcement import Enforcement
+from aegis_agent.policy import Decision, respond
+from aegis_protocol.events import Event
+
+pytestmark = pytest.mark.unit
+
+
+class Execs:
+    """The deny set of an ExecMonitor, as (dev, ino) pairs; ``deny(path)`` resolves the
+    path the way ExecMonitor does (stat follows symlinks)."""
+
+    def __init__(self) -> None:
+        self.files: set[tuple[int, int]] = set()
+
+    def deny(self, path: str) -> None:
+        st = os.stat(path)
+        self.files.add((st.st_dev, st.st_ino))
+
+    def deny_file(self, dev: int, ino: int) -> None:
+        self.files.add((dev, ino))
+
+    def denied(self) -> list[dict[str, int]]:
+        return [{"dev": d, "ino": i} for d, i in sorted(self.files)]
+
+
+class Connects:
+    def __init__(self) -> None:
+        self.cgroups: list[str] = []
+
+    def quarantine_cgroup(self, path: str, allow: object = None,
+                          expect_id: int | None = None) -> None:
+        assert expect_id is None or os.stat(path).st_ino == expect_id
+        self.cgroups.append(path)
+
+    def quarantined(self) -> list[str]:
+        return self.cgroups
+
+
+def _enforcement() -> tuple[Enforcement, list]:
+    events: list = []
+    return Enforcement(None, Execs(), Connects(), events.extend), events  # type: ignore[arg-type]
+
+
+def test_exec_deny_uses_the_events_device_and_inode_not_the_symlink(tmp_path: Path) -> None:
+    sshd, nc = tmp_path / "sshd", tmp_path / "real-nc"
+    sshd.write_text("#!/bin/sh\n")
+    nc.write_text("#!/bin/sh\n")
+    (tmp_path / "nc").symlink_to(sshd)  # a user-made name the rule matches on
+    ran = os.stat(nc)  # the file the kernel actually executed
+    event = Event(ts_ns=1, kind="exec", data={"filename": str(tmp_path / "nc"), "pid": 7,
+                                              "dev": ran.st_dev, "ino": ran.st_ino})
+    enf, recorded = _enforcement()
+    respond(Decision("no-nc", "deny", event), enf)
+    assert enf.execs.files == {(ran.st_dev, ran.st_ino)}  # type: ignore[union-attr]
+    assert (os.stat(sshd).st_dev, os.stat(sshd).st_ino) not in enf.execs.files  # type: ignore[union-attr]
+    assert recorded[0].data["ino"] == ran.st_ino and recorded[0].data["source"] == "policy"
+
+
+def test_exec_deny_without_the_kernels_inode_is_refused_not_resolved(tmp_path: Path) -> None:
+    event = Event(ts_ns=1, kind="exec", data={"filename": "/usr/sbin/sshd", "pid": 7})
+    enf, _ = _enforcement()
+    with pytest.raises(ValueError, match="without a kernel dev"):
+        respond(Decision("no-nc", "deny", event), enf)
+    assert enf.execs.files == set()  # type: ignore[union-attr]
+
+
+def test_connect_deny_uses_the_events_cgroup_id_not_the_pid(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    root = tmp_path / "cgroup"  # a cgroup v2 tree as the agent finds it
+    for cg in (root, root / "system.slice", root / "system.slice" / "web.service"):
+        cg.mkdir(exist_ok=True)
+        (cg / "cgroup.procs").write_text("")
+    web = root / "system.slice" / "web.service"
+    monkeypatch.setattr(policy, "CGROUP_ROOTS", (root,))
+    gone = 2**22 + 12345  # the process has exited (or its PID now belongs to another)
+    event = Event(ts_ns=1, kind="connect", data={"pid": gone, "cgroup_id": web.stat().st_ino,
+                                                 "daddr": "192.0.2.9", "dport": 4444})
+    enf, _ = _enforcement()
+    respond(Decision("no-egress", "deny", event), enf)
+    assert enf.connects.cgroups == [str(web)]  # type: ignore[union-attr]
+
