@@ -175,3 +175,22 @@ def test_events_become_incidents_once_and_a_quarantine_is_ordered(server: Server
     assert [o["order"]["kind"] for o in pending] == ["quarantine"]
     assert pending[0]["order"]["args"]["level"] == "hard"
     assert incidents[1]["order_id"] == pending[0]["order"]["id"]
+
+
+def test_a_clean_shutdown_seals_the_ledger_so_a_cut_tail_is_found(server: Server) -> None:
+    """Issue 12 item 9: the server seals the ledger's head at shutdown (and on a timer), so
+    deleting the newest records is found by `ledger verify`."""
+    for i in range(3):
+        server.token(f"seal{i}")  # each issue is a ledger record, none checkpointed
+    server.kill(signal.SIGTERM)
+    out = server.ctl("ledger", "verify", "--json")
+    result = json.loads(out.stdout)
+    assert out.returncode == 0 and result["unanchored"] == 0, out.stdout + out.stderr
+    head = result["signed_head"]["seq"]
+    assert head == result["head"]["seq"]
+    with server.engine().begin() as conn:
+        conn.execute(sa.text("DELETE FROM ledger_records WHERE seq >= :s"), {"s": head - 1})
+    out = server.ctl("ledger", "verify")
+    assert out.returncode == 1
+    assert f"records {head - 1} to {head} are missing" in out.stdout, out.stdout
+    server.start()  # the fixture stops what it started
