@@ -38,7 +38,8 @@ def _exit_on_sigterm() -> None:
     def terminate(signum: int, frame: object) -> None:
         raise SystemExit(0)
 
-    signal.signal(signal.SIGTERM, terminate)
+    if threading.current_thread() is threading.main_thread():  # else uvicorn takes none
+        signal.signal(signal.SIGTERM, terminate)
 
 
 def serve(controller: Controller, state_dir: Path, host: str, port: int,
