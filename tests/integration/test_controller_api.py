@@ -203,3 +203,55 @@ def test_events_become_incidents_once_and_a_quarantine_is_ordered(server: Server
     assert [o["order"]["kind"] for o in pending] == ["quarantine"]
     assert pending[0]["order"]["args"]["level"] == "hard"
     assert incidents[1]["order_id"] == pending[0]["order"]["id"]
+
+
+def test_oversized_event_fields_get_422_naming_the_field(server: Server) -> None:
+    """Issue 12 item 12: a 1 MiB value (the request body limit refuses 5 MB batches before
+    this) and a timestamp of 2^63 are refused with 422, not stored and not a 500."""
+    node = new_node(server, "b1")
+    assert enroll(server, node, server.token("b1")).status_code == 200
+    event = {"id": "6f1c1b8e-7d3a-4a59-9a43-0c7f4f3d2a10", "ts_ns": 1, "kind": "agent",
+             "data": {"what": "x" * (1024 * 1024)}}
+    with node.client(server) as c:
+        r = c.post("/v1/events", json={"node_id": "b1", "events": [event]})
+        assert r.status_code == 422 and "what" in r.text, r.text[:500]
+        r = c.post("/v1/events", json={"node_id": "b1", "events": [
+            {**event, "ts_ns": 2**63, "data": {}}]})
+        assert r.status_code == 422 and "ts_ns" in r.text, r.text[:500]
+    with server.engine().connect() as conn:
+        assert conn.execute(sa.text("SELECT count(*) FROM events")).scalar_one() == 0
+
+
+def test_a_thousand_quarantine_events_raise_one_incident_and_one_order(server: Server) -> None:
+    node = new_node(server, "f1")
+    assert enroll(server, node, server.token("f1")).status_code == 200
+    flood = EventBatch(node_id="f1", events=[
+        Event(ts_ns=i, kind="policy", severity="critical",
+              data={"rule": "scan", "action": "quarantine", "result": "ok"})
+        for i in range(1000)]).model_dump(mode="json")
+    before = len(_ledger_kinds(server))
+    with node.client(server) as c:
+        assert c.post("/v1/events", json=flood).json() == {"stored": 1000, "duplicates": 0}
+        assert len(c.get("/v1/orders").json()) == 1
+    incidents = server.ctl("incidents").stdout.splitlines()
+    assert len(incidents) == 1
+    assert len(_ledger_kinds(server)) - before <= 2  # the order (and maybe a checkpoint)
+
+
+def test_a_clean_shutdown_seals_the_ledger_so_a_cut_tail_is_found(server: Server) -> None:
+    """Issue 12 item 9: the server seals the ledger's head at shutdown (and on a timer), so
+    deleting the newest records is found by `ledger verify`."""
+    for i in range(3):
+        server.token(f"seal{i}")  # each issue is a ledger record, none checkpointed
+    server.kill(signal.SIGTERM)
+    out = server.ctl("ledger", "verify", "--json")
+    result = json.loads(out.stdout)
+    assert out.returncode == 0 and result["unanchored"] == 0, out.stdout + out.stderr
+    head = result["signed_head"]["seq"]
+    assert head == result["head"]["seq"]
+    with server.engine().begin() as conn:
+        conn.execute(sa.text("DELETE FROM ledger_records WHERE seq >= :s"), {"s": head - 1})
+    out = server.ctl("ledger", "verify")
+    assert out.returncode == 1
+    assert f"records {head - 1} to {head} are missing" in out.stdout, out.stdout
+    server.start()  # the fixture stops what it started

@@ -7,7 +7,15 @@ import pytest
 from sqlalchemy import text
 
 from aegis_controller import db
-from aegis_controller.ledger import Kind, Ledger, Problem, init_keys, load_signer, load_verifier
+from aegis_controller.ledger import (
+    Kind,
+    Ledger,
+    Problem,
+    init_keys,
+    load_signer,
+    load_verifier,
+    sealing,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -58,3 +66,19 @@ def test_concurrent_writers_on_postgres_retry_into_one_chain(pg_ledger):
     records = list(ledger.records())
     assert [r.seq for r in records] == list(range(1, len(records) + 1))
     assert sum(r.kind != Kind.CHECKPOINT for r in records) == 160
+
+
+def test_sealed_head_finds_deleted_newest_records_on_postgres(pg_ledger):
+    ledger, verifier = pg_ledger
+    ledger.checkpoint_every = 1000
+    for i in range(50):
+        ledger.append("order", f"node{i % 3}", {"i": i})
+    with sealing(ledger, interval=3600):  # the shutdown seal
+        pass
+    result = ledger.verify(verifier)
+    assert result.ok and result.unanchored == 0 and result.signed_head["seq"] == 51
+    with ledger.engine.begin() as conn:
+        conn.execute(text("DELETE FROM ledger_records WHERE seq >= 4"))
+    result = ledger.verify(verifier)
+    assert (result.problem, result.first_bad_seq) == (Problem.TRUNCATED, 4), result.detail
+    assert "records 4 to 51 are missing" in result.detail

@@ -8,7 +8,8 @@ Modules, one job each:
 * :mod:`.domain` — the domain wired once (``open_controller``); its concerns:
   :mod:`.nodes` (states and the node store), :mod:`.trust` (transition table, judge),
   :mod:`.enrollment`, :mod:`.attestation`, :mod:`.orders`, :mod:`.intake`
-  (with the rules in :mod:`.incidents`), and :mod:`.errors` (the domain's refusals)
+  (with the rules in :mod:`.incidents`), :mod:`.operators` (operator certificates on
+  record), and :mod:`.errors` (the domain's refusals)
 * :mod:`.ledger` — the audit ledger (its own package map)
 * :mod:`.pki` — the CA for mutual TLS; :mod:`.vault_wrap` — response-wrapped tokens
 * :mod:`.api` — HTTP only: the FastAPI app, mutual TLS identity, uvicorn

@@ -8,6 +8,8 @@ import logging
 import secrets
 import time
 
+import sqlalchemy as sa
+
 from aegis_protocol.attestation import Challenge, ExpectedProfile, SignedReport, Verdict
 from aegis_protocol.enrollment import Heartbeat, HeartbeatAck, Inventory
 from aegis_protocol.signing import SignatureError, load_public_key, verify
@@ -21,6 +23,8 @@ from .trust import after_attestation, judge, transition
 
 log = logging.getLogger(__name__)
 NONCE_TTL = 120
+#: Challenges a node may hold at once; asking for more drops its oldest.
+MAX_OUTSTANDING_CHALLENGES = 4
 _c = tables.nonces.c
 
 
@@ -43,9 +47,19 @@ class Attestation:
             self.orders.create(node_id, "attest", {"reason": "expected profile changed"}, actor)
 
     def challenge(self, node_id: str) -> Challenge:
-        nonce = secrets.token_urlsafe(24)
-        expires = int(time.time()) + NONCE_TTL
+        """A new single-use nonce. Used and expired nonces (of every node) are purged
+        first — a purged nonce is unknown, so a replayed report is still refused — and the
+        node keeps at most :data:`MAX_OUTSTANDING_CHALLENGES`: its oldest ones go."""
+        now = int(time.time())
+        nonce, expires = secrets.token_urlsafe(24), now + NONCE_TTL
         with db.transaction(self.nodes.engine) as conn:
+            conn.execute(tables.nonces.delete().where(
+                _c.used_at.is_not(None) | (_c.expires_at <= now)))
+            keep = (sa.select(_c.nonce).where(_c.node_id == node_id)
+                    .order_by(_c.expires_at.desc(), _c.nonce)
+                    .limit(MAX_OUTSTANDING_CHALLENGES - 1))
+            conn.execute(tables.nonces.delete().where(_c.node_id == node_id,
+                                                      _c.nonce.not_in(keep)))
             conn.execute(tables.nonces.insert().values(nonce=nonce, node_id=node_id,
                                                        expires_at=expires))
         return Challenge(nonce=nonce, expires_at=expires)

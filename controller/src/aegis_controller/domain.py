@@ -10,6 +10,7 @@ Modules, one job each:
 * :mod:`.attestation` — expected profiles, challenges, reports, heartbeats and deadlines
 * :mod:`.orders` — signed orders and their acknowledgments
 * :mod:`.intake` — events stored once, and the incidents they raise (rules: :mod:`.incidents`)
+* :mod:`.operators` — operator certificates on record (issue, revoke, check)
 * :mod:`.errors` — the domain's refusals (``NotFound``, ``Forbidden``, ``Conflict``...)
 
 Typical use::
@@ -34,6 +35,7 @@ from .enrollment import Enrollment
 from .intake import Intake
 from .ledger import Ledger, load_signer
 from .nodes import NodeStore
+from .operators import Operators
 from .orders import Orders
 from .pki import CertificateAuthority
 from .settings import Settings
@@ -49,6 +51,7 @@ class Controller:
     attestation: Attestation
     orders: Orders
     intake: Intake
+    operators: Operators
 
     @classmethod
     def assemble(cls, engine: Engine, ledger: Ledger, ca: CertificateAuthority,
@@ -58,7 +61,8 @@ class Controller:
         return cls(engine=engine, ledger=ledger, ca=ca, nodes=nodes,
                    enrollment=Enrollment(nodes, ledger, ca, orders.key),
                    attestation=Attestation(nodes, ledger, orders), orders=orders,
-                   intake=Intake(nodes, ledger, orders))
+                   intake=Intake(nodes, ledger, orders),
+                   operators=Operators(engine, ledger, ca))
 
 
 def open_controller(settings: Settings) -> Controller:

@@ -1,12 +1,18 @@
 """Incident rules: which stored events become incidents, and which incidents make the
 controller order a quarantine. Evaluated only on events stored for the first time, so a
-resent batch never raises an incident twice."""
+resent batch never raises an incident twice; and at most once per node, rule and
+:data:`INCIDENT_WINDOW` (:func:`first_per_rule` within a batch, the intake across
+batches), so a flood of matching events raises one incident and at most one order."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from aegis_protocol.events import Event
+
+#: Seconds during which a node's further matches of one rule raise no new incident.
+INCIDENT_WINDOW = 300
 
 
 @dataclass(frozen=True)
@@ -52,3 +58,13 @@ def incidents_for(event: Event, rules: tuple[IncidentRule, ...] = DEFAULT_RULES
         if rule.matches(event):
             out.append(rule)
     return out
+
+
+def first_per_rule(events: Iterable[Event], rules: tuple[IncidentRule, ...] = DEFAULT_RULES
+                   ) -> list[tuple[IncidentRule, Event]]:
+    """Each rule that ``events`` match, once, with the first event that matched it."""
+    first: dict[str, tuple[IncidentRule, Event]] = {}
+    for event in events:
+        for rule in incidents_for(event, rules):
+            first.setdefault(rule.name, (rule, event))
+    return list(first.values())

@@ -1,5 +1,6 @@
 """Event intake: a node's event batches stored exactly once, and the incidents the rules
-in :mod:`.incidents` raise from newly stored events (a quarantine rule orders one)."""
+in :mod:`.incidents` raise from newly stored events (a quarantine rule orders one) — at
+most one per node, rule and window, however many events match."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from aegis_protocol.events import Event, EventBatch, EventBatchAck
 
 from . import db, tables
 from .errors import DomainError, Forbidden
-from .incidents import IncidentRule, incidents_for, summarize
+from .incidents import INCIDENT_WINDOW, IncidentRule, first_per_rule, summarize
 from .ledger import Ledger
 from .nodes import NOT_LIVE, NodeStore
 from .orders import Orders
@@ -23,10 +24,12 @@ from .orders import Orders
 class Intake:
     """Events in, incidents out."""
 
-    def __init__(self, nodes: NodeStore, ledger: Ledger, orders: Orders) -> None:
+    def __init__(self, nodes: NodeStore, ledger: Ledger, orders: Orders,
+                 window: int = INCIDENT_WINDOW) -> None:
         self.nodes = nodes
         self.ledger = ledger
         self.orders = orders
+        self.window = window
 
     def store(self, node_id: str, batch: EventBatch) -> EventBatchAck:
         """Store a batch idempotently: an event id already stored for this node is counted
@@ -56,10 +59,17 @@ class Intake:
                     new.append(ev)
             conn.execute(tables.nodes.update().where(tables.nodes.c.node_id == node_id)
                          .values(last_seen=now))
-        for ev in new:
-            for rule in incidents_for(ev):
+        for rule, ev in first_per_rule(new):
+            if not self._raised_within_window(node_id, rule, now):
                 self._raise_incident(node_id, rule, ev)
         return EventBatchAck(stored=stored, duplicates=len(batch.events) - stored)
+
+    def _raised_within_window(self, node_id: str, rule: IncidentRule, now: int) -> bool:
+        _i = tables.incidents.c
+        q = sa.select(_i.incident_id).where(_i.node_id == node_id, _i.rule == rule.name,
+                                            _i.created_at > now - self.window).limit(1)
+        with db.errors(self.nodes.engine), db.reader(self.nodes.engine) as conn:
+            return conn.execute(q).first() is not None
 
     def _raise_incident(self, node_id: str, rule: IncidentRule, ev: Event) -> None:
         order_id = None

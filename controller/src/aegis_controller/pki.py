@@ -21,6 +21,8 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from aegis_protocol.files import key_pem, write_atomically
 
 NODE_CERT_HOURS = 24
+#: Operator certificates are short-lived (a working day); `operator-cert --hours` changes it.
+OPERATOR_CERT_HOURS = 8
 
 
 class PkiError(ValueError):
@@ -124,9 +126,11 @@ class CertificateAuthority:
         return self._issue(public, node_id, dt.timedelta(hours=hours),
                            ExtendedKeyUsageOID.CLIENT_AUTH)
 
-    def operator_cert(self, name: str) -> tuple[bytes, bytes]:
-        """(key PEM, cert PEM) for an operator; the CN is ``operator:<name>``."""
+    def operator_cert(self, name: str, hours: float = OPERATOR_CERT_HOURS
+                      ) -> tuple[bytes, x509.Certificate]:
+        """(key PEM, certificate) for an operator; the CN is ``operator:<name>``. Record its
+        serial (:mod:`.operators`): only a recorded, unrevoked serial is accepted."""
         key = new_key()
-        cert = self._issue(key.public_key(), f"operator:{name}", dt.timedelta(days=30),
+        cert = self._issue(key.public_key(), f"operator:{name}", dt.timedelta(hours=hours),
                            ExtendedKeyUsageOID.CLIENT_AUTH)
-        return key_pem(key), cert_pem(cert)
+        return key_pem(key), cert

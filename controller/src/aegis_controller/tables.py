@@ -89,3 +89,12 @@ incidents = sa.Table(
     sa.Column("order_id", sa.String(36)),
 )
 
+
+operators = sa.Table(  # 0004_operators
+    "operators", metadata,
+    sa.Column("name", sa.String(63), primary_key=True),
+    sa.Column("cert_serial", sa.String(64), nullable=False),  # the newest certificate's
+    sa.Column("issued_at", sa.BigInteger(), nullable=False),
+    sa.Column("expires_at", sa.BigInteger(), nullable=False),
+    sa.Column("revoked_at", sa.BigInteger()),
+)

@@ -3,6 +3,10 @@
 An event's ``id`` is assigned once by the agent when it is first spooled and never
 changes, so a batch sent twice (at-least-once delivery) is stored once: the controller
 keys events on (node_id, id).
+
+Every field is bounded (string lengths, numbers within int64 and finite, key and batch
+counts) so that one enrolled node cannot make the controller store or parse without limit;
+``tests/unit/test_protocol_bounds.py`` checks each model's schema for an unbounded field.
 """
 
 from __future__ import annotations
@@ -23,9 +27,18 @@ EventKind = Literal[
     "agent",  # the agent itself: start, stop, watchdog, spool alarms, corrupt spool
 ]
 Severity = Literal["debug", "info", "notice", "warning", "critical"]
-Scalar = str | int | float | bool | None
 
 MAX_BATCH = 1000
+#: Keys per event's ``data``, and characters per key.
+MAX_DATA_KEYS = 64
+MAX_KEY_LEN = 64
+#: Characters per string value (a path is at most PATH_MAX, 4096 bytes).
+MAX_VALUE_LEN = 4096
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+
+Int64 = Annotated[int, Field(ge=INT64_MIN, le=INT64_MAX)]
+Scalar = (Annotated[str, Field(max_length=MAX_VALUE_LEN)] | Int64
+          | Annotated[float, Field(allow_inf_nan=False)] | bool | None)
 
 
 def new_event_id() -> uuid.UUID:
@@ -38,11 +51,12 @@ class Event(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     id: uuid.UUID = Field(default_factory=new_event_id)
-    ts_ns: Annotated[int, Field(ge=0, description="wall clock, ns since the epoch")]
+    ts_ns: Annotated[int, Field(ge=0, le=INT64_MAX,
+                                description="wall clock, ns since the epoch")]
     kind: EventKind
     severity: Severity = "info"
-    data: dict[Annotated[str, Field(max_length=64)], Scalar] = Field(
-        default_factory=dict, max_length=64
+    data: dict[Annotated[str, Field(max_length=MAX_KEY_LEN)], Scalar] = Field(
+        default_factory=dict, max_length=MAX_DATA_KEYS
     )
 
 
@@ -66,5 +80,5 @@ class EventBatchAck(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    stored: int
-    duplicates: int
+    stored: Annotated[int, Field(ge=0, le=MAX_BATCH)]
+    duplicates: Annotated[int, Field(ge=0, le=MAX_BATCH)]

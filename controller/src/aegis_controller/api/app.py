@@ -75,6 +75,8 @@ def create_app(controller: Controller) -> FastAPI:
         if not cn or not cn.startswith("operator:"):
             raise Unauthenticated("this route needs an operator client certificate "
                                   "(aegis-controller operator-cert NAME)")
+        controller.operators.check(cn.removeprefix("operator:"),
+                                   getattr(request.state, "peer_serial", None))
         return cn
 
     Node = Annotated[str, Depends(node_identity)]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import signal
 import ssl
 import threading
 import time
@@ -11,6 +12,7 @@ from pathlib import Path
 import uvicorn
 
 from ..domain import Controller
+from ..ledger import DEFAULT_SEAL_INTERVAL, sealing
 from .app import create_app
 
 
@@ -28,8 +30,21 @@ def _watch_heartbeats(controller: Controller, deadline: int) -> None:
                         extra={"node": node, "deadline_s": deadline})
 
 
+def _exit_on_sigterm() -> None:
+    """Make SIGTERM end the process through Python's unwinding (``finally`` blocks run),
+    like SIGINT does: uvicorn stops gracefully on it and then re-raises it to the handler
+    it found, which by default would kill the process before the final ledger seal."""
+
+    def terminate(signum: int, frame: object) -> None:
+        raise SystemExit(0)
+
+    if threading.current_thread() is threading.main_thread():  # else uvicorn takes none
+        signal.signal(signal.SIGTERM, terminate)
+
+
 def serve(controller: Controller, state_dir: Path, host: str, port: int,
-          heartbeat_deadline: int = 90) -> None:
+          heartbeat_deadline: int = 90,
+          seal_interval: float = DEFAULT_SEAL_INTERVAL) -> None:
     from .tls import MtlsH11Protocol
 
     threading.Thread(target=_watch_heartbeats, args=(controller, heartbeat_deadline),
@@ -43,4 +58,8 @@ def serve(controller: Controller, state_dir: Path, host: str, port: int,
         ssl_certfile=str(cert), ssl_ca_certs=str(controller.ca.cert_path),
         ssl_cert_reqs=ssl.CERT_OPTIONAL, http=MtlsH11Protocol, log_config=None,
         access_log=False, lifespan="off")
-    uvicorn.Server(config).run()
+    # The ledger's head is sealed on a timer and at shutdown (an unanchored tail no older
+    # than the interval).
+    _exit_on_sigterm()
+    with sealing(controller.ledger, seal_interval):
+        uvicorn.Server(config).run()

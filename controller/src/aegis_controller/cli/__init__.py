@@ -42,6 +42,7 @@ from .conventions import EXIT_BAD_INPUT, EXIT_INTERNAL, InputError
 from .keys import _register_keys, _register_operator_cert
 from .ledger import _register_ledger
 from .nodes import _register_nodes, _register_profile, _register_token
+from .operators import _register_operator
 from .orders import _register_incidents, _register_orders
 from .serve import _register_serve
 
@@ -51,7 +52,8 @@ log = logging.getLogger("aegis_controller.cli")
 
 _GROUPS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
     _register_ledger, _register_keys, _register_serve, _register_incidents, _register_orders,
-    _register_operator_cert, _register_profile, _register_token, _register_nodes)
+    _register_operator_cert, _register_operator, _register_profile, _register_token,
+    _register_nodes)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -11,8 +11,9 @@ from aegis_protocol.files import write_atomically
 
 from ..domain import open_controller
 from ..ledger import init_keys, load_signer, load_verifier
+from ..pki import OPERATOR_CERT_HOURS
 from ..settings import Settings
-from .conventions import EXIT_OK, print_json
+from .conventions import EXIT_OK, default_actor, env_int, positive, print_json
 
 
 def cmd_keys_init(args: argparse.Namespace, settings: Settings) -> int:
@@ -31,7 +32,8 @@ def cmd_keys_public(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_operator_cert_issue(args: argparse.Namespace, settings: Settings) -> int:
-    key, cert = open_controller(settings).ca.operator_cert(args.name)
+    hours = args.hours or env_int("AEGIS_OPERATOR_CERT_HOURS") or OPERATOR_CERT_HOURS
+    key, cert = open_controller(settings).operators.issue(args.name, default_actor(), hours)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True, mode=0o700)
     write_atomically(out / f"operator-{args.name}.key", key, mode=0o600)
@@ -53,7 +55,11 @@ def _register_keys(groups: argparse._SubParsersAction) -> None:
 
 
 def _register_operator_cert(groups: argparse._SubParsersAction) -> None:
-    sp = groups.add_parser("operator-cert", help="issue an operator client certificate")
+    sp = groups.add_parser("operator-cert", help="issue an operator client certificate (it "
+                           "replaces the operator's earlier one; revoke with `operator revoke`)")
     sp.add_argument("name")
+    sp.add_argument("--hours", type=positive, metavar="H",
+                    help=f"lifetime (default {OPERATOR_CERT_HOURS}, or "
+                         "$AEGIS_OPERATOR_CERT_HOURS; at most 168)")
     sp.add_argument("--out", default=".", help="directory for the key and certificate")
     sp.set_defaults(func=cmd_operator_cert_issue)

@@ -54,6 +54,13 @@ def cmd_ledger_checkpoint(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_OK
 
 
+def _tail(unanchored: int) -> str:
+    if not unanchored:
+        return "unanchored tail: 0 records"
+    return (f"unanchored tail: {unanchored} records after the last signed head (their "
+            "deletion would not be detected until the next seal or `ledger checkpoint`)")
+
+
 def cmd_ledger_verify(args: argparse.Namespace, settings: Settings) -> int:
     verifier = load_verifier(Path(args.public_key) if args.public_key else settings.public_key)
     ledger = open_ledger(settings, write=False)
@@ -68,11 +75,12 @@ def cmd_ledger_verify(args: argparse.Namespace, settings: Settings) -> int:
                  "no anchor checked" if args.no_anchor else
                  "no anchor yet (none is written before the first checkpoint)")
         print(f"ledger OK: {result.count} records, {result.checkpoints} checkpoints, head seq "
-              f"{head['seq']} hash {head['hash'][:16]}..., key {result.key_id}; {where}")
+              f"{head['seq']} hash {head['hash'][:16]}..., key {result.key_id}; {where}; "
+              f"{_tail(result.unanchored)}")
     else:
         at = f" at seq {result.first_bad_seq}" if result.first_bad_seq else ""
         print(f"ledger verification FAILED{at}: {result.problem}: {result.detail} "
-              f"({result.count} records before it verified)")
+              f"({result.count} records before it verified; {_tail(result.unanchored)})")
     if not result.ok:
         log.warning("ledger verification failed", extra={
             "problem": str(result.problem), "first_bad_seq": result.first_bad_seq})

@@ -13,7 +13,7 @@ def cmd_serve_run(args: argparse.Namespace, settings: Settings) -> int:
     from ..api.serve import serve  # FastAPI and uvicorn: only for this command
 
     serve(open_controller(settings), settings.state_dir, args.host, args.port,
-          args.heartbeat_deadline)
+          args.heartbeat_deadline, args.ledger_seal_interval)
     return EXIT_OK
 
 
@@ -23,4 +23,8 @@ def _register_serve(groups: argparse._SubParsersAction) -> None:
     sp.add_argument("--port", type=positive, default=8443)
     sp.add_argument("--heartbeat-deadline", type=positive, default=90, metavar="S",
                     help="seconds without a heartbeat before a node is suspect (default 90)")
+    sp.add_argument("--ledger-seal-interval", type=positive, default=60, metavar="S",
+                    help="seconds between ledger seals (a checkpoint and the signed head "
+                         "outside the database, when the head moved; also at shutdown; "
+                         "default 60)")
     sp.set_defaults(func=cmd_serve_run)

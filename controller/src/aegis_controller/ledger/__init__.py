@@ -7,7 +7,8 @@ Modules, one job each:
 * :mod:`.records` — record fields, kinds, canonical encoding and hash; input checks
 * :mod:`.keys` — the Ed25519 ledger key (create, load, sign, verify)
 * :mod:`.anchor` — the signed anchor file (atomic, monotonic)
-* :mod:`.store` — the table and :class:`Ledger` (append, checkpoint, read)
+* :mod:`.head` — the signed head file and :func:`sealing` (seal on a timer and at shutdown)
+* :mod:`.store` — the table and :class:`Ledger` (append, checkpoint, seal, read)
 * :mod:`.verify` — :func:`verify` and its :class:`VerifyResult`
 * :mod:`.opener` — :func:`open_ledger`: the ledger a ``Settings`` names
 
@@ -22,6 +23,7 @@ Typical use::
 
 from .anchor import Anchor, read_anchor
 from .errors import AnchorError, KeyFileError, LedgerError, LedgerInputError
+from .head import DEFAULT_SEAL_INTERVAL, head_path, read_head, sealing
 from .keys import Signer, Verifier, init_keys, load_signer, load_verifier
 from .opener import open_ledger
 from .records import APPENDABLE, GENESIS, Kind, Record
@@ -29,8 +31,9 @@ from .store import DEFAULT_CHECKPOINT_EVERY, Ledger, records_table
 from .verify import Problem, VerifyResult, verify
 
 __all__ = [
-    "APPENDABLE", "DEFAULT_CHECKPOINT_EVERY", "GENESIS", "Anchor", "AnchorError", "KeyFileError",
-    "Kind", "Ledger", "LedgerError", "LedgerInputError", "Problem", "Record", "Signer",
-    "Verifier", "VerifyResult", "init_keys", "load_signer", "load_verifier", "open_ledger",
-    "read_anchor", "records_table", "verify",
+    "APPENDABLE", "DEFAULT_CHECKPOINT_EVERY", "DEFAULT_SEAL_INTERVAL", "GENESIS", "Anchor",
+    "AnchorError", "KeyFileError", "Kind", "Ledger", "LedgerError", "LedgerInputError",
+    "Problem", "Record", "Signer", "Verifier", "VerifyResult", "head_path", "init_keys",
+    "load_signer", "load_verifier", "open_ledger", "read_anchor", "read_head", "records_table",
+    "sealing", "verify",
 ]

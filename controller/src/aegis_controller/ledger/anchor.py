@@ -27,6 +27,9 @@ from .keys import Signer, Verifier
 from .records import canonical, now_ts
 
 FORMAT = "aegis-ledger-anchor/1"
+#: The signed head (:mod:`.head`): the same fields, its own format, so neither file can
+#: stand in for the other.
+HEAD_FORMAT = "aegis-ledger-head/1"
 NAME = "ledger.anchor.json"
 _FIELDS = {"format": str, "seq": int, "hash": str, "count": int, "ts": str, "key_id": str,
            "sig": str}
@@ -54,13 +57,14 @@ class Anchor:
         return asdict(self)
 
     @classmethod
-    def make(cls, seq: int, hash_hex: str, count: int, signer: Signer) -> Anchor:
+    def make(cls, seq: int, hash_hex: str, count: int, signer: Signer,
+             fmt: str = FORMAT) -> Anchor:
         unsigned = cls(seq=seq, hash=hash_hex, count=count, ts=now_ts(), key_id=signer.key_id,
-                       sig="")
+                       sig="", format=fmt)
         return cls(**{**asdict(unsigned), "sig": signer.sign_anchor(unsigned.payload())})
 
 
-def read_anchor(path: Path) -> Anchor | None:
+def read_anchor(path: Path, fmt: str = FORMAT) -> Anchor | None:
     """The anchor at ``path``, or None when there is none yet. A file that exists but is
     not a well-formed anchor raises :class:`AnchorError` naming it."""
     try:
@@ -77,8 +81,8 @@ def read_anchor(path: Path) -> Anchor | None:
         raise AnchorError(f"ledger anchor {path} is not a JSON object")
     problems = [f"{name} ({kind.__name__})" for name, kind in _FIELDS.items()
                 if not isinstance(doc.get(name), kind) or isinstance(doc.get(name), bool)]
-    if problems or doc["format"] != FORMAT or set(doc) != set(_FIELDS):
-        raise AnchorError(f"ledger anchor {path} is not an {FORMAT} file: missing or wrong "
+    if problems or doc["format"] != fmt or set(doc) != set(_FIELDS):
+        raise AnchorError(f"ledger anchor {path} is not an {fmt} file: missing or wrong "
                           f"fields {', '.join(problems) or sorted(set(doc) ^ set(_FIELDS))}")
     return Anchor(**doc)
 
@@ -97,7 +101,8 @@ def _locked(path: Path) -> Iterator[None]:
         os.close(fd)
 
 
-def advance(path: Path, seq: int, hash_hex: str, count: int, signer: Signer) -> Anchor:
+def advance(path: Path, seq: int, hash_hex: str, count: int, signer: Signer,
+            fmt: str = FORMAT) -> Anchor:
     """Move the anchor forward to ``seq``; return the anchor now on disk (the existing one
     when it is already at or past ``seq``)."""
     try:
@@ -106,7 +111,7 @@ def advance(path: Path, seq: int, hash_hex: str, count: int, signer: Signer) -> 
         raise AnchorError(f"cannot create directory {path.parent}: {err.strerror}") from None
     with _locked(path):
         try:
-            current = read_anchor(path)
+            current = read_anchor(path, fmt)
         except AnchorError as err:
             raise AnchorError(f"{err}; run `aegis-controller ledger verify`, and if the ledger "
                               "verifies, move the file aside and run "
@@ -125,7 +130,7 @@ def advance(path: Path, seq: int, hash_hex: str, count: int, signer: Signer) -> 
                                       f"{current.hash[:16]}..., not {hash_hex[:16]}...: the "
                                       "ledger was rewritten; run `aegis-controller ledger verify`")
                 return current
-        anchor = Anchor.make(seq, hash_hex, count, signer)
+        anchor = Anchor.make(seq, hash_hex, count, signer, fmt)
         try:
             write_atomically(path, json.dumps(anchor.to_dict(), indent=2).encode() + b"\n")
         except OSError as err:

@@ -37,6 +37,7 @@ from sqlalchemy import (
 from .. import db
 from . import anchor as anchors
 from .errors import AnchorError, KeyFileError
+from .head import head_path
 from .keys import Signer, Verifier
 from .records import (
     GENESIS,
@@ -128,6 +129,17 @@ class Ledger:
         """Write a checkpoint now (unless the head already is one) and move the anchor to it."""
         written = self._write(self._insert_checkpoint)
         return written[0], self._anchor_last_checkpoint(written, raise_errors=True)
+
+    def seal(self) -> anchors.Anchor | None:
+        """Anchor the head outside the database: checkpoint it when it moved since the last
+        seal (else reuse the checkpoint at the head) and sign it into the head file
+        (:mod:`.head`). Returns that signed head; None for an empty ledger or without an
+        anchor path."""
+        if self.anchor_path is None or self.head() is None:
+            return None
+        record, _ = self.checkpoint()
+        return anchors.advance(head_path(self.anchor_path), record.seq, record.hash,
+                               record.seq, self._signer(), anchors.HEAD_FORMAT)
 
     def _signer(self) -> Signer:
         if self.signer is None:

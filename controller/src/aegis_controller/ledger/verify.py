@@ -14,7 +14,11 @@ Then the anchor: its signature (**anchor_bad_signature**; unreadable: **anchor_i
 whether the database still reaches it (**truncated**), whether the record it names has
 its hash (**anchor_mismatch**), and whether it is older than the newest checkpoint in
 the database (**anchor_rollback**). A ledger with checkpoints but no anchor file fails
-with **anchor_missing**. Only the public key is needed.
+with **anchor_missing**. The signed head (:mod:`.head`), when there is one, is checked
+the same way (its signature, that the database reaches it, its hash). Records after the
+newer of the two are the **unanchored** tail: :attr:`VerifyResult.unanchored` counts them
+(deleting them cannot be detected; sealing keeps them younger than its interval). Only the
+public key is needed.
 """
 
 from __future__ import annotations
@@ -25,8 +29,9 @@ from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .anchor import Anchor, read_anchor
+from .anchor import FORMAT, HEAD_FORMAT, Anchor, read_anchor
 from .errors import AnchorError
+from .head import head_path
 from .keys import Verifier
 from .records import GENESIS, Kind, parse_body, record_hash
 
@@ -59,6 +64,11 @@ class VerifyResult:
     anchor: dict[str, Any] | None
     key_id: str
     first_bad_seq: int | None = None
+    #: The signed head file (``{"path", "seq", "hash", "ts"}``), None when there is none.
+    signed_head: dict[str, Any] | None = None
+    #: Records after the last signed head or anchor: nothing outside the database covers
+    #: them, so their deletion could not be detected.
+    unanchored: int = 0
     problem: Problem | None = None
     detail: str = ""
 
@@ -103,24 +113,39 @@ class _Walk:
         self.path, self.verifier = path, verifier
         self.seq, self.hash, self.count, self.checkpoints = 0, GENESIS, 0, 0
         self.last_checkpoint: tuple[int, str] | None = None
-        self.anchored_hash: str | None = None
         self.anchor: Anchor | None = None
-        self.anchor_failure: _Failed | None = None
-        # Read before the rows: a writer moves the anchor only after committing, so every
-        # record the anchor names is in the snapshot read next.
+        self.signed_head: Anchor | None = None
+        self.head_path = None if path is None else head_path(path)
+        #: seq -> hash of the records the anchor and the signed head name, as stored.
+        self.seen: dict[int, str] = {}
+        self.mark_failure: _Failed | None = None
+        # Read before the rows: a writer moves the anchor (and the head) only after
+        # committing, so every record they name is in the snapshot read next.
         if path is not None:
-            try:
-                self.anchor = read_anchor(path)
-            except AnchorError as err:
-                self.anchor_failure = _Failed(Problem.ANCHOR_INVALID, None, str(err))
-            if self.anchor is not None and not self.anchor.signature_ok(verifier):
-                self.anchor_failure = _Failed(
-                    Problem.ANCHOR_BAD_SIGNATURE, None,
-                    f"ledger anchor {path} is not signed by key {verifier.key_id} (it claims "
-                    f"key {self.anchor.key_id}): it was edited or replaced")
+            self.anchor = self._load(path, "anchor", FORMAT)
+        if self.head_path is not None:
+            self.signed_head = self._load(self.head_path, "signed head", HEAD_FORMAT)
+
+    def _load(self, path: Path, what: str, fmt: str) -> Anchor | None:
+        try:
+            mark = read_anchor(path, fmt)
+        except AnchorError as err:
+            self.mark_failure = self.mark_failure or _Failed(Problem.ANCHOR_INVALID, None,
+                                                             str(err))
+            return None
+        if mark is not None and not mark.signature_ok(self.verifier):
+            self.mark_failure = self.mark_failure or _Failed(
+                Problem.ANCHOR_BAD_SIGNATURE, None,
+                f"ledger {what} {path} is not signed by key {self.verifier.key_id} (it claims "
+                f"key {mark.key_id}): it was edited or replaced")
+        return mark
+
+    def _covered(self) -> int:
+        return max([m.seq for m in (self.anchor, self.signed_head) if m is not None],
+                   default=0)
 
     def result(self, failure: _Failed | None = None) -> VerifyResult:
-        anchor = self.anchor
+        anchor, head = self.anchor, self.signed_head
         return VerifyResult(
             ok=failure is None, count=self.count,
             head={"seq": self.seq, "hash": self.hash} if self.seq else None,
@@ -130,7 +155,10 @@ class _Walk:
             key_id=self.verifier.key_id,
             first_bad_seq=failure.seq if failure else None,
             problem=failure.problem if failure else None,
-            detail=failure.detail if failure else "")
+            detail=failure.detail if failure else "",
+            signed_head=None if head is None else {"path": str(self.head_path), "seq": head.seq,
+                                                   "hash": head.hash, "ts": head.ts},
+            unanchored=max(0, self.seq - self._covered()))
 
     def row(self, row: Any) -> None:
         seq, prev_seq, prev_hash = row.seq, self.seq, self.hash
@@ -167,14 +195,16 @@ class _Walk:
             _check_checkpoint(seq, body, prev_hash)
             self.checkpoints += 1
             self.last_checkpoint = (seq, row.hash)
-        if self.anchor is not None and seq == self.anchor.seq:
-            self.anchored_hash = row.hash
+        if any(m is not None and m.seq == seq for m in (self.anchor, self.signed_head)):
+            self.seen[seq] = row.hash
         self.seq, self.hash, self.count = seq, row.hash, self.count + 1
 
     def anchor_checks(self) -> None:
-        anchor, path, head = self.anchor, self.path, self.seq
-        if self.anchor_failure is not None:
-            raise self.anchor_failure
+        anchor, path = self.anchor, self.path
+        if self.mark_failure is not None:
+            raise self.mark_failure
+        if self.signed_head is not None:
+            self._reaches(self.signed_head, f"the signed head {self.head_path}")
         if anchor is None:
             if path is not None and self.last_checkpoint is not None:
                 raise _Failed(Problem.ANCHOR_MISSING, None,
@@ -182,18 +212,24 @@ class _Walk:
                               f"checkpoints (the last at seq {self.last_checkpoint[0]}): the "
                               "anchor was deleted, or --anchor / --state-dir point elsewhere")
             return
-        if anchor.seq > head:
-            raise _Failed(Problem.TRUNCATED, head + 1,
-                          f"the anchor {path} says the ledger reached seq {anchor.seq}, but "
-                          f"the database ends at seq {head}: records from {head + 1} on "
-                          "were removed")
-        if self.anchored_hash != anchor.hash:
-            raise _Failed(Problem.ANCHOR_MISMATCH, anchor.seq,
-                          f"record {anchor.seq} has hash {str(self.anchored_hash)[:16]}..., "
-                          f"the anchor {path} names {anchor.hash[:16]}...: the ledger was "
-                          "rewritten from there on")
+        self._reaches(anchor, f"the anchor {path}")
         if self.last_checkpoint and self.last_checkpoint[0] > anchor.seq:
             _check_rollback(path, self.verifier, self.last_checkpoint, anchor)
+
+    def _reaches(self, mark: Anchor, what: str) -> None:
+        """The database still holds the record ``mark`` names, with its hash."""
+        head = self.seq
+        if mark.seq > head:
+            missing = (f"record {head + 1} is" if mark.seq == head + 1 else
+                       f"records {head + 1} to {mark.seq} are")
+            raise _Failed(Problem.TRUNCATED, head + 1,
+                          f"{what} says the ledger reached seq {mark.seq}, but the database "
+                          f"ends at seq {head}: {missing} missing (deleted from the tail)")
+        stored = self.seen.get(mark.seq)
+        if stored != mark.hash:
+            raise _Failed(Problem.ANCHOR_MISMATCH, mark.seq,
+                          f"record {mark.seq} has hash {str(stored)[:16]}..., {what} names "
+                          f"{mark.hash[:16]}...: the ledger was rewritten from there on")
 
 
 def _check_rollback(path: Path | None, verifier: Verifier, last_checkpoint: tuple[int, str],

@@ -1,0 +1,99 @@
+"""An enrolled node cannot overload the controller (issue 12 item 12): a batch of matching
+events raises one incident and one order per rule and window, and attestation challenges
+do not pile up (used and expired nonces are purged, outstanding ones capped)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from aegis_controller import attestation, db, tables
+from aegis_controller.domain import Controller, open_controller
+from aegis_controller.ledger import init_keys
+from aegis_controller.settings import Settings
+from aegis_protocol.events import MAX_BATCH, Event, EventBatch
+
+pytestmark = pytest.mark.unit
+
+
+@pytest.fixture
+def ctl(tmp_path: Path) -> Controller:
+    settings = Settings.resolve(state_dir=tmp_path, db_url=f"sqlite:///{tmp_path / 'c.db'}")
+    init_keys(settings.key_dir)
+    controller = open_controller(settings)
+    with db.transaction(controller.engine) as conn:
+        for node in ("n1", "n2"):
+            conn.execute(tables.nodes.insert().values(node_id=node, state="enrolled",
+                                                      reason="test", enrolled_at=1))
+    return controller
+
+
+def _quarantine_events(n: int) -> EventBatch:
+    return EventBatch(node_id="n1", events=[
+        Event(ts_ns=i, kind="policy", severity="critical",
+              data={"rule": "scan", "action": "quarantine", "result": "ok"})
+        for i in range(n)])
+
+
+def _count(ctl: Controller, table: sa.Table, **where: str) -> int:
+    q = sa.select(sa.func.count()).select_from(table).where(
+        *(table.c[k] == v for k, v in where.items()))
+    with ctl.engine.connect() as conn:
+        return int(conn.execute(q).scalar_one())
+
+
+def test_a_batch_of_a_thousand_quarantine_events_raises_one_incident_and_one_order(ctl):
+    before = ctl.ledger.head().seq if ctl.ledger.head() else 0
+    ack = ctl.intake.store("n1", _quarantine_events(MAX_BATCH))
+    assert (ack.stored, ack.duplicates) == (MAX_BATCH, 0)
+    assert [i["rule"] for i in ctl.intake.incidents("n1")] == ["agent-quarantined-node"]
+    assert _count(ctl, tables.orders, node_id="n1") == 1
+    assert ctl.ledger.head().seq - before <= 2  # the order's record (and a checkpoint)
+    # A second flood within the window: stored, but no new incident or order.
+    assert ctl.intake.store("n1", _quarantine_events(10)).stored == 10
+    assert len(ctl.intake.incidents("n1")) == 1
+    assert _count(ctl, tables.orders, node_id="n1") == 1
+
+
+def test_each_rule_and_node_still_raises_its_own_incident(ctl):
+    mixed = EventBatch(node_id="n1", events=[
+        Event(ts_ns=1, kind="exec_denied", data={"filename": "/usr/bin/nc"}),
+        Event(ts_ns=2, kind="exec_denied", data={"filename": "/usr/bin/nc"}),
+        Event(ts_ns=3, kind="connect_denied", data={"daddr": "10.0.0.1"})])
+    ctl.intake.store("n1", mixed)
+    ctl.intake.store("n2", mixed.model_copy(update={"node_id": "n2"}))
+    rules = sorted((i["node_id"], i["rule"]) for i in ctl.intake.incidents())
+    assert rules == [("n1", "denied-connect"), ("n1", "denied-exec"),
+                     ("n2", "denied-connect"), ("n2", "denied-exec")]
+
+
+def test_after_the_window_a_rule_raises_again(ctl):
+    ctl.intake.window = 0  # every batch is a new window
+    ctl.intake.store("n1", _quarantine_events(3))
+    ctl.intake.store("n1", _quarantine_events(3).model_copy(
+        update={"events": [Event(ts_ns=9, kind="exec_denied")]}))
+    assert len(ctl.intake.incidents("n1")) == 2
+
+
+def test_used_and_expired_nonces_are_purged_and_outstanding_ones_capped(ctl, monkeypatch):
+    first = ctl.attestation.challenge("n1")
+    with db.transaction(ctl.engine) as conn:  # one used, one expired (of another node)
+        conn.execute(tables.nonces.update().where(tables.nonces.c.nonce == first.nonce)
+                     .values(used_at=1))
+        conn.execute(tables.nonces.insert().values(nonce="old", node_id="n2", expires_at=1))
+    ctl.attestation.challenge("n1")
+    with ctl.engine.connect() as conn:
+        left = {r.nonce for r in conn.execute(sa.select(tables.nonces.c.nonce))}
+    assert first.nonce not in left and "old" not in left and len(left) == 1
+    for _ in range(50):
+        ctl.attestation.challenge("n1")
+    assert _count(ctl, tables.nonces, node_id="n1") == attestation.MAX_OUTSTANDING_CHALLENGES
+
+
+def test_a_purged_used_nonce_still_cannot_be_replayed(ctl):
+    nonce = ctl.attestation.challenge("n1").nonce
+    assert ctl.attestation._spend_nonce("n1", nonce)
+    ctl.attestation.challenge("n1")  # purges the used nonce
+    assert not ctl.attestation._spend_nonce("n1", nonce)  # attest() refuses it (Conflict)
