@@ -90,7 +90,7 @@ incidents = sa.Table(
 )
 
 
-operators = sa.Table(  # 0004_operators
+operators = sa.Table(  # 0005_operators
     "operators", metadata,
     sa.Column("name", sa.String(63), primary_key=True),
     sa.Column("cert_serial", sa.String(64), nullable=False),  # the newest certificate's

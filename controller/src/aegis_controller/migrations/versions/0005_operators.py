@@ -2,8 +2,8 @@
 certificate and whether it was revoked, so that the API refuses a replaced or revoked
 operator certificate.
 
-Revision ID: 0004_operators
-Revises: 0003_node_measurement
+Revision ID: 0005_operators
+Revises: 0004_cert_renewals
 Create Date: 2026-12-02
 """
 
@@ -12,8 +12,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0004_operators"
-down_revision = "0003_node_measurement"
+revision = "0005_operators"
+down_revision = "0004_cert_renewals"
 branch_labels = None
 depends_on = None
 
