@@ -28,7 +28,7 @@ def _store(tmp_path: Path) -> NodeStore:
     store = NodeStore(engine, Ledger(engine, signer=load_signer(private)))
     with db.transaction(engine) as conn:
         store.create_if_missing(conn, "n1", "test")
-    store.record_enrollment("n1", serial="1", identity_key="k", now=0)
+        store.record_enrollment(conn, "n1", serial="1", identity_key="k", now=0)
     return store
 
 

@@ -8,6 +8,8 @@ import logging
 import secrets
 import time
 
+from sqlalchemy import Connection
+
 from aegis_protocol.attestation import Challenge, ExpectedProfile, SignedReport, Verdict
 from aegis_protocol.enrollment import Heartbeat, HeartbeatAck, Inventory
 from aegis_protocol.signing import SignatureError, load_public_key, verify
@@ -33,11 +35,11 @@ class Attestation:
         self.orders = orders
 
     def set_profile(self, node_id: str, profile: ExpectedProfile, actor: str) -> None:
-        state = self.nodes.set_profile(node_id, profile.model_dump_json())
-        self.ledger.append(Kind.ATTESTATION, node_id,
-                           {"event": "expected_profile_set", "golden_files": len(profile.golden),
-                            "bpf_entries": len(profile.bpf)},
-                           actor=actor)
+        with self.ledger.recording() as rec:
+            state = self.nodes.set_profile(rec.conn, node_id, profile.model_dump_json())
+            rec.append(Kind.ATTESTATION, node_id,
+                       {"event": "expected_profile_set", "golden_files": len(profile.golden),
+                        "bpf_entries": len(profile.bpf)}, actor=actor)
         if state not in NOT_LIVE:
             # an enrolled node measures against the new profile now, not at its next period
             self.orders.create(node_id, "attest", {"reason": "expected profile changed"}, actor)
@@ -55,14 +57,16 @@ class Attestation:
                            actor=f"node:{node_id}")
         return error(f"attestation refused: {problem}")
 
-    def _spend_nonce(self, node_id: str, nonce: str) -> bool:
+    @staticmethod
+    def _spend_nonce(conn: Connection, node_id: str, nonce: str) -> bool:
         now = int(time.time())
-        with db.transaction(self.nodes.engine) as conn:
-            return conn.execute(tables.nonces.update().where(
-                _c.nonce == nonce, _c.node_id == node_id, _c.used_at.is_(None),
-                _c.expires_at > now).values(used_at=now)).rowcount == 1
+        return conn.execute(tables.nonces.update().where(
+            _c.nonce == nonce, _c.node_id == node_id, _c.used_at.is_(None),
+            _c.expires_at > now).values(used_at=now)).rowcount == 1
 
     def attest(self, node_id: str, signed: SignedReport) -> Verdict:
+        """Verify and judge a report; the nonce, the measurement, the state move and the
+        verdict's record are written in one transaction."""
         report = signed.report
         node = self.nodes.get(node_id)
         if report.node_id != node_id:
@@ -73,28 +77,31 @@ class Attestation:
             raise self._refuse(node_id, Forbidden, f"signature does not verify with the "
                                                    f"node's enrolled identity key ({e})"
                                ) from None
-        if not self._spend_nonce(node_id, report.nonce):
-            raise self._refuse(node_id, Conflict, "nonce unknown, expired, for another node "
-                                                  "or already used (replayed report); ask "
-                                                  "for a new challenge")
-        # kept for operators (node show, --pin-bpf)
-        self.nodes.update(node_id, measurement=report.measurement.model_dump_json())
         problems = (judge(report, ExpectedProfile.model_validate_json(node["profile"]))
                     if node["profile"] else ["no expected profile is set for this node"])
-        # without an expected profile there is nothing to be trusted against: the node stays
-        t = after_attestation(node["state"], problems) if node["profile"] else None
-        if t is not None:
-            try:
-                self.nodes.move(node_id, t, f"node:{node_id}")
-            except Conflict as e:  # another move came first; this verdict still stands
-                log.info("attestation verdict did not move the node", extra={
-                    "node": node_id, "why": e.message})
-        state = t.after if t else node["state"]
-        self.ledger.append(Kind.ATTESTATION, node_id,
+        with self.ledger.recording() as rec:
+            if not self._spend_nonce(rec.conn, node_id, report.nonce):
+                replayed = True
+            else:
+                replayed = False
+                # kept for operators (node show, --pin-bpf)
+                self.nodes.update(node_id, rec.conn,
+                                  measurement=report.measurement.model_dump_json())
+                current = self.nodes.state_in(rec.conn, node_id)
+                # without an expected profile there is nothing to be trusted against
+                t = after_attestation(current, problems) if node["profile"] else None
+                if t is not None:
+                    self.nodes.move_in(rec, node_id, t, f"node:{node_id}")
+                state = t.after if t else current
+                rec.append(Kind.ATTESTATION, node_id,
                            {"verdict": "match" if not problems else "mismatch",
                             "mismatches": problems[:50], "state": state,
                             "kernel": report.measurement.kernel_release},
                            actor=f"node:{node_id}")
+        if replayed:
+            raise self._refuse(node_id, Conflict, "nonce unknown, expired, for another node "
+                                                  "or already used (replayed report); ask "
+                                                  "for a new challenge")
         reason = t.reason if t else (node["reason"] if not problems else "; ".join(problems))
         return Verdict(node_id=node_id, ok=not problems, state=state, reason=reason,
                        mismatches=problems)

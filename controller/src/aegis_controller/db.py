@@ -55,6 +55,10 @@ class DatabaseError(Exception):
     """The database cannot be opened, read or written; the message names it."""
 
 
+class DatabaseBusy(DatabaseError):
+    """Another writer held the lock too long: the request may be retried (HTTP 503)."""
+
+
 def default_url(state_dir: Path) -> str:
     return f"sqlite:///{state_dir / 'controller.db'}"
 
@@ -148,7 +152,9 @@ def errors(engine: Engine) -> Iterator[None]:
     except exc.DBAPIError as err:
         orig = str(getattr(err, "orig", None) or err).strip().splitlines()[0]
         where = describe(engine.url.render_as_string(hide_password=False))
-        raise DatabaseError(f"{where}: {orig} ({_hint(orig)})") from None
+        busy = "database is locked" in orig.lower() or "deadlock" in orig.lower()
+        raise (DatabaseBusy if busy else DatabaseError)(f"{where}: {orig} ({_hint(orig)})"
+                                                         ) from None
 
 
 @contextlib.contextmanager

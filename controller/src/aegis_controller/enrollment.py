@@ -1,6 +1,6 @@
 """Enrollment: one-time bootstrap tokens, enrolling a node with one, and its client
 certificates (only the newest is accepted; a node renews it with a new key). Every step
-and every refusal is recorded on the ledger."""
+and every refusal is recorded on the ledger, in the transaction that makes the change."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from aegis_protocol.enrollment import EnrollRequest, EnrollResponse, RenewRequest, RenewResponse
 from aegis_protocol.signing import SignatureError, load_public_key
 
-from . import db, tables
+from . import tables
 from .errors import Conflict, Forbidden, Invalid, Unauthenticated
 from .ledger import Kind, Ledger
 from .nodes import NO_CERTIFICATE, NodeStore
@@ -50,58 +50,64 @@ class Enrollment:
         token = secrets.token_urlsafe(32)
         wrapped = wrap(token) if wrap is not None else None
         now = int(time.time())
-        with db.transaction(self.nodes.engine) as conn:
-            conn.execute(tables.tokens.insert().values(
-                token_hash=token_hash(token), node_id=node_id, issued_at=now,
-                expires_at=now + ttl))
-            self.nodes.create_if_missing(conn, node_id, "bootstrap token issued")
         issued: dict[str, object] = {"event": "token_issued", "expires_at": now + ttl}
         if wrapped is not None:
             issued.update(wrapped=True, wrap_accessor=wrapped.accessor)
-        self.ledger.append(Kind.ENROLLMENT, node_id, issued, actor=actor)
+        with self.ledger.recording() as rec:
+            rec.conn.execute(tables.tokens.insert().values(
+                token_hash=token_hash(token), node_id=node_id, issued_at=now,
+                expires_at=now + ttl))
+            self.nodes.create_if_missing(rec.conn, node_id, "bootstrap token issued")
+            rec.append(Kind.ENROLLMENT, node_id, issued, actor=actor)
         return wrapped.token if wrapped is not None else token
 
-    def _spend_token(self, req: EnrollRequest, now: int) -> str | None:
-        """Mark the token used; returns what is wrong with it (None: it was good)."""
+    @staticmethod
+    def _spend_token(conn: sa.Connection, req: EnrollRequest, now: int) -> str | None:
+        """Mark the token used (in the caller's write transaction); returns what is wrong
+        with it (None: it was good)."""
         digest = token_hash(req.token)
-        with db.transaction(self.nodes.engine) as conn:
-            row = conn.execute(sa.select(tables.tokens).where(_t.token_hash == digest)).first()
-            if row is None:
-                return "unknown bootstrap token"
-            if row.node_id != req.node_id:
-                return "bootstrap token was issued for another node"
-            if row.used_at is not None:
-                return "bootstrap token was already used"
-            if row.expires_at <= now:
-                return f"bootstrap token expired {now - row.expires_at} s ago"
-            # the WHERE makes a concurrent second use lose the race (PostgreSQL)
-            used = conn.execute(tables.tokens.update().where(
-                _t.token_hash == digest, _t.used_at.is_(None)).values(used_at=now)).rowcount
-            return None if used == 1 else "bootstrap token was already used"
+        row = conn.execute(sa.select(tables.tokens).where(_t.token_hash == digest)).first()
+        if row is None:
+            return "unknown bootstrap token"
+        if row.node_id != req.node_id:
+            return "bootstrap token was issued for another node"
+        if row.used_at is not None:
+            return "bootstrap token was already used"
+        if row.expires_at <= now:
+            return f"bootstrap token expired {now - row.expires_at} s ago"
+        # the WHERE makes a concurrent second use lose the race (PostgreSQL)
+        used = conn.execute(tables.tokens.update().where(
+            _t.token_hash == digest, _t.used_at.is_(None)).values(used_at=now)).rowcount
+        return None if used == 1 else "bootstrap token was already used"
 
     def enroll(self, req: EnrollRequest, peer: str) -> EnrollResponse:
+        """Spend the token, certify the node and record it, all in one transaction (a
+        failure leaves the token unspent and nothing recorded); a refusal is recorded."""
         now = int(time.time())
-        problem = self._spend_token(req, now)
-        if problem is not None:
-            self.ledger.append(Kind.TOKEN_REFUSED, req.node_id,
-                               {"reason": problem, "peer": peer,
-                                "token_sha256": token_hash(req.token)[:16]},
-                               actor=f"node:{req.node_id}")
+        actor = f"node:{req.node_id}"
+        with self.ledger.recording() as rec:
+            problem = self._spend_token(rec.conn, req, now)
+            if problem is not None:
+                rec.append(Kind.TOKEN_REFUSED, req.node_id,
+                           {"reason": problem, "peer": peer,
+                            "token_sha256": token_hash(req.token)[:16]}, actor=actor)
+            else:
+                try:
+                    cert = self.ca.sign_csr(req.csr_pem, req.node_id)
+                    load_public_key(req.identity_key)
+                except PkiError as e:
+                    raise Invalid(f"csr_pem: {e}") from None
+                except SignatureError as e:
+                    raise Invalid(f"identity_key: {e}") from None
+                serial = format(cert.serial_number, "x")
+                self.nodes.record_enrollment(rec.conn, req.node_id, serial=serial,
+                                             identity_key=req.identity_key, now=now)
+                rec.append(Kind.ENROLLMENT, req.node_id,
+                           {"event": "enrolled", "cert_serial": serial, "peer": peer},
+                           actor=actor)
+        if problem is not None:  # raised after the commit: the refusal stays recorded
             raise Forbidden(f"enrollment refused: {problem}; ask the operator for a new "
                             "token (aegis-controller token issue NODE)")
-        try:
-            cert = self.ca.sign_csr(req.csr_pem, req.node_id)
-            load_public_key(req.identity_key)
-        except PkiError as e:
-            raise Invalid(f"csr_pem: {e}") from None
-        except SignatureError as e:
-            raise Invalid(f"identity_key: {e}") from None
-        serial = format(cert.serial_number, "x")
-        self.nodes.record_enrollment(req.node_id, serial=serial,
-                                     identity_key=req.identity_key, now=now)
-        self.ledger.append(Kind.ENROLLMENT, req.node_id,
-                           {"event": "enrolled", "cert_serial": serial, "peer": peer},
-                           actor=f"node:{req.node_id}")
         return EnrollResponse(node_id=req.node_id, certificate_pem=cert_pem(cert).decode(),
                               ca_pem=self.ca.cert_path.read_text(), order_key=self.order_key,
                               not_after=int(cert.not_valid_after_utc.timestamp()))
@@ -123,9 +129,10 @@ class Enrollment:
         except PkiError as e:
             raise Invalid(f"csr_pem: {e}") from None
         serial = format(cert.serial_number, "x")
-        self.nodes.update(node_id, cert_serial=serial)
-        self.ledger.append(Kind.ENROLLMENT, node_id,
-                           {"event": "certificate_rotated", "cert_serial": serial,
-                            "previous_serial": node["cert_serial"]}, actor=f"node:{node_id}")
+        with self.ledger.recording() as rec:
+            self.nodes.update(node_id, rec.conn, cert_serial=serial)
+            rec.append(Kind.ENROLLMENT, node_id,
+                       {"event": "certificate_rotated", "cert_serial": serial,
+                        "previous_serial": node["cert_serial"]}, actor=f"node:{node_id}")
         return RenewResponse(certificate_pem=cert_pem(cert).decode(),
                              not_after=int(cert.not_valid_after_utc.timestamp()))

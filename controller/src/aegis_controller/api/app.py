@@ -25,12 +25,15 @@ from aegis_protocol.enrollment import (
 from aegis_protocol.events import EventBatch, EventBatchAck
 from aegis_protocol.orders import OrderKind, SignedAck, SignedOrder
 
+from ..db import DatabaseBusy
 from ..domain import Controller
 from ..errors import Conflict, DomainError, Forbidden, Invalid, NotFound, Unauthenticated
 
 #: The one mapping of domain refusals to HTTP statuses.
 STATUS: dict[type[DomainError], int] = {
     Invalid: 400, Unauthenticated: 401, Forbidden: 403, NotFound: 404, Conflict: 409}
+#: Seconds a client is told to wait when the database's write lock is contended (503).
+RETRY_AFTER = 2
 
 
 class OrderRequest(BaseModel):
@@ -57,6 +60,12 @@ def create_app(controller: Controller) -> FastAPI:
     async def refused(_request: Request, exc: DomainError) -> JSONResponse:
         status = next((STATUS[c] for c in type(exc).__mro__ if c in STATUS), 400)
         return JSONResponse({"detail": exc.message}, status_code=status)
+
+    @app.exception_handler(DatabaseBusy)
+    async def busy(_request: Request, _exc: DatabaseBusy) -> JSONResponse:
+        return JSONResponse({"detail": "the controller is busy (database write lock held by "
+                                       "other requests): retry after a few seconds"},
+                            status_code=503, headers={"Retry-After": str(RETRY_AFTER)})
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:

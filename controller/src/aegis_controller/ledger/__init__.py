@@ -25,12 +25,12 @@ from .errors import AnchorError, KeyFileError, LedgerError, LedgerInputError
 from .keys import Signer, Verifier, init_keys, load_signer, load_verifier
 from .opener import open_ledger
 from .records import APPENDABLE, GENESIS, Kind, Record
-from .store import DEFAULT_CHECKPOINT_EVERY, Ledger, records_table
+from .store import DEFAULT_CHECKPOINT_EVERY, Ledger, Recorder, records_table
 from .verify import Problem, VerifyResult, verify
 
 __all__ = [
     "APPENDABLE", "DEFAULT_CHECKPOINT_EVERY", "GENESIS", "Anchor", "AnchorError", "KeyFileError",
-    "Kind", "Ledger", "LedgerError", "LedgerInputError", "Problem", "Record", "Signer",
+    "Kind", "Ledger", "LedgerError", "LedgerInputError", "Problem", "Record", "Recorder", "Signer",
     "Verifier", "VerifyResult", "init_keys", "load_signer", "load_verifier", "open_ledger",
     "read_anchor", "records_table", "verify",
 ]
