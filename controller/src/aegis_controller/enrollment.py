@@ -15,10 +15,11 @@ from aegis_protocol.enrollment import EnrollRequest, EnrollResponse, RenewReques
 from aegis_protocol.signing import SignatureError, load_public_key
 
 from . import tables
-from .errors import Conflict, Forbidden, Invalid, Unauthenticated
+from .errors import Conflict, DomainError, Forbidden, Invalid, Unauthenticated
 from .ledger import Kind, Ledger
-from .nodes import NO_CERTIFICATE, NodeStore
+from .nodes import NO_CERTIFICATE, NodeState, NodeStore
 from .pki import CertificateAuthority, PkiError, cert_pem
+from .trust import TransitionRefused, after_enrollment, transition
 from .vault_wrap import Wrapped
 
 _t = tables.tokens.c
@@ -75,6 +76,11 @@ class Enrollment:
             return "bootstrap token was already used"
         if row.expires_at <= now:
             return f"bootstrap token expired {now - row.expires_at} s ago"
+        try:  # checked before the token is spent: the operator may still allow it
+            after_enrollment(conn.execute(sa.select(tables.nodes.c.state).where(
+                tables.nodes.c.node_id == req.node_id)).scalar() or NodeState.PROVISIONING)
+        except TransitionRefused as e:
+            return str(e)
         # the WHERE makes a concurrent second use lose the race (PostgreSQL)
         used = conn.execute(tables.tokens.update().where(
             _t.token_hash == digest, _t.used_at.is_(None)).values(used_at=now)).rowcount
@@ -85,12 +91,15 @@ class Enrollment:
         failure leaves the token unspent and nothing recorded); a refusal is recorded."""
         now = int(time.time())
         actor = f"node:{req.node_id}"
+        refusal: DomainError | None = None
         with self.ledger.recording() as rec:
             problem = self._spend_token(rec.conn, req, now)
             if problem is not None:
                 rec.append(Kind.TOKEN_REFUSED, req.node_id,
                            {"reason": problem, "peer": peer,
                             "token_sha256": token_hash(req.token)[:16]}, actor=actor)
+                refusal = Forbidden(f"enrollment refused: {problem}; ask the operator for a "
+                                    "new token (aegis-controller token issue NODE)")
             else:
                 try:
                     cert = self.ca.sign_csr(req.csr_pem, req.node_id)
@@ -100,17 +109,32 @@ class Enrollment:
                 except SignatureError as e:
                     raise Invalid(f"identity_key: {e}") from None
                 serial = format(cert.serial_number, "x")
-                self.nodes.record_enrollment(rec.conn, req.node_id, serial=serial,
-                                             identity_key=req.identity_key, now=now)
+                self.nodes.record_enrollment(rec, req.node_id, serial=serial,
+                                             identity_key=req.identity_key, now=now,
+                                             actor=actor)
                 rec.append(Kind.ENROLLMENT, req.node_id,
                            {"event": "enrolled", "cert_serial": serial, "peer": peer},
                            actor=actor)
-        if problem is not None:  # raised after the commit: the refusal stays recorded
-            raise Forbidden(f"enrollment refused: {problem}; ask the operator for a new "
-                            "token (aegis-controller token issue NODE)")
+        if refusal is not None:  # raised after the commit: the refusal stays recorded
+            raise refusal
         return EnrollResponse(node_id=req.node_id, certificate_pem=cert_pem(cert).decode(),
                               ca_pem=self.ca.cert_path.read_text(), order_key=self.order_key,
                               not_after=int(cert.not_valid_after_utc.timestamp()))
+
+    def allow_reenrollment(self, node_id: str, reason: str, actor: str) -> None:
+        """An operator lets a suspect, quarantined or retired node enroll again: it goes
+        back to ``provisioning`` (recorded, with the operator's reason); its next
+        enrollment with a new token makes it ``enrolled``."""
+        if not reason.strip():
+            raise Invalid("give a --reason: it is recorded on the ledger")
+        state = self.nodes.get(node_id)["state"]
+        try:
+            t = transition(state, NodeState.PROVISIONING, f"re-enrollment allowed: {reason}",
+                           operator=True)
+        except TransitionRefused as e:
+            raise Conflict(f"{e}: only a suspect, quarantined or retired node needs this; "
+                           "others enroll again with a new token") from None
+        self.nodes.move(node_id, t, actor)
 
     def current_certificate(self, node_id: str, serial: int | None) -> None:
         """Only the node's newest certificate is accepted: one replaced by a rotation or a

@@ -115,14 +115,18 @@ class NodeStore:
             raise NotFound(f"no node {node_id!r}")
         return state
 
-    def record_enrollment(self, conn: Connection, node_id: str, *, serial: str,
-                          identity_key: str, now: int) -> None:
-        """The node enrolled (again): it is ``enrolled`` with this certificate and key
-        (inside the caller's write transaction)."""
-        conn.execute(tables.nodes.update().where(_n.node_id == node_id).values(
-            state=NodeState.ENROLLED, reason="enrolled with a bootstrap token",
-            enrolled_at=now, cert_serial=serial, last_seen=now, heartbeat_at=now,
-            identity_key=identity_key))
+    def record_enrollment(self, rec: Recorder, node_id: str, *, serial: str,
+                          identity_key: str, now: int, actor: str) -> None:
+        """The node enrolled (again) with this certificate and key, inside the caller's
+        recording transaction; its state moves only as :func:`~.trust.after_enrollment`
+        allows (TransitionRefused for a suspect, quarantined or retired node)."""
+        from .trust import after_enrollment  # trust imports this module
+
+        t = after_enrollment(self.state_in(rec.conn, node_id))
+        if t is not None:
+            self.move_in(rec, node_id, t, actor)
+        self.update(node_id, rec.conn, enrolled_at=now, cert_serial=serial, last_seen=now,
+                    heartbeat_at=now, identity_key=identity_key)
 
     def set_profile(self, conn: Connection, node_id: str, profile_json: str) -> NodeState:
         """Store the node's expected profile (in the caller's transaction); returns the

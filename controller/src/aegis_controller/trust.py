@@ -19,12 +19,17 @@ _S = NodeState
 ALLOWED: dict[NodeState, set[NodeState]] = {
     _S.PROVISIONING: {_S.ENROLLED, _S.RETIRED},
     _S.ENROLLED: {_S.TRUSTED, _S.SUSPECT, _S.QUARANTINED, _S.RETIRED},
-    _S.TRUSTED: {_S.SUSPECT, _S.QUARANTINED, _S.REBUILDING, _S.RETIRED},
-    _S.SUSPECT: {_S.TRUSTED, _S.QUARANTINED, _S.REBUILDING, _S.RETIRED},
-    _S.QUARANTINED: {_S.TRUSTED, _S.REBUILDING, _S.RETIRED},  # -> trusted: operator only
-    _S.REBUILDING: {_S.RETIRED},
-    _S.RETIRED: set(),
+    # -> enrolled: re-enrolled with a new key, trust is to be re-established
+    _S.TRUSTED: {_S.ENROLLED, _S.SUSPECT, _S.QUARANTINED, _S.REBUILDING, _S.RETIRED},
+    _S.SUSPECT: {_S.TRUSTED, _S.QUARANTINED, _S.REBUILDING, _S.RETIRED, _S.PROVISIONING},
+    _S.QUARANTINED: {_S.TRUSTED, _S.REBUILDING, _S.RETIRED, _S.PROVISIONING},
+    _S.REBUILDING: {_S.ENROLLED, _S.RETIRED},  # -> enrolled: the rebuilt node enrolls
+    _S.RETIRED: {_S.PROVISIONING},
 }
+#: Transitions only an operator may make: releasing a quarantined node, and letting a
+#: suspect, quarantined or retired node enroll again (back to provisioning).
+OPERATOR_ONLY = frozenset({(_S.QUARANTINED, _S.TRUSTED), (_S.SUSPECT, _S.PROVISIONING),
+                           (_S.QUARANTINED, _S.PROVISIONING), (_S.RETIRED, _S.PROVISIONING)})
 
 
 class TransitionRefused(ValueError):
@@ -41,9 +46,27 @@ class Transition:
 def transition(current: str, target: str, reason: str, *, operator: bool = False) -> Transition:
     if target not in ALLOWED.get(current, set()):  # type: ignore[call-overload]
         raise TransitionRefused(f"a node cannot go from {current} to {target}")
-    if current == _S.QUARANTINED and target == _S.TRUSTED and not operator:
-        raise TransitionRefused("only an operator can release a quarantined node")
+    if (current, target) in OPERATOR_ONLY and not operator:
+        if target == _S.TRUSTED:
+            raise TransitionRefused("only an operator can release a quarantined node")
+        raise TransitionRefused(f"only an operator can let a {current} node enroll again "
+                                "(aegis-controller node reenroll NODE --reason ...)")
     return Transition(NodeState(current), NodeState(target), reason)
+
+
+def after_enrollment(current: str) -> Transition | None:
+    """The transition a (re-)enrollment with a good token causes (None: stays enrolled).
+    A suspect, quarantined or retired node is refused: an operator must let it enroll
+    again first (:data:`OPERATOR_ONLY`), so a node cannot enroll its way out of a verdict."""
+    if current == _S.ENROLLED:
+        return None
+    if current in (_S.SUSPECT, _S.QUARANTINED, _S.RETIRED):
+        raise TransitionRefused(f"node is {current}: re-enrolling it needs an operator "
+                                "(aegis-controller node reenroll NODE --reason ...)")
+    reason = {_S.PROVISIONING: "enrolled with a bootstrap token",
+              _S.TRUSTED: "re-enrolled with a new key: trust is re-established by attestation",
+              _S.REBUILDING: "enrolled again after a rebuild"}.get(current, "re-enrolled")  # type: ignore[call-overload]
+    return transition(current, _S.ENROLLED, reason)
 
 
 def judge(report: AttestationReport, expected: ExpectedProfile) -> list[str]:
