@@ -15,11 +15,18 @@ from aegis_protocol.enrollment import Heartbeat, HeartbeatAck, Inventory
 from aegis_protocol.signing import SignatureError, load_public_key, verify
 
 from . import db, tables
-from .errors import Conflict, DomainError, Forbidden
+from .errors import Conflict, DomainError, Forbidden, Invalid
 from .ledger import Kind, Ledger
 from .nodes import NOT_LIVE, WATCHED, NodeState, NodeStore
 from .orders import Orders
-from .trust import after_attestation, judge, transition
+from .trust import (
+    TransitionRefused,
+    after_attestation,
+    judge,
+    missed_deadline,
+    suspicion_of,
+    transition,
+)
 
 log = logging.getLogger(__name__)
 NONCE_TTL = 120
@@ -87,9 +94,11 @@ class Attestation:
                 # kept for operators (node show, --pin-bpf)
                 self.nodes.update(node_id, rec.conn,
                                   measurement=report.measurement.model_dump_json())
-                current = self.nodes.state_in(rec.conn, node_id)
+                now_row = self.nodes.row_in(rec.conn, node_id)
+                current = now_row["state"]
                 # without an expected profile there is nothing to be trusted against
-                t = after_attestation(current, problems) if node["profile"] else None
+                t = (after_attestation(current, problems, now_row["reason"])
+                     if node["profile"] else None)
                 if t is not None:
                     self.nodes.move_in(rec, node_id, t, f"node:{node_id}")
                 state = t.after if t else current
@@ -102,9 +111,27 @@ class Attestation:
             raise self._refuse(node_id, Conflict, "nonce unknown, expired, for another node "
                                                   "or already used (replayed report); ask "
                                                   "for a new challenge")
-        reason = t.reason if t else (node["reason"] if not problems else "; ".join(problems))
+        reason = t.reason if t else (now_row["reason"] if not problems
+                                     else "; ".join(problems))
         return Verdict(node_id=node_id, ok=not problems, state=state, reason=reason,
                        mismatches=problems)
+
+    def clear_suspicion(self, node_id: str, reason: str, actor: str) -> None:
+        """An operator trusts a suspect node again (recorded with the operator's reason):
+        the only way, short of a rebuild, to clear a measurement mismatch."""
+        if not reason.strip():
+            raise Invalid("give a --reason: it is recorded on the ledger")
+        node = self.nodes.get(node_id)
+        if node["state"] != NodeState.SUSPECT:
+            raise Conflict(f"node {node_id!r} is {node['state']}, not suspect: nothing to "
+                           "clear (a quarantined node is released by a release order)")
+        try:
+            t = transition(node["state"], NodeState.TRUSTED,
+                           f"suspicion ({suspicion_of(node['reason']) or 'unknown'}) cleared "
+                           f"by an operator: {reason}", operator=True)
+        except TransitionRefused as e:
+            raise Conflict(str(e)) from None
+        self.nodes.move(node_id, t, actor)
 
     def heartbeat(self, node_id: str, hb: Heartbeat) -> HeartbeatAck:
         if hb.node_id != node_id:
@@ -130,10 +157,8 @@ class Attestation:
         rows = self.nodes.silent(WATCHED, now - deadline)
         for row in rows:
             try:
-                self.nodes.move(row["node_id"], transition(
-                    row["state"], NodeState.SUSPECT,
-                    f"no heartbeat for {now - row['heartbeat_at']} s (deadline {deadline} s)"),
-                    "controller")
+                self.nodes.move(row["node_id"], missed_deadline(
+                    row["state"], now - row["heartbeat_at"], deadline), "controller")
             except Conflict as e:  # it moved (or beat) in the meantime
                 log.info("deadline check did not move the node", extra={
                     "node": row["node_id"], "why": e.message})

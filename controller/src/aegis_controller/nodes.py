@@ -110,10 +110,15 @@ class NodeStore:
 
     def state_in(self, conn: Connection, node_id: str) -> str:
         """The node's state as ``conn``'s transaction sees it; :class:`NotFound` if none."""
-        state = self._state(conn, node_id)
-        if state is None:
+        return self.row_in(conn, node_id)["state"]
+
+    @staticmethod
+    def row_in(conn: Connection, node_id: str) -> dict[str, Any]:
+        """The node's row as ``conn``'s transaction sees it; :class:`NotFound` if none."""
+        row = conn.execute(sa.select(tables.nodes).where(_n.node_id == node_id)).first()
+        if row is None:
             raise NotFound(f"no node {node_id!r}")
-        return state
+        return dict(row._mapping)
 
     def record_enrollment(self, rec: Recorder, node_id: str, *, serial: str,
                           identity_key: str, now: int, actor: str) -> None:

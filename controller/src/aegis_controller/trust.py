@@ -10,6 +10,7 @@ a bug or a forged request can never, say, take a quarantined node straight to tr
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import StrEnum
 
 from aegis_protocol.attestation import AttestationReport, ExpectedProfile, bpf_summary
 
@@ -32,6 +33,21 @@ OPERATOR_ONLY = frozenset({(_S.QUARANTINED, _S.TRUSTED), (_S.SUSPECT, _S.PROVISI
                            (_S.QUARANTINED, _S.PROVISIONING), (_S.RETIRED, _S.PROVISIONING)})
 
 
+class Suspicion(StrEnum):
+    """Why a node is suspect: the start of the reason stored with the state. Only a
+    heartbeat-deadline suspicion clears itself on a matching attestation; a measurement
+    mismatch is cleared by an operator (``node trust``) or by a rebuild, since a node
+    whose measurement was wrong once may report whatever is expected next."""
+
+    MEASUREMENT = "attestation mismatch"
+    DEADLINE = "no heartbeat"
+
+
+def suspicion_of(reason: str | None) -> Suspicion | None:
+    """The kind of suspicion a stored reason records (None: not a suspicion)."""
+    return next((s for s in Suspicion if (reason or "").startswith(s.value)), None)
+
+
 class TransitionRefused(ValueError):
     pass
 
@@ -52,6 +68,13 @@ def transition(current: str, target: str, reason: str, *, operator: bool = False
         raise TransitionRefused(f"only an operator can let a {current} node enroll again "
                                 "(aegis-controller node reenroll NODE --reason ...)")
     return Transition(NodeState(current), NodeState(target), reason)
+
+
+def missed_deadline(current: str, silent_for: int, deadline: int) -> Transition:
+    """A watched node silent past its heartbeat deadline becomes suspect (a suspicion a
+    later matching attestation clears)."""
+    return transition(current, _S.SUSPECT, f"{Suspicion.DEADLINE} for {silent_for} s "
+                                           f"(deadline {deadline} s)")
 
 
 def after_enrollment(current: str) -> Transition | None:
@@ -98,13 +121,17 @@ def _short(value: object) -> str:
     return text[:12] + "…" if len(text) == 64 else text
 
 
-def after_attestation(current: str, problems: list[str]) -> Transition | None:
-    """The transition an attestation verdict causes (None: stay)."""
+def after_attestation(current: str, problems: list[str],
+                      reason: str | None = None) -> Transition | None:
+    """The transition an attestation verdict causes (None: stay); ``reason`` is the one
+    stored with ``current`` (a suspect node is cleared only if it is a deadline's)."""
     if problems:
         if current in (_S.ENROLLED, _S.TRUSTED):
             return transition(current, _S.SUSPECT,
-                              "attestation mismatch: " + "; ".join(problems))
+                              f"{Suspicion.MEASUREMENT}: " + "; ".join(problems))
         return None
+    if current == _S.SUSPECT and suspicion_of(reason) is not Suspicion.DEADLINE:
+        return None  # an operator (node trust) or a rebuild clears it
     if current in (_S.ENROLLED, _S.SUSPECT):
         return transition(current, _S.TRUSTED, "attestation matches the expected profile")
     return None

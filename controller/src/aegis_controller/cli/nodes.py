@@ -1,4 +1,4 @@
-"""``aegis-controller nodes``, ``node show``, ``node reenroll``, ``profile set`` and
+"""``aegis-controller nodes``, ``node show``, ``node reenroll``, ``node trust``, ``profile set`` and
 ``token issue``: the nodes, what they must measure, and the one-time tokens they enroll
 with."""
 
@@ -35,6 +35,12 @@ def cmd_node_reenroll(args: argparse.Namespace, settings: Settings) -> int:
                                                             default_actor())
     print(f"{args.node} may enroll again: issue it a token (aegis-controller token issue "
           f"{args.node})", file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_node_trust(args: argparse.Namespace, settings: Settings) -> int:
+    open_controller(settings).attestation.clear_suspicion(args.node, args.reason,
+                                                          default_actor())
     return EXIT_OK
 
 
@@ -124,3 +130,8 @@ def _register_nodes(groups: argparse._SubParsersAction) -> None:
     sp.add_argument("node")
     sp.add_argument("--reason", required=True, help="why (recorded on the ledger)")
     sp.set_defaults(func=cmd_node_reenroll)
+    sp = verbs.add_parser("trust", help="clear a suspect NODE's suspicion (a measurement "
+                          "mismatch clears only this way or by a rebuild; recorded)")
+    sp.add_argument("node")
+    sp.add_argument("--reason", required=True, help="why (recorded on the ledger)")
+    sp.set_defaults(func=cmd_node_trust)
