@@ -15,7 +15,8 @@ from aegis_protocol.enrollment import EnrollRequest, EnrollResponse, RenewReques
 from aegis_protocol.signing import SignatureError, load_public_key
 
 from . import tables
-from .errors import Conflict, DomainError, Forbidden, Invalid, Unauthenticated
+from .enrollment_limits import NoiseCounter, SourceLimiter
+from .errors import Conflict, Forbidden, Invalid, TooMany, Unauthenticated
 from .ledger import Kind, Ledger
 from .nodes import NO_CERTIFICATE, NodeState, NodeStore
 from .pki import CertificateAuthority, PkiError, cert_pem
@@ -23,6 +24,9 @@ from .trust import TransitionRefused, after_enrollment, transition
 from .vault_wrap import Wrapped
 
 _t = tables.tokens.c
+
+
+UNKNOWN_TOKEN = "unknown bootstrap token"  # noqa: S105  (a refusal, not a secret)
 
 
 def token_hash(token: str) -> str:
@@ -38,6 +42,8 @@ class Enrollment:
         self.ledger = ledger
         self.ca = ca
         self.order_key = order_key
+        self.limiter = SourceLimiter()
+        self.noise = NoiseCounter()
 
     def issue_token(self, node_id: str, ttl: int = 600, actor: str = "operator",
                     wrap: Callable[[str], Wrapped] | None = None) -> str:
@@ -69,7 +75,7 @@ class Enrollment:
         digest = token_hash(req.token)
         row = conn.execute(sa.select(tables.tokens).where(_t.token_hash == digest)).first()
         if row is None:
-            return "unknown bootstrap token"
+            return UNKNOWN_TOKEN
         if row.node_id != req.node_id:
             return "bootstrap token was issued for another node"
         if row.used_at is not None:
@@ -91,15 +97,21 @@ class Enrollment:
         failure leaves the token unspent and nothing recorded); a refusal is recorded."""
         now = int(time.time())
         actor = f"node:{req.node_id}"
-        refusal: DomainError | None = None
+        source = peer.rsplit(":", 1)[0]
+        wait = self.limiter.allow(source)
+        if wait:
+            raise TooMany(f"too many enrollment attempts from {source}: retry in "
+                          f"{wait:.0f} s", wait)
         with self.ledger.recording() as rec:
             problem = self._spend_token(rec.conn, req, now)
-            if problem is not None:
+            if problem == UNKNOWN_TOKEN:  # noise: counted, one record per window
+                done = self.noise.add(source)
+                if done is not None:
+                    rec.append(Kind.TOKEN_REFUSED, "", done, actor="controller")
+            elif problem is not None:
                 rec.append(Kind.TOKEN_REFUSED, req.node_id,
                            {"reason": problem, "peer": peer,
                             "token_sha256": token_hash(req.token)[:16]}, actor=actor)
-                refusal = Forbidden(f"enrollment refused: {problem}; ask the operator for a "
-                                    "new token (aegis-controller token issue NODE)")
             else:
                 try:
                     cert = self.ca.sign_csr(req.csr_pem, req.node_id)
@@ -115,11 +127,18 @@ class Enrollment:
                 rec.append(Kind.ENROLLMENT, req.node_id,
                            {"event": "enrolled", "cert_serial": serial, "peer": peer},
                            actor=actor)
-        if refusal is not None:  # raised after the commit: the refusal stays recorded
-            raise refusal
+        if problem is not None:  # raised after the commit: the refusal stays recorded
+            raise Forbidden(f"enrollment refused: {problem}; ask the operator for a new "
+                            "token (aegis-controller token issue NODE)")
         return EnrollResponse(node_id=req.node_id, certificate_pem=cert_pem(cert).decode(),
                               ca_pem=self.ca.cert_path.read_text(), order_key=self.order_key,
                               not_after=int(cert.not_valid_after_utc.timestamp()))
+
+    def flush_noise(self) -> None:
+        """Record the unknown-token refusals counted so far (at shutdown)."""
+        done = self.noise.flush()
+        if done is not None:
+            self.ledger.append(Kind.TOKEN_REFUSED, "", done, actor="controller")
 
     def allow_reenrollment(self, node_id: str, reason: str, actor: str) -> None:
         """An operator lets a suspect, quarantined or retired node enroll again: it goes
