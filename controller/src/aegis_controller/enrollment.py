@@ -19,7 +19,7 @@ from .enrollment_limits import NoiseCounter, SourceLimiter
 from .errors import Conflict, Forbidden, Invalid, TooMany, Unauthenticated
 from .ledger import Kind, Ledger
 from .nodes import NO_CERTIFICATE, NodeState, NodeStore
-from .pki import CertificateAuthority, PkiError, cert_pem
+from .pki import CertificateAuthority, PkiError, cert_pem, check_csr
 from .trust import TransitionRefused, after_enrollment, transition
 from .vault_wrap import Wrapped
 
@@ -102,6 +102,13 @@ class Enrollment:
         if wait:
             raise TooMany(f"too many enrollment attempts from {source}: retry in "
                           f"{wait:.0f} s", wait)
+        try:  # before the token is spent: a corrected retry may use it
+            check_csr(req.csr_pem, req.node_id)
+            load_public_key(req.identity_key)
+        except PkiError as e:
+            raise Invalid(f"csr_pem: {e}") from None
+        except SignatureError as e:
+            raise Invalid(f"identity_key: {e}") from None
         with self.ledger.recording() as rec:
             problem = self._spend_token(rec.conn, req, now)
             if problem == UNKNOWN_TOKEN:  # noise: counted, one record per window
@@ -113,13 +120,7 @@ class Enrollment:
                            {"reason": problem, "peer": peer,
                             "token_sha256": token_hash(req.token)[:16]}, actor=actor)
             else:
-                try:
-                    cert = self.ca.sign_csr(req.csr_pem, req.node_id)
-                    load_public_key(req.identity_key)
-                except PkiError as e:
-                    raise Invalid(f"csr_pem: {e}") from None
-                except SignatureError as e:
-                    raise Invalid(f"identity_key: {e}") from None
+                cert = self.ca.sign_csr(req.csr_pem, req.node_id)
                 serial = format(cert.serial_number, "x")
                 self.nodes.record_enrollment(rec, req.node_id, serial=serial,
                                              identity_key=req.identity_key, now=now,
