@@ -11,13 +11,13 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 from fastapi.testclient import TestClient
+from harness_domain import make_controller
 
 from aegis_controller import tables
 from aegis_controller.api.app import create_app
-from aegis_controller.domain import Controller, open_controller
-from aegis_controller.ledger import Kind, Ledger, init_keys
+from aegis_controller.domain import Controller
+from aegis_controller.ledger import Kind, Ledger
 from aegis_controller.nodes import NodeState
-from aegis_controller.settings import Settings
 from aegis_controller.trust import transition
 from aegis_protocol import routes
 
@@ -28,9 +28,7 @@ EDGE = "10.0.0.1 -> 10.0.0.2 tcp/22"
 
 @pytest.fixture
 def ctl(tmp_path: Path) -> Controller:
-    init_keys(tmp_path / "keys")
-    return open_controller(Settings.resolve(
-        tmp_path, f"sqlite:///{tmp_path / 'controller.db'}", tmp_path / "ledger.anchor.json"))
+    return make_controller(tmp_path)
 
 
 def as_peer(app: Any, cn: str, serial: int | None = None) -> Any:

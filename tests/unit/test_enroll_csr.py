@@ -8,12 +8,11 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from harness_domain import make_controller
 
-from aegis_controller.domain import Controller, open_controller
+from aegis_controller.domain import Controller
 from aegis_controller.errors import Invalid
-from aegis_controller.ledger import init_keys
 from aegis_controller.nodes import NodeState
-from aegis_controller.settings import Settings
 from aegis_protocol.enrollment import EnrollRequest, node_csr
 from aegis_protocol.signing import public_key_text
 
@@ -22,9 +21,7 @@ pytestmark = pytest.mark.unit
 
 @pytest.fixture
 def ctl(tmp_path: Path) -> Controller:
-    init_keys(tmp_path / "keys")
-    return open_controller(Settings.resolve(
-        tmp_path, f"sqlite:///{tmp_path / 'controller.db'}", tmp_path / "ledger.anchor.json"))
+    return make_controller(tmp_path)
 
 
 def enroll(ctl: Controller, token: str, csr: str, node: str = "n1") -> None:

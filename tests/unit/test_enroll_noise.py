@@ -10,13 +10,13 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fastapi.testclient import TestClient
+from harness_domain import make_controller
 
 from aegis_controller.api.app import create_app
-from aegis_controller.domain import Controller, open_controller
+from aegis_controller.domain import Controller
 from aegis_controller.enrollment_limits import NoiseCounter
 from aegis_controller.errors import Forbidden
-from aegis_controller.ledger import Kind, init_keys
-from aegis_controller.settings import Settings
+from aegis_controller.ledger import Kind
 from aegis_protocol import routes
 from aegis_protocol.enrollment import EnrollRequest, node_csr
 from aegis_protocol.signing import public_key_text
@@ -28,9 +28,7 @@ BOGUS = 300
 
 @pytest.fixture
 def ctl(tmp_path: Path) -> Controller:
-    init_keys(tmp_path / "keys")
-    return open_controller(Settings.resolve(
-        tmp_path, f"sqlite:///{tmp_path / 'controller.db'}", tmp_path / "ledger.anchor.json"))
+    return make_controller(tmp_path)
 
 
 def body(node_id: str, token: str, csr: str) -> dict:
@@ -58,7 +56,8 @@ def test_bogus_tokens_from_one_source_are_limited_and_counted_not_each_recorded(
         ctl.enrollment.issue_token("n2")
         token = ctl.enrollment.issue_token("n3")
         with pytest.raises(Forbidden, match="issued for another node"):
-            ctl.enrollment.enroll(EnrollRequest.model_validate(body("n2", token, csr)),
+            csr2 = node_csr(ec.generate_private_key(ec.SECP256R1()), "n2")
+            ctl.enrollment.enroll(EnrollRequest.model_validate(body("n2", token, csr2)),
                                   "192.0.2.7:4000")
     # the app's shutdown recorded the window's count
     noise = [r.body for r in ctl.ledger.records()

@@ -8,19 +8,16 @@ import threading
 from pathlib import Path
 
 import pytest
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fastapi.testclient import TestClient
+from harness_domain import enroll_request, make_controller
 
 from aegis_controller import db
 from aegis_controller.api.app import create_app
-from aegis_controller.domain import Controller, open_controller
+from aegis_controller.domain import Controller
 from aegis_controller.errors import DomainError
-from aegis_controller.ledger import Kind, init_keys
-from aegis_controller.settings import Settings
+from aegis_controller.ledger import Kind
 from aegis_protocol import routes
-from aegis_protocol.enrollment import EnrollRequest, node_csr
-from aegis_protocol.signing import public_key_text
+from aegis_protocol.enrollment import EnrollRequest
 
 pytestmark = pytest.mark.unit
 
@@ -29,20 +26,12 @@ RACERS = 48
 
 @pytest.fixture
 def ctl(tmp_path: Path) -> Controller:
-    init_keys(tmp_path / "keys")
-    return open_controller(Settings.resolve(
-        tmp_path, f"sqlite:///{tmp_path / 'controller.db'}", tmp_path / "ledger.anchor.json"))
-
-
-def request(node_id: str, token: str) -> EnrollRequest:
-    return EnrollRequest(node_id=node_id, token=token,
-                         csr_pem=node_csr(ec.generate_private_key(ec.SECP256R1()), node_id),
-                         identity_key=public_key_text(Ed25519PrivateKey.generate().public_key()))
+    return make_controller(tmp_path)
 
 
 def test_racing_reuse_of_one_token_one_success_every_refusal_recorded(ctl: Controller) -> None:
     token = ctl.enrollment.issue_token("n1")
-    requests = [request("n1", token) for _ in range(RACERS)]
+    requests = [enroll_request("n1", token) for _ in range(RACERS)]
     start = threading.Barrier(RACERS, timeout=30)
     results: list[str] = []
 
@@ -78,11 +67,9 @@ def test_a_held_write_lock_is_a_503_with_retry_after_then_the_retry_works(
     """Another process holds the write lock past the lock timeout: the client is told to
     retry (503, Retry-After), not given a 500; its retry then enrolls."""
     monkeypatch.setattr(db, "LOCK_TIMEOUT", 0.2)
-    init_keys(tmp_path / "keys")
-    ctl = open_controller(Settings.resolve(
-        tmp_path, f"sqlite:///{tmp_path / 'controller.db'}", tmp_path / "ledger.anchor.json"))
+    ctl = make_controller(tmp_path)
     token = ctl.enrollment.issue_token("n1")
-    body = request("n1", token).model_dump()
+    body = enroll_request("n1", token).model_dump()
     holder = sqlite3.connect(tmp_path / "controller.db", isolation_level=None)
     with TestClient(create_app(ctl), raise_server_exceptions=False) as client:
         holder.execute("BEGIN IMMEDIATE")

@@ -7,36 +7,24 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from harness_domain import enroll_request, make_controller
 
-from aegis_controller.domain import Controller, open_controller
+from aegis_controller.domain import Controller
 from aegis_controller.errors import Conflict, Forbidden
-from aegis_controller.ledger import Kind, init_keys
+from aegis_controller.ledger import Kind
 from aegis_controller.nodes import NodeState
-from aegis_controller.settings import Settings
 from aegis_controller.trust import transition
-from aegis_protocol.enrollment import EnrollRequest, node_csr
-from aegis_protocol.signing import public_key_text
 
 pytestmark = pytest.mark.unit
 
 
 @pytest.fixture
 def ctl(tmp_path: Path) -> Controller:
-    init_keys(tmp_path / "keys")
-    return open_controller(Settings.resolve(
-        tmp_path, f"sqlite:///{tmp_path / 'controller.db'}", tmp_path / "ledger.anchor.json"))
-
-
-def request(node_id: str, token: str) -> EnrollRequest:
-    return EnrollRequest(node_id=node_id, token=token,
-                         csr_pem=node_csr(ec.generate_private_key(ec.SECP256R1()), node_id),
-                         identity_key=public_key_text(Ed25519PrivateKey.generate().public_key()))
+    return make_controller(tmp_path)
 
 
 def _enroll(ctl: Controller, node: str = "n1") -> None:
-    ctl.enrollment.enroll(request(node, ctl.enrollment.issue_token(node)), "127.0.0.1:1")
+    ctl.enrollment.enroll(enroll_request(node, ctl.enrollment.issue_token(node)), "127.0.0.1:1")
 
 
 @pytest.mark.parametrize("state", [NodeState.SUSPECT, NodeState.QUARANTINED,
@@ -46,13 +34,13 @@ def test_reenrolling_a_judged_node_needs_an_operator(ctl: Controller, state: Nod
     ctl.nodes.move("n1", transition(NodeState.ENROLLED, state, "test verdict"), "test")
     token = ctl.enrollment.issue_token("n1")
     with pytest.raises(Forbidden, match=f"node is {state}: re-enrolling it needs an operator"):
-        ctl.enrollment.enroll(request("n1", token), "127.0.0.1:2")
+        ctl.enrollment.enroll(enroll_request("n1", token), "127.0.0.1:2")
     assert ctl.nodes.get("n1")["state"] == state
     refused = [r.body for r in ctl.ledger.records() if r.kind == Kind.TOKEN_REFUSED]
     assert refused and "needs an operator" in refused[-1]["reason"]
     ctl.enrollment.allow_reenrollment("n1", "rebuilt by hand", "operator:alice")
     assert ctl.nodes.get("n1")["state"] == NodeState.PROVISIONING
-    ctl.enrollment.enroll(request("n1", token), "127.0.0.1:3")  # the same token: not spent
+    ctl.enrollment.enroll(enroll_request("n1", token), "127.0.0.1:3")  # the same token: not spent
     assert ctl.nodes.get("n1")["state"] == NodeState.ENROLLED
     moves = [(r.body["from"], r.body["to"], r.actor) for r in ctl.ledger.records()
              if r.kind == Kind.STATE_CHANGE]
