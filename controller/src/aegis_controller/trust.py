@@ -22,7 +22,9 @@ ALLOWED: dict[NodeState, set[NodeState]] = {
     _S.ENROLLED: {_S.TRUSTED, _S.SUSPECT, _S.QUARANTINED, _S.RETIRED},
     # -> enrolled: re-enrolled with a new key, trust is to be re-established
     _S.TRUSTED: {_S.ENROLLED, _S.SUSPECT, _S.QUARANTINED, _S.REBUILDING, _S.RETIRED},
-    _S.SUSPECT: {_S.TRUSTED, _S.QUARANTINED, _S.REBUILDING, _S.RETIRED, _S.PROVISIONING},
+    # -> suspect: a deadline's suspicion becomes a measurement's on a mismatch
+    _S.SUSPECT: {_S.SUSPECT, _S.TRUSTED, _S.QUARANTINED, _S.REBUILDING, _S.RETIRED,
+                 _S.PROVISIONING},
     _S.QUARANTINED: {_S.TRUSTED, _S.REBUILDING, _S.RETIRED, _S.PROVISIONING},
     _S.REBUILDING: {_S.ENROLLED, _S.RETIRED},  # -> enrolled: the rebuilt node enrolls
     _S.RETIRED: {_S.PROVISIONING},
@@ -126,7 +128,8 @@ def after_attestation(current: str, problems: list[str],
     """The transition an attestation verdict causes (None: stay); ``reason`` is the one
     stored with ``current`` (a suspect node is cleared only if it is a deadline's)."""
     if problems:
-        if current in (_S.ENROLLED, _S.TRUSTED):
+        if current in (_S.ENROLLED, _S.TRUSTED) or (
+                current == _S.SUSPECT and suspicion_of(reason) is not Suspicion.MEASUREMENT):
             return transition(current, _S.SUSPECT,
                               f"{Suspicion.MEASUREMENT}: " + "; ".join(problems))
         return None
