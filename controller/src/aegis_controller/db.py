@@ -41,6 +41,8 @@ LOCK_TIMEOUT = 30.0
 
 #: Key of the PostgreSQL advisory lock that serialises schema upgrades.
 _PG_MIGRATION_LOCK = 0x41E6_15DB
+#: Key of the PostgreSQL advisory lock that serialises ledger appends.
+_PG_LEDGER_LOCK = 0x41E6_1ED6
 
 #: All of the controller's tables register here (the ledger's, later nodes, orders...).
 metadata = MetaData(naming_convention={
@@ -173,6 +175,15 @@ def transaction(engine: Engine) -> Iterator[Connection]:
     what the first one wrote)."""
     with errors(engine), writer(engine) as conn:
         yield conn
+
+
+def serialise_ledger(conn: Connection) -> None:
+    """Hold the ledger's append lock until ``conn``'s transaction ends. On SQLite the
+    writer transaction already holds the database's write lock; on PostgreSQL an advisory
+    lock makes a domain transaction that appends wait for the head instead of failing on
+    a taken seq (it cannot retry: its state change is in the same transaction)."""
+    if conn.dialect.name == "postgresql":
+        conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_LEDGER_LOCK})
 
 
 @contextlib.contextmanager

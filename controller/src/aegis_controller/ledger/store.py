@@ -183,6 +183,7 @@ class Ledger:
                           parse_body(encoded), encoded)
 
     def _insert(self, conn: Connection, entries: Sequence[Entry]) -> list[Record]:
+        db.serialise_ledger(conn)
         seq, prev_hash, _ = self._head(conn)
         made: list[tuple[Record, str]] = []
         for entry in entries:
