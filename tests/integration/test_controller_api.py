@@ -114,7 +114,8 @@ def test_bad_tokens_are_refused_and_recorded(server: Server) -> None:
     expired = enroll(server, b, expiring)
     assert expired.status_code == 403 and "expired" in expired.json()["detail"]
     refusals = [s for k, s in _ledger_kinds(server) if k == "token_refused"]
-    assert refusals == ["a1", "b1", "b1", "b1"]
+    # known tokens each; the unknown one is counted into its window's record (issue 12.3)
+    assert refusals == ["a1", "b1", "b1"]
 
 
 def test_malformed_requests_get_4xx_that_say_what_is_wrong(server: Server) -> None:

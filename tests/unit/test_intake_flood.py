@@ -94,6 +94,9 @@ def test_used_and_expired_nonces_are_purged_and_outstanding_ones_capped(ctl, mon
 
 def test_a_purged_used_nonce_still_cannot_be_replayed(ctl):
     nonce = ctl.attestation.challenge("n1").nonce
-    assert ctl.attestation._spend_nonce("n1", nonce)
+    spend = ctl.attestation._spend_nonce
+    with db.transaction(ctl.engine) as conn:
+        assert spend(conn, "n1", nonce)
     ctl.attestation.challenge("n1")  # purges the used nonce
-    assert not ctl.attestation._spend_nonce("n1", nonce)  # attest() refuses it (Conflict)
+    with db.transaction(ctl.engine) as conn:
+        assert not spend(conn, "n1", nonce)  # attest() refuses it (Conflict)

@@ -62,7 +62,13 @@ def test_judge_compares_bpf_program_tags_and_modes_only() -> None:
 def test_verdicts_move_states() -> None:
     assert after_attestation("enrolled", []).after == "trusted"
     assert after_attestation("trusted", ["x"]).after == "suspect"
-    assert after_attestation("suspect", []).after == "trusted"
+    # only a heartbeat-deadline suspicion clears itself; a mismatch needs an operator
+    assert after_attestation("suspect", [], "no heartbeat for 300 s").after == "trusted"
+    assert after_attestation("suspect", [], "attestation mismatch: golden /etc/a") is None
+    # a mismatch turns a deadline's suspicion into a measurement's (which no match clears)
+    deepened = after_attestation("suspect", ["x"], "no heartbeat for 300 s")
+    assert deepened is not None and deepened.reason.startswith("attestation mismatch")
+    assert after_attestation("suspect", ["x"], "attestation mismatch: y") is None
     assert after_attestation("trusted", []) is None
     assert after_attestation("quarantined", []) is None  # stays until an operator releases
 

@@ -9,17 +9,25 @@ import secrets
 import time
 
 import sqlalchemy as sa
+from sqlalchemy import Connection
 
 from aegis_protocol.attestation import Challenge, ExpectedProfile, SignedReport, Verdict
 from aegis_protocol.enrollment import Heartbeat, HeartbeatAck, Inventory
 from aegis_protocol.signing import SignatureError, load_public_key, verify
 
 from . import db, tables
-from .errors import Conflict, DomainError, Forbidden
+from .errors import Conflict, DomainError, Forbidden, Invalid
 from .ledger import Kind, Ledger
 from .nodes import NOT_LIVE, WATCHED, NodeState, NodeStore
 from .orders import Orders
-from .trust import after_attestation, judge, transition
+from .trust import (
+    TransitionRefused,
+    after_attestation,
+    judge,
+    missed_deadline,
+    suspicion_of,
+    transition,
+)
 
 log = logging.getLogger(__name__)
 NONCE_TTL = 120
@@ -37,11 +45,11 @@ class Attestation:
         self.orders = orders
 
     def set_profile(self, node_id: str, profile: ExpectedProfile, actor: str) -> None:
-        state = self.nodes.set_profile(node_id, profile.model_dump_json())
-        self.ledger.append(Kind.ATTESTATION, node_id,
-                           {"event": "expected_profile_set", "golden_files": len(profile.golden),
-                            "bpf_entries": len(profile.bpf)},
-                           actor=actor)
+        with self.ledger.recording() as rec:
+            state = self.nodes.set_profile(rec.conn, node_id, profile.model_dump_json())
+            rec.append(Kind.ATTESTATION, node_id,
+                       {"event": "expected_profile_set", "golden_files": len(profile.golden),
+                        "bpf_entries": len(profile.bpf)}, actor=actor)
         if state not in NOT_LIVE:
             # an enrolled node measures against the new profile now, not at its next period
             self.orders.create(node_id, "attest", {"reason": "expected profile changed"}, actor)
@@ -69,14 +77,16 @@ class Attestation:
                            actor=f"node:{node_id}")
         return error(f"attestation refused: {problem}")
 
-    def _spend_nonce(self, node_id: str, nonce: str) -> bool:
+    @staticmethod
+    def _spend_nonce(conn: Connection, node_id: str, nonce: str) -> bool:
         now = int(time.time())
-        with db.transaction(self.nodes.engine) as conn:
-            return conn.execute(tables.nonces.update().where(
-                _c.nonce == nonce, _c.node_id == node_id, _c.used_at.is_(None),
-                _c.expires_at > now).values(used_at=now)).rowcount == 1
+        return conn.execute(tables.nonces.update().where(
+            _c.nonce == nonce, _c.node_id == node_id, _c.used_at.is_(None),
+            _c.expires_at > now).values(used_at=now)).rowcount == 1
 
     def attest(self, node_id: str, signed: SignedReport) -> Verdict:
+        """Verify and judge a report; the nonce, the measurement, the state move and the
+        verdict's record are written in one transaction."""
         report = signed.report
         node = self.nodes.get(node_id)
         if report.node_id != node_id:
@@ -87,31 +97,54 @@ class Attestation:
             raise self._refuse(node_id, Forbidden, f"signature does not verify with the "
                                                    f"node's enrolled identity key ({e})"
                                ) from None
-        if not self._spend_nonce(node_id, report.nonce):
-            raise self._refuse(node_id, Conflict, "nonce unknown, expired, for another node "
-                                                  "or already used (replayed report); ask "
-                                                  "for a new challenge")
-        # kept for operators (node show, --pin-bpf)
-        self.nodes.update(node_id, measurement=report.measurement.model_dump_json())
         problems = (judge(report, ExpectedProfile.model_validate_json(node["profile"]))
                     if node["profile"] else ["no expected profile is set for this node"])
-        # without an expected profile there is nothing to be trusted against: the node stays
-        t = after_attestation(node["state"], problems) if node["profile"] else None
-        if t is not None:
-            try:
-                self.nodes.move(node_id, t, f"node:{node_id}")
-            except Conflict as e:  # another move came first; this verdict still stands
-                log.info("attestation verdict did not move the node", extra={
-                    "node": node_id, "why": e.message})
-        state = t.after if t else node["state"]
-        self.ledger.append(Kind.ATTESTATION, node_id,
+        with self.ledger.recording() as rec:
+            if not self._spend_nonce(rec.conn, node_id, report.nonce):
+                replayed = True
+            else:
+                replayed = False
+                # kept for operators (node show, --pin-bpf)
+                self.nodes.update(node_id, rec.conn,
+                                  measurement=report.measurement.model_dump_json())
+                now_row = self.nodes.row_in(rec.conn, node_id)
+                current = now_row["state"]
+                # without an expected profile there is nothing to be trusted against
+                t = (after_attestation(current, problems, now_row["reason"])
+                     if node["profile"] else None)
+                if t is not None:
+                    self.nodes.move_in(rec, node_id, t, f"node:{node_id}")
+                state = t.after if t else current
+                rec.append(Kind.ATTESTATION, node_id,
                            {"verdict": "match" if not problems else "mismatch",
                             "mismatches": problems[:50], "state": state,
                             "kernel": report.measurement.kernel_release},
                            actor=f"node:{node_id}")
-        reason = t.reason if t else (node["reason"] if not problems else "; ".join(problems))
+        if replayed:
+            raise self._refuse(node_id, Conflict, "nonce unknown, expired, for another node "
+                                                  "or already used (replayed report); ask "
+                                                  "for a new challenge")
+        reason = t.reason if t else (now_row["reason"] if not problems
+                                     else "; ".join(problems))
         return Verdict(node_id=node_id, ok=not problems, state=state, reason=reason,
                        mismatches=problems)
+
+    def clear_suspicion(self, node_id: str, reason: str, actor: str) -> None:
+        """An operator trusts a suspect node again (recorded with the operator's reason):
+        the only way, short of a rebuild, to clear a measurement mismatch."""
+        if not reason.strip():
+            raise Invalid("give a --reason: it is recorded on the ledger")
+        node = self.nodes.get(node_id)
+        if node["state"] != NodeState.SUSPECT:
+            raise Conflict(f"node {node_id!r} is {node['state']}, not suspect: nothing to "
+                           "clear (a quarantined node is released by a release order)")
+        try:
+            t = transition(node["state"], NodeState.TRUSTED,
+                           f"suspicion ({suspicion_of(node['reason']) or 'unknown'}) cleared "
+                           f"by an operator: {reason}", operator=True)
+        except TransitionRefused as e:
+            raise Conflict(str(e)) from None
+        self.nodes.move(node_id, t, actor)
 
     def heartbeat(self, node_id: str, hb: Heartbeat) -> HeartbeatAck:
         if hb.node_id != node_id:
@@ -137,10 +170,8 @@ class Attestation:
         rows = self.nodes.silent(WATCHED, now - deadline)
         for row in rows:
             try:
-                self.nodes.move(row["node_id"], transition(
-                    row["state"], NodeState.SUSPECT,
-                    f"no heartbeat for {now - row['heartbeat_at']} s (deadline {deadline} s)"),
-                    "controller")
+                self.nodes.move(row["node_id"], missed_deadline(
+                    row["state"], now - row["heartbeat_at"], deadline), "controller")
             except Conflict as e:  # it moved (or beat) in the meantime
                 log.info("deadline check did not move the node", extra={
                     "node": row["node_id"], "why": e.message})

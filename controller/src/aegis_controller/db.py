@@ -41,6 +41,8 @@ LOCK_TIMEOUT = 30.0
 
 #: Key of the PostgreSQL advisory lock that serialises schema upgrades.
 _PG_MIGRATION_LOCK = 0x41E6_15DB
+#: Key of the PostgreSQL advisory lock that serialises ledger appends.
+_PG_LEDGER_LOCK = 0x41E6_1ED6
 
 #: All of the controller's tables register here (the ledger's, later nodes, orders...).
 metadata = MetaData(naming_convention={
@@ -53,6 +55,10 @@ metadata = MetaData(naming_convention={
 
 class DatabaseError(Exception):
     """The database cannot be opened, read or written; the message names it."""
+
+
+class DatabaseBusy(DatabaseError):
+    """Another writer held the lock too long: the request may be retried (HTTP 503)."""
 
 
 def default_url(state_dir: Path) -> str:
@@ -148,7 +154,9 @@ def errors(engine: Engine) -> Iterator[None]:
     except exc.DBAPIError as err:
         orig = str(getattr(err, "orig", None) or err).strip().splitlines()[0]
         where = describe(engine.url.render_as_string(hide_password=False))
-        raise DatabaseError(f"{where}: {orig} ({_hint(orig)})") from None
+        busy = "database is locked" in orig.lower() or "deadlock" in orig.lower()
+        raise (DatabaseBusy if busy else DatabaseError)(f"{where}: {orig} ({_hint(orig)})"
+                                                         ) from None
 
 
 @contextlib.contextmanager
@@ -167,6 +175,15 @@ def transaction(engine: Engine) -> Iterator[Connection]:
     what the first one wrote)."""
     with errors(engine), writer(engine) as conn:
         yield conn
+
+
+def serialise_ledger(conn: Connection) -> None:
+    """Hold the ledger's append lock until ``conn``'s transaction ends. On SQLite the
+    writer transaction already holds the database's write lock; on PostgreSQL an advisory
+    lock makes a domain transaction that appends wait for the head instead of failing on
+    a taken seq (it cannot retry: its state change is in the same transaction)."""
+    if conn.dialect.name == "postgresql":
+        conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_LEDGER_LOCK})
 
 
 @contextlib.contextmanager

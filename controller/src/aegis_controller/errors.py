@@ -1,7 +1,8 @@
 """The controller's domain errors: what a refusal means, never how a transport answers it.
 
 ``api/app.py`` maps each class to one HTTP status (``NotFound`` 404, ``Forbidden`` 403,
-``Conflict`` 409, ``Invalid`` 400, ``Unauthenticated`` 401) and the CLI to exit code 2;
+``Conflict`` 409, ``Invalid`` 400, ``Unauthenticated`` 401, ``TooMany`` 429 with
+Retry-After) and the CLI to exit code 2;
 ``message`` is the text either shows.
 """
 
@@ -34,3 +35,12 @@ class Invalid(DomainError):
 
 class Unauthenticated(DomainError):
     """The caller's credential is not (or no longer) the one the controller accepts."""
+
+
+class TooMany(DomainError):
+    """The caller sent too many requests; ``retry_after`` says in how many seconds it may
+    try again."""
+
+    def __init__(self, message: str, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = max(1, int(retry_after + 0.999))

@@ -3,8 +3,9 @@ place that reads and writes the ``nodes`` table.
 
 A state changes only through :meth:`NodeStore.move`, with a :class:`~.trust.Transition`
 computed from the state it leaves; the move is applied in one write transaction
-(``BEGIN IMMEDIATE`` on SQLite) and then recorded on the ledger, so of two concurrent
-moves of one node exactly one wins and the other gets :class:`~.errors.Conflict`.
+(``BEGIN IMMEDIATE`` on SQLite) together with its ledger record (both or neither), so of
+two concurrent moves of one node exactly one wins and the other gets
+:class:`~.errors.Conflict`.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from sqlalchemy import Connection, Engine
 
 from . import db, tables
 from .errors import Conflict, NotFound
-from .ledger import Kind, Ledger
+from .ledger import Kind, Ledger, Recorder
 
 if TYPE_CHECKING:
     from .trust import Transition
@@ -82,45 +83,74 @@ class NodeStore:
                 node_id=node_id, state=NodeState.PROVISIONING, reason=reason))
 
     def move(self, node_id: str, t: Transition, actor: str) -> None:
-        """Apply ``t`` (only from the state it was computed from), then record it on the
-        ledger (in its own transaction: SQLite has one writer at a time). :class:`Conflict`
-        when the node is no longer in ``t.before``."""
-        with db.transaction(self.engine) as conn:
-            current = self._state(conn, node_id)
-            if current is None:
-                raise NotFound(f"no node {node_id!r}")
-            # on PostgreSQL the read takes no lock: the WHERE on the state makes a
-            # concurrent second move lose there too
-            if current != t.before or conn.execute(tables.nodes.update().where(
-                    _n.node_id == node_id, _n.state == t.before
-            ).values(state=t.after, reason=t.reason)).rowcount != 1:
-                raise Conflict(f"node {node_id!r} is {current} now, no longer {t.before}: "
-                               f"not moved to {t.after}")
-        self.ledger.append(Kind.STATE_CHANGE, node_id,
-                           {"from": t.before, "to": t.after, "reason": t.reason}, actor=actor)
+        """Apply ``t`` (only from the state it was computed from) and record it on the
+        ledger, in one write transaction. :class:`Conflict` when the node is no longer in
+        ``t.before``."""
+        with self.ledger.recording() as rec:
+            self.move_in(rec, node_id, t, actor)
+
+    def move_in(self, rec: Recorder, node_id: str, t: Transition, actor: str) -> None:
+        """:meth:`move` inside the caller's recording transaction (with its other writes)."""
+        current = self._state(rec.conn, node_id)
+        if current is None:
+            raise NotFound(f"no node {node_id!r}")
+        # on PostgreSQL the read takes no lock: the WHERE on the state makes a
+        # concurrent second move lose there too
+        if current != t.before or rec.conn.execute(tables.nodes.update().where(
+                _n.node_id == node_id, _n.state == t.before
+        ).values(state=t.after, reason=t.reason)).rowcount != 1:
+            raise Conflict(f"node {node_id!r} is {current} now, no longer {t.before}: "
+                           f"not moved to {t.after}")
+        rec.append(Kind.STATE_CHANGE, node_id,
+                   {"from": t.before, "to": t.after, "reason": t.reason}, actor=actor)
 
     @staticmethod
     def _state(conn: Connection, node_id: str) -> str | None:
         return conn.execute(sa.select(_n.state).where(_n.node_id == node_id)).scalar()
 
-    def record_enrollment(self, node_id: str, *, serial: str, identity_key: str,
-                          now: int) -> None:
-        """The node enrolled (again): it is ``enrolled`` with this certificate and key."""
-        self.update(node_id, state=NodeState.ENROLLED, reason="enrolled with a bootstrap token",
-                    enrolled_at=now, cert_serial=serial, last_seen=now, heartbeat_at=now,
-                    identity_key=identity_key)
+    def state_in(self, conn: Connection, node_id: str) -> str:
+        """The node's state as ``conn``'s transaction sees it; :class:`NotFound` if none."""
+        return self.row_in(conn, node_id)["state"]
 
-    def set_profile(self, node_id: str, profile_json: str) -> NodeState:
-        """Store the node's expected profile; returns the node's state."""
-        with db.transaction(self.engine) as conn:
-            state = self._state(conn, node_id)
-            if state is None:
-                raise NotFound(f"no node {node_id!r}")
-            conn.execute(tables.nodes.update().where(_n.node_id == node_id)
-                         .values(profile=profile_json))
+    @staticmethod
+    def row_in(conn: Connection, node_id: str) -> dict[str, Any]:
+        """The node's row as ``conn``'s transaction sees it; :class:`NotFound` if none."""
+        row = conn.execute(sa.select(tables.nodes).where(_n.node_id == node_id)).first()
+        if row is None:
+            raise NotFound(f"no node {node_id!r}")
+        return dict(row._mapping)
+
+    def record_enrollment(self, rec: Recorder, node_id: str, *, serial: str,
+                          identity_key: str, now: int, actor: str) -> None:
+        """The node enrolled (again) with this certificate and key, inside the caller's
+        recording transaction; its state moves only as :func:`~.trust.after_enrollment`
+        allows (TransitionRefused for a suspect, quarantined or retired node)."""
+        from .trust import after_enrollment  # trust imports this module
+
+        t = after_enrollment(self.state_in(rec.conn, node_id))
+        if t is not None:
+            self.move_in(rec, node_id, t, actor)
+        self.update(node_id, rec.conn, enrolled_at=now, cert_serial=serial, last_seen=now,
+                    heartbeat_at=now, identity_key=identity_key)
+
+    def set_profile(self, conn: Connection, node_id: str, profile_json: str) -> NodeState:
+        """Store the node's expected profile (in the caller's transaction); returns the
+        node's state."""
+        state = self._state(conn, node_id)
+        if state is None:
+            raise NotFound(f"no node {node_id!r}")
+        conn.execute(tables.nodes.update().where(_n.node_id == node_id)
+                     .values(profile=profile_json))
         return NodeState(state)
 
-    def update(self, node_id: str, **values: object) -> None:
-        """Write ``values`` (heartbeat, inventory, measurement, certificate serial...)."""
-        with db.transaction(self.engine) as conn:
-            conn.execute(tables.nodes.update().where(_n.node_id == node_id).values(**values))
+    def update(self, node_id: str, conn: Connection | None = None, **values: object) -> None:
+        """Write what a node reports (heartbeat, inventory, measurement, certificate
+        serial...), in ``conn``'s transaction or its own. Never the trust state: that
+        changes only through :meth:`move`."""
+        if {"state", "reason"} & values.keys():
+            raise ValueError("a node's state changes only through NodeStore.move")
+        if conn is None:
+            with db.transaction(self.engine) as own:
+                self.update(node_id, own, **values)
+            return
+        conn.execute(tables.nodes.update().where(_n.node_id == node_id).values(**values))

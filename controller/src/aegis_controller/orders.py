@@ -26,7 +26,7 @@ from . import db, tables
 from .errors import Conflict, Forbidden, Invalid, NotFound
 from .ledger import Kind, Ledger
 from .nodes import NOT_LIVE, NodeState, NodeStore
-from .trust import transition
+from .trust import TransitionRefused, transition
 
 log = logging.getLogger(__name__)
 _o = tables.orders.c
@@ -58,15 +58,18 @@ class Orders:
             raise Invalid(e.detail) from None
         except ValueError as e:
             raise Invalid(f"order: {e}") from None
-        signed = sign_order(self.signer, order)
-        with db.transaction(self.nodes.engine) as conn:
-            conn.execute(tables.orders.insert().values(
+        try:
+            signed = sign_order(self.signer, order)
+        except ValueError as e:
+            raise Invalid(f"order: {e}") from None
+        with self.ledger.recording() as rec:
+            rec.conn.execute(tables.orders.insert().values(
                 order_id=str(order.id), node_id=node_id, kind=kind,
                 signed=signed.model_dump_json(), status="pending",
                 created_at=order.issued_at, expires_at=order.expires_at))
-        self.ledger.append(Kind.ORDER, node_id, {"order_id": str(order.id), "kind": kind,
-                                                 "args": args, "expires_at": order.expires_at},
-                           actor=actor)
+            rec.append(Kind.ORDER, node_id, {"order_id": str(order.id), "kind": kind,
+                                             "args": args, "expires_at": order.expires_at},
+                       actor=actor)
         return signed
 
     def pending(self, node_id: str) -> list[SignedOrder]:
@@ -88,28 +91,27 @@ class Orders:
             self.ledger.append(Kind.ACK, node_id, {"order_id": order_id, "refused": str(e)},
                                actor=f"node:{node_id}")
             raise Forbidden(f"acknowledgment refused: {e}") from None
-        with db.transaction(self.nodes.engine) as conn:
-            row = conn.execute(sa.select(tables.orders).where(
+        with self.ledger.recording() as rec:
+            row = rec.conn.execute(sa.select(tables.orders).where(
                 _o.order_id == order_id, _o.node_id == node_id)).first()
             if row is None:
                 raise NotFound(f"no order {order_id} for node {node_id!r}")
             if row.status != "pending":
                 raise Conflict(f"order {order_id} was already acknowledged ({row.status})")
-            conn.execute(tables.orders.update().where(_o.order_id == order_id)
-                         .values(status=ack.status, acked_at=ack.at, detail=ack.detail))
-        self.ledger.append(Kind.ACK, node_id, {"order_id": order_id, "status": ack.status,
-                                               "detail": ack.detail}, actor=f"node:{node_id}")
-        target = _STATE_AFTER.get(row.kind)
-        if ack.status == "done" and target is not None:
-            current = self.nodes.get(node_id)["state"]
-            if current != target:
+            rec.conn.execute(tables.orders.update().where(_o.order_id == order_id)
+                             .values(status=ack.status, acked_at=ack.at, detail=ack.detail))
+            rec.append(Kind.ACK, node_id, {"order_id": order_id, "status": ack.status,
+                                           "detail": ack.detail}, actor=f"node:{node_id}")
+            target = _STATE_AFTER.get(row.kind)
+            current = self.nodes.state_in(rec.conn, node_id)
+            if ack.status == "done" and target is not None and current != target:
                 try:
-                    self.nodes.move(node_id, transition(
+                    self.nodes.move_in(rec, node_id, transition(
                         current, target, f"{row.kind} order {order_id} executed",
                         operator=True), "controller")
-                except Conflict as e:  # another move came first: it stands
+                except TransitionRefused as e:  # e.g. retired since: the ack still stands
                     log.info("order acknowledged, state not moved", extra={
-                        "node": node_id, "order_id": order_id, "why": e.message})
+                        "node": node_id, "order_id": order_id, "why": str(e)})
         return {"order_id": order_id, "status": ack.status}
 
     def all(self, node_id: str | None = None) -> list[dict[str, Any]]:

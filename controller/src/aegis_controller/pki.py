@@ -41,6 +41,28 @@ def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
+def check_csr(csr_pem: str | bytes, node_id: str) -> x509.CertificateSigningRequest:
+    """The CSR, if it is one, self-signed, for CN ``node_id`` and on an ECDSA P-256 key
+    (what the agent makes, :mod:`aegis_agent.identity`); PkiError says what is wrong."""
+    try:
+        csr = x509.load_pem_x509_csr(csr_pem.encode() if isinstance(csr_pem, str) else csr_pem)
+    except ValueError as e:
+        raise PkiError(f"csr_pem is not a PEM certificate signing request ({e})") from None
+    public = csr.public_key()
+    if not isinstance(public, ec.EllipticCurvePublicKey) or \
+            not isinstance(public.curve, ec.SECP256R1):
+        got = public.curve.name if isinstance(public, ec.EllipticCurvePublicKey) \
+            else type(public).__name__.removeprefix("_")
+        raise PkiError(f"the CSR's key must be an ECDSA P-256 (secp256r1) key, got {got}: "
+                       "make the key with ec.generate_private_key(ec.SECP256R1())")
+    if not csr.is_signature_valid:
+        raise PkiError("the CSR's signature does not verify with its own key")
+    cns = csr.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    if len(cns) != 1 or cns[0].value != node_id:
+        raise PkiError(f"the CSR's CN must be the node id {node_id!r}")
+    return csr
+
+
 @dataclass
 class CertificateAuthority:
     directory: Path
@@ -111,18 +133,8 @@ class CertificateAuthority:
     def sign_csr(self, csr_pem: str | bytes, node_id: str,
                  hours: float = NODE_CERT_HOURS) -> x509.Certificate:
         """A short-lived client certificate for ``node_id`` from its CSR."""
-        try:
-            csr = x509.load_pem_x509_csr(csr_pem.encode() if isinstance(csr_pem, str) else csr_pem)
-        except ValueError as e:
-            raise PkiError(f"csr_pem is not a PEM certificate signing request ({e})") from None
-        if not csr.is_signature_valid:
-            raise PkiError("the CSR's signature does not verify with its own key")
-        cns = csr.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
-        if len(cns) != 1 or cns[0].value != node_id:
-            raise PkiError(f"the CSR's CN must be the node id {node_id!r}")
-        public = csr.public_key()
-        if not isinstance(public, ec.EllipticCurvePublicKey):
-            raise PkiError("the CSR's key must be an ECDSA P-256 key")
+        public = check_csr(csr_pem, node_id).public_key()
+        assert isinstance(public, ec.EllipticCurvePublicKey)  # check_csr made sure
         return self._issue(public, node_id, dt.timedelta(hours=hours),
                            ExtendedKeyUsageOID.CLIENT_AUTH)
 

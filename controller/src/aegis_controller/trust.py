@@ -10,6 +10,7 @@ a bug or a forged request can never, say, take a quarantined node straight to tr
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import StrEnum
 
 from aegis_protocol.attestation import AttestationReport, ExpectedProfile, bpf_summary
 
@@ -19,12 +20,34 @@ _S = NodeState
 ALLOWED: dict[NodeState, set[NodeState]] = {
     _S.PROVISIONING: {_S.ENROLLED, _S.RETIRED},
     _S.ENROLLED: {_S.TRUSTED, _S.SUSPECT, _S.QUARANTINED, _S.RETIRED},
-    _S.TRUSTED: {_S.SUSPECT, _S.QUARANTINED, _S.REBUILDING, _S.RETIRED},
-    _S.SUSPECT: {_S.TRUSTED, _S.QUARANTINED, _S.REBUILDING, _S.RETIRED},
-    _S.QUARANTINED: {_S.TRUSTED, _S.REBUILDING, _S.RETIRED},  # -> trusted: operator only
-    _S.REBUILDING: {_S.RETIRED},
-    _S.RETIRED: set(),
+    # -> enrolled: re-enrolled with a new key, trust is to be re-established
+    _S.TRUSTED: {_S.ENROLLED, _S.SUSPECT, _S.QUARANTINED, _S.REBUILDING, _S.RETIRED},
+    # -> suspect: a deadline's suspicion becomes a measurement's on a mismatch
+    _S.SUSPECT: {_S.SUSPECT, _S.TRUSTED, _S.QUARANTINED, _S.REBUILDING, _S.RETIRED,
+                 _S.PROVISIONING},
+    _S.QUARANTINED: {_S.TRUSTED, _S.REBUILDING, _S.RETIRED, _S.PROVISIONING},
+    _S.REBUILDING: {_S.ENROLLED, _S.RETIRED},  # -> enrolled: the rebuilt node enrolls
+    _S.RETIRED: {_S.PROVISIONING},
 }
+#: Transitions only an operator may make: releasing a quarantined node, and letting a
+#: suspect, quarantined or retired node enroll again (back to provisioning).
+OPERATOR_ONLY = frozenset({(_S.QUARANTINED, _S.TRUSTED), (_S.SUSPECT, _S.PROVISIONING),
+                           (_S.QUARANTINED, _S.PROVISIONING), (_S.RETIRED, _S.PROVISIONING)})
+
+
+class Suspicion(StrEnum):
+    """Why a node is suspect: the start of the reason stored with the state. Only a
+    heartbeat-deadline suspicion clears itself on a matching attestation; a measurement
+    mismatch is cleared by an operator (``node trust``) or by a rebuild, since a node
+    whose measurement was wrong once may report whatever is expected next."""
+
+    MEASUREMENT = "attestation mismatch"
+    DEADLINE = "no heartbeat"
+
+
+def suspicion_of(reason: str | None) -> Suspicion | None:
+    """The kind of suspicion a stored reason records (None: not a suspicion)."""
+    return next((s for s in Suspicion if (reason or "").startswith(s.value)), None)
 
 
 class TransitionRefused(ValueError):
@@ -41,9 +64,34 @@ class Transition:
 def transition(current: str, target: str, reason: str, *, operator: bool = False) -> Transition:
     if target not in ALLOWED.get(current, set()):  # type: ignore[call-overload]
         raise TransitionRefused(f"a node cannot go from {current} to {target}")
-    if current == _S.QUARANTINED and target == _S.TRUSTED and not operator:
-        raise TransitionRefused("only an operator can release a quarantined node")
+    if (current, target) in OPERATOR_ONLY and not operator:
+        if target == _S.TRUSTED:
+            raise TransitionRefused("only an operator can release a quarantined node")
+        raise TransitionRefused(f"only an operator can let a {current} node enroll again "
+                                "(aegis-controller node reenroll NODE --reason ...)")
     return Transition(NodeState(current), NodeState(target), reason)
+
+
+def missed_deadline(current: str, silent_for: int, deadline: int) -> Transition:
+    """A watched node silent past its heartbeat deadline becomes suspect (a suspicion a
+    later matching attestation clears)."""
+    return transition(current, _S.SUSPECT, f"{Suspicion.DEADLINE} for {silent_for} s "
+                                           f"(deadline {deadline} s)")
+
+
+def after_enrollment(current: str) -> Transition | None:
+    """The transition a (re-)enrollment with a good token causes (None: stays enrolled).
+    A suspect, quarantined or retired node is refused: an operator must let it enroll
+    again first (:data:`OPERATOR_ONLY`), so a node cannot enroll its way out of a verdict."""
+    if current == _S.ENROLLED:
+        return None
+    if current in (_S.SUSPECT, _S.QUARANTINED, _S.RETIRED):
+        raise TransitionRefused(f"node is {current}: re-enrolling it needs an operator "
+                                "(aegis-controller node reenroll NODE --reason ...)")
+    reason = {_S.PROVISIONING: "enrolled with a bootstrap token",
+              _S.TRUSTED: "re-enrolled with a new key: trust is re-established by attestation",
+              _S.REBUILDING: "enrolled again after a rebuild"}.get(current, "re-enrolled")  # type: ignore[call-overload]
+    return transition(current, _S.ENROLLED, reason)
 
 
 def judge(report: AttestationReport, expected: ExpectedProfile) -> list[str]:
@@ -75,13 +123,18 @@ def _short(value: object) -> str:
     return text[:12] + "…" if len(text) == 64 else text
 
 
-def after_attestation(current: str, problems: list[str]) -> Transition | None:
-    """The transition an attestation verdict causes (None: stay)."""
+def after_attestation(current: str, problems: list[str],
+                      reason: str | None = None) -> Transition | None:
+    """The transition an attestation verdict causes (None: stay); ``reason`` is the one
+    stored with ``current`` (a suspect node is cleared only if it is a deadline's)."""
     if problems:
-        if current in (_S.ENROLLED, _S.TRUSTED):
+        if current in (_S.ENROLLED, _S.TRUSTED) or (
+                current == _S.SUSPECT and suspicion_of(reason) is not Suspicion.MEASUREMENT):
             return transition(current, _S.SUSPECT,
-                              "attestation mismatch: " + "; ".join(problems))
+                              f"{Suspicion.MEASUREMENT}: " + "; ".join(problems))
         return None
+    if current == _S.SUSPECT and suspicion_of(reason) is not Suspicion.DEADLINE:
+        return None  # an operator (node trust) or a rebuild clears it
     if current in (_S.ENROLLED, _S.SUSPECT):
         return transition(current, _S.TRUSTED, "attestation matches the expected profile")
     return None

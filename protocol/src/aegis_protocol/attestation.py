@@ -13,14 +13,14 @@ Path = Annotated[str, Field(min_length=1, max_length=4096)]
 
 
 class Challenge(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     nonce: str
     expires_at: int
 
 
 class Measurement(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     kernel_release: Annotated[str, Field(max_length=256)]
     boot_id: Annotated[str, Field(max_length=64)]
@@ -35,7 +35,7 @@ class Measurement(BaseModel):
 
 
 class AttestationReport(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     node_id: Annotated[str, Field(min_length=1, max_length=63)]
     nonce: Annotated[str, Field(min_length=16, max_length=128)]
@@ -44,7 +44,7 @@ class AttestationReport(BaseModel):
 
 
 class SignedReport(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     report: AttestationReport
     signature: Annotated[str, Field(min_length=1, max_length=256)]

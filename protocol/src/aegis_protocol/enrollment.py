@@ -38,7 +38,7 @@ def node_csr(key: ec.EllipticCurvePrivateKey, node_id: str) -> str:
 
 
 class EnrollRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     node_id: NodeId
     token: Annotated[str, Field(min_length=16, max_length=256)]
@@ -73,7 +73,7 @@ class RenewRequest(BaseModel):
     """A node's new CSR (a new P-256 key made on the node), sent over mutual TLS with its
     current certificate before that one expires, signed by its identity key."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     csr_pem: Annotated[str, Field(min_length=64, max_length=8192)]
     signature: Annotated[str, Field(min_length=1, max_length=256,

@@ -47,10 +47,12 @@ class OrderRefused(Exception):
         super().__init__(f"order refused ({reason}): {detail}")
 
 
+# Signed messages are strict (no "123" for 123, no 1.0 for 1, no true for 1): a copy
+# encoded differently from what was signed does not validate, let alone verify.
 class Order(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
-    id: uuid.UUID = Field(default_factory=uuid.uuid4)
+    id: uuid.UUID = Field(default_factory=uuid.uuid4, strict=False)  # a JSON string
     node_id: Annotated[str, Field(min_length=1, max_length=128)]
     kind: OrderKind
     args: dict[Annotated[str, Field(max_length=32)], Scalar | list[str]] = Field(
@@ -62,7 +64,7 @@ class Order(BaseModel):
 
 
 class SignedOrder(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
     order: Order
     key_id: Annotated[str, Field(min_length=1, max_length=64)]
@@ -70,9 +72,9 @@ class SignedOrder(BaseModel):
 
 
 class OrderAck(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
-    order_id: uuid.UUID
+    order_id: uuid.UUID = Field(strict=False)  # a JSON string
     node_id: Annotated[str, Field(min_length=1, max_length=128)]
     status: Literal["done", "refused", "failed"]
     detail: Annotated[str, Field(max_length=2000)] = ""
@@ -80,7 +82,7 @@ class OrderAck(BaseModel):
 
 
 class SignedAck(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
     ack: OrderAck
     signature: Annotated[str, Field(min_length=1, max_length=256)]

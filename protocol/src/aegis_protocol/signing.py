@@ -17,10 +17,21 @@ class SignatureError(ValueError):
     """A signature or key that does not verify or cannot be read."""
 
 
+class NotCanonical(SignatureError):
+    """A value that has no canonical form (NaN, an infinity, a non-JSON type)."""
+
+
 def canonical(value: BaseModel | dict[str, Any]) -> bytes:
-    """The bytes a signature covers: JSON with sorted keys, no spaces, UTF-8."""
+    """The bytes a signature covers: JSON with sorted keys, no spaces, UTF-8. Non-finite
+    numbers are refused: JSON has no spelling for them (the wire would carry ``null``
+    where the signature covered ``Infinity``)."""
     data = value.model_dump(mode="json") if isinstance(value, BaseModel) else value
-    return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    try:
+        return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
+                          allow_nan=False).encode()
+    except (ValueError, TypeError) as exc:
+        raise NotCanonical(f"cannot be signed: {exc} (use finite numbers, strings, "
+                           "booleans, null, lists and objects only)") from None
 
 
 def b64(raw: bytes) -> str:

@@ -25,12 +25,24 @@ from aegis_protocol.enrollment import (
 from aegis_protocol.events import EventBatch, EventBatchAck
 from aegis_protocol.orders import OrderKind, SignedAck, SignedOrder
 
+from ..db import DatabaseBusy
 from ..domain import Controller
-from ..errors import Conflict, DomainError, Forbidden, Invalid, NotFound, Unauthenticated
+from ..errors import (
+    Conflict,
+    DomainError,
+    Forbidden,
+    Invalid,
+    NotFound,
+    TooMany,
+    Unauthenticated,
+)
 
 #: The one mapping of domain refusals to HTTP statuses.
 STATUS: dict[type[DomainError], int] = {
-    Invalid: 400, Unauthenticated: 401, Forbidden: 403, NotFound: 404, Conflict: 409}
+    Invalid: 400, Unauthenticated: 401, Forbidden: 403, NotFound: 404, Conflict: 409,
+    TooMany: 429}
+#: Seconds a client is told to wait when the database's write lock is contended (503).
+RETRY_AFTER = 2
 
 
 class OrderRequest(BaseModel):
@@ -56,7 +68,14 @@ def create_app(controller: Controller) -> FastAPI:
     @app.exception_handler(DomainError)
     async def refused(_request: Request, exc: DomainError) -> JSONResponse:
         status = next((STATUS[c] for c in type(exc).__mro__ if c in STATUS), 400)
-        return JSONResponse({"detail": exc.message}, status_code=status)
+        headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, TooMany) else None
+        return JSONResponse({"detail": exc.message}, status_code=status, headers=headers)
+
+    @app.exception_handler(DatabaseBusy)
+    async def busy(_request: Request, _exc: DatabaseBusy) -> JSONResponse:
+        return JSONResponse({"detail": "the controller is busy (database write lock held by "
+                                       "other requests): retry after a few seconds"},
+                            status_code=503, headers={"Retry-After": str(RETRY_AFTER)})
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -134,6 +153,10 @@ def create_app(controller: Controller) -> FastAPI:
     @app.post(routes.ORDER_ACK)
     def ack_order(order_id: str, ack: SignedAck, node: Node) -> dict:
         return controller.orders.acknowledge(node, order_id, ack)
+
+    @app.on_event("shutdown")
+    def flush_noise() -> None:
+        controller.enrollment.flush_noise()  # the last window of unknown-token refusals
 
     @app.get("/healthz")
     def health() -> dict[str, str]:

@@ -1,5 +1,6 @@
-"""``aegis-controller nodes``, ``node show``, ``profile set`` and ``token issue``: the nodes,
-what they must measure, and the one-time tokens they enroll with."""
+"""``aegis-controller nodes``, ``node show``, ``node reenroll``, ``node trust``, ``profile set`` and
+``token issue``: the nodes, what they must measure, and the one-time tokens they enroll
+with."""
 
 from __future__ import annotations
 
@@ -26,6 +27,20 @@ def cmd_node_show(args: argparse.Namespace, settings: Settings) -> int:
     ctl = open_controller(settings)
     node = ctl.nodes.get(args.node)
     print_json({**node, "events": ctl.intake.event_count(args.node)})
+    return EXIT_OK
+
+
+def cmd_node_reenroll(args: argparse.Namespace, settings: Settings) -> int:
+    open_controller(settings).enrollment.allow_reenrollment(args.node, args.reason,
+                                                            default_actor())
+    print(f"{args.node} may enroll again: issue it a token (aegis-controller token issue "
+          f"{args.node})", file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_node_trust(args: argparse.Namespace, settings: Settings) -> int:
+    open_controller(settings).attestation.clear_suspicion(args.node, args.reason,
+                                                          default_actor())
     return EXIT_OK
 
 
@@ -110,3 +125,13 @@ def _register_nodes(groups: argparse._SubParsersAction) -> None:
     sp = verbs.add_parser("show")
     sp.add_argument("node")
     sp.set_defaults(func=cmd_node_show)
+    sp = verbs.add_parser("reenroll", help="let a suspect, quarantined or retired NODE "
+                          "enroll again (back to provisioning; recorded with the reason)")
+    sp.add_argument("node")
+    sp.add_argument("--reason", required=True, help="why (recorded on the ledger)")
+    sp.set_defaults(func=cmd_node_reenroll)
+    sp = verbs.add_parser("trust", help="clear a suspect NODE's suspicion (a measurement "
+                          "mismatch clears only this way or by a rebuild; recorded)")
+    sp.add_argument("node")
+    sp.add_argument("--reason", required=True, help="why (recorded on the ledger)")
+    sp.set_defaults(func=cmd_node_trust)

@@ -27,13 +27,13 @@ from .head import DEFAULT_SEAL_INTERVAL, head_path, read_head, sealing
 from .keys import Signer, Verifier, init_keys, load_signer, load_verifier
 from .opener import open_ledger
 from .records import APPENDABLE, GENESIS, Kind, Record
-from .store import DEFAULT_CHECKPOINT_EVERY, Ledger, records_table
+from .store import DEFAULT_CHECKPOINT_EVERY, Ledger, Recorder, records_table
 from .verify import Problem, VerifyResult, verify
 
 __all__ = [
     "APPENDABLE", "DEFAULT_CHECKPOINT_EVERY", "DEFAULT_SEAL_INTERVAL", "GENESIS", "Anchor",
     "AnchorError", "KeyFileError", "Kind", "Ledger", "LedgerError", "LedgerInputError",
-    "Problem", "Record", "Signer", "Verifier", "VerifyResult", "head_path", "init_keys",
+    "Problem", "Record", "Recorder", "Signer", "Verifier", "VerifyResult", "head_path", "init_keys",
     "load_signer", "load_verifier", "open_ledger", "read_anchor", "read_head", "records_table",
     "sealing", "verify",
 ]

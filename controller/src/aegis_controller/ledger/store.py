@@ -13,6 +13,7 @@ anchor file (:mod:`.anchor`) is moved to that checkpoint.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import time
@@ -125,6 +126,17 @@ class Ledger:
         self._anchor_last_checkpoint(written, raise_errors=False)
         return [r for r in written if r.kind != Kind.CHECKPOINT]
 
+    @contextlib.contextmanager
+    def recording(self) -> Iterator[Recorder]:
+        """One write transaction for a state change and its ledger records: both commit or
+        neither (an exception in the block rolls back the change and its records)."""
+        self._signer()
+        recorder = Recorder(self)
+        with db.transaction(self.engine) as conn:
+            recorder.conn = conn
+            yield recorder
+        self._anchor_last_checkpoint(recorder.written, raise_errors=False)
+
     def checkpoint(self) -> tuple[Record, anchors.Anchor | None]:
         """Write a checkpoint now (unless the head already is one) and move the anchor to it."""
         written = self._write(self._insert_checkpoint)
@@ -183,6 +195,7 @@ class Ledger:
                           parse_body(encoded), encoded)
 
     def _insert(self, conn: Connection, entries: Sequence[Entry]) -> list[Record]:
+        db.serialise_ledger(conn)
         seq, prev_hash, _ = self._head(conn)
         made: list[tuple[Record, str]] = []
         for entry in entries:
@@ -264,3 +277,23 @@ class Ledger:
         if verifier is None:
             verifier = self._signer().verifier
         return verify(self, verifier)
+
+
+class Recorder:
+    """The open write transaction of :meth:`Ledger.recording`: ``conn`` writes the state,
+    :meth:`append` the records, on the same connection."""
+
+    def __init__(self, ledger: Ledger) -> None:
+        self.ledger = ledger
+        self.conn: Connection = None  # type: ignore[assignment]  # set when the block opens
+        self.written: list[Record] = []
+
+    def append(self, kind: str, subject: str = "", body: Mapping[str, Any] | None = None, *,
+               actor: str | None = None) -> Record:
+        """Append one record inside this transaction (committed with the state, or not at
+        all)."""
+        entry = check_entry(kind, subject, {} if body is None else body,
+                            actor or self.ledger.actor)
+        made = self.ledger._insert(self.conn, [entry])
+        self.written.extend(made)
+        return next(r for r in made if r.kind != Kind.CHECKPOINT)
