@@ -6,11 +6,13 @@ limit, and half-open connections neither starve real clients nor stay open."""
 from __future__ import annotations
 
 import select
+import signal
 import socket
 import ssl
 import time
 from collections.abc import Iterator
 
+import httpx
 import pytest
 
 from aegis_protocol import routes
@@ -27,12 +29,14 @@ def live(run_prefix: str) -> Iterator[Server]:
         yield srv
 
 
-def _tls(server: Server, node: Node | None = None) -> ssl.SSLSocket:
+def _tls(server: Server, node: Node | None = None, source: str | None = None
+         ) -> ssl.SSLSocket:
     ctx = server.ca
     ctx.maximum_version = ssl.TLSVersion.TLSv1_2  # no session tickets: readable = answered
     if node is not None and node.cert_file is not None:
         ctx.load_cert_chain(node.cert_file, node.key_file)
-    raw = socket.create_connection((server.host, server.port), timeout=20)
+    raw = socket.create_connection((server.host, server.port), timeout=20,
+                                   source_address=(source, 0) if source else None)
     return ctx.wrap_socket(raw, server_hostname=server.host)
 
 
@@ -94,3 +98,38 @@ def test_an_oversized_streamed_body_is_cut_off(live: Server) -> None:
     assert time.monotonic() - started < 60
     with node.client(live) as c:  # and it still serves
         assert c.get(routes.NODE_SELF).status_code == 200
+
+
+def _closed(sock: ssl.SSLSocket) -> bool:
+    try:
+        return sock.recv(1024) == b""
+    except OSError:  # reset, or TLS cut short: closed too
+        return True
+
+
+def test_half_open_connections_do_not_starve_clients_and_are_closed(live: Server) -> None:
+    live.kill(signal.SIGTERM)
+    live.start("--read-timeout", "4", "--per-source", "20")
+    attacker = "127.0.0.2"  # one source on loopback; the real client comes from 127.0.0.1
+    half_open = []
+    for i in range(50):
+        try:
+            sock = _tls(live, source=attacker)
+            sock.sendall(b"POST /v1/ev" if i % 2 else  # half a request line, or half a body
+                         f"POST {routes.ENROLL} HTTP/1.1\r\nHost: x\r\n"
+                         "Content-Length: 100\r\n\r\n{".encode())
+        except OSError:
+            continue  # refused at once by the per-source cap: fine
+        half_open.append(sock)
+    with httpx.Client(base_url=live.url, verify=live.ca, timeout=20) as real:
+        assert real.get("/healthz").status_code == 200
+    deadline = time.monotonic() + 90  # a bound, not a timing claim: the timeout is 4 s
+    waiting = set(half_open)
+    while waiting and time.monotonic() < deadline:
+        ready, _, _ = select.select(list(waiting), [], [], 1)
+        waiting -= {s for s in ready if _closed(s)}
+    for sock in half_open:
+        sock.close()
+    assert not waiting, f"{len(waiting)} half-open connections were still open"
+    log = (live.state / "serve.log").read_text()
+    assert log.count("too many from one source") == 30, log[-2000:]

@@ -10,10 +10,13 @@ from .conventions import EXIT_OK, positive
 
 
 def cmd_serve_run(args: argparse.Namespace, settings: Settings) -> int:
+    from ..api.connections import ConnectionLimits  # uvicorn: only for this command
     from ..api.serve import serve  # FastAPI and uvicorn: only for this command
 
+    limits = ConnectionLimits(read_timeout=args.read_timeout, per_source=args.per_source,
+                              max_connections=args.max_connections)
     serve(open_controller(settings), settings.state_dir, args.host, args.port,
-          args.heartbeat_deadline)
+          args.heartbeat_deadline, limits)
     return EXIT_OK
 
 
@@ -23,4 +26,12 @@ def _register_serve(groups: argparse._SubParsersAction) -> None:
     sp.add_argument("--port", type=positive, default=8443)
     sp.add_argument("--heartbeat-deadline", type=positive, default=90, metavar="S",
                     help="seconds without a heartbeat before a node is suspect (default 90)")
+    sp.add_argument("--read-timeout", type=positive, default=15, metavar="S",
+                    help="seconds a client has to send a whole request, head and body; "
+                         "slower connections are closed (default 15)")
+    sp.add_argument("--per-source", type=positive, default=64, metavar="N",
+                    help="open connections allowed from one address (default 64)")
+    sp.add_argument("--max-connections", type=positive, default=4096, metavar="N",
+                    help="open connections in all; keep it well under the unit's "
+                         "LimitNOFILE (default 4096)")
     sp.set_defaults(func=cmd_serve_run)
