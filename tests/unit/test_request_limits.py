@@ -114,3 +114,19 @@ def test_every_route_has_a_policy_that_matches_its_identity() -> None:
         assert POLICIES[route.path].needs_certificate == needs, route.path
     assert policy_for("/v1/nowhere").needs_certificate
     assert policy_for("/v1/nowhere").body_limit == DEFAULT_BODY_LIMIT
+
+
+def test_a_large_real_heartbeat_fits_its_route() -> None:
+    """A node with 20,000 packages and 5,000 services (the model's bounds) can still send
+    its inventory: the heartbeat's limit is sized for it, not for an empty heartbeat."""
+    from aegis_protocol.enrollment import Heartbeat, Inventory
+
+    inventory = Inventory(os="Debian GNU/Linux 12 (bookworm)", kernel="6.1.0-18-amd64",
+                          packages={f"lib-package-name-{i:05d}-dev": f"1:2.{i}.3-4+deb12u1"
+                                    for i in range(20000)},
+                          services={f"service-unit-name-{i:04d}.service": "active"
+                                    for i in range(5000)})
+    body = Heartbeat(node_id="web1", boot_id="b" * 36, inventory=inventory,
+                     inventory_digest=inventory.digest()).model_dump_json().encode()
+    assert len(body) > 16 * 1024
+    assert len(body) < policy_for(routes.HEARTBEAT).body_limit

@@ -39,16 +39,18 @@ class Policy:
     needs_certificate: bool = True
 
 
-#: Route template → policy. Bodies: event batches up to a few MiB, everything else small.
+#: Route template → policy. Bodies: event batches and heartbeats (a changed inventory:
+#: up to 20,000 packages, 5,000 services and sockets) up to a few MiB, attestation
+#: reports and profiles (golden files, units, BPF programs) up to 1 MiB, the rest small.
 POLICIES: dict[str, Policy] = {
     routes.ENROLL: Policy(16 * KiB, needs_certificate=False),
     routes.EVENTS: Policy(4 * MiB),
     routes.CERTIFICATE: Policy(16 * KiB),
     routes.NODE_SELF: Policy(0),
     routes.ATTEST_CHALLENGE: Policy(0),
-    routes.ATTEST: Policy(64 * KiB),
-    routes.HEARTBEAT: Policy(16 * KiB),
-    routes.NODE_PROFILE: Policy(64 * KiB),
+    routes.ATTEST: Policy(1 * MiB),
+    routes.HEARTBEAT: Policy(4 * MiB),
+    routes.NODE_PROFILE: Policy(1 * MiB),
     routes.ORDERS: Policy(16 * KiB),
     routes.ORDER_ACK: Policy(16 * KiB),
     "/healthz": Policy(0, needs_certificate=False),
