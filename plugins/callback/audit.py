@@ -61,6 +61,7 @@ import time
 from ansible.plugins.callback import CallbackBase
 
 try:
+    from aegis_controller.db import scrub
     from aegis_controller.ledger import open_ledger
     from aegis_controller.settings import Settings
 
@@ -148,13 +149,15 @@ class CallbackModule(CallbackBase):
         if not HAS_AEGIS:
             self._warn("the aegis_controller package is not importable on this control node")
             return
+        settings = Settings.resolve(state_dir=self.get_option("state_dir"),
+                                    db_url=self.get_option("db_url"))
         try:
-            settings = Settings.resolve(state_dir=self.get_option("state_dir"),
-                                        db_url=self.get_option("db_url"))
             ledger = open_ledger(settings, write=True)
             try:
                 ledger.append("playbook_run", "", body, actor=self._actor())
             finally:
                 ledger.engine.dispose()
         except Exception as e:  # never fail the play because the ledger is unreachable
-            self._warn("cannot write the ledger (%s: %s)" % (type(e).__name__, e))
+            # the message may quote the database URL: never its password
+            self._warn("cannot write the ledger (%s: %s)"
+                       % (type(e).__name__, scrub(str(e), settings.db_url)))

@@ -57,6 +57,7 @@ def _agent_playbook(fleet: LocalFleet, server: Server, bao: OpenBao, token: str)
             "agent_controller_ca": (server.state / "ca" / "ca.pem").read_text(),
             "agent_bootstrap_token": token,
             "agent_vault_url": bao.addr,
+            "agent_vault_ca": Path(bao.ca_file).read_text() if bao.ca_file else "",
             "agent_interval": 1,
             "agent_attest_interval": 3600,
             "agent_segment_interface": "eth0",
@@ -86,7 +87,7 @@ def test_agent_role_enrolls_attests_and_drift_makes_the_node_suspect(lab) -> Non
 
     # 2. the agent role: install, hand over the response-wrapped token, unwrap, enroll
     issued = server.ctl("token", "issue", NODE,
-                        env={"BAO_ADDR": bao.addr, "BAO_TOKEN": bao.token})
+                        env=bao.env)
     assert issued.returncode == 0 and "response-wrapped" in issued.stderr, issued.stderr
     token = issued.stdout.strip()
     playbook = _agent_playbook(fleet, server, bao, token)

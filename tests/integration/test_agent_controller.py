@@ -184,7 +184,7 @@ def test_agent_unwraps_its_bootstrap_token_once_and_reports_a_stolen_one(
     node_id = f"{daemon.prefix}-node"
     with openbao_dev(daemon.prefix + "v", netns=daemon.lab.pair.a,
                      host=daemon.lab.pair.a_addr) as bao:
-        env = {"BAO_ADDR": bao.addr, "BAO_TOKEN": bao.token}
+        env = bao.env
 
         def wrapped() -> str:
             out = server.ctl("token", "issue", node_id, env=env, in_netns=True)
@@ -195,11 +195,11 @@ def test_agent_unwraps_its_bootstrap_token_once_and_reports_a_stolen_one(
         thief = subprocess.run(["nsenter", f"--net=/run/netns/{daemon.lab.pair.a}",
                                 str(BAO), "unwrap", "-format=json"], capture_output=True,
                                text=True, timeout=60, check=False,
-                               env={**os.environ, "BAO_ADDR": bao.addr, "BAO_TOKEN": stolen})
+                               env={**os.environ, **bao.env, "BAO_TOKEN": stolen})
         assert thief.returncode == 0, thief.stderr
         assert json.loads(thief.stdout)["data"]["node_id"] == node_id
         _node, token_file = _connect(daemon, server, interval=0.5, token=stolen,
-                                     vault={"url": bao.addr})
+                                     vault={"url": bao.addr, "ca_file": bao.ca_file})
 
         def link_error() -> str:
             return str(daemon.cli("status")[1]["controller"].get("error") or "")

@@ -99,3 +99,15 @@ def test_an_unusable_ledger_warns_and_the_play_still_succeeds(tmp_path: Path) ->
     assert "aegis.fleet.audit" in run.stderr and "NOT on the audit ledger" in run.stderr
     run = _play(tmp_path, state, "postgresql+psycopg://nobody@127.0.0.1:1/none")
     assert run.returncode == 0 and "NOT on the audit ledger" in run.stderr
+
+
+def test_the_callback_never_prints_the_database_password(tmp_path: Path) -> None:
+    secret = "s3cret-pw"  # noqa: S105 (a test value)
+    state = tmp_path / "state"
+    assert _controller(state, None, "keys", "init").returncode == 0
+    for url in (f"postgresql+nosuchdriver://aegis:{secret}@127.0.0.1:1/none",
+                f"postgresql+psycopg://aegis:{secret}@127.0.0.1:1/none"):
+        run = _play(tmp_path, state, url)
+        assert run.returncode == 0 and "NOT on the audit ledger" in run.stderr, run.stderr
+        assert "aegis:***@127.0.0.1" in run.stderr, run.stderr
+        assert secret not in run.stderr + run.stdout

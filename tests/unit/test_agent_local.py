@@ -41,7 +41,12 @@ def test_empty_config_gives_defaults() -> None:
     ("- a\n- b", "must be a YAML mapping"),
     ("segment: {mode: [", "not valid YAML"),
     ("node_id: n\ncontroller: {url: 'https://c', ca_file: /c.pem, vault: {url: 'bao:8200'}}",
-     "controller.vault.url: String should match pattern"),
+     "controller.vault.url: the vault url 'bao:8200' is not a URL"),
+    ("node_id: n\ncontroller: {url: 'https://c', ca_file: /c.pem, "
+     "vault: {url: 'http://10.0.0.5:8200'}}",
+     "controller.vault.url: the vault url 'http://10.0.0.5:8200' is plain http"),
+    ("node_id: n\ncontroller: {url: 'http://10.0.0.2:8443', ca_file: /c.pem}",
+     "controller.url: String should match pattern '^https://'"),
     ("node_id: n\ncontroller: {url: 'https://c', ca_file: /c.pem, vault: {adr: 'x'}}",
      "controller.vault.adr: unknown key"),
 ])
@@ -50,6 +55,15 @@ def test_bad_config_names_the_key(text: str, expected: str) -> None:
         parse_config(text, "agent.yaml")
     assert expected in str(err.value), str(err.value)
     assert str(err.value).startswith("agent.yaml: invalid agent configuration")
+
+
+def test_plain_http_vault_url_is_accepted_on_loopback_only() -> None:
+    for url in ("http://127.0.0.1:8200", "http://localhost:8200", "http://[::1]:8200",
+                "https://bao.example:8200"):
+        cfg = parse_config("node_id: n\ncontroller: {url: 'https://c', ca_file: /c.pem, "
+                           f"vault: {{url: '{url}'}}}}")
+        assert cfg.controller is not None and cfg.controller.vault is not None
+        assert cfg.controller.vault.url == url
 
 
 def test_every_problem_is_listed_at_once() -> None:

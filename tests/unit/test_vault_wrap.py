@@ -25,8 +25,26 @@ def test_settings_come_from_options_then_the_environment(
     (tmp_path / "token").write_text("t2\n")
     from_file = VaultSettings.resolve("https://bao:8200", str(tmp_path / "token"), None)
     assert from_file is not None and from_file.token == "t2"  # noqa: S105
-    with pytest.raises(VaultError, match="must start with http:// or https://"):
+    with pytest.raises(VaultError, match="'bao:8200' is not a URL"):
         VaultSettings.resolve("bao:8200", None, None)
+
+
+@pytest.mark.parametrize("variable", ["--vault-addr", "AEGIS_VAULT_ADDR", "BAO_ADDR",
+                                      "VAULT_ADDR"])
+def test_plain_http_is_refused_outside_loopback(monkeypatch: pytest.MonkeyPatch,
+                                                variable: str) -> None:
+    for name in ("AEGIS_VAULT_ADDR", "BAO_ADDR", "VAULT_ADDR"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("BAO_TOKEN", "t")
+    addr = "http://bao.example:8200"
+    option = addr if variable == "--vault-addr" else None
+    if option is None:
+        monkeypatch.setenv(variable, addr)
+    with pytest.raises(VaultError, match=r"plain http to bao\.example, which is not loopback: "
+                       "use https://"):
+        VaultSettings.resolve(option, None, None)
+    for ok in ("http://127.0.0.1:8200", "http://localhost:8200", "https://bao.example:8200"):
+        assert VaultSettings.resolve(ok, None, None) == VaultSettings(ok, "t")
 
 
 def test_an_unreachable_server_is_named(tmp_path: Path) -> None:

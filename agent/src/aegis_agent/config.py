@@ -21,6 +21,7 @@ from pydantic import (
 )
 
 from aegis_protocol.events import EventKind, Scalar
+from aegis_protocol.urls import checked_url
 
 from .bpf.bpffs import PIN_ROOT
 from .bpf.edges import Edge, EdgeSpecError, Peer
@@ -135,16 +136,26 @@ class WatchdogConfig(_Strict):
     grace: Annotated[int, Field(ge=1, description="intervals over a limit before exiting")] = 6
 
 
+def _vault_url(url: str) -> str:
+    return checked_url(url, "the vault url")
+
+
+def _controller_url(url: str) -> str:
+    return checked_url(url, "the controller url")
+
+
 class VaultConfig(_Strict):
     """The Vault-compatible server (OpenBao, Vault) that response-wrapped the bootstrap
     token: with it set, ``token_file`` holds a wrapping token the agent unwraps there."""
 
-    url: Annotated[str, Field(pattern=r"^https?://", description="the server's address")]
+    url: Annotated[str, Field(description="the server's address: https://, or http:// on "
+                              "loopback only"), AfterValidator(_vault_url)]
     ca_file: Path | None = Field(None, description="CA bundle for an https url")
 
 
 class ControllerConfig(_Strict):
-    url: Annotated[str, Field(pattern=r"^https://", description="the controller's API")]
+    url: Annotated[str, Field(pattern=r"^https://", description="the controller's API"),
+                   AfterValidator(_controller_url)]
     ca_file: Path = Field(description="the controller CA that signed its server certificate")
     token_file: Path = Path("/run/aegis/bootstrap-token")
     vault: VaultConfig | None = Field(None, description="unwrap the bootstrap token here")

@@ -22,12 +22,13 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sqlalchemy import Connection, Engine, MetaData, create_engine, event, exc, text
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
 
 if TYPE_CHECKING:
     from alembic.config import Config
@@ -65,12 +66,41 @@ def default_url(state_dir: Path) -> str:
     return f"sqlite:///{state_dir / 'controller.db'}"
 
 
-def describe(url: str) -> str:
+#: ``scheme://user:PASSWORD@`` in text that does not parse as a URL.
+_USERINFO = re.compile(r"(://[^:/@\s]*:)[^@\s]*@")
+
+
+def shown(url: str | URL) -> str:
+    """``url`` fit to show in a message or log: its password replaced by ``***`` (also
+    when it does not parse). Every place that shows a database URL goes through here."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except (exc.ArgumentError, ValueError):
+        text = str(url)
+        if _USERINFO.search(text):
+            return _USERINFO.sub(r"\1***@", text)
+        return f"***@{text.rsplit('@', 1)[1]}" if "@" in text else text
+
+
+def scrub(text: str, url: str | URL) -> str:
+    """``text`` (an error message, say) with ``url``'s password, and any password written
+    into a URL inside it, replaced by ``***``."""
+    try:
+        password = make_url(url).password
+    except (exc.ArgumentError, ValueError):
+        found = _USERINFO.search(str(url))
+        password = str(url)[found.end(1):found.end() - 1] if found else None
+    if password:
+        text = text.replace(str(password), "***")
+    return _USERINFO.sub(r"\1***@", text)
+
+
+def describe(url: str | URL) -> str:
     """A name for the database fit for messages: the file of SQLite, else the URL sans password."""
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         return f"database file {parsed.database or ':memory:'}"
-    return f"database {parsed.render_as_string(hide_password=True)}"
+    return f"database {shown(parsed)}"
 
 
 def sqlite_path(url: str) -> Path | None:
@@ -83,6 +113,12 @@ def sqlite_path(url: str) -> Path | None:
 def open_engine(url: str, *, must_exist: bool = False) -> Engine:
     """An engine for ``url``; ``must_exist`` refuses a SQLite file that is not there yet
     (readers must not create an empty database and then report it as fine)."""
+    try:
+        make_url(url)
+    except (exc.ArgumentError, ValueError) as err:
+        raise DatabaseError(f"cannot use database URL {shown(url)!r}: {scrub(str(err), url)} "
+                            "(expected postgresql+psycopg://USER@HOST/DB or "
+                            "sqlite:///PATH)") from None
     path = sqlite_path(url)
     if path is not None:
         if must_exist and not path.exists():
@@ -99,7 +135,8 @@ def open_engine(url: str, *, must_exist: bool = False) -> Engine:
         else:
             engine = create_engine(url, pool_pre_ping=True)
     except (exc.ArgumentError, exc.NoSuchModuleError, ImportError) as err:
-        raise DatabaseError(f"cannot use database URL {url!r}: {err}") from None
+        raise DatabaseError(f"cannot use database URL {shown(url)!r}: "
+                            f"{scrub(str(err), url)}") from None
     # Open one connection now, so a missing, corrupt or unreachable database is reported
     # here, by name, rather than halfway through a command.
     with errors(engine), engine.connect():
@@ -153,10 +190,10 @@ def errors(engine: Engine) -> Iterator[None]:
         raise
     except exc.DBAPIError as err:
         orig = str(getattr(err, "orig", None) or err).strip().splitlines()[0]
-        where = describe(engine.url.render_as_string(hide_password=False))
+        orig = scrub(orig, engine.url)
         busy = "database is locked" in orig.lower() or "deadlock" in orig.lower()
-        raise (DatabaseBusy if busy else DatabaseError)(f"{where}: {orig} ({_hint(orig)})"
-                                                         ) from None
+        raise (DatabaseBusy if busy else DatabaseError)(
+            f"{describe(engine.url)}: {orig} ({_hint(orig)})") from None
 
 
 @contextlib.contextmanager
@@ -223,5 +260,5 @@ def upgrade(engine: Engine) -> None:
         after = MigrationContext.configure(conn).get_current_revision()
     if before != after:
         log.info("database schema upgraded", extra={
-            "database": describe(engine.url.render_as_string(hide_password=False)),
+            "database": describe(engine.url),
             "from_revision": before, "to_revision": after})

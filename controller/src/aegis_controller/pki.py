@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from aegis_protocol.files import key_pem, write_atomically
+from aegis_protocol.files import check_private, key_pem, write_atomically
 
 NODE_CERT_HOURS = 24
 #: Operator certificates are short-lived (a working day); `operator-cert --hours` changes it.
@@ -94,6 +94,7 @@ class CertificateAuthority:
         write_atomically(self.cert_path, cert_pem(cert), mode=0o644)
 
     def _load(self) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+        check_private(self.key_path, "CA private key")
         key = serialization.load_pem_private_key(self.key_path.read_bytes(), None)
         assert isinstance(key, ec.EllipticCurvePrivateKey)
         return key, x509.load_pem_x509_certificate(self.cert_path.read_bytes())

@@ -11,7 +11,7 @@ aegis.fleet.audit callback all resolve it the same way).
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .db import default_url
@@ -23,7 +23,7 @@ DEFAULT_STATE_DIR = Path("/var/lib/aegis/controller")
 @dataclass(frozen=True)
 class Settings:
     state_dir: Path
-    db_url: str
+    db_url: str = field(repr=False)  # may hold a password: show it with db.shown only
     anchor_path: Path
 
     @classmethod

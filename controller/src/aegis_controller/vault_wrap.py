@@ -29,6 +29,7 @@ import requests
 from hvac import exceptions as hvac_errors
 
 from aegis_protocol.enrollment import WrappedBootstrap
+from aegis_protocol.urls import checked_url
 
 #: The HTTP status behind each of hvac's error classes (for messages).
 _STATUS: dict[type[hvac_errors.VaultError], int] = {
@@ -61,8 +62,10 @@ class VaultSettings:
         addr = addr or _env("AEGIS_VAULT_ADDR", "BAO_ADDR", "VAULT_ADDR")
         if not addr:
             return None
-        if not addr.startswith(("http://", "https://")):
-            raise VaultError(f"vault address {addr!r} must start with http:// or https://")
+        try:
+            checked_url(addr, "the vault address")
+        except ValueError as err:
+            raise VaultError(str(err)) from None
         if token_file:
             try:
                 token = Path(token_file).read_text().strip()

@@ -3,12 +3,15 @@
 - ``write_atomically``: a file is either its old or its new content, also after power loss
   (temporary file, fsync, rename, fsync of the directory).
 - ``private_key``: an Ed25519 or ECDSA private key at a path, created 0600 on first use
-  and checked to be of the expected kind on every load.
+  and checked to be of the expected kind on every load;
+- ``check_private``: the one mode check of every private key file (nobody but its owner
+  may read it), used by ``private_key`` and by every other loader of a private key.
 """
 
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 from typing import TypeVar
 
@@ -16,9 +19,22 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-__all__ = ["key_pem", "private_key", "write_atomically"]
+__all__ = ["PrivateKeyError", "check_private", "key_pem", "private_key", "write_atomically"]
 
 K = TypeVar("K", Ed25519PrivateKey, ec.EllipticCurvePrivateKey)
+
+
+class PrivateKeyError(ValueError):
+    """A private key file that must not be used: readable by others, or not the kind of
+    key expected (the message names the file and the fix)."""
+
+
+def check_private(path: Path, what: str = "private key") -> None:
+    """Refuse ``path`` if its group or others have any access to it."""
+    mode = stat.S_IMODE(path.stat().st_mode)
+    if mode & 0o077:
+        raise PrivateKeyError(f"{what} {path} is readable by others (mode {mode:04o}): run "
+                              f"`chmod 600 {path}`")
 
 
 def write_atomically(path: Path, data: bytes, mode: int = 0o644) -> None:
@@ -60,13 +76,15 @@ def _generate(kind: type[K]) -> K:
 
 def private_key(path: Path, kind: type[K]) -> K:
     """The private key of ``kind`` (``Ed25519PrivateKey`` or ``ec.EllipticCurvePrivateKey``,
-    made on P-256) at ``path``; created 0600 in a 0700 directory on first use."""
+    made on P-256) at ``path``; created 0600 in a 0700 directory on first use, and
+    refused (:class:`PrivateKeyError`) when others may read it or it is of another kind."""
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         write_atomically(path, key_pem(_generate(kind)), mode=0o600)
+    check_private(path)
     key = serialization.load_pem_private_key(path.read_bytes(), None)
     if not isinstance(key, kind):
         what = "Ed25519" if kind is Ed25519PrivateKey else "ECDSA"
-        raise ValueError(f"{path} is not an {what} private key: move it away and a new one "
+        raise PrivateKeyError(f"{path} is not an {what} private key: move it away and a new one "
                          "is made on the next start")
     return key

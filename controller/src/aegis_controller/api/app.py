@@ -36,6 +36,7 @@ from ..errors import (
     TooMany,
     Unauthenticated,
 )
+from .limits import RequestLimits
 
 #: The one mapping of domain refusals to HTTP statuses.
 STATUS: dict[type[DomainError], int] = {
@@ -64,6 +65,7 @@ def _readable(exc: RequestValidationError) -> str:
 
 def create_app(controller: Controller) -> FastAPI:
     app = FastAPI(title="Aegis controller", version="1", docs_url=None, redoc_url=None)
+    app.add_middleware(RequestLimits)  # certificate and body size, before any body is read
 
     @app.exception_handler(DomainError)
     async def refused(_request: Request, exc: DomainError) -> JSONResponse:

@@ -14,6 +14,7 @@ import uvicorn
 from ..domain import Controller
 from ..ledger import DEFAULT_SEAL_INTERVAL, sealing
 from .app import create_app
+from .connections import ConnectionLimits, guarded_protocol
 
 
 def _watch_heartbeats(controller: Controller, deadline: int) -> None:
@@ -43,9 +44,9 @@ def _exit_on_sigterm() -> None:
 
 
 def serve(controller: Controller, state_dir: Path, host: str, port: int,
-          heartbeat_deadline: int = 90,
+          heartbeat_deadline: int = 90, limits: ConnectionLimits | None = None,
           seal_interval: float = DEFAULT_SEAL_INTERVAL) -> None:
-    from .tls import MtlsH11Protocol
+    limits = limits or ConnectionLimits()
 
     threading.Thread(target=_watch_heartbeats, args=(controller, heartbeat_deadline),
                      daemon=True, name="heartbeat-deadlines").start()
@@ -56,8 +57,9 @@ def serve(controller: Controller, state_dir: Path, host: str, port: int,
     config = uvicorn.Config(
         create_app(controller), host=host, port=port, ssl_keyfile=str(key),
         ssl_certfile=str(cert), ssl_ca_certs=str(controller.ca.cert_path),
-        ssl_cert_reqs=ssl.CERT_OPTIONAL, http=MtlsH11Protocol, log_config=None,
-        access_log=False, lifespan="off")
+        ssl_cert_reqs=ssl.CERT_OPTIONAL, http=guarded_protocol(limits), log_config=None,
+        access_log=False, lifespan="off", limit_concurrency=limits.max_connections,
+        timeout_keep_alive=5, h11_max_incomplete_event_size=16 * 1024)
     # The ledger's head is sealed on a timer and at shutdown (an unanchored tail no older
     # than the interval).
     _exit_on_sigterm()

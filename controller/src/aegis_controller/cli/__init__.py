@@ -30,8 +30,11 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Callable
+
+from aegis_protocol.files import PrivateKeyError
 
 from .. import logs
 from ..db import DatabaseError
@@ -74,12 +77,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # Outside systemd (UMask=0077) too: the state directory, database and keys this
+    # process creates are its own (0700 directories, 0600 files).
+    os.umask(0o077)
     args = build_parser().parse_args(argv)
     logs.setup(getattr(logging, args.log_level.upper()))
     try:
         settings = Settings.resolve(args.state_dir, args.db, args.anchor)
         return int(args.func(args, settings))
-    except (InputError, DomainError, LedgerError, DatabaseError) as err:
+    except (InputError, DomainError, LedgerError, DatabaseError, PrivateKeyError) as err:
         print(f"aegis-controller: error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:

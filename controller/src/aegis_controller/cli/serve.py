@@ -10,10 +10,13 @@ from .conventions import EXIT_OK, positive
 
 
 def cmd_serve_run(args: argparse.Namespace, settings: Settings) -> int:
+    from ..api.connections import ConnectionLimits  # uvicorn: only for this command
     from ..api.serve import serve  # FastAPI and uvicorn: only for this command
 
+    limits = ConnectionLimits(read_timeout=args.read_timeout, per_source=args.per_source,
+                              max_connections=args.max_connections)
     serve(open_controller(settings), settings.state_dir, args.host, args.port,
-          args.heartbeat_deadline, args.ledger_seal_interval)
+          args.heartbeat_deadline, limits, args.ledger_seal_interval)
     return EXIT_OK
 
 
@@ -27,4 +30,12 @@ def _register_serve(groups: argparse._SubParsersAction) -> None:
                     help="seconds between ledger seals (a checkpoint and the signed head "
                          "outside the database, when the head moved; also at shutdown; "
                          "default 60)")
+    sp.add_argument("--read-timeout", type=positive, default=15, metavar="S",
+                    help="seconds a client has to send a whole request, head and body; "
+                         "slower connections are closed (default 15)")
+    sp.add_argument("--per-source", type=positive, default=64, metavar="N",
+                    help="open connections allowed from one address (default 64)")
+    sp.add_argument("--max-connections", type=positive, default=4096, metavar="N",
+                    help="open connections in all; keep it well under the unit's "
+                         "LimitNOFILE (default 4096)")
     sp.set_defaults(func=cmd_serve_run)

@@ -12,7 +12,6 @@ Signatures and hashes are stored as lowercase hex.
 
 from __future__ import annotations
 
-import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +19,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from aegis_protocol.files import key_pem, write_atomically
+from aegis_protocol.files import PrivateKeyError, check_private, key_pem, write_atomically
 from aegis_protocol.signing import key_id
 
 from .errors import KeyFileError
@@ -114,10 +113,10 @@ def _read(path: Path, what: str) -> bytes:
 
 def load_signer(path: Path) -> Signer:
     data = _read(path, "ledger private key")
-    mode = stat.S_IMODE(path.stat().st_mode)
-    if mode & 0o077:
-        raise KeyFileError(f"ledger private key {path} is readable by others (mode "
-                           f"{mode:04o}): run `chmod 600 {path}`")
+    try:
+        check_private(path, "ledger private key")
+    except PrivateKeyError as err:
+        raise KeyFileError(str(err)) from None
     try:
         private = serialization.load_pem_private_key(data, password=None)
     except (ValueError, TypeError) as err:
