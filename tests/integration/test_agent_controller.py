@@ -204,9 +204,17 @@ def test_agent_unwraps_its_bootstrap_token_once_and_reports_a_stolen_one(
         def link_error() -> str:
             return str(daemon.cli("status")[1]["controller"].get("error") or "")
 
-        assert _wait(lambda: "already unwrapped or it expired" in link_error()), link_error()
+        def unwrap_failures() -> list[dict]:
+            return [e for e in daemon.events() if e.get("kind") == "agent"
+                    and e.get("data", {}).get("what") == "bootstrap_unwrap_failed"]
+
+        # the refusal is read from the spool, where it stays: the link's error in status
+        # is overwritten by the next attempt ("no bootstrap token") within half a second
+        assert _wait(unwrap_failures), link_error()
+        (failure,) = unwrap_failures()
+        assert "already unwrapped or it expired" in str(failure["data"]["error"]), failure
         assert not token_file.exists()  # spent: not kept
-        assert stolen not in link_error()
+        assert stolen not in json.dumps(failure) and stolen not in link_error()
         token_file.write_text(wrapped())
         assert _wait(lambda: json.loads(server.ctl("node", "show", node_id).stdout or "{}")
                      .get("state") == "enrolled", timeout=90), link_error()
