@@ -256,3 +256,19 @@ def test_a_clean_shutdown_seals_the_ledger_so_a_cut_tail_is_found(server: Server
     assert out.returncode == 1
     assert f"records {head - 1} to {head} are missing" in out.stdout, out.stdout
     server.start()  # the fixture stops what it started
+
+
+def test_unknown_token_noise_is_recorded_when_the_server_stops(server: Server) -> None:
+    """Issue 12 item 3 under the real server: the last window of unknown-token refusals is
+    written by the app's shutdown, which runs only when uvicorn runs the lifespan (it did
+    not: the count was lost at every stop)."""
+    node = new_node(server, "noisy")
+    for i in range(3):
+        r = enroll(server, node, f"unknown-{i:02d}-" + "x" * 32)
+        assert r.status_code == 403, r.text
+    server.kill(signal.SIGTERM)
+    out = server.ctl("ledger", "show")
+    noise = [r["body"] for r in map(json.loads, out.stdout.splitlines())
+             if r["kind"] == "token_refused" and "count" in r["body"]]
+    assert sum(n["count"] for n in noise) == 3, out.stdout
+    server.start()  # the fixture stops what it started

@@ -4,6 +4,8 @@ OpenAPI document is at /openapi.json, and every refusal is a 4xx JSON answer who
 the client certificate), calls the domain and maps its errors to statuses, here and
 nowhere else."""
 
+import contextlib
+from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import Depends, FastAPI, Request
@@ -64,7 +66,13 @@ def _readable(exc: RequestValidationError) -> str:
 
 
 def create_app(controller: Controller) -> FastAPI:
-    app = FastAPI(title="Aegis controller", version="1", docs_url=None, redoc_url=None)
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        yield
+        controller.enrollment.flush_noise()  # the last window of unknown-token refusals
+
+    app = FastAPI(title="Aegis controller", version="1", docs_url=None, redoc_url=None,
+                  lifespan=lifespan)
     app.add_middleware(RequestLimits)  # certificate and body size, before any body is read
 
     @app.exception_handler(DomainError)
@@ -155,10 +163,6 @@ def create_app(controller: Controller) -> FastAPI:
     @app.post(routes.ORDER_ACK)
     def ack_order(order_id: str, ack: SignedAck, node: Node) -> dict:
         return controller.orders.acknowledge(node, order_id, ack)
-
-    @app.on_event("shutdown")
-    def flush_noise() -> None:
-        controller.enrollment.flush_noise()  # the last window of unknown-token refusals
 
     @app.get("/healthz")
     def health() -> dict[str, str]:

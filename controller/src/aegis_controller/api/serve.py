@@ -58,7 +58,7 @@ def serve(controller: Controller, state_dir: Path, host: str, port: int,
         create_app(controller), host=host, port=port, ssl_keyfile=str(key),
         ssl_certfile=str(cert), ssl_ca_certs=str(controller.ca.cert_path),
         ssl_cert_reqs=ssl.CERT_OPTIONAL, http=guarded_protocol(limits), log_config=None,
-        access_log=False, lifespan="off", limit_concurrency=limits.max_connections,
+        access_log=False, lifespan="on", limit_concurrency=limits.max_connections,
         timeout_keep_alive=5, h11_max_incomplete_event_size=16 * 1024)
     # The ledger's head is sealed on a timer and at shutdown (an unanchored tail no older
     # than the interval).
