@@ -10,6 +10,7 @@ import shutil
 import signal
 import subprocess
 import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -136,28 +137,34 @@ def test_agent_enrolls_forwards_and_obeys_signed_orders(daemon: Daemon,  # noqa:
 
 def test_ten_thousand_events_once_across_kill_9_of_agent_and_controller(
         daemon: Daemon, server: Server) -> None:  # noqa: F811
-    """10,000 exec events of a marker binary go from the kernel through the agent's spool
-    to the controller while the agent and then the controller are killed with SIGKILL in
-    the middle of the burst; afterwards the controller holds each exactly once."""
+    """10,000 exec events, each of its own name (a hard link per burst index), go from the
+    kernel through the agent's spool to the controller while the agent and then the
+    controller are killed with SIGKILL in the middle of the burst; afterwards the
+    controller holds each exec exactly once: 10,000 distinct event ids for 10,000
+    distinct names, every index present (a loss plus a duplicate cannot hide)."""
     node_id, _token = _connect(daemon, server, interval=0.2)
-    marker = daemon.root / "burst-marker"
-    shutil.copy("/bin/true", marker)
-    query = sa.text("SELECT count(*) FROM events WHERE node_id = :n AND kind = 'exec' "
+    marker = daemon.root / "burst"
+    marker.mkdir()
+    shutil.copy("/bin/true", marker / "m")
+    for i in range(10_000):  # one inode, 10,000 names: the kernel reports the name run
+        os.link(marker / "m", marker / f"m-{i}")
+    query = sa.text("SELECT event_id, data FROM events WHERE node_id = :n AND kind = 'exec' "
                     "AND data LIKE :p")
 
-    def stored() -> int:
+    def stored() -> list[tuple[str, str]]:
+        """(event id, exec'd name) of each stored exec of a burst link."""
         with server.engine().connect() as conn:
-            return int(conn.execute(query, {"n": node_id, "p": f'%"{marker}"%'}).scalar_one())
+            rows = conn.execute(query, {"n": node_id, "p": f'%"{marker}/m-%'}).all()
+        return [(r.event_id, json.loads(r.data)["filename"]) for r in rows]
 
-    def burst(n: int) -> subprocess.Popen:
-        return subprocess.Popen(["sh", "-c", f'i=0; while [ $i -lt {n} ]; do "{marker}"; '
-                                             'i=$((i+1)); done'])
+    def burst(first: int, n: int) -> subprocess.Popen:
+        return subprocess.Popen(["sh", "-c", f"i={first}; while [ $i -lt {first + n} ]; do "
+                                             f'"{marker}/m-$i"; i=$((i+1)); done'])
 
     assert _wait(lambda: daemon.cli("status")[1]["controller"].get("error") is None
                  and daemon.cli("status")[1]["controller"].get("forwarded") is not None)
-    total = 0
     for step in range(20):
-        gen = burst(500)
+        gen = burst(step * 500, 500)
         time.sleep(0.1)
         if step == 6:  # the agent dies mid-burst: spool and ring hold unforwarded events
             daemon.stop(signal.SIGKILL)
@@ -167,11 +174,15 @@ def test_ten_thousand_events_once_across_kill_9_of_agent_and_controller(
             gen.wait()
             server.start()
         assert gen.wait(timeout=120) == 0
-        total += 500
-    assert total == 10_000
-    assert _wait(lambda: stored() >= 10_000, timeout=180), stored()
+    assert _wait(lambda: len(stored()) >= 10_000, timeout=180), len(stored())
     time.sleep(2)  # a few more forwarding rounds: resends must not add anything
-    assert stored() == 10_000
+    rows = stored()
+    ids, names = [i for i, _n in rows], [n for _i, n in rows]
+    missing = {f"{marker}/m-{i}" for i in range(10_000)} - set(names)
+    twice = sorted(n for n, count in Counter(names).items() if count > 1)
+    assert not missing, f"{len(missing)} execs never stored, e.g. {sorted(missing)[:5]}"
+    assert not twice, f"{len(twice)} execs stored more than once, e.g. {twice[:5]}"
+    assert len(rows) == len(set(ids)) == len(set(names)) == 10_000
     status = daemon.cli("status")[1]
     assert status["exec_monitor"]["lost"] == 0, status["exec_monitor"]
 
