@@ -166,6 +166,9 @@ class ControllerConfig(_Strict):
                                             "(also on start and on an attest order)")] = 300.0
     renew_before: Annotated[float, Field(gt=0, description="rotate the client certificate "
                                          "this many seconds before it expires")] = 8 * 3600.0
+    max_backoff: Annotated[float, Field(ge=1, description="longest wait in seconds between "
+                                        "attempts while the controller cannot be reached "
+                                        "(the wait doubles from 1 s up to this)")] = 60.0
 
 
 class AgentConfig(_Strict):

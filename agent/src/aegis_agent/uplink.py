@@ -273,7 +273,7 @@ class Uplink:
         except (httpx.HTTPError, OSError, UplinkError, ValueError) as e:
             failed = [f"{type(e).__name__}: {e}"]
         if failed:
-            self.backoff = min(60.0, max(1.0, self.backoff * 2))
+            self.backoff = min(self.cfg.max_backoff, max(1.0, self.backoff * 2))
             self.next_try = now + self.backoff
             self.last["error"] = "; ".join(failed)
             log.warning("controller link failed; retrying in %.0f s", self.backoff,
