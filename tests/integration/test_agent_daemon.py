@@ -108,8 +108,9 @@ class Daemon:
         return [json.loads(line) for line in out.splitlines()]
 
 
-@pytest.fixture
-def daemon(netns: NetnsPair) -> Iterator[Daemon]:
+def daemon_lab(netns: NetnsPair) -> Iterator[Daemon]:
+    """A configured daemon (not started) in namespace b, removed afterwards: the body of
+    the ``daemon`` fixture here and in test_segment_lockout."""
     prefix = netns.a.removesuffix("-a")
     root = Path(tempfile.mkdtemp(prefix=f"{prefix}-agent-"))
     a = ThreadPoolExecutor(1, initializer=_enter, initargs=(netns.a,))
@@ -132,6 +133,11 @@ def daemon(netns: NetnsPair) -> Iterator[Daemon]:
         b.shutdown()
         # cleaned up either way, but a detach that failed or left pins fails the test
         assert rc == 0 and not left, f"aegis-agent detach: exit {rc}, left {left}: {err}"
+
+
+@pytest.fixture
+def daemon(netns: NetnsPair) -> Iterator[Daemon]:
+    yield from daemon_lab(netns)
 
 
 def _wait_for(pred, timeout: float = 5.0) -> bool:
