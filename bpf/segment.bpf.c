@@ -3,8 +3,8 @@
  *
  * Two programs share one set of maps:
  *   seg_ingress  XDP on the node's interface: default drop; a packet passes when it
- *                matches a live edge, a flow the node opened itself, or (quarantine)
- *                the management allow-list.
+ *                matches a live edge, a flow the node opened itself, or the
+ *                management allow-list (in quarantine: only the allow-list).
  *   seg_egress   tc/tcx on the same interface: records the node's own outbound flows
  *                so their replies pass, and cuts egress in quarantine.
  *
@@ -366,6 +366,10 @@ static __always_inline __u32 decide_ingress(const struct config *cfg, struct pkt
 		return V_PASS_FLOW;
 	}
 	v = match_edges(cfg, p, now);
+	/* the management path is never cut by the default drop either (the SSH a play
+	 * runs over, the controller); looked up only for packets no edge let through */
+	if (v != V_PASS_EDGE && mgmt_match(p->proto, p->dport, p->sport, p->src))
+		return V_PASS_MGMT;
 	if (v == V_PASS_EDGE && p->proto == IPPROTO_UDP) {
 		/* mark the inbound UDP flow so the service's replies do not open an
 		 * outbound flow that would outlive the edge */

@@ -62,8 +62,8 @@ def _agent_playbook(fleet: LocalFleet, server: Server, bao: OpenBao, token: str)
             "agent_attest_interval": 3600,
             "agent_segment_interface": "eth0",
             "agent_edges": [f"{gw} -> any tcp/22"],
-            "agent_management_peers": [f"{gw} tcp/22", f"{gw} tcp/{server.port}",
-                                       f"{gw} tcp/{bao_port}"],
+            # the SSH source and the controller are added by the role itself
+            "agent_management_peers": [f"{gw} tcp/{bao_port}"],
         }}],
     }]
     path = server.state / "agent.yml"
@@ -106,6 +106,15 @@ def test_agent_role_enrolls_attests_and_drift_makes_the_node_suspect(lab) -> Non
                                                      "--no-pager", "-n", "50").stdout
     status = json.loads(_exec(fleet, "/opt/aegis/agent/bin/aegis-agent", "status").stdout)
     assert status["segment"]["attached"] and status["segment"]["iface"] == "eth0"
+    # the role added its own SSH source and the controller, and confirmed the policy from
+    # a new connection through the filter: nothing is left to revert
+    gw = fleet.info()["gateway"]
+    assert {f"{gw} tcp/22", f"{gw} tcp/{server.port}"} <= set(status["segment"]["management"])
+    assert status["segment_unconfirmed_s"] is None
+    events = _exec(fleet, "/opt/aegis/agent/bin/aegis-agent", "events", "--limit", "10000",
+                   "--after", "-1").stdout
+    whats = [json.loads(line)["data"].get("what") for line in events.splitlines()]
+    assert "segment_confirmed" in whats and "segment_reverted" not in whats, whats
     assert status["controller"]["error"] is None, status["controller"]
     # the heartbeat's inventory, collected by the sandboxed agent on the node
     assert _wait(lambda: _node(server).get("inventory") is not None)

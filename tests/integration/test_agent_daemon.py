@@ -25,8 +25,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-from test_segment_netns import Lab, _enter
+from test_exec_connect_monitors import v2_root
+from test_segment_netns import Lab, _enter, _live_link_ids
 
+from aegis_agent.bpf import syscall
 from aegis_agent.spool import HEADER, Spool
 from harness import VENV_BIN, NetnsPair, wait_until
 
@@ -106,8 +108,9 @@ class Daemon:
         return [json.loads(line) for line in out.splitlines()]
 
 
-@pytest.fixture
-def daemon(netns: NetnsPair) -> Iterator[Daemon]:
+def daemon_lab(netns: NetnsPair) -> Iterator[Daemon]:
+    """A configured daemon (not started) in namespace b, removed afterwards: the body of
+    the ``daemon`` fixture here and in test_segment_lockout."""
     prefix = netns.a.removesuffix("-a")
     root = Path(tempfile.mkdtemp(prefix=f"{prefix}-agent-"))
     a = ThreadPoolExecutor(1, initializer=_enter, initargs=(netns.a,))
@@ -120,12 +123,21 @@ def daemon(netns: NetnsPair) -> Iterator[Daemon]:
         if d.proc is not None:
             d.proc.kill()
             d.proc.wait()
-        d.cli("detach", check=False)
+        rc, _out, err = d.cli("detach", check=False)
+        left = [pin for pin in (f"/sys/fs/bpf/{prefix}-seg", f"/sys/fs/bpf/{prefix}-mon")
+                if Path(pin).exists() and any(p.is_file() for p in Path(pin).rglob("*"))]
         for pin in (f"/sys/fs/bpf/{prefix}-seg", f"/sys/fs/bpf/{prefix}-mon"):
             shutil.rmtree(pin, ignore_errors=True)
         shutil.rmtree(root, ignore_errors=True)
         a.shutdown()
         b.shutdown()
+        # cleaned up either way, but a detach that failed or left pins fails the test
+        assert rc == 0 and not left, f"aegis-agent detach: exit {rc}, left {left}: {err}"
+
+
+@pytest.fixture
+def daemon(netns: NetnsPair) -> Iterator[Daemon]:
+    yield from daemon_lab(netns)
 
 
 def _wait_for(pred, timeout: float = 5.0) -> bool:
@@ -182,6 +194,45 @@ def test_restart_keeps_enforcement(daemon: Daemon) -> None:
     assert lab.reachable(8080) and not lab.reachable(9090)
     attached = [e for e in daemon.events() if e["data"].get("what") == "segment_attached"]
     assert [e["data"]["reused"] for e in attached] == [False, True]
+
+
+def _pinned_link_ids(pin_dir: Path) -> set[int]:
+    """The kernel ids of every BPF link pinned under ``pin_dir``."""
+    ids = set()
+    for path in pin_dir.rglob("link_*") if pin_dir.exists() else ():
+        fd = syscall.obj_get(str(path))
+        try:
+            ids.add(syscall.link_info(fd).id)
+        finally:
+            os.close(fd)
+    return ids
+
+
+def test_detach_removes_every_link_and_pin_it_made(daemon: Daemon) -> None:
+    """``aegis-agent detach`` after the daemon stopped: its exit status and its work are
+    checked here, before the fixture's own clean-up could hide a detach that failed."""
+    daemon.start()
+    lab = daemon.lab
+    lab.listen("b", "192.0.2.2", 8080)
+    assert not lab.reachable(8080)  # the filter is on
+    pins = [Path(lab.pin), Path(f"/sys/fs/bpf/{daemon.prefix}-mon")]
+    links = set().union(*map(_pinned_link_ids, pins))
+    assert len(links) >= 4, links  # xdp, tcx, exec and connect tracepoints
+    assert links <= _live_link_ids()
+    assert daemon.stop() == 0
+    assert lab.reachable(8080) is False  # enforcement outlived the daemon
+
+    rc, out, err = daemon.cli("detach", check=False)
+    assert rc == 0, err
+    assert out == {"segment": "detached", "exec": "detached", "connect": "detached"}
+    assert not Path(lab.pin).exists()
+    assert not [p for p in pins[1].rglob("*") if not p.is_dir()], list(pins[1].rglob("*"))
+    assert not links & _live_link_ids()  # no link survives unpinned either
+    link = lab.pair.run(lab.pair.b, "ip", "link", "show", "dev", lab.pair.b_if).stdout
+    assert "xdp" not in link
+    net = lab.pair.run(lab.pair.b, "bpftool", "net", "show", "dev", lab.pair.b_if).stdout
+    assert "seg_" not in net and "tcx" not in net
+    assert lab.reachable(8080)  # no filter: open again
 
 
 def test_policy_denies_an_exec_and_events_reach_the_spool(daemon: Daemon) -> None:
@@ -376,9 +427,7 @@ def test_socket_order_and_policy_record_one_event_kind_with_their_source(
 def test_policy_quarantines_a_cgroup_and_the_cli_releases_it(daemon: Daemon) -> None:
     """A connect rule with action deny quarantines the connecting process's cgroup (the
     policy path); ``aegis-agent release-cgroup`` lets it connect again (the CLI path)."""
-    cgroups = Path("/sys/fs/cgroup/unified")
-    if not (cgroups / "cgroup.procs").is_file():
-        pytest.skip("no cgroup v2 hierarchy at /sys/fs/cgroup/unified")
+    cgroups = v2_root()
     with socket.create_server(("127.0.0.1", 0)) as trigger, \
             socket.create_server(("127.0.0.1", 0)) as other:
         tport, oport = trigger.getsockname()[1], other.getsockname()[1]

@@ -274,6 +274,18 @@ def test_quarantine_keeps_only_management(seg):
     assert not passes(seg, syn(src="192.0.2.10", dport=22))
 
 
+def test_management_peers_pass_under_default_drop_too(seg):
+    """The management path is never cut: not in quarantine, and not by the default drop
+    (the SSH a play runs over, the controller); other traffic from the peer still is."""
+    seg.quarantine(False, management=["192.0.2.10 tcp/22", "198.51.100.0/28"])
+    assert passes(seg, syn(src="192.0.2.10", dport=22))
+    assert passes(seg, ipv4("192.0.2.10", NODE, 6, tcp(22, 40000, ACK)))  # either port
+    assert not passes(seg, syn(src="192.0.2.10", dport=23))
+    assert passes(seg, ipv4("198.51.100.5", NODE, 17, udp(999, 1)))  # the whole /28
+    assert not passes(seg, syn(src=PEER, dport=22))
+    assert nonzero(seg) == {"pass_mgmt": 3, "drop_no_edge": 2}
+
+
 def test_observe_mode_passes_and_reports_would_drop(seg):
     seg.set_mode("observe")
     assert passes(seg, syn(dport=23))

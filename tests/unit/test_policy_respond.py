@@ -91,3 +91,20 @@ def test_connect_deny_uses_the_events_cgroup_id_not_the_pid(
     respond(Decision("no-egress", "deny", event), enf)
     assert enf.connects.cgroups == [str(web)]  # type: ignore[union-attr]
 
+
+
+def test_the_cgroup_v2_root_is_found_on_a_pure_v2_host_too(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Bookworm mounts cgroup v2 at /sys/fs/cgroup with no unified/ below it; a hybrid
+    host has v1's tmpfs there and v2 under unified/. Both are found; neither is an error."""
+    pure = tmp_path / "cgroup"
+    pure.mkdir()
+    roots = (pure / "unified", pure)
+    monkeypatch.setattr(policy, "CGROUP_ROOTS", roots)
+    with pytest.raises(FileNotFoundError, match="no cgroup v2 hierarchy"):
+        policy.cgroup2_root()
+    (pure / "cgroup.procs").write_text("")
+    assert policy.cgroup2_root() == pure
+    (pure / "unified").mkdir()
+    (pure / "unified" / "cgroup.procs").write_text("")
+    assert policy.cgroup2_root() == pure / "unified"

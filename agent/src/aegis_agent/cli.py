@@ -2,7 +2,7 @@
 
     aegis-agent run [--config FILE]
     aegis-agent check-config [FILE]
-    aegis-agent status | edges | quarantine | release
+    aegis-agent status | edges | quarantine | release | confirm
     aegis-agent grant "10.0.0.0/24 -> 10.0.0.2 tcp/22" --ttl 600 --idle 60
     aegis-agent revoke "10.0.0.0/24 -> 10.0.0.2 tcp/22"
     aegis-agent events [--limit N] [--after SEQ] [--follow]
@@ -114,6 +114,8 @@ def _register_control(groups: argparse._SubParsersAction) -> None:
 
     for name in ("status", "edges", "quarantine", "release"):
         verb(name)
+    verb("confirm", "keep the segment policy applied at start (segment.confirm_seconds): "
+         "unconfirmed, it is reverted")
     sp = verb("grant", "allow an edge: 'SRC -> DST PROTO/PORT'", "edge", "ttl", "idle")
     sp.add_argument("edge")
     sp.add_argument("--ttl", type=float, help="seconds until it expires")

@@ -80,6 +80,10 @@ class SegmentConfig(_Strict):
     management: list[ManagementPeer] = Field(default_factory=list)
     edges: list[EdgeGrant] = Field(default_factory=list, description="'SPEC' or {edge, ttl, idle}")
     sweep_interval: Annotated[float, Field(gt=0)] = 5.0
+    confirm_seconds: Annotated[float, Field(gt=0, le=3600)] | None = Field(
+        None, description="timed confirmation: a policy applied at start that differs from "
+        "the one before is reverted (or the filter detached) unless `aegis-agent confirm` "
+        "comes within this many seconds; unset: no confirmation")
 
     @field_validator("edges", mode="before")
     @classmethod

@@ -3,8 +3,9 @@
 Each line is checked (``control.parse_request``), its arguments are parsed with the verb's
 model (``aegis_protocol.commands``), enforcement verbs go to
 :class:`~aegis_agent.enforcement.Enforcement` with source ``cli``, and the queries
-(status, edges, events, ping) are answered here. The socket is 0600 in a 0700 directory
-and the peer's uid is checked with SO_PEERCRED; a line longer than ``MAX_LINE`` is refused.
+(status, edges, events, ping) and ``confirm`` are answered here. The socket is 0600 in a
+0700 directory and the peer's uid is checked with SO_PEERCRED; a line longer than
+``MAX_LINE`` is refused.
 """
 
 from __future__ import annotations
@@ -35,11 +36,13 @@ def peer_uid(sock: socket.socket) -> int:
 
 class ControlServer:
     def __init__(self, path: Path, enforcement: Enforcement, spool: Spool,
-                 status: Callable[[], dict[str, object]]) -> None:
+                 status: Callable[[], dict[str, object]],
+                 confirm: Callable[[], dict[str, object]] | None = None) -> None:
         self.path = path
         self.enforcement = enforcement
         self.spool = spool
         self.status = status
+        self.confirm = confirm
         self._server: asyncio.AbstractServer | None = None
 
     async def start(self) -> None:
@@ -94,6 +97,10 @@ class ControlServer:
             return self.status()
         if command.verb == "edges":
             return self.enforcement.edges()
+        if command.verb == "confirm":
+            if self.confirm is None:
+                raise ValueError("this agent has no segment policy to confirm")
+            return self.confirm()
         after = command.after
         if after is None:
             after = max(-1, self.spool.next_seq - command.limit - 1)

@@ -17,6 +17,7 @@ import logging
 import os
 import signal
 import time
+from pathlib import Path
 from typing import Any
 
 from aegis_protocol.events import Event, agent_event
@@ -31,6 +32,7 @@ from .config import AgentConfig
 from .control_server import ControlServer
 from .enforcement import Enforcement
 from .events import Record, from_record
+from .lockout import LockoutError, Snapshot, Unconfirmed, controller_peers, same_policy
 from .notify import notify, watchdog_interval
 from .orders import order_handlers
 from .policy import Decision, Policy, respond
@@ -154,19 +156,99 @@ class Agent:
 
     # -- set-up -------------------------------------------------------------------------------
     def _start_segment(self) -> None:
+        """Attach (or find) the filter and apply the config's management peers, with the
+        controller always among them (lock-out guard); with ``confirm_seconds``, a policy
+        that changed is unconfirmed until ``aegis-agent confirm``."""
         sc = self.cfg.segment
         if not sc.interface:
             log.info("no segment.interface configured: segmentation is off")
             return
+        # before anything is attached: a controller that cannot be placed refuses the filter
+        protected = (controller_peers(self.cfg.controller.url, sc.ipv6)
+                     if self.cfg.controller else [])
         seg = SegmentFilter(sc.interface, sc.pin_dir, xdp_mode=sc.xdp_mode, tc_mode=sc.tc_mode,
                             mode=sc.mode, arp=sc.arp, ipv6=sc.ipv6)
+        before = seg.snapshot() if seg.loaded else None
         info = seg.attach()
+        seg.protect(protected)
         if not info.reused:
-            seg.quarantine(False, sc.management)
             for g in sc.edges:
                 seg.grant(g.edge, g.ttl, g.idle)
+        if not seg.config().quarantine:  # a quarantine keeps the list it was given
+            seg.quarantine(False, sc.management)
         self.segment = seg
-        self.record([agent_event("segment_attached", detail=str(info), reused=info.reused)])
+        self.record([agent_event("segment_attached", detail=str(info), reused=info.reused,
+                                 protected=", ".join(map(str, protected)) or None)])
+        self._arm_confirmation(before)
+
+    # -- timed confirmation of the segment policy -----------------------------------------
+    @property
+    def _unconfirmed_file(self) -> Path:
+        return unconfirmed_file(self.cfg)
+
+    def _arm_confirmation(self, before: Snapshot | None) -> None:
+        seconds = self.cfg.segment.confirm_seconds
+        if not seconds:
+            Unconfirmed.clear(self._unconfirmed_file)
+            return
+        assert self.segment is not None
+        # an earlier run's unconfirmed change: its previous policy is still the one to go
+        # back to, by its deadline (an agent restarting in the window gets no new one)
+        pending = Unconfirmed.load(self._unconfirmed_file)
+        if pending is None:
+            if before is not None and same_policy(before, self.segment.snapshot()):
+                return
+            pending = Unconfirmed(time.time() + seconds, before)
+            pending.save(self._unconfirmed_file)
+        self._unconfirmed = pending
+        left = max(0.0, pending.deadline - time.time())
+        assert self._loop is not None
+        self._revert_timer = self._loop.call_later(left, self._revert_segment)
+        log.warning("segment policy applied unconfirmed: `aegis-agent confirm` within %.0f s "
+                    "or it is reverted", left)
+        self.record([agent_event("segment_unconfirmed", "warning", seconds=round(left, 1),
+                                  revert_to="previous policy" if pending.previous else "detach")])
+
+    def confirm(self) -> dict[str, object]:
+        """``aegis-agent confirm``: keep the policy applied at start."""
+        pending, self._unconfirmed = self._unconfirmed, None
+        if pending is None:
+            return {"confirmed": False, "detail": "nothing to confirm"}
+        if self._revert_timer is not None:
+            self._revert_timer.cancel()
+            self._revert_timer = None
+        Unconfirmed.clear(self._unconfirmed_file)
+        self.record([agent_event("segment_confirmed")])
+        return {"confirmed": True, "detail": "segment policy kept"}
+
+    def _revert_segment(self) -> None:
+        pending, self._unconfirmed, self._revert_timer = self._unconfirmed, None, None
+        seg = self.segment
+        if pending is None or seg is None:
+            return
+        try:
+            if pending.previous is None:
+                if self._segment_reader is not None:
+                    asyncio.get_running_loop().remove_reader(self._segment_reader)
+                    self._readers.remove(self._segment_reader)
+                    self._segment_reader = None
+                self.segment = None
+                seg.detach()
+                what = "filter detached (there was none before)"
+            else:
+                seg.restore(pending.previous)
+                what = "previous policy restored"
+        except (BpfError, OSError) as e:
+            log.error("segment policy not confirmed and the revert failed: %s", e)
+            self.record([agent_event("segment_revert_failed", "critical", error=str(e))])
+            return
+        Unconfirmed.clear(self._unconfirmed_file)
+        log.error("segment policy not confirmed in time: %s", what)
+        self.record([agent_event("segment_reverted", "critical", detail=what)])
+
+    _unconfirmed: Unconfirmed | None = None
+    _revert_timer: asyncio.TimerHandle | None = None
+    _segment_reader: int | None = None
 
     def _start_monitors(self) -> None:
         mc = self.cfg.monitors
@@ -199,6 +281,8 @@ class Agent:
         reader = part.reader(self._sink)
         asyncio.get_running_loop().add_reader(reader.fileno(), self._drain, reader)
         self._readers.append(reader.fileno())
+        if part is self.segment:
+            self._segment_reader = reader.fileno()
 
     # -- controller link ------------------------------------------------------------------------
     def _start_uplink(self) -> None:
@@ -237,6 +321,9 @@ class Agent:
         return {"version": __version__, "pid": os.getpid(), "node_id": self.cfg.node_id,
                 "uptime_s": round(time.monotonic() - self.started, 1),
                 "segment": self.segment.status() if self.segment else None,
+                "segment_unconfirmed_s": (round(max(0.0, self._unconfirmed.deadline
+                                                    - time.time()), 1)
+                                          if self._unconfirmed else None),
                 "exec_monitor": self.execs.stats() if self.execs else None,
                 "connect_monitor": self.connects.stats() if self.connects else None,
                 "spool": self.spool.status(), "watchdog": self.last_reading,
@@ -281,13 +368,19 @@ class Agent:
                       extra={"moved_to": p.moved_to})
             self.record([agent_event("spool_corrupt", "critical", segment=p.segment,
                                       reason=p.reason, moved_to=p.moved_to)])
-        self._start_segment()
+        try:
+            self._start_segment()
+        except LockoutError as e:
+            log.error("segmentation refused: %s", e)
+            self.record([agent_event("segment_refused", "critical", error=str(e))])
+            self.spool.close()
+            return 1
         self._start_monitors()
         for part in (self.segment, self.execs, self.connects):
             if part is not None:
                 self._add_reader(part)
         self._server = ControlServer(self.cfg.control.socket, self.enforcement, self.spool,
-                                     self.status)
+                                     self.status, confirm=self.confirm)
         await self._server.start()
         self._start_uplink()
         tasks = [asyncio.create_task(self._every(self.cfg.segment.sweep_interval, self._sweep)),
@@ -324,9 +417,16 @@ class Agent:
         log.info("agent stopped; enforcement stays pinned", extra={"exit": self._exit})
 
 
+def unconfirmed_file(cfg: AgentConfig) -> Path:
+    """Where an unconfirmed segment policy is kept: tmpfs, beside the control socket (a
+    reboot clears it with the pins)."""
+    return cfg.control.socket.parent / "segment-unconfirmed.json"
+
+
 def detach(cfg: AgentConfig) -> dict[str, object]:
     """Remove everything the agent attached and pinned (run with the daemon stopped)."""
     done: dict[str, object] = {}
+    Unconfirmed.clear(unconfirmed_file(cfg))  # nothing left to confirm or revert
     if cfg.segment.interface or cfg.segment.pin_dir.exists():
         seg = SegmentFilter(cfg.segment.interface, cfg.segment.pin_dir)
         if seg.loaded:

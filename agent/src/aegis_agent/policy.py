@@ -60,19 +60,25 @@ class Policy:
 CGROUP_ROOTS = (Path("/sys/fs/cgroup/unified"), Path("/sys/fs/cgroup"))
 
 
+def cgroup2_root() -> Path:
+    """Where the cgroup v2 tree is mounted: /sys/fs/cgroup/unified on a hybrid hierarchy,
+    /sys/fs/cgroup on a pure v2 host (bookworm's default). Only the first root holding a
+    ``cgroup.procs`` counts: on a hybrid host the other is v1's tmpfs."""
+    for root in CGROUP_ROOTS:
+        if (root / "cgroup.procs").is_file():
+            return root
+    raise FileNotFoundError("no cgroup v2 hierarchy (looked for cgroup.procs under "
+                            + " and ".join(map(str, CGROUP_ROOTS)) + ")")
+
+
 def cgroup_by_id(cgroup_id: int) -> str:
     """The cgroup v2 directory whose id (its inode) is ``cgroup_id``, the id a connect
     event carries from the kernel: no process is looked up afterwards, so an exited or
-    reused PID cannot point the decision at another cgroup. Hybrid hierarchy: the v2
-    tree is under /sys/fs/cgroup/unified."""
-    for root in CGROUP_ROOTS:
-        if not (root / "cgroup.procs").is_file():
-            continue
-        for top, dirs, _files in os.walk(root):
-            if os.stat(top).st_ino == cgroup_id:
-                return top
-            dirs[:] = [d for d in dirs if not os.path.islink(os.path.join(top, d))]
-        break  # only the first v2 root: the other is the hybrid's v1 side
+    reused PID cannot point the decision at another cgroup."""
+    for top, dirs, _files in os.walk(cgroup2_root()):
+        if os.stat(top).st_ino == cgroup_id:
+            return top
+        dirs[:] = [d for d in dirs if not os.path.islink(os.path.join(top, d))]
     raise FileNotFoundError(f"no cgroup v2 directory with id {cgroup_id} (it was removed)")
 
 

@@ -7,7 +7,7 @@ arrives on the agent's control socket or in a signed order from the controller.
 ``Command`` is the discriminated union (on ``verb``) of every model. The enforcement
 verbs (``ENFORCEMENT_VERBS``) act on the node's kernel state; ``rotate`` and ``attest``
 are run by the agent's controller link and exist only as order kinds; the queries
-(``QUERY_VERBS``) exist only on the control socket. :func:`parse`
+and ``confirm`` (``QUERY_VERBS``) exist only on the control socket. :func:`parse`
 raises :class:`CommandError` (a ``ValueError``) with one clear line: an unknown or
 missing argument, an argument of the wrong type, a value outside its choices.
 """
@@ -19,8 +19,8 @@ from typing import Annotated, Any, Literal, get_args
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
 __all__ = ["ENFORCEMENT_VERBS", "QUERY_VERBS", "AllowExec", "Attest", "Command", "CommandError",
-           "DenyExec", "Events", "Grant", "Quarantine", "QuarantineCgroup", "Query", "Release",
-           "ReleaseCgroup", "Revoke", "Rotate", "parse"]
+           "Confirm", "DenyExec", "Events", "Grant", "Quarantine", "QuarantineCgroup", "Query",
+           "Release", "ReleaseCgroup", "Revoke", "Rotate", "parse"]
 
 EDGE_HELP = "'SOURCE -> DESTINATION PROTO/PORT'"
 Reason = Annotated[str, Field(max_length=200)]
@@ -134,6 +134,13 @@ class Query(_Verb):
     verb: Literal["status", "edges", "ping"]
 
 
+class Confirm(_Verb):
+    """Keep the segmentation policy the agent applied at start (``segment.confirm_seconds``
+    set): unconfirmed, the agent goes back to the previous one when the time is up."""
+
+    verb: Literal["confirm"] = "confirm"
+
+
 class Events(_Verb):
     """Spooled events after sequence number ``after`` (default: the last ``limit``)."""
 
@@ -143,17 +150,18 @@ class Events(_Verb):
 
 
 Command = Annotated[Grant | Revoke | Quarantine | Release | DenyExec | AllowExec
-                    | QuarantineCgroup | ReleaseCgroup | Rotate | Attest | Query | Events,
+                    | QuarantineCgroup | ReleaseCgroup | Rotate | Attest | Query | Confirm
+                    | Events,
                     Field(discriminator="verb")]
 _COMMAND: TypeAdapter[Any] = TypeAdapter(Command)
 _MODELS: dict[str, type[_Verb]] = {
     verb: m
     for m in (Grant, Revoke, Quarantine, Release, DenyExec, AllowExec, QuarantineCgroup,
-              ReleaseCgroup, Rotate, Attest, Query, Events)
+              ReleaseCgroup, Rotate, Attest, Query, Confirm, Events)
     for verb in get_args(m.model_fields["verb"].annotation)}
 ENFORCEMENT_VERBS = ("grant", "revoke", "quarantine", "release", "deny-exec", "allow-exec",
                      "quarantine-cgroup", "release-cgroup")
-QUERY_VERBS = ("status", "edges", "events", "ping")
+QUERY_VERBS = ("status", "edges", "events", "ping", "confirm")
 
 
 def parse(verb: str, args: dict[str, Any]) -> Any:

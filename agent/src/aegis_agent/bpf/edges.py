@@ -4,7 +4,7 @@ An edge:   ``SOURCE -> DESTINATION PROTO[/PORT]``
     ``10.0.0.0/24 -> 192.0.2.2 tcp/22``   a source network to one address and port
     ``any -> 192.0.2.2 udp/53``           any source
     ``192.0.2.1 -> any icmp``             to any of the node's addresses
-A management peer (reachable both ways while quarantined): ``PEER [PROTO[/PORT]]``
+A management peer (never cut: not by the default drop, not by quarantine): ``PEER [PROTO[/PORT]]``
     ``192.0.2.10 tcp/22`` (either side's port), ``192.0.2.0/28`` (everything).
 """
 
@@ -155,7 +155,7 @@ class Edge:
 
 @dataclass(frozen=True, order=True)
 class Peer:
-    """A management peer allowed in both directions during quarantine."""
+    """A management peer: let in by the default drop, and both ways during quarantine."""
 
     net: ipaddress.IPv4Network
     proto: int = 0

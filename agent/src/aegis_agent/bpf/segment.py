@@ -48,6 +48,7 @@ log = logging.getLogger(__name__)
 
 PROGRAMS = {"ingress": layout.PROG_SEG_INGRESS, "egress": layout.PROG_SEG_EGRESS}
 LINK_PINS = ("link_xdp", "link_tc")
+POLICY_MAPS = (MAP_SEG_CONFIG, MAP_SEG_MGMT, MAP_SEG_EDGES, MAP_SEG_EDGES_LPM)
 XDP_PASS, XDP_DROP = 2, 1
 TC_ACT_OK, TC_ACT_SHOT = 0, 2
 _XDP_FLAGS = {"native": syscall.XDP_FLAGS_DRV_MODE, "generic": syscall.XDP_FLAGS_SKB_MODE}
@@ -371,13 +372,25 @@ class SegmentFilter(PinnedObject):
                 "arp": names["arp"][cfg.arp], "ipv6": names["ipv6"][cfg.ipv6],
                 "management": [str(p) for p in self.management()]}
 
+    def protect(self, peers: Iterable[str | Peer]) -> None:
+        """Peers no management list may leave out (the controller the agent reports to):
+        installed now and kept by every later ``quarantine(…, management)`` of this
+        object, so no order, rule or CLI call can cut them."""
+        self.protected = tuple(Peer.parse(p) for p in peers)
+        fd = self.map_fd(MAP_SEG_MGMT)
+        for p in self.protected:
+            syscall.map_update(fd, p.key(), (1).to_bytes(4, "little"))
+
+    protected: tuple[Peer, ...] = ()
+
     def quarantine(self, on: bool, management: Iterable[str | Peer] | None = None) -> None:
         """Cut everything except ``management`` peers (both directions). None keeps the
-        current list; the list is installed before the switch flips."""
+        current list; the list (with the ``protected`` peers) is installed before the
+        switch flips."""
         peers = None if management is None else [Peer.parse(p) for p in management]
         fd = self.map_fd(MAP_SEG_MGMT)
         if peers is not None:
-            wanted = {p.key() for p in peers}
+            wanted = {p.key() for p in [*peers, *self.protected]}
             for key in list(syscall.map_keys(fd, layout.SEGMENT_MAPS[MAP_SEG_MGMT].key_size)):
                 if key not in wanted:
                     syscall.map_delete(fd, key)
@@ -396,6 +409,37 @@ class SegmentFilter(PinnedObject):
             peers.append(Peer(ipaddress.IPv4Network((peer, plen - layout.MGMT_EXACT_BITS)),
                               proto, port))
         return sorted(peers)
+
+    # -- the policy as a whole (timed confirmation) --------------------------------------
+    def snapshot(self) -> dict[str, dict[bytes, bytes]]:
+        """The policy: the config, the management peers and the edges as map contents,
+        to ``restore`` later (flows, counters and events are not policy)."""
+        out: dict[str, dict[bytes, bytes]] = {}
+        for name in POLICY_MAPS:
+            spec, fd = layout.SEGMENT_MAPS[name], self.map_fd(name)
+            rows = {}
+            for key in list(syscall.map_keys(fd, spec.key_size)):
+                raw = syscall.map_lookup(fd, key, spec.value_size)
+                if raw is not None:
+                    rows[key] = raw
+            out[name] = rows
+        return out
+
+    def restore(self, snap: dict[str, dict[bytes, bytes]]) -> None:
+        """Put back a ``snapshot``: entries not in it are removed, the others rewritten.
+        The quarantine switch stays as it is now: a revert never lifts a quarantine."""
+        quarantined = self.config().quarantine
+        for name, rows in snap.items():
+            spec, fd = layout.SEGMENT_MAPS[name], self.map_fd(name)
+            if name != MAP_SEG_CONFIG:
+                for key in list(syscall.map_keys(fd, spec.key_size)):
+                    if key not in rows:
+                        syscall.map_delete(fd, key)
+            for key, value in rows.items():
+                syscall.map_update(fd, key, value)
+        cfg = self.config()
+        cfg.quarantine = quarantined
+        self._write_config(cfg)
 
     def _edge_value(self, ttl: float | None, idle: float | None, now: int) -> bytes:
         ttl_ns = _seconds_to_ns(ttl, "ttl")
