@@ -134,15 +134,14 @@ def _module_daemon(pair: NetnsPair) -> Iterator[Daemon]:
 
 @pytest.fixture(scope="module")
 def node() -> Iterator[Node]:
-    """An enrolled node, trusted against a profile pinned from its first measurement; the
-    controller is one of its management peers (as the agent role's README asks), so a
-    quarantine keeps the link that can release it."""
+    """An enrolled node, trusted against a profile pinned from its first measurement. The
+    controller is deliberately NOT listed among the management peers: the agent's lock-out
+    guard must keep the link that can release a quarantine on its own."""
     with netns_pair(sub_prefix()) as pair, _module_daemon(pair) as d, \
             controller_server(d.prefix + "c", None, host=pair.a_addr, netns=pair.a) as srv:
         _agent_config(d)
-        cfg = yaml.safe_load(d.config.read_text())
-        cfg["segment"]["management"].append(f"{pair.a_addr} tcp/{srv.port}")
-        d.config.write_text(yaml.safe_dump(cfg))
+        assert not any(str(srv.port) in peer for peer in
+                       yaml.safe_load(d.config.read_text())["segment"]["management"])
         node_id, _token = _connect(d, srv, interval=0.3, attest_interval=1.0,
                                    renew_before=float(CERT_LIFETIME - RENEW_AFTER),
                                    max_backoff=float(MAX_BACKOFF))

@@ -181,3 +181,37 @@ def test_a_lost_rotation_reply_does_not_lock_the_node_out(
     events = [json.loads(line)["body"].get("event")
               for line in server.ctl("ledger", "show").stdout.splitlines()]
     assert events.count("certificate_rotated") == 1  # the retry issued nothing new
+
+
+def test_the_back_off_counts_from_the_end_of_a_slow_failed_round(
+        server: Server, tmp_path: Path) -> None:
+    """A round that fails slowly (a peer that holds the connection, then drops it) must
+    still wait the whole announced back-off before the next attempt: counting from the
+    start of the round shortened the wait by the round's own length."""
+    import socket
+    import threading
+    import time
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    held = 0.6
+
+    def hold_then_drop() -> None:
+        with listener:
+            conn, _ = listener.accept()
+            time.sleep(held)
+            conn.close()
+
+    threading.Thread(target=hold_then_drop, daemon=True).start()
+    token = tmp_path / "token"
+    token.write_text(server.token(NODE))
+    cfg = ControllerConfig(url=f"https://127.0.0.1:{port}",
+                           ca_file=server.state / "ca" / "ca.pem", token_file=token,
+                           state_dir=tmp_path / "state", golden_file=tmp_path / "golden.json")
+    up = Uplink(cfg, NODE, Spool(tmp_path / "spool"), {})
+    started = time.monotonic()
+    last = up.tick()
+    ended = time.monotonic()
+    assert last["error"] and up.backoff == 1.0, last
+    assert ended - started >= held - 0.05  # the round really was slow
+    assert up.next_try >= ended + up.backoff - 0.01, (up.next_try - ended, up.backoff)

@@ -260,7 +260,11 @@ class Uplink:
         return failed
 
     def tick(self, now: float | None = None) -> dict[str, object]:
-        """One round (enroll if needed, heartbeat, forward, orders); backs off on failure."""
+        """One round (enroll if needed, heartbeat, forward, orders); backs off on failure.
+
+        The back-off counts from the end of the failed round, so the announced wait is the
+        least time before the next attempt even when a round itself was slow."""
+        given = now
         now = time.monotonic() if now is None else now
         if now < self.next_try:
             return self.last
@@ -274,7 +278,7 @@ class Uplink:
             failed = [f"{type(e).__name__}: {e}"]
         if failed:
             self.backoff = min(self.cfg.max_backoff, max(1.0, self.backoff * 2))
-            self.next_try = now + self.backoff
+            self.next_try = (time.monotonic() if given is None else now) + self.backoff
             self.last["error"] = "; ".join(failed)
             log.warning("controller link failed; retrying in %.0f s", self.backoff,
                         extra={"error": self.last["error"]})
