@@ -332,24 +332,26 @@ def _batch(node_id: str, n: int, value: int = 0, **data: Any) -> dict:
     return EventBatch.model_construct(node_id=node_id, events=events).model_dump(mode="json")
 
 
-def _huge_batches(srv: Server, evil: Node, tally: Tally, stop: threading.Event) -> None:
-    """Full batches of near-maximal events (stored), over-long batches, over-size bodies,
-    and floods of events that match a quarantine rule."""
-    with _node_client(srv, evil, "127.0.0.5") as c:
+def _huge_batches(srv: Server, evil: Node, tally: Tally, stop: threading.Event,
+                  source: str) -> None:
+    """Floods of events that match a quarantine rule (two of these clients start with one
+    at the same moment), full batches of near-maximal events (stored), over-long batches
+    and over-size bodies."""
+    with _node_client(srv, evil, source) as c:
         n = 0
         while not stop.is_set():
             what = n % 4
-            if what == 0:  # 1,000 events of ~3.5 KB: under the 4 MiB limit, stored
-                body, kind = _batch(evil.node_id, MAX_BATCH, 3500), "full batch, 3.5 KB values"
-            elif what == 1:
-                body, kind = _batch(evil.node_id, MAX_BATCH + 1), "batch over 1,000 events"
-            elif what == 2:
-                body, kind = _batch(evil.node_id, MAX_BATCH, 4096, pad="y" * 1200), \
-                    "batch over 4 MiB"
-            else:
+            if what == 0:
                 body, kind = _batch(evil.node_id, MAX_BATCH, kind="policy", rule="r",
                                     action="quarantine", result="ok"), \
                     "1,000 quarantine-rule events"
+            elif what == 1:  # 1,000 events of ~3.5 KB: under the 4 MiB limit, stored
+                body, kind = _batch(evil.node_id, MAX_BATCH, 3500), "full batch, 3.5 KB values"
+            elif what == 2:
+                body, kind = _batch(evil.node_id, MAX_BATCH + 1), "batch over 1,000 events"
+            else:
+                body, kind = _batch(evil.node_id, MAX_BATCH, 4096, pad="y" * 1200), \
+                    "batch over 4 MiB"
             try:
                 r = c.post(routes.EVENTS, json=body)
                 tally.hit(f"huge batch: {kind}", r.status_code)
@@ -519,7 +521,8 @@ def test_hostile_mix_leaves_real_nodes_served_and_every_change_recorded(live: Se
                                 (_slowloris, (srv, tally, stop)),
                                 (_bogus_tokens, (srv, tally, stop)),
                                 (_malformed, (srv, evil, tally, stop)),
-                                (_huge_batches, (srv, evil, tally, stop)),
+                                (_huge_batches, (srv, evil, tally, stop, "127.0.0.5")),
+                                (_huge_batches, (srv, evil, tally, stop, "127.0.0.7")),
                                 (_replays, (srv, evil, cap, tally, stop)))]
     operator = threading.Thread(target=_guard, args=(
         tally, _operator_loop, srv, tally, tmp_path, stop, nodes, node_threads, until))
