@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select
 import shutil
 import signal
+import socket
 import ssl
 import subprocess
 import sys
@@ -172,3 +174,53 @@ def operator_client(server: Server, name: str = "alice") -> httpx.Client:
                         server.state / f"ops/operator-{name}.key")
     return httpx.Client(base_url=server.url, verify=ctx, timeout=30)
 
+
+# -- raw TLS, for clients that do what no HTTP library does (half requests, huge uploads)
+def raw_tls(server: Server, node: Node | None = None, source: str | None = None
+         ) -> ssl.SSLSocket:
+    ctx = server.ca
+    ctx.maximum_version = ssl.TLSVersion.TLSv1_2  # no session tickets: readable = answered
+    if node is not None and node.cert_file is not None:
+        ctx.load_cert_chain(node.cert_file, node.key_file)
+    raw = socket.create_connection((server.host, server.port), timeout=20,
+                                   source_address=(source, 0) if source else None)
+    return ctx.wrap_socket(raw, server_hostname=server.host)
+
+
+def read_answer(sock: ssl.SSLSocket) -> tuple[int, bytes]:
+    """The status and body of the answer, read until the server closes (it does after a
+    refusal)."""
+    data = b""
+    while True:
+        try:
+            part = sock.recv(65536)
+        except (ConnectionResetError, ssl.SSLError):
+            break
+        if not part:
+            break
+        data += part
+    head, _, body = data.partition(b"\r\n\r\n")
+    return int(head.split(b" ", 2)[1]), body
+
+
+def upload(sock: ssl.SSLSocket, head: bytes, chunk: bytes, most: int) -> int:
+    """Send ``head`` then ``chunk`` repeatedly, up to ``most`` bytes, until the server
+    answers or stops reading; return how many body bytes went out."""
+    sock.sendall(head)
+    sent = 0
+    while sent < most:
+        if select.select([sock], [], [], 0)[0] or sock.pending():
+            break
+        try:
+            sock.sendall(chunk)
+        except OSError:  # the server answered and closed: what we want
+            break
+        sent += len(chunk)
+    return sent
+
+
+def closed(sock: ssl.SSLSocket) -> bool:
+    try:
+        return sock.recv(1024) == b""
+    except OSError:  # reset, or TLS cut short: closed too
+        return True

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import select
 import signal
-import socket
-import ssl
 import time
 from collections.abc import Iterator
 
@@ -16,7 +14,16 @@ import httpx
 import pytest
 
 from aegis_protocol import routes
-from harness_controller import Node, Server, controller_server, enroll, new_node
+from harness_controller import (
+    Server,
+    closed,
+    controller_server,
+    enroll,
+    new_node,
+    raw_tls,
+    read_answer,
+    upload,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -29,55 +36,13 @@ def live(run_prefix: str) -> Iterator[Server]:
         yield srv
 
 
-def _tls(server: Server, node: Node | None = None, source: str | None = None
-         ) -> ssl.SSLSocket:
-    ctx = server.ca
-    ctx.maximum_version = ssl.TLSVersion.TLSv1_2  # no session tickets: readable = answered
-    if node is not None and node.cert_file is not None:
-        ctx.load_cert_chain(node.cert_file, node.key_file)
-    raw = socket.create_connection((server.host, server.port), timeout=20,
-                                   source_address=(source, 0) if source else None)
-    return ctx.wrap_socket(raw, server_hostname=server.host)
-
-
-def _status(sock: ssl.SSLSocket) -> tuple[int, bytes]:
-    """The status and body of the answer (the server closes after a refusal)."""
-    data = b""
-    while True:
-        try:
-            part = sock.recv(65536)
-        except (ConnectionResetError, ssl.SSLError):
-            break
-        if not part:
-            break
-        data += part
-    head, _, body = data.partition(b"\r\n\r\n")
-    return int(head.split(b" ", 2)[1]), body
-
-
-def _upload(sock: ssl.SSLSocket, head: bytes, chunk: bytes, most: int) -> int:
-    """Send ``head`` then ``chunk`` repeatedly, up to ``most`` bytes, until the server
-    answers or stops reading; return how many body bytes went out."""
-    sock.sendall(head)
-    sent = 0
-    while sent < most:
-        if select.select([sock], [], [], 0)[0] or sock.pending():
-            break
-        try:
-            sock.sendall(chunk)
-        except OSError:  # the server answered and closed: what we want
-            break
-        sent += len(chunk)
-    return sent
-
-
 def test_an_upload_without_a_certificate_is_refused_unread(live: Server) -> None:
     head = (f"POST {routes.EVENTS} HTTP/1.1\r\nHost: {live.host}\r\n"
             "Content-Type: application/json\r\n"
             f"Content-Length: {300 * 1024 * 1024}\r\n\r\n").encode()
-    with _tls(live) as sock:
-        sent = _upload(sock, head, b"[" * CHUNK, 4 * 1024 * 1024)
-        status, body = _status(sock)
+    with raw_tls(live) as sock:
+        sent = upload(sock, head, b"[" * CHUNK, 4 * 1024 * 1024)
+        status, body = read_answer(sock)
     assert status == 401 and b"client certificate" in body
     assert sent < 300 * 1024 * 1024
 
@@ -90,9 +55,9 @@ def test_an_oversized_streamed_body_is_cut_off(live: Server) -> None:
     chunk = f"{CHUNK:x}\r\n".encode() + b"[" * CHUNK + b"\r\n"
     most = 64 * 1024 * 1024
     started = time.monotonic()
-    with _tls(live, node) as sock:
-        sent = _upload(sock, head, chunk, most)
-        status, body = _status(sock)
+    with raw_tls(live, node) as sock:
+        sent = upload(sock, head, chunk, most)
+        status, body = read_answer(sock)
     assert status == 413 and b"too large" in body, body
     assert sent < most, "the controller kept reading past the events route's limit"
     assert time.monotonic() - started < 60
@@ -100,21 +65,14 @@ def test_an_oversized_streamed_body_is_cut_off(live: Server) -> None:
         assert c.get(routes.NODE_SELF).status_code == 200
 
 
-def _closed(sock: ssl.SSLSocket) -> bool:
-    try:
-        return sock.recv(1024) == b""
-    except OSError:  # reset, or TLS cut short: closed too
-        return True
-
-
-def test_half_open_connections_do_not_starve_clients_and_are_closed(live: Server) -> None:
+def test_half_open_connections_do_not_starve_clients_and_areclosed(live: Server) -> None:
     live.kill(signal.SIGTERM)
     live.start("--read-timeout", "4", "--per-source", "20")
     attacker = "127.0.0.2"  # one source on loopback; the real client comes from 127.0.0.1
     half_open = []
     for i in range(50):
         try:
-            sock = _tls(live, source=attacker)
+            sock = raw_tls(live, source=attacker)
             sock.sendall(b"POST /v1/ev" if i % 2 else  # half a request line, or half a body
                          f"POST {routes.ENROLL} HTTP/1.1\r\nHost: x\r\n"
                          "Content-Length: 100\r\n\r\n{".encode())
@@ -127,7 +85,7 @@ def test_half_open_connections_do_not_starve_clients_and_are_closed(live: Server
     waiting = set(half_open)
     while waiting and time.monotonic() < deadline:
         ready, _, _ = select.select(list(waiting), [], [], 1)
-        waiting -= {s for s in ready if _closed(s)}
+        waiting -= {s for s in ready if closed(s)}
     for sock in half_open:
         sock.close()
     assert not waiting, f"{len(waiting)} half-open connections were still open"

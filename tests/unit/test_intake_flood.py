@@ -4,6 +4,7 @@ do not pile up (used and expired nonces are purged, outstanding ones capped)."""
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import pytest
@@ -18,9 +19,8 @@ from aegis_protocol.events import MAX_BATCH, Event, EventBatch
 pytestmark = pytest.mark.unit
 
 
-@pytest.fixture
-def ctl(tmp_path: Path) -> Controller:
-    settings = Settings.resolve(state_dir=tmp_path, db_url=f"sqlite:///{tmp_path / 'c.db'}")
+def _open(tmp_path: Path, db_url: str) -> Controller:
+    settings = Settings.resolve(state_dir=tmp_path, db_url=db_url)
     init_keys(settings.key_dir)
     controller = open_controller(settings)
     with db.transaction(controller.engine) as conn:
@@ -28,6 +28,11 @@ def ctl(tmp_path: Path) -> Controller:
             conn.execute(tables.nodes.insert().values(node_id=node, state="enrolled",
                                                       reason="test", enrolled_at=1))
     return controller
+
+
+@pytest.fixture
+def ctl(tmp_path: Path) -> Controller:
+    return _open(tmp_path, f"sqlite:///{tmp_path / 'c.db'}")
 
 
 def _quarantine_events(n: int) -> EventBatch:
@@ -100,3 +105,35 @@ def test_a_purged_used_nonce_still_cannot_be_replayed(ctl):
     ctl.attestation.challenge("n1")  # purges the used nonce
     with db.transaction(ctl.engine) as conn:
         assert not spend(conn, "n1", nonce)  # attest() refuses it (Conflict)
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_concurrent_floods_from_one_node_raise_one_incident_and_one_order(
+        backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    """Batches arriving at once (a node's retries, or an attacker's parallel connections)
+    are checked against the window and raise the incident and its order atomically: one
+    of each, not one per request that read "none yet" before another one wrote."""
+    ctl = _open(tmp_path, request.getfixturevalue("pg_url") if backend == "postgresql"
+                else f"sqlite:///{tmp_path / 'c.db'}")
+    n = 12
+    start = threading.Barrier(n)
+    failures: list[BaseException] = []
+
+    def post(k: int) -> None:
+        batch = EventBatch(node_id="n1", events=[
+            Event(ts_ns=k, kind="policy", data={"action": "quarantine"})])
+        start.wait()
+        try:
+            ctl.intake.store("n1", batch)
+        except BaseException as e:  # reported below, not lost in the thread
+            failures.append(e)
+
+    threads = [threading.Thread(target=post, args=(k,)) for k in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not failures, failures
+    assert len(ctl.intake.incidents("n1")) == 1
+    assert _count(ctl, tables.orders, node_id="n1") == 1
+    assert ctl.intake.event_count("n1") == n

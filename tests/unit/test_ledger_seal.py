@@ -3,6 +3,7 @@ head moved and at shutdown, so that deleting the newest records is found by veri
 also reports how many records no signed head covers yet."""
 
 import json
+import shutil
 import sqlite3
 import time
 from pathlib import Path
@@ -28,15 +29,24 @@ pytestmark = pytest.mark.unit
 class Lab:
     """A ledger with the default checkpoint interval (1,000), in an SQLite file."""
 
-    def __init__(self, tmp: Path) -> None:
-        self.state = tmp / "state"
-        self.private, self.public, _ = init_keys(self.state / "keys")
+    def __init__(self, tmp: Path, *, existing: bool = False) -> None:
+        self.state = tmp if existing else tmp / "state"
+        if existing:
+            keys = self.state / "keys"
+            self.private, self.public = keys / "ledger.key", keys / "ledger.pub"
+        else:
+            self.private, self.public, _ = init_keys(self.state / "keys")
         self.db_file = self.state / "controller.db"
         self.url = f"sqlite:///{self.db_file}"
         self.anchor = self.state / "ledger.anchor.json"
         engine = db.open_engine(self.url)
         db.upgrade(engine)
         self.ledger = Ledger(engine, signer=load_signer(self.private), anchor_path=self.anchor)
+
+    @classmethod
+    def reopen(cls, state: Path) -> "Lab":
+        """The lab whose state directory (keys, database, anchor, head) is ``state``."""
+        return cls(state, existing=True)
 
     def fill(self, n: int) -> None:
         self.ledger.append_many([("state_change", f"node{i % 3}", {"i": i}, None)
@@ -151,3 +161,54 @@ def test_the_signed_head_catches_a_rewritten_record(lab):
     result = lab.verify()
     assert not result.ok and result.problem == Problem.ANCHOR_MISMATCH
     assert result.first_bad_seq == 5
+
+
+# -- any suffix (the acceptance point of issue 12) --------------------------------------
+# A ledger with a checkpoint every 7 seqs, sealed twice (each seal adds a checkpoint and
+# the signed head), then UNSEALED newer records: deleting the newest k records, for every
+# k from 1 to all of them, is found as soon as the deletion reaches a sealed record, and
+# otherwise verify says how many records remain unanchored.
+SUFFIX_EVERY, UNSEALED = 7, 3
+
+
+def _suffix_template(tmp: Path) -> tuple[Path, int, int]:
+    lab = Lab(tmp)
+    lab.ledger.checkpoint_every = SUFFIX_EVERY
+    lab.fill(10)
+    lab.ledger.seal()
+    lab.fill(9)
+    sealed = lab.ledger.seal().seq
+    lab.fill(UNSEALED)
+    return lab.state, sealed, lab.ledger.head().seq
+
+
+@pytest.fixture(scope="module")
+def suffix_template(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, int, int]:
+    return _suffix_template(tmp_path_factory.mktemp("suffix"))
+
+
+SUFFIX_TOTAL = 27  # 22 appended, 3 periodic checkpoints (at 8, 15, 22), 2 seals (12, 24)
+
+
+def test_the_suffix_template_spans_checkpoints_and_seals(suffix_template):
+    state, sealed, total = suffix_template
+    assert (total, sealed) == (SUFFIX_TOTAL, SUFFIX_TOTAL - UNSEALED)
+    kinds = [r.kind for r in Lab.reopen(state).ledger.records()]
+    assert kinds.count("checkpoint") == 5 and kinds[sealed - 1] == "checkpoint"
+
+
+@pytest.mark.parametrize("k", range(1, SUFFIX_TOTAL + 1))
+def test_deleting_any_suffix_that_reaches_a_sealed_record_is_found(suffix_template, tmp_path,
+                                                                   k):
+    state, sealed, total = suffix_template
+    copy = tmp_path / "state"
+    shutil.copytree(state, copy)
+    lab = Lab.reopen(copy)
+    lab.delete_from(total - k + 1)
+    result = lab.verify()
+    if total - k >= sealed:  # only unsealed records gone: not detectable, and said so
+        assert result.ok and result.unanchored == total - k - sealed, result
+        return
+    assert not result.ok, f"deleting the newest {k} records went unnoticed"
+    assert (result.problem, result.first_bad_seq) == (Problem.TRUNCATED, total - k + 1), \
+        result.detail

@@ -60,29 +60,31 @@ class Intake:
             conn.execute(tables.nodes.update().where(tables.nodes.c.node_id == node_id)
                          .values(last_seen=now))
         for rule, ev in first_per_rule(new):
-            if not self._raised_within_window(node_id, rule, now):
-                self._raise_incident(node_id, rule, ev)
+            self._raise_incident(node_id, rule, ev, now)
         return EventBatchAck(stored=stored, duplicates=len(batch.events) - stored)
 
-    def _raised_within_window(self, node_id: str, rule: IncidentRule, now: int) -> bool:
+    def _raise_incident(self, node_id: str, rule: IncidentRule, ev: Event, now: int) -> None:
+        """The incident, and its quarantine order if the rule has one, unless the rule
+        already raised one for this node within the window: the check and the writes are
+        one write transaction holding the ledger's lock, so concurrent batches of one node
+        raise one incident and one order, not one each."""
         _i = tables.incidents.c
-        q = sa.select(_i.incident_id).where(_i.node_id == node_id, _i.rule == rule.name,
-                                            _i.created_at > now - self.window).limit(1)
-        with db.errors(self.nodes.engine), db.reader(self.nodes.engine) as conn:
-            return conn.execute(q).first() is not None
-
-    def _raise_incident(self, node_id: str, rule: IncidentRule, ev: Event) -> None:
-        order_id = None
-        if rule.quarantine:
-            try:
-                order_id = str(self.orders.create(node_id, "quarantine",
-                                                  {"level": rule.quarantine,
-                                                   "reason": f"incident rule {rule.name}"},
-                                                  "controller:incidents").order.id)
-            except DomainError:
-                order_id = None
-        with db.transaction(self.nodes.engine) as conn:
-            conn.execute(tables.incidents.insert().values(
+        with self.ledger.recording() as rec:
+            db.serialise_ledger(rec.conn)  # PostgreSQL: the check waits for the other writer
+            if rec.conn.execute(sa.select(_i.incident_id).where(
+                    _i.node_id == node_id, _i.rule == rule.name,
+                    _i.created_at > now - self.window).limit(1)).first() is not None:
+                return
+            order_id = None
+            if rule.quarantine:
+                try:  # refused before anything is written (e.g. the node is retired)
+                    order_id = str(self.orders.create_in(
+                        rec, node_id, "quarantine", {"level": rule.quarantine,
+                                                     "reason": f"incident rule {rule.name}"},
+                        "controller:incidents").order.id)
+                except DomainError:
+                    order_id = None
+            rec.conn.execute(tables.incidents.insert().values(
                 node_id=node_id, rule=rule.name, severity=rule.severity, event_id=str(ev.id),
                 summary=summarize(ev), created_at=int(time.time()), order_id=order_id))
 

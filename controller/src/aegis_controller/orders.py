@@ -24,7 +24,7 @@ from aegis_protocol.signing import SignatureError, load_public_key, public_key_t
 
 from . import db, tables
 from .errors import Conflict, Forbidden, Invalid, NotFound
-from .ledger import Kind, Ledger
+from .ledger import Kind, Ledger, Recorder
 from .nodes import NOT_LIVE, NodeState, NodeStore
 from .trust import TransitionRefused, transition
 
@@ -49,9 +49,16 @@ class Orders:
 
     def create(self, node_id: str, kind: OrderKind, args: dict, actor: str,
                lifetime: int = 300) -> SignedOrder:
-        node = self.nodes.get(node_id)
-        if node["state"] in NOT_LIVE:
-            raise Conflict(f"node {node_id!r} is {node['state']}: it takes no orders")
+        with self.ledger.recording() as rec:
+            return self.create_in(rec, node_id, kind, args, actor, lifetime)
+
+    def create_in(self, rec: Recorder, node_id: str, kind: OrderKind, args: dict, actor: str,
+                  lifetime: int = 300) -> SignedOrder:
+        """:meth:`create` inside the caller's recording transaction (with its other
+        writes). A refusal is raised before anything is written."""
+        state = self.nodes.state_in(rec.conn, node_id)
+        if state in NOT_LIVE:
+            raise Conflict(f"node {node_id!r} is {state}: it takes no orders")
         try:
             order = new_order(node_id, kind, args, lifetime=lifetime)
         except OrderRefused as e:
@@ -62,14 +69,13 @@ class Orders:
             signed = sign_order(self.signer, order)
         except ValueError as e:
             raise Invalid(f"order: {e}") from None
-        with self.ledger.recording() as rec:
-            rec.conn.execute(tables.orders.insert().values(
-                order_id=str(order.id), node_id=node_id, kind=kind,
-                signed=signed.model_dump_json(), status="pending",
-                created_at=order.issued_at, expires_at=order.expires_at))
-            rec.append(Kind.ORDER, node_id, {"order_id": str(order.id), "kind": kind,
-                                             "args": args, "expires_at": order.expires_at},
-                       actor=actor)
+        rec.conn.execute(tables.orders.insert().values(
+            order_id=str(order.id), node_id=node_id, kind=kind,
+            signed=signed.model_dump_json(), status="pending",
+            created_at=order.issued_at, expires_at=order.expires_at))
+        rec.append(Kind.ORDER, node_id, {"order_id": str(order.id), "kind": kind,
+                                         "args": args, "expires_at": order.expires_at},
+                   actor=actor)
         return signed
 
     def pending(self, node_id: str) -> list[SignedOrder]:
