@@ -226,7 +226,14 @@ def cmd_controller_down(args: argparse.Namespace, paths: Paths) -> int:
     from . import controller
     from .fleet import LocalFleet
 
-    controller.down(LocalFleet(args.prefix, paths))
+    fleet = LocalFleet(args.prefix, paths)
+    recorded = controller.show(fleet)
+    outcome = controller.down(fleet)
+    if outcome == "stale" and recorded:
+        _progress(f"controller state was stale: pid {recorded['pid']} is not this fleet's "
+                  "controller any more; nothing was signalled, the state file is removed")
+    else:
+        _progress(f"controller {outcome}")
     return 0
 
 
