@@ -52,8 +52,10 @@ def run_prefix() -> str:
 
 @pytest.fixture(scope="session")
 def fleet() -> Iterator[LocalFleet]:
-    """A 2-node local fleet shared by the session; destroyed at the end, even on failure."""
-    with local_fleet(sub_prefix(), 2) as f:
+    """A 2-node local fleet shared by the session; destroyed at the end, even on failure.
+    Its nodes are ``admin`` (SYS_ADMIN): the modules under test validate rulesets in a
+    scratch netns and sandbox units."""
+    with local_fleet(sub_prefix(), 2, caps="admin") as f:
         yield f
 
 

@@ -40,7 +40,7 @@ def _wait(pred, timeout: float = 90) -> bool:
 def lab() -> Iterator[tuple[LocalFleet, Server, OpenBao]]:
     build_agent_wheels(PATHS)
     prefix = sub_prefix()
-    with local_fleet(prefix, 1) as fleet:
+    with local_fleet(prefix, 1, caps="agent") as fleet:
         gateway = fleet.info()["gateway"]
         with (controller_server(prefix, None, host=gateway) as server,
               openbao_dev(prefix, host=gateway) as bao):
