@@ -81,7 +81,8 @@ def test_down_still_stops_the_fleets_own_controller(tmp_path: Path, recorded: st
     started = lab_controller.start(fleet, "127.0.0.1")
     info = controller_dir(fleet) / "controller.json"
     try:
-        assert lab_controller.show(fleet)["running"] is True
+        assert lab_controller.show(fleet)["running"] is True, (
+            started, lab_controller._identity(started["pid"]))
         if recorded == "pid only":
             info.write_text(json.dumps({"pid": started["pid"], "url": started["url"]}))
             assert lab_controller.show(fleet)["running"] is True

@@ -119,13 +119,8 @@ def start(fleet: LocalFleet, host: str, timeout: float = 30) -> dict:
     proc = subprocess.Popen([*command, "serve", "--host", host,
                              "--port", str(port)], stdout=log, stderr=subprocess.STDOUT,
                             stdin=subprocess.DEVNULL, start_new_session=True)
-    found = _identity(proc.pid)
-    if found is None:
-        raise LabControllerError(f"the controller exited at once: "
-                                 f"{(state / 'serve.log').read_text()[-2000:]}")
-    info = {"url": f"https://{host}:{port}", "ca_file": str(state / "ca" / "ca.pem"),
-            "state_dir": str(state), "port": port, "gateway": host, "pid": proc.pid,
-            "starttime": found[0], "cmdline": found[1]}
+    info: dict = {"url": f"https://{host}:{port}", "ca_file": str(state / "ca" / "ca.pem"),
+                  "state_dir": str(state), "port": port, "gateway": host, "pid": proc.pid}
     deadline = time.monotonic() + timeout
     while not ((state / "ca" / "ca.pem").exists() and _healthy(info["url"], state / "ca/ca.pem")):
         if proc.poll() is not None or time.monotonic() > deadline:
@@ -133,6 +128,12 @@ def start(fleet: LocalFleet, host: str, timeout: float = 30) -> dict:
             raise LabControllerError(f"the controller did not come up on {info['url']}: "
                                      f"{(state / 'serve.log').read_text()[-2000:]}")
         time.sleep(0.1)
+    # read once it answers: right after exec /proc shows an empty command line for a while
+    found = _identity(proc.pid)
+    if found is None or not found[1]:
+        proc.kill()
+        raise LabControllerError(f"the controller on {info['url']} exited after start")
+    info["starttime"], info["cmdline"] = found
     (state / "controller.json").write_text(json.dumps(info, indent=2) + "\n")
     info["running"] = True
     return info
