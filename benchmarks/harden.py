@@ -42,7 +42,7 @@ def run(paths: Paths, nodes: object = 3, prefix: str = "aegishb") -> int:
     size = check_size(nodes)
     fleet = LocalFleet(prefix, paths)
     try:
-        fleet.up(size=size)
+        fleet.up(size=size, caps="admin")  # the harden role mounts and uses a scratch netns
         work = fleet.dir / "bench"
         before = _audit(fleet, work / "before")
         first = _converge(fleet)

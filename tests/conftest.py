@@ -1,10 +1,16 @@
 """Shared fixtures. Every host object a test run creates carries the run prefix
-(``AEGIS_TEST_PREFIX`` or a fresh ``at<hex>``); the session fails if any is left."""
+(``AEGIS_TEST_PREFIX`` or a fresh ``at<hex>``); the session fails if any is left.
+
+An interrupted run tears down too: SIGTERM (a CI timeout) ends the run the way Ctrl-C
+does, so pytest's session teardown runs the fixtures' finalizers; once the run is
+interrupted, further SIGINT/SIGTERM are ignored so a second Ctrl-C cannot cut a fleet's
+teardown short; and the leftover check runs after that teardown, not before it."""
 
 from __future__ import annotations
 
 import itertools
 import os
+import signal
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -46,8 +52,10 @@ def run_prefix() -> str:
 
 @pytest.fixture(scope="session")
 def fleet() -> Iterator[LocalFleet]:
-    """A 2-node local fleet shared by the session; destroyed at the end, even on failure."""
-    with local_fleet(sub_prefix(), 2) as f:
+    """A 2-node local fleet shared by the session; destroyed at the end, even on failure.
+    Its nodes are ``admin`` (SYS_ADMIN): the modules under test validate rulesets in a
+    scratch netns and sandbox units."""
+    with local_fleet(sub_prefix(), 2, caps="admin") as f:
         yield f
 
 
@@ -90,6 +98,31 @@ def pytest_report_header(config: pytest.Config) -> str:
     return f"aegis test prefix: {RUN_PREFIX}"
 
 
+_RUN_PID = os.getpid()
+
+
+def _interrupt(signum: int, _frame: object) -> None:
+    if os.getpid() != _RUN_PID:  # a fork of the run (pyroute2 forks for netns): just end
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+        return
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    signal.signal(signal.SIGTERM, _interrupt)
+
+
+def pytest_keyboard_interrupt(excinfo: pytest.ExceptionInfo[BaseException]) -> None:
+    """The run is ending: let the teardown that follows run to its end. Ignored signals
+    stay ignored in the lab's Python children (``aegis-lab node destroy``)."""
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, signal.SIG_IGN)
+    print(f"\naegis: interrupted; removing what test run {RUN_PREFIX} made before exiting "
+          "(further interrupts are ignored until then)", file=sys.stderr)
+
+
+@pytest.hookimpl(trylast=True)  # after pytest's own hook has torn the session's fixtures down
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     left = leftovers(RUN_PREFIX)
     if left:

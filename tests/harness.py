@@ -56,10 +56,12 @@ def wait_until(pred, timeout: float = 60.0, step: float = 0.2) -> bool:
 
 # -- local fleet ------------------------------------------------------------------------
 @contextlib.contextmanager
-def local_fleet(prefix: str, size: int) -> Iterator[LocalFleet]:
+def local_fleet(prefix: str, size: int, caps: str = "base") -> Iterator[LocalFleet]:
+    """A fleet of ``size`` nodes at capability level ``caps`` (``aegis_lab.naming.CAPS``:
+    ``admin`` for roles that mount or use a scratch netns, ``agent`` for the agent)."""
     fleet = LocalFleet(prefix, PATHS)
     try:
-        fleet.up(size=size)
+        fleet.up(size=size, caps=caps)
         yield fleet
     finally:
         try:

@@ -6,12 +6,16 @@ enrolls with a one-time token (response-wrapped by a real OpenBao and unwrapped 
 node), attests, and becomes trusted once the operator has set
 the node's expected profile from that golden record. A changed golden file makes the node
 suspect at its next attestation, with the file named in the reason; the segmentation
-filter lets only SSH from the control node and the controller through.
+filter lets only SSH from the control node and the controller through: a listener on
+another port of the node, reachable from the host before the agent, is not reachable
+once the filter is attached (the SYN is dropped, not refused, and the filter's
+``drop_no_edge`` counter moves) while SSH still answers.
 """
 
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -40,7 +44,7 @@ def _wait(pred, timeout: float = 90) -> bool:
 def lab() -> Iterator[tuple[LocalFleet, Server, OpenBao]]:
     build_agent_wheels(PATHS)
     prefix = sub_prefix()
-    with local_fleet(prefix, 1) as fleet:
+    with local_fleet(prefix, 1, caps="agent") as fleet:
         gateway = fleet.info()["gateway"]
         with (controller_server(prefix, None, host=gateway) as server,
               openbao_dev(prefix, host=gateway) as bao):
@@ -79,11 +83,43 @@ def _exec(fleet: LocalFleet, *cmd: str) -> subprocess.CompletedProcess:
     return podman("exec", f"{fleet.prefix}-{NODE}", *cmd, check=False)
 
 
+PROBE_PORT = 8080  # no edge and no management peer allows it
+
+
+def _connect(address: str, port: int, timeout: float = 3) -> str:
+    """``open`` (and the server's first bytes if any), ``refused`` or ``timeout``."""
+    try:
+        with socket.create_connection((address, port), timeout=timeout) as sock:
+            sock.settimeout(timeout)
+            try:
+                return "open " + sock.recv(16).decode(errors="replace")
+            except TimeoutError:
+                return "open"
+    except ConnectionRefusedError:
+        return "refused"
+    except TimeoutError:
+        return "timeout"
+
+
+def _ingress_drops(fleet: LocalFleet) -> int:
+    out = _exec(fleet, "/opt/aegis/agent/bin/aegis-agent", "segment", "--iface", "eth0",
+                "counters")
+    assert out.returncode == 0, out.stderr
+    return int(json.loads(out.stdout)["ingress"]["drop_no_edge"])
+
+
 def test_agent_role_enrolls_attests_and_drift_makes_the_node_suspect(lab) -> None:
     fleet, server, bao = lab
     # 1. the hardening role records what the node must measure
     harden = ansible_playbook(fleet, PATHS.playbooks / "harden.yml", tags="golden")
     assert harden.ok, harden.stdout[-3000:]
+    # a service on a port the filter will not allow, reachable from the host for now
+    address = fleet.info()["nodes"][NODE]["address"]
+    probe = _exec(fleet, "systemd-run", "--unit=aegis-probe", "python3", "-m", "http.server",
+                  str(PROBE_PORT), "--directory", "/run")
+    assert probe.returncode == 0, probe.stderr
+    assert _wait(lambda: _connect(address, PROBE_PORT).startswith("open"), 30), \
+        _connect(address, PROBE_PORT)
 
     # 2. the agent role: install, hand over the response-wrapped token, unwrap, enroll
     issued = server.ctl("token", "issue", NODE,
@@ -116,6 +152,16 @@ def test_agent_role_enrolls_attests_and_drift_makes_the_node_suspect(lab) -> Non
     whats = [json.loads(line)["data"].get("what") for line in events.splitlines()]
     assert "segment_confirmed" in whats and "segment_reverted" not in whats, whats
     assert status["controller"]["error"] is None, status["controller"]
+    # the filter drops what no edge allows: the probe's port, from the host, times out
+    # (a refusal would mean the SYN got through), its drop counter moves; SSH answers
+    drops = _ingress_drops(fleet)
+    assert _connect(address, PROBE_PORT) == "timeout"
+    assert _exec(fleet, "systemctl", "is-active", "aegis-probe").stdout.strip() == "active"
+    inside = _exec(fleet, "python3", "-c", "import urllib.request as u; "
+                   f"print(u.urlopen('http://127.0.0.1:{PROBE_PORT}/', timeout=5).status)")
+    assert inside.stdout.strip() == "200", inside.stderr  # still listening, on lo
+    assert _ingress_drops(fleet) > drops
+    assert _connect(address, 22).startswith("open SSH-")
     # the heartbeat's inventory, collected by the sandboxed agent on the node
     assert _wait(lambda: _node(server).get("inventory") is not None)
     inv = json.loads(_node(server)["inventory"])

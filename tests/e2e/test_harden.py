@@ -80,7 +80,7 @@ def _ssh_ok(fleet: LocalFleet, node: str) -> bool:
 
 @pytest.fixture(scope="module")
 def fleet3():
-    with local_fleet(sub_prefix(), 3) as fleet:
+    with local_fleet(sub_prefix(), 3, caps="admin") as fleet:  # mounts, nft scratch netns
         yield fleet
 
 

@@ -66,6 +66,15 @@ def test_fleet_create_ping_replace_destroy():
         assert out["stdout_lines"][0] != "rc=0", out
         assert out["stdout_lines"][1] == "net=ok", out
         assert Path("/proc/sys/kernel/dmesg_restrict").read_text() == host_dmesg_restrict
+
+        # A fleet made without a capability level: root in its nodes holds nothing that
+        # reaches the host's kernel (SYS_ADMIN 21, PERFMON 38, BPF 39), also after replace.
+        assert info["caps"] == "base"
+        for node in ("node1", "node2"):
+            status = podman("exec", f"{prefix}-{node}", "cat", "/proc/1/status").stdout
+            bounding = int(next(ln.split()[1] for ln in status.splitlines()
+                                if ln.startswith("CapBnd:")), 16)
+            assert [bit for bit in (21, 38, 39) if bounding >> bit & 1] == [], (node, status)
     finally:
         down(fleet)
     assert leftovers(prefix) == []

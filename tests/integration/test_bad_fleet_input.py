@@ -22,6 +22,7 @@ LAB = str(Path(sys.executable).with_name("aegis-lab"))
     (["--size", "0"], "1 to 32"),
     (["--size", "many"], "whole number"),
     (["--names", "web,Bad_Name"], "lowercase letters, digits and '-'"),
+    (["--size", "1", "--caps", "privileged"], "invalid choice: 'privileged'"),
 ])
 def test_cli_refuses_bad_fleet_before_creating_anything(args, needle):
     prefix = sub_prefix()
@@ -61,6 +62,8 @@ def test_terraform_itself_rejects_unusable_node_names(tmp_path):
     with pytest.raises(TerraformError, match="1 to 32 nodes"):
         tf.apply({**variables, "nodes": {f"n{i}": node_addressing(net, i % 32)
                                          for i in range(33)}})
+    with pytest.raises(TerraformError, match="caps must be base, admin or agent"):
+        tf.apply({**variables, "nodes": {"ok": node_addressing(net, 0)}, "caps": "all"})
     state = tmp_path / "s.tfstate"
     assert not state.exists() or json.loads(state.read_text()).get("resources", []) == []
     assert leftovers(prefix) == []

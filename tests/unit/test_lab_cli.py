@@ -17,6 +17,8 @@ pytestmark = pytest.mark.unit
     ("bridge down --prefix ab", "cmd_bridge_down"),
     ("fleet up --prefix aegismol --names instance,other", "cmd_fleet_up"),
     ("fleet up --prefix aegis --size 3", "cmd_fleet_up"),
+    ("fleet up --prefix aegismol --names node1 --caps agent", "cmd_fleet_up"),
+    ("fleet up --prefix aegis --size 3 --caps admin", "cmd_fleet_up"),
     ("fleet replace --prefix aegis --node node2", "cmd_fleet_replace"),
     ("fleet down --prefix aegis", "cmd_fleet_down"),
     ("cleanup --prefix aegismol", "cmd_cleanup"),
@@ -34,6 +36,7 @@ def test_command_lines_called_from_outside_still_parse(argv: str, command: str) 
 
 
 @pytest.mark.parametrize("argv", ["fleet up --prefix Bad!", "fleet replace --prefix aegis",
+                                  "fleet up --prefix aegis --caps privileged",
                                   "fleet sideways --prefix aegis"])
 def test_bad_command_lines_are_refused_by_the_parser(argv: str) -> None:
     with pytest.raises(SystemExit) as exit_:

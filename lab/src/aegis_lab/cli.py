@@ -19,7 +19,7 @@ from aegis_controller import logs
 from aegis_controller.playbook import PlaybookFailure
 from aegis_controller.terraform import TerraformFailure
 
-from .naming import LabInputError, check_prefix
+from .naming import CAPS, LabInputError, check_prefix
 from .paths import Paths
 
 Groups = argparse._SubParsersAction
@@ -130,7 +130,7 @@ def cmd_fleet_up(args: argparse.Namespace, paths: Paths) -> int:
 
     fleet = LocalFleet(args.prefix, paths)
     names = [n for n in (args.names or "").split(",") if n] or None
-    info = fleet.up(size=args.size, names=names)
+    info = fleet.up(size=args.size, names=names, caps=args.caps)
     print(json.dumps({"fleet": info, "inventory": str(fleet.inventory_file),
                       "timings": fleet.timings.steps}, indent=2))
     return 0
@@ -170,6 +170,12 @@ def _register_fleet(groups: Groups) -> None:
     _prefix_arg(sp)
     sp.add_argument("--size", default=None, help="number of nodes (1-32)")
     sp.add_argument("--names", help="comma-separated node names instead of --size")
+    sp.add_argument("--caps", choices=tuple(CAPS), default=None,
+                    help="the nodes' capabilities in the host's user namespace: base "
+                    "(default; no SYS_ADMIN, BPF or PERFMON), admin (+SYS_ADMIN, for roles "
+                    "that mount or use a scratch netns, e.g. aegis.fleet.harden), agent "
+                    "(+BPF, PERFMON, the agent under test); admin and agent let root in a "
+                    "node trace the host. A fleet keeps its level unless another is given")
     sp.set_defaults(func=cmd_fleet_up)
     sp = verbs.add_parser("replace", help="replace one node with a fresh one")
     _prefix_arg(sp)
@@ -226,7 +232,14 @@ def cmd_controller_down(args: argparse.Namespace, paths: Paths) -> int:
     from . import controller
     from .fleet import LocalFleet
 
-    controller.down(LocalFleet(args.prefix, paths))
+    fleet = LocalFleet(args.prefix, paths)
+    recorded = controller.show(fleet)
+    outcome = controller.down(fleet)
+    if outcome == "stale" and recorded:
+        _progress(f"controller state was stale: pid {recorded['pid']} is not this fleet's "
+                  "controller any more; nothing was signalled, the state file is removed")
+    else:
+        _progress(f"controller {outcome}")
     return 0
 
 

@@ -54,7 +54,7 @@ def run_demo(paths: Paths, nodes: object = 3, keep: bool = False, prefix: str = 
     rc = 0
     try:
         _say(f"bringing up {size} nodes (fleet prefix '{prefix}') with Terraform")
-        info = fleet.up(size=size)
+        info = fleet.up(size=size, caps="agent")  # the demo hardens and runs the agent
         _say(f"fleet up on bridge {info['bridge']} ({info['network']})")
 
         _say("first Ansible contact: ansible -m ansible.builtin.ping")

@@ -21,8 +21,10 @@ from aegis_controller.terraform import Terraform, TerraformEvent
 
 from .image import ensure_image
 from .naming import (
+    DEFAULT_CAPS,
     FleetNetwork,
     LabInputError,
+    check_caps,
     check_node_names,
     check_prefix,
     node_addressing,
@@ -120,7 +122,8 @@ class LocalFleet:
             "connection: podman\n"
         )
 
-    def _variables(self, slots: dict[str, int], image: str, net: str) -> dict[str, object]:
+    def _variables(self, slots: dict[str, int], image: str, net: str,
+                   caps: str) -> dict[str, object]:
         network = FleetNetwork(net)
         return {
             "lab_cli": lab_cli(self.paths),
@@ -128,6 +131,7 @@ class LocalFleet:
             "nodes": {name: node_addressing(network, slot) for name, slot in slots.items()},
             "network": net,
             "image": image,
+            "caps": caps,
             "ssh_public_key_file": str(self.ssh_key) + ".pub",
             "ssh_private_key_file": str(self.ssh_key),
             "known_hosts_file": str(self.known_hosts),
@@ -141,13 +145,20 @@ class LocalFleet:
             self.timings.record(step, time.monotonic() - started)
 
     def up(self, size: int | None = None, names: Sequence[str] | None = None,
-           timeout: float | None = 900) -> dict:
+           timeout: float | None = 900, caps: str | None = None) -> dict:
         """Create (or converge) the fleet; return the ``fleet`` output.
 
-        Input is checked before anything is created: a bad size or node name raises
-        LabInputError naming the fix.
+        ``caps`` is the nodes' capability level (``aegis_lab.node.CAPS``): ``base``
+        unless what runs on the nodes needs more (``admin``: roles that mount or use a
+        scratch netns; ``agent``: the agent under test); a fleet keeps the level it was
+        created with unless another is given (and then its nodes are re-created).
+
+        Input is checked before anything is created: a bad size, node name or level
+        raises LabInputError naming the fix.
         """
         wanted = check_node_names(list(names)) if names else node_names(size or 0)
+        if caps is not None:
+            check_caps(caps)
         self.dir.mkdir(parents=True, exist_ok=True)
         saved = json.loads(self.vars_file.read_text()) if self.vars_file.exists() else {}
         nodes = {n: _slot(v) for n, v in saved.get("nodes", {}).items() if n in wanted}
@@ -157,7 +168,8 @@ class LocalFleet:
         net = saved.get("network") or pick_network(self.prefix).cidr
         image = self._timed("image", ensure_image)
         self._prepare()
-        variables = self._variables(nodes, image.ref, net)  # type: ignore[attr-defined]
+        caps = caps or saved.get("caps") or DEFAULT_CAPS
+        variables = self._variables(nodes, image.ref, net, caps)  # type: ignore[attr-defined]
         self.vars_file.write_text(json.dumps(variables, indent=2))
         self._timed("init", self.tf.init)
         self._timed("create", lambda: self.tf.apply(variables, on_event=self.on_event,

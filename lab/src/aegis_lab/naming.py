@@ -1,4 +1,5 @@
-"""Names and addresses of the local lab fleet, validated before anything is created.
+"""Names, addresses and capability levels of the local lab fleet, validated before anything
+is created.
 
 Every object the lab creates on the host carries the run's prefix (containers, links,
 pins, state directories), so a developer's leftovers never collide with a CI run and a
@@ -16,6 +17,20 @@ from dataclasses import dataclass
 
 MAX_NODES = 32
 FIRST_HOST = 10  # node slot 0 gets .10 in the fleet's /24, the bridge (gateway) .1
+
+#: The capability levels of a node, each the one before plus what it says:
+#: ``base``: the node's own network (addresses, nftables, its net sysctls);
+#: ``admin``: + SYS_ADMIN, for Ansible roles that mount (the harden role's /tmp,
+#: /var/tmp, /dev/shm), validate rulesets in a scratch netns (``unshare --net``) or
+#: sandbox systemd units -- and with it, root in the node can trace the host;
+#: ``agent``: + BPF, PERFMON, the capabilities the agent's own unit keeps (the agent
+#: under test).
+CAPS = {
+    "base": "NET_ADMIN,NET_RAW",
+    "admin": "SYS_ADMIN,NET_ADMIN,NET_RAW",
+    "agent": "SYS_ADMIN,NET_ADMIN,NET_RAW,BPF,PERFMON",
+}
+DEFAULT_CAPS = "base"
 
 _PREFIX_RE = re.compile(r"^[a-z][a-z0-9]{1,7}$")
 _NODE_RE = re.compile(r"^[a-z][a-z0-9-]{0,30}[a-z0-9]$|^[a-z]$")
@@ -48,6 +63,16 @@ def check_node_name(name: str) -> str:
             "hostname, a container name and a Terraform map key), e.g. 'node1' or 'web-a'"
         )
     return name
+
+
+def check_caps(caps: str) -> str:
+    if caps not in CAPS:
+        raise LabInputError(
+            f"invalid node capability level {caps!r}: use one of {', '.join(CAPS)} "
+            "(base unless a role needs mounts or a scratch netns: admin; the agent "
+            "under test: agent)"
+        )
+    return caps
 
 
 def check_size(size: object) -> int:

@@ -1,11 +1,15 @@
 """One lab node: a rootful podman container of the node image with systemd as PID 1.
 
-Created with ``--systemd=always --network none`` and ``SYS_ADMIN,NET_ADMIN,NET_RAW`` plus
-``BPF,PERFMON`` (the capabilities the agent's systemd unit keeps for itself), never
-``--privileged``, never an unmasked ``/proc/sys``. After start, only
-``/proc/sys/net`` is made writable inside the node's mount namespace: the node's network
-sysctls are its own netns's, while ``kernel.*``, ``vm.*`` and ``fs.*`` stay read-only
-because in a container they are the host's.
+Created with ``--systemd=always --network none``, never ``--privileged``, never an
+unmasked ``/proc/sys``, and with the capabilities of its fleet's ``caps`` level only
+(``naming.CAPS``). The node shares the host's kernel and user namespace, so a capability
+in the node is one over the host: ``SYS_ADMIN`` there lets root in the node mount
+tracefs/debugfs, and with the seccomp rule podman ties to it, load BPF programs and
+open perf events, i.e. trace the host. Fleets get it only where what runs there needs
+it (see the README's "What a lab node can do to the host"). After start, only
+``/proc/sys/net`` is made writable inside the node's mount namespace: the node's
+network sysctls are its own netns's, while ``kernel.*``, ``vm.*`` and ``fs.*`` stay
+read-only because in a container they are the host's.
 
 The SSH host key is read through podman (out of band, not over the network) and pinned in
 the fleet's known_hosts, so Ansible connects with ``StrictHostKeyChecking=yes``.
@@ -24,12 +28,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import network
-from .naming import FleetNetwork, check_node_name, check_prefix
+from .naming import (
+    CAPS,
+    DEFAULT_CAPS,
+    FleetNetwork,
+    check_caps,
+    check_node_name,
+    check_prefix,
+)
 from .podman import PodmanError, container_pid, podman
 
 log = logging.getLogger("aegis.lab.node")
 
-CAPS = "SYS_ADMIN,NET_ADMIN,NET_RAW,BPF,PERFMON"
 HOSTKEY = "/etc/ssh/ssh_host_ed25519_key.pub"
 
 
@@ -51,10 +61,12 @@ class NodeSpec:
     known_hosts_file: str
     address: str
     mac: str
+    caps: str = DEFAULT_CAPS
 
     def __post_init__(self) -> None:
         check_prefix(self.prefix)
         check_node_name(self.name)
+        check_caps(self.caps)
 
     @property
     def container(self) -> str:
@@ -130,9 +142,9 @@ def create(spec: NodeSpec, timeout: float = 90) -> dict:
     podman("rm", "-f", "--ignore", "-t", "0", spec.container)
     podman(
         "create", "--name", spec.container, "--hostname", spec.name,
-        "--network", "none", "--systemd", "always", "--cap-add", CAPS,
+        "--network", "none", "--systemd", "always", "--cap-add", CAPS[spec.caps],
         "--label", f"aegis.prefix={spec.prefix}", "--label", f"aegis.node={spec.name}",
-        "--label", f"aegis.slot={spec.slot}",
+        "--label", f"aegis.slot={spec.slot}", "--label", f"aegis.caps={spec.caps}",
         spec.image,
     )
     try:

@@ -56,6 +56,16 @@ variable "image" {
   type        = string
 }
 
+variable "caps" {
+  description = "Capability level of every node: base (no SYS_ADMIN/BPF/PERFMON), admin (+SYS_ADMIN: roles that mount or use a scratch netns), agent (+BPF, PERFMON: the agent under test). See aegis_lab.node.CAPS."
+  type        = string
+  default     = "base"
+  validation {
+    condition     = contains(["base", "admin", "agent"], var.caps)
+    error_message = "caps must be base, admin or agent."
+  }
+}
+
 variable "ssh_public_key_file" {
   description = "Public key installed for root on every node."
   type        = string
@@ -109,6 +119,7 @@ module "node" {
   mac                 = each.value.mac
   network             = var.network
   image               = var.image
+  caps                = var.caps
   ssh_public_key_file = var.ssh_public_key_file
   known_hosts_file    = var.known_hosts_file
 
@@ -121,6 +132,7 @@ output "fleet" {
     prefix          = var.prefix
     bridge          = "${var.prefix}-br"
     network         = var.network
+    caps            = var.caps
     gateway         = cidrhost(var.network, 1)
     ssh_user        = "root"
     ssh_private_key = var.ssh_private_key_file

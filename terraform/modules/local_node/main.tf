@@ -48,6 +48,12 @@ variable "image" {
   type        = string
 }
 
+variable "caps" {
+  description = "The node's capability level (base, admin, agent); see aegis_lab.node.CAPS."
+  type        = string
+  default     = "base"
+}
+
 variable "ssh_public_key_file" {
   description = "Public key installed for root (management access)."
   type        = string
@@ -59,6 +65,9 @@ variable "known_hosts_file" {
 }
 
 resource "terraform_data" "node" {
+  # A node's capabilities are fixed when podman creates it: a new level makes a new node.
+  triggers_replace = [var.caps]
+
   input = {
     lab_cli             = var.lab_cli
     prefix              = var.prefix
@@ -68,6 +77,7 @@ resource "terraform_data" "node" {
     mac                 = var.mac
     network             = var.network
     image               = var.image
+    caps                = var.caps
     ssh_public_key_file = var.ssh_public_key_file
     known_hosts_file    = var.known_hosts_file
   }
