@@ -3,8 +3,9 @@ foreground process group, as a terminal sends it), a second Ctrl-C while the tea
 runs, and SIGTERM (a CI timeout). The run's own leftover check reports what is left
 after the teardown, not before it.
 
-The parent tests run a child pytest on this module's ``test_child_*`` test (skipped
-unless ``AEGIS_INTERRUPT_CHILD`` is set): a session fixture puts a bridge and a veth
+The parent tests run a child pytest on ``interrupted_child.py`` (not collected by the
+suite: its name does not match ``test_*.py``, and pytest collects it only when given
+explicitly): a session fixture puts a bridge and a veth
 pair up through the lab's network code under the child's run prefix, the test blocks,
 and the parent interrupts it.
 """
@@ -16,47 +17,18 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from pyroute2 import IPRoute
+from interrupted_child import READY, TEARING
 
 from aegis_lab import network
 from aegis_lab.cleanup import leftovers
-from aegis_lab.naming import pick_network
 from conftest import sub_prefix
 from harness import REPO, wait_until
 
 pytestmark = pytest.mark.integration
 
-CHILD = os.environ.get("AEGIS_INTERRUPT_CHILD", "")
-READY, TEARING = "AEGIS-CHILD-READY", "AEGIS-CHILD-TEARING-DOWN"
-
-
-# -- the child run ----------------------------------------------------------------------
-@pytest.fixture(scope="session")
-def held_links(run_prefix: str) -> Iterator[str]:
-    try:
-        network.bridge_up(run_prefix, pick_network(run_prefix))
-        with IPRoute() as ipr:
-            ipr.link("add", ifname=network.host_veth_name(run_prefix, 0), kind="veth",
-                     peer={"ifname": network.host_veth_name(run_prefix, 1)})
-        yield run_prefix
-    finally:
-        print(TEARING, flush=True)
-        if CHILD == "slow-teardown":  # a teardown that takes a while, as a fleet's does
-            go = Path(os.environ["AEGIS_INTERRUPT_GO"])
-            deadline = time.monotonic() + 30
-            while not go.exists() and time.monotonic() < deadline:
-                time.sleep(0.05)
-        network.bridge_down(run_prefix)
-
-
-@pytest.mark.skipif(not CHILD, reason="run by test_interrupted_run's parent tests only")
-def test_child_blocks_holding_lab_links(held_links: str) -> None:
-    print(READY, flush=True)
-    time.sleep(300)
 
 
 # -- the parent -------------------------------------------------------------------------
@@ -65,7 +37,7 @@ def _child(prefix: str, mode: str, tmp: Path) -> subprocess.Popen:
            "AEGIS_INTERRUPT_GO": str(tmp / "go"), "PYTHONUNBUFFERED": "1"}
     return subprocess.Popen(
         [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-s", "-q",
-         f"{Path(__file__)}::test_child_blocks_holding_lab_links"],
+         f"{Path(__file__).with_name('interrupted_child.py')}::test_child_blocks_holding_lab_links"],
         cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         start_new_session=True)  # its own process group, like a terminal's foreground job
 
