@@ -91,3 +91,33 @@ def test_half_open_connections_do_not_starve_clients_and_areclosed(live: Server)
     assert not waiting, f"{len(waiting)} half-open connections were still open"
     log = (live.state / "serve.log").read_text()
     assert log.count("too many from one source") == 30, log[-2000:]
+
+
+def test_connections_that_never_finish_the_tls_handshake_are_closed(live: Server) -> None:
+    """A client that connects and never sends its TLS hello is closed after the read
+    timeout too, not after asyncio's default 60 s (the guards above only see a connection
+    once its handshake is done)."""
+    import socket
+
+    live.kill(signal.SIGTERM)
+    live.start("--read-timeout", "3")
+    silent = [socket.create_connection((live.host, live.port), timeout=5,
+                                       source_address=("127.0.0.3", 0)) for _ in range(20)]
+    try:
+        deadline = time.monotonic() + 40  # a bound below asyncio's 60 s, not a timing claim
+        waiting = set(silent)
+        while waiting and time.monotonic() < deadline:
+            ready, _, _ = select.select(list(waiting), [], [], 1)
+            for sock in ready:
+                try:
+                    gone = sock.recv(1) == b""
+                except OSError:
+                    gone = True
+                if gone:
+                    waiting.discard(sock)
+        assert not waiting, f"{len(waiting)} of 20 silent connections were still open"
+        with httpx.Client(base_url=live.url, verify=live.ca, timeout=20) as real:
+            assert real.get("/healthz").status_code == 200
+    finally:
+        for sock in silent:
+            sock.close()

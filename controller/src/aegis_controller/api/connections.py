@@ -10,7 +10,8 @@ controller's file descriptors.
 * ``max_connections``: connections beyond it are closed at once (``LimitNOFILE`` in the
   systemd unit leaves room above it); at it, uvicorn answers 503.
 
-The TLS handshake itself is bounded by asyncio (60 s) before any of this runs.
+The TLS handshake comes before any of this and is bounded by the same ``read_timeout``
+(``serve`` sets asyncio's handshake deadline, 60 s by default).
 """
 
 from __future__ import annotations

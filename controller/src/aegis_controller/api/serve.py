@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio.constants
 import logging
 import signal
 import ssl
@@ -60,6 +61,11 @@ def serve(controller: Controller, state_dir: Path, host: str, port: int,
         ssl_cert_reqs=ssl.CERT_OPTIONAL, http=guarded_protocol(limits), log_config=None,
         access_log=False, lifespan="on", limit_concurrency=limits.max_connections,
         timeout_keep_alive=5, h11_max_incomplete_event_size=16 * 1024)
+    # uvicorn gives no handle on the TLS handshake's deadline; asyncio's SSL transport reads
+    # this constant at every accept (create_server passes None). Without it a client that
+    # connects and never says hello holds a descriptor for 60 s, before any guard above
+    # sees the connection. This process is the controller's own, so the change is local.
+    asyncio.constants.SSL_HANDSHAKE_TIMEOUT = limits.read_timeout
     # The ledger's head is sealed on a timer and at shutdown (an unanchored tail no older
     # than the interval).
     _exit_on_sigterm()
