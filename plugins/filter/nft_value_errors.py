@@ -9,7 +9,7 @@ import ipaddress
 DOCUMENTATION = r"""
 name: nft_value_errors
 short_description: Problems in the inbound services and management networks of an nftables baseline
-version_added: 0.2.0
+version_added: 0.1.0
 description:
   - Returns one message per bad value in O(_input) (the C(harden_nftables_inbound) list of
     C(port), C(proto), C(sources)) and in O(management) (addresses or networks allowed to reach

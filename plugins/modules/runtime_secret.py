@@ -7,7 +7,7 @@ from __future__ import annotations
 DOCUMENTATION = r"""
 module: runtime_secret
 short_description: Put a secret in a file on tmpfs without it touching disk on the way
-version_added: 0.2.0
+version_added: 0.1.0
 description:
   - Writes O(content) (a one-time token, a wrapping token) to O(dest), which must be on a
     memory filesystem (tmpfs or ramfs, for example C(/run)); any other filesystem is refused
