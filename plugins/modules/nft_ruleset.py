@@ -17,11 +17,13 @@ description:
     throwaway network namespace to get its canonical form (interfaces that it matches with
     C(iif)/C(oif) are stood in for there); counter and quota usage are ignored.
   - Commit-confirmed rollback guard. Before a change the current state of the managed tables
-    is saved under C(/run/aegis/nft-guard) (tmpfs) and a transient systemd timer is armed that
-    restores it after O(rollback_timeout) seconds, deleting managed tables that did not exist
-    before. Reconnect (the C(reset_connection) action of M(ansible.builtin.meta)) and run the
-    module with O(state=confirmed) to keep the change; if the new rules cut the management
-    path the confirmation cannot reach the node, and the node restores the old tables by itself.
+    is saved under C(/run/aegis/nft-guard) (tmpfs), checked with C(nft -c) to load back (the
+    module fails, changing nothing, when it would not; also in check mode), and a transient
+    systemd timer is armed that restores it after O(rollback_timeout) seconds, deleting managed
+    tables that did not exist before. Reconnect (the C(reset_connection) action of
+    M(ansible.builtin.meta)) and run the module with O(state=confirmed) to keep the change; if
+    the new rules cut the management path the confirmation cannot reach the node, and the node
+    restores the old tables by itself.
   - A second change under the same O(guard_name) before confirmation keeps the state saved by
     the first one, so the rollback always returns to the last confirmed state.
   - Keep C(ct state established,related accept) in a default-drop input chain; otherwise the
@@ -202,6 +204,20 @@ def confirm(module, guard):
                      guard="disarmed" if status == "armed" else "none")
 
 
+def check_restore(module, nft, restore, tables, result):
+    """Refuse to arm a guard that could not restore: the tables as they are now must load
+    back from their saved listing (nft -c), or a rolled-back change would stay in force."""
+    rc, out, err = nft.run(["-c", "-f", "-"], data=restore, check_rc=False)
+    if rc != 0:
+        module.fail_json(
+            msg="the rollback guard could not restore %s: nft -c rejects the restore script made from "
+                "their current listing (%s). Nothing was changed and no guard was armed. Rules nft cannot "
+                "load back from a listing (for example xtables matches that iptables-nft added) must be "
+                "removed or rewritten in nft syntax first; or apply with rollback_timeout=0 and no "
+                "rollback." % (", ".join(_names(tables)), (err or out).strip()),
+            rc=rc, **result)
+
+
 def main():
     module = AnsibleModule(argument_spec=ARGUMENT_SPEC, required_if=REQUIRED_IF,
                            mutually_exclusive=MUTUALLY_EXCLUSIVE, supports_check_mode=True)
@@ -240,10 +256,14 @@ def main():
     if before == after:
         report(module, before, after, header, **result)
     nft.check(script)
+    restore = None
+    if p["rollback_timeout"] > 0:
+        previous = guard.saved() if status == "armed" else None
+        restore = restore_script(tables, listings, previous)
+        check_restore(module, nft, restore, tables, result)
     if not module.check_mode:
-        if p["rollback_timeout"] > 0:
-            previous = guard.saved() if status == "armed" else None
-            guard.arm(restore_script(tables, listings, previous), p["rollback_timeout"], nft.nft)
+        if restore is not None:
+            guard.arm(restore, p["rollback_timeout"], nft.nft)
             result.update(guard="armed", rollback_file=guard.path, rollback_unit=guard.unit + ".timer")
         rc, out, err = nft.run(["-f", "-"], data=script, check_rc=False)
         if rc != 0:

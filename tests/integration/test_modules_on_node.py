@@ -403,3 +403,46 @@ def test_hardening_facts_on_a_container_node(fleet):
     assert facts["measurements"]["/nonexistent"] is None
     assert list(facts["unit_exposure"]) == ["cron.service"]
     assert 0 < facts["unit_exposure"]["cron.service"] <= 10
+
+
+
+def _iif_table(port: int, iface: str = "") -> str:
+    rule = f'iif "{iface}" accept' if iface else f"tcp dport {port} drop"
+    return TABLE.replace("tcp dport 9 counter drop", rule)
+
+
+def test_guard_is_not_armed_when_its_restore_script_would_not_load(fleet):
+    """A second change before confirmation keeps the state the guard saved first. Here that
+    state matches an interface by index (iif) that is gone since, so nft can no longer load
+    it and a rollback would leave the new rules in force: the module must see this (nft -c)
+    before it arms the guard again or changes anything."""
+    guard = "aegis-restoretest"
+    iface = "aegisrt0"
+    try:
+        _sh(fleet, f"ip link add {iface} type veth peer name aegisrt1")
+        base = _run(fleet, "aegis.fleet.nft_ruleset",
+                    {"content": _iif_table(0, iface), "rollback_timeout": 0})
+        assert base["changed"], base
+        first = _run(fleet, "aegis.fleet.nft_ruleset",
+                     {"content": _iif_table(19), "rollback_timeout": 120, "guard_name": guard})
+        assert first["changed"] and first["guard"] == "armed", first
+        saved = _sh(fleet, f"cat {GUARD_DIR}/{guard}.nft")["stdout"]
+        assert f'iif "{iface}"' in saved, saved
+        _sh(fleet, f"ip link del {iface}")
+        before = _sh(fleet, "nft list table inet aegis_modtest")["stdout"]
+        for flags in (("--check",), ()):
+            res = _run(fleet, "aegis.fleet.nft_ruleset",
+                       {"content": _iif_table(29), "rollback_timeout": 120, "guard_name": guard},
+                       *flags)
+            assert res.get("failed"), res
+            assert "the rollback guard could not restore inet aegis_modtest" in res["msg"], res
+            assert "nft -c rejects the restore script" in res["msg"]
+            assert "Interface does not exist" in res["msg"]
+            assert "Nothing was changed and no guard was armed" in res["msg"]
+        # the table is as it was, and the guard still holds the state saved first
+        assert _sh(fleet, "nft list table inet aegis_modtest")["stdout"] == before
+        assert "dport 19" in before
+        assert _sh(fleet, f"cat {GUARD_DIR}/{guard}.nft")["stdout"] == saved
+    finally:
+        _cleanup_nft(fleet, guard)
+        _sh(fleet, f"ip link del {iface} 2>/dev/null; true")

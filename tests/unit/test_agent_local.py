@@ -185,7 +185,8 @@ def test_framing_header_layout() -> None:
 
 
 # -- systemd unit ----------
-@pytest.mark.parametrize(("package", "limit"), [("agent", 3.5), ("controller", 2.0)])
+# The figures the README states for each unit (systemd-analyze security).
+@pytest.mark.parametrize(("package", "limit"), [("agent", 3.0), ("controller", 1.2)])
 def test_unit_verifies_and_is_sandboxed(tmp_path: Path, package: str, limit: float) -> None:
     import re
     import shutil

@@ -4,8 +4,8 @@ the agent until every node is trusted by the controller, report, tear down."""
 from __future__ import annotations
 
 import json
+import shlex
 import subprocess
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -113,29 +113,23 @@ def _agents(fleet: LocalFleet, info: dict) -> int:
     _say("agent: wheelhouse for offline install (aegis-lab wheels)")
     build_agent_wheels(fleet.paths)
     nodes = sorted(info["nodes"])
-    tokens = {}
-    for name in nodes:
-        out = controller("token", "issue", name, "--no-wrap")
-        if out.returncode:
-            _say(f"token issue {name} failed: {out.stderr.strip()}")
-            return 1
-        tokens[name] = out.stdout.strip()
     gw = info["gateway"]
+    # The play issues each node's one-time token itself, through a pipe from
+    # `aegis-controller token issue` and only for nodes not enrolled yet: the tokens exist
+    # in the play's memory and on the node's tmpfs only, never in a file (ansible-runner
+    # writes extra vars and the environment it is given into its run directory).
     extra = {"agent_controller_url": ctl["url"],
              "agent_controller_ca": Path(ctl["ca_file"]).read_text(),
-             "agent_bootstrap_tokens": tokens, "agent_segment_interface": "eth0",
+             "agent_bootstrap_token_command": shlex.join([*base, "token", "issue", "--no-wrap"]),
+             "agent_segment_interface": "eth0",
              "agent_edges": [f"{gw} -> any tcp/22"],
              "agent_management_peers": [f"{gw} tcp/22", f"{gw} tcp/{ctl['port']}"],
              "agent_interval": 2}
-    with tempfile.TemporaryDirectory(prefix="aegis-demo-") as tmp:
-        vars_file = Path(tmp) / "agent-vars.json"
-        vars_file.touch(mode=0o600)
-        vars_file.write_text(json.dumps(extra))  # holds the tokens: 0600, removed below
-        _say("agent play: playbooks/agent.yml (aegis.fleet.agent: install, enroll)")
-        t0 = time.monotonic()
-        play = ansible_playbook(fleet, fleet.paths.playbooks / "agent.yml",
-                                extra_files=(vars_file,), on_event=Progress("agent", _show))
-        fleet.timings.record("agent", time.monotonic() - t0)
+    _say("agent play: playbooks/agent.yml (aegis.fleet.agent: install, enroll)")
+    t0 = time.monotonic()
+    play = ansible_playbook(fleet, fleet.paths.playbooks / "agent.yml", extravars=extra,
+                            on_event=Progress("agent", _show))
+    fleet.timings.record("agent", time.monotonic() - t0)
     _recap(play)
     if not play.ok:
         return 1
