@@ -66,3 +66,14 @@ def test_connect_record_becomes_a_connect_event() -> None:
     assert (ev.kind, ev.severity) == ("connect_denied", "warning")
     assert (ev.data["family"], ev.data["proto"], ev.data["daddr"]) == ("inet6", "udp",
                                                                         "2001:db8::1")
+
+
+def test_a_kernel_u64_above_int64_travels_as_its_decimal_string() -> None:
+    from aegis_agent.events import u64
+    from aegis_agent.policy import _event_int
+    from aegis_protocol.events import Event
+
+    big = 2**64 - 5
+    ev = Event(ts_ns=1, kind="exec", data={"ino": u64(big), "dev": 3})
+    assert ev.data["ino"] == str(big) and _event_int(ev, "ino") == big
+    assert u64(42) == 42

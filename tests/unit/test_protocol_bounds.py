@@ -72,6 +72,8 @@ def _event(**over: Any) -> dict[str, Any]:
     ({"data": {f"k{i}": i for i in range(65)}}, "data"),
     ({"data": {"k" * 65: 1}}, "data"),
     ({"data": {"x": math.inf}}, "data.x"),
+    ({"data": {"x": 2**70}}, "data"),
+    ({"data": {"x": -(2**63) - 1}}, "data"),
 ])
 def test_out_of_bounds_events_are_refused_naming_the_field(over, field) -> None:
     with pytest.raises(ValidationError) as err:
@@ -85,3 +87,10 @@ def test_a_batch_is_capped() -> None:
         EventBatch.model_validate({"node_id": "n1", "events": [_event()] * (MAX_BATCH + 1)})
     assert len(EventBatch.model_validate(
         {"node_id": "n1", "events": [_event()] * MAX_BATCH}).events) == MAX_BATCH
+
+
+def test_an_integer_outside_int64_is_refused_not_rounded_to_a_float() -> None:
+    with pytest.raises(ValidationError, match=r"data\.x: integer .* outside int64"):
+        Event.model_validate_json(f'{{"ts_ns": 1, "kind": "agent", "data": {{"x": {2**70}}}}}')
+    assert Event.model_validate(_event(data={"x": 2**63 - 1})).data["x"] == 2**63 - 1
+    assert Event.model_validate(_event(data={"x": 1.5})).data["x"] == 1.5

@@ -13,7 +13,7 @@ from __future__ import annotations
 import socket
 import time
 
-from aegis_protocol.events import Event
+from aegis_protocol.events import INT64_MAX, Event
 
 from .bpf.layout import ConnectRecord, DropRecord, ExecRecord
 
@@ -23,6 +23,12 @@ Record = DropRecord | ExecRecord | ConnectRecord
 def wall_offset_ns() -> int:
     """Add to a CLOCK_MONOTONIC ns timestamp to get wall-clock ns."""
     return time.time_ns() - time.monotonic_ns()
+
+
+def u64(value: int) -> int | str:
+    """A kernel u64 (inode, cgroup id) for event data: the wire's integers are int64, so
+    the rare value above it travels as its decimal string (the policy reads both)."""
+    return value if value <= INT64_MAX else str(value)
 
 
 def drop_event(d: DropRecord, offset_ns: int) -> Event:
@@ -40,7 +46,7 @@ def exec_event(r: ExecRecord, offset_ns: int) -> Event:
         kind="exec_denied" if r.denied else "exec",
         severity="warning" if r.denied else "info",
         data={"pid": r.pid, "ppid": r.ppid, "uid": r.uid, "gid": r.gid, "comm": r.comm,
-              "filename": r.filename, "ino": r.ino, "dev": r.dev,
+              "filename": r.filename, "ino": u64(r.ino), "dev": r.dev,
               **({"enforced_by": r.enforced_by} if r.denied else {})})
 
 
@@ -52,7 +58,7 @@ def connect_event(r: ConnectRecord, offset_ns: int) -> Event:
         data={"pid": r.pid, "uid": r.uid, "comm": r.comm,
               "family": "inet6" if r.family == socket.AF_INET6 else "inet",
               "proto": {6: "tcp", 17: "udp"}.get(r.proto, str(r.proto)),
-              "daddr": str(r.daddr), "dport": r.dport, "cgroup_id": r.cgroup_id})
+              "daddr": str(r.daddr), "dport": r.dport, "cgroup_id": u64(r.cgroup_id)})
 
 
 def from_record(record: Record, offset_ns: int | None = None) -> Event:

@@ -108,6 +108,8 @@ def respond(d: Decision, enforcement: Enforcement) -> str:
 
 def _event_int(ev: Event, name: str) -> int:
     value = ev.data.get(name)
+    if isinstance(value, str) and value.isdigit():  # a u64 above int64 (events.u64)
+        value = int(value)
     if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
         raise ValueError(f"a {ev.kind} event without a kernel {name} cannot be denied: "
                          f"deny takes the file or cgroup the kernel named, never a path or PID")

@@ -15,7 +15,7 @@ import time
 import uuid
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 EventKind = Literal[
     "exec",  # a process started a new image (pid, ppid, uid, comm, filename, ino, dev)
@@ -58,6 +58,19 @@ class Event(BaseModel):
     data: dict[Annotated[str, Field(max_length=MAX_KEY_LEN)], Scalar] = Field(
         default_factory=dict, max_length=MAX_DATA_KEYS
     )
+
+    @field_validator("data", mode="before")
+    @classmethod
+    def _integers_fit_int64(cls, data: object) -> object:
+        # Without this an integer outside int64 falls through the union to float and is
+        # stored rounded; refuse it instead, naming the key.
+        if isinstance(data, dict):
+            for key, value in data.items():
+                if (isinstance(value, int) and not isinstance(value, bool)
+                        and not INT64_MIN <= value <= INT64_MAX):
+                    raise ValueError(f"data.{key}: integer {value} is outside int64 "
+                                     f"[{INT64_MIN}, {INT64_MAX}]; send it as a string")
+        return data
 
 
 def agent_event(what: str, severity: Severity = "info", **data: Scalar) -> Event:
