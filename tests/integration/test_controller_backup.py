@@ -14,6 +14,7 @@ import shutil
 import signal
 import sqlite3
 import tarfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,6 +24,8 @@ import pytest
 from aegis_agent.config import ControllerConfig
 from aegis_agent.spool import Spool
 from aegis_agent.uplink import Uplink
+from aegis_controller.ledger import open_ledger
+from aegis_controller.settings import Settings
 from aegis_protocol.events import agent_event
 from conftest import sub_prefix
 from harness_controller import Server, controller_server, operator_client
@@ -253,6 +256,41 @@ def test_restore_over_a_non_empty_state_dir_needs_force_and_keeps_the_old_one(
     assert sorted(p.name for p in Path(kept).iterdir()) == before
     assert server.ctl("ledger", "verify").returncode == 0
     shutil.rmtree(kept)
+
+
+def test_backups_taken_while_the_ledger_is_written_and_sealed_restore_and_verify(
+        server: Server, tmp_path: Path) -> None:
+    """The anchor and signed head move after each commit; every archive must still carry
+    the marks that go with its copy of the database (checkpoints every 2 records here)."""
+    ledger = open_ledger(Settings.resolve(server.state, server.db), write=True,
+                         checkpoint_every=2)
+    stop = threading.Event()
+
+    def write() -> None:
+        n = 0
+        while not stop.is_set():
+            n += 1
+            ledger.append("order", NODE, {"n": n})
+            if n % 5 == 0:
+                ledger.seal()
+
+    writer = threading.Thread(target=write, daemon=True)
+    identity = tmp_path / "backup.id"
+    recipient = _identity(server, identity)
+    writer.start()
+    try:
+        for i in range(4):
+            _backup(server, tmp_path / f"b{i}.age", "--recipient", recipient)
+    finally:
+        stop.set()
+        writer.join()
+        ledger.engine.dispose()
+    for i in range(4):
+        target = tmp_path / f"restored{i}"
+        done = server.ctl("--state-dir", str(target), "restore", str(tmp_path / f"b{i}.age"),
+                          "--identity", str(identity))
+        assert done.returncode == 0, done.stderr
+        assert server.ctl("--state-dir", str(target), "ledger", "verify").returncode == 0
 
 
 def test_backup_needs_recipients_and_names_the_fix(server: Server, tmp_path: Path) -> None:

@@ -15,6 +15,7 @@ Modules, one job each:
 * :mod:`.api` — HTTP only: the FastAPI app, mutual TLS identity, uvicorn
 * :mod:`.cli` — ``aegis-controller``, one module per noun
 * :mod:`.terraform` — Terraform driven through its JSON output
+* :mod:`.backup` — age-encrypted backups of the state and their verified restore
 """
 
 __version__ = "0.1.0"

@@ -8,7 +8,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .. import backup, restore
+from .. import backup
 from ..settings import Settings
 from .conventions import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, print_json
 
@@ -35,7 +35,7 @@ def cmd_backup(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_restore(args: argparse.Namespace, settings: Settings) -> int:
     try:
         keys = backup.identities(Path(args.identity))
-        done = restore.restore(settings, Path(args.archive), keys, force=args.force,
+        done = backup.restore(settings, Path(args.archive), keys, force=args.force,
                                pinned_key=Path(args.public_key) if args.public_key else None)
     except backup.BackupError as err:
         return _failed(err)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from sqlalchemy.engine import make_url
 
-from .db import scrub
+from ..db import scrub
 
 PG_ROOT = Path("/usr/lib/postgresql")
 
@@ -68,10 +68,12 @@ def _run(program: str, args: list[str], url: str) -> None:
                           f"{' / '.join(lines[-3:]) or 'no message'}")
 
 
-def dump(url: str, out: Path) -> None:
+def dump(url: str, out: Path, snapshot: str | None = None) -> None:
     """The whole database in ``pg_dump``'s custom format, owners and grants left out (the
-    restore goes into whatever role the target URL names)."""
-    _run("pg_dump", ["--format=custom", "--no-owner", "--no-privileges", f"--file={out}"], url)
+    restore goes into whatever role the target URL names); ``snapshot``: as exported by
+    ``pg_export_snapshot()`` in a transaction that stays open meanwhile."""
+    args = ["--format=custom", "--no-owner", "--no-privileges", f"--file={out}"]
+    _run("pg_dump", [*args, f"--snapshot={snapshot}"] if snapshot else args, url)
 
 
 def restore(url: str, dump_file: Path) -> None:

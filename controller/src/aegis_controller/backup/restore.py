@@ -1,10 +1,10 @@
-"""Restore the controller's state from an archive :mod:`.backup` wrote.
+"""Restore the controller's state from an archive :mod:`.writer` wrote.
 
 In order, and nothing is written to the state directory or the database before the
 first three pass:
 
 1. decrypt with the operator's identity; read the manifest (its format must be
-   :data:`.backup.FORMAT`) and check every member against its sha256, refusing any member
+   :data:`.format.FORMAT`) and check every member against its sha256, refusing any member
    the manifest does not list (or lists and is missing);
 2. check the target: the state directory empty or absent (``force`` moves a non-empty one
    aside to ``<dir>.before-restore-<time>``, so nothing is lost); a PostgreSQL target
@@ -34,8 +34,12 @@ from sqlalchemy import inspect, text
 
 from aegis_protocol.files import fsync_dir, write_atomically
 
-from . import db, pg_tools
-from .backup import (
+from .. import db
+from ..ledger import Ledger, VerifyResult, head_path, load_verifier
+from ..ledger.keys import PUBLIC_NAME
+from ..settings import Settings
+from . import pg_tools
+from .format import (
     ANCHOR_MEMBER,
     FORMAT,
     HEAD_MEMBER,
@@ -47,9 +51,6 @@ from .backup import (
     kind_of,
     progress,
 )
-from .ledger import Ledger, VerifyResult, head_path, load_verifier
-from .ledger.keys import PUBLIC_NAME
-from .settings import Settings
 
 
 def decrypt(archive: Path, keys: list[Any]) -> tuple[dict[str, Any], dict[str, bytes]]:
