@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pyrage
 import pytest
+import sqlalchemy as sa
 
 from aegis_agent.config import ControllerConfig
 from aegis_agent.spool import Spool
@@ -102,6 +103,9 @@ def _check_node_goes_on(server: Server, up: Uplink) -> None:
     assert _events(server, "after_restore") == 1 and _events(server, "before_backup") == 1
     assert _status(server, oid) == "done"
     assert up.done == [("quarantine", {"level": "soft"})]  # type: ignore[attr-defined]
+    # what the restored controller appended chains on to the restored ledger
+    assert server.ctl("ledger", "checkpoint").returncode == 0
+    assert server.ctl("ledger", "verify").returncode == 0
 
 
 @pytest.fixture
@@ -116,7 +120,8 @@ def _open(archive: Path, identity: Path) -> dict[str, bytes]:
             if line.startswith("AGE-SECRET-KEY-")]
     plain = pyrage.decrypt(archive.read_bytes(), keys)
     with tarfile.open(fileobj=io.BytesIO(plain), mode="r:gz") as tar:
-        return {m.name: tar.extractfile(m).read() for m in tar.getmembers()}  # type: ignore[union-attr]
+        files = {m.name: tar.extractfile(m) for m in tar.getmembers()}
+        return {name: f.read() for name, f in files.items() if f is not None}
 
 
 def _seal(members: dict[str, bytes], recipient: str, out: Path, *,
@@ -322,6 +327,22 @@ def test_postgresql_backup_restores_into_an_empty_database(
 
         with pg_server.database() as target:
             server.db = target
+            # the archive's ledger key swapped for another (manifest rehashed): the dump is
+            # loaded, does not verify, and the database is emptied again
+            other = tmp_path / "other-state"
+            assert server.ctl("--state-dir", str(other), "keys", "init").returncode == 0
+            members = _open(archive, identity)
+            forged = {**members,
+                      "state/keys/ledger.pub": (other / "keys/ledger.pub").read_bytes()}
+            recipient = recipients.read_text().split()[-1]
+            refused = server.ctl("restore", str(_seal(forged, recipient, tmp_path / "f.age")),
+                                 "--identity", str(identity))
+            assert refused.returncode == 1, refused.stderr
+            assert "bad_signature" in refused.stderr and "emptied again" in refused.stderr
+            _nothing_written(server.state)
+            with server.engine().connect() as conn:
+                assert sa.inspect(conn).get_table_names() == []
+
             done = server.ctl("restore", str(archive), "--identity", str(identity))
             assert done.returncode == 0, done.stderr
             _check_node_goes_on(server, up)
