@@ -155,12 +155,14 @@ def _stage(settings: Settings, manifest: dict[str, Any], members: dict[str, byte
            staging: Path, kind: str) -> Path:
     """Write the state files into ``staging``; return where the anchor went."""
     listed = manifest["members"]
-    for name, entry in listed.items():
+    for name in listed:
         if not name.startswith("state/"):
             continue
         path = staging / PurePosixPath(name).relative_to("state")
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        write_atomically(path, members[name], mode=int(entry.get("mode", 0o600)) & 0o777)
+        # 0600 whatever the archive says: keys stay private (the controller makes every
+        # file under umask 077 anyway)
+        write_atomically(path, members[name], mode=0o600)
     if kind == "sqlite":
         inside = _inside(db.sqlite_path(settings.db_url) or Path(), settings.state_dir)
         assert inside is not None  # _check_target made sure
