@@ -89,13 +89,16 @@ def _check_manifest(archive: Path, members: dict[str, bytes]) -> dict[str, Any]:
     except (KeyError, ValueError):
         raise BackupError(f"archive {archive} has no readable {MANIFEST}: it is not from "
                           "`aegis-controller backup`") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        got = manifest.get("format") if isinstance(manifest, dict) else None
-        raise BackupError(f"archive {archive} has format {got!r}; this controller restores "
-                          f"{FORMAT!r} only: use the aegis-controller version that made it "
-                          f"(it says {manifest.get('controller_version')!r})"
-                          if isinstance(manifest, dict) else f"archive {archive}: bad manifest")
-    listed = manifest.get("members") or {}
+    if not isinstance(manifest, dict):
+        raise BackupError(f"archive {archive}: its {MANIFEST} is not a JSON object")
+    if manifest.get("format") != FORMAT:
+        raise BackupError(f"archive {archive} has format {manifest.get('format')!r}; this "
+                          f"controller restores {FORMAT!r} only: use the aegis-controller "
+                          "version that made it (the manifest says "
+                          f"{manifest.get('controller_version')!r})")
+    listed = manifest.get("members")
+    if not isinstance(listed, dict) or not all(isinstance(e, dict) for e in listed.values()):
+        raise BackupError(f"archive {archive}: its {MANIFEST} lists no members")
     extra = sorted(set(members) - set(listed) - {MANIFEST})
     missing = sorted(set(listed) - set(members))
     if extra or missing:

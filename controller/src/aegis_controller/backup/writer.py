@@ -85,17 +85,23 @@ def build(settings: Settings, work: Path) -> tuple[bytes, dict[str, Any]]:
     return buffer.getvalue(), manifest
 
 
-def write_encrypted(out: Path, plaintext: bytes, to: Sequence[Any], *, force: bool) -> None:
-    """Encrypt ``plaintext`` to ``to`` into ``out`` (0600), atomically."""
+def _check_out(out: Path, force: bool) -> None:
     if out.exists() and not force:
         raise BackupError(f"{out} exists: choose another file or pass --force to replace it")
     if not out.parent.is_dir():
         raise BackupError(f"directory {out.parent} does not exist: create it first")
+
+
+def write_encrypted(out: Path, plaintext: bytes, to: Sequence[Any]) -> None:
+    """Encrypt ``plaintext`` to ``to`` into ``out`` (0600), atomically."""
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
         with os.fdopen(fd, "wb") as f:
-            pyrage.encrypt_io(io.BytesIO(plaintext), f, list(to))
+            try:
+                pyrage.encrypt_io(io.BytesIO(plaintext), f, list(to))
+            except pyrage.EncryptError as err:
+                raise BackupError(f"cannot encrypt the archive: {err}") from None
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, out)
@@ -111,8 +117,9 @@ def backup(settings: Settings, out: Path, to: Sequence[Any], *, force: bool = Fa
     if not settings.state_dir.is_dir():
         raise BackupError(f"state directory {settings.state_dir} does not exist: pass the "
                           "controller's --state-dir")
+    _check_out(out, force)
     with private_dir(settings.state_dir, "backup") as work:
         plaintext, manifest = build(settings, work)
     progress(f"encrypting to {len(to)} recipient(s) into {out}")
-    write_encrypted(out, plaintext, to, force=force)
+    write_encrypted(out, plaintext, to)
     return manifest
