@@ -58,8 +58,9 @@ def _identity(server: Server, path: Path) -> str:
     return json.loads(out.stdout)["recipient"]
 
 
-def _backup(server: Server, out: Path, *recipient_args: str) -> None:
-    done = server.ctl("backup", "--out", str(out), *recipient_args)
+def _backup(server: Server, out: Path, *recipient_args: str,
+            env: dict[str, str] | None = None) -> None:
+    done = server.ctl("backup", "--out", str(out), *recipient_args, env=env)
     assert done.returncode == 0, done.stderr
     assert "encrypting" in done.stderr  # a progress line per step
 
@@ -296,6 +297,38 @@ def test_backups_taken_while_the_ledger_is_written_and_sealed_restore_and_verify
                           "--identity", str(identity))
         assert done.returncode == 0, done.stderr
         assert server.ctl("--state-dir", str(target), "ledger", "verify").returncode == 0
+
+
+def test_an_anchor_kept_outside_the_state_dir_is_restored_to_its_place(
+        tmp_path: Path) -> None:
+    """``--anchor`` elsewhere (say, a directory shipped off the host): restore puts the
+    anchor and signed head back there, and keeps an existing one aside only with --force."""
+    ctl = Server(tmp_path / "state", None)
+    env = {"AEGIS_LEDGER_ANCHOR": str(tmp_path / "marks" / "ledger.anchor.json")}
+    assert ctl.ctl("keys", "init", env=env).returncode == 0
+    for n in range(3):
+        assert ctl.ctl("ledger", "append", "--kind", "order", "--subject", NODE, "--json",
+                       json.dumps({"n": n}), env=env).returncode == 0
+    assert ctl.ctl("ledger", "checkpoint", env=env).returncode == 0
+    anchor = (tmp_path / "marks" / "ledger.anchor.json").read_bytes()
+    identity = tmp_path / "backup.id"
+    archive = tmp_path / "controller.age"
+    recipient = _identity(ctl, identity)
+    wrong = ctl.ctl("backup", "--out", str(archive), "--recipient", recipient)
+    assert wrong.returncode == 2 and "pass --anchor" in wrong.stderr, wrong.stderr
+    _backup(ctl, archive, "--recipient", recipient, env=env)
+    shutil.rmtree(ctl.state)
+
+    refused = ctl.ctl("restore", str(archive), "--identity", str(identity), env=env)
+    assert refused.returncode == 2 and "ledger.anchor.json exists" in refused.stderr
+    _nothing_written(ctl.state)
+    done = ctl.ctl("restore", str(archive), "--identity", str(identity), "--force", env=env)
+    assert done.returncode == 0, done.stderr
+    (kept,) = json.loads(done.stdout)["kept"]
+    assert Path(kept).read_bytes() == anchor == (tmp_path / "marks/ledger.anchor.json").read_bytes()
+    assert not (ctl.state / "ledger.anchor.json").exists()
+    verify = ctl.ctl("ledger", "verify", env=env)
+    assert verify.returncode == 0 and "anchor at seq 4 matches" in verify.stdout, verify.stdout
 
 
 def test_backup_needs_recipients_and_names_the_fix(server: Server, tmp_path: Path) -> None:

@@ -159,6 +159,11 @@ def snapshot(settings: Settings, work: Path, kind: str) -> tuple[Path, Marks]:
                     _verify_copy(copy, chosen, work, settings)
                 return copy, chosen
             time.sleep(SETTLE)
+        if checkpoint and all(anchor is None for anchor, _ in candidates):
+            raise BackupError(f"no ledger anchor at {settings.anchor_path}, but the database "
+                              "has checkpoints: pass --anchor (or AEGIS_LEDGER_ANCHOR) where "
+                              "the controller keeps it, or run `aegis-controller ledger "
+                              "verify`")
     raise BackupError(f"no ledger anchor read during {ATTEMPTS} copies of the database "
                       "matched the copy (the ledger is being checkpointed very often, or its "
                       "anchor file is damaged): run `aegis-controller ledger verify`, then "
