@@ -22,20 +22,9 @@ from aegis_protocol.files import fsync_dir
 from .. import __version__
 from ..ledger import load_verifier
 from ..settings import Settings
+from . import format as layout
 from . import snapshot
-from .format import (
-    ANCHOR_MEMBER,
-    FORMAT,
-    HEAD_MEMBER,
-    MANIFEST,
-    PG_MEMBER,
-    SQLITE_MEMBER,
-    STATE_DIRS,
-    BackupError,
-    kind_of,
-    private_dir,
-    progress,
-)
+from .format import BackupError, kind_of, private_dir, progress
 
 
 def _add(tar: tarfile.TarFile, name: str, data: bytes, mode: int) -> None:
@@ -45,7 +34,7 @@ def _add(tar: tarfile.TarFile, name: str, data: bytes, mode: int) -> None:
 
 
 def _state_files(state_dir: Path) -> Iterator[tuple[str, Path]]:
-    for top in STATE_DIRS:
+    for top in layout.STATE_DIRS:
         base = state_dir / top
         if not base.is_dir():
             continue
@@ -63,15 +52,16 @@ def build(settings: Settings, work: Path) -> tuple[bytes, dict[str, Any]]:
     progress(f"copying the {kind} database and the ledger marks")
     copy, (anchor, head) = snapshot.snapshot(settings, work, kind)
     body: list[tuple[str, bytes, int]] = [
-        (SQLITE_MEMBER if kind == "sqlite" else PG_MEMBER, copy.read_bytes(), 0o600)]
+        (layout.SQLITE_MEMBER if kind == "sqlite" else layout.PG_MEMBER, copy.read_bytes(),
+         0o600)]
     for name, path in _state_files(settings.state_dir):
         body.append((name, path.read_bytes(), path.stat().st_mode & 0o777))
-    for name, data in ((ANCHOR_MEMBER, anchor), (HEAD_MEMBER, head)):
+    for name, data in ((layout.ANCHOR_MEMBER, anchor), (layout.HEAD_MEMBER, head)):
         if data is not None:
             body.append((name, data, 0o644))
     verifier = load_verifier(settings.public_key)
     manifest: dict[str, Any] = {
-        "format": FORMAT, "controller_version": __version__,
+        "format": layout.FORMAT, "controller_version": __version__,
         "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "database": kind, "ledger_key_id": verifier.key_id,
         "members": {name: {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data),
@@ -79,7 +69,7 @@ def build(settings: Settings, work: Path) -> tuple[bytes, dict[str, Any]]:
     buffer = io.BytesIO()
     progress("packing the database, keys, certificates, anchor and signed head")
     with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
-        _add(tar, MANIFEST, json.dumps(manifest, indent=2).encode() + b"\n", 0o600)
+        _add(tar, layout.MANIFEST, json.dumps(manifest, indent=2).encode() + b"\n", 0o600)
         for name, data, mode in body:
             _add(tar, name, data, mode)
     return buffer.getvalue(), manifest
