@@ -29,8 +29,15 @@ description:
     secret never reach a file, an argument list or the environment of another process.
   - The plugin never prints the secret (at C(-vvv) it names the path, lease id and TTL only).
     What a task does with the value is the task's business, so give C(no_log=true) to every
-    task that receives it (C(set_fact), C(environment), module arguments), and C(--diff) and
-    ansible-runner artifacts stay clean too.
+    task that receives it (C(set_fact), module arguments), and C(--diff) and ansible-runner
+    artifacts stay clean too.
+  - Never hand the secret to a command through the C(environment) keyword, even with
+    C(no_log=true) - Ansible prints the command line with the task's environment at C(-vvv)
+    (and other users see it in C(ps)). Give it as a module argument (a C(login_password), the
+    C(stdin) of M(ansible.builtin.command)).
+  - Under ansible-runner (AWX, the Aegis controller) give the token with O(token_file), not
+    E(VAULT_TOKEN) - ansible-runner writes the run's whole environment into its artifacts
+    (C(artifacts/<ident>/command)).
   - Each evaluation takes a new lease. Read it once per host with C(ansible.builtin.set_fact)
     (with C(no_log=true)) rather than from play C(vars), which are templated again at every use.
 requirements:
@@ -110,12 +117,19 @@ EXAMPLES = r"""
     app_db: "{{ lookup('aegis.fleet.vault_lease', 'database/creds/app', ttl=600) }}"
   no_log: true
 
-- name: Use it (the login is dropped when the run ends)
+- name: Use it as a module argument (the login is dropped when the run ends)
+  community.postgresql.postgresql_query:
+    login_host: db.internal
+    login_user: "{{ app_db.username }}"
+    login_password: "{{ app_db.password }}"
+    db: app
+    query: SELECT 1
+  no_log: true
+
+- name: Or on a command's stdin, never in its environment
   ansible.builtin.command:
-    cmd: psql -h db.internal -c 'select 1' app
-  environment:
-    PGUSER: "{{ app_db.username }}"
-    PGPASSWORD: "{{ app_db.password }}"
+    argv: [/usr/local/bin/app-migrate, --credentials-on-stdin]
+    stdin: "{{ app_db | to_json }}"
   changed_when: false
   no_log: true
 
@@ -175,7 +189,7 @@ class LookupModule(LookupBase):
                 token = fh.read().strip()
         except (IOError, OSError) as e:
             raise AnsibleError("aegis.fleet.vault_lease: cannot read token_file %s (%s): "
-                               "give a readable file holding the token" % (path, e.strerror))
+                               "give a readable file holding the token" % (path, e.strerror)) from None
         if not token:
             raise AnsibleError("aegis.fleet.vault_lease: token_file %s is empty" % path)
         return token
@@ -186,24 +200,24 @@ class LookupModule(LookupBase):
             resp = client.read(path)
         except requests.exceptions.SSLError as e:
             raise AnsibleError("aegis.fleet.vault_lease: TLS verification of %s failed (%s): "
-                               "set ca_cert (or VAULT_CACERT) to the server's CA" % (url, e))
+                               "set ca_cert (or VAULT_CACERT) to the server's CA" % (url, e)) from None
         except requests.exceptions.RequestException as e:
             raise AnsibleError("aegis.fleet.vault_lease: cannot reach Vault at %s (%s): check "
                                "url (or VAULT_ADDR/BAO_ADDR) and that the server runs"
-                               % (url, type(e).__name__))
+                               % (url, type(e).__name__)) from None
         except hvac.exceptions.Forbidden:
             raise AnsibleError("aegis.fleet.vault_lease: permission denied reading %s: the "
                                "token is invalid or expired, or its policy does not allow "
-                               "read on %s" % (where, path))
+                               "read on %s" % (where, path)) from None
         except hvac.exceptions.VaultDown:
             raise AnsibleError("aegis.fleet.vault_lease: Vault at %s is sealed: unseal it"
-                               % url)
+                               % url) from None
         except (hvac.exceptions.InvalidPath, hvac.exceptions.InvalidRequest) as e:
             raise AnsibleError("aegis.fleet.vault_lease: cannot read %s: %s: check the "
-                               "path (mount and role names)" % (where, "; ".join(e.errors or [])))
+                               "path (mount and role names)" % (where, "; ".join(e.errors or []))) from None
         except hvac.exceptions.VaultError as e:
             raise AnsibleError("aegis.fleet.vault_lease: reading %s failed: %s"
-                               % (where, "; ".join(e.errors or [type(e).__name__])))
+                               % (where, "; ".join(e.errors or [type(e).__name__]))) from None
         if not resp:
             raise AnsibleError("aegis.fleet.vault_lease: nothing at %s: check the path "
                                "(mount and role names; KV v2 paths read <mount>/data/<name>)"
@@ -231,7 +245,7 @@ class LookupModule(LookupBase):
             url = checked_url(self.get_option("url") or "", "Vault url")
         except LeaseError as e:
             raise AnsibleError("aegis.fleet.vault_lease: %s (option url, or VAULT_ADDR/"
-                               "BAO_ADDR)" % e)
+                               "BAO_ADDR)" % e) from None
         token = self._token()
         ca_cert = self.get_option("ca_cert")
         client = hvac.Client(url=url, token=token, verify=ca_cert or True,
@@ -264,6 +278,6 @@ class LookupModule(LookupBase):
                 display.warning("aegis.fleet.vault_lease: could not revoke %s either; it ends "
                                 "at its TTL" % lease_id)
             raise AnsibleError("aegis.fleet.vault_lease: cannot keep lease %s (%s: %s); it "
-                               "was revoked" % (lease_id, type(e).__name__, e))
+                               "was revoked" % (lease_id, type(e).__name__, e)) from None
         display.vvv("aegis.fleet.vault_lease: leased %s for %d s (keeper pid %d, revoked at "
                     "the end of the run)" % (lease_id, duration, keeper))

@@ -29,6 +29,7 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
+import contextlib
 import ipaddress
 import json
 import os
@@ -104,10 +105,8 @@ def playbook_pid():
 
 def _private_dir(path):
     """Create ``path`` (0700) or check that the existing one is ours and private."""
-    try:
+    with contextlib.suppress(OSError):
         os.mkdir(path, 0o700)
-    except OSError:
-        pass
     st = os.lstat(path)
     if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o077:
         raise LeaseError("%s is not a private directory of this user (mode 0700): remove it"
@@ -115,11 +114,15 @@ def _private_dir(path):
     return path
 
 
-def run_dir(pid):
-    """The run directory of the ansible-playbook process ``pid`` (created if missing)."""
-    base = _private_dir(os.path.join(tempfile.gettempdir(),
-                                     "aegis-vault-lease-%d" % os.getuid()))
-    return _private_dir(os.path.join(base, "%d-%s" % (pid, _start_time(pid))))
+def run_dir(pid, create=True):
+    """The run directory of the ansible-playbook process ``pid`` (created if missing, or
+    None when it is missing and ``create`` is false)."""
+    base = os.path.join(tempfile.gettempdir(), "aegis-vault-lease-%d" % os.getuid())
+    path = os.path.join(base, "%d-%s" % (pid, _start_time(pid)))
+    if not create and not os.path.lexists(path):
+        return None
+    _private_dir(base)
+    return _private_dir(path)
 
 
 def start_keeper(url, token, lease_id, ca_cert=None, expires_in=0):
@@ -149,11 +152,11 @@ def start_keeper(url, token, lease_id, ca_cert=None, expires_in=0):
 def revoke(url, token, lease_id, ca_cert=None, timeout=15):
     """PUT sys/leases/revoke/<lease id> (the path form, so a policy can scope it to
     ``sys/leases/revoke/<mount>/creds/<role>/*``)."""
-    req = Request("%s/v1/sys/leases/revoke/%s" % (url, quote(lease_id, safe="/")),
-                  data=b"{}", method="PUT",
+    req = Request("%s/v1/sys/leases/revoke/%s" % (url, quote(lease_id, safe="/")),  # noqa: S310
+                  data=b"{}", method="PUT",  # url passed checked_url: http(s) only
                   headers={"X-Vault-Token": token, "Content-Type": "application/json"})
     context = ssl.create_default_context(cafile=ca_cert) if url.startswith("https") else None
-    with urlopen(req, timeout=timeout, context=context) as resp:  # nosec: URL checked
+    with urlopen(req, timeout=timeout, context=context) as resp:  # noqa: S310
         resp.read()
 
 
@@ -191,9 +194,9 @@ def keep():
     for fd in (0, 1, 2):
         os.dup2(devnull, fd)
     until = time.monotonic() + job["expires_in"] + 5 if job["expires_in"] else None
-    while pidfd is not None and not _STOP and (until is None or time.monotonic() < until):
-        if select.select([pidfd], [], [], 0.25)[0]:
-            break
+    main_gone = pidfd is None
+    while not main_gone and not _STOP and (until is None or time.monotonic() < until):
+        main_gone = bool(select.select([pidfd], [], [], 0.25)[0])
     for signum in (signal.SIGUSR1, signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(signum, signal.SIG_IGN)
     try:
@@ -202,6 +205,9 @@ def keep():
         _write(entry.replace(".lease", ".failed"),
                "%s: %s: %s\n" % (job["lease_id"], type(e).__name__, e))
     os.unlink(entry)
+    if main_gone:  # the run is over: the last keeper of a run without the callback
+        with contextlib.suppress(OSError):
+            os.rmdir(job["spool"])
     os._exit(0)
 
 
@@ -213,20 +219,33 @@ def _is_keeper(pid):
         return False
 
 
+def _listdir(path):
+    """The names in ``path``; none once the last keeper has removed it."""
+    try:
+        return os.listdir(path)
+    except FileNotFoundError:
+        return []
+
+
 def flush(pid=None, timeout=20.0):
     """Tell every keeper of the run ``pid`` (this process by default) to revoke now and
     wait for them. Returns ``(revoked lease ids, [failure reasons])``."""
     pid = os.getpid() if pid is None else pid
     try:
-        spool = run_dir(pid)
+        spool = run_dir(pid, create=False)
     except (LeaseError, IOError, OSError) as e:
         return [], ["run directory: %s" % e]
+    if spool is None:  # nothing leased in this run
+        return [], []
     pending = {}
-    for name in os.listdir(spool):
+    for name in _listdir(spool):
         if name.endswith(".lease"):
             keeper = int(name.split(".")[0])
-            with open(os.path.join(spool, name)) as fh:
-                pending[name] = (keeper, fh.read().strip())
+            try:
+                with open(os.path.join(spool, name)) as fh:
+                    pending[name] = (keeper, fh.read().strip())
+            except FileNotFoundError:  # revoked meanwhile (its TTL ran out)
+                continue
             if _is_keeper(keeper):
                 os.kill(keeper, signal.SIGUSR1)
     deadline = time.monotonic() + timeout
@@ -239,12 +258,13 @@ def flush(pid=None, timeout=20.0):
             elif not _is_keeper(keeper):  # gone without revoking (killed)
                 failures.append("%s: its keeper (pid %d) is gone; the lease ends at its TTL"
                                 % (lease, keeper))
-                os.unlink(os.path.join(spool, name))
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(os.path.join(spool, name))
                 del pending[name]
         time.sleep(0.05)
     failures += ["%s: not revoked within %.0f s" % (lease, timeout)
                  for keeper, lease in pending.values()]
-    for name in os.listdir(spool):
+    for name in _listdir(spool):
         if name.endswith(".failed"):
             path = os.path.join(spool, name)
             with open(path) as fh:
@@ -253,10 +273,8 @@ def flush(pid=None, timeout=20.0):
             revoked = [lease for lease in revoked if not reason.startswith(lease + ":")]
             os.unlink(path)
     if not pending:
-        try:
+        with contextlib.suppress(OSError):
             os.rmdir(spool)
-        except OSError:
-            pass
     return revoked, failures
 
 

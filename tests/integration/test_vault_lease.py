@@ -23,6 +23,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -153,7 +154,7 @@ def setup(openbao: OpenBao, pg_server: PgServer) -> Iterator[Setup]:
                 root.sys.create_or_update_policy(policy, f"""
 path "{db_mount}/creds/app" {{ capabilities = ["read"] }}
 path "sys/leases/revoke/{db_mount}/creds/app/*" {{ capabilities = ["update"] }}
-path "{kv_mount}/data/app" {{ capabilities = ["read"] }}
+path "{kv_mount}/data/*" {{ capabilities = ["read"] }}
 """)
                 token = root.auth.token.create(policies=[policy], ttl="15m",
                                                no_default_policy=False)["auth"]["client_token"]
@@ -165,9 +166,10 @@ path "{kv_mount}/data/app" {{ capabilities = ["read"] }}
         finally:
             with psycopg.connect(host="127.0.0.1", port=pg_server.port, user="aegis",
                                  dbname="postgres", autocommit=True) as conn:
-                for (name,) in conn.execute("select r.rolname from pg_roles r join pg_auth_members m "
-                                            "on m.member = r.oid join pg_roles g on g.oid = m.roleid "
-                                            "where g.rolname = %s", (group,)).fetchall():
+                members = conn.execute(
+                    "select r.rolname from pg_roles r join pg_auth_members m on m.member = r.oid"
+                    " join pg_roles g on g.oid = m.roleid where g.rolname = %s", (group,))
+                for (name,) in members.fetchall():
                     conn.execute(f'drop role if exists "{name}"')
                 conn.execute(f"drop role if exists {group}")
 
@@ -191,7 +193,7 @@ class Receiver:
             except OSError:
                 return
             with conn:
-                self.got.append(json.loads(b"".join(iter(lambda: conn.recv(4096), b""))))
+                self.got.append(json.loads(conn.makefile("rb").read()))
 
     def wait(self, count: int, timeout: float = 60) -> list[dict]:
         deadline = time.monotonic() + timeout
@@ -337,10 +339,13 @@ def test_a_failing_play_revokes_its_leases(tmp_path: Path, setup: Setup,
     assert not any(v in run.stdout + run.stderr for v in (creds[0]["password"], setup.api_key))
 
 
-def test_killed_playbook_without_the_callback_still_revokes(tmp_path: Path, setup: Setup,
-                                                            receiver: Receiver) -> None:
-    """No callback enabled and ansible-playbook (with its workers) killed with SIGKILL
-    while the run waits: the keepers revoke by themselves."""
+@pytest.mark.parametrize("how", ["sigkill-without-callback", "ctrl-c-with-callback"])
+def test_an_interrupted_run_still_revokes(tmp_path: Path, setup: Setup, receiver: Receiver,
+                                          how: str) -> None:
+    """ansible-playbook and its workers killed (SIGKILL, no callback enabled: the keepers
+    revoke by themselves) or interrupted (Ctrl-C to the process group, with the callback:
+    it revokes and reports before the process exits) while the run waits."""
+    kill = how.startswith("sigkill")
     go = tmp_path / "go"
     book, inventory = _play(tmp_path, setup, [
         {"name": "Wait", "ansible.builtin.wait_for": {"path": str(go), "timeout": 90}}], hosts=1)
@@ -348,7 +353,7 @@ def test_killed_playbook_without_the_callback_still_revokes(tmp_path: Path, setu
     with log.open("w") as out:
         proc = subprocess.Popen([str(PLAYBOOK_BIN), "-i", str(inventory), str(book), "-vvv",
                                  "-e", json.dumps(_extravars(setup, ttl=30))],
-                                env=_env(setup, callback=False), stdout=out,
+                                env=_env(setup, callback=not kill), stdout=out,
                                 stderr=subprocess.STDOUT, start_new_session=True)
     try:
         creds = receiver.wait(1)
@@ -357,24 +362,30 @@ def test_killed_playbook_without_the_callback_still_revokes(tmp_path: Path, setu
         assert int(ttl) <= 30 and setup.lease_alive(lease)  # the ttl option was applied
         assert setup.root.sys.read_lease(lease)["data"]["ttl"] <= 30
         assert setup.can_login(creds[0]["user"], creds[0]["password"])
-        # the run directory holds the lease id only
-        run_dirs = list(Path(os.environ.get("TMPDIR", "/tmp"), f"aegis-vault-lease-{os.getuid()}")
-                        .glob(f"{proc.pid}-*"))
-        assert len(run_dirs) == 1 and oct(run_dirs[0].stat().st_mode & 0o777) == "0o700"
-        (entry,) = run_dirs[0].glob("*.lease")
+        # the run directory is private and holds the lease id only
+        base = Path(tempfile.gettempdir(), f"aegis-vault-lease-{os.getuid()}")
+        (run_dir,) = base.glob(f"{proc.pid}-*")
+        assert run_dir.stat().st_mode & 0o777 == 0o700
+        (entry,) = run_dir.glob("*.lease")
         assert entry.read_text().strip() == lease
     finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline and setup.lease_alive(lease):
-        time.sleep(0.1)
+        os.killpg(proc.pid, signal.SIGKILL if kill else signal.SIGINT)
+        proc.wait(timeout=60)
+    if kill:
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and setup.lease_alive(lease):
+            time.sleep(0.1)
+    else:
+        assert "revoked 1 lease(s)" in log.read_text(), log.read_text()[-3000:]
     _assert_gone(setup, [lease], creds)
+    assert not run_dir.exists() or not list(run_dir.glob("*.lease"))
+    assert creds[0]["password"] not in log.read_text()
 
 
 def test_bad_input_names_what_to_fix(tmp_path: Path, setup: Setup) -> None:
     cases = {
-        "unknown path": f"'{setup.db_path.rsplit('/', 1)[0]}/nosuchrole'",
+        "not allowed": f"'{setup.db_path.rsplit('/', 1)[0]}/nosuchrole'",
+        "unknown path": f"'{setup.kv_path.rsplit('/', 1)[0]}/nosuchsecret'",
         "no such field": f"'{setup.kv_path}', field='nosuchfield'",
         "unreachable": f"'{setup.kv_path}', url='http://127.0.0.1:{free_port()}'",
         "plain http": f"'{setup.kv_path}', url='http://192.0.2.10:8200'",
@@ -384,7 +395,7 @@ def test_bad_input_names_what_to_fix(tmp_path: Path, setup: Setup) -> None:
         "bad token": f"'{setup.kv_path}', token='s.not-a-token'",
     }
     tasks = [{"name": name, "ansible.builtin.set_fact": {
-        "x": "{{ lookup('aegis.fleet.vault_lease', %s) }}" % args}, "ignore_errors": True}
+        "x": f"{{{{ lookup('aegis.fleet.vault_lease', {args}) }}}}"}, "ignore_errors": True}
         for name, args in cases.items()]
     book = tmp_path / "bad.yml"
     book.write_text(json.dumps([{"name": "Bad input", "hosts": "localhost",
@@ -400,7 +411,9 @@ def test_bad_input_names_what_to_fix(tmp_path: Path, setup: Setup) -> None:
             for t in doc["plays"][0]["tasks"]}
     for name in cases:
         assert doc["plays"][0]["tasks"][list(cases).index(name)]["hosts"]["localhost"]["failed"]
-    assert "nosuchrole" in msgs["unknown path"] and "policy" in msgs["unknown path"]
+    assert "nosuchrole" in msgs["not allowed"] and "policy" in msgs["not allowed"]
+    assert "nothing at" in msgs["unknown path"] and "nosuchsecret" in msgs["unknown path"]
+    assert "check the path" in msgs["unknown path"]
     assert "no field 'nosuchfield'" in msgs["no such field"] and "api_key" in msgs["no such field"]
     assert "api_key" in msgs["no such field"] and setup.api_key not in run.stdout
     assert "cannot reach Vault at http://127.0.0.1" in msgs["unreachable"]
