@@ -8,7 +8,8 @@ __metaclass__ = type
 
 DOCUMENTATION = r"""
 name: vault_lease
-author: Aegis contributors
+author:
+  - Aegis contributors (@aegis)
 short_description: Lease a short-lived secret from Vault/OpenBao for the length of one run
 version_added: 0.1.0
 description:

@@ -43,8 +43,8 @@ import tempfile
 import time
 
 try:
+    from http.client import HTTPConnection, HTTPSConnection
     from urllib.parse import quote, urlsplit
-    from urllib.request import Request, urlopen
 except ImportError:  # pragma: no cover (Python 2, never the controller)
     pass
 
@@ -133,11 +133,13 @@ def start_keeper(url, token, lease_id, ca_cert=None, expires_in=0):
                           "ca_cert": ca_cert, "main_pid": main, "spool": spool,
                           "expires_in": int(expires_in or 0)})
     proc = subprocess.Popen(
-        [sys.executable, os.path.abspath(__file__.replace(".pyc", ".py")), "keep", KEEPER_MARK],
+        # -I -S: the keeper needs the standard library only, nothing from the environment
+        [sys.executable, "-I", "-S", os.path.abspath(__file__.replace(".pyc", ".py")), "keep",
+         KEEPER_MARK],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
         close_fds=True, start_new_session=True, cwd="/")
     try:
-        out, _ = proc.communicate(payload.encode(), timeout=30)
+        out = proc.communicate(payload.encode(), timeout=30)[0]
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
@@ -151,13 +153,28 @@ def start_keeper(url, token, lease_id, ca_cert=None, expires_in=0):
 
 def revoke(url, token, lease_id, ca_cert=None, timeout=15):
     """PUT sys/leases/revoke/<lease id> (the path form, so a policy can scope it to
-    ``sys/leases/revoke/<mount>/creds/<role>/*``)."""
-    req = Request("%s/v1/sys/leases/revoke/%s" % (url, quote(lease_id, safe="/")),  # noqa: S310
-                  data=b"{}", method="PUT",  # url passed checked_url: http(s) only
-                  headers={"X-Vault-Token": token, "Content-Type": "application/json"})
-    context = ssl.create_default_context(cafile=ca_cert) if url.startswith("https") else None
-    with urlopen(req, timeout=timeout, context=context) as resp:  # noqa: S310
-        resp.read()
+    ``sys/leases/revoke/<mount>/creds/<role>/*``). ``url`` has passed checked_url. The
+    standard library only: the keeper runs without site-packages."""
+    parts = urlsplit(url)
+    if parts.scheme == "https":
+        conn = HTTPSConnection(parts.hostname, parts.port, timeout=timeout,
+                               context=ssl.create_default_context(cafile=ca_cert))
+    else:
+        conn = HTTPConnection(parts.hostname, parts.port, timeout=timeout)
+    try:
+        conn.request("PUT", "%s/v1/sys/leases/revoke/%s"
+                     % (parts.path.rstrip("/"), quote(lease_id, safe="/")), body=b"{}",
+                     headers={"X-Vault-Token": token, "Content-Type": "application/json"})
+        resp = conn.getresponse()
+        body = resp.read()
+    finally:
+        conn.close()
+    if resp.status >= 300:
+        try:
+            errors = "; ".join(json.loads(body).get("errors") or [])
+        except ValueError:
+            errors = ""
+        raise LeaseError("HTTP %d from %s: %s" % (resp.status, url, errors or resp.reason))
 
 
 def _write(path, text):

@@ -68,6 +68,7 @@ class Setup:
     db_path: str
     kv_path: str
     token: str
+    read_only_token: str  # may read the credential but not revoke its lease
     api_key: str
     template: str
     root: hvac.Client = field(repr=False)
@@ -156,10 +157,14 @@ path "{db_mount}/creds/app" {{ capabilities = ["read"] }}
 path "sys/leases/revoke/{db_mount}/creds/app/*" {{ capabilities = ["update"] }}
 path "{kv_mount}/data/*" {{ capabilities = ["read"] }}
 """)
-                token = root.auth.token.create(policies=[policy], ttl="15m",
-                                               no_default_policy=False)["auth"]["client_token"]
+                root.sys.create_or_update_policy(f"{policy}-ro", f"""
+path "{db_mount}/creds/app" {{ capabilities = ["read"] }}
+path "{kv_mount}/data/*" {{ capabilities = ["read"] }}
+""")
+                token, read_only = (root.auth.token.create(policies=[name], ttl="15m")
+                                    ["auth"]["client_token"] for name in (policy, f"{policy}-ro"))
                 yield Setup(openbao, pg_server, database, group, f"{db_mount}/creds/app",
-                            f"{kv_mount}/data/app", token, api_key, template, root)
+                            f"{kv_mount}/data/app", token, read_only, api_key, template, root)
                 root.sys.revoke_prefix(f"{db_mount}/")
                 root.sys.disable_secrets_engine(db_mount)
                 root.sys.disable_secrets_engine(kv_mount)
@@ -337,6 +342,27 @@ def test_a_failing_play_revokes_its_leases(tmp_path: Path, setup: Setup,
     assert "revoked 1 lease(s)" in run.stdout
     _assert_gone(setup, leases, creds)
     assert not any(v in run.stdout + run.stderr for v in (creds[0]["password"], setup.api_key))
+
+
+def test_a_lease_the_token_cannot_revoke_is_reported(tmp_path: Path, setup: Setup,
+                                                     receiver: Receiver) -> None:
+    """A token without update on sys/leases/revoke/...: the run warns, naming the lease
+    and the server's answer (the lease then ends at its TTL)."""
+    book, inventory = _play(tmp_path, setup, hosts=1)
+    env = _env(setup) | {"VAULT_TOKEN": setup.read_only_token}
+    run = _playbook(book, inventory, env, _extravars(setup))
+    assert run.returncode == 0, run.stdout[-3000:]
+    creds = receiver.wait(1)
+    keys = setup.root.sys.list_leases(setup.db_path)["data"]["keys"]
+    (lease,) = [f"{setup.db_path}/{key}" for key in keys
+                if setup.lease_alive(f"{setup.db_path}/{key}")]
+    warning = " ".join(run.stderr.split())
+    assert f"lease not revoked: {lease}: LeaseError: HTTP 403" in warning, run.stderr
+    assert "permission denied" in warning
+    assert setup.login_exists(creds[0]["user"])
+    assert setup.read_only_token not in run.stdout + run.stderr
+    setup.root.sys.revoke_lease(lease)
+    assert not setup.login_exists(creds[0]["user"])
 
 
 @pytest.mark.parametrize("how", ["sigkill-without-callback", "ctrl-c-with-callback"])
