@@ -188,3 +188,20 @@ def test_run_async_and_module(ansible, tmp_path):
     assert ping.per_host()["localhost"]["ping"] == "pong"
     with pytest.raises(PlaybookNotFound):
         ansible.run(tmp_path / "missing.yml")
+
+
+def test_the_environment_is_not_kept_in_the_artifacts(ansible, tmp_path, monkeypatch):
+    """ansible-runner writes the whole environment of the run, inherited variables too,
+    into ``artifacts/<id>/command``: a token in the caller's environment would stay on
+    disk after the run. Nothing of the environment may remain under the runs dir."""
+    marker = "aegis-env-marker-7f3c2a91"
+    monkeypatch.setenv("AEGIS_TEST_VAULT_TOKEN", marker)  # inherited by the runner
+    own = Ansible(tmp_path / "runs", env={**ansible.env, "AEGIS_TEST_OWN_SECRET": marker})
+    result = own.run(_play(tmp_path, "ok"))
+    assert result.ok
+    command = result.artifact_dir / "command"
+    assert command.is_file()  # what ran stays readable, without the environment
+    assert "ansible-playbook" in command.read_text()
+    found = [p for p in (tmp_path / "runs").rglob("*")
+             if p.is_file() and marker.encode() in p.read_bytes()]
+    assert found == [], found

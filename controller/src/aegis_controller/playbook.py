@@ -16,6 +16,7 @@ key checking stays on unless that environment sets ``ANSIBLE_HOST_KEY_CHECKING``
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shlex
 import shutil
@@ -198,6 +199,23 @@ class PlayRun:
         return self._holder["result"]
 
 
+def _forget_environment(private: Path) -> None:
+    """Remove every copy of the run's environment the runner wrote: ``env/`` and the
+    ``env`` of each ``artifacts/<id>/command`` (the whole environment, inherited variables
+    too, so a token in the caller's environment would stay on disk). The command and its
+    working directory stay for people reading the artifacts."""
+    shutil.rmtree(private / "env", ignore_errors=True)
+    for command in private.glob("artifacts/*/command"):
+        try:
+            data = json.loads(command.read_text())
+        except (OSError, ValueError):
+            command.unlink(missing_ok=True)
+            continue
+        if isinstance(data, dict) and "env" in data:
+            data.pop("env")
+            command.write_text(json.dumps(data))
+
+
 class Ansible:
     """Ansible runs with one environment, each in its own private data dir under
     ``runs_dir`` (the last ``keep`` kept for inspection)."""
@@ -301,12 +319,14 @@ class Ansible:
             kwargs["inventory"] = str(inventory)
         elif "ANSIBLE_INVENTORY" in self.env:
             kwargs["inventory"] = self.env["ANSIBLE_INVENTORY"]
-        runner = ansible_runner.run(
-            private_data_dir=str(private), quiet=True, envvars=envvars,
-            event_handler=handle, cancel_callback=should_stop,
-            **{k: v for k, v in kwargs.items() if v not in (None, [], {})},
-        )
-        shutil.rmtree(private / "env", ignore_errors=True)  # holds the environment
+        try:
+            runner = ansible_runner.run(
+                private_data_dir=str(private), quiet=True, envvars=envvars,
+                event_handler=handle, cancel_callback=should_stop,
+                **{k: v for k, v in kwargs.items() if v not in (None, [], {})},
+            )
+        finally:
+            _forget_environment(private)
         artifacts = Path(runner.config.artifact_dir) if runner.config.artifact_dir else None
         result = PlayResult(status=str(runner.status), rc=int(runner.rc or 0),
                             stats=stats_from(runner.stats), results=results,
