@@ -70,7 +70,7 @@ def cidrs(values, name="a CIDR list"):
         try:
             net = ipaddress.ip_network(str(value).strip(), strict=False)
         except ValueError:
-            raise ValueError("%s: %r is not an IP address or CIDR block" % (name, value))
+            raise ValueError("%s: %r is not an IP address or CIDR block" % (name, value)) from None
         out.append(str(net))
     return sorted(set(out))
 
@@ -136,7 +136,7 @@ class Vault:
     def _health(self):
         try:
             health = self.client.sys.read_health_status(method="GET")
-        except Exception as err:  # noqa: BLE001 - every failure to talk becomes one message
+        except Exception as err:
             if HAS_HVAC and isinstance(err, requests.exceptions.RequestException):
                 self.fail("cannot reach the Vault server at %s (%s): check the url option and "
                           "that the server is running" % (self.url, type(err).__name__))
@@ -153,7 +153,7 @@ class Vault:
                       "again; nothing was changed" % self.url)
         try:
             self.client.lookup_token()
-        except Exception as err:  # noqa: BLE001
+        except Exception as err:
             if HAS_HVAC and isinstance(err, hvac_errors.Forbidden):
                 self.fail("the token was refused by %s (403): it is unknown, expired or "
                           "revoked; give a valid token" % self.url)
@@ -163,14 +163,14 @@ class Vault:
     def _call(self, action, fn, *args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except Exception as err:  # noqa: BLE001
+        except Exception as err:
             self.fail(describe(err, action))
 
     def read(self, path):
         """The ``data`` of ``path``, or None when it does not exist (404)."""
         try:
             answer = self.client.read(path)
-        except Exception as err:  # noqa: BLE001
+        except Exception as err:
             if HAS_HVAC and isinstance(err, hvac_errors.InvalidPath):
                 return None
             self.fail(describe(err, "read %s" % path))
@@ -180,7 +180,7 @@ class Vault:
         """The keys under ``path`` (empty when there are none)."""
         try:
             answer = self.client.list(path)
-        except Exception as err:  # noqa: BLE001
+        except Exception as err:
             if HAS_HVAC and isinstance(err, hvac_errors.InvalidPath):
                 return []
             self.fail(describe(err, "list %s" % path))
@@ -194,14 +194,39 @@ class Vault:
     def delete(self, path):
         self._call("delete %s" % path, self.client.delete, path)
 
+    def mounted(self, path, kind="secret"):
+        """The mount at ``path`` (``sys/mounts`` or, for ``kind="auth"``, ``sys/auth``)."""
+        base = "sys/mounts" if kind == "secret" else "sys/auth"
+        return (self.read(base) or {}).get(path.strip("/") + "/")
+
+    def require_mount(self, path, engine, kind="secret"):
+        """Fail unless ``engine`` is mounted at ``path``; True when it is. In check mode a
+        missing mount is not an error (an earlier task of the run would create it): False."""
+        mount = self.mounted(path, kind)
+        if mount and mount.get("type") == engine:
+            return True
+        if mount is None and self.module.check_mode:
+            return False
+        where = ("auth/%s" if kind == "auth" else "%s") % path.strip("/")
+        self.fail("%s at %s: mount one first (aegis.fleet.vault_mount engine=%s%s)"
+                  % ("a %s mount, not %s, is" % (mount.get("type"), engine) if mount
+                     else "no %s engine is mounted" % engine, where, engine,
+                     " kind=auth" if kind == "auth" else ""))
+        return False
+
     def missing_policies(self, names):
         """The names in ``names`` that are no ACL policy on the server."""
         known = set(self.list("sys/policies/acl")) | {"root", "default"}
         return [n for n in names if n not in known]
 
     def require_policies(self, names, option):
+        """Fail naming the policies in ``names`` that do not exist; in check mode only warn,
+        as a task before this one in the same check-mode run may be what creates them."""
         missing = self.missing_policies(names)
-        if missing:
+        if missing and self.module.check_mode:
+            self.module.warn("%s names policies that do not exist yet: %s (the run fails "
+                             "unless an earlier task creates them)" % (option, ", ".join(missing)))
+        elif missing:
             self.fail("%s names policies that do not exist on %s: %s; create them first "
                       "(aegis.fleet.vault_policy) or remove them from %s"
                       % (option, self.url, ", ".join(missing), option))

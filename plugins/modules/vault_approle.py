@@ -178,11 +178,9 @@ def main():
     if p["state"] == "present":
         vault.require_policies(p["token_policies"], "token_policies")
     mount = p["mount"].strip("/")
-    if p["state"] == "present" and not (vault.read("sys/auth") or {}).get(mount + "/"):
-        module.fail_json(msg="no auth method is mounted at auth/%s: enable AppRole there first "
-                         "(aegis.fleet.vault_mount kind=auth engine=approle)" % mount)
+    exists = vault.require_mount(mount, "approle", "auth") if p["state"] == "present" else True
     path = "auth/%s/role/%s" % (mount, p["name"])
-    current = vault.read(path)
+    current = vault.read(path) if exists else None
     before = _state(current) if current is not None else None
     after = _state(wanted) if p["state"] == "present" else None
     if before != after and not module.check_mode:

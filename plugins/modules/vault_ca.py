@@ -119,7 +119,7 @@ PKI_KEY_TYPES = {"ed25519": "ed25519", "ssh-ed25519": "ed25519", "ec": "ec", "rs
 def _ssh_key(vault, mount):
     try:
         answer = vault.client.read("%s/config/ca" % mount)
-    except Exception as err:  # noqa: BLE001 - "no key yet" is a 400 from the engine
+    except Exception as err:
         if isinstance(err, (hvac_errors.InvalidRequest, hvac_errors.InvalidPath)):
             return ""
         vault.fail("read %s/config/ca: %s" % (mount, err))
@@ -153,11 +153,9 @@ def main():
     except ValueError as err:
         module.fail_json(msg=str(err))
     vault = Vault(module)
-    mounted = (vault.read("sys/mounts") or {}).get(mount + "/")
-    if not mounted or mounted.get("type") != kind:
-        module.fail_json(msg="no %s secrets engine is mounted at %s: mount one first "
-                         "(aegis.fleet.vault_mount engine=%s)" % (kind, mount, kind))
-    public = _ssh_key(vault, mount) if kind == "ssh" else _pki_cert(vault, mount)
+    public = ""
+    if vault.require_mount(mount, kind):
+        public = _ssh_key(vault, mount) if kind == "ssh" else _pki_cert(vault, mount)
     before = _state(public)
     if not public:
         if module.check_mode:

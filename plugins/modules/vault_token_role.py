@@ -138,7 +138,7 @@ def _lookup(vault, token):
     """The server's data about ``token``, or None when it is not a valid token."""
     try:
         answer = vault.client.write_data("auth/token/lookup", data={"token": token})
-    except Exception as err:  # noqa: BLE001 - an invalid token is a 403 or a 400
+    except Exception as err:
         if isinstance(err, (hvac_errors.Forbidden, hvac_errors.InvalidRequest)):
             return None
         vault.fail("look up the token in the token file: %s" % type(err).__name__)
