@@ -96,12 +96,14 @@ def _role_vars(names: dict, pg: PgAdmin | None, token_file: Path | None, **over)
 
 
 def _play(bao: OpenBao, path: Path, role_vars: dict, *flags: str,
-          pg: PgAdmin | None = None, url: str | None = None) -> Run:
-    """ansible-playbook with the role on localhost; the operator token reaches it only
-    through the environment (BAO_TOKEN), the database password likewise."""
-    play = [{"name": "Vault wiring", "hosts": "localhost", "connection": "local",
-             "gather_facts": False,
-             "roles": [{"role": "aegis.fleet.vault", "vars": role_vars}]}]
+          pg: PgAdmin | None = None, url: str | None = None, hosts: str = "localhost") -> Run:
+    """ansible-playbook with the role (on localhost, or on ``hosts`` of an inventory given
+    in ``flags``, delegated to localhost); the operator token reaches it only through the
+    environment (BAO_TOKEN), the database password likewise."""
+    play: list[dict] = [{"name": "Vault wiring", "hosts": hosts, "gather_facts": False,
+                         "roles": [{"role": "aegis.fleet.vault", "vars": role_vars}]}]
+    if hosts == "localhost":
+        play[0]["connection"] = "local"
     path.write_text(json.dumps(play))
     env = ansible_env(PATHS)
     env.pop("ANSIBLE_INVENTORY", None)
@@ -181,6 +183,27 @@ def test_check_converge_idempotent_and_no_secret_in_output(
     for value in (openbao.token, pg_admin.password, controller_token):
         for run in (check, first, second):
             assert value not in run.output
+
+
+def test_node_roles_from_inventory_groups(openbao: OpenBao, tmp_path: Path) -> None:
+    """A group of the inventory becomes a node role: kv path GROUP/*, the hosts' addresses
+    (names that are not addresses are left out) bound to its AppRole."""
+    names = _names()
+    (tmp_path / "hosts.ini").write_text(
+        "[api]\na1 ansible_host=127.0.0.1\na2 ansible_host=192.0.2.7\n"
+        "a3 ansible_host=api3.example.invalid\n")
+    role_vars = _role_vars(names, None, None, vault_node_roles=[], vault_node_role_groups=["api"])
+    run = _play(openbao, tmp_path / "play.json", role_vars, "-i", str(tmp_path / "hosts.ini"),
+                hosts="api")
+    assert run.rc == 0, run.output[-4000:]
+    root, p = _root(openbao), names["vault_name_prefix"]
+    role = root.read(f"auth/{names['vault_approle_mount']}/role/{p}-api")["data"]
+    assert sorted(role["token_bound_cidrs"]) == ["127.0.0.1", "192.0.2.7"]
+    assert sorted(role["secret_id_bound_cidrs"]) == ["127.0.0.1/32", "192.0.2.7/32"]
+    assert role["secret_id_num_uses"] == 1 and role["token_policies"] == [f"{p}-node-api"]
+    policy = root.read(f"sys/policies/acl/{p}-node-api")["data"]["policy"]
+    assert f'path "{names["vault_kv_mount"]}/data/api/*"' in policy
+    assert run.output.count("Make each node role's AppRole") == 1  # once, not per host
 
 
 @pytest.fixture(scope="module")
