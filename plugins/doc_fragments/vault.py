@@ -17,7 +17,7 @@ options:
     type: str
   token:
     description:
-      - Token the module acts with (it needs to write policies, mounts and roles: an
+      - Token the module acts with; it needs to write policies, mounts and roles (an
         operator or root token). Never logged or returned.
       - Defaults to the environment variable E(BAO_TOKEN), then E(VAULT_TOKEN).
     type: str
@@ -31,6 +31,11 @@ options:
       - Seconds to wait for each answer of the server.
     type: int
     default: 10
+attributes:
+  platform:
+    support: full
+    platforms: posix
+    description: Runs where C(hvac) is installed, usually the control node (C(delegate_to) it there).
 requirements:
   - hvac >= 2.0 (on the host the module runs on, usually the control node)
 notes:

@@ -97,7 +97,7 @@ def describe(err, action):
         return "%s: the server is sealed or down (503): unseal it (bao operator unseal)" % action
     if HAS_HVAC and isinstance(err, hvac_errors.VaultError):
         errors = getattr(err, "errors", None) or [str(err)]
-        text = "; ".join(str(e).split(", on ")[0] for e in errors)
+        text = "; ".join(str(e).split(", on ", maxsplit=1)[0] for e in errors)
         return "%s: the server refused it: %s" % (action, text)
     if HAS_HVAC and isinstance(err, requests.exceptions.RequestException):
         return "%s: cannot reach the server: %s" % (action, type(err).__name__)
@@ -164,6 +164,16 @@ class Vault:
         try:
             return fn(*args, **kwargs)
         except Exception as err:
+            self.fail(describe(err, action))
+
+    def answer_or_none(self, action, fn, *args, none_on=(), **kwargs):
+        """``fn(*args, **kwargs)``; None when the server refuses with one of the hvac error
+        classes named in ``none_on`` (e.g. ``"InvalidRequest"``), else the module fails."""
+        try:
+            return fn(*args, **kwargs)
+        except Exception as err:  # every failure becomes None or one message
+            if HAS_HVAC and isinstance(err, tuple(getattr(hvac_errors, n) for n in none_on)):
+                return None
             self.fail(describe(err, action))
 
     def read(self, path):

@@ -84,9 +84,6 @@ attributes:
   diff_mode:
     support: full
     description: Shows the AppRole's settings before and after (no secret is part of them).
-  platform:
-    support: full
-    platforms: posix
 author:
   - Aegis contributors (@aegis)
 """
@@ -132,13 +129,13 @@ from ansible_collections.aegis.fleet.plugins.module_utils.vault_client import (
 ARGUMENT_SPEC = argument_spec(
     name=dict(type="str", required=True),
     mount=dict(type="str", default="approle"),
-    token_policies=dict(type="list", elements="str", default=[]),
-    secret_id_num_uses=dict(type="int", default=1),
-    secret_id_ttl=dict(type="str", default="10m"),
-    token_ttl=dict(type="str", default="15m"),
-    token_max_ttl=dict(type="str", default="1h"),
-    token_bound_cidrs=dict(type="list", elements="str", default=[]),
-    secret_id_bound_cidrs=dict(type="list", elements="str", default=[]),
+    token_policies=dict(type="list", no_log=False, elements="str", default=[]),
+    secret_id_num_uses=dict(type="int", no_log=False, default=1),
+    secret_id_ttl=dict(type="str", no_log=False, default="10m"),
+    token_ttl=dict(type="str", no_log=False, default="15m"),
+    token_max_ttl=dict(type="str", no_log=False, default="1h"),
+    token_bound_cidrs=dict(type="list", no_log=False, elements="str", default=[]),
+    secret_id_bound_cidrs=dict(type="list", no_log=False, elements="str", default=[]),
     token_no_default_policy=dict(type="bool", default=False),
     state=dict(type="str", choices=["present", "absent"], default="present"),
 )

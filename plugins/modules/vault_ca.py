@@ -53,9 +53,6 @@ attributes:
   diff_mode:
     support: full
     description: Shows whether the CA exists before and after (public key fingerprint only).
-  platform:
-    support: full
-    platforms: posix
 author:
   - Aegis contributors (@aegis)
 """
@@ -94,14 +91,10 @@ from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.aegis.fleet.plugins.module_utils.changes import report
 from ansible_collections.aegis.fleet.plugins.module_utils.vault_client import (
-    HAS_HVAC,
     Vault,
     argument_spec,
     seconds,
 )
-
-if HAS_HVAC:
-    from hvac import exceptions as hvac_errors
 
 ARGUMENT_SPEC = argument_spec(
     mount=dict(type="str", required=True),
@@ -117,12 +110,10 @@ PKI_KEY_TYPES = {"ed25519": "ed25519", "ssh-ed25519": "ed25519", "ec": "ec", "rs
 
 
 def _ssh_key(vault, mount):
-    try:
-        answer = vault.client.read("%s/config/ca" % mount)
-    except Exception as err:
-        if isinstance(err, (hvac_errors.InvalidRequest, hvac_errors.InvalidPath)):
-            return ""
-        vault.fail("read %s/config/ca: %s" % (mount, err))
+    # "no key yet" is a 400 from the engine
+    answer = vault.answer_or_none("read %s/config/ca" % mount, vault.client.read,
+                                  "%s/config/ca" % mount,
+                                  none_on=("InvalidRequest", "InvalidPath"))
     return ((answer or {}).get("data") or {}).get("public_key", "").strip()
 
 

@@ -104,9 +104,6 @@ attributes:
     support: full
     description: Shows the connection (URL with placeholders, user, roles) and each role's
       statements and TTLs before and after; the password shows only as C(set) or C(updated).
-  platform:
-    support: full
-    platforms: posix
 author:
   - Aegis contributors (@aegis)
 """

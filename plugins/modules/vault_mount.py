@@ -37,7 +37,7 @@ options:
     default: ""
   options:
     description:
-      - Engine options set when it is mounted, for example C({version: "2"}) for KV version 2.
+      - Engine options set when it is mounted, for example C(version=2) for KV version 2.
     type: dict
     default: {}
   default_lease_ttl:
@@ -59,9 +59,6 @@ attributes:
   diff_mode:
     support: full
     description: Shows the mount's type, options, description and TTLs before and after.
-  platform:
-    support: full
-    platforms: posix
 author:
   - Aegis contributors (@aegis)
 """

@@ -36,9 +36,6 @@ attributes:
   diff_mode:
     support: full
     description: Shows the policy text before and after (policies hold no secrets).
-  platform:
-    support: full
-    platforms: posix
 author:
   - Aegis contributors (@aegis)
 """

@@ -22,7 +22,7 @@ options:
     default: []
   mounts:
     description:
-      - Mounts the play will use, as C(PATH=ENGINE) (for example C(aegis-kv=kv)): a mount that
+      - Mounts the play will use, as C(PATH=ENGINE), for example C(aegis-kv=kv). A mount that
         exists at PATH with another engine is an error.
     type: list
     elements: str
@@ -35,9 +35,7 @@ attributes:
     description: Runs the same checks; it never changes anything.
   diff_mode:
     support: none
-  platform:
-    support: full
-    platforms: posix
+    description: It changes nothing, so there is nothing to show.
 author:
   - Aegis contributors (@aegis)
 """

@@ -67,9 +67,6 @@ attributes:
   diff_mode:
     support: full
     description: Shows the role's settings and the token file's state (accessor only) before and after.
-  platform:
-    support: full
-    platforms: posix
 author:
   - Aegis contributors (@aegis)
 """
@@ -104,7 +101,6 @@ import tempfile
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.aegis.fleet.plugins.module_utils.vault_client import (
-    HAS_HVAC,
     Vault,
     argument_spec,
     as_text,
@@ -112,16 +108,13 @@ from ansible_collections.aegis.fleet.plugins.module_utils.vault_client import (
     durations,
 )
 
-if HAS_HVAC:
-    from hvac import exceptions as hvac_errors
-
 ARGUMENT_SPEC = argument_spec(
     name=dict(type="str", required=True),
     allowed_policies=dict(type="list", elements="str", required=True),
     period=dict(type="str", default="24h"),
     orphan=dict(type="bool", default=True),
     token_no_default_policy=dict(type="bool", default=True),
-    token_bound_cidrs=dict(type="list", elements="str", default=[]),
+    token_bound_cidrs=dict(type="list", no_log=False, elements="str", default=[]),
     token_file=dict(type="path"),
 )
 
@@ -135,13 +128,10 @@ def _role_state(data):
 
 
 def _lookup(vault, token):
-    """The server's data about ``token``, or None when it is not a valid token."""
-    try:
-        answer = vault.client.write_data("auth/token/lookup", data={"token": token})
-    except Exception as err:
-        if isinstance(err, (hvac_errors.Forbidden, hvac_errors.InvalidRequest)):
-            return None
-        vault.fail("look up the token in the token file: %s" % type(err).__name__)
+    """The server's data about ``token``, or None when it is not a valid token (403/400)."""
+    answer = vault.answer_or_none("look up the token in the token file",
+                                  vault.client.write_data, "auth/token/lookup",
+                                  data={"token": token}, none_on=("Forbidden", "InvalidRequest"))
     return (answer or {}).get("data")
 
 
