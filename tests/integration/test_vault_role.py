@@ -25,6 +25,7 @@ import psycopg
 import pytest
 from hvac import exceptions as hvac_errors
 
+from aegis_controller.playbook import Ansible
 from aegis_lab.playbook import ansible_env
 from conftest import sub_prefix
 from harness import PATHS, OpenBao, free_port, openbao_dev
@@ -183,6 +184,30 @@ def test_check_converge_idempotent_and_no_secret_in_output(
     for value in (openbao.token, pg_admin.password, controller_token):
         for run in (check, first, second):
             assert value not in run.output
+
+
+def test_runner_artifacts_hold_no_secret(openbao: OpenBao, pg_admin: PgAdmin,
+                                         tmp_path: Path) -> None:
+    """Through the controller's ansible-runner wrapper (what the recovery service uses):
+    nothing it keeps on disk (events, stdout, command line) holds a secret."""
+    names, token_file, runs = _names(), tmp_path / "controller-token", tmp_path / "runs"
+    book = tmp_path / "play.json"
+    book.write_text(json.dumps([{"name": "Vault wiring", "hosts": "localhost",
+                                 "connection": "local", "gather_facts": False,
+                                 "roles": [{"role": "aegis.fleet.vault",
+                                            "vars": _role_vars(names, pg_admin, token_file)}]}]))
+    env = ansible_env(PATHS)
+    env.pop("ANSIBLE_INVENTORY", None)
+    env.update(openbao.env, AEGIS_TEST_DB_PASSWORD=pg_admin.password)
+    result = Ansible(runs, env=env).run(book)
+    assert result.ok and result.changed > 0
+    controller_token = token_file.read_text().strip()
+    files = [f for f in runs.rglob("*") if f.is_file()]
+    assert any(f.name == "stdout" for f in files)
+    for f in files:
+        data = f.read_bytes()
+        for value in (openbao.token, pg_admin.password, controller_token):
+            assert value.encode() not in data, f
 
 
 def test_node_roles_from_inventory_groups(openbao: OpenBao, tmp_path: Path) -> None:

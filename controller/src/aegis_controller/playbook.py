@@ -16,6 +16,7 @@ key checking stays on unless that environment sets ``ANSIBLE_HOST_KEY_CHECKING``
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shlex
 import shutil
@@ -308,6 +309,7 @@ class Ansible:
         )
         shutil.rmtree(private / "env", ignore_errors=True)  # holds the environment
         artifacts = Path(runner.config.artifact_dir) if runner.config.artifact_dir else None
+        _scrub_command(artifacts)
         result = PlayResult(status=str(runner.status), rc=int(runner.rc or 0),
                             stats=stats_from(runner.stats), results=results,
                             artifact_dir=artifacts)
@@ -323,6 +325,22 @@ class Ansible:
             raise PlaybookError(what, "-", "-",
                                 f"{result.status} (rc {result.rc}): {result.tail()}", result)
         return result
+
+
+def _scrub_command(artifact_dir: Path | None) -> None:
+    """The runner's ``command`` artifact records the whole environment of the run, values
+    included (a ``BAO_TOKEN`` the caller passed, for one): keep only the variables' names."""
+    path = artifact_dir / "command" if artifact_dir else None
+    if path is None or not path.is_file():
+        return
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError):
+        path.unlink(missing_ok=True)
+        return
+    if isinstance(doc, dict) and isinstance(doc.get("env"), dict):
+        doc["env"] = sorted(doc["env"])
+        path.write_text(json.dumps(doc))
 
 
 def _children() -> dict[int, list[int]]:
