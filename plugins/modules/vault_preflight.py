@@ -81,7 +81,11 @@ def main():
             module.fail_json(msg="mounts: %r is not PATH=ENGINE" % item)
         wanted[path.strip("/")] = engine
     vault = Vault(module)
-    vault.require_policies(module.params["policies"], "the policies referred to")
+    missing = vault.missing_policies(module.params["policies"])
+    if missing:
+        module.fail_json(msg="policy not found on %s: %s; create it first (aegis.fleet.vault_policy) "
+                         "or stop referring to it (a node role's policies). Nothing was changed"
+                         % (vault.url, ", ".join(missing)))
     mounts = vault.read("sys/mounts") or {}
     clashes = ["%s is a %s mount, not %s" % (path, mounts[path + "/"].get("type"), engine)
                for path, engine in sorted(wanted.items())

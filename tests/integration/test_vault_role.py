@@ -97,7 +97,8 @@ def _role_vars(names: dict, pg: PgAdmin | None, token_file: Path | None, **over)
 
 
 def _play(bao: OpenBao, path: Path, role_vars: dict, *flags: str,
-          pg: PgAdmin | None = None, url: str | None = None, hosts: str = "localhost") -> Run:
+          pg: PgAdmin | None = None, url: str | None = None, hosts: str = "localhost",
+          token: str | None = None) -> Run:
     """ansible-playbook with the role (on localhost, or on ``hosts`` of an inventory given
     in ``flags``, delegated to localhost); the operator token reaches it only through the
     environment (BAO_TOKEN), the database password likewise."""
@@ -112,6 +113,8 @@ def _play(bao: OpenBao, path: Path, role_vars: dict, *flags: str,
                ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0")
     if url:
         env["BAO_ADDR"] = url
+    if token:
+        env["BAO_TOKEN"] = token
     if pg is not None:
         env["AEGIS_TEST_DB_PASSWORD"] = pg.password
     proc = subprocess.run([str(Path(sys.executable).with_name("ansible-playbook")), str(path),
@@ -361,32 +364,40 @@ def sealed_openbao() -> Iterator[OpenBao]:
         yield server
 
 
-@pytest.mark.parametrize("case", ["unknown-policy", "undefined-db-role", "unreachable", "sealed"])
+@pytest.mark.parametrize("case", ["unknown-policy", "undefined-db-role", "unreachable", "sealed",
+                                  "bad-token"])
 def test_bad_input_fails_clearly_and_changes_nothing(
         case: str, openbao: OpenBao, pg_admin: PgAdmin, tmp_path: Path,
         request: pytest.FixtureRequest) -> None:
     names = _names()
-    bao, url = openbao, None
+    bao, url, token = openbao, None, None
     role_vars = _role_vars(names, pg_admin, tmp_path / "controller-token")
     if case == "unknown-policy":
         role_vars["vault_node_roles"][0]["policies"] = ["no-such-policy"]
-        expect = "no-such-policy"
+        expect = "policy not found on http://127.0.0.1:"
     elif case == "undefined-db-role":
         role_vars["vault_node_roles"][1]["database_roles"] = ["reporting"]
         expect = "database_roles names reporting, which is not in vault_database_roles"
     elif case == "unreachable":
         url = f"http://127.0.0.1:{free_port()}"
         expect = f"cannot reach the Vault server at {url}"
-    else:
+    elif case == "sealed":
         bao = request.getfixturevalue("sealed_openbao")
         expect = "is sealed: unseal it"
+    else:
+        token = "s." + secrets.token_urlsafe(18)
+        expect = "the token was refused"
     before = _snapshot(_root(openbao))
-    run = _play(bao, tmp_path / "play.json", role_vars, "-vvv", pg=pg_admin, url=url)
+    run = _play(bao, tmp_path / "play.json", role_vars, "-vvv", pg=pg_admin, url=url,
+                token=token)
     assert run.rc != 0
     assert expect in run.output, run.output[-4000:]
+    if case == "unknown-policy":
+        assert "no-such-policy; create it first" in run.output
     assert re.search(r"changed=0\s", run.output), run.output[-2000:]
     assert _snapshot(_root(openbao)) == before
     assert not (tmp_path / "controller-token").exists()
-    assert bao.token not in run.output and pg_admin.password not in run.output
+    for value in (bao.token, pg_admin.password, token):
+        assert not value or value not in run.output
     if case == "sealed":
         assert _root(bao).sys.read_seal_status()["sealed"]
