@@ -146,6 +146,7 @@ roles:
 
 from ansible.module_utils.basic import AnsibleModule
 
+from ansible_collections.aegis.fleet.plugins.module_utils.changes import text_diff
 from ansible_collections.aegis.fleet.plugins.module_utils.vault_client import (
     Vault,
     argument_spec,
@@ -236,8 +237,7 @@ def main():
                 vault.write("%s/roles/%s" % (mount, name), wanted)
     result = {"changed": changed, "name": p["name"], "roles": sorted(roles)}
     if module._diff:
-        result["diff"] = {"before": as_text(before), "after": as_text(after),
-                          "before_header": config_path, "after_header": config_path}
+        result["diff"] = text_diff(as_text(before), as_text(after), config_path)
     module.exit_json(**result)
 
 

@@ -100,6 +100,7 @@ import tempfile
 
 from ansible.module_utils.basic import AnsibleModule
 
+from ansible_collections.aegis.fleet.plugins.module_utils.changes import text_diff
 from ansible_collections.aegis.fleet.plugins.module_utils.vault_client import (
     Vault,
     argument_spec,
@@ -216,8 +217,7 @@ def main():
             os.chmod(path, 0o600)
     result = {"changed": changed, "name": p["name"], "token_accessor": accessor}
     if module._diff:
-        result["diff"] = {"before": as_text(before), "after": as_text(after),
-                          "before_header": role_path, "after_header": role_path}
+        result["diff"] = text_diff(as_text(before), as_text(after), role_path)
     module.exit_json(**result)
 
 
