@@ -2,7 +2,11 @@
 by scripts/bootstrap.sh), a cluster in a per-run temporary directory owned by the
 ``postgres`` system user (PostgreSQL refuses to run as root), listening on a free
 loopback port only (its socket stays in that directory), stopped and removed at the end
-even when the tests fail."""
+even when the tests fail.
+
+The superuser ``aegis`` logs in over loopback without a password (trust); every other
+login needs its password (scram-sha-256), so a test that logs in as a role someone created
+(the dynamic credentials of Vault's database engine) proves the password too."""
 
 from __future__ import annotations
 
@@ -81,6 +85,12 @@ def postgres_server(prefix: str) -> Iterator[PgServer]:
     try:
         _as_postgres(binaries / "initdb", "-D", data, "-U", "aegis", "--auth=trust",
                      "--encoding=UTF8", "--no-sync")
+        hba = data / "pg_hba.conf"
+        hba.write_text("local all all trust\n"
+                       "host all aegis 127.0.0.1/32 trust\nhost all aegis ::1/128 trust\n"
+                       "host all all 127.0.0.1/32 scram-sha-256\n"
+                       "host all all ::1/128 scram-sha-256\n")
+        shutil.chown(hba, "postgres", "postgres")
         _as_postgres(binaries / "pg_ctl", "-D", data, "-l", root / "server.log", "-w",
                      "-o", f"-c listen_addresses=127.0.0.1 -c port={port} "
                            f"-c unix_socket_directories={root} -c fsync=off", "start")
