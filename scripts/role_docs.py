@@ -33,6 +33,26 @@ def _checkout() -> Path:
 ROLES = _checkout() / "roles"
 
 
+class RoleYamlLoader(yaml.SafeLoader):
+    """SafeLoader that also reads Ansible's C(!unsafe) tag (the value, as written): role
+    defaults and argument specs use it for strings with another engine's placeholders."""
+
+
+def _unsafe(loader: yaml.SafeLoader, node: yaml.Node) -> object:
+    if isinstance(node, yaml.SequenceNode):
+        return loader.construct_sequence(node, deep=True)
+    if isinstance(node, yaml.MappingNode):
+        return loader.construct_mapping(node, deep=True)
+    return loader.construct_scalar(node)
+
+
+RoleYamlLoader.add_constructor("!unsafe", _unsafe)
+
+
+def load_role_yaml(path: Path) -> object:
+    return yaml.load(path.read_text(), Loader=RoleYamlLoader)  # noqa: S506 - a SafeLoader subclass
+
+
 def _default(opt: dict) -> str:
     if "default" not in opt:
         return "*required*" if opt.get("required") else ""
@@ -43,7 +63,7 @@ def _default(opt: dict) -> str:
 
 
 def table(spec_file: Path) -> str:
-    spec = yaml.safe_load(spec_file.read_text())["argument_specs"]["main"]
+    spec = load_role_yaml(spec_file)["argument_specs"]["main"]
     rows = ["| variable | type | default | description |", "|---|---|---|---|"]
     for name, opt in spec["options"].items():
         kind = opt.get("type", "str")
