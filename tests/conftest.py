@@ -19,6 +19,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from harness_vault import PgAdmin, Wiring, make_pg_admin, wire
+
 from aegis_lab.cleanup import leftovers
 from aegis_lab.fleet import LocalFleet
 from aegis_lab.naming import new_prefix
@@ -76,6 +78,23 @@ def pg_server() -> Iterator[PgServer]:
     """A real PostgreSQL server for this run (Debian's binaries, loopback only)."""
     with postgres_server(sub_prefix()) as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def pg_admin(pg_server: PgServer) -> PgAdmin:
+    """A PostgreSQL login for Vault's database engine (CREATEROLE, pg_signal_backend)."""
+    return make_pg_admin(pg_server)
+
+
+@pytest.fixture(scope="session")
+def vault_wiring(openbao: OpenBao, pg_admin: PgAdmin,
+                 tmp_path_factory: pytest.TempPathFactory) -> Wiring:
+    """The fleet's Vault wiring (role aegis.fleet.vault, once per run) with TTLs of a few
+    seconds, so renewal and expiry happen within a test: node token 6 s (max 90 s),
+    database leases 6 s (max 90 s)."""
+    return wire(openbao, pg_admin, tmp_path_factory.mktemp("vault-wiring"),
+                token_ttl="6s", token_max_ttl="90s",  # noqa: S106 - durations
+                db_ttl="6s", db_max_ttl="90s")
 
 
 @pytest.fixture

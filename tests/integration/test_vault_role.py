@@ -14,114 +14,22 @@ import json
 import re
 import secrets
 import stat
-import subprocess
-import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
+import harness_vault as hv
 import hvac
 import psycopg
 import pytest
+from harness_vault import PgAdmin, pg_connect, pg_role_exists
 from hvac import exceptions as hvac_errors
 
 from aegis_controller.playbook import Ansible
 from aegis_lab.playbook import ansible_env
 from conftest import sub_prefix
 from harness import PATHS, OpenBao, free_port, openbao_dev
-from harness_pg import PgServer
 
 pytestmark = pytest.mark.integration
-
-RECAP = re.compile(r"^localhost\s*:\s*ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+"
-                   r"failed=(\d+)", re.M)
-
-
-@dataclass(frozen=True)
-class PgAdmin:
-    """The login the database engine acts as (CREATEROLE, may end other logins' sessions)."""
-
-    server: PgServer
-    user: str
-    password: str
-
-
-@pytest.fixture(scope="module")
-def pg_admin(pg_server: PgServer) -> Iterator[PgAdmin]:
-    user, password = f"vaultadm_{secrets.token_hex(3)}", secrets.token_urlsafe(18)
-    with psycopg.connect(f"host=127.0.0.1 port={pg_server.port} user=aegis dbname=postgres",
-                         autocommit=True) as conn:
-        conn.execute(f"CREATE ROLE {user} LOGIN CREATEROLE PASSWORD '{password}'")  # type: ignore[arg-type]
-        conn.execute(f"GRANT pg_signal_backend TO {user}")  # type: ignore[arg-type]
-    yield PgAdmin(pg_server, user, password)
-
-
-@dataclass
-class Run:
-    rc: int
-    output: str
-
-    @property
-    def changed(self) -> int:
-        m = RECAP.search(self.output)
-        assert m, self.output[-3000:]
-        return int(m.group(2))
-
-
-def _names() -> dict[str, str]:
-    p = f"t{secrets.token_hex(3)}"
-    return {"vault_name_prefix": p, "vault_approle_mount": f"{p}-approle",
-            "vault_kv_mount": f"{p}-kv", "vault_database_mount": f"{p}-db",
-            "vault_ssh_mount": f"{p}-ssh", "vault_pki_mount": f"{p}-pki"}
-
-
-def _role_vars(names: dict, pg: PgAdmin | None, token_file: Path | None, **over) -> dict:
-    role = dict(names)
-    role["vault_node_roles"] = [
-        {"name": "web", "kv_paths": ["web/*"], "database_roles": ["web"],
-         "cidrs": ["127.0.0.1/32"], "token_ttl": "5m", "token_max_ttl": "15m"},
-        # an address the tests never log in from: its secret_ids must not work here
-        {"name": "db", "kv_paths": ["db/*"], "cidrs": ["192.0.2.10"]},
-    ]
-    if pg is not None:
-        role["vault_database"] = {
-            "name": "app", "host": "127.0.0.1", "port": pg.server.port, "dbname": "postgres",
-            "sslmode": "disable", "username": pg.user,
-            # the secret comes from the environment, never a file
-            "password": "{{ lookup('ansible.builtin.env', 'AEGIS_TEST_DB_PASSWORD') }}"}
-        role["vault_database_roles"] = [{"name": "web", "default_ttl": "10m", "max_ttl": "1h"}]
-    if token_file is not None:
-        role["vault_controller_token_file"] = str(token_file)
-    role.update(over)
-    return role
-
-
-def _play(bao: OpenBao, path: Path, role_vars: dict, *flags: str,
-          pg: PgAdmin | None = None, url: str | None = None, hosts: str = "localhost",
-          token: str | None = None) -> Run:
-    """ansible-playbook with the role (on localhost, or on ``hosts`` of an inventory given
-    in ``flags``, delegated to localhost); the operator token reaches it only through the
-    environment (BAO_TOKEN), the database password likewise."""
-    play: list[dict] = [{"name": "Vault wiring", "hosts": hosts, "gather_facts": False,
-                         "roles": [{"role": "aegis.fleet.vault", "vars": role_vars}]}]
-    if hosts == "localhost":
-        play[0]["connection"] = "local"
-    path.write_text(json.dumps(play))
-    env = ansible_env(PATHS)
-    env.pop("ANSIBLE_INVENTORY", None)
-    env.update(bao.env, ANSIBLE_LOCALHOST_WARNING="0", ANSIBLE_INVENTORY_UNPARSED_WARNING="0",
-               ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0")
-    if url:
-        env["BAO_ADDR"] = url
-    if token:
-        env["BAO_TOKEN"] = token
-    if pg is not None:
-        env["AEGIS_TEST_DB_PASSWORD"] = pg.password
-    proc = subprocess.run([str(Path(sys.executable).with_name("ansible-playbook")), str(path),
-                           *flags], env=env, capture_output=True, text=True, timeout=300,
-                          check=False)
-    return Run(proc.returncode, proc.stdout + proc.stderr)
-
 
 def _root(bao: OpenBao) -> hvac.Client:
     return hvac.Client(url=bao.addr, token=bao.token)
@@ -142,32 +50,21 @@ def _login(bao: OpenBao, approle_mount: str, role_id: str, secret_id: str) -> hv
     return node
 
 
-def _pg_connect(port: int, user: str, password: str) -> psycopg.Connection:
-    return psycopg.connect(host="127.0.0.1", port=port, user=user, password=password,
-                           dbname="postgres", autocommit=True, connect_timeout=5)
-
-
-def _pg_role_exists(port: int, user: str) -> bool:
-    with psycopg.connect(f"host=127.0.0.1 port={port} user=aegis dbname=postgres") as conn:
-        return conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (user,)).fetchone() \
-            is not None
-
-
 def test_check_converge_idempotent_and_no_secret_in_output(
         openbao: OpenBao, pg_admin: PgAdmin, tmp_path: Path) -> None:
-    names, token_file = _names(), tmp_path / "controller-token"
+    names, token_file = hv.names(), tmp_path / "controller-token"
     root = _root(openbao)
-    role_vars = _role_vars(names, pg_admin, token_file)
+    role_vars = hv.role_vars(names, pg_admin, token_file)
     fresh = _snapshot(root)
 
-    check = _play(openbao, tmp_path / "play.json", role_vars, "--check", "--diff", "-vvv",
+    check = hv.play(openbao, tmp_path / "play.json", role_vars, "--check", "--diff", "-vvv",
                   pg=pg_admin)
     assert check.rc == 0, check.output[-4000:]
     assert check.changed > 0  # it reports what it would do...
     assert _snapshot(root) == fresh  # ...and does none of it
     assert not token_file.exists()
 
-    first = _play(openbao, tmp_path / "play.json", role_vars, "--diff", "-vvv", pg=pg_admin)
+    first = hv.play(openbao, tmp_path / "play.json", role_vars, "--diff", "-vvv", pg=pg_admin)
     assert first.rc == 0, first.output[-4000:]
     assert first.changed > 0
     # the diff shows the changes: policies, mounts, the AppRoles' bindings, the connection
@@ -179,7 +76,7 @@ def test_check_converge_idempotent_and_no_secret_in_output(
     assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
     controller_token = token_file.read_text().strip()
 
-    second = _play(openbao, tmp_path / "play.json", role_vars, "--diff", pg=pg_admin)
+    second = hv.play(openbao, tmp_path / "play.json", role_vars, "--diff", pg=pg_admin)
     assert second.rc == 0, second.output[-4000:]
     assert second.changed == 0, second.output[-6000:]
     assert token_file.read_text().strip() == controller_token  # kept, not re-issued
@@ -193,12 +90,12 @@ def test_runner_artifacts_hold_no_secret(openbao: OpenBao, pg_admin: PgAdmin,
                                          tmp_path: Path) -> None:
     """Through the controller's ansible-runner wrapper (what the recovery service uses):
     nothing it keeps on disk (events, stdout, command line) holds a secret."""
-    names, token_file, runs = _names(), tmp_path / "controller-token", tmp_path / "runs"
+    names, token_file, runs = hv.names(), tmp_path / "controller-token", tmp_path / "runs"
     book = tmp_path / "play.json"
     book.write_text(json.dumps([{"name": "Vault wiring", "hosts": "localhost",
                                  "connection": "local", "gather_facts": False,
                                  "roles": [{"role": "aegis.fleet.vault",
-                                            "vars": _role_vars(names, pg_admin, token_file)}]}]))
+                                            "vars": hv.role_vars(names, pg_admin, token_file)}]}]))
     env = ansible_env(PATHS)
     env.pop("ANSIBLE_INVENTORY", None)
     env.update(openbao.env, AEGIS_TEST_DB_PASSWORD=pg_admin.password)
@@ -216,12 +113,12 @@ def test_runner_artifacts_hold_no_secret(openbao: OpenBao, pg_admin: PgAdmin,
 def test_node_roles_from_inventory_groups(openbao: OpenBao, tmp_path: Path) -> None:
     """A group of the inventory becomes a node role: kv path GROUP/*, the hosts' addresses
     (names that are not addresses are left out) bound to its AppRole."""
-    names = _names()
+    names = hv.names()
     (tmp_path / "hosts.ini").write_text(
         "[api]\na1 ansible_host=127.0.0.1\na2 ansible_host=192.0.2.7\n"
         "a3 ansible_host=api3.example.invalid\n")
-    role_vars = _role_vars(names, None, None, vault_node_roles=[], vault_node_role_groups=["api"])
-    run = _play(openbao, tmp_path / "play.json", role_vars, "-i", str(tmp_path / "hosts.ini"),
+    role_vars = hv.role_vars(names, None, None, vault_node_roles=[], vault_node_role_groups=["api"])
+    run = hv.play(openbao, tmp_path / "play.json", role_vars, "-i", str(tmp_path / "hosts.ini"),
                 hosts="api")
     assert run.rc == 0, run.output[-4000:]
     root, p = _root(openbao), names["vault_name_prefix"]
@@ -238,8 +135,9 @@ def test_node_roles_from_inventory_groups(openbao: OpenBao, tmp_path: Path) -> N
 def wired(openbao: OpenBao, pg_admin: PgAdmin, tmp_path_factory: pytest.TempPathFactory):
     """The role converged once for the behaviour tests below."""
     tmp = tmp_path_factory.mktemp("vault-wired")
-    names, token_file = _names(), tmp / "controller-token"
-    run = _play(openbao, tmp / "play.json", _role_vars(names, pg_admin, token_file), pg=pg_admin)
+    names, token_file = hv.names(), tmp / "controller-token"
+    run = hv.play(openbao, tmp / "play.json", hv.role_vars(names, pg_admin, token_file),
+                  pg=pg_admin)
     assert run.rc == 0, run.output[-4000:]
     root = _root(openbao)
     kv = names["vault_kv_mount"]
@@ -289,7 +187,7 @@ def test_node_approle_reads_only_its_paths_and_db_creds_are_real(
     creds = node.read(f"{db}/creds/web")
     user, password = creds["data"]["username"], creds["data"]["password"]
     assert 0 < creds["lease_duration"] <= 600
-    with _pg_connect(pg_admin.server.port, user, password) as conn:
+    with pg_connect(pg_admin.server.port, user, password) as conn:
         assert conn.execute("SELECT current_user").fetchone()[0] == user
         # the login is valid only until its lease ends
         until = conn.execute("SELECT rolvaliduntil FROM pg_roles WHERE rolname = current_user"
@@ -297,14 +195,14 @@ def test_node_approle_reads_only_its_paths_and_db_creds_are_real(
         assert until is not None
         # a wrong password does not log in (the server checks passwords for these logins)
         with pytest.raises(psycopg.OperationalError):
-            _pg_connect(pg_admin.server.port, user, password + "x")
+            pg_connect(pg_admin.server.port, user, password + "x")
         # the controller revokes the role's leases by prefix: the open session ends, the login goes
         controller.write_data(f"sys/leases/revoke-prefix/{db}/creds/web", data={})
         with pytest.raises(psycopg.OperationalError):
             conn.execute("SELECT 1")
-    assert not _pg_role_exists(pg_admin.server.port, user)
+    assert not pg_role_exists(pg_admin.server.port, user)
     with pytest.raises(psycopg.OperationalError):
-        _pg_connect(pg_admin.server.port, user, password)
+        pg_connect(pg_admin.server.port, user, password)
 
     # the db role is bound to 192.0.2.10: its secret_id does not log in from here
     with pytest.raises(hvac_errors.VaultError):
@@ -369,9 +267,9 @@ def sealed_openbao() -> Iterator[OpenBao]:
 def test_bad_input_fails_clearly_and_changes_nothing(
         case: str, openbao: OpenBao, pg_admin: PgAdmin, tmp_path: Path,
         request: pytest.FixtureRequest) -> None:
-    names = _names()
+    names = hv.names()
     bao, url, token = openbao, None, None
-    role_vars = _role_vars(names, pg_admin, tmp_path / "controller-token")
+    role_vars = hv.role_vars(names, pg_admin, tmp_path / "controller-token")
     if case == "unknown-policy":
         role_vars["vault_node_roles"][0]["policies"] = ["no-such-policy"]
         expect = "policy not found on http://127.0.0.1:"
@@ -388,7 +286,7 @@ def test_bad_input_fails_clearly_and_changes_nothing(
         token = "s." + secrets.token_urlsafe(18)
         expect = "the token was refused"
     before = _snapshot(_root(openbao))
-    run = _play(bao, tmp_path / "play.json", role_vars, "-vvv", pg=pg_admin, url=url,
+    run = hv.play(bao, tmp_path / "play.json", role_vars, "-vvv", pg=pg_admin, url=url,
                 token=token)
     assert run.rc != 0
     assert expect in run.output, run.output[-4000:]

@@ -5,8 +5,8 @@ arrives on the agent's control socket or in a signed order from the controller.
     cmd.verb == "grant" and cmd.ttl == 60.0
 
 ``Command`` is the discriminated union (on ``verb``) of every model. The enforcement
-verbs (``ENFORCEMENT_VERBS``) act on the node's kernel state; ``rotate`` and ``attest``
-are run by the agent's controller link and exist only as order kinds; the queries
+verbs (``ENFORCEMENT_VERBS``) act on the node's kernel state; ``rotate``, ``attest`` and
+``fetch-secrets`` are run by the agent's controller link and exist only as order kinds; the queries
 and ``confirm`` (``QUERY_VERBS``) exist only on the control socket. :func:`parse`
 raises :class:`CommandError` (a ``ValueError``) with one clear line: an unknown or
 missing argument, an argument of the wrong type, a value outside its choices.
@@ -18,8 +18,11 @@ from typing import Annotated, Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
+from .secrets import NAME
+
 __all__ = ["ENFORCEMENT_VERBS", "QUERY_VERBS", "AllowExec", "Attest", "Command", "CommandError",
-           "Confirm", "DenyExec", "Events", "Grant", "Quarantine", "QuarantineCgroup", "Query",
+           "Confirm", "DenyExec", "Events", "FetchSecrets", "Grant", "Quarantine",
+           "QuarantineCgroup", "Query",
            "Release", "ReleaseCgroup", "Revoke", "Rotate", "parse"]
 
 EDGE_HELP = "'SOURCE -> DESTINATION PROTO/PORT'"
@@ -120,6 +123,17 @@ class Rotate(_Verb):
     what: Literal["certificate", "secrets"]
 
 
+class FetchSecrets(_Verb):
+    """Log in to Vault with a response-wrapped AppRole secret_id and render the node's
+    secrets (order only; :mod:`aegis_protocol.secrets` says what the agent checks)."""
+
+    verb: Literal["fetch-secrets"] = "fetch-secrets"
+    role: Annotated[str, Field(pattern=NAME, description="the node's AppRole name")]
+    # the wrapping token: single use, alive at most secrets.MAX_WRAP_TTL seconds
+    # (kept out of repr: a log line or traceback must not show it)
+    wrapped_secret_id: Annotated[str, Field(min_length=8, max_length=512, repr=False)]
+
+
 class Attest(_Verb):
     """Attest now, not at the next period."""
 
@@ -150,14 +164,14 @@ class Events(_Verb):
 
 
 Command = Annotated[Grant | Revoke | Quarantine | Release | DenyExec | AllowExec
-                    | QuarantineCgroup | ReleaseCgroup | Rotate | Attest | Query | Confirm
-                    | Events,
+                    | QuarantineCgroup | ReleaseCgroup | Rotate | FetchSecrets | Attest | Query
+                    | Confirm | Events,
                     Field(discriminator="verb")]
 _COMMAND: TypeAdapter[Any] = TypeAdapter(Command)
 _MODELS: dict[str, type[_Verb]] = {
     verb: m
     for m in (Grant, Revoke, Quarantine, Release, DenyExec, AllowExec, QuarantineCgroup,
-              ReleaseCgroup, Rotate, Attest, Query, Confirm, Events)
+              ReleaseCgroup, Rotate, FetchSecrets, Attest, Query, Confirm, Events)
     for verb in get_args(m.model_fields["verb"].annotation)}
 ENFORCEMENT_VERBS = ("grant", "revoke", "quarantine", "release", "deny-exec", "allow-exec",
                      "quarantine-cgroup", "release-cgroup")

@@ -176,3 +176,6 @@ class HeartbeatAck(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     inventory_wanted: bool = False
+    #: the node's trust state at the controller (aegis_controller.nodes.NodeState); an
+    #: agent holding leased secrets wipes them when this is anything but ``trusted``
+    trust: Annotated[str, Field(max_length=32)] | None = None

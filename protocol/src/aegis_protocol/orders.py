@@ -31,7 +31,7 @@ from .signing import SignatureError, key_id, sign, verify
 
 # each kind is a verb of aegis_protocol.commands, whose model checks the order's args
 OrderKind = Literal["quarantine", "release", "grant", "revoke", "release-cgroup", "rotate",
-                    "attest"]
+                    "attest", "fetch-secrets"]
 RefusalReason = Literal["forged", "replayed", "expired", "misaddressed", "malformed"]
 
 CLOCK_SKEW = 30  # seconds an order may appear to come from the future
