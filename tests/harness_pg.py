@@ -11,6 +11,7 @@ login needs its password (scram-sha-256), so a test that logs in as a role someo
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import pwd
 import shutil
 import subprocess
@@ -47,6 +48,8 @@ def _as_postgres(*cmd: str | Path, timeout: float = 120) -> subprocess.Completed
 class PgServer:
     port: int
     created: int = 0
+    #: addresses besides loopback it listens on (only logins with a password, from there)
+    hosts: tuple[str, ...] = ()
 
     def url(self, database: str) -> str:
         return f"postgresql+psycopg://aegis@127.0.0.1:{self.port}/{database}"
@@ -71,8 +74,10 @@ class PgServer:
 
 
 @contextlib.contextmanager
-def postgres_server(prefix: str) -> Iterator[PgServer]:
-    """A running server; ``database()`` gives each test its own database."""
+def postgres_server(prefix: str, hosts: tuple[str, ...] = ()) -> Iterator[PgServer]:
+    """A running server; ``database()`` gives each test its own database. ``hosts``: other
+    addresses of this machine to listen on too (a lab fleet's bridge address), where
+    clients of the same subnet log in with a password (never as the superuser)."""
     binaries = pg_bin()
     try:
         pwd.getpwnam("postgres")
@@ -89,13 +94,16 @@ def postgres_server(prefix: str) -> Iterator[PgServer]:
         hba.write_text("local all all trust\n"
                        "host all aegis 127.0.0.1/32 trust\nhost all aegis ::1/128 trust\n"
                        "host all all 127.0.0.1/32 scram-sha-256\n"
-                       "host all all ::1/128 scram-sha-256\n")
+                       "host all all ::1/128 scram-sha-256\n"
+                       + "".join(f"host all all {ipaddress.ip_network(f'{h}/24', strict=False)}"
+                                 " scram-sha-256\n" for h in hosts))
         shutil.chown(hba, "postgres", "postgres")
         _as_postgres(binaries / "pg_ctl", "-D", data, "-l", root / "server.log", "-w",
-                     "-o", f"-c listen_addresses=127.0.0.1 -c port={port} "
+                     "-o", f"-c listen_addresses={','.join(('127.0.0.1', *hosts))} "
+                           f"-c port={port} "
                            f"-c unix_socket_directories={root} -c fsync=off", "start")
         started = True
-        yield PgServer(port)
+        yield PgServer(port, hosts=hosts)
     finally:
         if started:
             with contextlib.suppress(subprocess.SubprocessError):
