@@ -149,7 +149,8 @@ class Wiring:
 
     @property
     def root(self) -> hvac.Client:
-        return hvac.Client(url=self.bao.addr, token=self.bao.token)
+        return hvac.Client(url=self.bao.addr, token=self.bao.token,
+                           verify=self.bao.ca_file or True)
 
     @property
     def controller_token(self) -> str:
@@ -164,18 +165,22 @@ class Wiring:
 
 def wire(bao: OpenBao, pg: PgAdmin, workdir: Path, *,
          token_ttl: str = "5m", token_max_ttl: str = "15m",  # noqa: S107 - durations
-         db_ttl: str = "10m", db_max_ttl: str = "1h") -> Wiring:
+         db_ttl: str = "10m", db_max_ttl: str = "1h",
+         node_cidrs: list[str] | None = None) -> Wiring:
     """The role converged with a fresh prefix: node role ``web`` (KV ``web/*``, database
-    role ``web``, bound to 127.0.0.1) and ``db`` (bound to 192.0.2.10), the TTLs given,
+    role ``web``, bound to 127.0.0.1 or ``node_cidrs``) and ``db`` (bound to 192.0.2.10),
+    the TTLs given,
     the controller's token in ``workdir/controller-token``, a KV secret per node role."""
     workdir.mkdir(parents=True, exist_ok=True)
     n, token_file = names(), workdir / "controller-token"
     rv = role_vars(n, pg, token_file)
     rv["vault_node_roles"][0].update(token_ttl=token_ttl, token_max_ttl=token_max_ttl)
+    if node_cidrs:
+        rv["vault_node_roles"][0]["cidrs"] = node_cidrs
     rv["vault_database_roles"] = [{"name": "web", "default_ttl": db_ttl, "max_ttl": db_max_ttl}]
     run = play(bao, workdir / "vault-play.json", rv, pg=pg)
     assert run.rc == 0, run.output[-4000:]
-    root = hvac.Client(url=bao.addr, token=bao.token)
+    root = hvac.Client(url=bao.addr, token=bao.token, verify=bao.ca_file or True)
     role_ids = {r: root.read(f"auth/{n['vault_approle_mount']}/role/"
                              f"{n['vault_name_prefix']}-{r}/role-id")["data"]["role_id"]
                 for r in ("web", "db")}
