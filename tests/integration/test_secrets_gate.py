@@ -194,7 +194,7 @@ def _tree(root: Path) -> Path:
 
 
 def _gate(request: pytest.FixtureRequest, w: Wiring, db: str | None,
-          tmp: Path) -> Iterator[Gate]:
+          tmp: Path, wrap_ttl: int = 30) -> Iterator[Gate]:
     host, port = w.bao.addr.removeprefix("http://").rsplit(":", 1)
     relay = Relay((host, int(port)))
     relay.restore()
@@ -204,7 +204,7 @@ def _gate(request: pytest.FixtureRequest, w: Wiring, db: str | None,
         assert srv.ctl("keys", "init").returncode == 0
         srv.start("--secrets-token-file", str(w.controller_token_file),
                   "--vault-addr", relay.url, "--secrets-approle-mount", w.approle_mount,
-                  "--secrets-prefix", w.prefix, "--secrets-wrap-ttl", "30",
+                  "--secrets-prefix", w.prefix, "--secrets-wrap-ttl", str(wrap_ttl),
                   "--secrets-verify-dsn",
                   f"host=127.0.0.1 port={w.pg.server.port} user=aegis dbname=postgres")
         node = new_node(srv, NODE)
@@ -226,6 +226,12 @@ def gate_db(request: pytest.FixtureRequest, wiring: Wiring, tmp_path: Path) -> I
 @pytest.fixture
 def gate(request: pytest.FixtureRequest, wiring: Wiring, tmp_path: Path) -> Iterator[Gate]:
     yield from _gate(request, wiring, None, tmp_path)
+
+
+@pytest.fixture
+def gate_short_wrap(request: pytest.FixtureRequest, wiring: Wiring,
+                    tmp_path: Path) -> Iterator[Gate]:
+    yield from _gate(request, wiring, None, tmp_path, wrap_ttl=4)
 
 
 def _trust(g: Gate, role: str | None = "web") -> None:
@@ -379,8 +385,14 @@ def test_quarantine_revokes_without_the_agent(gate: Gate) -> None:
     for s in steps:
         assert 0 < s["started_ms"] <= s["ended_ms"]
     assert g.secret_events("revoked")[0]["accessor"] == got.report.accessor
-    # still quarantine-pending: no new secrets however often it beats
+    # trusted still (the quarantine is not acknowledged), but no new secrets
     assert g.heartbeat()["trust"] == "trusted"
+    time.sleep(2)
+    g.heartbeat()
+    time.sleep(1)
+    listed = [json.loads(x) for x in g.server.ctl("orders", "--node", NODE).stdout.splitlines()]
+    assert [o["kind"] for o in listed].count("fetch-secrets") == 1
+    assert g.secret_events("wrap_unused") == []  # not even asked Vault for one
     _no_secret_leaked(g, got.token, got.wrapping_token, got.password, got.secret_id)
 
 
@@ -439,6 +451,44 @@ def test_refresh_before_expiry_revokes_the_old_token(gate: Gate) -> None:
     assert _token_alive(g.w, second.report.accessor)
     assert not pg_role_exists(g.w.pg.server.port, first.username)
     assert pg_role_exists(g.w.pg.server.port, second.username)
+
+
+def test_secrets_acknowledged_after_leaving_trusted_are_revoked(gate: Gate) -> None:
+    g = gate
+    _trust(g)
+    order = _wait(g.orders)[0]  # type: ignore[index]
+    got = _play_agent(g, order)
+    (g.root / "etc/aegis.conf").write_text("tampered\n")
+    assert g.attest()["state"] == "suspect"
+    assert g.orders() == []  # a suspect node is served no fetch-secrets order
+    g.ack(order, "done", got.report.model_dump_json())
+    waited = g.server.ctl("node", "secrets", NODE, "--wait-revoked", "60")
+    assert waited.returncode == 0, waited.stderr
+    grant = json.loads(waited.stdout)["grants"][0]
+    assert grant["revoke_reason"] == "fetched while the node is suspect"
+    assert not _token_alive(g.w, got.report.accessor)
+    assert not pg_role_exists(g.w.pg.server.port, got.username)
+
+
+def test_unfetched_order_expires_scrubbed_and_is_replaced(gate_short_wrap: Gate) -> None:
+    g = gate_short_wrap
+    _trust(g)
+    order = _wait(g.orders)[0]  # type: ignore[index]
+    wrapping = order["order"]["args"]["wrapped_secret_id"]
+    assert order["order"]["expires_at"] - order["order"]["issued_at"] == 4  # the wrap TTL
+
+    def scrubbed() -> bool:
+        with g.server.engine().connect() as conn:
+            signed, detail = conn.exec_driver_sql(
+                "SELECT signed, detail FROM orders WHERE kind = 'fetch-secrets'").one()
+        return wrapping not in signed and detail.startswith("expired unacknowledged")
+
+    _wait(scrubbed, timeout=20)
+    with pytest.raises(hvac_errors.VaultError):  # and Vault let it expire too
+        hvac.Client(url=g.w.bao.addr, token=wrapping).sys.unwrap()
+    g.heartbeat()  # still trusted, still without secrets: a new order
+    fresh = _wait(g.orders)[0]  # type: ignore[index]
+    assert fresh["order"]["id"] != order["order"]["id"]
 
 
 def test_bad_report_is_refused_with_a_reason(gate: Gate) -> None:

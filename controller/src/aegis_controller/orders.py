@@ -92,7 +92,8 @@ class Orders:
         with db.errors(self.nodes.engine), db.reader(self.nodes.engine) as conn:
             q = sa.select(_o.signed).where(
                 _o.node_id == node_id, _o.status == "pending", _o.expires_at > now)
-            if self.nodes.state_in(conn, node_id) != NodeState.TRUSTED:
+            if self.nodes.state_in(conn, node_id) != NodeState.TRUSTED or \
+                    secrets_store.SecretsStore.quarantine_pending(conn, node_id):
                 q = q.where(_o.kind != secrets_store.KIND)
             rows = conn.execute(q.order_by(_o.created_at))
             return [SignedOrder.model_validate_json(r.signed) for r in rows]

@@ -107,6 +107,8 @@ class SecretsGate:
                 why = "the node's secrets role changed"
             elif SecretsStore.pending_order(rec.conn, node_id, int(time.time())):
                 why = f"a {KIND} order is already pending"
+            elif SecretsStore.quarantine_pending(rec.conn, node_id):
+                why = "a quarantine order is pending"
             if why is not None:  # the wrapping token expires unused within its TTL
                 rec.append(Kind.SECRET_LEASE, node_id, {
                     "event": "wrap_unused", "role": approle,

@@ -173,15 +173,15 @@ class SecretsStore:
     # -- the gate -------------------------------------------------------------------------
     def wanted_role(self, node_id: str, now: int | None = None) -> str | None:
         """The node role to fetch secrets for now (None: nothing to do): the node is trusted,
-        has a role, no unexpired fetch-secrets order is pending, and it holds no live grant
-        or its newest one is past 2/3 of its lifetime."""
+        has a role, no unexpired fetch-secrets order and no quarantine order is pending, and
+        it holds no live grant or its newest one is past 2/3 of its lifetime."""
         now = int(time.time()) if now is None else now
         with db.errors(self.engine), db.reader(self.engine) as conn:
             node = conn.execute(sa.select(_n.state, _n.secrets_role)
                                 .where(_n.node_id == node_id)).first()
             if node is None or node.state != NodeState.TRUSTED or not node.secrets_role:
                 return None
-            if self.pending_order(conn, node_id, now):
+            if self.pending_order(conn, node_id, now) or self.quarantine_pending(conn, node_id):
                 return None
             live = conn.execute(sa.select(_g.fetched_at, _g.expires_at).where(
                 _g.node_id == node_id, _g.revoked_at.is_(None),
@@ -189,6 +189,18 @@ class SecretsStore:
         if live is not None and now < live.fetched_at + (live.expires_at - live.fetched_at) * 2 / 3:
             return None
         return str(node.secrets_role)
+
+    @staticmethod
+    def quarantine_pending(conn: Connection, node_id: str) -> bool:
+        """A quarantine order the node has not acknowledged (expired or not) and no done
+        release order since: the node gets no secrets, whatever its state says."""
+        last = conn.execute(sa.select(sa.func.max(_o.created_at)).where(
+            _o.node_id == node_id, _o.kind == "quarantine", _o.status == "pending")).scalar()
+        if last is None:
+            return False
+        return conn.execute(sa.select(_o.order_id).where(
+            _o.node_id == node_id, _o.kind == "release", _o.status == "done",
+            _o.created_at >= last).limit(1)).first() is None
 
     @staticmethod
     def pending_order(conn: Connection, node_id: str, now: int) -> bool:
@@ -199,14 +211,18 @@ class SecretsStore:
     def scrub_expired(self, now: int | None = None) -> int:
         """Drop the wrapping token from fetch-secrets orders that expired unacknowledged."""
         now = int(time.time()) if now is None else now
+        expired = sa.select(_o.order_id, _o.signed).where(
+            _o.kind == KIND, _o.status == "pending", _o.expires_at <= now, _o.detail.is_(None))
+        with db.errors(self.engine), db.reader(self.engine) as conn:
+            if conn.execute(expired.limit(1)).first() is None:
+                return 0  # the usual case: no write lock taken every round
         with db.transaction(self.engine) as conn:
-            rows = conn.execute(sa.select(_o.order_id, _o.signed).where(
-                _o.kind == KIND, _o.status == "pending", _o.expires_at <= now,
-                _o.detail.is_(None))).all()
-            for r in rows:
-                conn.execute(tables.orders.update().where(_o.order_id == r.order_id).values(
-                    signed=scrub_signed(r.signed),
-                    detail="expired unacknowledged: wrapping token scrubbed"))
+            rows = conn.execute(expired).all()
+            for r in rows:  # still pending: an acknowledgment has not scrubbed it meanwhile
+                conn.execute(tables.orders.update().where(
+                    _o.order_id == r.order_id, _o.status == "pending").values(
+                        signed=scrub_signed(r.signed),
+                        detail="expired unacknowledged: wrapping token scrubbed"))
         return len(rows)
 
     # -- the revoker ----------------------------------------------------------------------
