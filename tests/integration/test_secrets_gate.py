@@ -325,6 +325,10 @@ def test_trusted_node_gets_one_wrapped_secret_id_and_reports_it(gate_db: Gate) -
     fetched = g.secret_events("fetched")
     assert [f["accessor"] for f in fetched] == [got.report.accessor]
     assert fetched[0]["logins"] == [got.username]
+    # the token names its node (the secret_id's metadata the controller set)
+    meta = g.w.root.adapter.post("/v1/auth/token/lookup-accessor",
+                                 json={"accessor": got.report.accessor})["data"]["meta"]
+    assert meta["aegis_node"] == NODE and meta["role_name"] == g.w.approle("web")
     status = g.status()
     assert status["role"] == "web" and status["grants"][0]["accessor"] == got.report.accessor
     assert status["grants"][0]["revoked_at"] is None
@@ -379,9 +383,9 @@ def test_quarantine_revokes_without_the_agent(gate: Gate) -> None:
     conn.close()
     steps = g.secret_events("revocation_step")
     assert [(s["step"], s["outcome"]) for s in steps] == [
-        ("revoke_accessor", "ok"), ("revoke_lease", "ok"), ("verify_token", "ok"),
-        ("verify_login", "ok")]
-    assert steps[1]["target"] == got.report.leases[0]
+        ("check_owner", "ok"), ("revoke_accessor", "ok"), ("revoke_lease", "ok"),
+        ("verify_token", "ok"), ("verify_login", "ok")]
+    assert steps[2]["target"] == got.report.leases[0]
     for s in steps:
         assert 0 < s["started_ms"] <= s["ended_ms"]
     assert g.secret_events("revoked")[0]["accessor"] == got.report.accessor
@@ -406,7 +410,7 @@ def test_vault_unreachable_revocation_is_retried_until_done(gate: Gate) -> None:
     assert g.attest()["state"] == "suspect"
     failed = _wait(lambda: g.secret_events("revocation_failed"), timeout=30)
     assert "cannot reach the vault" in failed[0]["reason"]  # type: ignore[index]
-    assert g.status()["grants"][0]["last_outcome"].startswith("failed: revoke_accessor")
+    assert g.status()["grants"][0]["last_outcome"].startswith("failed: check_owner")
     assert _token_alive(g.w, got.report.accessor)  # nothing revoked yet
     assert "revoking a node's secrets failed" in (g.server.state / "serve.log").read_text()
     g.relay.restore()
@@ -489,6 +493,35 @@ def test_unfetched_order_expires_scrubbed_and_is_replaced(gate_short_wrap: Gate)
     g.heartbeat()  # still trusted, still without secrets: a new order
     fresh = _wait(g.orders)[0]  # type: ignore[index]
     assert fresh["order"]["id"] != order["order"]["id"]
+
+
+def test_a_false_report_cannot_revoke_another_nodes_token(gate: Gate) -> None:
+    g = gate
+    _trust(g)
+    order = _wait(g.orders)[0]  # type: ignore[index]
+    got = _play_agent(g, order)
+    # a token of another node (its secret_id made for it, as the gate makes them)
+    w = g.w
+    path = secret_id_path(w.approle_mount, w.approle("web"))
+    other_id = w.root.adapter.post(f"/v1/{path}", json={
+        "metadata": json.dumps({"aegis_node": "web2"})})["data"]["secret_id"]
+    other = hvac.Client(url=w.bao.addr).auth.approle.login(
+        w.role_ids["web"], other_id, mount_point=w.approle_mount)["auth"]
+    false = got.report.model_copy(update={"accessor": other["accessor"]})
+    g.ack(order, "done", false.model_dump_json())
+    assert g.server.ctl("order", "create", NODE, "quarantine").returncode == 0
+    waited = g.server.ctl("node", "secrets", NODE, "--wait-revoked", "60")
+    assert waited.returncode == 0, waited.stderr
+    grant = json.loads(waited.stdout)["grants"][0]
+    assert grant["last_outcome"].startswith("refused: the token of this accessor was issued "
+                                            "for node 'web2'")
+    assert _token_alive(w, other["accessor"])  # web2 keeps its token
+    assert g.secret_events("revocation_refused")
+    with contextlib.suppress(hvac_errors.VaultError):
+        w.root.adapter.post("/v1/auth/token/revoke-accessor",
+                            json={"accessor": other["accessor"]})
+        w.root.adapter.post("/v1/auth/token/revoke-accessor",
+                            json={"accessor": got.report.accessor})
 
 
 def test_bad_report_is_refused_with_a_reason(gate: Gate) -> None:

@@ -84,7 +84,7 @@ class SecretsGate:
             return None
         approle, path = self.settings.approle(role), self.settings.creation_path(role)
         try:
-            wrapped = self.vault.wrap_secret_id(role)
+            wrapped = self.vault.wrap_secret_id(role, node_id)
             if wrapped.creation_path != path or not 0 < wrapped.ttl <= MAX_WRAP_TTL:
                 raise VaultCallError(f"the vault wrapped a secret_id of "
                                      f"{wrapped.creation_path!r} for {wrapped.ttl} s; "

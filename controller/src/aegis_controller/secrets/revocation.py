@@ -2,6 +2,8 @@
 dead): a background worker takes each grant whose revocation was asked for (durably, by
 a quarantine order, a state move away from trusted, a refresh or a cleared role) and
 
+0. checks the token is this node's (``auth/token/lookup-accessor``: the secret_id's
+   metadata ``aegis_node`` is on it) — a false report is refused, not acted on,
 1. revokes the token by accessor (``auth/token/revoke-accessor``),
 2. revokes each lease id the node reported (``sys/leases/revoke-prefix/<lease id>``),
 3. verifies ``auth/token/lookup-accessor`` now fails,
@@ -26,7 +28,7 @@ from psycopg.conninfo import conninfo_to_dict
 
 from .settings import SecretsSettings
 from .store import SecretsStore, now_ms
-from .vault import SecretsVault, VaultCallError
+from .vault import OWNER, SecretsVault, VaultCallError
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +42,10 @@ RENEW_EVERY = 3600.0
 
 class StepFailed(Exception):
     pass
+
+
+class Foreign(Exception):
+    """The reported accessor is another node's: nothing of this grant is revoked."""
 
 
 def backoff(attempts: int) -> int:
@@ -97,6 +103,7 @@ class Revoker:
     def revoke(self, grant: dict[str, Any]) -> bool:
         accessor = grant["accessor"]
         steps: list[tuple[str, str, Callable[[], str]]] = [
+            ("check_owner", accessor, lambda: self._owner(accessor, grant["node_id"])),
             ("revoke_accessor", accessor, lambda: self._revoke_accessor(accessor))]
         steps += [("revoke_lease", lease, lambda lease=lease: self._revoke_lease(lease))
                   for lease in grant["leases"]]
@@ -108,6 +115,14 @@ class Revoker:
             started = now_ms()
             try:
                 detail, failed = call(), None
+            except Foreign as e:
+                self.store.step(grant, {"step": name, "target": target, "started_ms": started,
+                                        "ended_ms": now_ms(), "outcome": "refused",
+                                        "detail": str(e)})
+                self.store.revocation_refused(grant, str(e))
+                log.warning("a node reported another node's secrets: not revoked", extra={
+                    "node": grant["node_id"], "accessor": accessor, "why": str(e)})
+                return False
             except (VaultCallError, StepFailed) as e:
                 detail, failed = str(e), str(e)
             self.store.step(grant, {"step": name, "target": target, "started_ms": started,
@@ -125,6 +140,21 @@ class Revoker:
         log.info("node's secrets revoked", extra={"node": grant["node_id"],
                                                   "accessor": accessor})
         return True
+
+    def _owner(self, accessor: str, node_id: str) -> str:
+        """The accessor must be of a token this node logged in with (the secret_id's
+        metadata the gate set): a node cannot have another node's token revoked."""
+        try:
+            data = self.vault.lookup_accessor(accessor).get("data") or {}
+        except VaultCallError as e:
+            if e.status == 400:
+                return "token already gone"
+            raise
+        owner = (data.get("meta") or {}).get(OWNER)
+        if owner is not None and owner != node_id:
+            raise Foreign(f"the token of this accessor was issued for node {owner!r}, not "
+                          f"{node_id!r}: the report was false; not revoked")
+        return f"token of node {owner!r}" if owner else "token without an owner mark"
 
     def _revoke_accessor(self, accessor: str) -> str:
         try:

@@ -258,6 +258,18 @@ class SecretsStore:
                 "attempt": grant["attempts"] + 1, "retry_in_s": retry_in},
                 actor="controller:secrets")
 
+    def revocation_refused(self, grant: dict[str, Any], reason: str) -> None:
+        """The grant's accessor is another node's: closed without revoking anything."""
+        now = int(time.time())
+        with self.ledger.recording() as rec:
+            rec.conn.execute(tables.secret_grants.update().where(
+                _g.grant_id == grant["grant_id"]).values(
+                    revoked_at=now, attempts=grant["attempts"] + 1,
+                    last_outcome=f"refused: {reason}"[:1000]))
+            rec.append(Kind.SECRET_LEASE, grant["node_id"], {
+                "event": "revocation_refused", "grant_id": grant["grant_id"],
+                "accessor": grant["accessor"], "reason": reason}, actor="controller:secrets")
+
     def step(self, grant: dict[str, Any], step: dict[str, Any]) -> None:
         """One revocation step on the ledger (as it ends)."""
         self.ledger.append(Kind.SECRET_LEASE, grant["node_id"], {

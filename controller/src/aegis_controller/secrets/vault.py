@@ -5,6 +5,7 @@ travels only in the ``X-Vault-Token`` header; wrapping tokens only in return val
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -13,6 +14,8 @@ import httpx
 from .settings import SecretsSettings
 
 TIMEOUT = 10.0
+#: The secret_id metadata key (copied onto the node's token) naming the node.
+OWNER = "aegis_node"
 
 
 class VaultCallError(RuntimeError):
@@ -65,10 +68,13 @@ class SecretsVault:
                                  "something that is not JSON") from None
         return doc if isinstance(doc, dict) else {}
 
-    def wrap_secret_id(self, role: str) -> WrappedSecretId:
-        """A response-wrapped secret_id of node role ``role``'s AppRole."""
+    def wrap_secret_id(self, role: str, node_id: str) -> WrappedSecretId:
+        """A response-wrapped secret_id of node role ``role``'s AppRole, for ``node_id``:
+        the secret_id's metadata (``aegis_node``) goes on the token the node logs in with,
+        so an accessor can be told to be this node's."""
         path = self.settings.creation_path(role)
-        doc = self._call("POST", path, f"make a wrapped secret_id at {path}", {},
+        doc = self._call("POST", path, f"make a wrapped secret_id at {path}",
+                         {"metadata": json.dumps({OWNER: node_id})},
                          {"X-Vault-Wrap-TTL": f"{self.settings.wrap_ttl}s"})
         info = doc.get("wrap_info")
         if not isinstance(info, dict) or not info.get("token"):
