@@ -435,6 +435,16 @@ def test_vault_unreachable_at_issue_is_recorded_and_retried_at_next_heartbeat(
     _fetch(g)
 
 
+def test_vault_refusal_at_issue_is_recorded(gate: Gate) -> None:
+    g = gate
+    _trust(g, role="ghost")  # no such node role: the controller's policy has no path for it
+    failed = _wait(lambda: g.secret_events("wrap_failed"))
+    reason = failed[0]["reason"]  # type: ignore[index]
+    assert "refused to make a wrapped secret_id at auth/" in reason and "(403)" in reason
+    assert g.server.proc is not None and g.server.proc.poll() is None  # no crash
+    assert g.orders() == []
+
+
 def test_refresh_before_expiry_revokes_the_old_token(gate: Gate) -> None:
     g = gate
     _trust(g)

@@ -22,7 +22,7 @@ from aegis_protocol.orders import new_order, sign_order
 
 pytestmark = pytest.mark.unit
 
-WRAPPED = "s.wrapping-token-value-1234"  # noqa: S105 - a stand-in
+WRAPPED = "s.wrapping-token-value-1234"  # a stand-in
 
 
 @pytest.fixture(autouse=True)
