@@ -150,14 +150,16 @@ def test_inventory_travels_only_when_the_controller_lacks_it(server: Server) -> 
         with node.client(server) as c:
             return c.post("/v1/heartbeat", json={"node_id": "inv", "boot_id": "b", **body})
 
-    assert beat(inventory_digest=digest).json() == {"inventory_wanted": True}
-    assert beat(inventory=inv.model_dump(mode="json"),
-                inventory_digest=digest).json() == {"inventory_wanted": False}
-    assert beat(inventory_digest=digest).json() == {"inventory_wanted": False}
+    # the answer says the node's trust state too (an agent wipes leased secrets unless
+    # it is trusted)
+    wanted, fine = ({"inventory_wanted": w, "trust": "enrolled"} for w in (True, False))
+    assert beat(inventory_digest=digest).json() == wanted
+    assert beat(inventory=inv.model_dump(mode="json"), inventory_digest=digest).json() == fine
+    assert beat(inventory_digest=digest).json() == fine
     stored = json.loads(json.loads(server.ctl("node", "show", "inv").stdout)["inventory"])
     assert stored["packages"] == {"openssh-server": "1:9.2p1"}
     assert stored["listening"] == [{"proto": "tcp", "address": "192.0.2.7", "port": 22, "uid": 0}]
     changed = inv.model_copy(update={"kernel": "6.12"})
-    assert beat(inventory_digest=changed.digest()).json() == {"inventory_wanted": True}
+    assert beat(inventory_digest=changed.digest()).json() == wanted
     r = beat(inventory=changed.model_dump(mode="json"), inventory_digest=digest)
     assert r.status_code == 422 and "not the digest of inventory" in r.text

@@ -161,7 +161,8 @@ class Attestation:
             wanted = held is None or Inventory.model_validate_json(held).digest() != \
                 hb.inventory_digest
         self.nodes.update(node_id, **values)
-        return HeartbeatAck(inventory_wanted=wanted)
+        self.nodes.notify(node_id)  # e.g. the secrets gate: due for (new) secrets?
+        return HeartbeatAck(inventory_wanted=wanted, trust=node["state"])
 
     def check_deadlines(self, deadline: int, now: int | None = None) -> list[str]:
         """Nodes (enrolled or trusted) silent for more than ``deadline`` seconds become

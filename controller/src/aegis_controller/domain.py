@@ -38,6 +38,7 @@ from .nodes import NodeStore
 from .operators import Operators
 from .orders import Orders
 from .pki import CertificateAuthority
+from .secrets.store import SecretsStore
 from .settings import Settings
 
 
@@ -52,6 +53,7 @@ class Controller:
     orders: Orders
     intake: Intake
     operators: Operators
+    secrets: SecretsStore
 
     @classmethod
     def assemble(cls, engine: Engine, ledger: Ledger, ca: CertificateAuthority,
@@ -62,7 +64,8 @@ class Controller:
                    enrollment=Enrollment(nodes, ledger, ca, orders.key),
                    attestation=Attestation(nodes, ledger, orders), orders=orders,
                    intake=Intake(nodes, ledger, orders),
-                   operators=Operators(engine, ledger, ca))
+                   operators=Operators(engine, ledger, ca),
+                   secrets=SecretsStore(nodes, ledger))
 
 
 def open_controller(settings: Settings) -> Controller:

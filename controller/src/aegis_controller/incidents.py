@@ -10,6 +10,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from aegis_protocol.events import Event
+from aegis_protocol.secrets import SECRETS_UNWRAP_FAILED
 
 #: Seconds during which a node's further matches of one rule raise no new incident.
 INCIDENT_WINDOW = 300
@@ -22,9 +23,12 @@ class IncidentRule:
     severity: str  # low | medium | high | critical
     quarantine: str | None = None  # soft | hard: the controller orders it
     when_action: str | None = None  # for policy events: the agent's action
+    when_what: str | None = None  # for agent events: what happened (``data.what``)
 
     def matches(self, event: Event) -> bool:
         if event.kind != self.kind:
+            return False
+        if self.when_what is not None and event.data.get("what") != self.when_what:
             return False
         return self.when_action is None or event.data.get("action") == self.when_action
 
@@ -34,7 +38,10 @@ DEFAULT_RULES = (
     IncidentRule("denied-connect", "connect_denied", "medium"),
     IncidentRule("agent-quarantined-node", "policy", "critical", quarantine="hard",
                  when_action="quarantine"),
-    IncidentRule("spool-corrupt", "agent", "medium"),
+    IncidentRule("spool-corrupt", "agent", "medium", when_what="spool_corrupt"),
+    # a wrapping token already used or made elsewhere: someone else may hold the secret_id
+    IncidentRule("secrets-unwrap-failed", "agent", "critical",
+                 when_what=SECRETS_UNWRAP_FAILED),
 )
 
 
@@ -51,13 +58,7 @@ def summarize(event: Event) -> str:
 
 def incidents_for(event: Event, rules: tuple[IncidentRule, ...] = DEFAULT_RULES
                   ) -> list[IncidentRule]:
-    out = []
-    for rule in rules:
-        if rule.kind == "agent" and event.data.get("what") != "spool_corrupt":
-            continue
-        if rule.matches(event):
-            out.append(rule)
-    return out
+    return [rule for rule in rules if rule.matches(event)]
 
 
 def first_per_rule(events: Iterable[Event], rules: tuple[IncidentRule, ...] = DEFAULT_RULES

@@ -10,7 +10,8 @@ two concurrent moves of one node exactly one wins and the other gets
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import logging
+from collections.abc import Callable, Iterable
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
@@ -25,6 +26,7 @@ if TYPE_CHECKING:
     from .trust import Transition
 
 _n = tables.nodes.c
+log = logging.getLogger(__name__)
 
 
 class NodeState(StrEnum):
@@ -53,6 +55,21 @@ class NodeStore:
     def __init__(self, engine: Engine, ledger: Ledger) -> None:
         self.engine = engine
         self.ledger = ledger
+        #: told a node's id after a change of it committed (state, order, ack, heartbeat);
+        #: the secrets gate listens here
+        self.watchers: list[Callable[[str], None]] = []
+
+    # -- telling watchers -----------------------------------------------------------------
+    def notify_after(self, rec: Recorder, node_id: str) -> None:
+        """Tell the watchers about ``node_id`` once ``rec``'s transaction has committed."""
+        rec.after_commit.extend(lambda w=w: w(node_id) for w in list(self.watchers))
+
+    def notify(self, node_id: str) -> None:
+        for watcher in list(self.watchers):
+            try:
+                watcher(node_id)
+            except Exception:
+                log.exception("node watcher failed", extra={"node": node_id})
 
     # -- reading --------------------------------------------------------------------------
     def get(self, node_id: str) -> dict[str, Any]:
@@ -103,6 +120,11 @@ class NodeStore:
                            f"not moved to {t.after}")
         rec.append(Kind.STATE_CHANGE, node_id,
                    {"from": t.before, "to": t.after, "reason": t.reason}, actor=actor)
+        if t.after != NodeState.TRUSTED:  # its leased secrets go, with or without its agent
+            from .secrets.store import request_revocation  # it imports this module
+
+            request_revocation(rec.conn, node_id, f"node {t.before} -> {t.after}: {t.reason}")
+        self.notify_after(rec, node_id)
 
     @staticmethod
     def _state(conn: Connection, node_id: str) -> str | None:

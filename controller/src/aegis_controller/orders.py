@@ -26,6 +26,7 @@ from . import db, tables
 from .errors import Conflict, Forbidden, Invalid, NotFound
 from .ledger import Kind, Ledger, Recorder
 from .nodes import NOT_LIVE, NodeState, NodeStore
+from .secrets import store as secrets_store
 from .trust import TransitionRefused, transition
 
 log = logging.getLogger(__name__)
@@ -53,9 +54,11 @@ class Orders:
             return self.create_in(rec, node_id, kind, args, actor, lifetime)
 
     def create_in(self, rec: Recorder, node_id: str, kind: OrderKind, args: dict, actor: str,
-                  lifetime: int = 300) -> SignedOrder:
+                  lifetime: int = 300, ledger_args: dict | None = None) -> SignedOrder:
         """:meth:`create` inside the caller's recording transaction (with its other
-        writes). A refusal is raised before anything is written."""
+        writes). A refusal is raised before anything is written. The ledger records
+        ``ledger_args`` (default ``args``) without any wrapping token; a quarantine order
+        also asks for the node's leased secrets to be revoked, whatever its agent does."""
         state = self.nodes.state_in(rec.conn, node_id)
         if state in NOT_LIVE:
             raise Conflict(f"node {node_id!r} is {state}: it takes no orders")
@@ -73,17 +76,26 @@ class Orders:
             order_id=str(order.id), node_id=node_id, kind=kind,
             signed=signed.model_dump_json(), status="pending",
             created_at=order.issued_at, expires_at=order.expires_at))
-        rec.append(Kind.ORDER, node_id, {"order_id": str(order.id), "kind": kind,
-                                         "args": args, "expires_at": order.expires_at},
-                   actor=actor)
+        rec.append(Kind.ORDER, node_id, {
+            "order_id": str(order.id), "kind": kind,
+            "args": secrets_store.ledger_args(args if ledger_args is None else ledger_args),
+            "expires_at": order.expires_at}, actor=actor)
+        if kind == "quarantine":
+            secrets_store.request_revocation(rec.conn, node_id,
+                                             f"quarantine order {order.id} created")
+            self.nodes.notify_after(rec, node_id)
         return signed
 
     def pending(self, node_id: str) -> list[SignedOrder]:
+        """The node's unexpired pending orders (secrets only while it is trusted)."""
         now = int(time.time())
         with db.errors(self.nodes.engine), db.reader(self.nodes.engine) as conn:
-            rows = conn.execute(sa.select(_o.signed).where(
-                _o.node_id == node_id, _o.status == "pending", _o.expires_at > now
-            ).order_by(_o.created_at))
+            q = sa.select(_o.signed).where(
+                _o.node_id == node_id, _o.status == "pending", _o.expires_at > now)
+            if self.nodes.state_in(conn, node_id) != NodeState.TRUSTED or \
+                    secrets_store.SecretsStore.quarantine_pending(conn, node_id):
+                q = q.where(_o.kind != secrets_store.KIND)
+            rows = conn.execute(q.order_by(_o.created_at))
             return [SignedOrder.model_validate_json(r.signed) for r in rows]
 
     def acknowledge(self, node_id: str, order_id: str, signed: SignedAck) -> dict[str, str]:
@@ -104,10 +116,22 @@ class Orders:
                 raise NotFound(f"no order {order_id} for node {node_id!r}")
             if row.status != "pending":
                 raise Conflict(f"order {order_id} was already acknowledged ({row.status})")
+            values = {"status": ack.status, "acked_at": ack.at, "detail": ack.detail}
+            if row.kind == secrets_store.KIND:  # the wrapping token is spent or useless now
+                values["signed"] = secrets_store.scrub_signed(row.signed)
             rec.conn.execute(tables.orders.update().where(_o.order_id == order_id)
-                             .values(status=ack.status, acked_at=ack.at, detail=ack.detail))
+                             .values(**values))
             rec.append(Kind.ACK, node_id, {"order_id": order_id, "status": ack.status,
                                            "detail": ack.detail}, actor=f"node:{node_id}")
+            if row.kind == secrets_store.KIND and ack.status == "done":
+                problem = secrets_store.record_report(rec, node_id, row, ack)
+                if problem is not None:
+                    rec.conn.execute(tables.orders.update().where(_o.order_id == order_id)
+                                     .values(status="failed",
+                                             detail=f"controller: {problem}"[:2000]))
+                    log.warning("fetch-secrets acknowledgment with a bad report", extra={
+                        "node": node_id, "order_id": order_id, "why": problem})
+                self.nodes.notify_after(rec, node_id)
             target = _STATE_AFTER.get(row.kind)
             current = self.nodes.state_in(rec.conn, node_id)
             if ack.status == "done" and target is not None and current != target:

@@ -20,6 +20,28 @@ nodes = sa.Table(
     sa.Column("heartbeat_at", sa.BigInteger()),
     sa.Column("inventory", sa.Text()),
     sa.Column("measurement", sa.Text()),  # the last attestation's (0003)
+    sa.Column("secrets_role", sa.String(63)),  # node role for leased secrets (0006)
+)
+
+# each set of leased secrets a node fetched and reported (0006): what revoking it needs
+# (the token's accessor, lease ids, database logins; never a secret) and how that went
+secret_grants = sa.Table(
+    "secret_grants", metadata,
+    sa.Column("grant_id", sa.Integer(), primary_key=True, autoincrement=True),
+    sa.Column("node_id", sa.String(63), nullable=False, index=True),
+    sa.Column("order_id", sa.String(36), nullable=False),
+    sa.Column("approle", sa.String(63), nullable=False),
+    sa.Column("accessor", sa.String(128), nullable=False),
+    sa.Column("leases", sa.Text(), nullable=False),
+    sa.Column("logins", sa.Text(), nullable=False),
+    sa.Column("expires_at", sa.BigInteger(), nullable=False),
+    sa.Column("fetched_at", sa.BigInteger(), nullable=False),
+    sa.Column("revoke_requested_at", sa.BigInteger()),
+    sa.Column("revoke_reason", sa.Text()),
+    sa.Column("revoked_at", sa.BigInteger()),
+    sa.Column("attempts", sa.Integer(), nullable=False, server_default="0"),
+    sa.Column("next_attempt_at", sa.BigInteger(), nullable=False, server_default="0"),
+    sa.Column("last_outcome", sa.Text()),
 )
 
 # a node's certificate rotation until the new certificate is first used (0004): the

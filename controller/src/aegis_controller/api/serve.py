@@ -14,6 +14,7 @@ import uvicorn
 
 from ..domain import Controller
 from ..ledger import DEFAULT_SEAL_INTERVAL, sealing
+from ..secrets.settings import SecretsSettings
 from .app import create_app
 from .connections import ConnectionLimits, guarded_protocol
 
@@ -46,8 +47,15 @@ def _exit_on_sigterm() -> None:
 
 def serve(controller: Controller, state_dir: Path, host: str, port: int,
           heartbeat_deadline: int = 90, limits: ConnectionLimits | None = None,
-          seal_interval: float = DEFAULT_SEAL_INTERVAL) -> None:
+          seal_interval: float = DEFAULT_SEAL_INTERVAL,
+          secrets: SecretsSettings | None = None) -> None:
     limits = limits or ConnectionLimits()
+    gate = None
+    if secrets is not None:  # leased secrets: gated on trust, revoked without the agent
+        from ..secrets.gate import SecretsGate
+
+        gate = SecretsGate(controller, secrets)
+        gate.start()
 
     threading.Thread(target=_watch_heartbeats, args=(controller, heartbeat_deadline),
                      daemon=True, name="heartbeat-deadlines").start()
@@ -69,5 +77,9 @@ def serve(controller: Controller, state_dir: Path, host: str, port: int,
     # The ledger's head is sealed on a timer and at shutdown (an unanchored tail no older
     # than the interval).
     _exit_on_sigterm()
-    with sealing(controller.ledger, seal_interval):
-        uvicorn.Server(config).run()
+    try:
+        with sealing(controller.ledger, seal_interval):
+            uvicorn.Server(config).run()
+    finally:
+        if gate is not None:
+            gate.stop()

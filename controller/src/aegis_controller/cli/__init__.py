@@ -24,6 +24,9 @@ Where things live (each overridable by option or environment variable):
   ``<state>/ledger.anchor.json``)
 * Vault-compatible server that response-wraps bootstrap tokens (optional):
   ``token issue --vault-addr`` / ``BAO_ADDR`` / ``VAULT_ADDR`` (see ``vault_wrap``)
+* leased secrets gated on trust (optional): ``serve --secrets-token-file`` /
+  ``AEGIS_SECRETS_TOKEN_FILE`` and the other ``--secrets-*`` options (see
+  ``aegis_controller.secrets.settings``); ``node secrets-role``, ``node secrets``
 """
 
 from __future__ import annotations

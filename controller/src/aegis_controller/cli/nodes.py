@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 
 from aegis_protocol.attestation import profile_from_document, reported_bpf
@@ -14,7 +15,7 @@ from aegis_protocol.attestation import profile_from_document, reported_bpf
 from ..domain import open_controller
 from ..settings import Settings
 from ..vault_wrap import VaultError, VaultSettings, wrap_bootstrap
-from .conventions import EXIT_OK, InputError, default_actor, positive, print_json
+from .conventions import EXIT_FAILED, EXIT_OK, InputError, default_actor, positive, print_json
 
 
 def cmd_nodes_list(args: argparse.Namespace, settings: Settings) -> int:
@@ -41,6 +42,34 @@ def cmd_node_reenroll(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_node_trust(args: argparse.Namespace, settings: Settings) -> int:
     open_controller(settings).attestation.clear_suspicion(args.node, args.reason,
                                                           default_actor())
+    return EXIT_OK
+
+
+def cmd_node_secrets_role(args: argparse.Namespace, settings: Settings) -> int:
+    if (args.role is None) == (not args.clear):
+        raise InputError("give a ROLE (a node role of the vault role's vault_node_roles, "
+                         "e.g. web) or --clear, not both")
+    open_controller(settings).secrets.set_role(args.node, None if args.clear else args.role,
+                                               default_actor())
+    return EXIT_OK
+
+
+def cmd_node_secrets(args: argparse.Namespace, settings: Settings) -> int:
+    ctl = open_controller(settings)
+    deadline = time.monotonic() + (args.wait_revoked or 0)
+    while True:
+        status = ctl.secrets.status(args.node)
+        if not args.wait_revoked or not status["pending_revocations"]:
+            break
+        if time.monotonic() > deadline:
+            print_json(status)
+            print(f"aegis-controller: {status['pending_revocations']} revocation(s) of "
+                  f"{args.node} still pending after {args.wait_revoked} s (is "
+                  "`aegis-controller serve` running with --secrets-token-file? see "
+                  "last_outcome)", file=sys.stderr)
+            return EXIT_FAILED
+        time.sleep(0.5)
+    print_json(status)
     return EXIT_OK
 
 
@@ -135,3 +164,18 @@ def _register_nodes(groups: argparse._SubParsersAction) -> None:
     sp.add_argument("node")
     sp.add_argument("--reason", required=True, help="why (recorded on the ledger)")
     sp.set_defaults(func=cmd_node_trust)
+    sp = verbs.add_parser("secrets-role", help="the node role (of the vault role's "
+                          "vault_node_roles) whose AppRole NODE's leased secrets come from; "
+                          "a trusted node with one gets them (recorded)")
+    sp.add_argument("node")
+    sp.add_argument("role", nargs="?", help="node role R: AppRole <prefix>-R")
+    sp.add_argument("--clear", action="store_true",
+                    help="no role: NODE gets no secrets and those it has are revoked")
+    sp.set_defaults(func=cmd_node_secrets_role)
+    sp = verbs.add_parser("secrets", help="NODE's secrets role and each set of leased "
+                          "secrets it fetched: accessor, leases, logins, revocation state")
+    sp.add_argument("node")
+    sp.add_argument("--wait-revoked", type=positive, metavar="S",
+                    help="wait up to S seconds until no revocation is pending (exit 1 if "
+                    "one still is)")
+    sp.set_defaults(func=cmd_node_secrets)

@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 
 from ..domain import open_controller
+from ..secrets.settings import SecretsConfigError, SecretsSettings, add_options
 from ..settings import Settings
-from .conventions import EXIT_OK, positive
+from .conventions import EXIT_OK, InputError, positive
 
 
 def cmd_serve_run(args: argparse.Namespace, settings: Settings) -> int:
@@ -15,8 +16,15 @@ def cmd_serve_run(args: argparse.Namespace, settings: Settings) -> int:
 
     limits = ConnectionLimits(read_timeout=args.read_timeout, per_source=args.per_source,
                               max_connections=args.max_connections)
+    try:
+        secrets = SecretsSettings.resolve(
+            token_file=args.secrets_token_file, addr=args.vault_addr, ca_file=args.vault_ca,
+            approle_mount=args.secrets_approle_mount, prefix=args.secrets_prefix,
+            wrap_ttl=args.secrets_wrap_ttl, verify_dsn=args.secrets_verify_dsn)
+    except SecretsConfigError as err:
+        raise InputError(str(err)) from None
     serve(open_controller(settings), settings.state_dir, args.host, args.port,
-          args.heartbeat_deadline, limits, args.ledger_seal_interval)
+          args.heartbeat_deadline, limits, args.ledger_seal_interval, secrets)
     return EXIT_OK
 
 
@@ -38,4 +46,5 @@ def _register_serve(groups: argparse._SubParsersAction) -> None:
     sp.add_argument("--max-connections", type=positive, default=4096, metavar="N",
                     help="open connections in all; keep it well under the unit's "
                          "LimitNOFILE (default 4096)")
+    add_options(sp)
     sp.set_defaults(func=cmd_serve_run)

@@ -17,7 +17,7 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -136,6 +136,11 @@ class Ledger:
             recorder.conn = conn
             yield recorder
         self._anchor_last_checkpoint(recorder.written, raise_errors=False)
+        for call in recorder.after_commit:  # committed: others may act on it now
+            try:
+                call()
+            except Exception:
+                log.exception("after-commit callback failed")
 
     def checkpoint(self) -> tuple[Record, anchors.Anchor | None]:
         """Write a checkpoint now (unless the head already is one) and move the anchor to it."""
@@ -287,6 +292,8 @@ class Recorder:
         self.ledger = ledger
         self.conn: Connection = None  # type: ignore[assignment]  # set when the block opens
         self.written: list[Record] = []
+        #: called once the transaction has committed (never on a rollback)
+        self.after_commit: list[Callable[[], None]] = []
 
     def append(self, kind: str, subject: str = "", body: Mapping[str, Any] | None = None, *,
                actor: str | None = None) -> Record:
