@@ -1,0 +1,398 @@
+"""The agent's secret sink against the run's real OpenBao and PostgreSQL (the Vault wiring
+of the aegis.fleet.vault role, TTLs of seconds): a wrapped secret_id made exactly as the
+controller makes it, files rendered on a tmpfs the test mounts, a real consumer process
+that holds a PostgreSQL connection with the leased login and reloads on SIGHUP, renewal
+across several TTLs, a KV rotation, refusals, quarantine and a Vault outage.
+
+The sink runs in-process, as the daemon runs it (its events go to a real spool)."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import psycopg
+import pytest
+from conftest import sub_prefix
+from harness_vault import Wiring, pg_connect, pg_role_exists, wire
+
+from aegis_agent.config import SecretsConfig
+from aegis_agent.enforcement import Enforcement
+from aegis_agent.secrets import SecretsError, SecretSink, SinkDirError
+from aegis_agent.spool import Spool
+from aegis_protocol.events import Event
+from aegis_protocol.secrets import SecretsReport
+from harness import openbao_dev
+
+pytestmark = pytest.mark.integration
+
+CONSUMER = r"""
+import hashlib, os, signal, sys, time
+import psycopg
+db_file, kv_file, port, log = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+hup = False
+def on_hup(*_):
+    global hup
+    hup = True
+signal.signal(signal.SIGHUP, on_hup)
+def connect():
+    user, password = open(db_file).read().split("\n")[:2]
+    return psycopg.connect(host="127.0.0.1", port=port, user=user, password=password,
+                           dbname="postgres", autocommit=True, connect_timeout=3)
+def kv_digest():
+    try:
+        return hashlib.sha256(open(kv_file, "rb").read()).hexdigest()
+    except OSError as e:
+        return type(e).__name__
+conn = None
+with open(log, "a", buffering=1) as out:
+    while not os.path.exists(db_file):
+        time.sleep(0.1)
+    out.write(f"kv {kv_digest()}\n")
+    while True:
+        if hup:
+            hup = False
+            out.write(f"hup kv {kv_digest()}\n")
+            try:
+                new = connect()
+                old, conn = conn, new
+                if old is not None:
+                    old.close()
+            except Exception as e:
+                out.write(f"reconnect-failed {type(e).__name__}\n")
+        if conn is None:
+            try:
+                conn = connect()
+            except Exception as e:
+                out.write(f"connect-failed {type(e).__name__}\n")
+        if conn is not None:
+            try:
+                out.write(f"ok {conn.execute('select current_user').fetchone()[0]}\n")
+            except Exception as e:
+                out.write(f"fail {type(e).__name__}\n")
+                conn = None
+        time.sleep(0.5)
+"""
+
+
+# -- helpers ---------------------------------------------------------------------------------
+@pytest.fixture
+def sink_dir(tmp_path: Path) -> Iterator[Path]:
+    """A tmpfs mounted for the test (always unmounted)."""
+    d = tmp_path / "secrets"
+    d.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "mode=0711,noexec,nosuid,nodev,size=1m",
+                    "tmpfs", str(d)], check=True)
+    try:
+        yield d
+    finally:
+        subprocess.run(["umount", "-l", str(d)], check=False)
+
+
+class Recorder:
+    """The daemon's record(): events into a real spool, kept here too."""
+
+    def __init__(self, spool_dir: Path) -> None:
+        self.spool = Spool(spool_dir, 1024 * 1024, 64 * 1024, 0.8)
+        self.events: list[Event] = []
+
+    def __call__(self, events: list[Event]) -> None:
+        self.spool.append(events)
+        self.events.extend(events)
+
+    def what(self, name: str) -> list[Event]:
+        return [e for e in self.events if e.data.get("what") == name]
+
+
+def files(w: Wiring, reload: list[str] | None = None) -> list[dict]:
+    return [{"name": "api_key", "kv": {"mount": w.names["vault_kv_mount"], "path": "web/app",
+                                       "field": "api_key"}, **({"reload": reload} if reload else {})},
+            {"name": "db", "database": {"mount": w.names["vault_database_mount"], "role": "web"},
+             "template": "{username}\n{password}\n", **({"reload": reload} if reload else {})}]
+
+
+def config(w: Wiring, d: Path, **over: object) -> SecretsConfig:
+    return SecretsConfig.model_validate({
+        "url": w.bao.addr, "approle_mount": w.approle_mount, "role": w.approle("web"),
+        "role_id": w.role_ids["web"], "dir": str(d), "revoke_delay": 1.0,
+        "files": files(w), **over})
+
+
+def wrapped(w: Wiring, role: str = "web") -> str:
+    """A wrapped secret_id, made as the controller makes it (its narrow token)."""
+    r = httpx.post(f"{w.bao.addr}/v1/auth/{w.approle_mount}/role/{w.approle(role)}/secret-id",
+                   headers={"X-Vault-Token": w.controller_token, "X-Vault-Wrap-TTL": "60s"})
+    r.raise_for_status()
+    return r.json()["wrap_info"]["token"]
+
+
+def wrapping_valid(w: Wiring, token: str) -> bool:
+    return httpx.post(f"{w.bao.addr}/v1/sys/wrapping/lookup",
+                      json={"token": token}).status_code == 200
+
+
+def accessor_alive(w: Wiring, accessor: str) -> bool:
+    r = httpx.post(f"{w.bao.addr}/v1/auth/token/lookup-accessor",
+                   headers={"X-Vault-Token": w.bao.token}, json={"accessor": accessor})
+    return r.status_code == 200
+
+
+def until(check: Callable[[], object], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)
+
+
+def no_secret_in(paths: list[Path], secrets: list[str], text: str = "") -> None:
+    for s in secrets:
+        assert s not in text, "a secret value is in the captured logs"
+        for p in paths:
+            for f in (p.rglob("*") if p.is_dir() else [p]):
+                if f.is_file():
+                    assert s.encode() not in f.read_bytes(), f"a secret value is in {f}"
+
+
+# -- the full path: fetch, renew, rotate, quarantine ----------------------------------------
+def test_sink_serves_renews_rotates_and_wipes_on_quarantine(
+        vault_wiring: Wiring, sink_dir: Path, tmp_path: Path,
+        caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    w = vault_wiring
+    port = w.pg.server.port
+    log_file = tmp_path / "consumer.log"
+    consumer = subprocess.Popen([sys.executable, "-c", CONSUMER, str(sink_dir / "db"),
+                                 str(sink_dir / "api_key"), str(port), str(log_file)],
+                                start_new_session=True)
+    rec = Recorder(tmp_path / "spool")
+    sink = SecretSink(config(w, sink_dir, files=files(w, ["kill", "-HUP", str(consumer.pid)])),
+                      rec)
+    try:
+        started = time.time()
+        report = SecretsReport.model_validate_json(
+            sink.fetch({"role": w.approle("web"), "wrapped_secret_id": wrapped(w)}))
+        assert report.role == w.approle("web") and report.files == ["api_key", "db"]
+        assert len(report.leases) == 1 and report.leases[0].startswith(
+            f"{w.names['vault_database_mount']}/creds/web/")
+        assert report.token_ttl == 6
+        assert started + 80 <= report.expires_at <= started + 92  # the role's max TTL, 90 s
+        token = sink._held.login.token  # noqa: SLF001 - to prove it is written nowhere
+        for name in ("api_key", "db"):
+            st = (sink_dir / name).stat()
+            assert (st.st_mode & 0o777, st.st_uid, st.st_gid) == (0o400, 0, 0)
+        assert (sink_dir / "api_key").read_text() == w.kv_values["web"]
+        user, password = (sink_dir / "db").read_text().split("\n")[:2]
+        assert report.logins == [user]
+        with pg_connect(port, user, password) as c:
+            assert c.execute("select current_user").fetchone()[0] == user
+        assert [e.severity for e in rec.what("secrets_fetched")] == ["info"]
+
+        # three TTLs and more: token and lease renewed, the consumer never cut off
+        until(lambda: log_file.exists() and "ok " in log_file.read_text(), 15, "the consumer")
+        time.sleep(20)
+        lines = log_file.read_text().splitlines()
+        assert sum(line == f"ok {user}" for line in lines) >= 30, lines[-5:]
+        assert not [line for line in lines if "fail" in line], lines
+        assert accessor_alive(w, report.accessor) and pg_role_exists(port, user)
+        assert sink.status()["state"] == "held" and not rec.what("secrets_renew_failed")
+
+        # a KV rotation reaches the file and the consumer's reload, the sink runs on
+        new_value = "rotated-" + os.urandom(6).hex()
+        old_value = w.kv_values["web"]
+        w.set_kv("web", new_value)
+        until(lambda: (sink_dir / "api_key").read_text() == new_value, 10, "the new KV value")
+        digest = hashlib.sha256(new_value.encode()).hexdigest()
+        until(lambda: f"hup kv {digest}" in log_file.read_text(), 5, "the consumer's reload")
+        rotated = rec.what("secrets_rotated")
+        assert rotated and "api_key" in str(rotated[-1].data["files"])
+        assert (sink_dir / "api_key").stat().st_mode & 0o777 == 0o400
+        status = json.dumps(sink.status())
+        assert report.accessor in status and new_value not in status and password not in status
+
+        # quarantine (the daemon's hook, order path; segmentation is off in this test)
+        enf = Enforcement(None, None, None, rec, on_quarantine=[sink.wipe])
+        with pytest.raises(ValueError, match="segmentation is off"):
+            enf.quarantine("hard", reason="test", source="order")
+        assert not (sink_dir / "api_key").exists() and not (sink_dir / "db").exists()
+        assert [p.name for p in sink_dir.iterdir()] == []
+        assert sink._held is None and sink.status()["state"] == "wiped"  # noqa: SLF001
+        until(lambda: not accessor_alive(w, report.accessor), 10, "the token's revocation")
+        r = httpx.post(f"{w.bao.addr}/v1/auth/token/lookup",
+                       headers={"X-Vault-Token": w.bao.token}, json={"token": token})
+        assert r.status_code in (400, 403)
+        until(lambda: not pg_role_exists(port, user), 15, "the database login's removal")
+        mark = len(log_file.read_text().splitlines())
+        until(lambda: any(line.startswith(("fail", "connect-failed"))
+                          for line in log_file.read_text().splitlines()[mark - 1:]),
+              5, "the consumer's connection to fail")
+        wiped = rec.what("secrets_wiped")
+        assert len(wiped) == 1 and "quarantine" in str(wiped[0].data["reason"])
+
+        # the controller says quarantined: nothing served, the order is not even unwrapped
+        sink.set_trust("quarantined")
+        again = wrapped(w)
+        with pytest.raises(SecretsError, match="not trusted"):
+            sink.fetch({"role": w.approle("web"), "wrapped_secret_id": again})
+        assert wrapping_valid(w, again) and list(sink_dir.iterdir()) == []
+        time.sleep(1.5)  # the revoke thread's log line, if any, is captured too
+        no_secret_in([tmp_path / "spool", sink_dir], [token, password, old_value, new_value],
+                     caplog.text)
+    finally:
+        sink.close()
+        os.killpg(consumer.pid, signal.SIGKILL)
+        consumer.wait(timeout=10)
+        rec.spool.close()
+
+
+def test_refresh_switches_token_and_revokes_the_old_one(vault_wiring: Wiring, sink_dir: Path,
+                                                         tmp_path: Path) -> None:
+    w = vault_wiring
+    rec = Recorder(tmp_path / "spool")
+    sink = SecretSink(config(w, sink_dir), rec)
+    try:
+        first = SecretsReport.model_validate_json(
+            sink.fetch({"role": w.approle("web"), "wrapped_secret_id": wrapped(w)}))
+        second = SecretsReport.model_validate_json(
+            sink.fetch({"role": w.approle("web"), "wrapped_secret_id": wrapped(w)}))
+        assert second.accessor != first.accessor and second.logins != first.logins
+        user, password = (sink_dir / "db").read_text().split("\n")[:2]
+        assert [user] == second.logins
+        with pg_connect(w.pg.server.port, user, password):
+            pass
+        until(lambda: not accessor_alive(w, first.accessor), 10, "the old token's revocation")
+        until(lambda: not pg_role_exists(w.pg.server.port, first.logins[0]), 15,
+              "the old login's removal")
+        assert accessor_alive(w, second.accessor)
+        assert rec.what("secrets_fetched")[-1].data["refresh"] is True
+    finally:
+        sink.wipe("test end")
+        sink.close()
+        rec.spool.close()
+
+
+# -- refusals ------------------------------------------------------------------------------
+def test_spent_wrapping_token_is_critical_and_serves_nothing(vault_wiring: Wiring,
+                                                            sink_dir: Path,
+                                                            tmp_path: Path) -> None:
+    w = vault_wiring
+    rec = Recorder(tmp_path / "spool")
+    sink = SecretSink(config(w, sink_dir), rec)
+    token = wrapped(w)
+    # someone else unwraps it first
+    assert httpx.post(f"{w.bao.addr}/v1/sys/wrapping/unwrap",
+                      headers={"X-Vault-Token": token}).status_code == 200
+    with pytest.raises(SecretsError, match="already unwrapped or it expired"):
+        sink.fetch({"role": w.approle("web"), "wrapped_secret_id": token})
+    [event] = rec.what("secrets_unwrap_failed")
+    assert event.severity == "critical" and token not in event.model_dump_json()
+    assert list(sink_dir.iterdir()) == [] and sink._held is None  # noqa: SLF001
+    assert sink.status()["state"] == "empty"
+    sink.close()
+    rec.spool.close()
+
+
+def test_wrapping_token_of_another_path_is_not_unwrapped(vault_wiring: Wiring, sink_dir: Path,
+                                                        tmp_path: Path) -> None:
+    w = vault_wiring
+    rec = Recorder(tmp_path / "spool")
+    sink = SecretSink(config(w, sink_dir), rec)
+    r = httpx.post(f"{w.bao.addr}/v1/sys/wrapping/wrap",
+                   headers={"X-Vault-Token": w.bao.token, "X-Vault-Wrap-TTL": "60s"},
+                   json={"secret_id": "made-up"})
+    foreign = r.json()["wrap_info"]["token"]
+    with pytest.raises(SecretsError, match="created by 'sys/wrapping/wrap'"):
+        sink.fetch({"role": w.approle("web"), "wrapped_secret_id": foreign})
+    # the other node's secret_id, sent as if it were ours
+    other = wrapped(w, "db")
+    with pytest.raises(SecretsError, match="not this node's secret_id"):
+        sink.fetch({"role": w.approle("web"), "wrapped_secret_id": other})
+    assert [e.severity for e in rec.what("secrets_unwrap_failed")] == ["critical", "critical"]
+    assert wrapping_valid(w, foreign) and wrapping_valid(w, other)  # not spent by us
+    assert httpx.post(f"{w.bao.addr}/v1/sys/wrapping/unwrap",
+                      headers={"X-Vault-Token": foreign}).json()["data"] == {"secret_id": "made-up"}
+    assert list(sink_dir.iterdir()) == []
+    sink.close()
+    rec.spool.close()
+
+
+def test_order_for_another_role_is_refused(vault_wiring: Wiring, sink_dir: Path,
+                                           tmp_path: Path) -> None:
+    w = vault_wiring
+    rec = Recorder(tmp_path / "spool")
+    sink = SecretSink(config(w, sink_dir), rec)
+    token = wrapped(w, "db")
+    with pytest.raises(SecretsError, match=f"AppRole '{w.approle('db')}' refused"):
+        sink.fetch({"role": w.approle("db"), "wrapped_secret_id": token})
+    assert wrapping_valid(w, token) and list(sink_dir.iterdir()) == []
+    assert not rec.what("secrets_fetched")
+    sink.close()
+    rec.spool.close()
+
+
+def test_directory_not_on_tmpfs_is_refused_before_unwrapping(vault_wiring: Wiring,
+                                                             tmp_path: Path) -> None:
+    w = vault_wiring
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    rec = Recorder(tmp_path / "spool")
+    sink = SecretSink(config(w, plain), rec)
+    token = wrapped(w)
+    with pytest.raises(SinkDirError, match=r"is on ext4, not tmpfs|not tmpfs"):
+        sink.fetch({"role": w.approle("web"), "wrapped_secret_id": token})
+    assert wrapping_valid(w, token) and list(plain.iterdir()) == []
+    with pytest.raises(SinkDirError, match="does not exist: mount a tmpfs"):
+        SecretSink(config(w, tmp_path / "missing"), rec).fetch(
+            {"role": w.approle("web"), "wrapped_secret_id": token})
+    rec.spool.close()
+
+
+# -- Vault goes away ---------------------------------------------------------------------------
+def test_vault_outage_keeps_files_until_their_leases_end(pg_admin, sink_dir: Path,
+                                                         tmp_path: Path) -> None:
+    port = pg_admin.server.port
+    logins: list[str] = []
+    with openbao_dev(sub_prefix()) as bao:
+        w = wire(bao, pg_admin, tmp_path / "wiring", token_ttl="6s", token_max_ttl="90s",
+                 db_ttl="6s", db_max_ttl="90s")
+        rec = Recorder(tmp_path / "spool")
+        sink = SecretSink(config(w, sink_dir), rec)
+        try:
+            report = SecretsReport.model_validate_json(
+                sink.fetch({"role": w.approle("web"), "wrapped_secret_id": wrapped(w)}))
+            logins = report.logins
+            fetched = time.monotonic()
+            os.killpg(bao.pid, signal.SIGTERM)  # Vault is gone
+            until(lambda: rec.what("secrets_renew_failed"), 10, "the renewal to fail")
+            # nothing is wiped before its lease ends
+            assert (sink_dir / "api_key").exists() and (sink_dir / "db").exists()
+            assert time.monotonic() - fetched < 6
+            until(lambda: not (sink_dir / "db").exists()
+                  and not (sink_dir / "api_key").exists(), 10, "the expired files' wipe")
+            assert time.monotonic() - fetched >= 5.5  # not before the 6 s TTL ran out
+            time.sleep(3)  # more failed tries: still one warning for the outage
+            assert len(rec.what("secrets_renew_failed")) == 1
+            assert rec.what("secrets_renew_failed")[0].severity == "warning"
+            expired = rec.what("secrets_expired")
+            assert expired and {n for e in expired
+                                for n in str(e.data.get("files", "")).split(",")} >= {"db"}
+            assert sink.status()["state"] == "expired"
+            assert [p.name for p in sink_dir.iterdir()] == []
+        finally:
+            sink.close()
+            rec.spool.close()
+            # the dead server cannot drop its logins: do it here
+            with psycopg.connect(f"host=127.0.0.1 port={port} user=aegis dbname=postgres",
+                                 autocommit=True) as conn:
+                for login in logins:
+                    with contextlib.suppress(psycopg.Error):
+                        conn.execute(f'DROP ROLE IF EXISTS "{login}"')  # type: ignore[arg-type]
