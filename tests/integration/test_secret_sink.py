@@ -23,7 +23,6 @@ from pathlib import Path
 import httpx
 import psycopg
 import pytest
-from conftest import sub_prefix
 from harness_vault import Wiring, pg_connect, pg_role_exists, wire
 
 from aegis_agent.config import SecretsConfig
@@ -32,6 +31,7 @@ from aegis_agent.secrets import SecretsError, SecretSink, SinkDirError
 from aegis_agent.spool import Spool
 from aegis_protocol.events import Event
 from aegis_protocol.secrets import SecretsReport
+from conftest import sub_prefix
 from harness import openbao_dev
 
 pytestmark = pytest.mark.integration
@@ -115,10 +115,11 @@ class Recorder:
 
 
 def files(w: Wiring, reload: list[str] | None = None) -> list[dict]:
+    more = {"reload": reload} if reload else {}
     return [{"name": "api_key", "kv": {"mount": w.names["vault_kv_mount"], "path": "web/app",
-                                       "field": "api_key"}, **({"reload": reload} if reload else {})},
+                                       "field": "api_key"}, **more},
             {"name": "db", "database": {"mount": w.names["vault_database_mount"], "role": "web"},
-             "template": "{username}\n{password}\n", **({"reload": reload} if reload else {})}]
+             "template": "{username}\n{password}\n", **more}]
 
 
 def config(w: Wiring, d: Path, **over: object) -> SecretsConfig:
@@ -186,7 +187,7 @@ def test_sink_serves_renews_rotates_and_wipes_on_quarantine(
             f"{w.names['vault_database_mount']}/creds/web/")
         assert report.token_ttl == 6
         assert started + 80 <= report.expires_at <= started + 92  # the role's max TTL, 90 s
-        token = sink._held.login.token  # noqa: SLF001 - to prove it is written nowhere
+        token = sink._held.login.token
         for name in ("api_key", "db"):
             st = (sink_dir / name).stat()
             assert (st.st_mode & 0o777, st.st_uid, st.st_gid) == (0o400, 0, 0)
@@ -225,7 +226,7 @@ def test_sink_serves_renews_rotates_and_wipes_on_quarantine(
             enf.quarantine("hard", reason="test", source="order")
         assert not (sink_dir / "api_key").exists() and not (sink_dir / "db").exists()
         assert [p.name for p in sink_dir.iterdir()] == []
-        assert sink._held is None and sink.status()["state"] == "wiped"  # noqa: SLF001
+        assert sink._held is None and sink.status()["state"] == "wiped"
         until(lambda: not accessor_alive(w, report.accessor), 10, "the token's revocation")
         r = httpx.post(f"{w.bao.addr}/v1/auth/token/lookup",
                        headers={"X-Vault-Token": w.bao.token}, json={"token": token})
@@ -295,7 +296,7 @@ def test_spent_wrapping_token_is_critical_and_serves_nothing(vault_wiring: Wirin
         sink.fetch({"role": w.approle("web"), "wrapped_secret_id": token})
     [event] = rec.what("secrets_unwrap_failed")
     assert event.severity == "critical" and token not in event.model_dump_json()
-    assert list(sink_dir.iterdir()) == [] and sink._held is None  # noqa: SLF001
+    assert list(sink_dir.iterdir()) == [] and sink._held is None
     assert sink.status()["state"] == "empty"
     sink.close()
     rec.spool.close()
@@ -362,8 +363,8 @@ def test_vault_outage_keeps_files_until_their_leases_end(pg_admin, sink_dir: Pat
     port = pg_admin.server.port
     logins: list[str] = []
     with openbao_dev(sub_prefix()) as bao:
-        w = wire(bao, pg_admin, tmp_path / "wiring", token_ttl="6s", token_max_ttl="90s",
-                 db_ttl="6s", db_max_ttl="90s")
+        w = wire(bao, pg_admin, tmp_path / "wiring", token_ttl="6s",  # noqa: S106
+                 token_max_ttl="90s", db_ttl="6s", db_max_ttl="90s")  # noqa: S106
         rec = Recorder(tmp_path / "spool")
         sink = SecretSink(config(w, sink_dir), rec)
         try:

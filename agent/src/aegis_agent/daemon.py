@@ -299,6 +299,16 @@ class Agent:
         self.uplink = Uplink(cc, self.cfg.node_id, self.spool, order_handlers(self.enforcement),
                              bpf_state=self.bpf_state, secrets=self.secrets)
 
+    def _open_secrets_path(self) -> None:
+        """Consumers that are not root reach their secret files (0400/0440, their own)
+        through the control socket's directory when the secrets live under it: it becomes
+        0711 (traverse, no listing); everything in it stays the agent's (0600, and the
+        socket answers root only)."""
+        sc = self.cfg.secrets
+        run_dir = self.cfg.control.socket.parent
+        if sc is not None and run_dir in sc.dir.parents:
+            os.chmod(run_dir, 0o711)  # noqa: S103 - traverse only, see above
+
     def bpf_state(self) -> list[dict[str, str | int]]:
         """The enforcement as the attestation reports it: each component with its attach
         mode, and the programs and links pinned for it, read back from the kernel."""
@@ -390,6 +400,7 @@ class Agent:
                                      self.status, confirm=self.confirm)
         await self._server.start()
         self._start_uplink()
+        self._open_secrets_path()
         tasks = [asyncio.create_task(self._every(self.cfg.segment.sweep_interval, self._sweep)),
                  asyncio.create_task(self._every(self.cfg.watchdog.interval, self._check_self))]
         if self.uplink:

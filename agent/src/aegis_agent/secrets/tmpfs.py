@@ -15,6 +15,7 @@ import contextlib
 import grp
 import os
 import pwd
+import stat
 from pathlib import Path
 
 MEMORY_FS = ("tmpfs", "ramfs")
@@ -95,13 +96,15 @@ def _zero(fd: int) -> None:
 
 def write_secret(directory: Path, name: str, content: bytes, uid: int, gid: int,
                  mode: int) -> None:
-    """Replace ``directory/name`` with ``content`` atomically (see the module doc)."""
+    """Replace ``directory/name`` with ``content`` atomically (see the module doc).
+
+    Mode first (the file is still the agent's), then owner (CAP_CHOWN), then content."""
     target = directory / name
     tmp = directory / f"{TMP_PREFIX}{name}.{os.getpid()}"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     try:
-        os.fchown(fd, uid, gid)
         os.fchmod(fd, mode)
+        os.fchown(fd, uid, gid)
         view = memoryview(content)
         while view:
             view = view[os.write(fd, view):]
@@ -112,28 +115,34 @@ def write_secret(directory: Path, name: str, content: bytes, uid: int, gid: int,
             tmp.unlink()
         raise
     os.close(fd)
-    old = None
-    with contextlib.suppress(OSError):
-        old = os.open(target, os.O_WRONLY | os.O_NOFOLLOW)
+    # the replaced content: kept by a second name until the new file is in place, then
+    # overwritten (a consumer that has it open reads zeros, the path gives the new file)
+    old = directory / f"{TMP_PREFIX}{name}.{os.getpid()}.old"
     try:
-        os.replace(tmp, target)
-        if old is not None:
-            _zero(old)
-    finally:
-        if old is not None:
-            os.close(old)
+        os.link(target, old, follow_symlinks=False)
+    except FileNotFoundError:
+        old = None  # type: ignore[assignment]
+    os.replace(tmp, target)
+    if old is not None:
+        wipe_file(old)
 
 
 def wipe_file(path: Path) -> bool:
-    """Overwrite ``path`` with zeros, fsync, unlink; False when there was no file."""
+    """Overwrite ``path`` with zeros, fsync, unlink; False when there was no file.
+
+    A 0400 file is made writable for the agent first (CAP_FOWNER: it may be another
+    user's); anything but a regular file is only unlinked."""
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_NOFOLLOW)
+        st = os.lstat(path)
     except FileNotFoundError:
         return False
-    try:
-        _zero(fd)
-    finally:
-        os.close(fd)
+    if stat.S_ISREG(st.st_mode):
+        os.chmod(path, 0o200)
+        fd = os.open(path, os.O_WRONLY | os.O_NOFOLLOW)
+        try:
+            _zero(fd)
+        finally:
+            os.close(fd)
     path.unlink(missing_ok=True)
     return True
 
