@@ -25,14 +25,17 @@ import psycopg
 import pytest
 from harness_vault import Wiring, pg_connect, pg_role_exists, wire
 
-from aegis_agent.config import SecretsConfig
+from aegis_agent.config import ControllerConfig, SecretsConfig
 from aegis_agent.enforcement import Enforcement
+from aegis_agent.orders import order_handlers
 from aegis_agent.secrets import SecretsError, SecretSink, SinkDirError
 from aegis_agent.spool import Spool
+from aegis_agent.uplink import Uplink
 from aegis_protocol.events import Event
 from aegis_protocol.secrets import SecretsReport
 from conftest import sub_prefix
 from harness import openbao_dev
+from harness_controller import controller_server, operator_client
 
 pytestmark = pytest.mark.integration
 
@@ -397,3 +400,56 @@ def test_vault_outage_keeps_files_until_their_leases_end(pg_admin, sink_dir: Pat
                 for login in logins:
                     with contextlib.suppress(psycopg.Error):
                         conn.execute(f'DROP ROLE IF EXISTS "{login}"')  # type: ignore[arg-type]
+
+
+# -- through the controller link: signed orders as the daemon runs them -------------------------
+def test_orders_from_the_controller_reach_the_sink(vault_wiring: Wiring, sink_dir: Path,
+                                                   tmp_path: Path) -> None:
+    """fetch-secrets, rotate secrets and quarantine as signed orders from a real
+    controller, run by the agent's Uplink with the daemon's handlers."""
+    w = vault_wiring
+    node = "sinknode1"
+    rec = Recorder(tmp_path / "spool")
+    sink = SecretSink(config(w, sink_dir), rec)
+    enforcement = Enforcement(None, None, None, rec, on_quarantine=[sink.wipe])
+    with controller_server(sub_prefix(), None) as server:
+        token = tmp_path / "token"
+        token.write_text(server.token(node))
+        cfg = ControllerConfig(url=server.url, ca_file=server.state / "ca" / "ca.pem",
+                               token_file=token, state_dir=tmp_path / "state",
+                               golden_file=tmp_path / "golden.json")
+        up = Uplink(cfg, node, rec.spool, order_handlers(enforcement), secrets=sink)
+        up.next_attest = float("inf")
+        up.enroll()
+
+        def order(kind: str, **args: object) -> dict:
+            with operator_client(server) as op:
+                r = op.post("/v1/orders", json={"node_id": node, "kind": kind, "args": args})
+            assert r.status_code == 201, r.text
+            oid = r.json()["order"]["id"]
+            up.tick(now=time.monotonic() + 10_000)
+            rows = [json.loads(line) for line in server.ctl("orders").stdout.splitlines()]
+            return next(o for o in rows if o["order_id"] == oid)
+
+        try:
+            done = order("fetch-secrets", role=w.approle("web"), wrapped_secret_id=wrapped(w))
+            assert done["status"] == "done", done
+            report = SecretsReport.model_validate_json(done["detail"])
+            assert report.files == ["api_key", "db"] and (sink_dir / "db").exists()
+            first_login = (sink_dir / "db").read_text().split("\n")[0]
+
+            done = order("rotate", what="secrets")
+            assert done["status"] == "done", done
+            assert (sink_dir / "db").read_text().split("\n")[0] != first_login  # a new login
+
+            done = order("fetch-secrets", role=w.approle("db"), wrapped_secret_id=wrapped(w, "db"))
+            assert done["status"] == "failed" and "refused" in done["detail"]
+
+            done = order("quarantine", level="soft")
+            assert done["status"] == "failed"  # segmentation is off here; the wipe ran first
+            assert list(sink_dir.iterdir()) == []
+            assert rec.what("secrets_wiped")
+            until(lambda: not accessor_alive(w, report.accessor), 10, "the token's revocation")
+        finally:
+            sink.close()
+            rec.spool.close()

@@ -252,7 +252,12 @@ class SecretFile(_Strict):
             raise ValueError(f"file {self.name!r} needs exactly one source: kv: {{mount, path, "
                              "field}} or database: {mount, role}")
         allowed = PLACEHOLDERS[self.source]
-        for _text, name, _spec, _conv in string.Formatter().parse(self.template or ""):
+        try:
+            fields = [name for _t, name, _s, _c in string.Formatter().parse(self.template or "")]
+        except ValueError as e:
+            raise ValueError(f"file {self.name!r}: template is not valid: {e} (write {{{{ and "
+                             "}} for literal braces)") from None
+        for name in fields:
             if name is not None and name not in allowed:
                 raise ValueError(f"file {self.name!r}: template placeholder {{{name}}} is not "
                                  f"known for a {self.source} source; use "
