@@ -453,3 +453,79 @@ def test_orders_from_the_controller_reach_the_sink(vault_wiring: Wiring, sink_di
         finally:
             sink.close()
             rec.spool.close()
+
+
+# -- the real daemon ------------------------------------------------------------------------------
+def test_the_daemon_serves_secrets_from_a_controller_order(vault_wiring: Wiring, sink_dir: Path,
+                                                           tmp_path: Path) -> None:
+    """``aegis-agent run`` (segmentation and monitors off) with a real controller: a
+    fetch-secrets order renders the files, ``aegis-agent status`` shows the sink without a
+    value, a quarantine order wipes them; nothing secret in its log, spool or state."""
+    w = vault_wiring
+    node = "sinkd-" + os.urandom(3).hex()
+    agent_bin = str(Path(sys.executable).with_name("aegis-agent"))
+    with controller_server(sub_prefix(), None) as server:
+        (tmp_path / "token").write_text(server.token(node))
+        cfg = {"node_id": node, "monitors": {"exec": False, "connect": False},
+               "spool": {"dir": str(tmp_path / "spool")},
+               "control": {"socket": str(tmp_path / "run" / "agent.sock")},
+               "controller": {"url": server.url, "ca_file": str(server.state / "ca" / "ca.pem"),
+                              "token_file": str(tmp_path / "token"),
+                              "state_dir": str(tmp_path / "state"),
+                              "golden_file": str(tmp_path / "golden.json"), "interval": 0.5,
+                              "attest_interval": 3600, "max_backoff": 1},
+               "secrets": json.loads(config(w, sink_dir).model_dump_json())}
+        config_file = tmp_path / "agent.yaml"
+        config_file.write_text(json.dumps(cfg))
+        log_file = tmp_path / "daemon.log"
+
+        def cli(*args: str) -> dict:
+            p = subprocess.run([agent_bin, "--config", str(config_file), *args],
+                               capture_output=True, text=True, timeout=30, check=False)
+            assert p.returncode == 0, p.stderr
+            return json.loads(p.stdout)
+
+        def order(kind: str, **args: object) -> dict:
+            with operator_client(server) as op:
+                r = op.post("/v1/orders", json={"node_id": node, "kind": kind, "args": args})
+            assert r.status_code == 201, r.text
+            oid = r.json()["order"]["id"]
+
+            def row() -> dict | None:
+                rows = [json.loads(line) for line in server.ctl("orders").stdout.splitlines()]
+                o = next(o for o in rows if o["order_id"] == oid)
+                return o if o["status"] != "pending" else None
+            until(row, 30, f"the {kind} order's acknowledgment")
+            return row()  # type: ignore[return-value]
+
+        with log_file.open("w") as out:
+            proc = subprocess.Popen([agent_bin, "--config", str(config_file), "run"],
+                                    stdout=out, stderr=subprocess.STDOUT)
+        try:
+            until((tmp_path / "state" / "node.pem").exists, 30, "enrollment")
+            assert cli("status")["secrets"]["state"] == "empty"
+            done = order("fetch-secrets", role=w.approle("web"), wrapped_secret_id=wrapped(w))
+            assert done["status"] == "done", done
+            report = SecretsReport.model_validate_json(done["detail"])
+            value = (sink_dir / "api_key").read_text()
+            password = (sink_dir / "db").read_text().split("\n")[1]
+            status = cli("status")["secrets"]
+            assert status["state"] == "held" and status["accessor"] == report.accessor
+            assert status["files"] == ["api_key", "db"] and status["next_renewal_s"] <= 6
+            time.sleep(8)  # renewed past its first TTL inside the daemon
+            assert accessor_alive(w, report.accessor)
+
+            done = order("quarantine", level="hard", reason="test")
+            assert done["status"] == "failed"  # segmentation is off; the wipe ran first
+            assert list(sink_dir.iterdir()) == []
+            assert cli("status")["secrets"]["state"] == "wiped"
+            until(lambda: not accessor_alive(w, report.accessor), 10, "the token's revocation")
+            events = [e["data"]["what"] for e in map(json.loads, subprocess.run(
+                [agent_bin, "--config", str(config_file), "events", "--limit", "1000"],
+                capture_output=True, text=True, check=True).stdout.splitlines())
+                if e["kind"] == "agent"]
+            assert "secrets_fetched" in events and "secrets_wiped" in events
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
+        no_secret_in([tmp_path / "state", tmp_path / "spool", log_file], [value, password])

@@ -158,10 +158,12 @@ class SecretSink:
             del secret_id
             try:
                 held = self._new_held(s, login)
-            except (VaultError, KeyError) as e:
+                for f in self.cfg.files:  # every file can be rendered before anything moves
+                    f.render(self._values(held, f))
+            except (VaultError, SecretsError) as e:
                 with contextlib.suppress(VaultError):
                     s.revoke_self(login.token)
-                raise SecretsError(str(e).strip("'\"")) from None
+                raise SecretsError(str(e)) from None
         with self._lock:
             old, was = self._held, self.state
             self._generation += 1
