@@ -18,6 +18,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -89,19 +90,6 @@ with open(log, "a", buffering=1) as out:
 
 
 # -- helpers ---------------------------------------------------------------------------------
-@pytest.fixture
-def sink_dir(tmp_path: Path) -> Iterator[Path]:
-    """A tmpfs mounted for the test (always unmounted)."""
-    d = tmp_path / "secrets"
-    d.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "mode=0711,noexec,nosuid,nodev,size=1m",
-                    "tmpfs", str(d)], check=True)
-    try:
-        yield d
-    finally:
-        subprocess.run(["umount", "-l", str(d)], check=False)
-
-
 class Recorder:
     """The daemon's record(): events into a real spool, kept here too."""
 
@@ -169,17 +157,17 @@ def no_secret_in(paths: list[Path], secrets: list[str], text: str = "") -> None:
 
 # -- the full path: fetch, renew, rotate, quarantine ----------------------------------------
 def test_sink_serves_renews_rotates_and_wipes_on_quarantine(
-        vault_wiring: Wiring, sink_dir: Path, tmp_path: Path,
+        vault_wiring: Wiring, tmpfs_dir: Path, tmp_path: Path,
         caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG)
     w = vault_wiring
     port = w.pg.server.port
     log_file = tmp_path / "consumer.log"
-    consumer = subprocess.Popen([sys.executable, "-c", CONSUMER, str(sink_dir / "db"),
-                                 str(sink_dir / "api_key"), str(port), str(log_file)],
+    consumer = subprocess.Popen([sys.executable, "-c", CONSUMER, str(tmpfs_dir / "db"),
+                                 str(tmpfs_dir / "api_key"), str(port), str(log_file)],
                                 start_new_session=True)
     rec = Recorder(tmp_path / "spool")
-    sink = SecretSink(config(w, sink_dir, files=files(w, ["kill", "-HUP", str(consumer.pid)])),
+    sink = SecretSink(config(w, tmpfs_dir, files=files(w, ["kill", "-HUP", str(consumer.pid)])),
                       rec)
     try:
         started = time.time()
@@ -192,10 +180,10 @@ def test_sink_serves_renews_rotates_and_wipes_on_quarantine(
         assert started + 80 <= report.expires_at <= started + 92  # the role's max TTL, 90 s
         token = sink._held.login.token
         for name in ("api_key", "db"):
-            st = (sink_dir / name).stat()
+            st = (tmpfs_dir / name).stat()
             assert (st.st_mode & 0o777, st.st_uid, st.st_gid) == (0o400, 0, 0)
-        assert (sink_dir / "api_key").read_text() == w.kv_values["web"]
-        user, password = (sink_dir / "db").read_text().split("\n")[:2]
+        assert (tmpfs_dir / "api_key").read_text() == w.kv_values["web"]
+        user, password = (tmpfs_dir / "db").read_text().split("\n")[:2]
         assert report.logins == [user]
         with pg_connect(port, user, password) as c:
             assert c.execute("select current_user").fetchone()[0] == user
@@ -214,12 +202,12 @@ def test_sink_serves_renews_rotates_and_wipes_on_quarantine(
         new_value = "rotated-" + os.urandom(6).hex()
         old_value = w.kv_values["web"]
         w.set_kv("web", new_value)
-        until(lambda: (sink_dir / "api_key").read_text() == new_value, 10, "the new KV value")
+        until(lambda: (tmpfs_dir / "api_key").read_text() == new_value, 10, "the new KV value")
         digest = hashlib.sha256(new_value.encode()).hexdigest()
         until(lambda: f"hup kv {digest}" in log_file.read_text(), 5, "the consumer's reload")
         rotated = rec.what("secrets_rotated")
         assert rotated and "api_key" in str(rotated[-1].data["files"])
-        assert (sink_dir / "api_key").stat().st_mode & 0o777 == 0o400
+        assert (tmpfs_dir / "api_key").stat().st_mode & 0o777 == 0o400
         status = json.dumps(sink.status())
         assert report.accessor in status and new_value not in status and password not in status
 
@@ -227,8 +215,8 @@ def test_sink_serves_renews_rotates_and_wipes_on_quarantine(
         enf = Enforcement(None, None, None, rec, on_quarantine=[sink.wipe])
         with pytest.raises(ValueError, match="segmentation is off"):
             enf.quarantine("hard", reason="test", source="order")
-        assert not (sink_dir / "api_key").exists() and not (sink_dir / "db").exists()
-        assert [p.name for p in sink_dir.iterdir()] == []
+        assert not (tmpfs_dir / "api_key").exists() and not (tmpfs_dir / "db").exists()
+        assert [p.name for p in tmpfs_dir.iterdir()] == []
         assert sink._held is None and sink.status()["state"] == "wiped"
         until(lambda: not accessor_alive(w, report.accessor), 10, "the token's revocation")
         r = httpx.post(f"{w.bao.addr}/v1/auth/token/lookup",
@@ -247,9 +235,9 @@ def test_sink_serves_renews_rotates_and_wipes_on_quarantine(
         again = wrapped(w)
         with pytest.raises(SecretsError, match="not trusted"):
             sink.fetch({"role": w.approle("web"), "wrapped_secret_id": again})
-        assert wrapping_valid(w, again) and list(sink_dir.iterdir()) == []
+        assert wrapping_valid(w, again) and list(tmpfs_dir.iterdir()) == []
         time.sleep(1.5)  # the revoke thread's log line, if any, is captured too
-        no_secret_in([tmp_path / "spool", sink_dir], [token, password, old_value, new_value],
+        no_secret_in([tmp_path / "spool", tmpfs_dir], [token, password, old_value, new_value],
                      caplog.text)
     finally:
         sink.close()
@@ -258,18 +246,18 @@ def test_sink_serves_renews_rotates_and_wipes_on_quarantine(
         rec.spool.close()
 
 
-def test_refresh_switches_token_and_revokes_the_old_one(vault_wiring: Wiring, sink_dir: Path,
+def test_refresh_switches_token_and_revokes_the_old_one(vault_wiring: Wiring, tmpfs_dir: Path,
                                                          tmp_path: Path) -> None:
     w = vault_wiring
     rec = Recorder(tmp_path / "spool")
-    sink = SecretSink(config(w, sink_dir), rec)
+    sink = SecretSink(config(w, tmpfs_dir), rec)
     try:
         first = SecretsReport.model_validate_json(
             sink.fetch({"role": w.approle("web"), "wrapped_secret_id": wrapped(w)}))
         second = SecretsReport.model_validate_json(
             sink.fetch({"role": w.approle("web"), "wrapped_secret_id": wrapped(w)}))
         assert second.accessor != first.accessor and second.logins != first.logins
-        user, password = (sink_dir / "db").read_text().split("\n")[:2]
+        user, password = (tmpfs_dir / "db").read_text().split("\n")[:2]
         assert [user] == second.logins
         with pg_connect(w.pg.server.port, user, password):
             pass
@@ -285,12 +273,27 @@ def test_refresh_switches_token_and_revokes_the_old_one(vault_wiring: Wiring, si
 
 
 # -- refusals ------------------------------------------------------------------------------
-def test_spent_wrapping_token_is_critical_and_serves_nothing(vault_wiring: Wiring,
-                                                            sink_dir: Path,
-                                                            tmp_path: Path) -> None:
-    w = vault_wiring
+@dataclass
+class Refusing:
+    sink: SecretSink
+    rec: Recorder
+
+
+@pytest.fixture
+def refusing(vault_wiring: Wiring, tmpfs_dir: Path, tmp_path: Path) -> Iterator[Refusing]:
     rec = Recorder(tmp_path / "spool")
-    sink = SecretSink(config(w, sink_dir), rec)
+    sink = SecretSink(config(vault_wiring, tmpfs_dir), rec)
+    try:
+        yield Refusing(sink, rec)
+    finally:
+        sink.close()
+        rec.spool.close()
+    assert list(tmpfs_dir.iterdir()) == [], "a refused order left files"
+
+
+def test_spent_wrapping_token_is_critical_and_serves_nothing(vault_wiring: Wiring,
+                                                            refusing: Refusing) -> None:
+    w, sink, rec = vault_wiring, refusing.sink, refusing.rec
     token = wrapped(w)
     # someone else unwraps it first
     assert httpx.post(f"{w.bao.addr}/v1/sys/wrapping/unwrap",
@@ -299,17 +302,12 @@ def test_spent_wrapping_token_is_critical_and_serves_nothing(vault_wiring: Wirin
         sink.fetch({"role": w.approle("web"), "wrapped_secret_id": token})
     [event] = rec.what("secrets_unwrap_failed")
     assert event.severity == "critical" and token not in event.model_dump_json()
-    assert list(sink_dir.iterdir()) == [] and sink._held is None
-    assert sink.status()["state"] == "empty"
-    sink.close()
-    rec.spool.close()
+    assert sink._held is None and sink.status()["state"] == "empty"
 
 
-def test_wrapping_token_of_another_path_is_not_unwrapped(vault_wiring: Wiring, sink_dir: Path,
-                                                        tmp_path: Path) -> None:
-    w = vault_wiring
-    rec = Recorder(tmp_path / "spool")
-    sink = SecretSink(config(w, sink_dir), rec)
+def test_wrapping_token_of_another_path_is_not_unwrapped(vault_wiring: Wiring,
+                                                        refusing: Refusing) -> None:
+    w, sink, rec = vault_wiring, refusing.sink, refusing.rec
     r = httpx.post(f"{w.bao.addr}/v1/sys/wrapping/wrap",
                    headers={"X-Vault-Token": w.bao.token, "X-Vault-Wrap-TTL": "60s"},
                    json={"secret_id": "made-up"})
@@ -324,21 +322,28 @@ def test_wrapping_token_of_another_path_is_not_unwrapped(vault_wiring: Wiring, s
     assert wrapping_valid(w, foreign) and wrapping_valid(w, other)  # not spent by us
     assert httpx.post(f"{w.bao.addr}/v1/sys/wrapping/unwrap",
                       headers={"X-Vault-Token": foreign}).json()["data"] == {"secret_id": "made-up"}
-    assert list(sink_dir.iterdir()) == []
-    sink.close()
-    rec.spool.close()
 
 
-def test_order_for_another_role_is_refused(vault_wiring: Wiring, sink_dir: Path,
-                                           tmp_path: Path) -> None:
+def test_order_for_another_role_is_refused(vault_wiring: Wiring, refusing: Refusing) -> None:
     w = vault_wiring
-    rec = Recorder(tmp_path / "spool")
-    sink = SecretSink(config(w, sink_dir), rec)
     token = wrapped(w, "db")
     with pytest.raises(SecretsError, match=f"AppRole '{w.approle('db')}' refused"):
-        sink.fetch({"role": w.approle("db"), "wrapped_secret_id": token})
-    assert wrapping_valid(w, token) and list(sink_dir.iterdir()) == []
-    assert not rec.what("secrets_fetched")
+        refusing.sink.fetch({"role": w.approle("db"), "wrapped_secret_id": token})
+    assert wrapping_valid(w, token) and not refusing.rec.what("secrets_fetched")
+
+
+def test_a_secret_that_cannot_be_rendered_serves_nothing(vault_wiring: Wiring, tmpfs_dir: Path,
+                                                         tmp_path: Path) -> None:
+    """A KV field that is not there: the new token is revoked, no file is written."""
+    w = vault_wiring
+    rec = Recorder(tmp_path / "spool")
+    bad = files(w)
+    bad[0]["kv"]["field"] = "no_such_field"
+    sink = SecretSink(config(w, tmpfs_dir, files=bad), rec)
+    with pytest.raises(SecretsError, match="has no field 'no_such_field'") as e:
+        sink.fetch({"role": w.approle("web"), "wrapped_secret_id": wrapped(w)})
+    assert w.kv_values["web"] not in str(e.value)
+    assert list(tmpfs_dir.iterdir()) == [] and sink.status()["state"] == "empty"
     sink.close()
     rec.spool.close()
 
@@ -361,7 +366,7 @@ def test_directory_not_on_tmpfs_is_refused_before_unwrapping(vault_wiring: Wirin
 
 
 # -- Vault goes away ---------------------------------------------------------------------------
-def test_vault_outage_keeps_files_until_their_leases_end(pg_admin, sink_dir: Path,
+def test_vault_outage_keeps_files_until_their_leases_end(pg_admin, tmpfs_dir: Path,
                                                          tmp_path: Path) -> None:
     port = pg_admin.server.port
     logins: list[str] = []
@@ -369,7 +374,7 @@ def test_vault_outage_keeps_files_until_their_leases_end(pg_admin, sink_dir: Pat
         w = wire(bao, pg_admin, tmp_path / "wiring", token_ttl="6s",  # noqa: S106
                  token_max_ttl="90s", db_ttl="6s", db_max_ttl="90s")  # noqa: S106
         rec = Recorder(tmp_path / "spool")
-        sink = SecretSink(config(w, sink_dir), rec)
+        sink = SecretSink(config(w, tmpfs_dir), rec)
         try:
             report = SecretsReport.model_validate_json(
                 sink.fetch({"role": w.approle("web"), "wrapped_secret_id": wrapped(w)}))
@@ -378,10 +383,10 @@ def test_vault_outage_keeps_files_until_their_leases_end(pg_admin, sink_dir: Pat
             os.killpg(bao.pid, signal.SIGTERM)  # Vault is gone
             until(lambda: rec.what("secrets_renew_failed"), 10, "the renewal to fail")
             # nothing is wiped before its lease ends
-            assert (sink_dir / "api_key").exists() and (sink_dir / "db").exists()
+            assert (tmpfs_dir / "api_key").exists() and (tmpfs_dir / "db").exists()
             assert time.monotonic() - fetched < 6
-            until(lambda: not (sink_dir / "db").exists()
-                  and not (sink_dir / "api_key").exists(), 10, "the expired files' wipe")
+            until(lambda: not (tmpfs_dir / "db").exists()
+                  and not (tmpfs_dir / "api_key").exists(), 10, "the expired files' wipe")
             assert time.monotonic() - fetched >= 5.5  # not before the 6 s TTL ran out
             time.sleep(3)  # more failed tries: still one warning for the outage
             assert len(rec.what("secrets_renew_failed")) == 1
@@ -390,7 +395,7 @@ def test_vault_outage_keeps_files_until_their_leases_end(pg_admin, sink_dir: Pat
             assert expired and {n for e in expired
                                 for n in str(e.data.get("files", "")).split(",")} >= {"db"}
             assert sink.status()["state"] == "expired"
-            assert [p.name for p in sink_dir.iterdir()] == []
+            assert [p.name for p in tmpfs_dir.iterdir()] == []
         finally:
             sink.close()
             rec.spool.close()
@@ -403,14 +408,14 @@ def test_vault_outage_keeps_files_until_their_leases_end(pg_admin, sink_dir: Pat
 
 
 # -- through the controller link: signed orders as the daemon runs them -------------------------
-def test_orders_from_the_controller_reach_the_sink(vault_wiring: Wiring, sink_dir: Path,
+def test_orders_from_the_controller_reach_the_sink(vault_wiring: Wiring, tmpfs_dir: Path,
                                                    tmp_path: Path) -> None:
     """fetch-secrets, rotate secrets and quarantine as signed orders from a real
     controller, run by the agent's Uplink with the daemon's handlers."""
     w = vault_wiring
     node = "sinknode1"
     rec = Recorder(tmp_path / "spool")
-    sink = SecretSink(config(w, sink_dir), rec)
+    sink = SecretSink(config(w, tmpfs_dir), rec)
     enforcement = Enforcement(None, None, None, rec, on_quarantine=[sink.wipe])
     with controller_server(sub_prefix(), None) as server:
         token = tmp_path / "token"
@@ -435,19 +440,19 @@ def test_orders_from_the_controller_reach_the_sink(vault_wiring: Wiring, sink_di
             done = order("fetch-secrets", role=w.approle("web"), wrapped_secret_id=wrapped(w))
             assert done["status"] == "done", done
             report = SecretsReport.model_validate_json(done["detail"])
-            assert report.files == ["api_key", "db"] and (sink_dir / "db").exists()
-            first_login = (sink_dir / "db").read_text().split("\n")[0]
+            assert report.files == ["api_key", "db"] and (tmpfs_dir / "db").exists()
+            first_login = (tmpfs_dir / "db").read_text().split("\n")[0]
 
             done = order("rotate", what="secrets")
             assert done["status"] == "done", done
-            assert (sink_dir / "db").read_text().split("\n")[0] != first_login  # a new login
+            assert (tmpfs_dir / "db").read_text().split("\n")[0] != first_login  # a new login
 
             done = order("fetch-secrets", role=w.approle("db"), wrapped_secret_id=wrapped(w, "db"))
             assert done["status"] == "failed" and "refused" in done["detail"]
 
             done = order("quarantine", level="soft")
             assert done["status"] == "failed"  # segmentation is off here; the wipe ran first
-            assert list(sink_dir.iterdir()) == []
+            assert list(tmpfs_dir.iterdir()) == []
             assert rec.what("secrets_wiped")
             until(lambda: not accessor_alive(w, report.accessor), 10, "the token's revocation")
         finally:
@@ -456,7 +461,7 @@ def test_orders_from_the_controller_reach_the_sink(vault_wiring: Wiring, sink_di
 
 
 # -- the real daemon ------------------------------------------------------------------------------
-def test_the_daemon_serves_secrets_from_a_controller_order(vault_wiring: Wiring, sink_dir: Path,
+def test_the_daemon_serves_secrets_from_a_controller_order(vault_wiring: Wiring, tmpfs_dir: Path,
                                                            tmp_path: Path) -> None:
     """``aegis-agent run`` (segmentation and monitors off) with a real controller: a
     fetch-secrets order renders the files, ``aegis-agent status`` shows the sink without a
@@ -474,7 +479,7 @@ def test_the_daemon_serves_secrets_from_a_controller_order(vault_wiring: Wiring,
                               "state_dir": str(tmp_path / "state"),
                               "golden_file": str(tmp_path / "golden.json"), "interval": 0.5,
                               "attest_interval": 3600, "max_backoff": 1},
-               "secrets": json.loads(config(w, sink_dir).model_dump_json())}
+               "secrets": json.loads(config(w, tmpfs_dir).model_dump_json())}
         config_file = tmp_path / "agent.yaml"
         config_file.write_text(json.dumps(cfg))
         log_file = tmp_path / "daemon.log"
@@ -507,8 +512,8 @@ def test_the_daemon_serves_secrets_from_a_controller_order(vault_wiring: Wiring,
             done = order("fetch-secrets", role=w.approle("web"), wrapped_secret_id=wrapped(w))
             assert done["status"] == "done", done
             report = SecretsReport.model_validate_json(done["detail"])
-            value = (sink_dir / "api_key").read_text()
-            password = (sink_dir / "db").read_text().split("\n")[1]
+            value = (tmpfs_dir / "api_key").read_text()
+            password = (tmpfs_dir / "db").read_text().split("\n")[1]
             status = cli("status")["secrets"]
             assert status["state"] == "held" and status["accessor"] == report.accessor
             assert status["files"] == ["api_key", "db"] and status["next_renewal_s"] <= 6
@@ -517,7 +522,7 @@ def test_the_daemon_serves_secrets_from_a_controller_order(vault_wiring: Wiring,
 
             done = order("quarantine", level="hard", reason="test")
             assert done["status"] == "failed"  # segmentation is off; the wipe ran first
-            assert list(sink_dir.iterdir()) == []
+            assert list(tmpfs_dir.iterdir()) == []
             assert cli("status")["secrets"]["state"] == "wiped"
             until(lambda: not accessor_alive(w, report.accessor), 10, "the token's revocation")
             events = [e["data"]["what"] for e in map(json.loads, subprocess.run(

@@ -4,8 +4,6 @@ atomic write with owner and mode set before the content, and the wipe."""
 from __future__ import annotations
 
 import os
-import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -30,18 +28,6 @@ MOUNTINFO = """\
 """
 
 
-@pytest.fixture
-def tmpfs(tmp_path: Path) -> Iterator[Path]:
-    d = tmp_path / "secrets"
-    d.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "mode=0711,noexec,nosuid,nodev,size=1m",
-                    "tmpfs", str(d)], check=True)
-    try:
-        yield d
-    finally:
-        subprocess.run(["umount", "-l", str(d)], check=False)
-
-
 @pytest.mark.parametrize(("path", "fstype"), [
     ("/run/aegis/secrets", "tmpfs"), ("/run/aegis/secrets/deeper", "tmpfs"),
     ("/run/aegis", "tmpfs"), ("/var/lib/aegis", "ext4"), ("/run/aegis/secretsX", "tmpfs"),
@@ -53,38 +39,38 @@ def test_filesystem_of_reads_mountinfo(tmp_path: Path, path: str, fstype: str) -
     assert filesystem_of(Path(path), info) == fstype
 
 
-def test_only_tmpfs_is_accepted(tmp_path: Path, tmpfs: Path) -> None:
-    check_tmpfs(tmpfs)
+def test_only_tmpfs_is_accepted(tmp_path: Path, tmpfs_dir: Path) -> None:
+    check_tmpfs(tmpfs_dir)
     with pytest.raises(SinkDirError, match=r"is on ext4, not tmpfs.*mount -t tmpfs"):
         check_tmpfs(tmp_path)
     with pytest.raises(SinkDirError, match="does not exist: mount a tmpfs"):
         check_tmpfs(tmp_path / "nope")
 
 
-def test_write_sets_owner_and_mode_and_replaces_atomically(tmpfs: Path) -> None:
-    write_secret(tmpfs, "db", b"first", 65534, 65534, 0o440)
-    st = (tmpfs / "db").stat()
+def test_write_sets_owner_and_mode_and_replaces_atomically(tmpfs_dir: Path) -> None:
+    write_secret(tmpfs_dir, "db", b"first", 65534, 65534, 0o440)
+    st = (tmpfs_dir / "db").stat()
     assert (st.st_mode & 0o777, st.st_uid, st.st_gid) == (0o440, 65534, 65534)
     # a consumer that opened the old file reads zeros afterwards, the path the new content
-    with (tmpfs / "db").open("rb") as old:
-        write_secret(tmpfs, "db", b"second", 0, 0, 0o400)
+    with (tmpfs_dir / "db").open("rb") as old:
+        write_secret(tmpfs_dir, "db", b"second", 0, 0, 0o400)
         assert old.read() == b"\0" * len(b"first")
-    assert (tmpfs / "db").read_bytes() == b"second"
-    assert (tmpfs / "db").stat().st_mode & 0o777 == 0o400
-    assert sorted(p.name for p in tmpfs.iterdir()) == ["db"]  # no temporary file left
+    assert (tmpfs_dir / "db").read_bytes() == b"second"
+    assert (tmpfs_dir / "db").stat().st_mode & 0o777 == 0o400
+    assert sorted(p.name for p in tmpfs_dir.iterdir()) == ["db"]  # no temporary file left
 
 
-def test_wipe_zeroes_then_unlinks(tmpfs: Path) -> None:
-    write_secret(tmpfs, "k", b"value", 65534, 65534, 0o400)
-    with (tmpfs / "k").open("rb") as held:
-        assert wipe_file(tmpfs / "k") is True
+def test_wipe_zeroes_then_unlinks(tmpfs_dir: Path) -> None:
+    write_secret(tmpfs_dir, "k", b"value", 65534, 65534, 0o400)
+    with (tmpfs_dir / "k").open("rb") as held:
+        assert wipe_file(tmpfs_dir / "k") is True
         assert held.read() == b"\0\0\0\0\0"
-    assert not (tmpfs / "k").exists() and wipe_file(tmpfs / "k") is False
-    os.symlink("/etc/passwd", tmpfs / "link")
-    assert wipe_file(tmpfs / "link") and Path("/etc/passwd").stat().st_size > 0
-    (tmpfs / ".aegis-secret.x.1").write_bytes(b"half")
-    wipe_leftovers(tmpfs)
-    assert list(tmpfs.iterdir()) == []
+    assert not (tmpfs_dir / "k").exists() and wipe_file(tmpfs_dir / "k") is False
+    os.symlink("/etc/passwd", tmpfs_dir / "link")
+    assert wipe_file(tmpfs_dir / "link") and Path("/etc/passwd").stat().st_size > 0
+    (tmpfs_dir / ".aegis-secret.x.1").write_bytes(b"half")
+    wipe_leftovers(tmpfs_dir)
+    assert list(tmpfs_dir.iterdir()) == []
 
 
 def test_ids_name_what_is_unknown() -> None:
