@@ -534,3 +534,24 @@ def test_the_daemon_serves_secrets_from_a_controller_order(vault_wiring: Wiring,
             proc.terminate()
             proc.wait(timeout=30)
         no_secret_in([tmp_path / "state", tmp_path / "spool", log_file], [value, password])
+
+
+def test_a_quarantine_during_a_fetch_serves_nothing(vault_wiring: Wiring, refusing: Refusing,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """The quarantine lands after the login, before the files: the new token is revoked and
+    no file is written (the interleaving is made deterministic by wrapping _log_in)."""
+    w, sink = vault_wiring, refusing.sink
+    logins: list[str] = []
+    log_in = sink._log_in
+
+    def then_quarantine(order: object) -> object:
+        held = log_in(order)
+        logins.append(held.login.accessor)
+        sink.wipe("quarantine (test)")
+        return held
+
+    monkeypatch.setattr(sink, "_log_in", then_quarantine)
+    with pytest.raises(SecretsError, match="abandoned"):
+        sink.fetch({"role": w.approle("web"), "wrapped_secret_id": wrapped(w)})
+    assert logins and sink.status()["state"] == "empty"
+    until(lambda: not accessor_alive(w, logins[0]), 10, "the abandoned token's revocation")

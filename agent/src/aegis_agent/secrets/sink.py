@@ -56,7 +56,7 @@ from aegis_protocol.secrets import (
 )
 
 from ..config import SecretFile, SecretsConfig
-from .tmpfs import check_tmpfs, ids, wipe_file, wipe_leftovers, write_secret
+from .tmpfs import SinkDirError, check_tmpfs, ids, wipe_file, wipe_leftovers, write_secret
 from .vault_session import DbCreds, Login, UnwrapRefused, VaultError, VaultSession
 
 log = logging.getLogger("aegis.agent.secrets")
@@ -99,7 +99,8 @@ class SecretSink:
         self._record = record
         self._lock = threading.RLock()
         self._held: _Held | None = None
-        self._generation = 0
+        self._generation = 0  # moves whenever the held token changes or goes
+        self._wipes = 0
         self.state = "empty"
         self.trust: str | None = None
         self._rendered: dict[str, str] = {}  # file name -> sha256 of its content (memory)
@@ -142,6 +143,13 @@ class SecretSink:
         check_tmpfs(self.cfg.dir)  # before the single-use token is spent
         for f in self.cfg.files:
             ids(f.owner, f.group)
+        wipes = self._wipes
+        held = self._log_in(order)
+        return self._install(held, wipes)
+
+    def _log_in(self, order: FetchSecrets) -> _Held:
+        """Unwrap (path checked first), log in, read every secret; nothing is kept if any
+        step fails (the new token is revoked)."""
         with self._session() as s:
             try:
                 secret_id = s.unwrap_secret_id(order.wrapped_secret_id, self.cfg.approle_mount,
@@ -164,14 +172,33 @@ class SecretSink:
                 with contextlib.suppress(VaultError):
                     s.revoke_self(login.token)
                 raise SecretsError(str(e)) from None
+        return held
+
+    def _install(self, held: _Held, wipes: int) -> str:
+        """Serve ``held``: files, renewal, the previous token revoked after revoke_delay."""
         with self._lock:
+            if self._wipes != wipes or self.trust not in (None, "trusted"):
+                # a quarantine or a distrust came while the order ran: serve nothing
+                self._revoke_later(held.login, delay=0.0)
+                raise SecretsError("fetch-secrets abandoned: the secrets were wiped while it "
+                                   "ran (quarantine or the controller's trust state)")
             old, was = self._held, self.state
             self._generation += 1
             self._held, self.state = held, "held"
             self._outage, self._failures, self.last_error = False, 0, None
             self._orphans.clear()
-            changed = self._render(held)
-            self._save_meta()
+            try:
+                changed = self._render(held)
+                failed = None
+            except (OSError, KeyError, SinkDirError, SecretsError) as e:
+                failed = f"rendering the files failed: {type(e).__name__}: {e}"
+            else:
+                self._save_meta()
+        if failed is not None:  # never half-served: take everything back
+            if old is not None:
+                self._revoke_later(old.login, delay=0.0)
+            self.wipe(failed)
+            raise SecretsError(failed)
         self._start_thread()
         if old is not None:
             self._revoke_later(old.login)
@@ -216,6 +243,7 @@ class SecretSink:
         with self._lock:
             held, self._held = self._held, None
             self._generation += 1
+            self._wipes += 1
             wiped = self._wipe_files([f.name for f in self.cfg.files])
             self._orphans.clear()
             self._save_meta()
