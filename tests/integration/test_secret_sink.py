@@ -266,6 +266,13 @@ def test_refresh_switches_token_and_revokes_the_old_one(vault_wiring: Wiring, tm
               "the old login's removal")
         assert accessor_alive(w, second.accessor)
         assert rec.what("secrets_fetched")[-1].data["refresh"] is True
+        # a heartbeat answer that says the node is no longer trusted wipes at once
+        sink.set_trust("trusted")
+        assert (tmpfs_dir / "db").exists()
+        sink.set_trust("suspect")
+        assert list(tmpfs_dir.iterdir()) == [] and sink.status()["state"] == "wiped"
+        assert rec.what("secrets_wiped")[-1].data["reason"] == "controller trust state suspect"
+        until(lambda: not accessor_alive(w, second.accessor), 10, "the token's revocation")
     finally:
         sink.wipe("test end")
         sink.close()
