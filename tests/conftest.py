@@ -11,6 +11,7 @@ from __future__ import annotations
 import itertools
 import os
 import signal
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -95,6 +96,20 @@ def vault_wiring(openbao: OpenBao, pg_admin: PgAdmin,
     return wire(openbao, pg_admin, tmp_path_factory.mktemp("vault-wiring"),
                 token_ttl="6s", token_max_ttl="90s",  # noqa: S106 - durations
                 db_ttl="6s", db_max_ttl="90s")
+
+
+@pytest.fixture
+def tmpfs_dir(tmp_path: Path) -> Iterator[Path]:
+    """A small tmpfs mounted under the test's tmp dir, as the agent's secret sink wants its
+    directory (mode 0711, noexec, nosuid, nodev); always unmounted."""
+    d = tmp_path / "tmpfs"
+    d.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "mode=0711,noexec,nosuid,nodev,size=1m",
+                    "tmpfs", str(d)], check=True)
+    try:
+        yield d
+    finally:
+        subprocess.run(["umount", "-l", str(d)], check=False)
 
 
 @pytest.fixture

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import os
+import string
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -21,6 +22,7 @@ from pydantic import (
 )
 
 from aegis_protocol.events import EventKind, Scalar
+from aegis_protocol.secrets import MOUNT, NAME
 from aegis_protocol.urls import checked_url
 
 from .bpf.bpffs import PIN_ROOT
@@ -175,6 +177,138 @@ class ControllerConfig(_Strict):
                                         "(the wait doubles from 1 s up to this)")] = 60.0
 
 
+# -- leased secrets (the secret sink) ------------------------------------------------------
+SECRETS_DIR = Path("/run/aegis/secrets")
+FILE_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
+KV_PATH = r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$"
+#: placeholders a template may use, by source; the default template of each source
+PLACEHOLDERS = {"kv": ("value",), "database": ("username", "password")}
+DEFAULT_TEMPLATES = {"kv": "{value}", "database": "username={username}\npassword={password}\n"}
+MODES = {0o400: "0400", 0o440: "0440"}
+
+
+class KvSource(_Strict):
+    """A field of a KV version 2 secret."""
+
+    mount: Annotated[str, Field(pattern=MOUNT, description="the KV v2 mount, e.g. aegis-kv")]
+    path: Annotated[str, Field(pattern=KV_PATH, max_length=512,
+                               description="the secret's path in the mount, e.g. web/app")]
+    field: Annotated[str, Field(min_length=1, max_length=128)]
+
+    @field_validator("path")
+    @classmethod
+    def _no_dots(cls, value: str) -> str:
+        if any(part in (".", "..") for part in value.split("/")):
+            raise ValueError(f"bad path {value!r}: '.' and '..' are not path parts here")
+        return value
+
+
+class DatabaseSource(_Strict):
+    """A dynamic database credential: ``<mount>/creds/<role>`` (one per lease, shared by
+    every file that names the same mount and role)."""
+
+    mount: Annotated[str, Field(pattern=MOUNT, description="the database mount, e.g. aegis-db")]
+    role: Annotated[str, Field(pattern=NAME, description="the database role")]
+
+
+def _file_mode(value: object) -> int:
+    # YAML 1.1 reads 0400 as the octal int 256; a quoted "0400" is a string
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value.strip(), 8)
+    if isinstance(value, bool) or value not in MODES:
+        shown = f"{value:04o}" if isinstance(value, int) and not isinstance(value, bool) \
+            else repr(value)
+        raise ValueError(f"mode {shown} is not allowed: use 0400 (owner reads) or 0440 "
+                         "(owner and group read); a secret file is never writable or "
+                         "readable by others")
+    return value  # type: ignore[return-value]
+
+
+class SecretFile(_Strict):
+    """One file the sink renders in ``secrets.dir``."""
+
+    name: Annotated[str, Field(pattern=FILE_NAME, description="a plain file name (no /)")]
+    kv: KvSource | None = None
+    database: DatabaseSource | None = None
+    template: Annotated[str, Field(max_length=4096)] | None = Field(
+        None, description="str.format text: {value} for kv, {username} and {password} for "
+        "database ({{ and }} for literal braces); default: the value alone, or "
+        "'username=...\\npassword=...\\n'")
+    owner: str | int = "root"
+    group: str | int = "root"
+    mode: Annotated[int, Field(description="0400 or 0440")] = 0o400
+    reload: Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1)] | None = \
+        Field(None, description="argv run after the file changed, e.g. "
+              "[systemctl, reload, app.service]")
+
+    @field_validator("mode", mode="before")
+    @classmethod
+    def _mode(cls, value: object) -> int:
+        return _file_mode(value)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> SecretFile:
+        if (self.kv is None) == (self.database is None):
+            raise ValueError(f"file {self.name!r} needs exactly one source: kv: {{mount, path, "
+                             "field}} or database: {mount, role}")
+        allowed = PLACEHOLDERS[self.source]
+        try:
+            fields = [name for _t, name, _s, _c in string.Formatter().parse(self.template or "")]
+        except ValueError as e:
+            raise ValueError(f"file {self.name!r}: template is not valid: {e} (write {{{{ and "
+                             "}} for literal braces)") from None
+        for name in fields:
+            if name is not None and name not in allowed:
+                raise ValueError(f"file {self.name!r}: template placeholder {{{name}}} is not "
+                                 f"known for a {self.source} source; use "
+                                 + ", ".join(f"{{{a}}}" for a in allowed)
+                                 + " (write {{ and }} for literal braces)")
+        if self.template is not None:
+            try:
+                self.template.format(**{a: "" for a in allowed})
+            except (ValueError, IndexError) as e:
+                raise ValueError(f"file {self.name!r}: template is not valid: {e}") from None
+        return self
+
+    @property
+    def source(self) -> str:
+        return "kv" if self.kv is not None else "database"
+
+    def render(self, values: dict[str, str]) -> bytes:
+        return (self.template or DEFAULT_TEMPLATES[self.source]).format(**values).encode()
+
+
+class SecretsConfig(_Strict):
+    """The secret sink: log in to Vault with the secret_id a fetch-secrets order brings,
+    render ``files`` on tmpfs, renew the token and leases, wipe on quarantine."""
+
+    url: Annotated[str, Field(description="the Vault-compatible server: https://, or http:// "
+                              "on loopback only"), AfterValidator(_vault_url)]
+    ca_file: Path | None = Field(None, description="CA bundle for an https url")
+    approle_mount: Annotated[str, Field(pattern=MOUNT)] = "aegis-approle"
+    role: Annotated[str, Field(pattern=NAME, description="this node's AppRole name; an order "
+                               "naming another one is refused")]
+    role_id: Annotated[str, Field(min_length=1, max_length=256, repr=False)]
+    dir: Path = Field(SECRETS_DIR, description="a tmpfs (or ramfs) mount; the sink writes "
+                      "nowhere else")
+    fraction: Annotated[float, Field(ge=0.1, le=0.9, description="renew at this fraction "
+                                     "of a TTL")] = 2 / 3
+    jitter: Annotated[float, Field(ge=0, le=0.5, description="± this fraction of the "
+                                   "renewal time, at random")] = 0.1
+    revoke_delay: Annotated[float, Field(ge=0, le=300, description="seconds between the "
+                                         "reload after a refresh and revoking the previous "
+                                         "token (consumers switch over meanwhile)")] = 5.0
+    files: Annotated[list[SecretFile], Field(min_length=1, max_length=64)]
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> SecretsConfig:
+        names = [f.name for f in self.files]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(f"files: name(s) {', '.join(twice)} given more than once")
+        return self
+
+
 class AgentConfig(_Strict):
     node_id: str | None = None
     segment: SegmentConfig = Field(default_factory=SegmentConfig)
@@ -184,12 +318,17 @@ class AgentConfig(_Strict):
     policy: list[Rule] = Field(default_factory=list)
     watchdog: WatchdogConfig = Field(default_factory=WatchdogConfig)
     controller: ControllerConfig | None = None
+    secrets: SecretsConfig | None = Field(None, description="leased secrets on tmpfs "
+                                          "(needs controller: fetch-secrets orders)")
 
     @model_validator(mode="after")
     def _node_id_for_controller(self) -> AgentConfig:
         if self.controller is not None and not self.node_id:
             raise ValueError("node_id is required when controller is set (it is the CN of the "
                              "node's certificate)")
+        if self.secrets is not None and self.controller is None:
+            raise ValueError("secrets needs controller: the secret_id comes in the "
+                             "controller's fetch-secrets order")
         return self
 
 
@@ -198,7 +337,7 @@ def _where(loc: tuple[int | str, ...]) -> str:
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
-        elif part in ("str", "EdgeGrant") or "[" in str(part):
+        elif part in ("str", "int", "EdgeGrant") or "[" in str(part):
             continue  # pydantic's union branch names
         else:
             out += f".{part}" if out else str(part)

@@ -36,6 +36,7 @@ from .lockout import LockoutError, Snapshot, Unconfirmed, controller_peers, same
 from .notify import notify, watchdog_interval
 from .orders import order_handlers
 from .policy import Decision, Policy, respond
+from .secrets import SecretSink
 from .spool import Spool
 from .uplink import Uplink
 from .watchdog import SelfWatch
@@ -80,6 +81,7 @@ class Agent:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._readers: list[int] = []
         self.uplink: Uplink | None = None
+        self.secrets: SecretSink | None = None
         self._written: list[Event] = []
 
     # the kernel components live in the enforcement; the start-up code sets them here
@@ -290,8 +292,22 @@ class Agent:
         if cc is None:
             return
         assert self.cfg.node_id is not None  # the config requires it with a controller
+        if self.cfg.secrets is not None:
+            # every quarantine (order, policy, CLI) wipes the secrets first
+            self.secrets = SecretSink(self.cfg.secrets, self._record_from_any_thread)
+            self.enforcement.on_quarantine.append(self.secrets.wipe)
         self.uplink = Uplink(cc, self.cfg.node_id, self.spool, order_handlers(self.enforcement),
-                             bpf_state=self.bpf_state)
+                             bpf_state=self.bpf_state, secrets=self.secrets)
+
+    def _open_secrets_path(self) -> None:
+        """Consumers that are not root reach their secret files (0400/0440, their own)
+        through the control socket's directory when the secrets live under it: it becomes
+        0711 (traverse, no listing); everything in it stays the agent's (0600, and the
+        socket answers root only)."""
+        sc = self.cfg.secrets
+        run_dir = self.cfg.control.socket.parent
+        if sc is not None and run_dir in sc.dir.parents:
+            os.chmod(run_dir, 0o711)  # noqa: S103 - traverse only, see above
 
     def bpf_state(self) -> list[dict[str, str | int]]:
         """The enforcement as the attestation reports it: each component with its attach
@@ -327,7 +343,8 @@ class Agent:
                 "exec_monitor": self.execs.stats() if self.execs else None,
                 "connect_monitor": self.connects.stats() if self.connects else None,
                 "spool": self.spool.status(), "watchdog": self.last_reading,
-                "controller": self.uplink.last if self.uplink else None}
+                "controller": self.uplink.last if self.uplink else None,
+                "secrets": self.secrets.status() if self.secrets else None}
 
     # -- periodic work ---------------------------------------------------------------------
     async def _every(self, seconds: float, fn: Any) -> None:
@@ -383,6 +400,7 @@ class Agent:
                                      self.status, confirm=self.confirm)
         await self._server.start()
         self._start_uplink()
+        self._open_secrets_path()
         tasks = [asyncio.create_task(self._every(self.cfg.segment.sweep_interval, self._sweep)),
                  asyncio.create_task(self._every(self.cfg.watchdog.interval, self._check_self))]
         if self.uplink:
@@ -408,6 +426,8 @@ class Agent:
             loop.remove_reader(fd)
         if self._server:
             self._server.close()
+        if self.secrets is not None:  # files stay until their leases end (see sink.close)
+            self.secrets.close()
         with contextlib.suppress(Exception):
             self.record([agent_event("stop", exit=self._exit)])
         for part in (self.segment, self.execs, self.connects):

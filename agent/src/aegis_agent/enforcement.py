@@ -14,9 +14,10 @@ A component that is not running fails the same way for every caller (``ValueErro
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from aegis_protocol.commands import ENFORCEMENT_VERBS
@@ -24,6 +25,8 @@ from aegis_protocol.events import Event, Scalar, Severity, agent_event
 
 from .bpf.monitors import ConnectMonitor, ExecMonitor
 from .bpf.segment import SegmentFilter
+
+log = logging.getLogger("aegis.agent")
 
 Source = Literal["cli", "order", "policy"]
 SOURCES: tuple[Source, ...] = ("cli", "order", "policy")
@@ -47,6 +50,9 @@ class Enforcement:
     execs: ExecMonitor | None
     connects: ConnectMonitor | None
     record: Callable[[list[Event]], None]
+    #: run first by every quarantine, whoever asked (the secret sink's wipe): a hook
+    #: that fails is logged and never keeps the node from being quarantined
+    on_quarantine: list[Callable[[str], object]] = field(default_factory=list)
 
     # -- the components, or the one error for a missing one --------------------------------
     def _segment(self) -> SegmentFilter:
@@ -94,6 +100,11 @@ class Enforcement:
 
     def quarantine(self, level: str = "soft", management: list[str] | None = None,
                    reason: str | None = None, *, source: Source) -> Outcome:
+        for hook in self.on_quarantine:
+            try:
+                hook(f"{level} quarantine ({source})" + (f": {reason}" if reason else ""))
+            except Exception as e:
+                log.error("quarantine hook failed: %s: %s", type(e).__name__, e)
         seg = self._segment()
         seg.quarantine(True, management)
         return self._done("quarantine", source, seg.policy(),

@@ -38,6 +38,7 @@ from .config import ControllerConfig
 from .identity import identity_key
 from .measure import collect, signed_report
 from .orders import FileReplayGuard, OrderExecutor
+from .secrets import SecretSink
 from .spool import Spool
 from .unwrap import UnwrapError, unwrap_bootstrap
 
@@ -60,13 +61,16 @@ class Uplink:
     last: dict[str, object] = field(default_factory=dict)
     # the agent core's enforcement state for the attestation report (daemon.bpf_state)
     bpf_state: Callable[[], list[dict[str, str | int]]] | None = None
+    # the leased secrets (config ``secrets``): fetch-secrets and rotate secrets orders,
+    # and the trust state of each heartbeat answer
+    secrets: SecretSink | None = None
     _unwrapped: str | None = field(default=None, repr=False)
     _inventory_sent: str | None = None  # digest of the inventory the controller holds
 
     def __post_init__(self) -> None:
         # orders the link runs itself; the daemon's handlers act on the agent core
         self.handlers = {**self.handlers, "attest": self._attest_order,
-                         "rotate": self._rotate_order}
+                         "rotate": self._rotate_order, "fetch-secrets": self._fetch_secrets}
 
     @property
     def state(self) -> Path:
@@ -153,9 +157,20 @@ class Uplink:
         return f"attested: {verdict['state']}"
 
     def _rotate_order(self, args: dict[str, Any]) -> str:
+        if args.get("what") == "secrets":
+            if self.secrets is None:
+                raise UplinkError("cannot rotate secrets: this agent has no secrets section "
+                                  "in its config")
+            return self.secrets.rotate(args)
         if args.get("what") != "certificate":
-            raise UplinkError(f"cannot rotate {args.get('what')!r} yet: no secrets are leased")
+            raise UplinkError(f"cannot rotate {args.get('what')!r}: certificate or secrets")
         return f"certificate rotated, valid until {self.rotate_certificate()}"
+
+    def _fetch_secrets(self, args: dict[str, Any]) -> str:
+        if self.secrets is None:
+            raise UplinkError("cannot fetch secrets: this agent has no secrets section in its "
+                              "config")
+        return self.secrets.fetch(args)
 
     def certificate_expires(self) -> float:
         cert = x509.load_pem_x509_certificate((self.state / "node.pem").read_bytes())
@@ -192,8 +207,11 @@ class Uplink:
             r = c.post(routes.HEARTBEAT, json=hb.model_dump(mode="json")).raise_for_status()
         if hb.inventory is not None:
             self._inventory_sent = digest
-        if HeartbeatAck.model_validate(r.json()).inventory_wanted:
+        ack = HeartbeatAck.model_validate(r.json())
+        if ack.inventory_wanted:
             self._inventory_sent = None  # the controller lacks it: send it next time
+        if self.secrets is not None:
+            self.secrets.set_trust(ack.trust)  # not trusted: wiped before any order runs
 
     def forward(self, limit: int = MAX_BATCH) -> int:
         """Send what the spool holds after its cursor, batch by batch; the cursor moves
