@@ -29,8 +29,9 @@ from aegis_agent.measure import collect, signed_report
 from aegis_protocol import routes
 from aegis_protocol.attestation import ExpectedProfile
 from aegis_protocol.enrollment import Heartbeat
+from aegis_protocol.events import Event, EventBatch
 from aegis_protocol.orders import OrderAck, sign_ack
-from aegis_protocol.secrets import SecretsReport, secret_id_path
+from aegis_protocol.secrets import SECRETS_UNWRAP_FAILED, SecretsReport, secret_id_path
 from harness_controller import Node, Server, enroll, new_node, operator_client
 
 pytestmark = pytest.mark.integration
@@ -532,6 +533,21 @@ def test_a_false_report_cannot_revoke_another_nodes_token(gate: Gate) -> None:
                             json={"accessor": other["accessor"]})
         w.root.adapter.post("/v1/auth/token/revoke-accessor",
                             json={"accessor": got.report.accessor})
+
+
+def test_unwrap_failure_event_raises_a_critical_incident(gate: Gate) -> None:
+    g = gate
+    events = [Event(ts_ns=time.time_ns(), kind="agent", severity=sev, data={"what": what})
+              for what, sev in (("secrets_fetched", "info"),
+                                (SECRETS_UNWRAP_FAILED, "critical"))]
+    with g.node.client(g.server) as c:
+        r = c.post(routes.EVENTS, json=EventBatch(node_id=NODE, events=events).model_dump(
+            mode="json"))
+    assert r.status_code == 200, r.text
+    incidents = [json.loads(x) for x in g.server.ctl("incidents", "--node", NODE)
+                 .stdout.splitlines()]
+    assert [(i["rule"], i["severity"]) for i in incidents] == [
+        ("secrets-unwrap-failed", "critical")]
 
 
 def test_bad_report_is_refused_with_a_reason(gate: Gate) -> None:
