@@ -123,6 +123,7 @@ class Gate:
     w: Wiring
     node: Node
     root: Path
+    serve_args: tuple[str, ...] = ()
 
     def ctl(self, *args: str) -> object:
         return self.server.ctl(*args)
@@ -203,14 +204,15 @@ def _gate(request: pytest.FixtureRequest, w: Wiring, db: str | None,
     srv = Server(state, db)
     try:
         assert srv.ctl("keys", "init").returncode == 0
-        srv.start("--secrets-token-file", str(w.controller_token_file),
-                  "--vault-addr", relay.url, "--secrets-approle-mount", w.approle_mount,
-                  "--secrets-prefix", w.prefix, "--secrets-wrap-ttl", str(wrap_ttl),
-                  "--secrets-verify-dsn",
-                  f"host=127.0.0.1 port={w.pg.server.port} user=aegis dbname=postgres")
+        args = ("--secrets-token-file", str(w.controller_token_file),
+                "--vault-addr", relay.url, "--secrets-approle-mount", w.approle_mount,
+                "--secrets-prefix", w.prefix, "--secrets-wrap-ttl", str(wrap_ttl),
+                "--secrets-verify-dsn",
+                f"host=127.0.0.1 port={w.pg.server.port} user=aegis dbname=postgres")
+        srv.start(*args)
         node = new_node(srv, NODE)
         assert enroll(srv, node, srv.token(NODE)).status_code == 200
-        yield Gate(srv, relay, w, node, _tree(tmp / "root"))
+        yield Gate(srv, relay, w, node, _tree(tmp / "root"), args)
     finally:
         if srv.proc is not None:
             srv.kill()
@@ -401,7 +403,7 @@ def test_quarantine_revokes_without_the_agent(gate: Gate) -> None:
     _no_secret_leaked(g, got.token, got.wrapping_token, got.password, got.secret_id)
 
 
-def test_vault_unreachable_revocation_is_retried_until_done(gate: Gate) -> None:
+def test_vault_unreachable_revocation_is_retried_until_done_across_a_restart(gate: Gate) -> None:
     g = gate
     _trust(g)
     got = _fetch(g)
@@ -414,7 +416,10 @@ def test_vault_unreachable_revocation_is_retried_until_done(gate: Gate) -> None:
     assert g.status()["grants"][0]["last_outcome"].startswith("failed: check_owner")
     assert _token_alive(g.w, got.report.accessor)  # nothing revoked yet
     assert "revoking a node's secrets failed" in (g.server.state / "serve.log").read_text()
+    # the controller dies meanwhile: the revocation asked for is in its database
+    g.server.kill()
     g.relay.restore()
+    g.server.start(*g.serve_args)
     waited = g.server.ctl("node", "secrets", NODE, "--wait-revoked", "60")
     assert waited.returncode == 0, waited.stderr + waited.stdout
     assert not _token_alive(g.w, got.report.accessor)
