@@ -364,8 +364,8 @@ def test_enrolled_suspect_and_roleless_nodes_get_nothing(gate: Gate) -> None:
     assert len(_wait(g.orders)) == 1  # type: ignore[arg-type]
 
 
-def test_quarantine_revokes_without_the_agent(gate: Gate) -> None:
-    g = gate
+def test_quarantine_revokes_without_the_agent(gate_db: Gate) -> None:
+    g = gate_db
     _trust(g)
     got = _fetch(g)
     conn = pg_connect(g.w.pg.server.port, got.username, got.password)
