@@ -45,6 +45,8 @@ class SecretsGate:
         self.store: SecretsStore = ctl.secrets
         self.revoker = Revoker(self.store, self.vault, settings)
         self._queue: queue.Queue[str | None] = queue.Queue()
+        self._queued: set[str] = set()  # a node is in the queue at most once
+        self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
@@ -69,10 +71,16 @@ class SecretsGate:
     def node_changed(self, node_id: str) -> None:
         """Called after a change of ``node_id`` committed (never waits for Vault)."""
         self.revoker.wake()
+        with self._lock:
+            if node_id in self._queued:
+                return
+            self._queued.add(node_id)
         self._queue.put(node_id)
 
     def _run(self) -> None:
         while (node_id := self._queue.get()) is not None:
+            with self._lock:
+                self._queued.discard(node_id)
             try:
                 self.issue(node_id)
             except Exception:
