@@ -29,8 +29,9 @@ from aegis_agent.measure import collect, signed_report
 from aegis_protocol import routes
 from aegis_protocol.attestation import ExpectedProfile
 from aegis_protocol.enrollment import Heartbeat
+from aegis_protocol.events import Event, EventBatch
 from aegis_protocol.orders import OrderAck, sign_ack
-from aegis_protocol.secrets import SecretsReport, secret_id_path
+from aegis_protocol.secrets import SECRETS_UNWRAP_FAILED, SecretsReport, secret_id_path
 from harness_controller import Node, Server, enroll, new_node, operator_client
 
 pytestmark = pytest.mark.integration
@@ -122,6 +123,7 @@ class Gate:
     w: Wiring
     node: Node
     root: Path
+    serve_args: tuple[str, ...] = ()
 
     def ctl(self, *args: str) -> object:
         return self.server.ctl(*args)
@@ -202,14 +204,15 @@ def _gate(request: pytest.FixtureRequest, w: Wiring, db: str | None,
     srv = Server(state, db)
     try:
         assert srv.ctl("keys", "init").returncode == 0
-        srv.start("--secrets-token-file", str(w.controller_token_file),
-                  "--vault-addr", relay.url, "--secrets-approle-mount", w.approle_mount,
-                  "--secrets-prefix", w.prefix, "--secrets-wrap-ttl", str(wrap_ttl),
-                  "--secrets-verify-dsn",
-                  f"host=127.0.0.1 port={w.pg.server.port} user=aegis dbname=postgres")
+        args = ("--secrets-token-file", str(w.controller_token_file),
+                "--vault-addr", relay.url, "--secrets-approle-mount", w.approle_mount,
+                "--secrets-prefix", w.prefix, "--secrets-wrap-ttl", str(wrap_ttl),
+                "--secrets-verify-dsn",
+                f"host=127.0.0.1 port={w.pg.server.port} user=aegis dbname=postgres")
+        srv.start(*args)
         node = new_node(srv, NODE)
         assert enroll(srv, node, srv.token(NODE)).status_code == 200
-        yield Gate(srv, relay, w, node, _tree(tmp / "root"))
+        yield Gate(srv, relay, w, node, _tree(tmp / "root"), args)
     finally:
         if srv.proc is not None:
             srv.kill()
@@ -361,8 +364,8 @@ def test_enrolled_suspect_and_roleless_nodes_get_nothing(gate: Gate) -> None:
     assert len(_wait(g.orders)) == 1  # type: ignore[arg-type]
 
 
-def test_quarantine_revokes_without_the_agent(gate: Gate) -> None:
-    g = gate
+def test_quarantine_revokes_without_the_agent(gate_db: Gate) -> None:
+    g = gate_db
     _trust(g)
     got = _fetch(g)
     conn = pg_connect(g.w.pg.server.port, got.username, got.password)
@@ -400,7 +403,7 @@ def test_quarantine_revokes_without_the_agent(gate: Gate) -> None:
     _no_secret_leaked(g, got.token, got.wrapping_token, got.password, got.secret_id)
 
 
-def test_vault_unreachable_revocation_is_retried_until_done(gate: Gate) -> None:
+def test_vault_unreachable_revocation_is_retried_until_done_across_a_restart(gate: Gate) -> None:
     g = gate
     _trust(g)
     got = _fetch(g)
@@ -413,7 +416,10 @@ def test_vault_unreachable_revocation_is_retried_until_done(gate: Gate) -> None:
     assert g.status()["grants"][0]["last_outcome"].startswith("failed: check_owner")
     assert _token_alive(g.w, got.report.accessor)  # nothing revoked yet
     assert "revoking a node's secrets failed" in (g.server.state / "serve.log").read_text()
+    # the controller dies meanwhile: the revocation asked for is in its database
+    g.server.kill()
     g.relay.restore()
+    g.server.start(*g.serve_args)
     waited = g.server.ctl("node", "secrets", NODE, "--wait-revoked", "60")
     assert waited.returncode == 0, waited.stderr + waited.stdout
     assert not _token_alive(g.w, got.report.accessor)
@@ -532,6 +538,21 @@ def test_a_false_report_cannot_revoke_another_nodes_token(gate: Gate) -> None:
                             json={"accessor": other["accessor"]})
         w.root.adapter.post("/v1/auth/token/revoke-accessor",
                             json={"accessor": got.report.accessor})
+
+
+def test_unwrap_failure_event_raises_a_critical_incident(gate: Gate) -> None:
+    g = gate
+    events = [Event(ts_ns=time.time_ns(), kind="agent", severity=sev, data={"what": what})
+              for what, sev in (("secrets_fetched", "info"),
+                                (SECRETS_UNWRAP_FAILED, "critical"))]
+    with g.node.client(g.server) as c:
+        r = c.post(routes.EVENTS, json=EventBatch(node_id=NODE, events=events).model_dump(
+            mode="json"))
+    assert r.status_code == 200, r.text
+    incidents = [json.loads(x) for x in g.server.ctl("incidents", "--node", NODE)
+                 .stdout.splitlines()]
+    assert [(i["rule"], i["severity"]) for i in incidents] == [
+        ("secrets-unwrap-failed", "critical")]
 
 
 def test_bad_report_is_refused_with_a_reason(gate: Gate) -> None:

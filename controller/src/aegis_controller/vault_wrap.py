@@ -45,8 +45,17 @@ class VaultError(RuntimeError):
     """The Vault-compatible server could not wrap the token (the message says why)."""
 
 
-def _env(*names: str) -> str:
+#: Where the server's address and CA come from when no option gives them (first set wins).
+ADDR_ENV = ("AEGIS_VAULT_ADDR", "BAO_ADDR", "VAULT_ADDR")
+CA_ENV = ("BAO_CACERT", "VAULT_CACERT")
+
+
+def first_env(*names: str) -> str:
+    """The value of the first of ``names`` set in the environment ('' if none is)."""
     return next((os.environ[n] for n in names if os.environ.get(n)), "")
+
+
+_env = first_env
 
 
 @dataclass(frozen=True)
@@ -59,7 +68,7 @@ class VaultSettings:
     def resolve(cls, addr: str | None, token_file: str | None,
                 ca_file: str | None) -> VaultSettings | None:
         """Settings from options, then the environment; None when no address is set."""
-        addr = addr or _env("AEGIS_VAULT_ADDR", "BAO_ADDR", "VAULT_ADDR")
+        addr = addr or _env(*ADDR_ENV)
         if not addr:
             return None
         try:
@@ -77,7 +86,7 @@ class VaultSettings:
         if not token:
             raise VaultError(f"a vault address is set ({addr}) but no token: put one in "
                              "BAO_TOKEN (or VAULT_TOKEN) or pass --vault-token-file")
-        ca = ca_file or _env("BAO_CACERT", "VAULT_CACERT")
+        ca = ca_file or _env(*CA_ENV)
         return cls(addr.rstrip("/"), token, Path(ca) if ca else None)
 
     def _verify(self) -> str | bool:

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 
 from aegis_protocol.secrets import MAX_WRAP_TTL
 
+from ..errors import DomainError
 from ..ledger import Kind
 from ..nodes import NodeState, NodeStore
 from .revocation import Revoker
@@ -44,6 +45,8 @@ class SecretsGate:
         self.store: SecretsStore = ctl.secrets
         self.revoker = Revoker(self.store, self.vault, settings)
         self._queue: queue.Queue[str | None] = queue.Queue()
+        self._queued: set[str] = set()  # a node is in the queue at most once
+        self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
@@ -68,10 +71,16 @@ class SecretsGate:
     def node_changed(self, node_id: str) -> None:
         """Called after a change of ``node_id`` committed (never waits for Vault)."""
         self.revoker.wake()
+        with self._lock:
+            if node_id in self._queued:
+                return
+            self._queued.add(node_id)
         self._queue.put(node_id)
 
     def _run(self) -> None:
         while (node_id := self._queue.get()) is not None:
+            with self._lock:
+                self._queued.discard(node_id)
             try:
                 self.issue(node_id)
             except Exception:
@@ -109,14 +118,22 @@ class SecretsGate:
                 why = f"a {KIND} order is already pending"
             elif SecretsStore.quarantine_pending(rec.conn, node_id):
                 why = "a quarantine order is pending"
-            if why is not None:  # the wrapping token expires unused within its TTL
-                rec.append(Kind.SECRET_LEASE, node_id, {
-                    "event": "wrap_unused", "role": approle,
-                    "wrap_accessor": wrapped.accessor, "reason": why}, actor=ACTOR)
-                return None
-            signed = self.ctl.orders.create_in(
-                rec, node_id, KIND, {"role": approle, "wrapped_secret_id": wrapped.token},
-                ACTOR, lifetime=wrapped.ttl, ledger_args=recorded)
+            if why is None:
+                try:
+                    signed = self.ctl.orders.create_in(
+                        rec, node_id, KIND,
+                        {"role": approle, "wrapped_secret_id": wrapped.token},
+                        ACTOR, lifetime=wrapped.ttl, ledger_args=recorded)
+                except DomainError as e:  # refused before anything was written
+                    # a validation message may quote the token: never let it out
+                    why = f"order refused: {e.message}".replace(wrapped.token, "***")
+        if why is not None:  # the wrapping token expires unused within its TTL
+            self.ctl.ledger.append(Kind.SECRET_LEASE, node_id, {
+                "event": "wrap_unused", "role": approle, "wrap_accessor": wrapped.accessor,
+                "reason": why}, actor=ACTOR)
+            log.warning("fetch-secrets order not created", extra={"node": node_id,
+                                                                   "why": why})
+            return None
         log.info("fetch-secrets order created", extra={
             "node": node_id, "role": approle, "order_id": str(signed.order.id),
             "wrap_accessor": wrapped.accessor})

@@ -18,7 +18,6 @@ environment variable, else the default. Without a token file the gate is off.
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import ssl
 from dataclasses import dataclass, field
@@ -27,16 +26,15 @@ from pathlib import Path
 from aegis_protocol.secrets import MAX_WRAP_TTL, MOUNT, NAME, secret_id_path
 from aegis_protocol.urls import checked_url
 
+from ..vault_wrap import ADDR_ENV, CA_ENV
+from ..vault_wrap import first_env as _env
+
 DEFAULT_APPROLE_MOUNT = "aegis-approle"
 DEFAULT_PREFIX = "aegis"
 
 
 class SecretsConfigError(ValueError):
     """The gate's configuration is wrong; the message says which value and how to fix it."""
-
-
-def _env(*names: str) -> str:
-    return next((os.environ[n] for n in names if os.environ.get(n)), "")
 
 
 @dataclass(frozen=True)
@@ -59,7 +57,7 @@ class SecretsSettings:
         token_path = token_file or _env("AEGIS_SECRETS_TOKEN_FILE")
         if not token_path:
             return None
-        addr = addr or _env("AEGIS_VAULT_ADDR", "BAO_ADDR", "VAULT_ADDR")
+        addr = addr or _env(*ADDR_ENV)
         if not addr:
             raise SecretsConfigError(
                 f"a secrets token file is set ({token_path}) but no Vault address: pass "
@@ -89,7 +87,7 @@ class SecretsSettings:
                                      "lower-case letters, digits, '.', '_', '-'")
         ttl = cls._wrap_ttl(wrap_ttl if wrap_ttl is not None
                             else _env("AEGIS_SECRETS_WRAP_TTL") or MAX_WRAP_TTL)
-        ca = ca_file or _env("BAO_CACERT", "VAULT_CACERT")
+        ca = ca_file or _env(*CA_ENV)
         if ca:
             try:
                 ssl.create_default_context(cafile=ca)
