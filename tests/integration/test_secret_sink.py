@@ -24,7 +24,7 @@ from pathlib import Path
 import httpx
 import psycopg
 import pytest
-from harness_vault import Wiring, pg_connect, pg_role_exists, wire
+from harness_vault import PgAdmin, Wiring, pg_connect, pg_role_exists, wire
 
 from aegis_agent.config import ControllerConfig, SecretsConfig
 from aegis_agent.enforcement import Enforcement
@@ -562,3 +562,40 @@ def test_a_quarantine_during_a_fetch_serves_nothing(vault_wiring: Wiring, refusi
         sink.fetch({"role": w.approle("web"), "wrapped_secret_id": wrapped(w)})
     assert logins and sink.status()["state"] == "empty"
     until(lambda: not accessor_alive(w, logins[0]), 10, "the abandoned token's revocation")
+
+
+def test_a_database_lease_near_its_max_ttl_gets_a_new_login(pg_admin: PgAdmin, tmpfs_dir: Path,
+                                                             tmp_path: Path) -> None:
+    """Database max TTL 15 s under a token that lives on: before the lease's end the sink
+    reads a new login, re-renders and runs the reload; the token stays the same."""
+    marker = tmp_path / "reloaded"
+    with openbao_dev(sub_prefix()) as bao:
+        w = wire(bao, pg_admin, tmp_path / "wiring", token_ttl="6s",  # noqa: S106
+                 token_max_ttl="90s", db_ttl="6s", db_max_ttl="15s")  # noqa: S106
+        rec = Recorder(tmp_path / "spool")
+        sink = SecretSink(config(w, tmpfs_dir, files=files(w, ["touch", str(marker)])), rec)
+        logins: list[str] = []
+        try:
+            report = SecretsReport.model_validate_json(
+                sink.fetch({"role": w.approle("web"), "wrapped_secret_id": wrapped(w)}))
+            first = report.logins[0]
+            logins.append(first)
+            until(lambda: (tmpfs_dir / "db").read_text().split("\n")[0] != first, 25,
+                  "a new database login")
+            user, password = (tmpfs_dir / "db").read_text().split("\n")[:2]
+            logins.append(user)
+            with pg_connect(pg_admin.server.port, user, password) as c:
+                assert c.execute("select current_user").fetchone()[0] == user
+            assert marker.exists()
+            assert any("new database login" in str(e.data.get("cause"))
+                       for e in rec.what("secrets_rotated"))
+            assert sink.status()["accessor"] == report.accessor  # same token
+            assert not rec.what("secrets_expired")
+        finally:
+            sink.wipe("test end")
+            sink.close()
+            rec.spool.close()
+            # the token's revocation drops both logins (leases of the token) while the
+            # server still runs
+            until(lambda: not any(pg_role_exists(pg_admin.server.port, u) for u in logins),
+                  15, "the logins' removal")
