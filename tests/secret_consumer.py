@@ -35,10 +35,11 @@ def main(cred: Path, status: Path) -> None:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     conn = None
     while True:
-        if reload[0] and conn is not None:
-            conn.close()
-            conn = None
+        if reload[0]:
             state["reloads"] += 1
+            if conn is not None:
+                conn.close()
+                conn = None
         reload[0] = False
         try:
             if conn is None:

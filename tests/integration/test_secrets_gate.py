@@ -26,6 +26,7 @@ from harness_vault import Wiring, pg_connect, pg_role_exists, wire
 from hvac import exceptions as hvac_errors
 
 from aegis_agent.measure import collect, signed_report
+from aegis_controller.secrets.store import fetch_backoff
 from aegis_protocol import routes
 from aegis_protocol.attestation import ExpectedProfile
 from aegis_protocol.enrollment import Heartbeat
@@ -569,8 +570,14 @@ def test_bad_report_is_refused_with_a_reason(gate: Gate) -> None:
         if o["kind"] == "fetch-secrets")
     assert row["status"] == "failed" and "controller: lease id" in row["detail"]
     assert g.status()["grants"] == []
-    # not JSON at all
+    # a node whose fetch failed is not handed a new secret_id at once (found on a real
+    # node: a failing agent got a new one every heartbeat) but after the back-off
     g.heartbeat()
+    time.sleep(1)
+    assert g.orders() == []
+    time.sleep(fetch_backoff(1))
+    g.heartbeat()
+    # not JSON at all
     order = _wait(g.orders)[0]  # type: ignore[index]
     g.ack(order, "done", "fetched " + secrets.token_hex(4))
     assert "not a SecretsReport" in g.secret_events("report_refused")[-1]["reason"]

@@ -4,6 +4,8 @@ atomic write with owner and mode set before the content, and the wipe."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -79,3 +81,35 @@ def test_ids_name_what_is_unknown() -> None:
         ids("no-such-user-x", "root")
     with pytest.raises(KeyError, match="no group 'no-such-group-x'"):
         ids("root", "no-such-group-x")
+
+
+# What the agent's unit grants it with a secret sink (aegis-agent.service + the role's
+# secrets.conf drop-in): uid 0 without root's implicit capabilities, CAP_CHOWN and
+# CAP_FOWNER only, so no CAP_DAC_OVERRIDE: it cannot write a file it does not own.
+AGENT_CAPS = ["setpriv", "--securebits", "+noroot,+noroot_locked,+no_setuid_fixup",
+              "--bounding-set", "-all,+chown,+fowner", "--inh-caps", "-all,+chown,+fowner",
+              "--ambient-caps", "-all,+chown,+fowner"]
+AS_AGENT = """
+import os, sys
+from pathlib import Path
+from aegis_agent.secrets.tmpfs import write_secret, wipe_file
+d, uid = Path(sys.argv[1]), int(sys.argv[2])
+write_secret(d, "db.env", b"first", uid, uid, 0o400)
+write_secret(d, "db.env", b"second", uid, uid, 0o400)   # a rotation
+os.chmod(d / "db.env", 0o400)
+assert (d / "db.env").stat().st_uid == uid
+assert wipe_file(d / "db.env")
+print(sorted(os.listdir(d)))
+"""
+
+
+def test_rotation_and_wipe_work_with_only_the_agent_units_capabilities(tmpfs_dir: Path) -> None:
+    """Found on a real node: the replaced copy of a consumer's 0400 file could not be
+    overwritten (chmod 0200 gave the *consumer* write access, not the agent), the render
+    failed and the files were left mode 0200, unreadable for the consumer."""
+    nobody = 65534
+    proc = subprocess.run([*AGENT_CAPS, sys.executable, "-c", AS_AGENT, str(tmpfs_dir),
+                           str(nobody)], capture_output=True, text=True, timeout=30,
+                          check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"

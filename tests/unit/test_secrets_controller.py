@@ -133,3 +133,13 @@ def test_unwrap_failure_is_a_critical_incident_and_spool_rule_still_works() -> N
     assert [(r.name, r.severity) for r in rules] == [("secrets-unwrap-failed", "critical")]
     assert [r.name for r in incidents_for(_agent_event("spool_corrupt"))] == ["spool-corrupt"]
     assert incidents_for(_agent_event("secrets_fetched")) == []
+
+
+def test_an_orders_repr_never_shows_the_wrapping_token() -> None:
+    """The controller's helper found it: ``repr=False`` on the command model did not cover
+    the order's plain ``args`` dict, so a SignedOrder in a log line or traceback held it."""
+    order = new_order("n1", "fetch-secrets", {"role": "aegis-web", "wrapped_secret_id": WRAPPED})
+    signed = sign_order(Ed25519PrivateKey.generate(), order)
+    for text in (repr(order), str(order), repr(signed), str(signed)):
+        assert WRAPPED not in text and "aegis-web" in text
+    assert signed.order.args["wrapped_secret_id"] == WRAPPED  # the value itself is intact

@@ -34,6 +34,8 @@ OrderKind = Literal["quarantine", "release", "grant", "revoke", "release-cgroup"
                     "attest", "fetch-secrets"]
 RefusalReason = Literal["forged", "replayed", "expired", "misaddressed", "malformed"]
 
+#: Order arguments that are secrets: never shown in a repr (and never put on the ledger).
+SECRET_ARGS = frozenset({"wrapped_secret_id"})
 CLOCK_SKEW = 30  # seconds an order may appear to come from the future
 MAX_LIFETIME = 3600  # seconds: orders are short-lived by construction
 
@@ -61,6 +63,15 @@ class Order(BaseModel):
         default_factory=lambda: secrets.token_urlsafe(24))
     issued_at: int
     expires_at: int
+
+    def __repr_args__(self):  # type: ignore[no-untyped-def]
+        # an argument that carries a secret (the wrapping token of fetch-secrets) is shown
+        # as *** in reprs, so a log line or traceback of an order never holds it
+        for name, value in super().__repr_args__():
+            if name == "args" and isinstance(value, dict):
+                yield name, {k: "***" if k in SECRET_ARGS else v for k, v in value.items()}
+            else:
+                yield name, value
 
 
 class SignedOrder(BaseModel):

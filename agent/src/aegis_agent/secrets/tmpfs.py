@@ -130,14 +130,17 @@ def write_secret(directory: Path, name: str, content: bytes, uid: int, gid: int,
 def wipe_file(path: Path) -> bool:
     """Overwrite ``path`` with zeros, fsync, unlink; False when there was no file.
 
-    A 0400 file is made writable for the agent first (CAP_FOWNER: it may be another
-    user's); anything but a regular file is only unlinked."""
+    A consumer's 0400 file is taken back first: owner the agent (CAP_CHOWN), mode 0600.
+    The agent runs without CAP_DAC_OVERRIDE, so making it writable for its owner while it
+    still belongs to the consumer would give the *consumer* write access and leave the
+    agent unable to open it. Anything but a regular file is only unlinked."""
     try:
         st = os.lstat(path)
     except FileNotFoundError:
         return False
     if stat.S_ISREG(st.st_mode):
-        os.chmod(path, 0o200)
+        os.chown(path, os.geteuid(), os.getegid(), follow_symlinks=False)
+        os.chmod(path, 0o600, follow_symlinks=False)
         fd = os.open(path, os.O_WRONLY | os.O_NOFOLLOW)
         try:
             _zero(fd)

@@ -126,6 +126,16 @@ def record_report(rec: Recorder, node_id: str, order: Any, ack: OrderAck) -> str
     return None
 
 
+#: Back-off between fetch-secrets orders a node keeps failing: 5 s after the first failure,
+#: doubling, at most 5 min (each order costs a secret_id and, often, a login).
+FETCH_BACKOFF_FIRST, FETCH_BACKOFF_MAX, FETCH_BACKOFF_WINDOW = 5, 300, 8
+
+
+def fetch_backoff(failed: int) -> int:
+    """Seconds to wait after ``failed`` fetch-secrets orders failed in a row."""
+    return min(FETCH_BACKOFF_MAX, FETCH_BACKOFF_FIRST * 2 ** max(0, failed - 1))
+
+
 class SecretsStore:
     """Operators' view and the gate's and the revoker's reads and writes."""
 
@@ -174,7 +184,8 @@ class SecretsStore:
     def wanted_role(self, node_id: str, now: int | None = None) -> str | None:
         """The node role to fetch secrets for now (None: nothing to do): the node is trusted,
         has a role, no unexpired fetch-secrets order and no quarantine order is pending, and
-        it holds no live grant or its newest one is past 2/3 of its lifetime."""
+        it holds no live grant or its newest one is past 2/3 of its lifetime, and it is not
+        waiting out the back-off after failed fetch-secrets orders (:func:`fetch_backoff`)."""
         now = int(time.time()) if now is None else now
         with db.errors(self.engine), db.reader(self.engine) as conn:
             node = conn.execute(sa.select(_n.state, _n.secrets_role)
@@ -186,9 +197,28 @@ class SecretsStore:
             live = conn.execute(sa.select(_g.fetched_at, _g.expires_at).where(
                 _g.node_id == node_id, _g.revoked_at.is_(None),
                 _g.revoke_requested_at.is_(None)).order_by(_g.grant_id.desc())).first()
+            failed, since = self.failed_fetches(conn, node_id)
         if live is not None and now < live.fetched_at + (live.expires_at - live.fetched_at) * 2 / 3:
             return None
+        if failed and now < since + fetch_backoff(failed):
+            return None  # the node could not use the last ones: no storm of secret_ids
         return str(node.secrets_role)
+
+    @staticmethod
+    def failed_fetches(conn: Connection, node_id: str) -> tuple[int, int]:
+        """How many of the node's newest acknowledged fetch-secrets orders failed in a row
+        (refused by the agent, or its report refused here), and when the last one was made
+        (the controller's clock: the acknowledgment's time is the node's)."""
+        rows = conn.execute(sa.select(_o.status, _o.created_at).where(
+            _o.node_id == node_id, _o.kind == KIND, _o.status != "pending"
+        ).order_by(_o.created_at.desc()).limit(FETCH_BACKOFF_WINDOW)).all()
+        failed, since = 0, 0
+        for r in rows:
+            if r.status == "done":
+                break
+            failed += 1
+            since = since or int(r.created_at)
+        return failed, since
 
     @staticmethod
     def quarantine_pending(conn: Connection, node_id: str) -> bool:
