@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Benchmarks that print figures (./aegis bench [fleet|harden|bpf|exec|controller]; all by
+# Benchmarks that print figures (./aegis bench [fleet|harden|bpf|exec|secrets|controller]; all by
 # default). Each is a module of benchmarks/ and prints through benchmarks.figures.report.
 # Targets are read from the output, never asserted by timed tests.
 set -euo pipefail
@@ -26,6 +26,10 @@ fi
 if want exec; then
   echo "=== agent exec monitor: exec events/s sustained, events lost, agent CPU and RSS"
   run exec "$@"
+fi
+if want secrets; then
+  echo "=== leased secrets: quarantine accepted -> token, leases, login revoked; agent wipe; rotation -> reload"
+  run secrets "$@"
 fi
 if want controller; then
   echo "=== controller: ledger append/verify rates, event intake over mutual TLS"

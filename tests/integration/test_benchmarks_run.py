@@ -1,5 +1,5 @@
-"""The controller benchmarks behind `./aegis bench controller` still run against the
-current API (a tiny size: behaviour, not speed; the figures come from the command)."""
+"""The controller and secrets benchmarks behind `./aegis bench controller|secrets` still run
+against the current API (a tiny size: behaviour, not speed; the figures come from the command)."""
 
 from __future__ import annotations
 
@@ -19,6 +19,9 @@ pytestmark = pytest.mark.integration
      {"new_events_per_s", "duplicate_events_per_s"}),
     ("benchmarks.ledger", ["--records", "200", "--batch", "50", "--single", "20"],
      {"append_single_per_s", "append_batched_per_s", "verify_per_s"}),
+    ("benchmarks.secrets", ["--rounds", "1", "--rotations", "1"],
+     {"token_revoked_p50_ms", "login_gone_p50_ms", "agent_wipe_p50_ms",
+      "rotation_to_reload_p50_s"}),
 ])
 def test_benchmark_prints_its_figures(module: str, args: list[str], keys: set[str]) -> None:
     out = subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True,
