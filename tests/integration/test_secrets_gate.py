@@ -401,6 +401,18 @@ def test_quarantine_revokes_without_the_agent(gate_db: Gate) -> None:
     listed = [json.loads(x) for x in g.server.ctl("orders", "--node", NODE).stdout.splitlines()]
     assert [o["kind"] for o in listed].count("fetch-secrets") == 1
     assert g.secret_events("wrap_unused") == []  # not even asked Vault for one
+    # the agent comes back and reports the quarantine failed (e.g. no segmentation; or a
+    # compromised node lies): the node stays trusted, and still gets no secrets
+    with g.node.client(g.server) as c:
+        quarantine = next(o for o in c.get(routes.ORDERS).json()
+                          if o["order"]["kind"] == "quarantine")
+    assert g.ack(quarantine, "failed", "segmentation is off")["status"] == "failed"
+    assert g.heartbeat()["trust"] == "trusted"
+    time.sleep(fetch_backoff(1) + 1)
+    g.heartbeat()
+    time.sleep(1)
+    listed = [json.loads(x) for x in g.server.ctl("orders", "--node", NODE).stdout.splitlines()]
+    assert [o["kind"] for o in listed].count("fetch-secrets") == 1
     _no_secret_leaked(g, got.token, got.wrapping_token, got.password, got.secret_id)
 
 
@@ -448,6 +460,7 @@ def test_vault_refusal_at_issue_is_recorded(gate: Gate) -> None:
     failed = _wait(lambda: g.secret_events("wrap_failed"))
     reason = failed[0]["reason"]  # type: ignore[index]
     assert "refused to make a wrapped secret_id at auth/" in reason and "(403)" in reason
+    assert "is 'ghost' a node role of the aegis.fleet.vault role" in reason  # what to fix
     assert g.server.proc is not None and g.server.proc.poll() is None  # no crash
     assert g.orders() == []
 

@@ -222,10 +222,12 @@ class SecretsStore:
 
     @staticmethod
     def quarantine_pending(conn: Connection, node_id: str) -> bool:
-        """A quarantine order the node has not acknowledged (expired or not) and no done
-        release order since: the node gets no secrets, whatever its state says."""
+        """A quarantine order and no done release order since: the node gets no secrets,
+        whatever its state says. Any quarantine counts, not only an unacknowledged one: one
+        the agent reported failed (or refused) leaves the node trusted at the controller,
+        and such a node — or one that lies about it — must not be handed new secrets."""
         last = conn.execute(sa.select(sa.func.max(_o.created_at)).where(
-            _o.node_id == node_id, _o.kind == "quarantine", _o.status == "pending")).scalar()
+            _o.node_id == node_id, _o.kind == "quarantine")).scalar()
         if last is None:
             return False
         return conn.execute(sa.select(_o.order_id).where(

@@ -73,9 +73,20 @@ class SecretsVault:
         the secret_id's metadata (``aegis_node``) goes on the token the node logs in with,
         so an accessor can be told to be this node's."""
         path = self.settings.creation_path(role)
-        doc = self._call("POST", path, f"make a wrapped secret_id at {path}",
-                         {"metadata": json.dumps({OWNER: node_id})},
-                         {"X-Vault-Wrap-TTL": f"{self.settings.wrap_ttl}s"})
+        try:
+            doc = self._call("POST", path, f"make a wrapped secret_id at {path}",
+                             {"metadata": json.dumps({OWNER: node_id})},
+                             {"X-Vault-Wrap-TTL": f"{self.settings.wrap_ttl}s"})
+        except VaultCallError as e:
+            if e.status in (400, 403, 404):
+                raise VaultCallError(
+                    f"{e} — is {role!r} a node role of the aegis.fleet.vault role "
+                    f"(vault_node_roles, AppRole {self.settings.approle(role)} under "
+                    f"auth/{self.settings.approle_mount}) and do --secrets-prefix and "
+                    "--secrets-approle-mount match that role's vault_name_prefix and "
+                    "vault_approle_mount? Fix the role or `aegis-controller node "
+                    "secrets-role NODE ROLE`", e.status) from None
+            raise
         info = doc.get("wrap_info")
         if not isinstance(info, dict) or not info.get("token"):
             raise VaultCallError(f"the vault at {self.settings.addr} did not wrap the "
