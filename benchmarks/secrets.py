@@ -7,8 +7,10 @@ its secrets gate, the real agent daemon rendering on a tmpfs, a small real servi
 in to PostgreSQL with the rendered credential). Then, ``--rounds`` times: an operator's
 quarantine order is accepted → the controller revokes the node's token by accessor, its
 database lease, and checks the PostgreSQL login is gone (each step's end time from the
-ledger) while the agent wipes its files (its ``secrets_wiped`` event); then a release, and
-the gate hands the trusted node new secrets for the next round. Last, ``--rotations`` times:
+ledger) while the agent wipes its files (its ``secrets_wiped`` event). Each round is a
+fresh node (a new agent that enrolls and is trusted): the agent runs without segmentation,
+so it reports a quarantine failed and the controller, rightly, never hands that node
+secrets again. Last, ``--rotations`` times:
 a new KV value → the file re-rendered and the service reloaded (SIGHUP), which happens at
 the sink's next renewal round (about 2/3 of the 6 s token TTL). Figures are printed, not
 asserted.
@@ -19,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import secrets
+import signal
 import statistics
 import sys
 import time
@@ -48,9 +51,17 @@ def _wiped_at(lab: SecretsLab, after_ns: int) -> float | None:
     return None
 
 
+def _node(lab: SecretsLab, name: str) -> dict:
+    """A fresh node, trusted, holding its secrets, its login used by the service."""
+    lab.new_node(name)
+    lab.write_config()
+    lab.start_agent()
+    lab.trust()
+    return until(lab.live_grant, 60, "the node's secrets")
+
+
 def _round(lab: SecretsLab, n: int) -> dict[str, float]:
-    grant = until(lambda: lab.live_grant() if lab.node_state() == "trusted" else None, 60,
-                  "new secrets after the release")
+    grant = _node(lab, f"aegis-bench-node-{n}")
     until(lambda: lab.consumer_status().get("user") in grant["logins"]
           and not lab.consumer_status().get("error"), 30, "the service logged in")
     before_ns = time.time_ns()
@@ -66,7 +77,6 @@ def _round(lab: SecretsLab, n: int) -> dict[str, float]:
                 and body.get("accessor") == grant["accessor"] and body["step"] in STEPS):
             name = STEPS[body["step"]] + "_ms"  # the last lease's end for leases_revoked
             figures[name] = max(figures.get(name, 0.0), body["ended_ms"] - accepted * 1000)
-    lab.order("release", reason=f"bench round {n}")
     return figures
 
 
@@ -84,16 +94,12 @@ def run(rounds: int, rotations: int) -> tuple[dict[str, float], dict[str, object
         print("[bench] OpenBao, PostgreSQL, controller with its gate up; starting the agent",
               flush=True)
         lab.start_consumer()
-        lab.write_config()
-        lab.start_agent()
-        lab.trust()
         samples: dict[str, list[float]] = {}
         for n in range(1, rounds + 1):
             for name, value in _round(lab, n).items():
                 samples.setdefault(name, []).append(value)
             print(f"[bench] quarantine round {n}/{rounds} done", flush=True)
-        until(lambda: lab.live_grant() if lab.node_state() == "trusted" else None, 60,
-              "secrets after the last release")
+        _node(lab, "aegis-bench-node-rotation")
         reload_s = []
         for n in range(1, rotations + 1):
             reload_s.append(_rotation(lab))
@@ -111,6 +117,8 @@ def run(rounds: int, rotations: int) -> tuple[dict[str, float], dict[str, object
 
 
 def main(argv: list[str] | None = None) -> int:
+    # a terminated run still stops its servers, unmounts its tmpfs and removes its files
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--rounds", type=int, default=20, help="quarantine rounds (default 20)")
     p.add_argument("--rotations", type=int, default=5, help="KV rotations (default 5)")

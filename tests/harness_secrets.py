@@ -72,9 +72,19 @@ class SecretsLab:
 
     # -- the node ------------------------------------------------------------------------
     @property
-    def config_file(self) -> Path:
-        return self.root / "agent.yaml"
+    def node_dir(self) -> Path:
+        """The node's own files (config, token, agent state, spool, logs)."""
+        return self.root / self.node
 
+    @property
+    def config_file(self) -> Path:
+        return self.node_dir / "agent.yaml"
+
+    def new_node(self, node: str) -> None:
+        """Point the lab at another node id (a fresh agent: write_config, start_agent)."""
+        if self.agent is not None:
+            self.kill_agent(signal.SIGTERM)
+        self.node = node
     @property
     def status_file(self) -> Path:
         return self.root / "consumer-status.json"
@@ -95,16 +105,18 @@ class SecretsLab:
         assert self.consumer is not None, "start the consumer first: it is the reload target"
         w = self.wiring
         reload = ["kill", "-HUP", str(self.consumer.pid)]
-        (self.root / "token").write_text(self.server.token(self.node))
+        d = self.node_dir
+        d.mkdir(parents=True, exist_ok=True)
+        (d / "token").write_text(self.server.token(self.node))
         cfg = {
             "node_id": self.node, "monitors": {"exec": False, "connect": False},
-            "spool": {"dir": str(self.root / "spool")},
-            "control": {"socket": str(self.root / "run" / "agent.sock")},
+            "spool": {"dir": str(d / "spool")},
+            "control": {"socket": str(d / "run" / "agent.sock")},
             "controller": {"url": self.server.url,
                            "ca_file": str(self.server.state / "ca" / "ca.pem"),
-                           "token_file": str(self.root / "token"),
-                           "state_dir": str(self.root / "state"),
-                           "golden_file": str(self.root / "golden.json"),
+                           "token_file": str(d / "token"),
+                           "state_dir": str(d / "state"),
+                           "golden_file": str(d / "golden.json"),
                            "interval": 0.3, "attest_interval": 3600, "max_backoff": 1},
             "secrets": {
                 "url": w.bao.addr, "approle_mount": w.approle_mount,
@@ -123,7 +135,7 @@ class SecretsLab:
         self.config_file.write_text(json.dumps(cfg))
 
     def start_agent(self) -> None:
-        log = self.root / f"agent-{len(self._logs)}.log"
+        log = self.node_dir / f"agent-{len(self._logs)}.log"
         self._logs.append(log)
         with log.open("w") as out:
             self.agent = subprocess.Popen([AGENT, "--config", str(self.config_file), "run"],
@@ -185,7 +197,7 @@ class SecretsLab:
         until(lambda: self.node_state() == "enrolled"
               and json.loads(self.server.ctl("node", "show", self.node).stdout)
               .get("measurement"), 60, "the node's first measurement")
-        profile = self.root / "profile.json"
+        profile = self.node_dir / "profile.json"
         profile.write_text("{}")
         pinned = self.server.ctl("profile", "set", self.node, str(profile))
         assert pinned.returncode == 0, pinned.stderr

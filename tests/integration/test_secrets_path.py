@@ -58,7 +58,7 @@ def test_after_kill_9_the_controller_alone_revokes_everything() -> None:
 
         stores = [json.dumps(lab.ledger()), (lab.server.state / "serve.log").read_text(),
                   *(p.read_text() for p in lab.agent_logs())]
-        for d in (lab.root / "state", lab.root / "spool"):
+        for d in (lab.node_dir / "state", lab.node_dir / "spool"):
             stores += [p.read_bytes().decode(errors="replace") for p in d.rglob("*")
                        if p.is_file()]
         for value in values:
