@@ -11,7 +11,6 @@ from __future__ import annotations
 import itertools
 import os
 import signal
-import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +19,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from harness_secrets import tmpfs
 from harness_vault import PgAdmin, Wiring, make_pg_admin, wire
 
 from aegis_lab.cleanup import leftovers
@@ -102,14 +102,8 @@ def vault_wiring(openbao: OpenBao, pg_admin: PgAdmin,
 def tmpfs_dir(tmp_path: Path) -> Iterator[Path]:
     """A small tmpfs mounted under the test's tmp dir, as the agent's secret sink wants its
     directory (mode 0711, noexec, nosuid, nodev); always unmounted."""
-    d = tmp_path / "tmpfs"
-    d.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "mode=0711,noexec,nosuid,nodev,size=1m",
-                    "tmpfs", str(d)], check=True)
-    try:
+    with tmpfs(tmp_path / "tmpfs") as d:
         yield d
-    finally:
-        subprocess.run(["umount", "-l", str(d)], check=False)
 
 
 @pytest.fixture
