@@ -196,8 +196,11 @@ def test_a_trusted_node_s_service_uses_leased_secrets_until_quarantine(lab: Lab)
     issued = server.ctl("token", "issue", NODE, env=lab.bao.env)
     assert issued.returncode == 0, issued.stderr
     token = issued.stdout.strip()
-    first = ansible_playbook(lab.fleet, _agent_playbook(lab, server, token))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("ANSIBLE_VERBOSITY", "3")  # -vvv
+        first = ansible_playbook(lab.fleet, _agent_playbook(lab, server, token))
     assert first.ok, first.stdout[-4000:]
+    assert "<node1> SSH: EXEC" in first.stdout or "ESTABLISH" in first.stdout  # really -vvv
     # no_log: neither the role_id nor the bootstrap token in the output or the artifacts
     assert first.artifact_dir is not None
     kept = [f.read_bytes() for f in first.artifact_dir.parent.rglob("*") if f.is_file()]
