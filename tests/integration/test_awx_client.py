@@ -51,7 +51,8 @@ class StandInAwx:
 
     Templates: 7 "recover-node" (prompts for variables, needs ``node``; its jobs succeed),
     8 "recover-broken" (its jobs fail), 9 "no-prompt" (does not prompt for variables: AWX
-    drops extra_vars into ``ignored_fields``), 10 "slow" (runs until canceled).
+    drops extra_vars into ``ignored_fields``), 10 "slow" (runs until canceled), 11 "survey"
+    (a survey that refuses variables it does not define, 400 on ``extra_vars``).
     """
 
     jobs: dict[int, StandInJob] = field(default_factory=dict)
@@ -59,7 +60,7 @@ class StandInAwx:
     next_id: int = 100
     lock: threading.Lock = field(default_factory=threading.Lock)
 
-    TEMPLATES = {7: "recover-node", 8: "recover-broken", 9: "no-prompt", 10: "slow"}
+    TEMPLATES = {7: "recover-node", 8: "recover-broken", 9: "no-prompt", 10: "slow", 11: "survey"}
 
     def make_events(self, job_id: int, failed: bool) -> list[dict[str, Any]]:
         names = ["playbook_on_start", "playbook_on_play_start"]
@@ -87,6 +88,10 @@ class StandInAwx:
             extra = json.loads(extra)
         if template == 7 and "node" not in extra:
             return 400, {"variables_needed_to_start": ["'node' value missing"]}
+        if template == 11:
+            return 400, {
+                "extra_vars": ["Variables incident provided, but not allowed by the survey."]
+            }
         with self.lock:
             self.next_id += 1
             job_id = self.next_id
@@ -277,7 +282,10 @@ def test_variables_needed_to_start_are_named(stand_in) -> None:
     with AwxClient(url, TOKEN) as client, pytest.raises(AwxError) as err:
         client.launch("recover-node", {"reason": "exec of an unknown binary"})
     assert err.value.status == 400 and err.value.variables == ("node",)
-    assert "HTTP 400 variables needed to start: node" in str(err.value)
+    assert str(err.value) == (
+        "AWX launch job template 7: HTTP 400 variables needed to start: node "
+        "(pass them in extra_vars)"
+    )
     assert not awx.jobs, "no job was created"
 
 
@@ -286,9 +294,24 @@ def test_extra_vars_the_template_ignores_cancel_the_job_and_are_named(stand_in) 
     with AwxClient(url, TOKEN) as client, pytest.raises(AwxError) as err:
         client.launch("no-prompt", {"node": "node-2", "incident": 12})
     assert err.value.variables == ("incident", "node")
-    assert "extra_vars not allowed by the template, AWX ignored incident, node" in str(err.value)
+    assert str(err.value).startswith(
+        "AWX launch job template 9: extra_vars not allowed by the template, "
+        "AWX ignored incident, node (job "
+    )
     (job,) = awx.jobs.values()
     assert job.canceled, "the job AWX started without the variables is canceled"
+
+
+def test_extra_vars_refused_with_400_are_named(stand_in) -> None:
+    awx, url = stand_in
+    with AwxClient(url, TOKEN) as client, pytest.raises(AwxError) as err:
+        client.launch("survey", {"incident": 12})
+    assert err.value.status == 400 and err.value.variables == ("incident",)
+    assert str(err.value).startswith(
+        "AWX launch job template 11: HTTP 400 extra_vars refused (incident): extra_vars: "
+        "Variables incident provided, but not allowed by the survey."
+    )
+    assert not awx.jobs
 
 
 def test_unknown_template_name(stand_in) -> None:

@@ -164,7 +164,9 @@ class AwxClient:
         body = self._get_json("/api/v2/job_templates/", what, params={"name": template})
         results = body.get("results", [])
         if not results:
-            raise AwxError(f"{what}: no job template of that name (or the token may not read it)")
+            raise AwxError(
+                f"AWX {what}: no job template of that name (or the token may not read it)"
+            )
         return int(results[0]["id"])
 
     def launch(self, template: int | str, extra_vars: dict[str, Any] | None = None) -> int:
@@ -183,7 +185,7 @@ class AwxClient:
             if needed:
                 names = _variable_names(needed)
                 raise AwxError(
-                    f"{what}: HTTP 400 variables needed to start: {', '.join(names)} "
+                    f"AWX {what}: HTTP 400 variables needed to start: {', '.join(names)} "
                     "(pass them in extra_vars)",
                     status=400,
                     variables=tuple(names),
@@ -191,7 +193,7 @@ class AwxClient:
             if "extra_vars" in body:
                 names = tuple(sorted(extra_vars or {}))
                 raise AwxError(
-                    f"{what}: HTTP 400 extra_vars refused ({', '.join(names)}): "
+                    f"AWX {what}: HTTP 400 extra_vars refused ({', '.join(names)}): "
                     f"{_detail(response)} (enable 'Prompt on launch' for variables on the "
                     "template, or add them to its survey)",
                     status=400,
@@ -210,7 +212,8 @@ class AwxClient:
             )
             cancelled = self._try_cancel(job_id)
             raise AwxError(
-                f"{what}: extra_vars not allowed by the template, AWX ignored {', '.join(names)} "
+                f"AWX {what}: extra_vars not allowed by the template, AWX ignored "
+                f"{', '.join(names)} "
                 f"(job {job_id} {'canceled' if cancelled else 'could not be canceled'}); enable "
                 "'Prompt on launch' for variables on the template",
                 status=201,
