@@ -36,7 +36,7 @@ from aegis_protocol.events import Event
 from aegis_protocol.secrets import SecretsReport
 from conftest import sub_prefix
 from harness import openbao_dev
-from harness_controller import controller_server, operator_client
+from harness_controller import Server, controller_server, operator_client
 
 pytestmark = pytest.mark.integration
 
@@ -433,6 +433,9 @@ def test_orders_from_the_controller_reach_the_sink(vault_wiring: Wiring, tmpfs_d
         up = Uplink(cfg, node, rec.spool, order_handlers(enforcement), secrets=sink)
         up.next_attest = float("inf")
         up.enroll()
+        up.attest()  # one measurement, then trusted against it: the controller hands
+        # secrets orders to trusted nodes only (the profile's attest order runs in a tick)
+        _trust(server, node, tmp_path, lambda: up.tick(now=time.monotonic() + 10_000))
 
         def order(kind: str, **args: object) -> dict:
             with operator_client(server) as op:
@@ -465,6 +468,23 @@ def test_orders_from_the_controller_reach_the_sink(vault_wiring: Wiring, tmpfs_d
         finally:
             sink.close()
             rec.spool.close()
+
+
+def _trust(server: Server, node: str, tmp_path: Path,
+           pump: Callable[[], object] = lambda: None) -> None:
+    """Trusted against a profile of its first measurement: the controller delivers
+    fetch-secrets orders to trusted nodes only (aegis_controller.orders.Orders.pending).
+    ``pump``: one round of an in-process uplink (a daemon runs its own)."""
+    profile = tmp_path / "profile.json"
+    profile.write_text("{}")
+    out = server.ctl("profile", "set", node, str(profile))
+    assert out.returncode == 0, out.stderr
+    def trusted() -> bool:
+        pump()
+        return json.loads(server.ctl("node", "show", node).stdout or "{}").get("state") \
+            == "trusted"
+
+    until(trusted, 30, "trusted")
 
 
 # -- the real daemon ------------------------------------------------------------------------------
@@ -515,6 +535,9 @@ def test_the_daemon_serves_secrets_from_a_controller_order(vault_wiring: Wiring,
                                     stdout=out, stderr=subprocess.STDOUT)
         try:
             until((tmp_path / "state" / "node.pem").exists, 30, "enrollment")
+            until(lambda: json.loads(server.ctl("node", "show", node).stdout or "{}")
+                  .get("measurement"), 30, "the first attestation")
+            _trust(server, node, tmp_path)
             assert cli("status")["secrets"]["state"] == "empty"
             done = order("fetch-secrets", role=w.approle("web"), wrapped_secret_id=wrapped(w))
             assert done["status"] == "done", done

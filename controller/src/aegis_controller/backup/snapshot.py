@@ -29,7 +29,7 @@ from . import pg_tools
 from .format import BackupError, LedgerRefused
 
 #: Copies of the database made at most before giving up on marks that fit.
-ATTEMPTS = 5
+ATTEMPTS = 20
 #: Reads of the marks after a copy (``SETTLE`` seconds apart) while a writer moves them.
 READS, SETTLE = 10, 0.05
 
