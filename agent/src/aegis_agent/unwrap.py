@@ -17,6 +17,7 @@ from pydantic import ValidationError
 from aegis_protocol.enrollment import WrappedBootstrap
 
 from .config import VaultConfig
+from .secrets.vault_session import vault_errors
 
 WRAP_PATH = "sys/wrapping/wrap"
 
@@ -37,13 +38,6 @@ def _gone(vault: VaultConfig) -> UnwrapError:
         "token: revoke it and issue a new one (aegis-controller token issue)", spent=True)
 
 
-def _errors(r: httpx.Response) -> str:
-    try:
-        return "; ".join(r.json().get("errors") or []) or r.text[:200]
-    except ValueError:
-        return r.text[:200]
-
-
 def unwrap_bootstrap(vault: VaultConfig, wrapping_token: str, node_id: str) -> str:
     """The bootstrap token inside ``wrapping_token``, checked to be meant for ``node_id``."""
     verify: ssl.SSLContext | bool = True
@@ -55,7 +49,7 @@ def unwrap_bootstrap(vault: VaultConfig, wrapping_token: str, node_id: str) -> s
             raise _gone(vault)
         if look.status_code != 200:
             raise UnwrapError(f"looking up the wrapping token at {vault.url} failed "
-                              f"({look.status_code}): {_errors(look)}")
+                              f"({look.status_code}): {vault_errors(look)}")
         path = look.json().get("data", {}).get("creation_path")
         if path != WRAP_PATH:
             raise UnwrapError(f"the wrapping token was created by {path!r}, not {WRAP_PATH!r}:"
@@ -64,7 +58,7 @@ def unwrap_bootstrap(vault: VaultConfig, wrapping_token: str, node_id: str) -> s
     if r.status_code == 400:
         raise _gone(vault)
     if r.status_code != 200:
-        raise UnwrapError(f"unwrapping at {vault.url} failed ({r.status_code}): {_errors(r)}")
+        raise UnwrapError(f"unwrapping at {vault.url} failed ({r.status_code}): {vault_errors(r)}")
     try:
         inner = WrappedBootstrap.model_validate(r.json().get("data"))
     except (ValueError, ValidationError):

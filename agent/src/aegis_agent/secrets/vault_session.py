@@ -59,7 +59,7 @@ class DbCreds:
     password: str = field(repr=False)
 
 
-def _errors(r: httpx.Response) -> str:
+def vault_errors(r: httpx.Response) -> str:
     try:
         errors = r.json().get("errors") or []
         return "; ".join(str(e) for e in errors)[:300] or f"HTTP {r.status_code}"
@@ -95,7 +95,7 @@ class VaultSession:
             raise VaultError(f"{what} at {self.url}: server unreachable ({type(e).__name__})",
                              unreachable=True) from None
         if r.status_code not in ok:
-            raise VaultError(f"{what} at {self.url} failed ({r.status_code}): {_errors(r)}",
+            raise VaultError(f"{what} at {self.url} failed ({r.status_code}): {vault_errors(r)}",
                              status=r.status_code)
         if r.status_code == 204 or not r.content:
             return {}
