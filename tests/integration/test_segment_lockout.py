@@ -106,7 +106,12 @@ def test_an_agent_restarted_inside_the_window_still_reverts(daemon: Daemon) -> N
     daemon.stop(signal.SIGKILL)  # dies before the deadline: its timer dies with it
     daemon.start()
     assert _wait_for(lambda: lab.reachable(8080), CONFIRM + 5)
+    # traffic flows once the links are gone; the pins go just after, in the same loop
+    # callback: a status answer (served by that loop) comes only when the revert is done
+    _rc, status, _e = daemon.cli("status")
+    assert status["segment"] is None and status["segment_unconfirmed_s"] is None
     assert not Path(lab.pin).exists()
+    assert "segment_reverted" in _what(daemon)
 
 
 def test_the_controller_stays_reachable_under_default_drop_and_any_quarantine(
