@@ -18,11 +18,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from harness_domain import enroll_request
+import sqlalchemy as sa
+from harness_domain import enroll_trusted as enroll
+from harness_domain import quarantine
 from recovery_standin import SimulatedCrash, StandInSteps
 
+from aegis_controller import db, tables
 from aegis_controller.domain import Controller, open_controller
-from aegis_controller.errors import Conflict, NotFound
+from aegis_controller.errors import Conflict, NotFound, Unauthenticated
 from aegis_controller.ledger import Kind, init_keys
 from aegis_controller.nodes import NodeState
 from aegis_controller.recovery.engine import RecoveryEngine, group_members
@@ -30,12 +33,10 @@ from aegis_controller.recovery.guard import GuardRails
 from aegis_controller.recovery.states import IN_FLIGHT, JobState
 from aegis_controller.recovery.store import LeaseLost
 from aegis_controller.settings import Settings
-from aegis_controller.trust import transition
 
 pytestmark = pytest.mark.integration
 
 TOKEN_COMMAND = ["aegis-controller", "token", "issue", "--ttl", "600"]
-_peer = itertools.count(1)
 
 
 def _open(state: Path, url: str) -> Controller:
@@ -62,20 +63,6 @@ def steps() -> Iterator[StandInSteps]:
     standin = StandInSteps()
     yield standin
     standin.cleanup()
-
-
-def enroll(ctl: Controller, node: str) -> None:
-    """``node`` enrolls with a one-time token and a fresh key, and is attested trusted."""
-    token = ctl.enrollment.issue_token(node, actor="test")
-    n = next(_peer)
-    ctl.enrollment.enroll(enroll_request(node, token), f"10.9.{n // 250}.{n % 250}:4433")
-    ctl.nodes.move(node, transition(NodeState.ENROLLED, NodeState.TRUSTED,
-                                    "attestation matches the expected profile"), "test")
-
-
-def quarantine(ctl: Controller, node: str) -> None:
-    ctl.nodes.move(node, transition(NodeState.TRUSTED, NodeState.QUARANTINED,
-                                    "incident: unknown binary executed"), "test")
 
 
 def fleet(ctl: Controller, count: int) -> list[str]:
@@ -113,6 +100,11 @@ def test_a_job_goes_through_every_state_each_on_the_ledger(ctl: Controller,
     steps.on_enroll = lambda node: enroll(ctl, node)
     old = ctl.nodes.get("n2")
     quarantine(ctl, "n2")
+    with db.transaction(ctl.engine) as conn:  # secrets n2 fetched (reported after the quarantine)
+        conn.execute(tables.secret_grants.insert().values(
+            node_id="n2", order_id="o-1", approle="aegis-web", accessor="acc-n2",
+            leases="[]", logins="[]", expires_at=int(time.time()) + 600,
+            fetched_at=int(time.time())))
     engine = make_engine(ctl, steps)
     done = engine.tick()
     job = only_job(engine, "n2")
@@ -130,6 +122,13 @@ def test_a_job_goes_through_every_state_each_on_the_ledger(ctl: Controller,
     assert job["data"]["new_instance_id"] == "standin-n2-new"
     assert job["started_at"] is not None and job["ended_at"] is not None
     assert json.loads(node["profile"])["golden"] == {"/etc/aegis/standin": "0" * 64}
+    with pytest.raises(Unauthenticated, match="was replaced"):  # the old certificate
+        ctl.enrollment.current_certificate("n2", int(old["cert_serial"], 16))
+    ctl.enrollment.current_certificate("n2", int(node["cert_serial"], 16))
+    with db.reader(ctl.engine) as conn:  # the rebuild asked for the old node's secrets to go
+        grant = conn.execute(sa.select(tables.secret_grants)).one()
+    assert grant.revoke_requested_at is not None
+    assert grant.revoke_reason.startswith("node quarantined -> rebuilding: recovery job")
 
     records = list(ctl.ledger.records())
     rebuild = [r.body for r in records if r.kind == Kind.REBUILD]
@@ -277,14 +276,15 @@ def test_an_expired_lease_is_taken_over_and_the_old_owners_writes_are_fenced(
     assert [h["message"] for h in store.history(job["job_id"])][-1] == "b's line"
 
 
-def test_two_replicas_never_run_one_job_at_once_and_a_lost_lease_stops_the_step(
-        ctl: Controller, db_url: str, tmp_path: Path, steps: StandInSteps) -> None:
-    if not db_url.startswith("postgresql"):
-        pytest.skip("several replicas share a PostgreSQL database (SQLite: one replica)")
-    fleet(ctl, 3)
-    steps.on_enroll = lambda node: enroll(ctl, node)
-    other = _open(tmp_path, db_url)  # the second replica: its own connections
+def test_two_replicas_on_postgresql_never_run_one_job_at_once_and_a_lost_lease_stops_a_step(
+        pg_url: str, tmp_path: Path, steps: StandInSteps) -> None:
+    """Several replicas share a PostgreSQL database (SQLite serves one replica)."""
+    init_keys(tmp_path / "keys")
+    ctl = _open(tmp_path, pg_url)
+    other = _open(tmp_path, pg_url)  # the second replica: its own connections
     try:
+        fleet(ctl, 3)
+        steps.on_enroll = lambda node: enroll(ctl, node)
         quarantine(ctl, "n1")
         a = make_engine(ctl, steps, "replica-a", lease_s=1.0)
         b = make_engine(other, steps, "replica-b", lease_s=1.0)
@@ -325,6 +325,7 @@ def test_two_replicas_never_run_one_job_at_once_and_a_lost_lease_stops_the_step(
         assert ctl.ledger.verify().ok
     finally:
         other.engine.dispose()
+        ctl.engine.dispose()
 
 
 def test_a_resumed_step_kills_the_previous_attempts_process_group(
