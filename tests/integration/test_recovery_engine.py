@@ -19,8 +19,8 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from harness_domain import enroll_request, quarantine
 from harness_domain import enroll_trusted as enroll
-from harness_domain import quarantine
 from recovery_standin import SimulatedCrash, StandInSteps
 
 from aegis_controller import db, tables
@@ -33,6 +33,7 @@ from aegis_controller.recovery.guard import GuardRails
 from aegis_controller.recovery.states import IN_FLIGHT, JobState
 from aegis_controller.recovery.store import LeaseLost
 from aegis_controller.settings import Settings
+from aegis_controller.trust import transition
 
 pytestmark = pytest.mark.integration
 
@@ -354,3 +355,105 @@ def test_a_resumed_step_kills_the_previous_attempts_process_group(
     assert any(f"process group {leftover.pid} of the previous attempt" in line
                and "killed (SIGTERM)" in line for line in lines)
     assert os.getpgid(0) != leftover.pid
+
+
+def test_the_background_loop_runs_jobs_and_stop_cancels_a_running_step(
+        ctl: Controller, steps: StandInSteps) -> None:
+    fleet(ctl, 3)
+    steps.on_enroll = lambda node: enroll(ctl, node)
+    engine = make_engine(ctl, steps, poll_s=0.05)
+    gate = steps.block("verify")
+    quarantine(ctl, "n1")
+    engine.start()
+    try:
+        engine.wake()
+        assert gate.entered.wait(30)
+    finally:
+        engine.stop()
+    job = only_job(engine, "n1")
+    assert (job["state"], job["lease_owner"]) == (JobState.VERIFYING, None)  # released
+    assert job["error"] is None
+    assert engine.store.history(job["job_id"])[-1]["message"] == (
+        "verify step cancelled (stand-in verify cancelled): resumed later, by this replica or "
+        "another")
+    gate.release.set()
+    engine.start()  # a restart resumes the job where it was
+    try:
+        deadline = time.monotonic() + 60
+        while engine.store.get(job["job_id"])["state"] != JobState.TRUSTED:
+            assert time.monotonic() < deadline, engine.store.get(job["job_id"])
+            time.sleep(0.05)
+    finally:
+        engine.stop()
+    assert steps.steps_called("n1") == ["contain", "collect", "replace", "verify", "verify",
+                                        "enroll"]
+
+
+@pytest.mark.parametrize(("step", "result", "error", "node_state"), [
+    ("collect", {"bundle_path": "/tmp/x"}, "collect: the step returned no bundle_sha256",
+     NodeState.QUARANTINED),
+    ("verify", {"golden": "{not json"}, "verify: golden record of the new n1: neither an "
+     "expected profile nor a golden record", NodeState.REBUILDING),
+    ("verify", {}, "verify: the verify step returned no golden record", NodeState.REBUILDING),
+])
+def test_a_step_result_the_engine_cannot_use_fails_the_job(
+        ctl: Controller, steps: StandInSteps, step: str, result: dict, error: str,
+        node_state: NodeState) -> None:
+    fleet(ctl, 3)
+    steps.results[step] = result
+    quarantine(ctl, "n1")
+    engine = make_engine(ctl, steps)
+    engine.tick()
+    job = drive(engine, only_job(engine, "n1")["job_id"], JobState.FAILED)
+    assert job["error"].startswith(error)
+    assert ctl.nodes.get("n1")["state"] == node_state
+
+
+def test_a_replacement_not_trusted_in_time_or_found_suspect_fails_the_job(
+        ctl: Controller, steps: StandInSteps) -> None:
+    fleet(ctl, 4)
+    quarantine(ctl, "n1")
+    engine = make_engine(ctl, steps, enroll_timeout_s=300)
+    engine.tick()
+    job = drive(engine, only_job(engine, "n1")["job_id"], JobState.ENROLLING)
+    for _ in range(3):  # nothing enrolled: it waits, re-checked each tick
+        engine.tick()
+    assert engine.store.get(job["job_id"])["state"] == JobState.ENROLLING
+    engine.tick(now=time.time() + 301)
+    job = engine.store.get(job["job_id"])
+    assert job["state"] == JobState.FAILED and job["failed_step"] == JobState.ENROLLING
+    assert job["error"] == ("enroll: the replacement was not attested trusted within 300 s "
+                            "(node is rebuilding, with its old certificate or key)")
+    assert ctl.nodes.get("n1")["state"] == NodeState.REBUILDING
+
+    def enrolls_badly(node: str) -> None:  # the new machine measures wrong
+        token = ctl.enrollment.issue_token(node, actor="test")
+        ctl.enrollment.enroll(enroll_request(node, token), "10.8.0.1:4433")
+        ctl.nodes.move(node, transition(NodeState.ENROLLED, NodeState.SUSPECT,
+                                        "attestation mismatch: golden /usr/bin/x"), "test")
+
+    steps.on_enroll = enrolls_badly
+    quarantine(ctl, "n2")
+    engine.tick()
+    held = only_job(engine, "n2")  # the failed replacement stopped automatic rebuilds
+    assert held["state"] == JobState.AWAITING_APPROVAL
+    assert "the previous replacement (job " in held["reason"]
+    engine.store.approve(held["job_id"], "operator:alice")
+    job = drive(engine, held["job_id"], JobState.FAILED)
+    assert job["error"] == ("enroll: the replacement is suspect (attestation mismatch: "
+                            "golden /usr/bin/x)")
+
+
+def test_a_queued_job_whose_node_an_operator_released_fails(
+        ctl: Controller, steps: StandInSteps) -> None:
+    fleet(ctl, 3)
+    quarantine(ctl, "n1")
+    engine = make_engine(ctl, steps)
+    job = engine.store.create("n1", actor="operator:alice")
+    ctl.nodes.move("n1", transition(NodeState.QUARANTINED, NodeState.TRUSTED,
+                                    "false positive", operator=True), "operator:alice")
+    engine.tick()
+    job = engine.store.get(job["job_id"])
+    assert job["state"] == JobState.FAILED
+    assert job["error"] == "node n1 is trusted, no longer quarantined: nothing to recover"
+    assert steps.calls == []

@@ -98,10 +98,12 @@ STEP_OF = {_J.CONTAINING: "contain", _J.COLLECTING: "collect", _J.REPLACING: "re
            _J.VERIFYING: "verify", _J.ENROLLING: "enroll"}
 NEXT = {_J.CONTAINING: _J.COLLECTING, _J.COLLECTING: _J.REPLACING,
         _J.REPLACING: _J.VERIFYING, _J.VERIFYING: _J.ENROLLING, _J.ENROLLING: _J.TRUSTED}
-#: The node's trust state each step expects (before the replacement: still quarantined).
-NODE_STATE_FOR = {_J.CONTAINING: NodeState.QUARANTINED, _J.COLLECTING: NodeState.QUARANTINED,
-                  _J.REPLACING: NodeState.REBUILDING, _J.VERIFYING: NodeState.REBUILDING,
-                  _J.ENROLLING: NodeState.REBUILDING}
+#: The node's trust states each step may find (before the replacement: still quarantined;
+#: an enroll step resumed after the new node enrolled finds it enrolled, or even trusted).
+NODE_STATES_FOR = {
+    _J.CONTAINING: (NodeState.QUARANTINED,), _J.COLLECTING: (NodeState.QUARANTINED,),
+    _J.REPLACING: (NodeState.REBUILDING,), _J.VERIFYING: (NodeState.REBUILDING,),
+    _J.ENROLLING: (NodeState.REBUILDING, NodeState.ENROLLED, NodeState.TRUSTED)}
 
 
 def default_owner() -> str:
@@ -279,9 +281,10 @@ class RecoveryEngine:
             self._await_trusted(lease, job, now)
             return
         node = self.nodes.get(job["node_id"])
-        if node["state"] != NODE_STATE_FOR[state]:
+        expected = NODE_STATES_FOR[state]
+        if node["state"] not in expected:
             self._fail(lease, job, f"node {job['node_id']} is {node['state']}, not "
-                                   f"{NODE_STATE_FOR[state]} as {state} expects", now)
+                                   f"{' or '.join(expected)} as {state} expects", now)
             return
         result = self._call_step(lease, job, now)
         if result is None:
@@ -312,7 +315,9 @@ class RecoveryEngine:
                 log.warning("recovery step cancelled", extra={
                     "job": lease.job_id, "node": job["node_id"], "step": name, "why": str(e)})
                 if not isinstance(e, LeaseLost) and not self._lost(lease):
-                    with contextlib.suppress(LeaseLost):
+                    with contextlib.suppress(LeaseLost):  # shutdown: resumed later
+                        self.store.progress(lease, f"{name} step cancelled ({e}): resumed "
+                                                   "later, by this replica or another", {})
                         self.store.release(lease)
                 return None
             except StepError as e:
