@@ -395,6 +395,8 @@ def test_the_background_loop_runs_jobs_and_stop_cancels_a_running_step(
     ("verify", {"golden": "{not json"}, "verify: golden record of the new n1: neither an "
      "expected profile nor a golden record", NodeState.REBUILDING),
     ("verify", {}, "verify: the verify step returned no golden record", NodeState.REBUILDING),
+    ("replace", {"new_instance_id": object()}, "replace: the step returned data that is not "
+     "a JSON object", NodeState.REBUILDING),
 ])
 def test_a_step_result_the_engine_cannot_use_fails_the_job(
         ctl: Controller, steps: StandInSteps, step: str, result: dict, error: str,
@@ -457,3 +459,52 @@ def test_a_queued_job_whose_node_an_operator_released_fails(
     assert job["state"] == JobState.FAILED
     assert job["error"] == "node n1 is trusted, no longer quarantined: nothing to recover"
     assert steps.calls == []
+
+
+def test_two_replicas_on_postgresql_start_one_replacement_at_a_time(
+        pg_url: str, tmp_path: Path, steps: StandInSteps) -> None:
+    """Both replicas judge and run jobs at once: the decision lock keeps the guard rails'
+    max_in_flight (1) across them, so the second replacement starts after the first is
+    trusted."""
+    init_keys(tmp_path / "keys")
+    ctl = _open(tmp_path, pg_url)
+    other = _open(tmp_path, pg_url)
+    stop = threading.Event()
+    threads: list[threading.Thread] = []
+    try:
+        fleet(ctl, 6)
+        steps.on_enroll = lambda node: enroll(ctl, node)
+        quarantine(ctl, "n1")
+        quarantine(ctl, "n2")
+        engines = [make_engine(ctl, steps, "replica-a"), make_engine(other, steps, "replica-b")]
+
+        def loop(engine: RecoveryEngine) -> None:
+            while not stop.is_set():
+                engine.tick()
+
+        threads = [threading.Thread(target=loop, args=(e,)) for e in engines]
+        for thread in threads:
+            thread.start()
+        deadline = time.monotonic() + 90
+        most = 0
+        while True:
+            jobs = engines[0].store.list()
+            most = max(most, sum(j["state"] in IN_FLIGHT for j in jobs))
+            if len(jobs) == 2 and all(j["state"] == JobState.TRUSTED for j in jobs):
+                break
+            assert time.monotonic() < deadline, jobs
+            time.sleep(0.02)
+        stop.set()
+        for thread in threads:
+            thread.join(30)
+        first, second = sorted(jobs, key=lambda j: j["started_at"])
+        assert most == 1 and second["started_at"] >= first["ended_at"]
+        assert all(n == 1 for n in steps.most_at_once.values())
+        assert sorted(steps.steps_called()).count("replace") == 2
+        assert ctl.ledger.verify().ok
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(30)
+        other.engine.dispose()
+        ctl.engine.dispose()

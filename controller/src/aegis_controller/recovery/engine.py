@@ -50,6 +50,7 @@ the state it failed in. The node is never put in service by a failure: it stays
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import signal
@@ -330,10 +331,17 @@ class RecoveryEngine:
                 return None
         if cancel.is_set():  # the lease was lost while the step ran: write nothing more
             return None
+        try:
+            result = dict(result or {})
+            json.dumps(result)
+        except (TypeError, ValueError) as e:  # it goes into the job's data, as JSON
+            self._fail(lease, job, f"{name}: the step returned data that is not a JSON "
+                                   f"object ({e})", now)
+            return None
         log.info("recovery step done", extra={"job": lease.job_id, "node": job["node_id"],
                                               "step": name,
                                               "seconds": round(time.monotonic() - began, 3)})
-        return dict(result or {})
+        return result
 
     def _lost(self, lease: Lease) -> bool:
         try:
