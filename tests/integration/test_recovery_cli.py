@@ -126,3 +126,26 @@ def test_dry_run_prints_the_plan_and_playbooks_and_changes_nothing(state: Path) 
     assert ctl.recovery.list() == []
     assert ctl.ledger.head() == before
     assert ctl.nodes.get("n1")["state"] == "quarantined"
+
+
+def test_profile_set_reads_its_file_with_the_parser_the_engine_uses(state: Path) -> None:
+    """``profile set`` and the engine's verify step share one parser of profile documents:
+    the same clear errors for a missing, unparsable or wrong file."""
+    ctl = _ctl(state)
+    enroll(ctl, "n1")
+    good = state / "golden.json"
+    good.write_text(json.dumps({"golden": {"/etc/passwd": "1" * 64}}))
+    out = run(state, "profile", "set", "n1", str(good))
+    assert out.returncode == 0, out.stderr
+    assert json.loads(ctl.nodes.get("n1")["profile"])["golden"] == {"/etc/passwd": "1" * 64}
+    bad = state / "bad.json"
+    for text, problem in (("{not json", "Expecting property name"),
+                          ('{"golden": 5}', "golden")):
+        bad.write_text(text)
+        out = run(state, "profile", "set", "n1", str(bad))
+        assert out.returncode == 2
+        assert out.stderr.startswith(f"aegis-controller: error: {bad}: neither an expected "
+                                     "profile nor a golden record (")
+        assert problem in out.stderr
+    out = run(state, "profile", "set", "n1", str(state / "missing.json"))
+    assert out.returncode == 2 and "missing.json: cannot read it" in out.stderr
