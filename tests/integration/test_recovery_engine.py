@@ -508,3 +508,24 @@ def test_two_replicas_on_postgresql_start_one_replacement_at_a_time(
             thread.join(30)
         other.engine.dispose()
         ctl.engine.dispose()
+
+
+def test_the_schema_keeps_one_active_job_per_node_and_matches_the_tables(
+        ctl: Controller) -> None:
+    """Migration 0007 on this database: what tables.py declares (compare_metadata), and the
+    partial unique index refuses a second active job of a node even past the store."""
+    from alembic.autogenerate import compare_metadata
+    from alembic.runtime.migration import MigrationContext
+
+    with ctl.engine.connect() as conn:
+        diff = compare_metadata(MigrationContext.configure(
+            conn, opts={"compare_type": True}), db.metadata)
+    assert diff == []
+    row = {"node_id": "n1", "cause": "compromised", "reason": "r", "flagged_at": 1.0,
+           "data": "{}", "step_pgids": "[]", "created_at": 1.0, "updated_at": 1.0}
+    with db.transaction(ctl.engine) as conn:
+        conn.execute(tables.recovery_jobs.insert(), [
+            {**row, "job_id": "j1", "state": "failed"}, {**row, "job_id": "j2", "state": "trusted"},
+            {**row, "job_id": "j3", "state": "enrolling"}])
+    with pytest.raises(sa.exc.IntegrityError), db.transaction(ctl.engine) as conn:
+        conn.execute(tables.recovery_jobs.insert().values(**row, job_id="j4", state="queued"))
