@@ -200,18 +200,20 @@ class RecoveryEngine:
     # -- one tick ---------------------------------------------------------------------
     def tick(self, now: float | None = None) -> dict[str, list[str]]:
         """Queue, judge, run (see the module doc) once; returns the job ids it queued,
-        started, held and ran a step of."""
-        now = time.time() if now is None else now
+        started, held and ran a step of. ``now`` (tests) is the time of the whole tick;
+        by default each claim reads the clock again (a long step must not shorten the next
+        job's lease)."""
         done: dict[str, list[str]] = {"queued": [], "started": [], "held": [], "ran": []}
-        self.judge(now, done)
+        self.judge(time.time() if now is None else now, done)
         while not self._stop.is_set():
-            claimed = self.store.claim(self.owner, self.lease_s, now, exclude=done["ran"])
+            at = time.time() if now is None else now
+            claimed = self.store.claim(self.owner, self.lease_s, at, exclude=done["ran"])
             if claimed is None:
                 break
             lease, job = claimed
             done["ran"].append(lease.job_id)
             try:
-                self.run(lease, job, now)
+                self.run(lease, job, at)
             except LeaseLost as e:
                 log.warning("recovery job's lease lost: stopped", extra={
                     "job": lease.job_id, "owner": self.owner, "why": str(e)})
@@ -478,6 +480,8 @@ class RecoveryEngine:
         done = threading.Event()
         with self._lock:
             self._running.add(cancel)
+            if self._stop.is_set():  # stop() came between the claim and the step
+                cancel.set()
 
         def renew() -> None:
             while not done.wait(max(self.lease_s / 3, 0.05)):
