@@ -139,6 +139,9 @@ def test_a_job_goes_through_every_state_each_on_the_ledger(ctl: Controller,
                      ("collecting", "replacing"), ("replacing", "verifying"),
                      ("verifying", "enrolling"), ("enrolling", "trusted")]
     bundle = next(b for b in rebuild if b["event"] == "forensics_collected")
+    revoked = next(b for b in rebuild if b["event"] == "credentials_revoked")
+    assert (revoked["cert_serial"], revoked["identity_key"]) == (old["cert_serial"],
+                                                                 old["identity_key"])
     assert len(bundle["bundle_sha256"]) == 64 and bundle["bundle_bytes"] == 4096
     node_moves = [(r.body["from"], r.body["to"]) for r in records
                   if r.kind == Kind.STATE_CHANGE and r.subject == "n2"]
@@ -168,7 +171,12 @@ def test_a_step_error_fails_the_job_and_never_puts_the_node_in_service(
     job = drive(engine, only_job(engine, "n1")["job_id"], JobState.FAILED)
     assert job["error"] == f"{step}: terraform apply: Error: instance quota exceeded"
     assert job["failed_step"] == {"collect": "collecting", "replace": "replacing"}[step]
-    assert ctl.nodes.get("n1")["state"] == node_state  # quarantined, or rebuilding: no cert
+    node = ctl.nodes.get("n1")
+    assert node["state"] == node_state  # quarantined, or rebuilding: never in service
+    if node_state == NodeState.REBUILDING:  # the old machine's credentials are refused
+        assert (node["cert_serial"], node["identity_key"]) == (None, None)
+        with pytest.raises(Unauthenticated):
+            ctl.enrollment.current_certificate("n1", int(job["data"]["old_cert_serial"], 16))
     engine.tick()  # a failed job is not retried automatically (an operator starts a new one)
     assert len(engine.store.list(node_id="n1")) == 1
     failed = [r.body for r in ctl.ledger.records()

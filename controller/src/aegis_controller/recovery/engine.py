@@ -27,10 +27,12 @@ c. **run**: each in-flight job whose lease is free or expired is claimed
 
    - ``containing`` -> ``collecting`` (the node must still be quarantined);
    - ``collecting`` -> ``replacing``, in the same transaction: a ``rebuild`` ledger record
-     of the forensics bundle (sha256, bytes, path) and the node's move ``quarantined ->
-     rebuilding`` (its certificate is refused from then on, ``nodes.NO_CERTIFICATE``;
-     the move asks for its leased secrets to be revoked, the same durable request a
-     quarantine makes, which the secrets revoker carries out);
+     of the forensics bundle (sha256, bytes, path), the node's move ``quarantined ->
+     rebuilding`` (no new certificate, ``nodes.NO_CERTIFICATE``; the move asks for its
+     leased secrets to be revoked, the same durable request a quarantine makes, which the
+     secrets revoker carries out) and the old machine's certificate serial and identity
+     key cleared (recorded, ``credentials_revoked``): its certificate and signatures are
+     refused from then on;
    - ``replacing`` -> ``verifying``;
    - ``verifying`` -> ``enrolling``, in the same transaction: the node's expected profile
      from ``data["golden"]`` (as ``aegis-controller profile set`` does; BPF programs can
@@ -393,10 +395,19 @@ class RecoveryEngine:
                 "bundle_sha256": bundle["bundle_sha256"],
                 "bundle_bytes": int(bundle["bundle_bytes"]),
                 "bundle_path": str(bundle.get("bundle_path", ""))}, actor=ACTOR)
-            current = self.nodes.state_in(rec.conn, node_id)
-            t = node_transition(current, NodeState.REBUILDING,
+            node = self.nodes.row_in(rec.conn, node_id)
+            t = node_transition(node["state"], NodeState.REBUILDING,
                                 f"recovery job {job['job_id']}: replacing the node")
             self.nodes.move_in(rec, node_id, t, ACTOR)
+            # the old machine's certificate and identity key are refused from now on (the
+            # API accepts only the node's current serial; its signatures need its key)
+            rec.conn.execute(tables.cert_renewals.delete().where(
+                tables.cert_renewals.c.node_id == node_id))
+            self.nodes.update(node_id, rec.conn, cert_serial=None, identity_key=None)
+            rec.append(Kind.REBUILD, node_id, {
+                "event": "credentials_revoked", "job_id": job["job_id"],
+                "cert_serial": node["cert_serial"], "identity_key": node["identity_key"]},
+                actor=ACTOR)
 
         return also
 
