@@ -62,7 +62,6 @@ import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
@@ -304,7 +303,7 @@ class RecoveryEngine:
         name = STEP_OF[state]
         cancel = threading.Event()
         ctx = StepContext(job_id=lease.job_id, node_id=job["node_id"],
-                          generation=lease.generation, data=MappingProxyType(dict(job["data"])),
+                          generation=lease.generation, data=dict(job["data"]),  # a copy
                           progress=self._progress(lease, job, name, cancel),
                           started_process=self._started(lease, name, cancel), cancel=cancel)
         self._progress(lease, job, name, cancel)(f"{name} step started",
