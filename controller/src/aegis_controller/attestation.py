@@ -4,6 +4,7 @@ after which a silent node becomes suspect."""
 
 from __future__ import annotations
 
+import json
 import logging
 import secrets
 import time
@@ -11,13 +12,19 @@ import time
 import sqlalchemy as sa
 from sqlalchemy import Connection
 
-from aegis_protocol.attestation import Challenge, ExpectedProfile, SignedReport, Verdict
+from aegis_protocol.attestation import (
+    Challenge,
+    ExpectedProfile,
+    SignedReport,
+    Verdict,
+    profile_from_document,
+)
 from aegis_protocol.enrollment import Heartbeat, HeartbeatAck, Inventory
 from aegis_protocol.signing import SignatureError, load_public_key, verify
 
 from . import db, tables
 from .errors import Conflict, DomainError, Forbidden, Invalid
-from .ledger import Kind, Ledger
+from .ledger import Kind, Ledger, Recorder
 from .nodes import NOT_LIVE, WATCHED, NodeState, NodeStore
 from .orders import Orders
 from .trust import (
@@ -36,6 +43,17 @@ MAX_OUTSTANDING_CHALLENGES = 4
 _c = tables.nonces.c
 
 
+def profile_document(text: str, source: str) -> ExpectedProfile:
+    """The expected profile in the JSON ``text`` (an expected profile, or the golden record
+    the harden role wrote), or :class:`~.errors.Invalid` naming ``source`` and the problem.
+    ``profile set`` reads it from a file; the recovery engine from a verified node."""
+    try:
+        return profile_from_document(json.loads(text))
+    except ValueError as err:  # pydantic's ValidationError and JSONDecodeError are
+        raise Invalid(f"{source}: neither an expected profile nor a golden record "
+                      f"({err})") from None
+
+
 class Attestation:
     """Profiles, challenges, reports and heartbeats of enrolled nodes."""
 
@@ -46,13 +64,20 @@ class Attestation:
 
     def set_profile(self, node_id: str, profile: ExpectedProfile, actor: str) -> None:
         with self.ledger.recording() as rec:
-            state = self.nodes.set_profile(rec.conn, node_id, profile.model_dump_json())
-            rec.append(Kind.ATTESTATION, node_id,
-                       {"event": "expected_profile_set", "golden_files": len(profile.golden),
-                        "bpf_entries": len(profile.bpf)}, actor=actor)
+            state = self.set_profile_in(rec, node_id, profile, actor)
         if state not in NOT_LIVE:
             # an enrolled node measures against the new profile now, not at its next period
             self.orders.create(node_id, "attest", {"reason": "expected profile changed"}, actor)
+
+    def set_profile_in(self, rec: Recorder, node_id: str, profile: ExpectedProfile,
+                       actor: str) -> NodeState:
+        """Store ``node_id``'s expected profile and record it, inside the caller's recording
+        transaction (no attest order: see :meth:`set_profile`); returns the node's state."""
+        state = self.nodes.set_profile(rec.conn, node_id, profile.model_dump_json())
+        rec.append(Kind.ATTESTATION, node_id,
+                   {"event": "expected_profile_set", "golden_files": len(profile.golden),
+                    "bpf_entries": len(profile.bpf)}, actor=actor)
+        return state
 
     def challenge(self, node_id: str) -> Challenge:
         """A new single-use nonce. Used and expired nonces (of every node) are purged

@@ -11,6 +11,7 @@ Modules, one job each:
 * :mod:`.orders` — signed orders and their acknowledgments
 * :mod:`.intake` — events stored once, and the incidents they raise (rules: :mod:`.incidents`)
 * :mod:`.operators` — operator certificates on record (issue, revoke, check)
+* :mod:`.recovery` — recovery jobs replacing quarantined nodes (store, guard rails, engine)
 * :mod:`.errors` — the domain's refusals (``NotFound``, ``Forbidden``, ``Conflict``...)
 
 Typical use::
@@ -38,6 +39,7 @@ from .nodes import NodeStore
 from .operators import Operators
 from .orders import Orders
 from .pki import CertificateAuthority
+from .recovery.store import RecoveryStore
 from .secrets.store import SecretsStore
 from .settings import Settings
 
@@ -54,6 +56,7 @@ class Controller:
     intake: Intake
     operators: Operators
     secrets: SecretsStore
+    recovery: RecoveryStore
 
     @classmethod
     def assemble(cls, engine: Engine, ledger: Ledger, ca: CertificateAuthority,
@@ -65,7 +68,8 @@ class Controller:
                    attestation=Attestation(nodes, ledger, orders), orders=orders,
                    intake=Intake(nodes, ledger, orders),
                    operators=Operators(engine, ledger, ca),
-                   secrets=SecretsStore(nodes, ledger))
+                   secrets=SecretsStore(nodes, ledger),
+                   recovery=RecoveryStore(engine, ledger, nodes))
 
 
 def open_controller(settings: Settings) -> Controller:

@@ -120,3 +120,40 @@ operators = sa.Table(  # 0005_operators
     sa.Column("expires_at", sa.BigInteger(), nullable=False),
     sa.Column("revoked_at", sa.BigInteger()),
 )
+
+
+# recovery jobs (0007): one non-terminal job per node at most (partial unique index)
+_ACTIVE_JOB = sa.text("state NOT IN ('trusted', 'failed')")
+recovery_jobs = sa.Table(
+    "recovery_jobs", metadata,
+    sa.Column("job_id", sa.String(36), primary_key=True),
+    sa.Column("node_id", sa.String(63), nullable=False, index=True),
+    sa.Column("cause", sa.String(16), nullable=False),
+    sa.Column("state", sa.String(24), nullable=False, index=True),
+    sa.Column("reason", sa.Text(), nullable=False),
+    sa.Column("flagged_at", sa.Float(), nullable=False),
+    sa.Column("started_at", sa.Float()),
+    sa.Column("ended_at", sa.Float()),
+    sa.Column("failed_step", sa.String(24)),
+    sa.Column("error", sa.Text()),
+    sa.Column("approved_by", sa.String(128)),
+    sa.Column("data", sa.Text(), nullable=False),
+    sa.Column("lease_owner", sa.String(128)),
+    sa.Column("lease_until", sa.Float()),
+    sa.Column("generation", sa.Integer(), nullable=False, server_default="0"),
+    sa.Column("step_pgids", sa.Text(), nullable=False),
+    sa.Column("created_at", sa.Float(), nullable=False),
+    sa.Column("updated_at", sa.Float(), nullable=False),
+    sa.Index("uq_recovery_jobs_active_node", "node_id", unique=True,
+             sqlite_where=_ACTIVE_JOB, postgresql_where=_ACTIVE_JOB),
+)
+
+recovery_history = sa.Table(
+    "recovery_history", metadata,
+    sa.Column("job_id", sa.String(36), primary_key=True),
+    sa.Column("seq", sa.Integer(), primary_key=True, autoincrement=False),
+    sa.Column("at", sa.Float(), nullable=False),
+    sa.Column("state", sa.String(24), nullable=False),
+    sa.Column("message", sa.Text(), nullable=False),
+    sa.Column("fields", sa.Text(), nullable=False),
+)

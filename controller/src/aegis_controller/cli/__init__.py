@@ -1,7 +1,8 @@
 """``aegis-controller``: the Aegis controller from the command line.
 
 Commands come in groups, one module per noun (:mod:`.ledger`, :mod:`.keys`, :mod:`.nodes`,
-:mod:`.orders`, :mod:`.serve`, :mod:`.backup`; shared conventions in :mod:`.conventions`):
+:mod:`.orders`, :mod:`.serve`, :mod:`.backup`, :mod:`.recovery`; shared conventions in
+:mod:`.conventions`):
 each group registers its sub-commands in one ``_register_<group>`` function and each command is one
 ``cmd_<group>_<verb>(args, settings) -> exit code`` function. Where things live is
 :class:`aegis_controller.settings.Settings`; the domain is
@@ -51,6 +52,7 @@ from .ledger import _register_ledger
 from .nodes import _register_nodes, _register_profile, _register_token
 from .operators import _register_operator
 from .orders import _register_incidents, _register_orders
+from .recovery import _register_recovery
 from .serve import _register_serve
 
 __all__ = ["build_parser", "main"]
@@ -60,7 +62,7 @@ log = logging.getLogger("aegis_controller.cli")
 _GROUPS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
     _register_ledger, _register_keys, _register_serve, _register_incidents, _register_orders,
     _register_operator_cert, _register_operator, _register_profile, _register_token,
-    _register_nodes, _register_backup)
+    _register_nodes, _register_backup, _register_recovery)
 
 
 def build_parser() -> argparse.ArgumentParser:

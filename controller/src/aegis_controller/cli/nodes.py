@@ -5,13 +5,13 @@ with."""
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
 
-from aegis_protocol.attestation import profile_from_document, reported_bpf
+from aegis_protocol.attestation import reported_bpf
 
+from ..attestation import profile_document
 from ..domain import open_controller
 from ..settings import Settings
 from ..vault_wrap import VaultError, VaultSettings, wrap_bootstrap
@@ -75,10 +75,10 @@ def cmd_node_secrets(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_profile_set(args: argparse.Namespace, settings: Settings) -> int:
     try:
-        profile = profile_from_document(json.loads(Path(args.file).read_text()))
-    except (OSError, ValueError) as err:  # pydantic's ValidationError is a ValueError
-        raise InputError(f"{args.file}: neither an expected profile nor a golden record "
-                         f"({err})") from None
+        text = Path(args.file).read_text()
+    except OSError as err:
+        raise InputError(f"{args.file}: cannot read it ({err})") from None
+    profile = profile_document(text, args.file)
     ctl = open_controller(settings)
     if args.pin_bpf:
         try:
