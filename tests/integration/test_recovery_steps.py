@@ -185,7 +185,12 @@ def _group_gone(pgid: int) -> bool:
     return False
 
 
-def test_a_replace_killed_mid_apply_resumes_to_one_instance(world):
+@pytest.mark.parametrize("where", ["same controller", "other replica"])
+def test_a_replace_killed_mid_apply_resumes_to_one_instance(world, where):
+    """Killed in the replacement's create provisioner, after the destroy was saved: the
+    same controller knows the old id from its mark; another replica (no mark, data
+    without the old id) sees no instance, and creates it again since the configuration
+    declares it."""
     tf = world["tf"]
     before = ids(tf)
     set_vars(world, sleep={"standin-n2": "300"})
@@ -220,9 +225,10 @@ def test_a_replace_killed_mid_apply_resumes_to_one_instance(world):
     # a new controller (new RunnerSteps, data without the old id) resumes the step
     set_vars(world)
     resumed = Recorder()
-    out = RunnerSteps(world["settings"], runs_dir=world["runs"]).replace(
-        ctx_for("standin-n2", resumed))
-    assert out["old_instance_id"] == before["standin-n2"]
+    runs = world["runs"] if where == "same controller" else world["tmp"] / "other-runs"
+    out = RunnerSteps(world["settings"], runs_dir=runs).replace(ctx_for("standin-n2", resumed))
+    assert out["old_instance_id"] == (before["standin-n2"] if where == "same controller"
+                                      else None)
     after = ids(tf)
     assert after["standin-n2"] == out["new_instance_id"] != before["standin-n2"]
     assert len(state_objects(tf, "standin-n2")) == 1

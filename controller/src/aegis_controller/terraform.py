@@ -219,13 +219,15 @@ class Terraform:
         return self._run("init", args, on_event, timeout, cancel, on_start)
 
     def plan(self, variables: Mapping[str, object] | None = None, *,
-             replace: Iterable[str] = (), on_event: EventHandler | None = None,
-             timeout: float | None = None, cancel: threading.Event | None = None,
+             replace: Iterable[str] = (), targets: Iterable[str] = (),
+             on_event: EventHandler | None = None, timeout: float | None = None,
+             cancel: threading.Event | None = None,
              on_start: StartHandler | None = None) -> PlanResult:
-        """``terraform plan`` (nothing applied, no plan file); ``replace`` as for apply."""
+        """``terraform plan`` (nothing applied, no plan file); ``replace`` and ``targets``
+        as for apply."""
         args = ["plan", "-json", "-input=false", "-no-color",
                 f"-lock-timeout={self._lock_timeout()}",
-                *[f"-replace={addr}" for addr in replace]]
+                *[f"-replace={addr}" for addr in replace], *[f"-target={t}" for t in targets]]
         events = self._with_var_file("plan", args, variables, on_event, timeout, cancel,
                                      on_start)
         result = PlanResult(events=events)

@@ -130,10 +130,13 @@ class RunnerSteps:
                          old_instance_id=known_old, new_instance_id=current["id"])
             return {"old_instance_id": known_old, "new_instance_id": current["id"]}
         if current is None and not known_old:
-            raise StepError(f"the Terraform state has no instance at {address}: check that "
-                            f"node {node} is managed by {self.settings.terraform.root} and "
-                            "that terraform.replace_address matches its resource")
-        old = known_old or current["id"]
+            # An attempt killed after its destroy was saved (on another replica, whose
+            # mark this controller cannot see) left no instance: create it again, but only
+            # if the configuration declares it (an unknown node is refused).
+            self._declared(ctx, address)
+            ctx.progress(f"{address} has no instance (an earlier attempt destroyed it): "
+                         "creating it", step="replace", address=address)
+        old = known_old or (current["id"] if current is not None else None)
         self._write_mark(ctx, {"node": node, "address": address, "old_instance_id": old})
         ctx.progress(f"replacing {address} (instance {old})", step="replace",
                      old_instance_id=old, address=address)
@@ -154,7 +157,7 @@ class RunnerSteps:
             raise StepError(f"after the replace the Terraform state holds {len(objects)} "
                             f"objects at {address} (expected exactly one): look at "
                             "`terraform state list` before retrying")
-        if current["id"] == old:
+        if old is not None and current["id"] == old:
             raise StepError(f"terraform apply finished but {address} still has instance "
                             f"{old}: the resource was not replaced")
         ctx.progress(f"{address} replaced: {old} -> {current['id']}", step="replace",
@@ -193,7 +196,7 @@ class RunnerSteps:
         self._init(None)
         if _current(self._objects(address)) is None:
             raise StepError(f"the Terraform state has no instance at {address}: check that "
-                            f"node {node} is managed by {self.settings.terraform.root} and "
+                            f"node {node} is managed in {self.settings.terraform.root} and "
                             "that terraform.replace_address matches its resource")
         try:
             plan = self.terraform.plan(self.settings.terraform.variables(), replace=[address],
@@ -232,6 +235,22 @@ class RunnerSteps:
             except TerraformFailure as exc:
                 raise StepError(_one_line(str(exc))) from None
             self._initialized = True
+
+    def _declared(self, ctx: StepContext, address: str) -> None:
+        """Refuse an address the configuration does not declare (plan shows no create)."""
+        try:
+            plan = self.terraform.plan(self.settings.terraform.variables(), targets=[address],
+                                       timeout=self.settings.terraform.timeout_s,
+                                       cancel=ctx.cancel, on_start=ctx.started_process)
+        except TerraformCancelled as exc:
+            raise StepCancelled(str(exc)) from None
+        except TerraformFailure as exc:
+            raise StepError(_one_line(str(exc))) from None
+        if (address, "create") not in plan.planned:
+            raise StepError(f"the Terraform state has no instance at {address} and the "
+                            f"configuration in {self.settings.terraform.root} declares none: "
+                            "check the node id and that terraform.replace_address matches "
+                            "its resource")
 
     def _objects(self, address: str) -> list[dict]:
         """Every object at ``address`` in the state as {id, tainted, deposed}."""
