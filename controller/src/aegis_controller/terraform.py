@@ -112,12 +112,7 @@ class ApplyResult:
     @property
     def resources(self) -> list[tuple[str, str]]:
         """(address, action) of every resource change that completed."""
-        done = []
-        for ev in self.events:
-            if ev.type == "apply_complete":
-                hook = ev.raw.get("hook", {})
-                done.append((hook.get("resource", {}).get("addr", ""), hook.get("action", "")))
-        return done
+        return _actions(self.events, "apply_complete", "hook")
 
 
 @dataclass
@@ -131,19 +126,24 @@ class PlanResult:
     @property
     def planned(self) -> list[tuple[str, str]]:
         """(address, action) of every planned resource change, e.g. ``("a.b", "replace")``."""
-        out = []
-        for ev in self.events:
-            if ev.type == "planned_change":
-                change = ev.raw.get("change", {})
-                out.append((change.get("resource", {}).get("addr", ""),
-                            change.get("action", "")))
-        return out
+        return _actions(self.events, "planned_change", "change")
 
     @property
     def lines(self) -> list[str]:
         """The plan as a person reads it: one line per planned change, then the summary."""
         return [ev.message for ev in self.events if ev.type == "planned_change"] + (
             [self.summary] if self.summary else [])
+
+
+def _actions(events: Iterable[TerraformEvent], event_type: str,
+             key: str) -> list[tuple[str, str]]:
+    """(resource address, action) from each ``event_type`` event's ``key`` object."""
+    out = []
+    for ev in events:
+        if ev.type == event_type:
+            item = ev.raw.get(key, {})
+            out.append((item.get("resource", {}).get("addr", ""), item.get("action", "")))
+    return out
 
 
 def _format_diagnostic(diag: Mapping) -> str:
@@ -256,26 +256,13 @@ class Terraform:
 
     def output(self, *, timeout: float | None = 120) -> dict[str, object]:
         """All root outputs as ``{name: value}`` (``terraform output -json``)."""
-        proc = self._capture(["output", "-json", "-no-color"], timeout)
-        if proc.returncode != 0:
-            raise TerraformError("output", proc.returncode, [], proc.stderr)
-        try:
-            data = json.loads(proc.stdout or "{}")
-        except json.JSONDecodeError as exc:
-            raise TerraformError("output", 0, [], f"output -json is not JSON: {exc}") from None
+        data = self._json("output", timeout)
         return {name: spec.get("value") for name, spec in data.items()}
 
     def show(self, *, timeout: float | None = 120) -> dict:
         """The current state as ``terraform show -json`` prints it (``{}``-like with no
         ``values`` when the state is empty)."""
-        proc = self._capture(["show", "-json", "-no-color"], timeout)
-        if proc.returncode != 0:
-            raise TerraformError("show", proc.returncode, [], proc.stderr)
-        try:
-            data = json.loads(proc.stdout or "{}")
-        except json.JSONDecodeError as exc:
-            raise TerraformError("show", 0, [], f"show -json is not JSON: {exc}") from None
-        return data if isinstance(data, dict) else {}
+        return self._json("show", timeout)
 
     def state_resources(self, address: str, *, timeout: float | None = 120) -> list[dict]:
         """Every object the state holds at ``address`` (a resource instance address such as
@@ -292,6 +279,17 @@ class Terraform:
         return dict(current[0].get("values") or {}) if current else None
 
     # -- machinery ------------------------------------------------------------------------
+    def _json(self, verb: str, timeout: float | None) -> dict:
+        """``terraform <verb> -json`` read whole (a JSON object, else TerraformError)."""
+        proc = self._capture([verb, "-json", "-no-color"], timeout)
+        if proc.returncode != 0:
+            raise TerraformError(verb, proc.returncode, [], proc.stderr)
+        try:
+            data = json.loads(proc.stdout or "{}")
+        except json.JSONDecodeError as exc:
+            raise TerraformError(verb, 0, [], f"{verb} -json is not JSON: {exc}") from None
+        return data if isinstance(data, dict) else {}
+
     def _apply(self, verb: str, extra: list[str], variables: Mapping[str, object] | None,
                on_event: EventHandler | None, timeout: float | None,
                cancel: threading.Event | None,
