@@ -381,3 +381,37 @@ def test_a_cancelled_step_stops(world):
         steps.contain(ctx)
     assert time.monotonic() - started < 60
     assert _runs_left(world) == []
+
+
+def test_the_state_lock_is_respected_and_a_cancel_stops_terraform(world):
+    """A replace while another apply holds the state lock fails after lock_timeout_s with
+    Terraform's lock error; cancelling the running replace stops it (StepCancelled)."""
+    from aegis_controller.recovery.steps import StepCancelled
+
+    set_vars(world, sleep={"standin-n1": "300"})
+    rec = Recorder()
+    ctx = ctx_for("standin-n1", rec, job="job-a")
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            RunnerSteps(world["settings"], runs_dir=world["runs"]).replace(ctx)
+        except BaseException as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    try:
+        assert wait_until(lambda: any(f.get("event") == "provision_start"
+                                      for _, f in rec.lines), timeout=60)
+        started = time.monotonic()
+        with pytest.raises(StepError, match="state lock"):
+            RunnerSteps(world["settings"], runs_dir=world["runs"]).replace(
+                ctx_for("standin-n3", Recorder(), job="job-b"))
+        assert 4 < time.monotonic() - started < 60  # lock_timeout_s is 5
+    finally:
+        ctx.cancel.set()
+        thread.join(timeout=90)
+    assert not thread.is_alive()
+    assert errors and isinstance(errors[0], StepCancelled)
+    assert all(_group_gone(g) for g in rec.groups)

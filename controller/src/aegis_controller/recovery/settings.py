@@ -13,6 +13,8 @@ the steps run, and the guard rails.
       timeout_s: 1800
       lock_timeout_s: 60
       env: {}                               # e.g. cloud credentials' variable names
+      cli_config: ../terraform/cli.tfrc     # optional TF_CLI_CONFIG_FILE (else none)
+      binary: terraform
     ansible:
       inventory: inventory.yml
       playbooks: /path/to/ansible_collections/aegis/fleet/playbooks
@@ -20,11 +22,20 @@ the steps run, and the guard rails.
       agent_vars_file: agent-vars.yml       # controller URL, CA ... (never a token)
       quarantine_mode: soft                 # or hard
       timeout_s: 1800
+      golden_path: /var/lib/aegis/golden.json   # where the harden role writes it
     forensics:
       recipient: age1...                    # incident response's age public key
       dest: forensics                       # bundles land here on the controller
+      # skip: true                          # replace without a bundle (then no recipient)
     baked: false                            # true: verify in check mode, any change fails
-    enroll_timeout_s: 600
+    enroll_timeout_s: 600                   # bounds the agent (enroll) playbook's run
+
+``ansible.playbooks`` defaults to the collection's ``playbooks`` directory when the
+controller runs from an Aegis checkout. The Terraform root module must declare the node
+resource at ``replace_address`` (default ``module.node["{node}"].terraform_data.node``,
+the local fleet's); for a cloud, point ``root`` at its root module, set the address of
+its instance resource (e.g. ``module.node["{node}"].aws_instance.this``), its backend
+(leave ``state`` unset for a remote backend) and the credentials' ``env``.
 
 Relative paths resolve against the settings file's directory. Every bad value is reported
 at once, each naming its key and how to fix it; unknown keys are refused (a typo must not
