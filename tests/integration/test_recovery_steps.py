@@ -306,9 +306,14 @@ def test_collect_returns_the_encrypted_bundle(world):
 
 def test_verify_converges_and_returns_the_golden_record(world):
     steps = RunnerSteps(world["settings"], runs_dir=world["runs"])
-    out = steps.verify(ctx_for("standin-n1", Recorder()))
+    rec = Recorder()
+    out = steps.verify(ctx_for("standin-n1", rec))
     assert json.loads(out["golden"]) == {"profile": "standin", "files": {}}
     assert out["verified"] == "converge"
+    assert ("Write the golden record", "changed") in [
+        (f.get("task"), f.get("status")) for _, f in rec.lines]
+    assert rec.groups
+    assert '"profile"' not in rec.text()  # the record is returned, not streamed
     assert _runs_left(world) == []
 
 
@@ -352,6 +357,7 @@ def test_enroll_uses_the_token_command_and_no_log_hides_the_token(world):
     assert ("Show the token by mistake", "ok") in tasks
     assert SECRET not in rec.text()
     assert _files_holding(world["runs"], SECRET) == []
+    assert _files_holding(world["tmp"] / "ansible-home", SECRET) == []
     assert _runs_left(world) == []
 
 

@@ -322,7 +322,8 @@ class RunnerSteps:
                     return result
                 read = ansible.module(ctx.node_id, "ansible.builtin.slurp",
                                       f"src={a.golden_path}", inventory=a.inventory,
-                                      timeout=timeout, cancel=ctx.cancel, check=True)
+                                      on_event=_Groups(handler), timeout=timeout,
+                                      cancel=ctx.cancel, check=True)
                 return result, _golden(read, ctx.node_id, a.golden_path)
             except PlaybookCancelled as exc:
                 raise StepCancelled(str(exc)) from None
@@ -375,16 +376,19 @@ class _PlayProgress:
         self.label = label
         self.tasks = 0
         self.reported: set[int] = set()
+        self.pids: set[int] = set()
 
     def __call__(self, event: PlayEvent) -> None:
         pid = event.raw.get("pid")
-        if isinstance(pid, int) and pid > 0 and not self.reported:
+        if isinstance(pid, int) and pid > 0 and pid not in self.pids:
+            self.pids.add(pid)
             try:
                 pgid = os.getpgid(pid)
             except ProcessLookupError:
                 pgid = pid
-            self.reported.add(pgid)
-            self.ctx.started_process(pgid)
+            if pgid not in self.reported:
+                self.reported.add(pgid)
+                self.ctx.started_process(pgid)
         if event.is_task_start:
             self.tasks += 1
             return
@@ -396,6 +400,17 @@ class _PlayProgress:
         if line is not None:
             self.ctx.progress(_one_line(line), step=self.label, host=event.host,
                               task=event.task, status=event.status)
+
+
+class _Groups:
+    """Only the process-group reporting of a :class:`_PlayProgress` (the golden record's
+    content must not reach the progress lines)."""
+
+    def __init__(self, progress: _PlayProgress) -> None:
+        self.progress = progress
+
+    def __call__(self, event: PlayEvent) -> None:
+        self.progress(dataclasses.replace(event, kind="", status=None))
 
 
 def _node(node_id: str) -> str:
