@@ -421,3 +421,37 @@ def test_the_state_lock_is_respected_and_a_cancel_stops_terraform(world):
     assert not thread.is_alive()
     assert errors and isinstance(errors[0], StepCancelled)
     assert all(_group_gone(g) for g in rec.groups)
+
+
+def test_concurrent_replaces_of_one_controller_take_turns(world):
+    """Two jobs at once (max_in_flight 2) on one controller: the second waits for the
+    first's Terraform run instead of failing on the state lock (lock_timeout_s is 5, the
+    first run takes 8 s)."""
+    tf = world["tf"]
+    before = ids(tf)
+    set_vars(world, sleep={"standin-n1": "8"})
+    steps = RunnerSteps(world["settings"], runs_dir=world["runs"])
+    first, second = Recorder(), Recorder()
+    results: dict[str, object] = {}
+
+    def run(node: str, rec: Recorder, job: str) -> None:
+        try:
+            results[node] = steps.replace(ctx_for(node, rec, job=job))
+        except BaseException as exc:
+            results[node] = exc
+
+    one = threading.Thread(target=run, args=("standin-n1", first, "job-1"), daemon=True)
+    one.start()
+    assert wait_until(lambda: any(f.get("event") == "provision_start"
+                                  for _, f in first.lines), timeout=60)
+    two = threading.Thread(target=run, args=("standin-n3", second, "job-2"), daemon=True)
+    two.start()
+    one.join(timeout=120)
+    two.join(timeout=120)
+    assert isinstance(results["standin-n1"], dict), results
+    assert isinstance(results["standin-n3"], dict), results
+    assert any("waiting for another replacement" in m for m, _ in second.lines)
+    after = ids(tf)
+    assert after["standin-n2"] == before["standin-n2"]
+    assert after["standin-n1"] != before["standin-n1"]
+    assert after["standin-n3"] != before["standin-n3"]

@@ -78,6 +78,7 @@ class RunnerSteps:
                                    lock_timeout=tf.lock_timeout_s)
         self._env = {**os.environ, **settings.ansible.env}
         self._init_lock = threading.Lock()
+        self._tf_lock = threading.Lock()
         self._initialized = False
 
     # -- the steps ------------------------------------------------------------------------
@@ -118,8 +119,14 @@ class RunnerSteps:
 
     def replace(self, ctx: StepContext) -> Mapping[str, Any]:
         node = _node(ctx.node_id)
-        address = self.settings.terraform.address(node)
         self._init(ctx)
+        # One Terraform run on the root module at a time from this controller: concurrent
+        # jobs (max_in_flight > 1) queue here instead of failing on the state lock after
+        # lock_timeout_s (which still guards against other controllers and people).
+        with self._terraform_turn(ctx):
+            return self._replace(ctx, node, self.settings.terraform.address(node))
+
+    def _replace(self, ctx: StepContext, node: str, address: str) -> Mapping[str, Any]:
         objects = self._objects(address)
         current = _current(objects)
         known_old = ctx.data.get("old_instance_id") or self._mark(ctx).get("old_instance_id")
@@ -235,6 +242,20 @@ class RunnerSteps:
             except TerraformFailure as exc:
                 raise StepError(_one_line(str(exc))) from None
             self._initialized = True
+
+    @contextmanager
+    def _terraform_turn(self, ctx: StepContext) -> Iterator[None]:
+        if not self._tf_lock.acquire(blocking=False):
+            ctx.progress("waiting for another replacement's Terraform run to finish",
+                         step="replace")
+            while not self._tf_lock.acquire(timeout=0.5):
+                if ctx.cancel.is_set():
+                    raise StepCancelled("cancelled while waiting for another replacement's "
+                                        "Terraform run")
+        try:
+            yield
+        finally:
+            self._tf_lock.release()
 
     def _declared(self, ctx: StepContext, address: str) -> None:
         """Refuse an address the configuration does not declare (plan shows no create)."""
