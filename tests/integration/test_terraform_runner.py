@@ -153,3 +153,24 @@ def test_cancel_stops_a_running_apply(tf, tmp_path):
         tf.apply(_vars(tmp_path, ["slow"], sleep=secs), on_event=on_event, cancel=cancel)
     assert cancel.is_set()
     assert _processes_with(f"sleep {secs}") == []
+
+
+def test_plan_show_and_the_process_group_reported_before_the_wait(tf, tmp_path):
+    groups: list[tuple[int, int]] = []
+
+    def on_start(pgid: int) -> None:
+        groups.append((pgid, os.getpgid(pgid)))  # alive and leading its own group
+
+    tf.apply(_vars(tmp_path, ["a", "b"]), on_start=on_start)
+    assert len(groups) == 1 and groups[0][0] == groups[0][1]
+    state = (tmp_path / "state.tfstate").read_bytes()
+    plan = tf.plan(_vars(tmp_path, ["a", "b"]), replace=['terraform_data.item["a"]'],
+                   on_start=on_start)
+    assert plan.planned == [('terraform_data.item["a"]', "replace")]
+    assert plan.summary == "Plan: 1 to add, 0 to change, 1 to destroy."
+    assert plan.lines[-1] == plan.summary
+    assert (tmp_path / "state.tfstate").read_bytes() == state  # nothing applied
+    values = tf.state_resource('terraform_data.item["a"]')
+    assert values is not None and values["id"] == tf.output()["ids"]["a"]
+    assert len(tf.state_resources('terraform_data.item["b"]')) == 1
+    assert tf.state_resource('terraform_data.item["zz"]') is None

@@ -221,22 +221,29 @@ class Ansible:
     ``runs_dir`` (the last ``keep`` kept for inspection)."""
 
     def __init__(self, runs_dir: Path, *, env: Mapping[str, str] | None = None,
-                 keep: int = 20) -> None:
+                 keep: int = 20, suppress_env_files: bool = False) -> None:
         self.runs_dir = Path(runs_dir)
         self.env = dict(os.environ if env is None else env)
         self.keep = keep
+        #: ansible-runner's ``suppress_env_files``: the environment and extra vars are not
+        #: written under ``env/`` while the run lasts (extra vars go on the command line).
+        self.suppress_env_files = suppress_env_files
 
     # -- public -------------------------------------------------------------------------
     def run(self, playbook: Path, *, extravars: Mapping[str, Any] | None = None,
             extra_files: Sequence[Path] = (), limit: str | None = None,
             tags: str | None = None, inventory: Path | None = None,
             on_event: EventHandler | None = None, timeout: float | None = None,
-            cancel: threading.Event | None = None, check: bool = True) -> PlayResult:
-        """Run ``playbook``; with ``check`` a failed task raises :class:`PlaybookError`."""
+            cancel: threading.Event | None = None, check: bool = True,
+            check_mode: bool = False) -> PlayResult:
+        """Run ``playbook``; with ``check`` a failed task raises :class:`PlaybookError`;
+        ``check_mode`` runs it with ``--check`` (nothing changed, changes reported)."""
         playbook = Path(playbook)
         if not playbook.is_file():
             raise PlaybookNotFound(f"playbook {playbook} not found")
         cmdline = [arg for f in extra_files for arg in ("-e", f"@{f}")]
+        if check_mode:
+            cmdline.append("--check")
         if tags:
             cmdline += ["--tags", tags]
         return self._run(f"playbook {playbook.name}", check, on_event, timeout, cancel,
@@ -320,6 +327,8 @@ class Ansible:
         elif "ANSIBLE_INVENTORY" in self.env:
             kwargs["inventory"] = self.env["ANSIBLE_INVENTORY"]
         try:
+            if self.suppress_env_files:
+                kwargs["suppress_env_files"] = True
             runner = ansible_runner.run(
                 private_data_dir=str(private), quiet=True, envvars=envvars,
                 event_handler=handle, cancel_callback=should_stop,

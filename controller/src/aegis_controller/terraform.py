@@ -1,11 +1,14 @@
 """Run Terraform through its own machine-readable interface.
 
-``init``, ``apply`` (also with ``-replace``), ``destroy`` and ``output`` are run with
-``-json``; every line Terraform prints is parsed into a :class:`TerraformEvent` and
-handed to the caller as it arrives, so long applies show progress. A run can be given
-a timeout or a cancel event: Terraform then gets SIGINT (it stops cleanly and writes
-its state), and if it has not exited after a grace period its whole process group is
-killed. Failures raise :class:`TerraformError` carrying Terraform's own diagnostics.
+``init``, ``plan``, ``apply`` (also with ``-replace``), ``destroy``, ``output`` and
+``show`` are run with ``-json``; every line Terraform prints is parsed into a
+:class:`TerraformEvent` and handed to the caller as it arrives, so long applies show
+progress. A run can be given a timeout or a cancel event: Terraform then gets SIGINT (it
+stops cleanly and writes its state), and if it has not exited after a grace period its
+whole process group is killed. Terraform runs in a process group of its own (its id is
+Terraform's pid), which ``on_start`` is told before the run is waited on, so a caller can
+record it and kill what is left of it if the caller itself dies. Failures raise
+:class:`TerraformError` carrying Terraform's own diagnostics.
 
 Why not ``python-terraform``: 0.10.1 passes ``-force`` to ``destroy`` (removed in
 Terraform 0.15) and parses human output; this module uses only documented flags and
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import queue
 import shutil
@@ -29,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 EventHandler = Callable[["TerraformEvent"], None]
+StartHandler = Callable[[int], None]
 
 #: Seconds Terraform gets to stop after SIGINT before its process group is killed.
 INTERRUPT_GRACE = 20.0
@@ -107,12 +112,38 @@ class ApplyResult:
     @property
     def resources(self) -> list[tuple[str, str]]:
         """(address, action) of every resource change that completed."""
-        done = []
-        for ev in self.events:
-            if ev.type == "apply_complete":
-                hook = ev.raw.get("hook", {})
-                done.append((hook.get("resource", {}).get("addr", ""), hook.get("action", "")))
-        return done
+        return _actions(self.events, "apply_complete", "hook")
+
+
+@dataclass
+class PlanResult:
+    """What a plan would do: the change summary and each planned (address, action)."""
+
+    events: list[TerraformEvent]
+    changes: dict = field(default_factory=dict)
+    summary: str = ""
+
+    @property
+    def planned(self) -> list[tuple[str, str]]:
+        """(address, action) of every planned resource change, e.g. ``("a.b", "replace")``."""
+        return _actions(self.events, "planned_change", "change")
+
+    @property
+    def lines(self) -> list[str]:
+        """The plan as a person reads it: one line per planned change, then the summary."""
+        return [ev.message for ev in self.events if ev.type == "planned_change"] + (
+            [self.summary] if self.summary else [])
+
+
+def _actions(events: Iterable[TerraformEvent], event_type: str,
+             key: str) -> list[tuple[str, str]]:
+    """(resource address, action) from each ``event_type`` event's ``key`` object."""
+    out = []
+    for ev in events:
+        if ev.type == event_type:
+            item = ev.raw.get(key, {})
+            out.append((item.get("resource", {}).get("addr", ""), item.get("action", "")))
+    return out
 
 
 def _format_diagnostic(diag: Mapping) -> str:
@@ -163,67 +194,111 @@ class Terraform:
     def __init__(self, working_dir: Path | str, *, data_dir: Path | str | None = None,
                  state_path: Path | str | None = None, binary: str = "terraform",
                  env: Mapping[str, str] | None = None,
-                 cli_config_file: Path | str | None = None) -> None:
+                 cli_config_file: Path | str | None = None,
+                 lock_timeout: float = 60) -> None:
         self.working_dir = Path(working_dir)
         self.data_dir = Path(data_dir) if data_dir else None
         self.state_path = Path(state_path) if state_path else None
         self.binary = binary
         self.cli_config_file = Path(cli_config_file) if cli_config_file else None
         self.env = _base_env(env, self.cli_config_file, self.data_dir)
+        #: How long plan and apply wait for the state lock held by another run.
+        self.lock_timeout = lock_timeout
 
     # -- verbs ------------------------------------------------------------------------
     def version(self) -> str:
         return check_terraform(self.binary)
 
     def init(self, *, on_event: EventHandler | None = None, timeout: float | None = 300,
-             cancel: threading.Event | None = None) -> list[TerraformEvent]:
+             cancel: threading.Event | None = None,
+             on_start: StartHandler | None = None) -> list[TerraformEvent]:
         """``terraform init`` (local backend at ``state_path`` when one is given)."""
         args = ["init", "-json", "-input=false", "-no-color"]
         if self.state_path:
             args.append(f"-backend-config=path={self.state_path}")
-        return self._run("init", args, on_event, timeout, cancel)
+        return self._run("init", args, on_event, timeout, cancel, on_start)
+
+    def plan(self, variables: Mapping[str, object] | None = None, *,
+             replace: Iterable[str] = (), targets: Iterable[str] = (),
+             on_event: EventHandler | None = None, timeout: float | None = None,
+             cancel: threading.Event | None = None,
+             on_start: StartHandler | None = None) -> PlanResult:
+        """``terraform plan`` (nothing applied, no plan file); ``replace`` and ``targets``
+        as for apply."""
+        args = ["plan", "-json", "-input=false", "-no-color",
+                f"-lock-timeout={self._lock_timeout()}",
+                *[f"-replace={addr}" for addr in replace], *[f"-target={t}" for t in targets]]
+        events = self._with_var_file("plan", args, variables, on_event, timeout, cancel,
+                                     on_start)
+        result = PlanResult(events=events)
+        for ev in events:
+            if ev.type == "change_summary":
+                result.changes = ev.raw.get("changes", {})
+                result.summary = ev.message
+        return result
 
     def apply(self, variables: Mapping[str, object] | None = None, *,
               replace: Iterable[str] = (), targets: Iterable[str] = (),
               on_event: EventHandler | None = None, timeout: float | None = None,
-              cancel: threading.Event | None = None) -> ApplyResult:
+              cancel: threading.Event | None = None,
+              on_start: StartHandler | None = None) -> ApplyResult:
         """``terraform apply -auto-approve``; ``replace`` lists addresses to re-create."""
         extra = [f"-replace={addr}" for addr in replace] + [f"-target={t}" for t in targets]
-        return self._apply("apply", extra, variables, on_event, timeout, cancel)
+        return self._apply("apply", extra, variables, on_event, timeout, cancel, on_start)
 
     def destroy(self, variables: Mapping[str, object] | None = None, *,
                 on_event: EventHandler | None = None, timeout: float | None = None,
-                cancel: threading.Event | None = None) -> ApplyResult:
+                cancel: threading.Event | None = None,
+                on_start: StartHandler | None = None) -> ApplyResult:
         """``terraform apply -destroy -auto-approve`` (never the removed ``-force``)."""
-        return self._apply("destroy", ["-destroy"], variables, on_event, timeout, cancel)
+        return self._apply("destroy", ["-destroy"], variables, on_event, timeout, cancel,
+                           on_start)
 
     def output(self, *, timeout: float | None = 120) -> dict[str, object]:
         """All root outputs as ``{name: value}`` (``terraform output -json``)."""
-        proc = self._capture(["output", "-json", "-no-color"], timeout)
+        data = self._json("output", timeout)
+        return {name: spec.get("value") for name, spec in data.items()}
+
+    def show(self, *, timeout: float | None = 120) -> dict:
+        """The current state as ``terraform show -json`` prints it (``{}``-like with no
+        ``values`` when the state is empty)."""
+        return self._json("show", timeout)
+
+    def state_resources(self, address: str, *, timeout: float | None = 120) -> list[dict]:
+        """Every object the state holds at ``address`` (a resource instance address such as
+        ``module.node["n1"].aws_instance.this``), in any module, deposed objects included:
+        one entry normally, none when it does not exist, more after an interrupted
+        create-before-destroy. Each is ``show -json``'s resource (``values`` holds ``id``)."""
+        return [r for r in _state_resources(self.show(timeout=timeout).get("values") or {})
+                if r.get("address") == address]
+
+    def state_resource(self, address: str, *, timeout: float | None = 120) -> dict | None:
+        """The ``values`` of the one current object at ``address``, or None if absent."""
+        current = [r for r in self.state_resources(address, timeout=timeout)
+                   if not r.get("deposed_key")]
+        return dict(current[0].get("values") or {}) if current else None
+
+    # -- machinery ------------------------------------------------------------------------
+    def _json(self, verb: str, timeout: float | None) -> dict:
+        """``terraform <verb> -json`` read whole (a JSON object, else TerraformError)."""
+        proc = self._capture([verb, "-json", "-no-color"], timeout)
         if proc.returncode != 0:
-            raise TerraformError("output", proc.returncode, [], proc.stderr)
+            raise TerraformError(verb, proc.returncode, [], proc.stderr)
         try:
             data = json.loads(proc.stdout or "{}")
         except json.JSONDecodeError as exc:
-            raise TerraformError("output", 0, [], f"output -json is not JSON: {exc}") from None
-        return {name: spec.get("value") for name, spec in data.items()}
+            raise TerraformError(verb, 0, [], f"{verb} -json is not JSON: {exc}") from None
+        return data if isinstance(data, dict) else {}
 
-    # -- machinery ------------------------------------------------------------------------
     def _apply(self, verb: str, extra: list[str], variables: Mapping[str, object] | None,
                on_event: EventHandler | None, timeout: float | None,
-               cancel: threading.Event | None) -> ApplyResult:
+               cancel: threading.Event | None,
+               on_start: StartHandler | None = None) -> ApplyResult:
         started = time.monotonic()
         args = ["apply", "-json", "-input=false", "-no-color", "-auto-approve",
-                "-lock-timeout=60s", *extra]
-        var_file = None
-        try:
-            if variables is not None:
-                var_file = self._write_var_file(variables)
-                args.append(f"-var-file={var_file}")
-            events = self._run(verb, args, on_event, timeout, cancel)
-        finally:
-            if var_file:
-                var_file.unlink(missing_ok=True)
+                f"-lock-timeout={self._lock_timeout()}", *extra]
+        events = self._with_var_file(verb, args, variables, on_event, timeout, cancel,
+                                     on_start)
         result = ApplyResult(events=events, duration=time.monotonic() - started)
         for ev in events:
             if ev.type == "change_summary":
@@ -231,6 +306,23 @@ class Terraform:
             elif ev.type == "outputs":
                 result.outputs = {k: v.get("value") for k, v in ev.raw.get("outputs", {}).items()}
         return result
+
+    def _lock_timeout(self) -> str:
+        return f"{max(0, math.ceil(self.lock_timeout))}s"
+
+    def _with_var_file(self, verb: str, args: list[str],
+                       variables: Mapping[str, object] | None, on_event: EventHandler | None,
+                       timeout: float | None, cancel: threading.Event | None,
+                       on_start: StartHandler | None) -> list[TerraformEvent]:
+        var_file = None
+        try:
+            if variables is not None:
+                var_file = self._write_var_file(variables)
+                args = [*args, f"-var-file={var_file}"]
+            return self._run(verb, args, on_event, timeout, cancel, on_start)
+        finally:
+            if var_file:
+                var_file.unlink(missing_ok=True)
 
     def _write_var_file(self, variables: Mapping[str, object]) -> Path:
         where = self.data_dir or Path(tempfile.gettempdir())
@@ -254,7 +346,8 @@ class Terraform:
             raise TerraformTimeout(f"terraform {args[0]} did not finish in {timeout} s") from None
 
     def _run(self, verb: str, args: list[str], on_event: EventHandler | None,
-             timeout: float | None, cancel: threading.Event | None) -> list[TerraformEvent]:
+             timeout: float | None, cancel: threading.Event | None,
+             on_start: StartHandler | None = None) -> list[TerraformEvent]:
         try:
             proc = subprocess.Popen(
                 self._command(args), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -263,6 +356,12 @@ class Terraform:
         except FileNotFoundError:
             check_terraform(self.binary)
             raise
+        if on_start is not None:
+            try:
+                on_start(proc.pid)  # start_new_session: the group's id is the pid
+            except BaseException:
+                _stop(proc, grace=2.0)
+                raise
         stderr_chunks: list[str] = []
         err_reader = threading.Thread(target=_collect, args=(proc.stderr, stderr_chunks),
                                       daemon=True)
@@ -326,6 +425,16 @@ def _follow(proc: subprocess.Popen, events: list[TerraformEvent],
                 _stop(proc)
     proc.wait()
     return stop_reason
+
+
+def _state_resources(module: Mapping) -> Iterable[dict]:
+    """Every resource of ``module`` (show -json's ``root_module``) and its child modules."""
+    root = module.get("root_module", module)
+    stack = [root]
+    while stack:
+        current = stack.pop()
+        yield from current.get("resources") or []
+        stack.extend(current.get("child_modules") or [])
 
 
 def _pump(stream, lines: queue.Queue) -> None:

@@ -1,0 +1,449 @@
+"""The recovery settings file: where the Terraform root module and the playbooks are, how
+the steps run, and the guard rails.
+
+:meth:`RecoverySettings.load` reads one YAML file, e.g.::
+
+    guard_rails: {max_in_flight: 1}
+    terraform:
+      root: ../terraform/fleets/local       # the root module that owns the nodes
+      data_dir: tf-data                     # TF_DATA_DIR
+      state: fleet.tfstate                  # local state (optional: the module's backend)
+      var_file: fleet.tfvars.json           # optional -var-file (JSON object)
+      replace_address: module.node["{node}"].terraform_data.node
+      timeout_s: 1800
+      lock_timeout_s: 60
+      env: {}                               # e.g. cloud credentials' variable names
+      cli_config: ../terraform/cli.tfrc     # optional TF_CLI_CONFIG_FILE (else none)
+      binary: terraform
+    ansible:
+      inventory: inventory.yml
+      playbooks: /path/to/ansible_collections/aegis/fleet/playbooks
+      env: {ANSIBLE_CONFIG: ../ansible.cfg}
+      agent_vars_file: agent-vars.yml       # controller URL, CA ... (never a token)
+      quarantine_mode: soft                 # or hard
+      timeout_s: 1800
+      golden_path: /var/lib/aegis/golden.json   # where the harden role writes it
+    forensics:
+      recipient: age1...                    # incident response's age public key
+      dest: forensics                       # bundles land here on the controller
+      # skip: true                          # replace without a bundle (then no recipient)
+    baked: false                            # true: verify in check mode, any change fails
+    enroll_timeout_s: 600                   # bounds the agent (enroll) playbook's run
+
+``ansible.playbooks`` defaults to the collection's ``playbooks`` directory when the
+controller runs from an Aegis checkout. The Terraform root module must declare the node
+resource at ``replace_address`` (default ``module.node["{node}"].terraform_data.node``,
+the local fleet's); for a cloud, point ``root`` at its root module, set the address of
+its instance resource (e.g. ``module.node["{node}"].aws_instance.this``), its backend
+(leave ``state`` unset for a remote backend) and the credentials' ``env``.
+
+Relative paths resolve against the settings file's directory. Every bad value is reported
+at once, each naming its key and how to fix it; unknown keys are refused (a typo must not
+silently fall back to a default).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .guard import GuardRails, GuardRailsInvalid
+
+#: The playbooks a recovery runs, in order (the dry run lists them the same way).
+PLAYBOOKS = ("quarantine.yml", "forensics.yml", "harden.yml", "agent.yml")
+DEFAULT_REPLACE_ADDRESS = 'module.node["{node}"].terraform_data.node'
+DEFAULT_GOLDEN_PATH = "/var/lib/aegis/golden.json"
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+#: Extra vars that would put a bootstrap token into a file: the enroll step passes only
+#: ``agent_bootstrap_token_command``.
+_TOKEN_VARS = ("agent_bootstrap_token", "agent_bootstrap_tokens")
+
+
+class RecoverySettingsInvalid(ValueError):
+    """The settings file is missing, unreadable or has bad values (each one named)."""
+
+
+def default_playbooks_dir() -> Path | None:
+    """The collection's ``playbooks`` directory when the controller runs from an Aegis
+    checkout (``galaxy.yml`` next to ``playbooks/``), else None."""
+    repo = Path(__file__).resolve().parents[4]
+    if (repo / "galaxy.yml").is_file() and (repo / "playbooks").is_dir():
+        return repo / "playbooks"
+    return None
+
+
+@dataclass(frozen=True)
+class TerraformSettings:
+    root: Path
+    data_dir: Path
+    state: Path | None = None
+    var_file: Path | None = None
+    replace_address: str = DEFAULT_REPLACE_ADDRESS
+    timeout_s: float = 1800.0
+    lock_timeout_s: float = 60.0
+    env: Mapping[str, str] = field(default_factory=dict, repr=False)  # may hold credentials
+    cli_config: Path | None = None
+    binary: str = "terraform"
+
+    def address(self, node_id: str) -> str:
+        """The node's resource address (the template with ``{node}`` filled in)."""
+        return self.replace_address.replace("{node}", node_id)
+
+    def variables(self) -> dict[str, Any] | None:
+        """The ``var_file``'s variables (read at each use, so edits apply to the next step)."""
+        if self.var_file is None:
+            return None
+        return _json_object(self.var_file, "terraform.var_file")
+
+
+@dataclass(frozen=True)
+class AnsibleSettings:
+    inventory: Path
+    playbooks: Path
+    env: Mapping[str, str] = field(default_factory=dict, repr=False)
+    agent_vars_file: Path | None = None
+    quarantine_mode: str = "soft"
+    timeout_s: float = 1800.0
+    golden_path: str = DEFAULT_GOLDEN_PATH
+
+    def playbook(self, name: str) -> Path:
+        return self.playbooks / name
+
+    def agent_vars(self) -> dict[str, Any]:
+        """The agent play's extra vars from ``agent_vars_file`` (read at each use)."""
+        if self.agent_vars_file is None:
+            return {}
+        return _agent_vars(self.agent_vars_file)
+
+
+@dataclass(frozen=True)
+class ForensicsSettings:
+    recipient: str | None
+    dest: Path | None
+    skip: bool = False
+
+
+@dataclass(frozen=True)
+class RecoverySettings:
+    path: Path
+    guard_rails: GuardRails
+    terraform: TerraformSettings
+    ansible: AnsibleSettings
+    forensics: ForensicsSettings
+    baked: bool = False
+    enroll_timeout_s: float = 600.0
+
+    @classmethod
+    def load(cls, path: str | Path) -> RecoverySettings:
+        """Read and check the settings file; raise :class:`RecoverySettingsInvalid` naming
+        every bad key and its fix."""
+        path = Path(path).expanduser().absolute()
+        try:
+            text = path.read_text()
+        except FileNotFoundError:
+            raise RecoverySettingsInvalid(
+                f"recovery settings file {path} does not exist: create it (see "
+                "aegis_controller.recovery.settings for an example) or pass its path") from None
+        except OSError as exc:
+            raise RecoverySettingsInvalid(
+                f"cannot read recovery settings {path}: {exc.strerror}") from None
+        try:
+            raw = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" at line {mark.line + 1}" if mark is not None else ""
+            raise RecoverySettingsInvalid(
+                f"recovery settings {path} is not valid YAML{where}: fix the syntax") from None
+        reader = _Reader(path.parent)
+        settings = reader.settings(path, raw)
+        if reader.problems:
+            raise RecoverySettingsInvalid(
+                f"recovery settings {path}: " + "; ".join(reader.problems))
+        assert settings is not None
+        return settings
+
+
+class _Reader:
+    """Collects every problem of one settings file while it builds the settings."""
+
+    def __init__(self, base: Path) -> None:
+        self.base = base
+        self.problems: list[str] = []
+
+    def bad(self, key: str, message: str) -> None:
+        self.problems.append(f"{key} {message}")
+
+    # -- sections -------------------------------------------------------------------------
+    def settings(self, path: Path, raw: object) -> RecoverySettings | None:
+        top = self.section("", raw, {"guard_rails", "terraform", "ansible", "forensics",
+                                     "baked", "enroll_timeout_s"},
+                           required=("terraform", "ansible", "forensics"))
+        rails = self.guard_rails(top.get("guard_rails"))
+        terraform = self.terraform(top.get("terraform"))
+        ansible = self.ansible(top.get("ansible"))
+        forensics = self.forensics(top.get("forensics"))
+        baked = self.boolean("baked", top.get("baked", False))
+        enroll = self.seconds("enroll_timeout_s", top.get("enroll_timeout_s", 600))
+        if self.problems or None in (rails, terraform, ansible, forensics):
+            return None
+        return RecoverySettings(path=path, guard_rails=rails, terraform=terraform,
+                                ansible=ansible, forensics=forensics, baked=baked,
+                                enroll_timeout_s=enroll)
+
+    def guard_rails(self, raw: object) -> GuardRails | None:
+        values = self.section("guard_rails", {} if raw is None else raw, None)
+        try:
+            return GuardRails.from_mapping(values)
+        except GuardRailsInvalid as exc:
+            self.bad("guard_rails:", f"{exc} (see aegis_controller.recovery.guard.GuardRails)")
+        except TypeError as exc:
+            self.bad("guard_rails:", f"{exc}")
+        return None
+
+    def terraform(self, raw: object) -> TerraformSettings | None:
+        s = self.section("terraform", raw, {
+            "root", "data_dir", "state", "var_file", "replace_address", "timeout_s",
+            "lock_timeout_s", "env", "cli_config", "binary"}, required=("root", "data_dir"))
+        if not s:
+            return None
+        root = self.path("terraform.root", s.get("root"), kind="dir",
+                         fix="the directory of the Terraform root module that owns the nodes")
+        if root is not None and not list(root.glob("*.tf")) and not list(root.glob("*.tf.json")):
+            self.bad("terraform.root", f"{root} holds no .tf file: point it at the root module")
+        data_dir = self.path("terraform.data_dir", s.get("data_dir"), kind="newdir",
+                             fix="a directory for Terraform's TF_DATA_DIR (made if missing)")
+        state = self.path("terraform.state", s.get("state"), kind="newfile", optional=True,
+                          fix="the local state file (the module needs backend \"local\" {})")
+        var_file = self.path("terraform.var_file", s.get("var_file"), kind="file",
+                             optional=True, fix="a JSON file of the module's variables")
+        if var_file is not None:
+            try:
+                _json_object(var_file, "terraform.var_file")
+            except RecoverySettingsInvalid as exc:
+                self.problems.append(str(exc))
+        cli_config = self.path("terraform.cli_config", s.get("cli_config"), kind="file",
+                               optional=True, fix="a Terraform CLI configuration file")
+        address = s.get("replace_address", DEFAULT_REPLACE_ADDRESS)
+        if not isinstance(address, str) or "{node}" not in address or not address.strip():
+            self.bad("terraform.replace_address",
+                     f"must be the node resource's address with {{node}} where the node id "
+                     f"goes, e.g. {DEFAULT_REPLACE_ADDRESS}, got {address!r}")
+        binary = s.get("binary", "terraform")
+        if not isinstance(binary, str) or not binary.strip():
+            self.bad("terraform.binary", f"must be the terraform command, got {binary!r}")
+        timeout = self.seconds("terraform.timeout_s", s.get("timeout_s", 1800))
+        lock = self.seconds("terraform.lock_timeout_s", s.get("lock_timeout_s", 60))
+        env = self.env("terraform.env", s.get("env", {}))
+        if root is None or data_dir is None:
+            return None
+        return TerraformSettings(root=root, data_dir=data_dir, state=state, var_file=var_file,
+                                 replace_address=str(address), timeout_s=timeout,
+                                 lock_timeout_s=lock, env=env, cli_config=cli_config,
+                                 binary=str(binary))
+
+    def ansible(self, raw: object) -> AnsibleSettings | None:
+        s = self.section("ansible", raw, {"inventory", "playbooks", "env", "agent_vars_file",
+                                          "quarantine_mode", "timeout_s", "golden_path"},
+                         required=("inventory",))
+        if not s:
+            return None
+        inventory = self.path("ansible.inventory", s.get("inventory"), kind="exists",
+                              fix="the inventory (file or directory) that names the nodes")
+        if "playbooks" in s:
+            playbooks = self.path("ansible.playbooks", s.get("playbooks"), kind="dir",
+                                  fix="the aegis.fleet collection's playbooks directory")
+        else:
+            playbooks = default_playbooks_dir()
+            if playbooks is None:
+                self.bad("ansible.playbooks", "is required: this controller is not run from "
+                         "an Aegis checkout; set it to the aegis.fleet collection's playbooks "
+                         "directory (ansible_collections/aegis/fleet/playbooks)")
+        if playbooks is not None:
+            missing = [name for name in PLAYBOOKS if not (playbooks / name).is_file()]
+            if missing:
+                self.bad("ansible.playbooks", f"{playbooks} lacks {', '.join(missing)}: point "
+                         f"it at a directory holding {', '.join(PLAYBOOKS)}")
+        agent_vars = self.path("ansible.agent_vars_file", s.get("agent_vars_file"),
+                               kind="file", optional=True,
+                               fix="a YAML or JSON file of the agent play's variables")
+        if agent_vars is not None:
+            try:
+                _agent_vars(agent_vars)
+            except RecoverySettingsInvalid as exc:
+                self.problems.append(str(exc))
+        mode = s.get("quarantine_mode", "soft")
+        if mode not in ("soft", "hard"):
+            self.bad("ansible.quarantine_mode", "must be soft (egress cut except the "
+                     "controller) or hard (also freeze the workloads), got " + repr(mode))
+        golden = s.get("golden_path", DEFAULT_GOLDEN_PATH)
+        if not isinstance(golden, str) or not golden.startswith("/"):
+            self.bad("ansible.golden_path", "must be the absolute path of the golden record "
+                     f"on a node (default {DEFAULT_GOLDEN_PATH}), got {golden!r}")
+        timeout = self.seconds("ansible.timeout_s", s.get("timeout_s", 1800))
+        env = self.env("ansible.env", s.get("env", {}))
+        if inventory is None or playbooks is None:
+            return None
+        return AnsibleSettings(inventory=inventory, playbooks=playbooks, env=env,
+                               agent_vars_file=agent_vars, quarantine_mode=str(mode),
+                               timeout_s=timeout, golden_path=str(golden))
+
+    def forensics(self, raw: object) -> ForensicsSettings | None:
+        s = self.section("forensics", raw, {"recipient", "dest", "skip"})
+        skip = self.boolean("forensics.skip", s.get("skip", False))
+        recipient = s.get("recipient")
+        if recipient is None:
+            if not skip:
+                self.bad("forensics.recipient", "is required: set it to the incident "
+                         "response's age public key (age1...), or set forensics.skip: true "
+                         "to replace nodes without a forensics bundle")
+        elif not isinstance(recipient, str) or not _age_recipient(recipient):
+            self.bad("forensics.recipient", "is not an age X25519 public key: it must be the "
+                     "age1... line of `age-keygen -y` (never the AGE-SECRET-KEY)")
+            recipient = None
+        dest = None
+        if "dest" in s or not skip:
+            dest = self.path("forensics.dest", s.get("dest"), kind="newdir",
+                             fix="the directory on the controller for forensics bundles")
+        return ForensicsSettings(recipient=recipient, dest=dest, skip=skip)
+
+    # -- values ---------------------------------------------------------------------------
+    def section(self, name: str, raw: object, known: set[str] | None,
+                required: tuple[str, ...] = ()) -> dict[str, Any]:
+        where = name or "the file"
+        if raw is None and name:
+            self.bad(name, "is missing: add the section (see the example in "
+                     "aegis_controller.recovery.settings)")
+            return {}
+        if not isinstance(raw, Mapping):
+            self.bad(f"{name}:" if name else "the file",
+                     f"must be a mapping of keys to values, got {type(raw).__name__}")
+            return {}
+        bad_names = [k for k in raw if not isinstance(k, str)]
+        if bad_names:
+            self.bad(where, f"has keys that are not names: {bad_names!r}")
+        if known is not None:
+            unknown = sorted(str(k) for k in raw if k not in known)
+            if unknown:
+                prefix = f"{name}." if name else ""
+                self.bad(", ".join(prefix + k for k in unknown),
+                         f"unknown (known in {where}: {', '.join(sorted(known))})")
+        for key in required:
+            if key not in raw:
+                self.bad(f"{name}.{key}" if name else key, "is missing: it is required")
+        return {k: v for k, v in raw.items() if isinstance(k, str)}
+
+    def path(self, key: str, value: object, *, kind: str, fix: str,
+             optional: bool = False) -> Path | None:
+        if value is None:
+            if not optional:
+                self.bad(key, f"is required: {fix}")
+            return None
+        if not isinstance(value, str) or not value.strip():
+            self.bad(key, f"must be a path: {fix}, got {value!r}")
+            return None
+        path = Path(value).expanduser()
+        if not path.is_absolute():
+            path = self.base / path
+        path = Path(str(path.resolve()))
+        if kind == "dir" and not path.is_dir():
+            self.bad(key, f"{path} is not a directory: {fix}")
+        elif kind == "file" and not path.is_file():
+            self.bad(key, f"{path} is not a file: {fix}")
+        elif kind == "exists" and not path.exists():
+            self.bad(key, f"{path} does not exist: {fix}")
+        elif kind == "newdir" and path.exists() and not path.is_dir():
+            self.bad(key, f"{path} exists and is not a directory: {fix}")
+        elif kind == "newfile" and path.is_dir():
+            self.bad(key, f"{path} is a directory: {fix}")
+        return path
+
+    def seconds(self, key: str, value: object) -> float:
+        if (isinstance(value, bool) or not isinstance(value, int | float)
+                or not math.isfinite(value) or value <= 0):
+            self.bad(key, f"must be a number of seconds above 0, got {value!r}")
+            return 1.0
+        return float(value)
+
+    def boolean(self, key: str, value: object) -> bool:
+        if not isinstance(value, bool):
+            self.bad(key, f"must be true or false, got {value!r}")
+            return False
+        return value
+
+    def env(self, key: str, value: object) -> dict[str, str]:
+        if not isinstance(value, Mapping):
+            self.bad(key, f"must be a mapping of environment variable names to values, "
+                     f"got {type(value).__name__}")
+            return {}
+        out: dict[str, str] = {}
+        for name, val in value.items():
+            if not isinstance(name, str) or not _ENV_NAME.match(name):
+                self.bad(key, f"has {name!r}, which is not an environment variable name")
+            elif isinstance(val, bool) or not isinstance(val, str | int | float):
+                # the value is not shown: it may be a credential
+                self.bad(f"{key}.{name}", "must be a string (quote it)")
+            else:
+                out[name] = str(val)
+        return out
+
+
+def _age_recipient(text: str) -> bool:
+    from pyrage import x25519
+
+    if not text.startswith("age1"):
+        return False
+    try:
+        x25519.Recipient.from_str(text)
+    except Exception:  # pyrage raises its own error types for a bad key
+        return False
+    return True
+
+
+def _load_mapping(path: Path, key: str, what: str) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise RecoverySettingsInvalid(f"{key} {path} cannot be read: {exc.strerror}") from None
+    except yaml.YAMLError:
+        raise RecoverySettingsInvalid(f"{key} {path} is not valid {what}: fix it") from None
+    if not isinstance(data, dict):
+        raise RecoverySettingsInvalid(
+            f"{key} {path} must hold a mapping of variable names to values, "
+            f"got {type(data).__name__}")
+    return data
+
+
+def _json_object(path: Path, key: str) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except OSError as exc:
+        raise RecoverySettingsInvalid(f"{key} {path} cannot be read: {exc.strerror}") from None
+    except ValueError as exc:
+        raise RecoverySettingsInvalid(
+            f"{key} {path} is not JSON ({exc.msg} at line {exc.lineno}): Terraform's "
+            "-var-file here must be a JSON object") from None
+    if not isinstance(data, dict):
+        raise RecoverySettingsInvalid(f"{key} {path} must be a JSON object of variables")
+    return data
+
+
+def _agent_vars(path: Path) -> dict[str, Any]:
+    data = _load_mapping(path, "ansible.agent_vars_file", "YAML or JSON")
+    tokens = [name for name in _TOKEN_VARS if name in data]
+    if tokens:
+        raise RecoverySettingsInvalid(
+            f"ansible.agent_vars_file {path} sets {', '.join(tokens)}: remove it; the enroll "
+            "step issues a one-time token per node through agent_bootstrap_token_command, so "
+            "no file holds a token")
+    if "agent_bootstrap_token_command" in data:
+        raise RecoverySettingsInvalid(
+            f"ansible.agent_vars_file {path} sets agent_bootstrap_token_command: remove it; "
+            "the engine gives the enroll step its token command")
+    return data
