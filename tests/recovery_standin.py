@@ -47,6 +47,8 @@ class StandInSteps:
         self.gates: dict[str, Gate] = {}
         self.spawn: set[str] = set()
         self.crash: set[str] = set()
+        self.remember: dict[str, dict[str, Any]] = {}  # step -> fields it remembers at once
+        self.seen: list[tuple[str, dict[str, Any]]] = []  # (step, the data it was given)
         self.procs: list[subprocess.Popen[bytes]] = []
         self.token_commands: list[list[str]] = []
         self.results: dict[str, dict[str, Any]] = {}
@@ -73,11 +75,14 @@ class StandInSteps:
     def _step(self, name: str, ctx: StepContext) -> None:
         with self._lock:
             self.calls.append((name, ctx.node_id, ctx.generation))
+            self.seen.append((name, dict(ctx.data)))
             self.running[ctx.job_id] = self.running.get(ctx.job_id, 0) + 1
             self.most_at_once[ctx.job_id] = max(self.most_at_once.get(ctx.job_id, 0),
                                                 self.running[ctx.job_id])
         try:
             ctx.progress(f"stand-in {name} of {ctx.node_id}", step=name)
+            if name in self.remember:
+                ctx.remember(**self.remember[name])
             if name in self.spawn:
                 proc = subprocess.Popen(["sleep", "300"], start_new_session=True)
                 self.procs.append(proc)

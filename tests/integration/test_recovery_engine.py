@@ -365,6 +365,30 @@ def test_a_resumed_step_kills_the_previous_attempts_process_group(
     assert os.getpgid(0) != leftover.pid
 
 
+def test_what_a_step_remembers_reaches_its_resumed_attempt(
+        ctl: Controller, steps: StandInSteps) -> None:
+    """A replace killed after Terraform destroyed the old instance: the old id the step
+    remembered before it applied is in the job's data when another replica resumes it."""
+    fleet(ctl, 3)
+    quarantine(ctl, "n2")
+    a = make_engine(ctl, steps, "replica-a", lease_s=2.0)
+    for _ in range(3):
+        if only_job(a, "n2")["state"] == JobState.REPLACING if a.store.list() else False:
+            break
+        a.tick()  # -> containing -> collecting -> replacing
+    assert only_job(a, "n2")["state"] == JobState.REPLACING
+    steps.remember["replace"] = {"old_instance_id": "i-old"}
+    steps.crash.add("replace")
+    with pytest.raises(SimulatedCrash):
+        a.tick()
+    assert only_job(a, "n2")["data"]["old_instance_id"] == "i-old"
+    del steps.remember["replace"]
+    b = make_engine(ctl, steps, "replica-b")
+    b.tick(now=time.time() + 10)  # a's lease has expired
+    assert [d for s, d in steps.seen if s == "replace"][-1]["old_instance_id"] == "i-old"
+    assert only_job(b, "n2")["state"] == JobState.VERIFYING
+
+
 def test_the_background_loop_runs_jobs_and_stop_cancels_a_running_step(
         ctl: Controller, steps: StandInSteps) -> None:
     fleet(ctl, 3)

@@ -305,7 +305,8 @@ class RecoveryEngine:
         ctx = StepContext(job_id=lease.job_id, node_id=job["node_id"],
                           generation=lease.generation, data=dict(job["data"]),  # a copy
                           progress=self._progress(lease, job, name, cancel),
-                          started_process=self._started(lease, name, cancel), cancel=cancel)
+                          started_process=self._started(lease, name, cancel), cancel=cancel,
+                          remember=self._remember(lease, cancel))
         self._progress(lease, job, name, cancel)(f"{name} step started",
                                                  attempt=lease.generation)
         began = time.monotonic()
@@ -470,6 +471,16 @@ class RecoveryEngine:
                 "fields": fields})
 
         return progress
+
+    def _remember(self, lease: Lease, cancel: threading.Event) -> Any:
+        def remember(**fields: Any) -> None:
+            try:
+                self.store.update_data(lease, fields)
+            except LeaseLost:
+                cancel.set()
+                raise
+
+        return remember
 
     def _started(self, lease: Lease, step: str, cancel: threading.Event) -> Any:
         def started_process(pgid: int) -> None:

@@ -129,7 +129,7 @@ class RunnerSteps:
     def _replace(self, ctx: StepContext, node: str, address: str) -> Mapping[str, Any]:
         objects = self._objects(address)
         current = _current(objects)
-        known_old = ctx.data.get("old_instance_id") or self._mark(ctx).get("old_instance_id")
+        known_old = ctx.data.get("old_instance_id")
         if (known_old and current is not None and len(objects) == 1
                 and not current.get("tainted") and current["id"] != known_old):
             ctx.progress(f"{address} was already replaced ({known_old} -> {current['id']}): "
@@ -137,14 +137,14 @@ class RunnerSteps:
                          old_instance_id=known_old, new_instance_id=current["id"])
             return {"old_instance_id": known_old, "new_instance_id": current["id"]}
         if current is None and not known_old:
-            # An attempt killed after its destroy was saved (on another replica, whose
-            # mark this controller cannot see) left no instance: create it again, but only
-            # if the configuration declares it (an unknown node is refused).
+            # An attempt killed after its destroy was saved, whose remembered old id is
+            # lost, left no instance: create it again, but only if the configuration
+            # declares it (an unknown node is refused).
             self._declared(ctx, address)
             ctx.progress(f"{address} has no instance (an earlier attempt destroyed it): "
                          "creating it", step="replace", address=address)
         old = known_old or (current["id"] if current is not None else None)
-        self._write_mark(ctx, {"node": node, "address": address, "old_instance_id": old})
+        ctx.remember(old_instance_id=old)  # before the destroy: a resumed attempt knows it
         ctx.progress(f"replacing {address} (instance {old})", step="replace",
                      old_instance_id=old, address=address)
         try:
@@ -290,26 +290,6 @@ class RunnerSteps:
                 ctx.progress(f"[terraform] {_one_line(event.message, 300)}", step="replace",
                              event=event.type)
         return handle
-
-    def _mark_path(self, ctx: StepContext) -> Path:
-        return self.runs_dir / "replace-marks" / f"{ctx.job_id}.json"
-
-    def _mark(self, ctx: StepContext) -> dict[str, Any]:
-        """What a previous attempt of this job's replace recorded before it applied (the
-        engine keeps ``data`` only from a step that returned; a controller killed during
-        the apply leaves this file)."""
-        try:
-            data = json.loads(self._mark_path(ctx).read_text())
-        except (OSError, ValueError):
-            return {}
-        return data if isinstance(data, dict) and data.get("node") == ctx.node_id else {}
-
-    def _write_mark(self, ctx: StepContext, data: Mapping[str, Any]) -> None:
-        path = self._mark_path(ctx)
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(dict(data)))
-        os.replace(tmp, path)
 
     # -- Ansible ---------------------------------------------------------------------------
     @contextmanager

@@ -10,8 +10,11 @@ Every step is **resumable**: the controller may be killed while it runs and the 
 then called again (by a restarted controller or another replica) with the ``data`` the job
 had before it started. So a step first looks at the world, e.g. the Terraform replace
 compares the node's instance id with ``data["old_instance_id"]`` and does not destroy a
-second time a node it already replaced. A step that starts processes reports each
-process group it starts with ``ctx.started_process`` before it waits on it; the engine
+second time a node it already replaced. What a step must know if it is killed half-way
+(the old instance id before Terraform destroys it) it saves at once with
+``ctx.remember(**fields)``: the engine writes it into the job's ``data`` before the step
+goes on, so a resumed attempt, on this replica or another, finds it. A step that starts
+processes reports each process group with ``ctx.started_process`` before it waits; the engine
 stores it with the job and, before it resumes a step, kills whatever is left of a group
 recorded by a previous (dead) attempt, so no process of a killed step survives it.
 
@@ -45,7 +48,8 @@ class StepContext:
     to the job's history and the controller's JSON log (never pass a secret).
     ``started_process(pgid)``: call it with each process group started, before waiting.
     ``cancel``: set when the step must stop (lease lost, shutdown); pass it on to the
-    Terraform and ansible-runner runners.
+    Terraform and ansible-runner runners. ``remember(**fields)``: write ``fields`` into the
+    job's durable ``data`` now (fenced by the lease), for a resumed attempt (no secret).
     """
 
     job_id: str
@@ -55,6 +59,7 @@ class StepContext:
     progress: Callable[..., None]
     started_process: Callable[[int], None]
     cancel: threading.Event = field(default_factory=threading.Event)
+    remember: Callable[..., None] = field(default=lambda **_fields: None)
 
 
 @dataclass(frozen=True)
