@@ -9,6 +9,7 @@ import ssl
 import threading
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import uvicorn
 
@@ -17,6 +18,9 @@ from ..ledger import DEFAULT_SEAL_INTERVAL, sealing
 from ..secrets.settings import SecretsSettings
 from .app import create_app
 from .connections import ConnectionLimits, guarded_protocol
+
+if TYPE_CHECKING:
+    from ..recovery.engine import RecoveryWiring
 
 
 def _watch_heartbeats(controller: Controller, deadline: int) -> None:
@@ -48,7 +52,8 @@ def _exit_on_sigterm() -> None:
 def serve(controller: Controller, state_dir: Path, host: str, port: int,
           heartbeat_deadline: int = 90, limits: ConnectionLimits | None = None,
           seal_interval: float = DEFAULT_SEAL_INTERVAL,
-          secrets: SecretsSettings | None = None) -> None:
+          secrets: SecretsSettings | None = None,
+          recovery: RecoveryWiring | None = None) -> None:
     limits = limits or ConnectionLimits()
     gate = None
     if secrets is not None:  # leased secrets: gated on trust, revoked without the agent
@@ -56,6 +61,8 @@ def serve(controller: Controller, state_dir: Path, host: str, port: int,
 
         gate = SecretsGate(controller, secrets)
         gate.start()
+
+    engine = recovery.start(controller) if recovery is not None else None
 
     threading.Thread(target=_watch_heartbeats, args=(controller, heartbeat_deadline),
                      daemon=True, name="heartbeat-deadlines").start()
@@ -81,5 +88,7 @@ def serve(controller: Controller, state_dir: Path, host: str, port: int,
         with sealing(controller.ledger, seal_interval):
             uvicorn.Server(config).run()
     finally:
+        if engine is not None:
+            engine.stop()
         if gate is not None:
             gate.stop()

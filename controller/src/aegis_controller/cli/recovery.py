@@ -10,24 +10,43 @@ import importlib
 import os
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 from ..domain import open_controller
+from ..recovery.settings import RecoverySettings, RecoverySettingsInvalid
 from ..recovery.steps import StepError, Steps
 from ..settings import Settings
 from .conventions import EXIT_OK, InputError, default_actor, print_json
 
-#: Where ``--dry-run`` gets the steps when neither ``--steps`` nor $AEGIS_RECOVERY_STEPS
-#: names them: ``MODULE:FACTORY``, FACTORY(settings) -> Steps (the real steps, once wired).
-DEFAULT_STEPS: str | None = None
+#: Other step implementations for ``--dry-run`` (``MODULE:FACTORY``, FACTORY(settings) ->
+#: Steps); without one, the real steps of the recovery settings file (``--config``).
 STEPS_ENV = "AEGIS_RECOVERY_STEPS"
+CONFIG_ENV = "AEGIS_RECOVERY_CONFIG"
 
 
-def load_steps(spec: str | None, settings: Settings) -> Steps:
-    """The steps ``spec`` (``MODULE:FACTORY``) makes for ``settings``."""
-    spec = spec or os.environ.get(STEPS_ENV) or DEFAULT_STEPS
+def recovery_config(given: str | None, settings: Settings) -> Path:
+    """The recovery settings file: ``--config``, else $AEGIS_RECOVERY_CONFIG, else
+    ``<state>/recovery.yml``."""
+    return Path(given or os.environ.get(CONFIG_ENV) or settings.state_dir / "recovery.yml")
+
+
+def runner_steps(config: Path, settings: Settings) -> tuple[RecoverySettings, Steps]:
+    """The recovery settings in ``config`` and the real steps they make."""
+    from ..recovery.runner_steps import RunnerSteps  # ansible-runner: only when used
+
+    try:
+        recovery = RecoverySettings.load(config)
+    except RecoverySettingsInvalid as err:
+        raise InputError(str(err)) from None
+    return recovery, RunnerSteps(recovery, runs_dir=settings.state_dir / "recovery-runs")
+
+
+def load_steps(spec: str | None, settings: Settings, config: str | None = None) -> Steps:
+    """The steps ``spec`` (``MODULE:FACTORY``) makes for ``settings``; without a spec, the
+    real steps of the recovery settings file."""
+    spec = spec or os.environ.get(STEPS_ENV)
     if not spec:
-        raise InputError(f"no recovery steps configured: pass --steps MODULE:FACTORY (or set "
-                         f"{STEPS_ENV})")
+        return runner_steps(recovery_config(config, settings), settings)[1]
     module_name, _, attr = spec.partition(":")
     if not module_name or not attr:
         raise InputError(f"--steps {spec!r}: expected MODULE:FACTORY, e.g. "
@@ -58,7 +77,7 @@ def cmd_recovery_start(args: argparse.Namespace, settings: Settings) -> int:
     if args.dry_run:
         node = ctl.nodes.get(args.node)  # NotFound: "no node 'x'"
         try:
-            plan = load_steps(args.steps, settings).dry_run(args.node)
+            plan = load_steps(args.steps, settings, args.config).dry_run(args.node)
         except StepError as err:
             raise InputError(f"dry run of {args.node}: {err}") from None
         if args.json:
@@ -110,8 +129,10 @@ def _register_recovery(groups: argparse._SubParsersAction) -> None:
     sp.add_argument("--reason", help="why (recorded; default: the node's quarantine reason)")
     sp.add_argument("--dry-run", action="store_true", help="print the Terraform plan and the "
                     "playbooks the recovery would run, changing nothing")
-    sp.add_argument("--steps", metavar="MODULE:FACTORY", help="the recovery steps for "
-                    f"--dry-run (default ${STEPS_ENV})")
+    sp.add_argument("--config", metavar="FILE", help="recovery settings for --dry-run "
+                    f"(default ${CONFIG_ENV} or <state>/recovery.yml)")
+    sp.add_argument("--steps", metavar="MODULE:FACTORY", help="other recovery steps for "
+                    f"--dry-run than the settings file's (default ${STEPS_ENV})")
     sp.add_argument("--json", action="store_true", help="--dry-run's result as JSON")
     sp.set_defaults(func=cmd_recovery_start)
     sp = verbs.add_parser("approve", help="let a job the guard rails held go on (it is not "

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import os
+import sys
+from pathlib import Path
 
 from ..domain import open_controller
+from ..recovery.engine import RecoveryWiring
 from ..secrets.settings import SecretsConfigError, SecretsSettings, add_options
 from ..settings import Settings
 from .conventions import EXIT_OK, InputError, positive
@@ -23,9 +27,27 @@ def cmd_serve_run(args: argparse.Namespace, settings: Settings) -> int:
             wrap_ttl=args.secrets_wrap_ttl, verify_dsn=args.secrets_verify_dsn)
     except SecretsConfigError as err:
         raise InputError(str(err)) from None
+    recovery = None
+    if args.recovery_config:
+        from .recovery import runner_steps  # ansible-runner: only with recovery on
+
+        command = token_command(settings)  # first: it sets what the steps' runs inherit
+        rsettings, steps = runner_steps(Path(args.recovery_config), settings)
+        recovery = RecoveryWiring(rsettings, steps, command)
     serve(open_controller(settings), settings.state_dir, args.host, args.port,
-          args.heartbeat_deadline, limits, args.ledger_seal_interval, secrets)
+          args.heartbeat_deadline, limits, args.ledger_seal_interval, secrets, recovery)
     return EXIT_OK
+
+
+def token_command(settings: Settings) -> list[str]:
+    """What the recovery's enroll play runs on the control node for a node's one-time
+    bootstrap token (the node id appended): this controller's own CLI on its state. The
+    database URL reaches it through the environment, not the command line (it may hold a
+    password, and command lines are visible to every user)."""
+    os.environ["AEGIS_CONTROLLER_DB"] = settings.db_url
+    return [sys.executable, "-m", "aegis_controller.cli", "--state-dir",
+            str(settings.state_dir), "--anchor", str(settings.anchor_path), "token", "issue",
+            "--no-wrap"]
 
 
 def _register_serve(groups: argparse._SubParsersAction) -> None:
@@ -47,4 +69,9 @@ def _register_serve(groups: argparse._SubParsersAction) -> None:
                     help="open connections in all; keep it well under the unit's "
                          "LimitNOFILE (default 4096)")
     add_options(sp)
+    sp.add_argument("--recovery-config", metavar="FILE",
+                    help="run the recovery engine with these settings (YAML: guard rails, "
+                         "the Terraform root module, playbooks, forensics recipient; see "
+                         "aegis_controller.recovery.settings); without it quarantined nodes "
+                         "stay quarantined until an operator acts")
     sp.set_defaults(func=cmd_serve_run)

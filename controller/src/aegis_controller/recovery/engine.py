@@ -61,6 +61,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -82,6 +83,7 @@ from .store import Lease, LeaseLost, RecoveryStore, view_of
 if TYPE_CHECKING:
     from ..attestation import Attestation
     from ..domain import Controller
+    from .settings import RecoverySettings
 
 log = logging.getLogger(__name__)
 
@@ -608,6 +610,20 @@ def kill_group(pgid: int, start: int | None, grace: float = KILL_GRACE_S) -> str
                 return f"killed ({signal.Signals(sig).name})"
             time.sleep(0.05)
     return "still running after SIGKILL"
+
+
+@dataclass(frozen=True)
+class RecoveryWiring:
+    """What ``serve`` needs to run the engine: the settings file, its steps, and the
+    command the enroll play runs for a one-time bootstrap token."""
+
+    settings: RecoverySettings
+    steps: Steps
+    token_command: Sequence[str]
+
+    def start(self, ctl: Controller) -> RecoveryEngine:
+        return start_recovery(ctl, self.steps, self.settings.guard_rails, self.token_command,
+                              enroll_timeout_s=self.settings.enroll_timeout_s)
 
 
 def start_recovery(ctl: Controller, steps: Steps, rails: GuardRails,
