@@ -83,6 +83,7 @@ def test_defaults(base):
     assert s.terraform.state is None and s.terraform.var_file is None
     assert s.terraform.variables() is None
     assert s.ansible.quarantine_mode == "soft"
+    assert s.ansible.verify_tags is None  # the whole harden role
     assert s.ansible.golden_path == "/var/lib/aegis/golden.json"
     assert s.baked is False
 
@@ -145,6 +146,8 @@ def _bad(base, mutate) -> str:
     (lambda d: d["ansible"].update(playbooks="module"),
      "ansible.playbooks {base}/module lacks quarantine.yml, forensics.yml, harden.yml, "
      "agent.yml"),
+    (lambda d: d["ansible"].update(verify_tags="golden; rm -rf /"),
+     "ansible.verify_tags must be harden.yml tags separated by commas"),
     (lambda d: d["ansible"].update(quarantine_mode="medium"),
      "ansible.quarantine_mode must be soft (egress cut except the controller) or hard"),
     (lambda d: d["ansible"].update(golden_path="golden.json"),

@@ -175,7 +175,7 @@ class RunnerSteps:
         node = _node(ctx.node_id)
         baked = self.settings.baked
         result = self._play(ctx, "verify", {"aegis_target": node}, check_mode=baked,
-                            golden=True)
+                            golden=True, tags=self.settings.ansible.verify_tags)
         assert result is not None
         play, golden = result
         if baked:
@@ -303,7 +303,7 @@ class RunnerSteps:
 
     def _play(self, ctx: StepContext, label: str, extravars: Mapping[str, Any], *,
               check_mode: bool = False, timeout: float | None = None,
-              golden: bool = False) -> Any:
+              golden: bool = False, tags: str | None = None) -> Any:
         """Run the label's playbook limited to the node; with ``golden`` also read the
         node's golden record. Failures become one-line :class:`StepError`."""
         name = {"quarantine": "quarantine.yml", "forensics": "forensics.yml",
@@ -318,7 +318,7 @@ class RunnerSteps:
                 result = ansible.run(a.playbook(name), extravars=dict(extravars),
                                      limit=ctx.node_id, inventory=a.inventory,
                                      on_event=handler, timeout=timeout, cancel=ctx.cancel,
-                                     check_mode=check_mode)
+                                     check_mode=check_mode, tags=tags)
                 if not golden:
                     return result
                 read = ansible.module(ctx.node_id, "ansible.builtin.slurp",

@@ -23,6 +23,7 @@ the steps run, and the guard rails.
       quarantine_mode: soft                 # or hard
       timeout_s: 1800
       golden_path: /var/lib/aegis/golden.json   # where the harden role writes it
+      verify_tags: null                     # harden.yml --tags for verify (default: all)
     forensics:
       recipient: age1...                    # incident response's age public key
       dest: forensics                       # bundles land here on the controller
@@ -112,6 +113,7 @@ class AnsibleSettings:
     quarantine_mode: str = "soft"
     timeout_s: float = 1800.0
     golden_path: str = DEFAULT_GOLDEN_PATH
+    verify_tags: str | None = None
 
     def playbook(self, name: str) -> Path:
         return self.playbooks / name
@@ -250,7 +252,8 @@ class _Reader:
 
     def ansible(self, raw: object) -> AnsibleSettings | None:
         s = self.section("ansible", raw, {"inventory", "playbooks", "env", "agent_vars_file",
-                                          "quarantine_mode", "timeout_s", "golden_path"},
+                                          "quarantine_mode", "timeout_s", "golden_path",
+                                          "verify_tags"},
                          required=("inventory",))
         if not s:
             return None
@@ -286,13 +289,20 @@ class _Reader:
         if not isinstance(golden, str) or not golden.startswith("/"):
             self.bad("ansible.golden_path", "must be the absolute path of the golden record "
                      f"on a node (default {DEFAULT_GOLDEN_PATH}), got {golden!r}")
+        tags = s.get("verify_tags")
+        if tags is not None and (not isinstance(tags, str) or not re.fullmatch(
+                r"[A-Za-z0-9_.-]+(,[A-Za-z0-9_.-]+)*", tags)):
+            self.bad("ansible.verify_tags", "must be harden.yml tags separated by commas "
+                     f"(e.g. golden), or left out for the whole role; got {tags!r}")
+            tags = None
         timeout = self.seconds("ansible.timeout_s", s.get("timeout_s", 1800))
         env = self.env("ansible.env", s.get("env", {}))
         if inventory is None or playbooks is None:
             return None
         return AnsibleSettings(inventory=inventory, playbooks=playbooks, env=env,
                                agent_vars_file=agent_vars, quarantine_mode=str(mode),
-                               timeout_s=timeout, golden_path=str(golden))
+                               timeout_s=timeout, golden_path=str(golden),
+                               verify_tags=tags)
 
     def forensics(self, raw: object) -> ForensicsSettings | None:
         s = self.section("forensics", raw, {"recipient", "dest", "skip"})
