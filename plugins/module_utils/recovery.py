@@ -79,11 +79,12 @@ def normal_peer(spec):
                          % (spec, parts[0])) from None
     text = str(net.network_address) if net.prefixlen == 32 else str(net)
     if len(parts) == 2:
-        proto, _sep, port = parts[1].lower().partition("/")
-        if proto not in ("tcp", "udp", "icmp") or (port and not port.isdigit()):
-            raise ValueError("bad management peer %r: %r is not PROTO[/PORT] (tcp, udp or icmp)"
-                             % (spec, parts[1]))
-        text += " " + proto + ("/%d" % int(port) if port and int(port) else "")
+        proto, sep, port = parts[1].lower().partition("/")
+        if (proto not in ("tcp", "udp", "icmp") or (sep and proto == "icmp")
+                or (sep and not (port.isdigit() and 1 <= int(port) <= 65535))):
+            raise ValueError("bad management peer %r: %r is not PROTO[/PORT] (tcp or udp with a "
+                             "port 1-65535, or icmp without one)" % (spec, parts[1]))
+        text += " " + proto + ("/%d" % int(port) if sep else "")
     return text
 
 

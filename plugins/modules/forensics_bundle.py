@@ -9,19 +9,19 @@ module: forensics_bundle
 short_description: Collect a node's forensic evidence, encrypted with age on the node
 version_added: 0.1.0
 description:
-  - Collects, on the node, what an incident responder needs before the node is replaced:
-    the process list (from C(/proc)), the sockets (C(ss -tanpu), or C(/proc/net) without
+  - Collects, on the node, what an incident responder needs before the node is replaced,
+    that is the process list (from C(/proc)), the sockets (C(ss -tanpu), or C(/proc/net) without
     C(ss)), the Aegis agent's recent events (C(aegis-agent events)), a journal excerpt
     (C(journalctl -o short-iso)) and the SHA-256 of every file that differs from the golden
     record C(/var/lib/aegis/golden.json) written by aegis.fleet.harden.
   - Packs them as a tar in memory, encrypts it with age (C(pyrage)) to O(recipient) and
     writes only the ciphertext, 0600, to O(dest_dir), which must be on a memory filesystem
-    (tmpfs, ramfs): the plaintext never touches a disk and only the recipient's identity
+    (tmpfs, ramfs), so the plaintext never touches a disk and only the recipient's identity
     can read the bundle. The play then fetches it (see playbook C(aegis.fleet.forensics))
     and removes it.
-  - A collection is not idempotent: every run takes a new bundle and reports a change.
+  - A collection is not idempotent; every run takes a new bundle and reports a change.
   - A missing or malformed O(recipient) fails before anything is collected.
-  - C(pyrage) must be importable by the module's Python: run it with the agent's
+  - C(pyrage) must be importable by the module's Python, so run it with the agent's
     virtualenv (C(ansible_python_interpreter=/opt/aegis/agent/bin/python)), where
     aegis.fleet.agent installs it.
 options:

@@ -10,7 +10,7 @@ short_description: Quarantine a node through its Aegis agent, and freeze its wor
 version_added: 0.1.0
 description:
   - V(soft) puts the node's Aegis agent in quarantine over its control socket (the
-    C(quarantine) verb of C(aegis-agent)): the segmentation filter then passes only the
+    C(quarantine) verb of C(aegis-agent)), so the segmentation filter then passes only the
     management peers, both ways. The agent always keeps its controller among them, and the
     peers it has (the role adds the SSH source of the play that installed it) stay; peers
     given in O(management_peers) are added to them, never replace them, so the quarantine
@@ -25,7 +25,7 @@ description:
   - V(released) (O(state=absent)) thaws the frozen services of C(system.slice) and ends
     the agent's quarantine. A rebuild-first fleet replaces a quarantined node instead; this
     is for a false alarm.
-  - Idempotent: a node already quarantined with the peers asked for, and with no
+  - Idempotent, since a node already quarantined with the peers asked for, and with no
     service left to freeze, reports no change. A soft run on a hard-quarantined node thaws
     nothing.
 options:
@@ -50,7 +50,7 @@ options:
     description:
       - Services of C(system.slice) that a hard quarantine keeps running (shell patterns; a
         pattern without a suffix also matches the C(.service)). What keeps the node
-        manageable: its agent, SSH, dbus, journald and systemd's own services.
+        manageable, that is its agent, SSH, dbus, journald and systemd's own services.
     type: list
     elements: str
     default: [aegis-agent.service, ssh.service, sshd.service, "systemd-*", dbus.service,
