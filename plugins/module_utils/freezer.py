@@ -45,8 +45,11 @@ class Freezer:
                                          *names])
         if rc != 0:
             self.module.fail_json(msg="systemctl show failed: %s" % (err or out).strip())
+        # only services with processes: a oneshot that has exited has nothing to freeze,
+        # and a unit without its own cgroup under system.slice is never signalled
         return dict((u["Id"], u) for u in parse_show(out)
-                    if u.get("Slice") == SLICE and u.get("Id"))
+                    if u.get("Slice") == SLICE and u.get("Id") and u.get("SubState") == "running"
+                    and u.get("ControlGroup", "").startswith("/" + SLICE + "/"))
 
     @staticmethod
     def split(services, keep):
@@ -57,6 +60,8 @@ class Freezer:
 
     # -- one unit -----------------------------------------------------------------------------
     def _pids(self, cgroup):
+        if not cgroup.startswith("/" + SLICE + "/"):
+            return []
         for root in CGROUP_ROOTS:
             path = os.path.join(root, cgroup.lstrip("/"), "cgroup.procs")
             if os.path.exists(path):

@@ -29,7 +29,7 @@ import yaml
 
 from aegis_controller.playbook import PlayResult
 from aegis_lab.fleet import LocalFleet
-from aegis_lab.playbook import ansible_playbook
+from aegis_lab.playbook import ansible_playbook, ansible_results
 from aegis_lab.podman import podman
 from aegis_lab.wheels import build_agent_wheels
 from conftest import sub_prefix
@@ -197,8 +197,15 @@ def test_hard_quarantine_freezes_workloads_and_keeps_management(lab) -> None:
         for unit in ("ssh.service", "aegis-agent.service"):
             assert _exec(fleet, "systemctl", "is-active", unit).stdout.strip() == "active", unit
         assert _agent_status(fleet)["segment"]["quarantine"] is True
+        assert set(res["frozen_units"]) == set(res["frozen"])  # nothing else was frozen
         again = _play(fleet, "quarantine.yml", aegis_target=NODE, quarantine_mode="hard")
         assert again.ok and again.changed == 0, again.tail(40)
+        # a false alarm: state=absent thaws what is frozen and ends the agent's quarantine
+        released = ansible_results(fleet, NODE, "aegis.fleet.quarantine", "state=absent")[NODE]
+        assert released["changed"] and WORK in released["frozen"], released
+        assert released["quarantined"] is False and released["frozen_units"] == [], released
+        assert _agent_status(fleet)["segment"]["quarantine"] is False
+        assert _freezer_state(fleet, WORK) == "running" and not _stopped(fleet, WORK)
     finally:
         _exec(fleet, "systemctl", "thaw", WORK)
         _exec(fleet, "systemctl", "kill", "-s", "CONT", WORK)

@@ -212,3 +212,31 @@ def test_agent_call_reports_a_refusal_and_a_missing_agent(tmp_path: Path) -> Non
     with pytest.raises(AgentError, match=r"the agent is not running .*systemctl start aegis-agent"):
         agent_call(str(tmp_path / "none.sock"), "status")
 
+
+
+class _Systemd:
+    """systemctl's answers for Freezer.services (list-units, then show)."""
+
+    def __init__(self, listing: str, show: str) -> None:
+        self.answers = {"list-units": (0, listing, ""), "show": (0, show, "")}
+
+    def run(self, args: list[str]) -> tuple[int, str, str]:
+        return self.answers[args[0]]
+
+
+def test_only_running_services_with_their_own_cgroup_in_system_slice_are_candidates() -> None:
+    listing = ("cron.service loaded active running Regular background program processing\n"
+               "aegis-bpffs.service loaded active exited Mount bpffs\n"
+               "user@0.service loaded active running User Manager for UID 0\n"
+               "odd.service loaded active running no cgroup\n")
+    show = ("Id=cron.service\nSlice=system.slice\nSubState=running\n"
+            "ControlGroup=/system.slice/cron.service\nFreezerState=running\n\n"
+            "Id=aegis-bpffs.service\nSlice=system.slice\nSubState=exited\nControlGroup=\n"
+            "FreezerState=running\n\n"
+            "Id=user@0.service\nSlice=user-0.slice\nSubState=running\n"
+            "ControlGroup=/user.slice/user-0.slice/user@0.service\nFreezerState=running\n\n"
+            "Id=odd.service\nSlice=system.slice\nSubState=running\nControlGroup=\n")
+    freezer = Freezer(None, _Systemd(listing, show), cgroup_root="/nonexistent")
+    assert freezer.method == "sigstop"  # no cgroup.controllers: not the unified hierarchy
+    assert list(freezer.services()) == ["cron.service"]
+    assert freezer._pids("") == [] and freezer._pids("/user.slice/x") == []
