@@ -23,6 +23,11 @@ SLICE = "system.slice"
 CGROUP_ROOTS = ("/sys/fs/cgroup", "/sys/fs/cgroup/unified", "/sys/fs/cgroup/systemd")
 
 
+def own_cgroup(cgroup, unit):
+    """Whether ``cgroup`` is the unit's own cgroup in system.slice."""
+    return cgroup.endswith("/%s/%s" % (SLICE, unit))
+
+
 class Freezer:
     def __init__(self, module, systemd, cgroup_root="/sys/fs/cgroup"):
         self.module = module
@@ -46,10 +51,12 @@ class Freezer:
         if rc != 0:
             self.module.fail_json(msg="systemctl show failed: %s" % (err or out).strip())
         # only services with processes: a oneshot that has exited has nothing to freeze,
-        # and a unit without its own cgroup under system.slice is never signalled
+        # and a unit without its own cgroup under system.slice is never signalled (the path
+        # is the full one where systemd shares the host's cgroup namespace, as in a
+        # container on cgroup v1: /machine.slice/.../system.slice/UNIT)
         return dict((u["Id"], u) for u in parse_show(out)
                     if u.get("Slice") == SLICE and u.get("Id") and u.get("SubState") == "running"
-                    and u.get("ControlGroup", "").startswith("/" + SLICE + "/"))
+                    and own_cgroup(u.get("ControlGroup", ""), u["Id"]))
 
     @staticmethod
     def split(services, keep):
@@ -60,7 +67,7 @@ class Freezer:
 
     # -- one unit -----------------------------------------------------------------------------
     def _pids(self, cgroup):
-        if not cgroup.startswith("/" + SLICE + "/"):
+        if "/" + SLICE + "/" not in cgroup:
             return []
         for root in CGROUP_ROOTS:
             path = os.path.join(root, cgroup.lstrip("/"), "cgroup.procs")
@@ -85,12 +92,15 @@ class Freezer:
         pids = self._pids(unit.get("ControlGroup", ""))
         return bool(pids) and all(self._state(p) in ("T", "t", None) for p in pids)
 
+    def _systemctl(self, verb, name):
+        rc, out, err = self.systemd.run([verb, name])
+        if rc != 0:
+            self.module.fail_json(msg="systemctl %s %s failed: %s" % (verb, name, (err or out).strip()))
+
     def freeze(self, unit):
         name = unit["Id"]
         if self.method == "cgroup":
-            rc, out, err = self.systemd.run(["freeze", name])
-            if rc != 0:
-                self.module.fail_json(msg="systemctl freeze %s failed: %s" % (name, (err or out).strip()))
+            self._systemctl("freeze", name)
             return
         for _attempt in range(20):  # a process may fork while its siblings are being stopped
             running = [p for p in self._pids(unit.get("ControlGroup", ""))
@@ -105,11 +115,8 @@ class Freezer:
                                   "stop the unit instead" % name)
 
     def thaw(self, unit):
-        name = unit["Id"]
         if self.method == "cgroup":
-            rc, out, err = self.systemd.run(["thaw", name])
-            if rc != 0:
-                self.module.fail_json(msg="systemctl thaw %s failed: %s" % (name, (err or out).strip()))
+            self._systemctl("thaw", unit["Id"])
             return
         for pid in self._pids(unit.get("ControlGroup", "")):
             with contextlib.suppress(ProcessLookupError):

@@ -16,12 +16,13 @@ system python or the agent's virtualenv):
 from __future__ import annotations
 
 import fnmatch
-import hashlib
 import ipaddress
 import json
 import os
 import pwd
 import socket
+
+from ansible_collections.aegis.fleet.plugins.module_utils.files import sha256_file
 
 AGENT_SOCKET = "/run/aegis/agent.sock"
 
@@ -136,18 +137,6 @@ def recipient_problem(value):
 
 
 # -- golden record ------------------------------------------------------------------------
-def sha256_file(path):
-    """SHA-256 of a file, or None when it is missing or not a file."""
-    digest = hashlib.sha256()
-    try:
-        with open(path, "rb") as fh:
-            for block in iter(lambda: fh.read(65536), b""):
-                digest.update(block)
-    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
-        return None
-    return digest.hexdigest()
-
-
 def golden_diff(record, hasher=sha256_file):
     """The files of a golden record (``aegis.golden/v1``: ``files`` maps a path to its
     SHA-256 or null) whose hash on the node differs, each ``{path, expected, actual,

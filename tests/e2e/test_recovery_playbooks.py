@@ -185,7 +185,8 @@ def test_hard_quarantine_freezes_workloads_and_keeps_management(lab) -> None:
         run = _play(fleet, "quarantine.yml", aegis_target=NODE, quarantine_mode="hard")
         assert run.ok, run.tail(40)
         res = _result(run, QUARANTINE_TASK)
-        assert WORK in res["frozen"] and WORK in res["frozen_units"], res
+        assert WORK in res["frozen"] and WORK in res["frozen_units"], (json.dumps(res), _exec(
+            fleet, "systemctl", "show", "-p", "Id,Slice,SubState,ControlGroup", WORK).stdout)
         assert "aegis-agent.service" in res["kept"] and "ssh.service" in res["kept"], res
         assert not any(u in res["frozen_units"] for u in
                        ("aegis-agent.service", "ssh.service", "dbus.service",

@@ -239,4 +239,9 @@ def test_only_running_services_with_their_own_cgroup_in_system_slice_are_candida
     freezer = Freezer(None, _Systemd(listing, show), cgroup_root="/nonexistent")
     assert freezer.method == "sigstop"  # no cgroup.controllers: not the unified hierarchy
     assert list(freezer.services()) == ["cron.service"]
+    # a node sharing the host's cgroup namespace sees the full path
+    nested = show.replace("ControlGroup=/system.slice/cron.service",
+                          "ControlGroup=/libpod_parent/libpod-1a2b/system.slice/cron.service")
+    freezer = Freezer(None, _Systemd(listing, nested), cgroup_root="/nonexistent")
+    assert list(freezer.services()) == ["cron.service"]
     assert freezer._pids("") == [] and freezer._pids("/user.slice/x") == []
