@@ -24,8 +24,6 @@ import socket
 
 from ansible_collections.aegis.fleet.plugins.module_utils.files import sha256_file
 
-AGENT_SOCKET = "/run/aegis/agent.sock"
-
 AGE_HELP = ("make a key pair with `age-keygen -o ir.key` (the public key is printed and is "
             "`age-keygen -y ir.key`), or in Python `pyrage.x25519.Identity.generate()` "
             "(its `.to_public()`); keep the identity off the fleet")

@@ -61,6 +61,7 @@ attributes:
     description: A collection has nothing to predict; the module refuses check mode rather than pretend.
   diff_mode:
     support: none
+    description: A new bundle has no before state to compare with.
   platform:
     support: full
     platforms: posix

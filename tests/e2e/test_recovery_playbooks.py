@@ -34,7 +34,7 @@ from aegis_lab.podman import podman
 from aegis_lab.wheels import build_agent_wheels
 from conftest import sub_prefix
 from harness import PATHS, free_port, local_fleet, wait_until
-from harness_controller import Server, controller_server
+from harness_controller import BIN, Server, controller_server
 
 pytestmark = pytest.mark.e2e
 
@@ -131,7 +131,7 @@ def _connect_from_node(fleet: LocalFleet, host: str, port: int) -> str:
     return _exec(fleet, "python3", "-c", probe).stdout.strip()
 
 
-def test_soft_quarantine_cuts_egress_keeps_ssh_and_is_idempotent(lab) -> None:
+def test_soft_quarantine_cuts_egress_keeps_ssh_and_is_idempotent(lab, tmp_path: Path) -> None:
     fleet, server = lab
     gw = fleet.info()["gateway"]
     address = fleet.info()["nodes"][NODE]["address"]
@@ -140,6 +140,21 @@ def test_soft_quarantine_cuts_egress_keeps_ssh_and_is_idempotent(lab) -> None:
         # an edge lets the node reach the host's listener: egress works before
         granted = _exec(fleet, AGENT, "grant", f"{address} -> {gw} tcp/{listener.port}")
         assert granted.returncode == 0, granted.stderr
+        assert _connect_from_node(fleet, gw, listener.port) == "open"
+
+        # check mode (with a diff) says what would change and changes nothing
+        dry = tmp_path / "dry.yml"
+        dry.write_text(yaml.safe_dump([{
+            "name": "Dry run", "hosts": NODE, "gather_facts": False,
+            "tasks": [{"name": "Would quarantine", "check_mode": True, "diff": True,
+                       "aegis.fleet.quarantine": {"mode": "soft"}}]}]))
+        would = ansible_playbook(fleet, dry)
+        assert would.ok, would.tail(30)
+        res = _result(would, "Would quarantine")
+        assert res["changed"] and res["quarantined"], res
+        assert "quarantine: off" in res["diff"]["before"], res["diff"]
+        assert "quarantine: on" in res["diff"]["after"], res["diff"]
+        assert _agent_status(fleet)["segment"]["quarantine"] is False
         assert _connect_from_node(fleet, gw, listener.port) == "open"
 
         first = _play(fleet, "quarantine.yml", aegis_target=NODE)
@@ -311,3 +326,32 @@ def test_bad_inputs_fail_early_with_what_to_do(lab, tmp_path: Path) -> None:
                        terraform_root=str(tmp_path / "no-root"),
                        terraform_var_file=str(tmp_path / "none.tfvars")),
                  f"terraform apply -replace of {NODE} failed")
+
+
+def test_rebuild_replaces_exactly_that_node_and_enrolls_the_new_one(lab, tmp_path: Path) -> None:
+    """rebuild.yml against the lab's own Terraform root: the node is a new one (new
+    container, new machine-id), hardened and enrolled again by site.yml."""
+    fleet, server = lab
+    gw = fleet.info()["gateway"]
+    before = _exec(fleet, "cat", "/etc/machine-id").stdout.strip()
+    container = podman("inspect", "-f", "{{.Id}}", f"{fleet.prefix}-{NODE}").stdout.strip()
+    var_file = tmp_path / "fleet.tfvars.json"  # Terraform reads JSON variables by this suffix
+    var_file.write_text(fleet.vars_file.read_text())
+    run = _play(fleet, "rebuild.yml", aegis_target=NODE,
+                terraform_root=str(PATHS.fleet_module), terraform_var_file=str(var_file),
+                terraform_data_dir=str(fleet.dir / "terraform.d"),
+                terraform_state=str(fleet.state_file),
+                agent_controller_url=server.url,
+                agent_controller_ca=(server.state / "ca" / "ca.pem").read_text(),
+                agent_bootstrap_token_command=(f"{BIN / 'aegis-controller'} --state-dir "
+                                               f"{server.state} token issue --no-wrap"),
+                agent_interval=1, agent_attest_interval=3600,
+                agent_segment_interface="eth0", agent_edges=[f"{gw} -> any tcp/22"])
+    assert run.ok, run.tail(60)
+    assert podman("inspect", "-f", "{{.Id}}", f"{fleet.prefix}-{NODE}").stdout.strip() != container
+    assert _exec(fleet, "cat", "/etc/machine-id").stdout.strip() not in ("", before)
+    assert _exec(fleet, "systemctl", "is-active", "aegis-agent").stdout.strip() == "active"
+    status = _agent_status(fleet)
+    assert status["segment"]["quarantine"] is False and status["segment"]["attached"]
+    assert _exec(fleet, "test", "-s", "/var/lib/aegis/golden.json").returncode == 0
+    assert list(fleet.info()["nodes"]) == [NODE]
