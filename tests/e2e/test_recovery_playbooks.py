@@ -336,6 +336,15 @@ def test_rebuild_replaces_exactly_that_node_and_enrolls_the_new_one(lab, tmp_pat
     before = _exec(fleet, "cat", "/etc/machine-id").stdout.strip()
     container = podman("inspect", "-f", "{{.Id}}", f"{fleet.prefix}-{NODE}").stdout.strip()
     var_file = tmp_path / "fleet.tfvars.json"  # Terraform reads JSON variables by this suffix
+    # the old node falls silent during the replacement and turns suspect at the controller,
+    # which then refuses its enrollment until an operator allows it (the engine does that
+    # itself): the token command does both, as an operator's script would
+    issue = tmp_path / "issue-token"
+    ctl = f"{BIN / 'aegis-controller'} --state-dir {server.state}"
+    issue.write_text("#!/bin/sh\n"
+                     f'{ctl} node reenroll "$1" --reason "rebuilt by rebuild.yml" >&2 || true\n'
+                     f'exec {ctl} token issue --no-wrap "$1"\n')
+    issue.chmod(0o700)
     var_file.write_text(fleet.vars_file.read_text())
     run = _play(fleet, "rebuild.yml", aegis_target=NODE,
                 terraform_root=str(PATHS.fleet_module), terraform_var_file=str(var_file),
@@ -343,11 +352,10 @@ def test_rebuild_replaces_exactly_that_node_and_enrolls_the_new_one(lab, tmp_pat
                 terraform_state=str(fleet.state_file),
                 agent_controller_url=server.url,
                 agent_controller_ca=(server.state / "ca" / "ca.pem").read_text(),
-                agent_bootstrap_token_command=(f"{BIN / 'aegis-controller'} --state-dir "
-                                               f"{server.state} token issue --no-wrap"),
+                agent_bootstrap_token_command=str(issue),
                 agent_interval=1, agent_attest_interval=3600,
                 agent_segment_interface="eth0", agent_edges=[f"{gw} -> any tcp/22"])
-    assert run.ok, run.tail(60)
+    assert run.ok, (run.tail(30), server.ctl("node", "show", NODE).stdout[-1500:])
     assert podman("inspect", "-f", "{{.Id}}", f"{fleet.prefix}-{NODE}").stdout.strip() != container
     assert _exec(fleet, "cat", "/etc/machine-id").stdout.strip() not in ("", before)
     assert _exec(fleet, "systemctl", "is-active", "aegis-agent").stdout.strip() == "active"
@@ -355,3 +363,5 @@ def test_rebuild_replaces_exactly_that_node_and_enrolls_the_new_one(lab, tmp_pat
     assert status["segment"]["quarantine"] is False and status["segment"]["attached"]
     assert _exec(fleet, "test", "-s", "/var/lib/aegis/golden.json").returncode == 0
     assert list(fleet.info()["nodes"]) == [NODE]
+    shown = json.loads(server.ctl("node", "show", NODE).stdout)
+    assert shown["state"] == "enrolled", shown
