@@ -121,6 +121,8 @@ ARGUMENT_SPEC = dict(
     owner=dict(type="str", default="root"),
     group=dict(type="str", default="root"),
 )
+
+
 def _describe(st):
     if st is None:
         return ""
