@@ -112,6 +112,7 @@ import os
 
 from ansible.module_utils.basic import AnsibleModule
 
+from ansible_collections.aegis.fleet.plugins.module_utils.files import sha256_file
 from ansible_collections.aegis.fleet.plugins.module_utils.nftables import normalise
 from ansible_collections.aegis.fleet.plugins.module_utils.sandbox import exposure, valid_unit_name
 from ansible_collections.aegis.fleet.plugins.module_utils.systemd import Systemd
@@ -147,17 +148,6 @@ def read_sysctls(names):
         except OSError:
             values[name] = None
     return values
-
-
-def sha256(path):
-    digest = hashlib.sha256()
-    try:
-        with open(path, "rb") as fh:
-            for block in iter(lambda: fh.read(65536), b""):
-                digest.update(block)
-    except (FileNotFoundError, IsADirectoryError):
-        return None
-    return digest.hexdigest()
 
 
 def parse_sshd(text):
@@ -267,7 +257,7 @@ def posture(module):
         "sshd": sshd_config(module),
         "nftables": nftables_digests(module),
         "mounts": mounts,
-        "measurements": dict((path, sha256(path)) for path in p["measure"]),
+        "measurements": dict((path, sha256_file(path)) for path in p["measure"]),
         "unit_exposure": unit_exposure(module, p["units"]),
         "package_lock": os.path.exists(PACKAGE_LOCK_HOOK),
     }

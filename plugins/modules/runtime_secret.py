@@ -101,7 +101,6 @@ mode:
 """
 
 import contextlib
-import ctypes
 import errno
 import grp
 import hashlib
@@ -113,6 +112,7 @@ import stat
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.aegis.fleet.plugins.module_utils.changes import report
+from ansible_collections.aegis.fleet.plugins.module_utils.memfs import MEMORY_FS, fs_type
 
 ARGUMENT_SPEC = dict(
     dest=dict(type="path", required=True),
@@ -121,19 +121,6 @@ ARGUMENT_SPEC = dict(
     owner=dict(type="str", default="root"),
     group=dict(type="str", default="root"),
 )
-# statfs(2) f_type of the memory filesystems (linux/magic.h).
-MEMORY_FS = {0x01021994: "tmpfs", 0x858458F6: "ramfs"}
-
-
-def fs_type(fd):
-    """The f_type of the filesystem ``fd`` is on (fstatfs(2); ``f_type`` is the struct's first
-    member, a word on every Linux ABI)."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    buf = ctypes.create_string_buffer(256)  # struct statfs is 120 bytes on 64-bit Linux
-    if libc.fstatfs(fd, buf) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
-    return ctypes.c_long.from_buffer(buf).value & 0xFFFFFFFF
 
 
 def _describe(st):

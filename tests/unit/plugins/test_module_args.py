@@ -5,8 +5,10 @@ import pytest
 from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
 
 from ansible_collections.aegis.fleet.plugins.modules import (
+    forensics_bundle,
     hardening_facts,
     nft_ruleset,
+    quarantine,
     systemd_sandbox,
 )
 
@@ -32,6 +34,10 @@ def _errors(module, args):
     (systemd_sandbox, {"unit": "cron.service"}, "missing: settings"),
     (systemd_sandbox, {"unit": "cron.service", "settings": ["PrivateTmp"]}, "'settings'"),
     (hardening_facts, {"measure": {"/etc/passwd": True}}, "'measure'"),
+    (quarantine, {"mode": "medium"}, "mode must be one of: soft, hard"),
+    (quarantine, {"management_peers": {"a": 1}}, "'management_peers'"),
+    (forensics_bundle, {}, "missing required arguments: recipient"),
+    (forensics_bundle, {"recipient": "age1x", "events_limit": "many"}, "'events_limit'"),
 ])
 def test_bad_arguments_are_named(module, args, needle):
     assert needle in _errors(module, args)
@@ -44,6 +50,9 @@ def test_bad_arguments_are_named(module, args, needle):
     (systemd_sandbox, {"unit": "cron.service", "state": "absent"}),
     (systemd_sandbox, {"unit": "cron.service", "settings": {"PrivateTmp": True}}),
     (hardening_facts, {}),
+    (quarantine, {}),
+    (quarantine, {"mode": "hard", "management_peers": ["192.0.2.1 tcp/22"], "state": "absent"}),
+    (forensics_bundle, {"recipient": "age1x", "incident": "inc-1"}),
 ])
 def test_good_arguments_pass(module, args):
     assert _errors(module, args) == ""
