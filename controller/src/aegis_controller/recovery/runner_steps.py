@@ -316,7 +316,10 @@ class RunnerSteps:
         with self._ansible(ctx, label) as ansible:
             try:
                 result = ansible.run(a.playbook(name), extravars=dict(extravars),
-                                     limit=ctx.node_id, inventory=a.inventory,
+                                     # localhost too: the recovery playbooks check their
+                                     # inputs there first, and forensics.yml makes its
+                                     # bundle directory there (--limit NODE skips them)
+                                     limit=f"{ctx.node_id},localhost", inventory=a.inventory,
                                      on_event=handler, timeout=timeout, cancel=ctx.cancel,
                                      check_mode=check_mode, tags=tags)
                 if not golden:
