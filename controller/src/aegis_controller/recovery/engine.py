@@ -623,7 +623,8 @@ class RecoveryWiring:
 
     def start(self, ctl: Controller) -> RecoveryEngine:
         return start_recovery(ctl, self.steps, self.settings.guard_rails, self.token_command,
-                              enroll_timeout_s=self.settings.enroll_timeout_s)
+                              enroll_timeout_s=self.settings.enroll_timeout_s,
+                              lease_s=self.settings.lease_s, poll_s=self.settings.poll_s)
 
 
 def start_recovery(ctl: Controller, steps: Steps, rails: GuardRails,
