@@ -19,6 +19,7 @@ import json
 import os
 import shutil
 import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -29,17 +30,17 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import sub_prefix
-from harness_controller import Server, enroll, new_node
 from pyrage import x25519
 
 from aegis_controller.domain import Controller, open_controller
 from aegis_controller.nodes import NodeState
-from aegis_controller.recovery.engine import group_members
+from aegis_controller.recovery.engine import group_members, kill_group, process_start
 from aegis_controller.settings import Settings
 from aegis_controller.terraform import Terraform
 from aegis_controller.trust import transition
+from conftest import sub_prefix
 from harness import PATHS, wait_until
+from harness_controller import Server, enroll, new_node
 
 pytestmark = pytest.mark.integration
 
@@ -313,3 +314,41 @@ def test_a_controller_killed_mid_step_is_resumed_to_one_trusted_replacement(
     assert moves[-3:] == ["replacing -> verifying", "verifying -> enrolling",
                           "enrolling -> trusted"]
     assert rig.cli("ledger", "verify") is not None
+
+
+#: A step's leader (ansible-playbook) that is slow to stop on SIGTERM and has a worker in
+#: a session of its own (as Ansible's task workers are) running the task's command.
+_STUBBORN = """
+import signal, subprocess, sys, time
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)", sys.argv[1]],
+                 start_new_session=True)
+print("ready", flush=True)
+time.sleep(300)
+"""
+
+
+def test_a_leftover_group_is_killed_with_the_sessions_its_processes_started(
+        tmp_path: Path) -> None:
+    """What the engine kills for a dead attempt is the recorded group and every process
+    its members started, whatever session they moved to: the worker of a leader that does
+    not stop within the grace would otherwise outlive the step."""
+    marker = tmp_path / f"{sub_prefix()}-worker"
+    leader = subprocess.Popen([sys.executable, "-c", _STUBBORN, str(marker)],
+                              start_new_session=True, stdout=subprocess.PIPE, text=True)
+    try:
+        assert leader.stdout is not None and leader.stdout.readline().strip() == "ready"
+        assert wait_until(lambda: len(processes_in(tmp_path)) == 2, timeout=10)
+        [worker] = [int(p.split()[0]) for p in processes_in(tmp_path)
+                    if int(p.split()[0]) != leader.pid]
+        assert os.getsid(worker) == worker != leader.pid  # outside the recorded group
+        outcome = kill_group(leader.pid, process_start(leader.pid), grace=0.5)
+        assert outcome == "killed (SIGKILL)"
+        assert leader.wait(timeout=10) == -signal.SIGKILL
+        assert wait_until(lambda: not processes_in(tmp_path), timeout=10), \
+            processes_in(tmp_path)
+    finally:
+        _kill_everything_in(tmp_path)
+        if leader.poll() is None:
+            leader.kill()
+            leader.wait()
