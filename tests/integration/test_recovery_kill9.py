@@ -237,11 +237,12 @@ def test_a_controller_killed_mid_step_is_resumed_to_one_trusted_replacement(
         if job is None or not job["step_pgids"] or job["lease_owner"] is None:
             return None
         history = rig.ctl.recovery.history(job["job_id"])
+        running = processes_in(rig.root)
         if kill_during == "replacing":  # the old instance is destroyed, the new one boots
             started = any(h["fields"].get("event") == "provision_start"
-                          and h["state"] == "replacing" for h in history)
+                          for h in history) and any(f"sleep {SLOW_S}" in p for p in running)
         else:
-            started = any(str(rig.slow_verify) in p for p in processes_in(rig.root))
+            started = any(str(rig.slow_verify) in p for p in running)
         return job if started else None
 
     assert wait_until(lambda: slow_step_running() is not None, timeout=120), (
@@ -257,6 +258,8 @@ def test_a_controller_killed_mid_step_is_resumed_to_one_trusted_replacement(
                          if s.proc is not None and s.proc.pid == _pid_of(job["lease_owner"]))
     victim_server.kill(signal.SIGKILL)
     killed_at = time.monotonic()
+    if kill_during == "replacing":  # killed in the worst window: the old one is destroyed
+        assert not (rig.root / "markers" / VICTIM).exists()
     rig.set_vars()
     rig.slow_verify.unlink(missing_ok=True)
     if rig.db is None:  # one replica: restart it (a new owner: it waits for the lease)
