@@ -30,6 +30,7 @@ from typing import Any
 
 import pytest
 import yaml
+from harness_recovery import FIXTURES, standin_settings
 from pyrage import x25519
 
 from aegis_controller.domain import Controller, open_controller
@@ -44,7 +45,6 @@ from harness_controller import Server, enroll, new_node
 
 pytestmark = pytest.mark.integration
 
-FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 NODES = ["standin-n1", "standin-n2", "standin-n3"]
 VICTIM = "standin-n2"
 #: How long the killed attempt's Terraform provisioner / verify task would sleep (the
@@ -117,23 +117,9 @@ def _write_world(rig: Rig) -> None:
         n: {**hostvars, **({"standin_slow_verify": str(rig.slow_verify)}
                            if n == VICTIM else {})} for n in NODES}}}))
     (root / "agent-vars.yml").write_text("agent_controller_url: https://127.0.0.1:1\n")
-    (root / "recovery.yml").write_text(yaml.safe_dump({
-        "guard_rails": {"max_in_flight": 1},
-        "terraform": {"root": "module", "data_dir": "tf-data", "state": "fleet.tfstate",
-                      "var_file": "fleet.tfvars.json", "timeout_s": 300,
-                      "lock_timeout_s": 30, "cli_config": str(PATHS.terraform_cli_config)},
-        "ansible": {"inventory": "inventory.yml",
-                    "playbooks": str(FIXTURES / "standin_playbooks"),
-                    "agent_vars_file": "agent-vars.yml", "timeout_s": 300,
-                    "golden_path": str(rig.standin / "golden.json"),
-                    "env": {"ANSIBLE_HOME": str(root / "ansible-home"),
-                            "ANSIBLE_LOCALHOST_WARNING": "False",
-                            "PATH": f"{Path(sys.executable).parent}{os.pathsep}"
-                                    f"{os.environ.get('PATH', '')}"}},
-        "forensics": {"recipient": str(x25519.Identity.generate().to_public()),
-                      "dest": "bundles"},
-        "enroll_timeout_s": 120, "lease_s": LEASE_S, "poll_s": 0.5,
-    }))
+    (root / "recovery.yml").write_text(yaml.safe_dump(standin_settings(
+        root, rig.standin, str(x25519.Identity.generate().to_public()), timeout_s=300,
+        lock_timeout_s=30, enroll_timeout_s=120, lease_s=LEASE_S, poll_s=0.5)))
     rig.tf = Terraform(root / "module", data_dir=root / "tf-data",
                        state_path=root / "fleet.tfstate",
                        cli_config_file=PATHS.terraform_cli_config)
