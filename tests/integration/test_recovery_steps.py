@@ -19,6 +19,7 @@ from pathlib import Path
 import pyrage
 import pytest
 import yaml
+from harness_recovery import FIXTURES, standin_settings
 from pyrage import x25519
 
 from aegis_controller.recovery.runner_steps import RunnerSteps
@@ -29,7 +30,6 @@ from harness import PATHS, wait_until
 
 pytestmark = pytest.mark.integration
 
-FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 NODES = ["standin-n1", "standin-n2", "standin-n3"]
 SECRET = "s3cret-token-4f1d9a7c"  # noqa: S105 (a test value)
 
@@ -80,21 +80,8 @@ def world(tmp_path):
         "standin-n3": dict(hostvars)}}}))
     (tmp_path / "agent-vars.yml").write_text("agent_controller_url: https://127.0.0.1:1\n")
     settings_file = tmp_path / "recovery.yml"
-    settings_file.write_text(yaml.safe_dump({
-        "guard_rails": {"max_in_flight": 1},
-        "terraform": {"root": "module", "data_dir": "tf-data", "state": "fleet.tfstate",
-                      "var_file": "fleet.tfvars.json", "timeout_s": 120,
-                      "lock_timeout_s": 5, "cli_config": str(PATHS.terraform_cli_config)},
-        "ansible": {"inventory": "inventory.yml",
-                    "playbooks": str(FIXTURES / "standin_playbooks"),
-                    "agent_vars_file": "agent-vars.yml", "timeout_s": 120,
-                    "golden_path": str(standin / "golden.json"),
-                    "env": {"ANSIBLE_HOME": str(tmp_path / "ansible-home"),
-                            "ANSIBLE_LOCALHOST_WARNING": "False",
-                            "PATH": f"{Path(sys.executable).parent}{os.pathsep}"
-                                    f"{os.environ.get('PATH', '')}"}},
-        "forensics": {"recipient": str(identity.to_public()), "dest": "bundles"},
-    }))
+    settings_file.write_text(yaml.safe_dump(standin_settings(
+        tmp_path, standin, str(identity.to_public()), timeout_s=120, lock_timeout_s=5)))
     settings = RecoverySettings.load(settings_file)
     tf = Terraform(root, data_dir=tmp_path / "tf-data", state_path=tmp_path / "fleet.tfstate",
                    cli_config_file=PATHS.terraform_cli_config)

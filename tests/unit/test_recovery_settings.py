@@ -45,6 +45,8 @@ def good() -> dict:
         "forensics": {"recipient": RECIPIENT, "dest": "bundles"},
         "baked": True,
         "enroll_timeout_s": 300,
+        "lease_s": 4,
+        "poll_s": 0.5,
     }
 
 
@@ -70,11 +72,13 @@ def test_a_good_file_loads_with_paths_relative_to_it(base):
     assert s.ansible.agent_vars() == {"agent_controller_url": "https://ctl:8443"}
     assert s.forensics.recipient == RECIPIENT and s.forensics.dest == base / "bundles"
     assert s.baked is True and s.enroll_timeout_s == 300
+    assert (s.lease_s, s.poll_s) == (4, 0.5)
 
 
 def test_defaults(base):
     data = good()
     del data["guard_rails"], data["baked"], data["enroll_timeout_s"]
+    del data["lease_s"], data["poll_s"]
     data["terraform"] = {"root": "module", "data_dir": "tf-data"}
     data["ansible"] = {"inventory": "hosts.yml", "playbooks": str(STANDIN_PLAYBOOKS)}
     s = load(base, data)
@@ -86,6 +90,7 @@ def test_defaults(base):
     assert s.ansible.verify_tags is None  # the whole harden role
     assert s.ansible.golden_path == "/var/lib/aegis/golden.json"
     assert s.baked is False
+    assert (s.lease_s, s.poll_s) == (60, 5)
 
 
 def test_playbooks_default_to_the_collections_own(base):
@@ -165,6 +170,8 @@ def _bad(base, mutate) -> str:
      "forensics.skip must be true or false, got 'yes please'"),
     (lambda d: d.update(baked="true"), "baked must be true or false, got 'true'"),
     (lambda d: d.update(enroll_timeout_s=True), "enroll_timeout_s must be a number of seconds"),
+    (lambda d: d.update(lease_s=0), "lease_s must be a number of seconds above 0, got 0"),
+    (lambda d: d.update(poll_s="1s"), "poll_s must be a number of seconds above 0, got '1s'"),
     (lambda d: d["guard_rails"].update(max_in_flight=0),
      "max_in_flight must be at least 1, got 0"),
     (lambda d: d["guard_rails"].update(max_flight=2), "unknown recovery guard rail(s) max_flight"),

@@ -22,7 +22,8 @@ c. **run**: each in-flight job whose lease is free or expired is claimed
    (:meth:`.store.RecoveryStore.claim`) and its state's step run once with a
    :class:`.steps.StepContext`; the lease is renewed while the step runs (lost: the step is
    cancelled and nothing more is written). Before a step runs again, whatever is left of
-   the process groups a previous attempt recorded is killed (SIGTERM, then SIGKILL).
+   the process groups a previous attempt recorded is killed (SIGTERM, then SIGKILL), with
+   every process their members started in another session (Ansible's task workers).
    The step's mapping is merged into the job's data and the job moves on:
 
    - ``containing`` -> ``collecting`` (the node must still be quarantined);
@@ -587,26 +588,60 @@ def group_members(pgid: int) -> list[int]:
     return members
 
 
+def descendants(pids: Sequence[int]) -> dict[int, int | None]:
+    """Every live process started by ``pids`` or by their descendants (whatever group or
+    session it moved to: Ansible runs each task's worker in a session of its own), with its
+    start time; ``pids`` themselves are not included."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        fields = _stat(entry.name) if entry.name.isdigit() else None
+        if fields and fields[0] not in ("Z", "X"):
+            children.setdefault(int(fields[1]), []).append(int(entry.name))
+    found: dict[int, int | None] = {}
+    todo = [c for p in pids for c in children.get(p, [])]
+    while todo:
+        pid = todo.pop()
+        if pid not in found and pid not in pids:
+            found[pid] = process_start(pid)
+            todo.extend(children.get(pid, []))
+    return found
+
+
+def _alive(processes: Mapping[int, int | None]) -> dict[int, int | None]:
+    """Those of ``processes`` (pid: start time) still running as themselves."""
+    return {pid: start for pid, start in processes.items()
+            if (now := process_start(pid)) is not None and now == start
+            and (_stat(pid) or ["Z"])[0] not in ("Z", "X")}
+
+
 def kill_group(pgid: int, start: int | None, grace: float = KILL_GRACE_S) -> str:
     """Kill what is left of process group ``pgid`` (SIGTERM, after ``grace`` seconds
-    SIGKILL); ``start`` is its leader's start time when recorded: a leader that started at
-    another time is another process that reuses the id, and is left alone. Returns what
-    happened, in words."""
-    if not group_members(pgid):
+    SIGKILL), and with it every process its members started in another group or session
+    (SIGKILL once the grace is over, if the group's own SIGTERM did not stop them);
+    ``start`` is its leader's start time when recorded: a leader that started at another
+    time is another process that reuses the id, and is left alone. Returns what happened,
+    in words."""
+    members = group_members(pgid)
+    if not members:
         return "already gone"
     leader = process_start(pgid)
     if start is not None and leader is not None and leader != start:
         return "id reused by another process: left alone"
+    others = descendants(members)
     for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
         try:
             os.killpg(pgid, sig)
-        except ProcessLookupError:
-            return "gone"
+        except ProcessLookupError:  # the group ended meanwhile; what it started may not
+            pass
         except PermissionError:
             return "not ours to kill (permission denied)"
+        if sig == signal.SIGKILL:
+            for pid in _alive(others):
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(pid, signal.SIGKILL)
         deadline = time.monotonic() + wait
         while time.monotonic() < deadline:
-            if not group_members(pgid):
+            if not group_members(pgid) and not _alive(others):
                 return f"killed ({signal.Signals(sig).name})"
             time.sleep(0.05)
     return "still running after SIGKILL"
@@ -623,7 +658,8 @@ class RecoveryWiring:
 
     def start(self, ctl: Controller) -> RecoveryEngine:
         return start_recovery(ctl, self.steps, self.settings.guard_rails, self.token_command,
-                              enroll_timeout_s=self.settings.enroll_timeout_s)
+                              enroll_timeout_s=self.settings.enroll_timeout_s,
+                              lease_s=self.settings.lease_s, poll_s=self.settings.poll_s)
 
 
 def start_recovery(ctl: Controller, steps: Steps, rails: GuardRails,

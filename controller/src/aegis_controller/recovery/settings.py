@@ -30,6 +30,10 @@ the steps run, and the guard rails.
       # skip: true                          # replace without a bundle (then no recipient)
     baked: false                            # true: verify in check mode, any change fails
     enroll_timeout_s: 600                   # bounds the agent (enroll) playbook's run
+    lease_s: 60                             # a job's lease: a dead replica's job is
+                                            # resumed (by a restart or another replica)
+                                            # once it expires
+    poll_s: 5                               # seconds between the engine's ticks
 
 ``ansible.playbooks`` defaults to the collection's ``playbooks`` directory when the
 controller runs from an Aegis checkout. The Terraform root module must declare the node
@@ -141,6 +145,10 @@ class RecoverySettings:
     forensics: ForensicsSettings
     baked: bool = False
     enroll_timeout_s: float = 600.0
+    #: A job's lease: how long a killed replica's job waits before it is resumed.
+    lease_s: float = 60.0
+    #: Seconds between the engine's ticks.
+    poll_s: float = 5.0
 
     @classmethod
     def load(cls, path: str | Path) -> RecoverySettings:
@@ -185,7 +193,7 @@ class _Reader:
     # -- sections -------------------------------------------------------------------------
     def settings(self, path: Path, raw: object) -> RecoverySettings | None:
         top = self.section("", raw, {"guard_rails", "terraform", "ansible", "forensics",
-                                     "baked", "enroll_timeout_s"},
+                                     "baked", "enroll_timeout_s", "lease_s", "poll_s"},
                            required=("terraform", "ansible", "forensics"))
         rails = self.guard_rails(top.get("guard_rails"))
         terraform = self.terraform(top.get("terraform"))
@@ -193,11 +201,13 @@ class _Reader:
         forensics = self.forensics(top.get("forensics"))
         baked = self.boolean("baked", top.get("baked", False))
         enroll = self.seconds("enroll_timeout_s", top.get("enroll_timeout_s", 600))
+        lease = self.seconds("lease_s", top.get("lease_s", 60))
+        poll = self.seconds("poll_s", top.get("poll_s", 5))
         if self.problems or None in (rails, terraform, ansible, forensics):
             return None
         return RecoverySettings(path=path, guard_rails=rails, terraform=terraform,
                                 ansible=ansible, forensics=forensics, baked=baked,
-                                enroll_timeout_s=enroll)
+                                enroll_timeout_s=enroll, lease_s=lease, poll_s=poll)
 
     def guard_rails(self, raw: object) -> GuardRails | None:
         values = self.section("guard_rails", {} if raw is None else raw, None)
