@@ -416,6 +416,32 @@ def test_quarantine_revokes_without_the_agent(gate_db: Gate) -> None:
     _no_secret_leaked(g, got.token, got.wrapping_token, got.password, got.secret_id)
 
 
+def test_a_machine_enrolled_after_the_quarantine_gets_secrets_again(gate: Gate) -> None:
+    """A quarantine order binds the machine it was made for: the fresh machine that enrolls
+    after it (a rebuild; here an operator's re-enrollment with new keys) is judged on its
+    own attestation, while the quarantined one got nothing more."""
+    g = gate
+    _trust(g)
+    first = _fetch(g)
+    out = g.server.ctl("order", "create", NODE, "quarantine", "--arg", "level=hard")
+    assert out.returncode == 0, out.stderr
+    assert g.server.ctl("node", "secrets", NODE, "--wait-revoked", "60").returncode == 0
+    with g.node.client(g.server) as c:
+        quarantine = next(o for o in c.get(routes.ORDERS).json()
+                          if o["order"]["kind"] == "quarantine")
+    assert g.ack(quarantine, "done", "segment quarantined")["status"] == "done"
+    time.sleep(1.1)  # enrollment times are whole seconds: the new one comes after
+    out = g.server.ctl("node", "reenroll", NODE, "--reason", "replaced by a fresh machine")
+    assert out.returncode == 0, out.stderr
+    g.node = new_node(g.server, NODE)
+    assert enroll(g.server, g.node, g.server.token(NODE)).status_code == 200
+    assert g.attest()["state"] == "trusted"
+    again = _fetch(g)
+    assert again.report.accessor != first.report.accessor
+    assert _token_alive(g.w, again.report.accessor)
+    assert not _token_alive(g.w, first.report.accessor)
+
+
 def test_vault_unreachable_revocation_is_retried_until_done_across_a_restart(gate: Gate) -> None:
     g = gate
     _trust(g)

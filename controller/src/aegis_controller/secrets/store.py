@@ -225,10 +225,18 @@ class SecretsStore:
         """A quarantine order and no done release order since: the node gets no secrets,
         whatever its state says. Any quarantine counts, not only an unacknowledged one: one
         the agent reported failed (or refused) leaves the node trusted at the controller,
-        and such a node — or one that lies about it — must not be handed new secrets."""
+        and such a node — or one that lies about it — must not be handed new secrets.
+
+        A quarantine binds the machine enrolled when it was ordered: a machine that enrolled
+        after it (a rebuild, or an operator's re-enrollment, each with new keys and a new
+        one-time token) is judged on its own attestation."""
         last = conn.execute(sa.select(sa.func.max(_o.created_at)).where(
             _o.node_id == node_id, _o.kind == "quarantine")).scalar()
         if last is None:
+            return False
+        enrolled = conn.execute(sa.select(tables.nodes.c.enrolled_at).where(
+            tables.nodes.c.node_id == node_id)).scalar()
+        if enrolled is not None and enrolled > last:
             return False
         return conn.execute(sa.select(_o.order_id).where(
             _o.node_id == node_id, _o.kind == "release", _o.status == "done",
