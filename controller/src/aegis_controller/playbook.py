@@ -221,13 +221,17 @@ class Container:
 
 def _forget_environment(private: Path) -> None:
     """Remove every copy of the run's environment the runner wrote: ``env/``, the
-    ``env.list`` container mode hands to ``podman run --env-file`` and the ``env`` of each
+    ``env.list`` container mode hands to ``podman run --env-file``, a fact cache (facts
+    hold ``ansible_env``; runs keep facts in memory, this is for a runner that did not) and
+    the ``env`` of each
     ``artifacts/<id>/command`` (the whole environment, inherited variables too, so a token
     in the caller's environment would stay on disk). The command and its working directory
     stay for people reading the artifacts."""
     shutil.rmtree(private / "env", ignore_errors=True)
     for env_list in private.glob("artifacts/*/env.list"):
         env_list.unlink(missing_ok=True)
+    for cache in private.glob("artifacts/*/fact_cache"):
+        shutil.rmtree(cache, ignore_errors=True)
     for command in private.glob("artifacts/*/command"):
         try:
             data = json.loads(command.read_text())
@@ -326,8 +330,8 @@ class Ansible:
         path.mkdir(mode=0o700)
         return path
 
-    def _place(self, private: Path, inventory: Path | None, envvars: dict[str, str],
-               kwargs: dict[str, Any]) -> None:
+    def _place(self, private: Path, ident: str, inventory: Path | None,
+               envvars: dict[str, str], kwargs: dict[str, Any]) -> None:
         """Where the run happens: on this host with its inventory, or in the container."""
         container = self.container
         if container is None:
@@ -336,12 +340,21 @@ class Ansible:
             elif "ANSIBLE_INVENTORY" in self.env:
                 kwargs["inventory"] = self.env["ANSIBLE_INVENTORY"]
             return
+        # An EE runs as its own user (ansible-builder's default: uid 1000, group root), not
+        # as this process's: the private data dir (mounted as /runner) and the artifacts
+        # dir the play writes its events to are opened to the root group, nothing more.
+        artifacts = private / "artifacts" / ident
+        for path in (private, artifacts.parent, artifacts, artifacts / "job_events"):
+            path.mkdir(exist_ok=True)
+            path.chmod(0o770)
         # the host's files are not in the container: the inventory goes into the private
-        # data dir (mounted as /runner), where the runner looks for it
+        # data dir, where the runner looks for it
         source = inventory or self.env.get("ANSIBLE_INVENTORY")
         if source:
-            (private / "inventory").mkdir(mode=0o700)
+            (private / "inventory").mkdir()
+            (private / "inventory").chmod(0o750)
             shutil.copy(source, private / "inventory" / "hosts")
+            (private / "inventory" / "hosts").chmod(0o640)
         envvars.pop("ANSIBLE_INVENTORY", None)
         kwargs.update(process_isolation=True, process_isolation_executable=container.executable,
                       container_image=container.image,
@@ -388,12 +401,16 @@ class Ansible:
         # own default (on) unless the caller's environment turns it off itself.
         if "ANSIBLE_HOST_KEY_CHECKING" not in os.environ:
             envvars.setdefault("ANSIBLE_HOST_KEY_CHECKING", "True")
-        self._place(private, inventory, envvars, kwargs)
+        self._place(private, ident, inventory, envvars, kwargs)
         try:
             if self.suppress_env_files:
                 kwargs["suppress_env_files"] = True
+            # facts stay in memory: gathered facts hold ``ansible_env``, the whole
+            # environment of the play (tokens too), which the runner's default jsonfile
+            # fact cache would write under the artifacts
             runner = ansible_runner.run(
                 private_data_dir=str(private), quiet=True, envvars=envvars, ident=ident,
+                fact_cache_type="memory",
                 event_handler=handle, cancel_callback=should_stop,
                 **{k: v for k, v in kwargs.items() if v not in (None, [], {})},
             )
