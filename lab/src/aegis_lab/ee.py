@@ -206,58 +206,72 @@ def ensure_ee(paths: Paths, progress: Progress = log.info, *, force: bool = Fals
     base_ref, base_built = ensure_base(progress)
     definition_path, definition = _definition(paths)
     root = paths.state_root / "ee"
-    staging = root / "collection"
-    shutil.rmtree(staging, ignore_errors=True)
-    collection = build_collection(paths, staging)
-    src = _collection_src(definition, collection.version)
-    text = definition_path.read_text()
-    digest = ee_hash(text, base_ref, collection)
-    ref, latest = f"{EE_REPO}:{digest}", f"{EE_REPO}:latest"
-    built = False
-    with _locked(CACHE_ROOT / "images" / ".ee.lock"):
-        if force or not image_exists(ref):
-            work = root / "build"
-            shutil.rmtree(work, ignore_errors=True)
-            (work / src).parent.mkdir(parents=True)
-            shutil.copy2(collection.tarball, work / src)
-            (work / "execution-environment.yml").write_text(text)
-            labels = {LABEL_HASH: digest, LABEL_VERSION: collection.version,
-                      LABEL_FILES: collection.files_sha256}
-            extra = ["--network=host", *(f"--label={k}={v}" for k, v in labels.items())]
-            exe = shutil.which("ansible-builder", path=str(Path(sys.executable).parent))
-            cmd = [exe or "ansible-builder", "build", "-v3", "--container-runtime", "podman",
-                   "-f", "execution-environment.yml", "--context", str(work / "context"),
-                   "--tag", ref, "--tag", latest,
-                   "--build-arg", f"EE_BASE_IMAGE={base_ref}",
-                   "--extra-build-cli-args", " ".join(extra)]
-            progress(f"building EE {ref} on {base_ref} with ansible-builder (a few minutes "
-                     "the first time)")
-            rc, tail = _stream(cmd, work, progress, "ee-build | ")
-            if rc != 0:
-                raise EEBuildError(f"ansible-builder build failed (exit {rc}); last lines:\n"
-                                   + "\n".join(tail[-15:]))
-            shutil.rmtree(work, ignore_errors=True)
-            built = True
-            # EEs and base images of older hashes are dead weight (a GB each)
-            _prune(EE_REPO, {ref, latest})
-            _prune(BASE_REPO, {base_ref, f"{BASE_REPO}:latest"})
-        else:
-            progress(f"EE {ref} is up to date (definition, base and collection unchanged)")
-            podman("tag", ref, latest)
+    # one build per checkout at a time (its staging dirs), one ansible-builder per machine
+    with _locked(root / ".lock"):
+        shutil.rmtree(root / "collection", ignore_errors=True)
+        collection = build_collection(paths, root / "collection")
+        src = _collection_src(definition, collection.version)
+        text = definition_path.read_text()
+        digest = ee_hash(text, base_ref, collection)
+        ref, latest = f"{EE_REPO}:{digest}", f"{EE_REPO}:latest"
+        with _locked(CACHE_ROOT / "images" / ".ee.lock"):
+            built = force or not image_exists(ref)
+            if built:
+                work = root / "build"
+                shutil.rmtree(work, ignore_errors=True)
+                (work / src).parent.mkdir(parents=True)
+                shutil.copy2(collection.tarball, work / src)
+                (work / "execution-environment.yml").write_text(text)
+                _builder_build(work, ref, latest, base_ref, collection, progress)
+                shutil.rmtree(work, ignore_errors=True)
+                # EEs and base images of older hashes are dead weight (most of a GB each)
+                _prune(EE_REPO, {ref, latest}, newest=2)
+                _prune(BASE_REPO, {base_ref, f"{BASE_REPO}:latest"})
+            else:
+                progress(f"EE {ref} is up to date (definition, base and collection unchanged)")
+                podman("tag", ref, latest)
     return EEImage(ref, latest, digest, base_ref, collection, built, base_built,
                    time.monotonic() - started)
 
 
-def _prune(repo: str, keep: set[str]) -> None:
-    """Remove the images of ``repo`` none of whose names is in ``keep`` (best effort: an
-    image a container still uses stays)."""
+def _builder_build(work: Path, ref: str, latest: str, base_ref: str, collection: Collection,
+                   progress: Progress) -> None:
+    """``ansible-builder build`` in ``work`` (the definition and the tarball it names),
+    its output streamed."""
+    labels = {LABEL_HASH: ref.rsplit(":", 1)[1], LABEL_VERSION: collection.version,
+              LABEL_FILES: collection.files_sha256}
+    # host network: pip in the build reaches the package index like this host does
+    extra = ["--network=host", *(f"--label={k}={v}" for k, v in labels.items())]
+    exe = shutil.which("ansible-builder", path=str(Path(sys.executable).parent))
+    cmd = [exe or "ansible-builder", "build", "-v3", "--container-runtime", "podman",
+           "-f", "execution-environment.yml", "--context", str(work / "context"),
+           "--tag", ref, "--tag", latest, "--build-arg", f"EE_BASE_IMAGE={base_ref}",
+           "--extra-build-cli-args", " ".join(extra)]
+    progress(f"building EE {ref} on {base_ref} with ansible-builder (minutes)")
+    rc, tail = _stream(cmd, work, progress, "ee-build | ")
+    if rc != 0:
+        raise EEBuildError(f"ansible-builder build failed (exit {rc}); last lines:\n"
+                           + "\n".join(tail[-15:]))
+
+
+def _prune(repo: str, keep: set[str], newest: int = 0) -> None:
+    """Remove the images of ``repo`` none of whose names is in ``keep``, except the
+    ``newest`` most recent (other checkouts on this machine build their own hashes into
+    the same storage). Best effort: an image a container or a child image uses stays."""
     out = podman("images", "--format", "json", "--filter", f"reference={repo}",
                  check=False).stdout
-    for image in json.loads(out or "[]") or []:
+    images = sorted(json.loads(out or "[]") or [], key=lambda i: i.get("Created", 0),
+                    reverse=True)
+    spared = 0
+    for image in images:
         names = set(image.get("Names") or [])
         ours = {n for n in names if n.startswith(f"{repo}:")}
-        if ours and ours == names and not names & keep:
-            podman("rmi", image["Id"], check=False)
+        if not ours or ours != names or names & keep:
+            continue
+        if spared < newest:
+            spared += 1
+            continue
+        podman("rmi", image["Id"], check=False)
 
 
 def image_labels(ref: str) -> dict[str, str]:
