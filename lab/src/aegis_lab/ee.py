@@ -43,6 +43,7 @@ from .image import (
     _locked,
     apt_mirror,
     ensure_rootfs_image,
+    stream_lines,
 )
 from .paths import Paths
 from .podman import image_exists, podman, podman_env
@@ -184,22 +185,6 @@ def ee_hash(definition_text: str, base_ref: str, collection: Collection) -> str:
     return h.hexdigest()[:12]
 
 
-def _stream(cmd: list[str], cwd: Path, progress: Progress, prefix: str) -> tuple[int, list[str]]:
-    """Run ``cmd``, handing each output line to ``progress`` as it comes; returns the exit
-    code and the last lines."""
-    tail: list[str] = []
-    proc = subprocess.Popen(cmd, cwd=cwd, env=podman_env({**os.environ, "NO_COLOR": "1"}),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            bufsize=1)
-    assert proc.stdout is not None
-    for raw in proc.stdout:
-        line = raw.rstrip("\n")
-        if line.strip():
-            progress(f"{prefix}{line}")
-            tail = [*tail[-29:], line]
-    return proc.wait(), tail
-
-
 def ensure_ee(paths: Paths, progress: Progress = log.info, *, force: bool = False) -> EEImage:
     """Build (if anything it is made of changed) and return the execution environment."""
     started = time.monotonic()
@@ -248,7 +233,8 @@ def _builder_build(work: Path, ref: str, latest: str, base_ref: str, collection:
            "--tag", ref, "--tag", latest, "--build-arg", f"EE_BASE_IMAGE={base_ref}",
            "--extra-build-cli-args", " ".join(extra)]
     progress(f"building EE {ref} on {base_ref} with ansible-builder (minutes)")
-    rc, tail = _stream(cmd, work, progress, "ee-build | ")
+    rc, tail = stream_lines(cmd, progress, "ee-build | ", cwd=work,
+                            env=podman_env({**os.environ, "NO_COLOR": "1"}))
     if rc != 0:
         raise EEBuildError(f"ansible-builder build failed (exit {rc}); last lines:\n"
                            + "\n".join(tail[-15:]))

@@ -96,21 +96,28 @@ class RootfsRecipe:
     stream: bool = False   # hand each line of the build's output to ``progress`` as it comes
 
 
-def _build(recipe: RootfsRecipe, cmd: list[str], progress) -> tuple[int, list[str]]:
-    """Run a build script; returns its exit code and its output's last lines."""
-    if not recipe.stream:
-        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
-        return proc.returncode, (proc.stderr or proc.stdout).strip().splitlines()[-30:]
+def stream_lines(cmd: list[str], progress, prefix: str, *, cwd: Path | None = None,
+                 env: dict[str, str] | None = None) -> tuple[int, list[str]]:
+    """Run ``cmd``, handing each line of its output (stdout and stderr) to ``progress``
+    with ``prefix`` as it comes; returns the exit code and the last 30 lines."""
     tail: list[str] = []
-    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                          bufsize=1) as proc:
+    with subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True, bufsize=1) as proc:
         assert proc.stdout is not None
         for raw in proc.stdout:
             line = raw.rstrip("\n")
             if line.strip():
-                progress(f"{recipe.name} | {line}")
+                progress(f"{prefix}{line}")
                 tail = [*tail[-29:], line]
     return proc.returncode, tail
+
+
+def _build(recipe: RootfsRecipe, cmd: list[str], progress) -> tuple[int, list[str]]:
+    """Run a build script; returns its exit code and its output's last lines."""
+    if recipe.stream:
+        return stream_lines(cmd, progress, f"{recipe.name} | ")
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    return proc.returncode, (proc.stderr or proc.stdout).strip().splitlines()[-30:]
 
 
 def ensure_rootfs_image(recipe: RootfsRecipe, mirror: str, progress=log.info) -> NodeImage:
