@@ -26,7 +26,13 @@ from typing import Any
 import pytest
 import yaml
 
-from aegis_controller.playbook import Ansible, Container, PlaybookError, PlayResult
+from aegis_controller.playbook import (
+    Ansible,
+    Container,
+    PlaybookError,
+    PlaybookTimeout,
+    PlayResult,
+)
 from aegis_lab.ee import (
     LABEL_FILES,
     LABEL_VERSION,
@@ -200,3 +206,23 @@ def test_engine_settings_stay_out_of_the_container(in_ee) -> None:
     env = dict(line.split("=", 1) for line in out["stdout_lines"] if "=" in line)
     assert env.get("AEGIS_PROBE_VALUE") == "visible"
     assert "CONTAINERS_CONF" not in env and "CONTAINERS_STORAGE_CONF" not in env
+
+
+def test_a_timeout_removes_the_runs_container(in_ee, tmp_path: Path) -> None:
+    """The events' pids are the container's own: a timeout stops the run by removing its
+    container (never by killing a host pid), and nothing of it is left."""
+    prefix, runs, container = in_ee
+    project = tmp_path / "project"
+    project.mkdir()
+    project.chmod(0o755)  # read by the EE's own user
+    slow = project / "slow.yml"
+    slow.write_text("- name: Slow\n  hosts: localhost\n  connection: local\n"
+                    "  gather_facts: false\n  tasks:\n"
+                    "    - name: Take long\n      ansible.builtin.command: sleep 300\n")
+    slow.chmod(0o644)
+    ansible = Ansible(runs, env={}, suppress_env_files=True, container=container)
+    started = time.monotonic()
+    with pytest.raises(PlaybookTimeout):
+        ansible.run(slow, timeout=8)
+    assert time.monotonic() - started < 90
+    assert containers_with_label(f"aegis.prefix={prefix}") == []
