@@ -1,7 +1,7 @@
 """The execution environment definition: ansible-builder writes its build context offline
 from execution-environment.yml and the collection tarball, and the built collection
-carries what ansible-builder reads for its Python and system needs. No image is built
-(the base image aegis-ee-base is not made yet)."""
+carries what ansible-builder reads for its Python and system needs. Building the image
+and running playbooks in it: tests/e2e/test_execution_environment_run.py."""
 
 import ast
 import re
@@ -101,6 +101,10 @@ def test_builder_writes_the_context_offline(built: Path) -> None:
     assert (context / "_build" / entry["name"]).is_file(), (
         "the tarball the galaxy stage installs is in the context"
     )
+    # Debian base (aegis-ee-base): apt-get for bindep's packages, Debian's pip rather than
+    # ensurepip (which Debian disables for its system Python)
+    assert 'ARG PKGMGR="/usr/bin/apt-get"' in containerfile
+    assert "pip_install" not in containerfile.replace("skip_pip_install", "")
     # the collections' requirements are gathered (introspect) and installed (assemble, bindep)
     assert "introspect.py introspect" in containerfile
     assert "/output/scripts/assemble" in containerfile

@@ -205,3 +205,20 @@ def test_the_environment_is_not_kept_in_the_artifacts(ansible, tmp_path, monkeyp
     found = [p for p in (tmp_path / "runs").rglob("*")
              if p.is_file() and marker.encode() in p.read_bytes()]
     assert found == [], found
+
+
+def test_gathered_facts_do_not_put_the_environment_on_disk(ansible, tmp_path):
+    """Gathered facts hold ``ansible_env`` (the play's whole environment); the runner's
+    default jsonfile fact cache would write it under the artifacts. Facts stay in memory."""
+    marker = "aegis-fact-marker-5d21b7e0"
+    own = Ansible(tmp_path / "runs", env={**ansible.env, "AEGIS_TEST_OWN_SECRET": marker})
+    play = tmp_path / "facts.yml"
+    play.write_text(HEADER.replace("gather_facts: false", "gather_facts: true")
+                    + "    - name: Use a gathered fact\n"
+                    + "      ansible.builtin.assert:\n"
+                    + "        that: ansible_facts.env.AEGIS_TEST_OWN_SECRET | length > 0\n")
+    result = own.run(play)
+    assert result.ok, result.tail()
+    found = [p for p in (tmp_path / "runs").rglob("*")
+             if p.is_file() and marker.encode() in p.read_bytes()]
+    assert found == [], found

@@ -11,6 +11,13 @@ Each run gets its own private data dir under ``runs_dir`` (the caller's state di
 never the source tree); the environment handed to ansible-playbook (collections path,
 ``ANSIBLE_CONFIG``, inventory ...) is the caller's. Unlike ansible-runner's default, host
 key checking stays on unless that environment sets ``ANSIBLE_HOST_KEY_CHECKING``.
+
+With a :class:`Container` the runs happen inside an execution environment (EE) image
+through ansible-runner's container mode, the way AWX runs jobs: the playbook's directory
+is mounted read-only as the project, an inventory file is copied into the private data
+dir, and only the variables in which the given environment differs from this process's
+go into the container. The container engine itself runs with this process's environment
+(``CONTAINERS_CONF`` and the like belong there, not in the run's environment).
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ import os
 import shlex
 import shutil
 import signal
+import subprocess
 import threading
 import time
 import uuid
@@ -199,12 +207,31 @@ class PlayRun:
         return self._holder["result"]
 
 
+@dataclass(frozen=True)
+class Container:
+    """Run inside an execution environment image (ansible-runner's container mode)."""
+
+    image: str
+    executable: str = "podman"
+    #: extra ``podman run`` options, e.g. ``("--network=host", "--label=k=v")``
+    options: tuple[str, ...] = ()
+    #: start of each run's ident, so its container is ``ansible_runner_<prefix><hex>``
+    ident_prefix: str = ""
+
+
 def _forget_environment(private: Path) -> None:
-    """Remove every copy of the run's environment the runner wrote: ``env/`` and the
-    ``env`` of each ``artifacts/<id>/command`` (the whole environment, inherited variables
-    too, so a token in the caller's environment would stay on disk). The command and its
-    working directory stay for people reading the artifacts."""
+    """Remove every copy of the run's environment the runner wrote: ``env/``, the
+    ``env.list`` container mode hands to ``podman run --env-file``, a fact cache (facts
+    hold ``ansible_env``; runs keep facts in memory, this is for a runner that did not) and
+    the ``env`` of each
+    ``artifacts/<id>/command`` (the whole environment, inherited variables too, so a token
+    in the caller's environment would stay on disk). The command and its working directory
+    stay for people reading the artifacts."""
     shutil.rmtree(private / "env", ignore_errors=True)
+    for env_list in private.glob("artifacts/*/env.list"):
+        env_list.unlink(missing_ok=True)
+    for cache in private.glob("artifacts/*/fact_cache"):
+        shutil.rmtree(cache, ignore_errors=True)
     for command in private.glob("artifacts/*/command"):
         try:
             data = json.loads(command.read_text())
@@ -221,13 +248,16 @@ class Ansible:
     ``runs_dir`` (the last ``keep`` kept for inspection)."""
 
     def __init__(self, runs_dir: Path, *, env: Mapping[str, str] | None = None,
-                 keep: int = 20, suppress_env_files: bool = False) -> None:
+                 keep: int = 20, suppress_env_files: bool = False,
+                 container: Container | None = None) -> None:
         self.runs_dir = Path(runs_dir)
         self.env = dict(os.environ if env is None else env)
         self.keep = keep
         #: ansible-runner's ``suppress_env_files``: the environment and extra vars are not
         #: written under ``env/`` while the run lasts (extra vars go on the command line).
         self.suppress_env_files = suppress_env_files
+        #: run inside this execution environment image instead of on this host
+        self.container = container
 
     # -- public -------------------------------------------------------------------------
     def run(self, playbook: Path, *, extravars: Mapping[str, Any] | None = None,
@@ -241,6 +271,20 @@ class Ansible:
         playbook = Path(playbook)
         if not playbook.is_file():
             raise PlaybookNotFound(f"playbook {playbook} not found")
+        container_args: dict[str, Any] = {}
+        if self.container is not None:
+            project = playbook.resolve().parent
+            inside = []
+            for f in extra_files:
+                try:
+                    inside.append(Path("/runner/project") / Path(f).resolve().relative_to(project))
+                except ValueError:
+                    raise PlaybookFailure(
+                        f"extra vars file {f} is outside {project}, the directory mounted "
+                        "into the execution environment: put it beside the playbook") from None
+            extra_files = inside
+            container_args["container_volume_mounts"] = [f"{project}:/runner/project:ro"]
+            playbook = Path(playbook.name)
         cmdline = [arg for f in extra_files for arg in ("-e", f"@{f}")]
         if check_mode:
             cmdline.append("--check")
@@ -249,7 +293,7 @@ class Ansible:
         return self._run(f"playbook {playbook.name}", check, on_event, timeout, cancel,
                          playbook=str(playbook), extravars=dict(extravars or {}),
                          limit=limit, inventory=inventory,
-                         cmdline=shlex.join(cmdline) if cmdline else None)
+                         cmdline=shlex.join(cmdline) if cmdline else None, **container_args)
 
     def run_async(self, playbook: Path, **kwargs: Any) -> PlayRun:
         """Start :meth:`run` in a thread; the returned :class:`PlayRun` waits for it."""
@@ -286,6 +330,36 @@ class Ansible:
         path.mkdir(mode=0o700)
         return path
 
+    def _place(self, private: Path, ident: str, inventory: Path | None,
+               envvars: dict[str, str], kwargs: dict[str, Any]) -> None:
+        """Where the run happens: on this host with its inventory, or in the container."""
+        container = self.container
+        if container is None:
+            if inventory is not None:
+                kwargs["inventory"] = str(inventory)
+            elif "ANSIBLE_INVENTORY" in self.env:
+                kwargs["inventory"] = self.env["ANSIBLE_INVENTORY"]
+            return
+        # An EE runs as its own user (ansible-builder's default: uid 1000, group root), not
+        # as this process's: the private data dir (mounted as /runner) and the artifacts
+        # dir the play writes its events to are opened to the root group, nothing more.
+        artifacts = private / "artifacts" / ident
+        for path in (private, artifacts.parent, artifacts, artifacts / "job_events"):
+            path.mkdir(exist_ok=True)
+            path.chmod(0o770)
+        # the host's files are not in the container: the inventory goes into the private
+        # data dir, where the runner looks for it
+        source = inventory or self.env.get("ANSIBLE_INVENTORY")
+        if source:
+            (private / "inventory").mkdir()
+            (private / "inventory").chmod(0o750)
+            shutil.copy(source, private / "inventory" / "hosts")
+            (private / "inventory" / "hosts").chmod(0o640)
+        envvars.pop("ANSIBLE_INVENTORY", None)
+        kwargs.update(process_isolation=True, process_isolation_executable=container.executable,
+                      container_image=container.image,
+                      container_options=list(container.options))
+
     def _run(self, what: str, check: bool, on_event: EventHandler | None,
              timeout: float | None, cancel: threading.Event | None,
              inventory: Path | None = None, **kwargs: Any) -> PlayResult:
@@ -293,6 +367,8 @@ class Ansible:
         results: list[PlayEvent] = []
         deadline = time.monotonic() + timeout if timeout else None
         state: dict[str, Any] = {"pid": None, "stopped": None}
+        container = self.container
+        ident = (container.ident_prefix if container else "") + uuid.uuid4().hex
 
         def should_stop() -> bool:
             # Checked by the runner every few seconds. Ansible runs each task's command in
@@ -302,7 +378,10 @@ class Ansible:
                 state["stopped"] = "cancel"
             elif deadline is not None and time.monotonic() > deadline:
                 state["stopped"] = "timeout"
-            if state["stopped"] and state["pid"]:
+            if state["stopped"] and container is not None:
+                # the events' pids are the container's own: stop the container instead
+                _stop_container(container, f"ansible_runner_{ident}")
+            elif state["stopped"] and state["pid"]:
                 _kill_tree(int(state["pid"]))
             return bool(state["stopped"])
 
@@ -322,15 +401,16 @@ class Ansible:
         # own default (on) unless the caller's environment turns it off itself.
         if "ANSIBLE_HOST_KEY_CHECKING" not in os.environ:
             envvars.setdefault("ANSIBLE_HOST_KEY_CHECKING", "True")
-        if inventory is not None:
-            kwargs["inventory"] = str(inventory)
-        elif "ANSIBLE_INVENTORY" in self.env:
-            kwargs["inventory"] = self.env["ANSIBLE_INVENTORY"]
+        self._place(private, ident, inventory, envvars, kwargs)
         try:
             if self.suppress_env_files:
                 kwargs["suppress_env_files"] = True
+            # facts stay in memory: gathered facts hold ``ansible_env``, the whole
+            # environment of the play (tokens too), which the runner's default jsonfile
+            # fact cache would write under the artifacts
             runner = ansible_runner.run(
-                private_data_dir=str(private), quiet=True, envvars=envvars,
+                private_data_dir=str(private), quiet=True, envvars=envvars, ident=ident,
+                fact_cache_type="memory",
                 event_handler=handle, cancel_callback=should_stop,
                 **{k: v for k, v in kwargs.items() if v not in (None, [], {})},
             )
@@ -352,6 +432,13 @@ class Ansible:
             raise PlaybookError(what, "-", "-",
                                 f"{result.status} (rc {result.rc}): {result.tail()}", result)
         return result
+
+
+def _stop_container(container: Container, name: str) -> None:
+    """Remove the run's container at once (the runner's own kill reaches only the
+    engine's client process)."""
+    subprocess.run([container.executable, "rm", "-f", "-t", "0", "--ignore", name],
+                   capture_output=True, check=False, timeout=60)
 
 
 def _children() -> dict[int, list[int]]:

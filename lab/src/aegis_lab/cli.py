@@ -1,7 +1,7 @@
 """``aegis-lab``: the local lab fleet from the command line.
 
 Terraform's local-exec provisioners call ``node``/``bridge``; people, Molecule and tests
-call ``fleet``, ``vm``, ``controller``, ``demo``, ``wheels``, ``env``, ``leftovers`` and
+call ``fleet``, ``ee``, ``vm``, ``controller``, ``demo``, ``wheels``, ``env``, ``leftovers`` and
 ``cleanup``. Same style as ``aegis-controller``: each group registers its verbs in one
 ``_register_<group>``, each command is ``cmd_<group>_<verb>(args, paths)`` set with
 ``set_defaults(func=...)``, and ``main`` makes the one :class:`~aegis_lab.paths.Paths`.
@@ -122,6 +122,27 @@ def cmd_image_ensure(args: argparse.Namespace, paths: Paths) -> int:
 def _register_image(groups: Groups) -> None:
     verbs = _verbs(groups, "image", "build (if the recipe changed) and import the node image")
     verbs.add_parser("ensure").set_defaults(func=cmd_image_ensure)
+
+
+# -- ee ---------------------------------------------------------------------------------
+def cmd_ee_build(args: argparse.Namespace, paths: Paths) -> int:
+    from .ee import ensure_ee
+
+    img = ensure_ee(paths, progress=_progress, force=args.force)
+    _progress(f"EE {img.ref} {'built' if img.built else 'reused'} in {img.seconds:.1f} s "
+              f"(aegis.fleet {img.collection.version}, files {img.collection.files_sha256[:12]})")
+    print(json.dumps(img.as_dict()))
+    return 0
+
+
+def _register_ee(groups: Groups) -> None:
+    verbs = _verbs(groups, "ee", "the execution environment (AWX / ansible-runner's "
+                   "container mode)")
+    sp = verbs.add_parser("build", help="build aegis-ee-base (debootstrap) and aegis-ee "
+                          "(ansible-builder, podman) if anything they are made of changed")
+    sp.add_argument("--force", action="store_true",
+                    help="run ansible-builder even if the image for this hash exists")
+    sp.set_defaults(func=cmd_ee_build)
 
 
 # -- fleet ------------------------------------------------------------------------------
@@ -356,7 +377,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--state-dir", help="where the lab keeps state (default: "
                    "$AEGIS_STATE_DIR, else <repo>/.state)")
     groups = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for register in (_register_node, _register_bridge, _register_image, _register_fleet,
+    for register in (_register_node, _register_bridge, _register_image, _register_ee,
+                     _register_fleet,
                      _register_vm, _register_controller, _register_tools):
         register(groups)
     return p

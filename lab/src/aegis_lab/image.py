@@ -81,14 +81,53 @@ def _locked(path: Path) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def ensure_image(progress=log.info) -> NodeImage:
-    """Return the node image for the current recipe, building/importing only if needed."""
+@dataclass(frozen=True)
+class RootfsRecipe:
+    """A root filesystem image built by a debootstrap script of ``recipe/``: the node
+    image and the execution environment's base image (:mod:`aegis_lab.ee`) both go
+    through :func:`ensure_rootfs_image`."""
+
+    name: str              # tarball name prefix, e.g. ``aegis-node``
+    repo: str              # podman image repository, e.g. ``localhost/aegis-node``
+    script: Path           # build script: SCRIPT ROOTFS_DIR MIRROR OUTPUT_TARBALL
+    digest: str            # the recipe hash (cache key and image tag)
+    changes: tuple[str, ...]  # ``podman import --change`` instructions
+    what: str              # for progress and errors, e.g. ``node image``
+    stream: bool = False   # hand each line of the build's output to ``progress`` as it comes
+
+
+def stream_lines(cmd: list[str], progress, prefix: str, *, cwd: Path | None = None,
+                 env: dict[str, str] | None = None) -> tuple[int, list[str]]:
+    """Run ``cmd``, handing each line of its output (stdout and stderr) to ``progress``
+    with ``prefix`` as it comes; returns the exit code and the last 30 lines."""
+    tail: list[str] = []
+    with subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True, bufsize=1) as proc:
+        assert proc.stdout is not None
+        for raw in proc.stdout:
+            line = raw.rstrip("\n")
+            if line.strip():
+                progress(f"{prefix}{line}")
+                tail = [*tail[-29:], line]
+    return proc.returncode, tail
+
+
+def _build(recipe: RootfsRecipe, cmd: list[str], progress) -> tuple[int, list[str]]:
+    """Run a build script; returns its exit code and its output's last lines."""
+    if recipe.stream:
+        return stream_lines(cmd, progress, f"{recipe.name} | ")
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    return proc.returncode, (proc.stderr or proc.stdout).strip().splitlines()[-30:]
+
+
+def ensure_rootfs_image(recipe: RootfsRecipe, mirror: str, progress=log.info) -> NodeImage:
+    """Return the image of ``recipe``, building its tarball (cached under
+    ``/var/cache/aegis/images`` by recipe hash) and importing it only if needed."""
     started = time.monotonic()
-    mirror = apt_mirror()
-    digest = recipe_hash(mirror)
+    digest = recipe.digest
     images = CACHE_ROOT / "images"
-    tarball = images / f"aegis-node-{digest}.tar.zst"
-    ref = f"{IMAGE_REPO}:{digest}"
+    tarball = images / f"{recipe.name}-{digest}.tar.zst"
+    ref = f"{recipe.repo}:{digest}"
     built = imported = False
     with _locked(images / ".lock"):
         if not tarball.exists():
@@ -97,34 +136,31 @@ def ensure_image(progress=log.info) -> NodeImage:
                     "debootstrap is not installed; run scripts/bootstrap.sh (it installs "
                     "the system packages the lab needs)"
                 )
-            workdir = CACHE_ROOT / "build" / digest
+            workdir = CACHE_ROOT / "build" / f"{recipe.name}-{digest}"
             shutil.rmtree(workdir, ignore_errors=True)
             workdir.mkdir(parents=True)
-            progress(f"building node image {digest} from {mirror} (about a minute)")
+            progress(f"building {recipe.what} {digest} from {mirror} (about a minute)")
             try:
-                proc = subprocess.run(
-                    [str(RECIPE_DIR / "build-rootfs.sh"), str(workdir / "rootfs"), mirror,
-                     str(tarball)],
-                    capture_output=True, text=True, check=False,
-                )
-                if proc.returncode != 0:
-                    tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-15:])
+                rc, lines = _build(recipe, [str(recipe.script), str(workdir / "rootfs"),
+                                            mirror, str(tarball)], progress)
+                if rc != 0:
+                    tail = "\n".join(lines[-15:])
                     raise ImageBuildError(
-                        f"node image build failed (exit {proc.returncode}); last lines:\n{tail}"
+                        f"{recipe.what} build failed (exit {rc}); last lines:\n{tail}"
                     )
             finally:
                 shutil.rmtree(workdir, ignore_errors=True)
             # Older images of other recipes are dead weight.
-            for old in images.glob("aegis-node-*.tar.zst"):
+            for old in images.glob(f"{recipe.name}-*.tar.zst"):
                 if old != tarball:
                     old.unlink(missing_ok=True)
             built = True
         if not image_exists(ref):
-            progress(f"importing node image {ref}")
+            progress(f"importing {recipe.what} {ref}")
             zstd = subprocess.Popen(["zstd", "-dc", str(tarball)], stdout=subprocess.PIPE)
+            change_args = [arg for change in recipe.changes for arg in ("--change", change)]
             proc = subprocess.run(
-                ["podman", "import", "--change", 'CMD ["/sbin/init"]',
-                 "--change", "STOPSIGNAL SIGRTMIN+3", "-", ref],
+                ["podman", "import", *change_args, "-", ref],
                 stdin=zstd.stdout, capture_output=True, text=True, env=podman_env(),
                 check=False,
             )
@@ -134,3 +170,14 @@ def ensure_image(progress=log.info) -> NodeImage:
                 raise ImageBuildError(f"podman import of {tarball} failed: {proc.stderr.strip()}")
             imported = True
     return NodeImage(ref, tarball, digest, built, imported, time.monotonic() - started)
+
+
+def ensure_image(progress=log.info) -> NodeImage:
+    """Return the node image for the current recipe, building/importing only if needed."""
+    mirror = apt_mirror()
+    recipe = RootfsRecipe(
+        name="aegis-node", repo=IMAGE_REPO, script=RECIPE_DIR / "build-rootfs.sh",
+        digest=recipe_hash(mirror),
+        changes=('CMD ["/sbin/init"]', "STOPSIGNAL SIGRTMIN+3"), what="node image",
+    )
+    return ensure_rootfs_image(recipe, mirror, progress)
