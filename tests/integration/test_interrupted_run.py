@@ -35,6 +35,18 @@ pytestmark = pytest.mark.integration
 def _child(prefix: str, mode: str, tmp: Path) -> subprocess.Popen:
     env = {**os.environ, "AEGIS_TEST_PREFIX": prefix, "AEGIS_INTERRUPT_CHILD": mode,
            "AEGIS_INTERRUPT_GO": str(tmp / "go"), "PYTHONUNBUFFERED": "1"}
+    # SIGINT as a terminal's job gets it, whatever this run inherited: a suite started in
+    # the background by a non-interactive shell (`cmd &`) has SIGINT ignored, which a child
+    # inherits across exec (a handler is reset to the default there), and Python then never
+    # raises KeyboardInterrupt in it
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        return _spawn(env)
+    finally:
+        signal.signal(signal.SIGINT, before)
+
+
+def _spawn(env: dict[str, str]) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-s", "-q",
          f"{Path(__file__).with_name('interrupted_child.py')}::test_child_blocks_holding_lab_links"],
