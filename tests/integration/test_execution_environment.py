@@ -141,7 +141,7 @@ def test_built_collection_declares_its_requirements(built: Path, tmp_path: Path)
     ).stdout
     data = yaml.safe_load(out.split("\n", 1)[1])
     python = {re.split(r"[<>=]", line, maxsplit=1)[0] for line in data["python"]}
-    assert python == _requirement_names(EE_REQUIREMENTS) == {"hvac", "requests"}
+    assert python == _requirement_names(EE_REQUIREMENTS) == {"hvac", "pyrage", "requests"}
     assert any(line.startswith("openssh-client [platform:dpkg]") for line in data["system"])
 
 
