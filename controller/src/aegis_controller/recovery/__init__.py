@@ -6,6 +6,7 @@ guard rails judge (the fleet and the jobs), :mod:`.guard` the guard rails and
 steps that act on the outside world (Terraform, ansible-runner). :mod:`.store` keeps the
 jobs, their history and their row leases in the controller's database, every transition
 on the ledger; :mod:`.engine` moves them on (``RecoveryEngine.tick`` and its background
-thread; :func:`~.engine.start_recovery` for ``serve``). The CLI is
+thread; :func:`~.engine.start_recovery` for ``serve``). :mod:`.runner_steps` are the real
+steps and :mod:`.settings` their settings file (``serve --recovery-config``). The CLI is
 ``aegis-controller recovery`` (:mod:`aegis_controller.cli.recovery`).
 """

@@ -29,8 +29,8 @@ from typing import Any
 from .snapshot import Cause, FleetNode, JobView
 from .states import TERMINAL, JobState
 
-#: How a held job's reason tells the operator to go on. The CLI command does not exist
-#: yet: the engine's work adds it (keep the two in step).
+#: How a held job's reason tells the operator to go on (``aegis_controller.cli.recovery``;
+#: keep the two in step).
 APPROVE_HINT = "approve with `aegis-controller recovery approve {job_id}` (or reject it)"
 HOUR_S = 3600
 
