@@ -28,7 +28,8 @@ from aegis_controller.domain import Controller, open_controller
 from aegis_controller.errors import Conflict, NotFound, Unauthenticated
 from aegis_controller.ledger import Kind, init_keys
 from aegis_controller.nodes import NodeState
-from aegis_controller.recovery.engine import RecoveryEngine, group_members
+from aegis_controller.processes import group_members
+from aegis_controller.recovery.engine import RecoveryEngine
 from aegis_controller.recovery.guard import GuardRails
 from aegis_controller.recovery.states import IN_FLIGHT, JobState
 from aegis_controller.recovery.store import LeaseLost

@@ -35,7 +35,7 @@ from pyrage import x25519
 
 from aegis_controller.domain import Controller, open_controller
 from aegis_controller.nodes import NodeState
-from aegis_controller.recovery.engine import group_members, kill_group, process_start
+from aegis_controller.processes import group_members, kill_group, process_start
 from aegis_controller.settings import Settings
 from aegis_controller.terraform import Terraform
 from aegis_controller.trust import transition

@@ -22,12 +22,10 @@ go into the container. The container engine itself runs with this process's envi
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shlex
 import shutil
-import signal
 import subprocess
 import threading
 import time
@@ -38,6 +36,8 @@ from pathlib import Path
 from typing import Any
 
 import ansible_runner
+
+from .processes import kill_tree
 
 EventHandler = Callable[["PlayEvent"], None]
 
@@ -382,7 +382,7 @@ class Ansible:
                 # the events' pids are the container's own: stop the container instead
                 _stop_container(container, f"ansible_runner_{ident}")
             elif state["stopped"] and state["pid"]:
-                _kill_tree(int(state["pid"]))
+                kill_tree(int(state["pid"]))
             return bool(state["stopped"])
 
         def handle(data: dict) -> bool:
@@ -439,34 +439,6 @@ def _stop_container(container: Container, name: str) -> None:
     engine's client process)."""
     subprocess.run([container.executable, "rm", "-f", "-t", "0", "--ignore", name],
                    capture_output=True, check=False, timeout=60)
-
-
-def _children() -> dict[int, list[int]]:
-    """``{ppid: [pid, ...]}`` of every process now."""
-    tree: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        tree.setdefault(ppid, []).append(int(entry.name))
-    return tree
-
-
-def _kill_tree(pid: int) -> None:
-    """SIGKILL ``pid`` and all its descendants (whatever session they are in)."""
-    tree = _children()
-    todo, found = [pid], []
-    while todo:
-        current = todo.pop()
-        found.append(current)
-        todo.extend(tree.get(current, []))
-    for victim in reversed(found):
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(victim, signal.SIGKILL)
 
 
 def progress_line(label: str, event: PlayEvent, ordinal: int,

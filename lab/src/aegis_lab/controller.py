@@ -25,6 +25,8 @@ import urllib.request
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from aegis_controller.processes import process_start
+
 if TYPE_CHECKING:  # the fleet is handed in; this module does not make fleets
     from .fleet import LocalFleet
 
@@ -70,13 +72,13 @@ def show(fleet: LocalFleet) -> dict | None:
 
 def _identity(pid: int) -> tuple[int, list[str]] | None:
     """(start time in clock ticks since boot, argv) of a live process, or None."""
+    starttime = process_start(pid)
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
         argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except OSError:
         return None
-    # the command name (field 2) may hold spaces and parentheses: split after the last ')'
-    starttime = int(stat[stat.rindex(")") + 2:].split()[19])
+    if starttime is None:
+        return None
     return starttime, [a.decode(errors="replace") for a in argv if a]
 
 

@@ -56,14 +56,12 @@ import contextlib
 import json
 import logging
 import os
-import signal
 import socket
 import threading
 import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
@@ -73,6 +71,7 @@ from .. import db, tables
 from ..errors import DomainError, Invalid
 from ..ledger import Kind, Ledger, Recorder
 from ..nodes import NodeState, NodeStore
+from ..processes import kill_group, process_start
 from ..trust import TransitionRefused
 from ..trust import transition as node_transition
 from .guard import Action, GuardRails, decide
@@ -558,93 +557,6 @@ def _bundle_problem(result: Mapping[str, Any]) -> str | None:
     if isinstance(size, bool) or not isinstance(size, int) or size < 0:
         return "the step returned no bundle_bytes (a whole number)"
     return None
-
-
-# -- process groups -------------------------------------------------------------------
-def _stat(pid: int | str) -> list[str] | None:
-    """The fields of /proc/PID/stat after the command name (state first), or None."""
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return text[text.rindex(")") + 2:].split()
-
-
-def process_start(pid: int) -> int | None:
-    """When process ``pid`` started (clock ticks since boot), to tell it from a later
-    process with the same id; None when there is none."""
-    fields = _stat(pid)
-    return int(fields[19]) if fields else None
-
-
-def group_members(pgid: int) -> list[int]:
-    """The live (not zombie) processes of process group ``pgid``."""
-    members = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            fields = _stat(entry.name)
-            if fields and int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
-                members.append(int(entry.name))
-    return members
-
-
-def descendants(pids: Sequence[int]) -> dict[int, int | None]:
-    """Every live process started by ``pids`` or by their descendants (whatever group or
-    session it moved to: Ansible runs each task's worker in a session of its own), with its
-    start time; ``pids`` themselves are not included."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        fields = _stat(entry.name) if entry.name.isdigit() else None
-        if fields and fields[0] not in ("Z", "X"):
-            children.setdefault(int(fields[1]), []).append(int(entry.name))
-    found: dict[int, int | None] = {}
-    todo = [c for p in pids for c in children.get(p, [])]
-    while todo:
-        pid = todo.pop()
-        if pid not in found and pid not in pids:
-            found[pid] = process_start(pid)
-            todo.extend(children.get(pid, []))
-    return found
-
-
-def _alive(processes: Mapping[int, int | None]) -> dict[int, int | None]:
-    """Those of ``processes`` (pid: start time) still running as themselves."""
-    return {pid: start for pid, start in processes.items()
-            if (now := process_start(pid)) is not None and now == start
-            and (_stat(pid) or ["Z"])[0] not in ("Z", "X")}
-
-
-def kill_group(pgid: int, start: int | None, grace: float = KILL_GRACE_S) -> str:
-    """Kill what is left of process group ``pgid`` (SIGTERM, after ``grace`` seconds
-    SIGKILL), and with it every process its members started in another group or session
-    (SIGKILL once the grace is over, if the group's own SIGTERM did not stop them);
-    ``start`` is its leader's start time when recorded: a leader that started at another
-    time is another process that reuses the id, and is left alone. Returns what happened,
-    in words."""
-    members = group_members(pgid)
-    if not members:
-        return "already gone"
-    leader = process_start(pgid)
-    if start is not None and leader is not None and leader != start:
-        return "id reused by another process: left alone"
-    others = descendants(members)
-    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
-        try:
-            os.killpg(pgid, sig)
-        except ProcessLookupError:  # the group ended meanwhile; what it started may not
-            pass
-        except PermissionError:
-            return "not ours to kill (permission denied)"
-        if sig == signal.SIGKILL:
-            for pid in _alive(others):
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.kill(pid, signal.SIGKILL)
-        deadline = time.monotonic() + wait
-        while time.monotonic() < deadline:
-            if not group_members(pgid) and not _alive(others):
-                return f"killed ({signal.Signals(sig).name})"
-            time.sleep(0.05)
-    return "still running after SIGKILL"
 
 
 @dataclass(frozen=True)
