@@ -204,6 +204,17 @@ def test_events_become_incidents_once_and_a_quarantine_is_ordered(server: Server
     assert [o["order"]["kind"] for o in pending] == ["quarantine"]
     assert pending[0]["order"]["args"]["level"] == "hard"
     assert incidents[1]["order_id"] == pending[0]["order"]["id"]
+    # the events themselves, oldest first, filtered by kind
+    events = [json.loads(line) for line in server.ctl(
+        "events", "--node", "i1", "--kind", "policy").stdout.splitlines()]
+    assert [(e["kind"], e["ts_ns"], e["data"]["action"]) for e in events] == [
+        ("policy", 2, "quarantine")]
+    both = [json.loads(line) for line in server.ctl("events", "--node", "i1").stdout.splitlines()]
+    assert [e["kind"] for e in both] == ["exec_denied", "policy"]
+    assert both[0]["data"]["filename"] == "/usr/bin/nc"
+    last = [json.loads(line) for line in server.ctl(
+        "events", "--node", "i1", "--limit", "1").stdout.splitlines()]
+    assert [e["kind"] for e in last] == ["policy"]
 
 
 def test_oversized_event_fields_get_422_naming_the_field(server: Server) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -94,6 +95,22 @@ class Intake:
             q = q.where(tables.incidents.c.node_id == node_id)
         with db.errors(self.nodes.engine), db.reader(self.nodes.engine) as conn:
             return [dict(r._mapping) for r in conn.execute(q)]
+
+    def events(self, node_id: str | None = None, kinds: Sequence[str] = (),
+               limit: int = 100) -> list[dict[str, Any]]:
+        """The newest ``limit`` stored events (of ``kinds``, of ``node_id``), oldest first,
+        each with its data decoded."""
+        ev = tables.events
+        q = sa.select(ev).order_by(ev.c.ts_ns.desc()).limit(limit)
+        if node_id:
+            q = q.where(ev.c.node_id == node_id)
+        if kinds:
+            q = q.where(ev.c.kind.in_(list(kinds)))
+        with db.errors(self.nodes.engine), db.reader(self.nodes.engine) as conn:
+            rows = [dict(r._mapping) for r in conn.execute(q)]
+        for row in rows:
+            row["data"] = json.loads(row["data"])
+        return rows[::-1]
 
     def event_count(self, node_id: str | None = None) -> int:
         q = sa.select(sa.func.count()).select_from(tables.events)

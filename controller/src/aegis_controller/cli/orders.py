@@ -19,6 +19,13 @@ def cmd_incidents_list(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_OK
 
 
+def cmd_events_list(args: argparse.Namespace, settings: Settings) -> int:
+    for event in open_controller(settings).intake.events(args.node, args.kind or (),
+                                                         args.limit):
+        print_json(event)
+    return EXIT_OK
+
+
 def cmd_orders_list(args: argparse.Namespace, settings: Settings) -> int:
     for order in open_controller(settings).orders.all(args.node):
         print_json(order)
@@ -42,6 +49,13 @@ def _register_incidents(groups: argparse._SubParsersAction) -> None:
     sp = groups.add_parser("incidents", help="incidents raised from agents' events")
     sp.add_argument("--node")
     sp.set_defaults(func=cmd_incidents_list)
+    sp = groups.add_parser("events", help="the newest events agents sent, oldest first "
+                           "(one JSON object per line)")
+    sp.add_argument("--node")
+    sp.add_argument("--kind", action="append", metavar="KIND",
+                    help="only events of this kind (repeatable: exec, connect, policy, ...)")
+    sp.add_argument("--limit", type=positive, default=100, help="at most this many (100)")
+    sp.set_defaults(func=cmd_events_list)
 
 
 def _register_orders(groups: argparse._SubParsersAction) -> None:
