@@ -189,3 +189,27 @@ def test_an_exec_denied_event_kills_nothing(sleeper) -> None:
     time.sleep(0.2)
     assert proc.poll() is None and "killed" not in recorded[0].data
     assert summary.endswith("denied")
+
+
+def test_a_scripts_interpreter_is_never_denied_only_the_process_killed(tmp_path: Path) -> None:
+    """A #! script's exec event carries the interpreter's device and inode (/bin/sh): a
+    deny must not put the shell on the deny set (every script and shell on the node would
+    be refused); the running script is still killed."""
+    script = tmp_path / "dropper.sh"
+    script.write_text("#!/bin/sh\nexec 2>/dev/null\nwhile :; do sleep 1; done\n")
+    script.chmod(0o755)
+    proc = subprocess.Popen([str(script)])
+    try:
+        shell = os.stat(f"/proc/{proc.pid}/exe")  # what the kernel reports: the interpreter
+        ev = Event(ts_ns=1, kind="exec", data={"filename": str(script), "pid": proc.pid,
+                                               "dev": shell.st_dev, "ino": shell.st_ino,
+                                               "interpreted": True})
+        enf, recorded = _enforcement()
+        summary = respond(Decision("exec-from-writable-dir", "deny", ev), enf)
+        assert proc.wait(timeout=5) == -signal.SIGKILL
+    finally:
+        proc.kill()
+        proc.wait()
+    assert enf.execs.files == set()  # type: ignore[union-attr]
+    assert "not denied: that file is the interpreter" in summary and "killed" in summary
+    assert recorded[0].data["interpreted"] is True and recorded[0].data["killed"] is True

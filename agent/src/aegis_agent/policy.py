@@ -97,10 +97,11 @@ def respond(d: Decision, enforcement: Enforcement) -> str:
     deny: an exec event denies the file the kernel ran (the event's device and inode; the
     path, which the user chose, is not resolved again: a symlink ``nc`` to sshd must not
     get sshd denied) and kills the event's process if it still runs that file (an
-    exec_denied event's process was already refused or killed by the kernel), a connect
-    event quarantines the event's cgroup (its id from the
-    kernel, not a later look-up of the PID); quarantine: the node's segment; log and
-    alert only record the decision."""
+    exec_denied event's process was already refused or killed by the kernel); a #!
+    script's event names its interpreter (``interpreted``), which is never denied (every
+    shell would be): its process is only killed. A connect event quarantines the event's
+    cgroup (its id from the kernel, not a later look-up of the PID); quarantine: the
+    node's segment; log and alert only record the decision."""
     ev = d.event
     if d.action in ("log", "alert"):
         return "recorded"
@@ -112,7 +113,9 @@ def respond(d: Decision, enforcement: Enforcement) -> str:
                 not isinstance(pid, bool) and pid > 0 else None
             return enforcement.deny_exec_file(dev, ino, source="policy",
                                               seen_as=str(ev.data.get("filename")),
-                                              pid=running).summary
+                                              pid=running,
+                                              interpreted=ev.data.get("interpreted") is True
+                                              ).summary
         if ev.kind.startswith("connect"):
             cgid = _event_int(ev, "cgroup_id")
             return enforcement.quarantine_cgroup(cgroup_by_id(cgid), source="policy",
