@@ -14,6 +14,7 @@ import shutil
 import signal
 import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import yaml
@@ -29,6 +30,28 @@ def daemon(netns: NetnsPair) -> Iterator[Daemon]:
     yield from daemon_lab(netns)
 
 
+def _start_with_writable_dir_rule(daemon: Daemon) -> Path:
+    """Start the daemon with the rule the role README shows, on a directory of its own."""
+    dropped = daemon.root / "dropped"
+    dropped.mkdir()
+    cfg = yaml.safe_load(daemon.config.read_text())
+    cfg["policy"].append({"name": "exec-from-writable-dir", "kind": "exec",
+                          "match_prefix": {"filename": [f"{dropped}/"]}, "action": "deny"})
+    daemon.config.write_text(yaml.safe_dump(cfg))
+    daemon.start()
+    return dropped
+
+
+def _end_of(proc: subprocess.Popen) -> int:
+    """How ``proc`` (which never ends on its own) ended within 20 s; killed here after."""
+    try:
+        return proc.wait(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
 def _run(path: str, *args: str) -> int | str:
     """The exit status of one exec of ``path``; "EPERM" when BPF-LSM refused the exec."""
     try:
@@ -38,25 +61,13 @@ def _run(path: str, *args: str) -> int | str:
 
 
 def test_a_program_run_from_a_writable_dir_is_killed_and_refused_after(daemon: Daemon) -> None:
-    dropped = daemon.root / "dropped"
-    dropped.mkdir()
-    cfg = yaml.safe_load(daemon.config.read_text())
-    cfg["policy"].append({"name": "exec-from-writable-dir", "kind": "exec",
-                          "match_prefix": {"filename": [f"{dropped}/"]}, "action": "deny"})
-    daemon.config.write_text(yaml.safe_dump(cfg))
-    daemon.start()
+    dropped = _start_with_writable_dir_rule(daemon)
     implant, bystander = dropped / "implant", daemon.root / "bystander"
     shutil.copy("/bin/sleep", implant)
     shutil.copy("/bin/true", bystander)
 
     proc = subprocess.Popen([str(implant), "300"])  # a long-running program
-    try:
-        rc = proc.wait(timeout=20)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    assert rc == -signal.SIGKILL  # killed by the agent, not ended on its own
+    assert _end_of(proc) == -signal.SIGKILL  # killed by the agent, not ended on its own
     assert _run(str(implant), "0") in (-signal.SIGKILL, "EPERM")  # denied from now on
     assert _run(str(bystander)) == 0  # outside the prefix: runs
 
@@ -84,24 +95,12 @@ def test_a_script_run_from_a_writable_dir_is_killed_and_its_shell_never_denied(
     """A dropped #! script: the kernel's event names the interpreter's file (/bin/sh, the
     flag ``interpreted``). The script's process is killed; the shell is not denied (every
     script and shell on the node would be refused, the role's own SSH sessions included)."""
-    dropped = daemon.root / "dropped"
-    dropped.mkdir()
-    cfg = yaml.safe_load(daemon.config.read_text())
-    cfg["policy"].append({"name": "exec-from-writable-dir", "kind": "exec",
-                          "match_prefix": {"filename": [f"{dropped}/"]}, "action": "deny"})
-    daemon.config.write_text(yaml.safe_dump(cfg))
-    daemon.start()
+    dropped = _start_with_writable_dir_rule(daemon)
     script = dropped / "stage2.sh"
     script.write_text("#!/bin/sh\nexec 2>/dev/null\nwhile :; do sleep 1; done\n")
     script.chmod(0o755)
-    proc = subprocess.Popen([str(script)])
-    try:
-        rc = proc.wait(timeout=20)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    assert rc == -signal.SIGKILL
+    proc = subprocess.Popen([str(script)])  # runs until killed
+    assert _end_of(proc) == -signal.SIGKILL
     assert _run("/bin/sh", "-c", "exit 0") == 0  # the shell still runs
     assert _wait_for(lambda: any(e["kind"] == "policy" for e in daemon.events()), 10)
     events = daemon.events()
