@@ -2,7 +2,8 @@
 /* Aegis exec monitor.
  *
  *   exec_trace  tp_btf/sched_process_exec: one event per exec (pid, ppid, uid, gid,
- *               comm, filename, inode, device). An exec whose image (device, inode) is
+ *               comm, filename, inode, device; for a #! script the inode and device
+ *               are its interpreter's, flagged EXEC_INTERP). An exec whose image (device, inode) is
  *               in exec_deny gets SIGKILL from here: the signal is delivered on the way
  *               back to user space, so the new image never runs its first instruction.
  *   exec_lsm    lsm/bprm_check_security: refuses a denied exec with EPERM before the
@@ -59,7 +60,11 @@ static __always_inline void report(struct task_struct *task, struct linux_binprm
 							     : aegis_ns_ppid(task);
 	e->uid = (__u32)ugid;
 	e->gid = ugid >> 32;
-	e->flags = flags;
+	/* binfmt_script and binfmt_misc point bprm->interp away from bprm->filename when
+	 * they hand the exec to an interpreter (bprm_change_interp); bprm->file is then the
+	 * interpreter, the script itself is no longer held */
+	e->flags = flags | (BPF_CORE_READ(bprm, interp) != BPF_CORE_READ(bprm, filename)
+				    ? EXEC_INTERP : 0);
 	e->_pad = 0;
 	bpf_get_current_comm(e->comm, sizeof(e->comm));
 	bpf_probe_read_kernel_str(e->filename, sizeof(e->filename), BPF_CORE_READ(bprm, filename));

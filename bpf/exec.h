@@ -9,6 +9,8 @@
 
 #define EXEC_DENIED 1 /* flags: the exec was denied */
 #define EXEC_LSM 2    /* flags: denied by BPF-LSM (else SIGKILL) */
+#define EXEC_INTERP 4 /* flags: an interpreter runs filename (a #! script, binfmt_misc):
+		       * ino and dev name the interpreter's file, not filename's */
 #define FILENAME_LEN 256
 
 struct exec_key {

@@ -39,6 +39,9 @@ def test_segment_drop_record_becomes_a_drop_event() -> None:
     (0, "exec", "info", {}),
     (layout.EXEC_DENIED, "exec_denied", "warning", {"enforced_by": "sigkill"}),
     (layout.EXEC_DENIED | layout.EXEC_LSM, "exec_denied", "warning", {"enforced_by": "lsm"}),
+    (layout.EXEC_INTERP, "exec", "info", {"interpreted": True}),
+    (layout.EXEC_DENIED | layout.EXEC_INTERP, "exec_denied", "warning",
+     {"enforced_by": "sigkill", "interpreted": True}),
 ])
 def test_exec_record_becomes_an_exec_event(flags: int, kind: str, severity: str,
                                            extra: dict) -> None:

@@ -128,8 +128,26 @@ class Rule(_Strict):
     name: Annotated[str, Field(min_length=1, max_length=64)]
     kind: EventKind | list[EventKind]
     match: dict[str, list[Scalar]] = Field(default_factory=dict)
+    match_prefix: dict[str, list[str]] = Field(
+        default_factory=dict, description="field -> prefixes: the field's string value must "
+        "start with one of them, e.g. {filename: [/tmp/, /var/tmp/, /dev/shm/]}")
     action: Literal["log", "alert", "deny", "quarantine"]
     threshold: Threshold | None = None
+
+    @field_validator("match_prefix")
+    @classmethod
+    def _prefixes(cls, value: dict[str, list[str]]) -> dict[str, list[str]]:
+        for name, prefixes in value.items():
+            if not name:
+                raise ValueError("a field name is empty: name the event data field, e.g. "
+                                 "filename")
+            if not prefixes:
+                raise ValueError(f"{name}: no prefixes given, so the rule could never "
+                                 "match; list at least one, e.g. [/tmp/]")
+            if any(p == "" for p in prefixes):
+                raise ValueError(f"{name}: an empty prefix matches every value; give the "
+                                 "start the value must have, e.g. /tmp/")
+        return value
 
     def kinds(self) -> list[str]:
         return [self.kind] if isinstance(self.kind, str) else list(self.kind)

@@ -125,14 +125,35 @@ class Enforcement:
                           f"exec of {path} denied", path=path)
 
     def deny_exec_file(self, dev: int, ino: int, *, source: Source,
-                       seen_as: str | None = None) -> Outcome:
+                       seen_as: str | None = None, pid: int | None = None,
+                       interpreted: bool = False) -> Outcome:
         """Deny the file an exec event names by its device and inode (``seen_as``: the
-        path the event showed, for the record only: it is not resolved)."""
+        path the event showed, for the record only: it is not resolved). With ``pid`` (the
+        event's process) that process is killed too, once denied, if it still runs that
+        file (``ExecMonitor.kill_running``); ``killed`` and ``kill_reason`` say what came of
+        it. ``interpreted`` (the event's flag: an interpreter ran a #! script, and dev/ino
+        are the interpreter's, e.g. /bin/sh): the file is not denied, since that would
+        refuse every script and shell on the node; only the process is killed."""
         execs = self._execs()
-        execs.deny_file(dev, ino)
         what = f"dev {dev} ino {ino}" + (f" (exec'd as {seen_as})" if seen_as else "")
-        return self._done("deny-exec", source, {"denied": execs.denied()},
-                          f"exec of {what} denied", dev=dev, ino=ino, path=seen_as)
+        if interpreted:
+            summary = (f"exec of {what} not denied: that file is the interpreter that ran "
+                       "the script, and denying it would refuse every script it runs")
+        else:
+            execs.deny_file(dev, ino)  # first: a kill then cannot race a new exec of it
+            summary = f"exec of {what} denied"
+        result: dict[str, Any] = {"denied": execs.denied(),
+                                  **({"interpreted": True} if interpreted else {})}
+        killed: bool | None = None
+        reason: str | None = None
+        if pid is not None:
+            killed, reason = execs.kill_running(pid, dev, ino)
+            result.update(killed=killed, kill_reason=reason)
+            summary += f"; {reason}"
+        return self._done("deny-exec", source, result, summary,
+                          "warning" if killed else "info", dev=dev, ino=ino, path=seen_as,
+                          pid=pid, killed=killed, kill_reason=reason,
+                          interpreted=True if interpreted else None)
 
     def allow_exec(self, path: str, *, source: Source) -> Outcome:
         execs = self._execs()

@@ -47,7 +47,8 @@ def exec_event(r: ExecRecord, offset_ns: int) -> Event:
         severity="warning" if r.denied else "info",
         data={"pid": r.pid, "ppid": r.ppid, "uid": r.uid, "gid": r.gid, "comm": r.comm,
               "filename": r.filename, "ino": u64(r.ino), "dev": r.dev,
-              **({"enforced_by": r.enforced_by} if r.denied else {})})
+              **({"enforced_by": r.enforced_by} if r.denied else {}),
+              **({"interpreted": True} if r.interpreted else {})})
 
 
 def connect_event(r: ConnectRecord, offset_ns: int) -> Event:

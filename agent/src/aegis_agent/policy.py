@@ -1,11 +1,12 @@
 """The local policy: rules that map events to actions (log, alert, deny, quarantine).
 
-A rule matches an event by kind and by data fields (each listed field must have one of
-the listed values); with a threshold it fires when ``count`` matching events arrive
-within ``seconds`` (per value of the ``by`` field, e.g. per source address), then its
-window starts over. :func:`respond` carries a decision out through the same
-:class:`~aegis_agent.enforcement.Enforcement` verbs as the socket and orders
-(source ``policy``).
+A rule matches an event by kind and by data fields: each field in ``match`` must have one
+of the listed values, each field in ``match_prefix`` a string value that starts with one
+of the listed prefixes (e.g. an exec whose filename is under /tmp/). With a threshold
+it fires when ``count`` matching events arrive within ``seconds`` (per value of the
+``by`` field, e.g. per source address), then its window starts over. :func:`respond`
+carries a decision out through the same :class:`~aegis_agent.enforcement.Enforcement`
+verbs as the socket and orders (source ``policy``).
 """
 
 from __future__ import annotations
@@ -43,6 +44,9 @@ class Policy:
                 continue
             if any(event.data.get(k) not in values for k, values in rule.match.items()):
                 continue
+            if not all(_starts_with(event.data.get(k), prefixes)
+                       for k, prefixes in rule.match_prefix.items()):
+                continue
             key = None
             if rule.threshold:
                 key = str(event.data.get(rule.threshold.by)) if rule.threshold.by else None
@@ -55,6 +59,11 @@ class Policy:
                 window.clear()
             decisions.append(Decision(rule.name, rule.action, event, key))
         return decisions
+
+
+def _starts_with(value: object, prefixes: list[str]) -> bool:
+    """A string value that starts with one of ``prefixes`` (any other value never does)."""
+    return isinstance(value, str) and value.startswith(tuple(prefixes))
 
 
 CGROUP_ROOTS = (Path("/sys/fs/cgroup/unified"), Path("/sys/fs/cgroup"))
@@ -87,17 +96,26 @@ def respond(d: Decision, enforcement: Enforcement) -> str:
 
     deny: an exec event denies the file the kernel ran (the event's device and inode; the
     path, which the user chose, is not resolved again: a symlink ``nc`` to sshd must not
-    get sshd denied), a connect event quarantines the event's cgroup (its id from the
-    kernel, not a later look-up of the PID); quarantine: the node's segment; log and
-    alert only record the decision."""
+    get sshd denied) and kills the event's process if it still runs that file (an
+    exec_denied event's process was already refused or killed by the kernel); a #!
+    script's event names its interpreter (``interpreted``), which is never denied (every
+    shell would be): its process is only killed. A connect event quarantines the event's
+    cgroup (its id from the kernel, not a later look-up of the PID); quarantine: the
+    node's segment; log and alert only record the decision."""
     ev = d.event
     if d.action in ("log", "alert"):
         return "recorded"
     if d.action == "deny":
         if ev.kind.startswith("exec"):
             dev, ino = _event_int(ev, "dev"), _event_int(ev, "ino")
+            pid = ev.data.get("pid")
+            running = pid if ev.kind == "exec" and isinstance(pid, int) and \
+                not isinstance(pid, bool) and pid > 0 else None
             return enforcement.deny_exec_file(dev, ino, source="policy",
-                                              seen_as=str(ev.data.get("filename"))).summary
+                                              seen_as=str(ev.data.get("filename")),
+                                              pid=running,
+                                              interpreted=ev.data.get("interpreted") is True
+                                              ).summary
         if ev.kind.startswith("connect"):
             cgid = _event_int(ev, "cgroup_id")
             return enforcement.quarantine_cgroup(cgroup_by_id(cgid), source="policy",

@@ -289,7 +289,7 @@ def _cstr(raw: bytes) -> str:
 
 
 # -- exec.h --------------------------------------------------------------------------------
-EXEC_DENIED, EXEC_LSM = 1, 2
+EXEC_DENIED, EXEC_LSM, EXEC_INTERP = 1, 2, 4
 EXEC_KEY = CStruct("exec_key", "<", [("dev", "Q"), ("ino", "Q")])
 EXEC_EVENT = CStruct("exec_event", "<", [
     ("ktime_ns", "Q"), ("ino", "Q"), ("dev", "Q"), ("pid", "I"), ("ppid", "I"), ("uid", "I"),
@@ -302,7 +302,9 @@ EXEC_MAPS = monitor_maps(MAP_EXEC_EVENTS, 1024 * 1024,
 @dataclass(frozen=True)
 class ExecRecord:
     """One exec from ``exec_events``: ``ktime_ns`` is CLOCK_MONOTONIC, ``dev`` as stat()
-    reports it, ``enforced_by`` set ("lsm" | "sigkill") when the exec was denied."""
+    reports it, ``enforced_by`` set ("lsm" | "sigkill") when the exec was denied;
+    ``interpreted``: an interpreter runs ``filename`` (a #! script), and ``ino``/``dev``
+    are the interpreter's file (/bin/sh...), not the script's."""
 
     ktime_ns: int
     ino: int
@@ -315,6 +317,7 @@ class ExecRecord:
     filename: str
     denied: bool
     enforced_by: str | None
+    interpreted: bool = False
 
     @classmethod
     def unpack(cls, raw: bytes) -> ExecRecord:
@@ -323,7 +326,8 @@ class ExecRecord:
         denied = bool(flags & EXEC_DENIED)
         return cls(ktime, ino, user_dev(kdev), pid, ppid, uid, gid, _cstr(comm),
                    _cstr(filename), denied,
-                   ("lsm" if flags & EXEC_LSM else "sigkill") if denied else None)
+                   ("lsm" if flags & EXEC_LSM else "sigkill") if denied else None,
+                   bool(flags & EXEC_INTERP))
 
 
 # -- connect.h -----------------------------------------------------------------------------

@@ -4,6 +4,7 @@ buffers, plus the two enforcement points they carry.
     execs = ExecMonitor()            # pinned under PIN_ROOT / "exec"
     execs.start()                    # {"mode": "sigkill", "reason": "..."}
     execs.deny("/usr/bin/nc")        # the next exec of that file is killed before it runs
+    execs.kill_running(pid, dev, ino)  # and the process an exec event named, if still that
     reader = execs.reader(sink)      # sink(ExecRecord) once per record
     loop.add_reader(reader.fileno(), reader.drain)
 
@@ -25,8 +26,10 @@ first instruction).
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
+import signal
 from pathlib import Path
 from typing import ClassVar
 
@@ -205,6 +208,33 @@ class ExecMonitor(_Monitor):
         key = layout.EXEC_KEY.pack(kernel_dev(dev), ino)
         syscall.map_update(self.map_fd(MAP_EXEC_DENY), key, _ON)
 
+    @staticmethod
+    def kill_running(pid: int, dev: int, ino: int) -> tuple[bool, str]:
+        """SIGKILL process ``pid`` if it still runs the file an exec event named (``dev`` as
+        stat() gives it, ``ino``); returns (killed, why). The process is held by a pidfd
+        while its image is checked, so an exited PID taken by another process since is
+        never signalled: the pidfd still names the old one and the signal fails. A process
+        gone or running another file is left alone, and the reason says which."""
+        try:
+            pidfd = os.pidfd_open(pid)
+        except OSError as e:
+            return False, _not_signalled(pid, "pidfd_open", e)
+        try:
+            try:
+                st = os.stat(f"/proc/{pid}/exe")  # ENOENT: gone, or a zombie (no image)
+            except OSError as e:
+                return False, _not_signalled(pid, f"reading /proc/{pid}/exe", e)
+            if (st.st_dev, st.st_ino) != (dev, ino):
+                return False, (f"pid {pid} not signalled: it now runs another file (dev "
+                               f"{st.st_dev} ino {st.st_ino}), not dev {dev} ino {ino}")
+            try:
+                signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+            except OSError as e:
+                return False, _not_signalled(pid, "SIGKILL", e)
+            return True, f"pid {pid} killed (SIGKILL)"
+        finally:
+            os.close(pidfd)
+
     def allow(self, path: str) -> bool:
         key, _st = self._key(path)
         return syscall.map_delete(self.map_fd(MAP_EXEC_DENY), key)
@@ -221,6 +251,17 @@ class ExecMonitor(_Monitor):
 
     def decode(self, raw: bytes) -> ExecRecord:
         return ExecRecord.unpack(raw)
+
+
+def _not_signalled(pid: int, step: str, e: OSError) -> str:
+    """Why ``kill_running`` left ``pid`` alone after ``step`` failed with ``e``."""
+    if e.errno in (errno.ESRCH, errno.ENOENT):
+        return f"pid {pid} not signalled: it has exited"
+    if e.errno in (errno.EACCES, errno.EPERM):
+        need = "CAP_KILL" if step == "SIGKILL" else "CAP_SYS_PTRACE"
+        return (f"pid {pid} not signalled: {step}: permission denied (a process of another "
+                f"user, or with capabilities the agent lacks, needs {need})")
+    return f"pid {pid} not signalled: {step} failed ({e.strerror})"
 
 
 def _mgmt_key(spec: str) -> bytes:
