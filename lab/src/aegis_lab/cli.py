@@ -14,6 +14,7 @@ import json
 import os
 import shlex
 import sys
+from pathlib import Path
 
 from aegis_controller import logs
 from aegis_controller.playbook import PlaybookFailure
@@ -331,7 +332,8 @@ def cmd_env(args: argparse.Namespace, paths: Paths) -> int:
 def cmd_demo(args: argparse.Namespace, paths: Paths) -> int:
     from .demo import run_demo
 
-    return run_demo(paths, nodes=args.nodes, keep=args.keep, prefix=args.prefix)
+    return run_demo(paths, nodes=args.nodes, keep=args.keep, prefix=args.prefix,
+                    report=args.report)
 
 
 def cmd_wheels(args: argparse.Namespace, paths: Paths) -> int:
@@ -357,9 +359,13 @@ def _register_tools(groups: Groups) -> None:
     _prefix_arg(sp, required=False)
     sp.set_defaults(func=cmd_env)
 
-    sp = groups.add_parser("demo", help="the main job: bring up a fleet, harden it, enroll "
-                           "the agent until every node is trusted, tear it down")
-    sp.add_argument("--nodes", default=3, help="fleet size (default 3)")
+    sp = groups.add_parser("demo", help="the main job, the whole story: a fleet hardened, "
+                           "enrolled, trusted and holding leased secrets; one node "
+                           "compromised, quarantined and replaced by a fresh trusted one; "
+                           "a timeline and a report file")
+    sp.add_argument("--nodes", default=3, help="fleet size (default 3, at least 3)")
+    sp.add_argument("--report", type=Path, help="where the report goes (default "
+                    "<state>/demo/report-<prefix>.json, with a .txt beside it)")
     sp.add_argument("--keep", action="store_true", help="keep the fleet running afterwards")
     sp.add_argument("--prefix", type=check_prefix, default="aegis")
     sp.set_defaults(func=cmd_demo)

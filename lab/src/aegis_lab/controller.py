@@ -22,6 +22,7 @@ import ssl
 import subprocess
 import time
 import urllib.request
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -46,7 +47,7 @@ def controller_command(fleet: LocalFleet) -> list[str]:
             str(controller_dir(fleet))]
 
 
-def _free_port(host: str) -> int:
+def free_port(host: str) -> int:
     with socket.socket() as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])
@@ -100,26 +101,29 @@ def _is_ours(data: dict, fleet: LocalFleet) -> bool:
                                    for a, b in itertools.pairwise(argv))
 
 
-def up(fleet: LocalFleet, timeout: float = 30) -> dict:
+def up(fleet: LocalFleet, timeout: float = 30, *, port: int | None = None,
+       extra_args: Sequence[str] = ()) -> dict:
     """Start the fleet's controller on its bridge's gateway (or find it running);
-    returns url, ca_file, pid."""
+    returns url, ca_file, pid. ``extra_args`` go to ``serve`` (secrets gate, recovery)."""
     current = show(fleet)
     if current and current["running"]:
         return current
-    return start(fleet, fleet.info()["gateway"], timeout)
+    return start(fleet, fleet.info()["gateway"], timeout, port=port, extra_args=extra_args)
 
 
-def start(fleet: LocalFleet, host: str, timeout: float = 30) -> dict:
-    """Start the fleet's controller on ``host`` and record it in ``controller.json``."""
+def start(fleet: LocalFleet, host: str, timeout: float = 30, *, port: int | None = None,
+          extra_args: Sequence[str] = ()) -> dict:
+    """Start the fleet's controller on ``host`` (``port``, else a free one) and record it
+    in ``controller.json``."""
     state = controller_dir(fleet)
     state.mkdir(parents=True, exist_ok=True, mode=0o700)
     command = controller_command(fleet)
     if not (state / "keys").exists():
         subprocess.run([*command, "keys", "init"], check=True, capture_output=True, text=True)
-    port = _free_port(host)
+    port = port or free_port(host)
     log = (state / "serve.log").open("a")
-    proc = subprocess.Popen([*command, "serve", "--host", host,
-                             "--port", str(port)], stdout=log, stderr=subprocess.STDOUT,
+    proc = subprocess.Popen([*command, "serve", "--host", host, "--port", str(port),
+                             *extra_args], stdout=log, stderr=subprocess.STDOUT,
                             stdin=subprocess.DEVNULL, start_new_session=True)
     info: dict = {"url": f"https://{host}:{port}", "ca_file": str(state / "ca" / "ca.pem"),
                   "state_dir": str(state), "port": port, "gateway": host, "pid": proc.pid}

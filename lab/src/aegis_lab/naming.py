@@ -23,12 +23,12 @@ FIRST_HOST = 10  # node slot 0 gets .10 in the fleet's /24, the bridge (gateway)
 #: ``admin``: + SYS_ADMIN, for Ansible roles that mount (the harden role's /tmp,
 #: /var/tmp, /dev/shm), validate rulesets in a scratch netns (``unshare --net``) or
 #: sandbox systemd units -- and with it, root in the node can trace the host;
-#: ``agent``: + BPF, PERFMON, the capabilities the agent's own unit keeps (the agent
-#: under test).
+#: ``agent``: + BPF, PERFMON, SYS_PTRACE, the capabilities the agent's own unit keeps
+#: (the agent under test; KILL is among podman's defaults).
 CAPS = {
     "base": "NET_ADMIN,NET_RAW",
     "admin": "SYS_ADMIN,NET_ADMIN,NET_RAW",
-    "agent": "SYS_ADMIN,NET_ADMIN,NET_RAW,BPF,PERFMON",
+    "agent": "SYS_ADMIN,NET_ADMIN,NET_RAW,BPF,PERFMON,SYS_PTRACE",
 }
 DEFAULT_CAPS = "base"
 

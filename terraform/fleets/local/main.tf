@@ -57,7 +57,7 @@ variable "image" {
 }
 
 variable "caps" {
-  description = "Capability level of every node: base (no SYS_ADMIN/BPF/PERFMON), admin (+SYS_ADMIN: roles that mount or use a scratch netns), agent (+BPF, PERFMON: the agent under test). See aegis_lab.node.CAPS."
+  description = "Capability level of every node: base (no SYS_ADMIN/BPF/PERFMON), admin (+SYS_ADMIN: roles that mount or use a scratch netns), agent (+BPF, PERFMON, SYS_PTRACE: the agent under test). See aegis_lab.node.CAPS."
   type        = string
   default     = "base"
   validation {
