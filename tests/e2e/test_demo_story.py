@@ -130,3 +130,23 @@ def test_the_old_machine_is_gone_and_its_keys_are_refused(story) -> None:
     verify = subprocess.run([*command, "ledger", "verify"], capture_output=True, text=True,
                             check=False)
     assert verify.returncode == 0, verify.stdout + verify.stderr
+
+
+def test_a_dry_run_prints_the_plan_and_changes_nothing(story) -> None:
+    """``recovery start --dry-run`` with the demo's recovery settings: real Terraform plans
+    the replacement of exactly that node and lists the playbooks; nothing changes."""
+    _proc, _rep, fleet, _report = story
+    before = fleet.info()["nodes"]["node1"]["id"]
+    settings = lab_controller.controller_dir(fleet) / "recovery.yml"
+    dry = subprocess.run([*lab_controller.controller_command(fleet), "recovery", "start",
+                          "node1", "--dry-run", "--config", str(settings)],
+                         capture_output=True, text=True, timeout=600, check=False)
+    assert dry.returncode == 0, dry.stderr
+    assert "module.node[\"node1\"]" in dry.stdout, dry.stdout
+    assert "must be replaced" in dry.stdout or "to destroy" in dry.stdout, dry.stdout
+    for playbook in ("quarantine.yml", "forensics.yml", "harden.yml", "agent.yml"):
+        assert playbook in dry.stdout, dry.stdout
+    assert fleet.info()["nodes"]["node1"]["id"] == before
+    jobs = subprocess.run([*lab_controller.controller_command(fleet), "recovery", "list",
+                           "--node", "node1"], capture_output=True, text=True, check=True)
+    assert jobs.stdout.strip() == ""

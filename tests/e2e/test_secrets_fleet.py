@@ -11,31 +11,24 @@ running as its own user, reloaded with SIGHUP by the agent after a rotation.
 
 from __future__ import annotations
 
-import hashlib
-import io
 import json
-import os
 import secrets
-import signal
 import subprocess
 import sys
-import tarfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import harness_vault as hv
-import httpx
 import hvac
-import pyrage
 import pytest
 import yaml
 from harness_vault import pg_role_exists
 
 from aegis_lab.fleet import LocalFleet
-from aegis_lab.playbook import ansible_env, ansible_playbook
-from aegis_lab.podman import podman, podman_env
+from aegis_lab.playbook import ansible_playbook
+from aegis_lab.podman import podman
 from aegis_lab.wheels import build_agent_wheels
 from conftest import sub_prefix
 from harness import PATHS, REPO, OpenBao, local_fleet, openbao_dev, wait_until
@@ -293,112 +286,3 @@ def test_a_trusted_node_s_service_uses_leased_secrets_until_quarantine(lab: Lab)
     ledger = server.ctl("ledger", "show").stdout
     for value in values:
         assert value not in ledger
-
-
-# -- rebuild-first recovery of the quarantined node ----------------------------------------
-def _recovery_settings(lab: Lab, identity_pub: str, agent_vars: dict) -> Path:
-    """The controller's recovery settings for this fleet: the lab's own Terraform root
-    module and state, its inventory, the collection's playbooks. The guard rails are the
-    defaults: on a one-node fleet the job is held (too much of the fleet out) and the test
-    approves it, as an operator would."""
-    fleet, root = lab.fleet, lab.server.state
-    here = dict(os.environ)
-    ansible = {k: v for k, v in ansible_env(PATHS).items() if here.get(k) != v}
-    terraform = {k: v for k, v in podman_env().items() if here.get(k) != v}
-    terraform["PATH"] = ansible["PATH"] if "PATH" in ansible else here["PATH"]
-    (root / "recovery-agent.yml").write_text(yaml.safe_dump(agent_vars))
-    settings = {
-        "terraform": {"root": str(PATHS.fleet_module), "data_dir": str(fleet.dir / "terraform.d"),
-                      "state": str(fleet.state_file), "var_file": str(fleet.vars_file),
-                      "cli_config": str(PATHS.terraform_cli_config), "env": terraform,
-                      "timeout_s": 600},
-        "ansible": {"inventory": str(fleet.inventory_file), "env": ansible,
-                    "agent_vars_file": str(root / "recovery-agent.yml"),
-                    "verify_tags": "golden",  # the fleet was converged with these only
-                    "timeout_s": 600},
-        "forensics": {"recipient": identity_pub, "dest": str(root / "forensics")},
-        "enroll_timeout_s": 600,
-    }
-    path = root / "recovery.yml"
-    path.write_text(yaml.safe_dump(settings))
-    return path
-
-
-def _job(server: Server) -> dict:
-    out = server.ctl("recovery", "list", "--node", NODE)
-    jobs = [json.loads(line) for line in out.stdout.splitlines() if line.strip()]
-    return jobs[-1] if jobs else {}
-
-
-def test_the_quarantined_node_is_replaced_by_a_fresh_attested_one(lab: Lab) -> None:
-    """Continues the story above: node1 is quarantined and its secrets revoked. The
-    controller's recovery engine (real Terraform on the lab's root module, real playbooks
-    through ansible-runner) contains it, collects an age-encrypted forensics bundle,
-    replaces the machine, verifies and enrolls the fresh one, which attests trusted and
-    gets secrets of its own; the old machine's certificate, identity and Vault token are
-    refused."""
-    server, fleet = lab.server, lab.fleet
-    before = _node(server)
-    assert before.get("state") == "quarantined", before
-    old_id = fleet.info()["nodes"][NODE]["id"]
-    old_grants = json.loads(server.ctl("node", "secrets", NODE).stdout)["grants"]
-    old_accessor = old_grants[-1]["accessor"]
-    old_tls = server.state / "old-node"
-    old_tls.mkdir(exist_ok=True)
-    for name in ("node.pem", "tls.key"):
-        (old_tls / name).write_text(_cat(lab, f"/var/lib/aegis/agent/{name}") or "")
-    identity = pyrage.x25519.Identity.generate()
-    settings = _recovery_settings(lab, str(identity.to_public()),
-                                  _agent_vars(lab, server, owner="root", wrapped=False))
-
-    dry = server.ctl("recovery", "start", NODE, "--dry-run", "--config", str(settings))
-    assert dry.returncode == 0, dry.stderr
-    assert "must be replaced" in dry.stdout or "to destroy" in dry.stdout, dry.stdout
-    assert fleet.info()["nodes"][NODE]["id"] == old_id  # a dry run changes nothing
-
-    server.kill(signal.SIGTERM)
-    server.start(*lab.serve_args, "--recovery-config", str(settings))
-    # one node: all of the fleet out, so the guard rails hold the job for an operator
-    assert _wait(lambda: _job(server).get("state") == "awaiting-approval", 60), _job(server)
-    job = _job(server)
-    assert "max_unavailable_fraction" in job["reason"], job
-    assert f"recovery approve {job['job_id']}" in job["reason"], job
-    approved = server.ctl("recovery", "approve", job["job_id"])
-    assert approved.returncode == 0, approved.stderr
-    assert _wait(lambda: _job(server).get("state") in ("trusted", "failed"), 900), \
-        (server.state / "serve.log").read_text()[-5000:]
-    shown = json.loads(server.ctl("recovery", "show", job["job_id"]).stdout)
-    assert shown["state"] == "trusted", (shown.get("error"), shown["history"][-10:])
-    states = [h["state"] for h in shown["history"]]
-    for state in ("containing", "collecting", "replacing", "verifying", "enrolling",
-                  "trusted"):
-        assert state in states, states
-
-    # the machine is new (Terraform), and so are its certificate and identity key
-    assert fleet.info()["nodes"][NODE]["id"] != old_id
-    after = _node(server)
-    assert after["state"] == "trusted"
-    assert after["cert_serial"] != before["cert_serial"]
-    assert after["identity_key"] != before["identity_key"]
-    # the old machine's certificate is refused
-    ctx = server.ca
-    ctx.load_cert_chain(old_tls / "node.pem", old_tls / "tls.key")
-    with httpx.Client(base_url=server.url, verify=ctx, timeout=30) as old:
-        assert old.get("/v1/nodes/self").status_code in (401, 403)
-    # the old Vault token is gone; the new machine got secrets of its own
-    with pytest.raises(hvac.exceptions.VaultError):
-        lab.wiring.root.write_data("auth/token/lookup-accessor",
-                                   data={"accessor": old_accessor})
-    assert _wait(lambda: _cat(lab, CRED) is not None, 90), lab.journal("aegis-agent")
-    grants = json.loads(server.ctl("node", "secrets", NODE).stdout)["grants"]
-    assert grants[-1]["accessor"] != old_accessor
-
-    # the forensics bundle: on the controller, its hash on the ledger, it decrypts
-    bundle = Path(shown["data"]["bundle_path"])
-    digest = hashlib.sha256(bundle.read_bytes()).hexdigest()
-    assert digest == shown["data"]["bundle_sha256"]
-    assert digest in server.ctl("ledger", "show").stdout
-    with tarfile.open(fileobj=io.BytesIO(pyrage.decrypt(bundle.read_bytes(), [identity]))) as t:
-        assert t.getnames()
-    verify = server.ctl("ledger", "verify")
-    assert verify.returncode == 0, verify.stdout + verify.stderr
