@@ -32,6 +32,7 @@ from aegis_controller.recovery.engine import RecoveryEngine
 from aegis_controller.recovery.settings import RecoverySettings
 from aegis_controller.recovery.states import JobState
 from aegis_controller.recovery.steps import StepContext, StepError
+from aegis_controller.recovery.store import LeaseLost
 
 pytestmark = pytest.mark.integration
 
@@ -241,6 +242,25 @@ def test_a_resumed_step_follows_the_awx_job_a_dead_attempt_launched(
     assert result == {"golden": awx_standin.GOLDEN, "awx_verify_job": running}
     assert list(standin.jobs) == [running]  # nothing launched again
     assert lines[0] == f"following AWX job {running} of a previous attempt (running)"
+
+    standin.hold.clear()  # a job AWX no longer has: launched again
+    lines.clear()
+    ctx.data = {"awx_verify_job": 9999}
+    assert steps.verify(ctx)["awx_verify_job"] == max(standin.jobs) != running
+    assert lines[0] == ("AWX job 9999 of a previous attempt is gone from AWX: launching the "
+                        "job template again")
+
+    def lost(**_fields: object) -> None:
+        raise LeaseLost("recovery job j-1: lease lost to replica-b")
+
+    # the lease is lost as the launched job is to be remembered: the job is canceled
+    standin.hold.add("aegis-contain")
+    ctx = StepContext(job_id="j-1", node_id="n2", generation=2, data={}, remember=lost,
+                      progress=lambda message, **_: lines.append(message),
+                      started_process=lambda _pgid: None)
+    with pytest.raises(LeaseLost):
+        steps.contain(ctx)
+    assert standin.jobs[max(standin.jobs)].canceled
 
 
 def test_step_errors_name_the_problem_and_never_the_token(

@@ -123,8 +123,14 @@ class AwxSteps:
             try:
                 job_id = self._previous(client, ctx, step, key)
                 if job_id is None:
+                    if ctx.cancel.is_set():
+                        raise StepCancelled(f"{step} cancelled before its AWX job launched")
                     job_id = client.launch(template, extra_vars)
-                    ctx.remember(**{key: job_id})  # a resumed attempt follows this job
+                    try:
+                        ctx.remember(**{key: job_id})  # a resumed attempt follows this job
+                    except StepCancelled:  # not ours to run (lease lost): nor is the job
+                        _cancel(client, job_id)
+                        raise
                     ctx.progress(f"AWX job {job_id} launched from job template {template!r}",
                                  step=step, awx_job=job_id, template=str(template))
                 events = _Events(ctx, step, job_id)
@@ -133,11 +139,7 @@ class AwxSteps:
                 except AwxError:
                     if ctx.cancel.is_set():
                         raise
-                    try:
-                        client.cancel(job_id)
-                        cancelled = True
-                    except AwxError:
-                        cancelled = False
+                    cancelled = _cancel(client, job_id)
                     raise StepError(f"AWX job {job_id} (job template {template!r}) did not "
                                     f"finish within {timeout:g} s: "
                                     f"{'canceled' if cancelled else 'could not be canceled'}"
@@ -155,7 +157,16 @@ class AwxSteps:
         previous = ctx.data.get(key)
         if not isinstance(previous, int) or isinstance(previous, bool):
             return None
-        status = str(client.status(previous).get("status", ""))
+        try:
+            status = str(client.status(previous).get("status", ""))
+        except AwxError as exc:
+            if exc.status != 404:
+                raise
+            status = "deleted"  # from AWX meanwhile: nothing to follow
+        if status == "deleted":
+            ctx.progress(f"AWX job {previous} of a previous attempt is gone from AWX: "
+                         "launching the job template again", step=step, awx_job=previous)
+            return None
         if status in FINAL_STATUSES and status != "successful":
             ctx.progress(f"AWX job {previous} of a previous attempt ended {status}: "
                          "launching the job template again", step=step, awx_job=previous)
@@ -181,6 +192,15 @@ class AwxSteps:
         ctx.progress(f"AWX job {job} successful ({result.events_seen} events)", step=step,
                      awx_job=job)
         return {**found, key: job}
+
+
+def _cancel(client: AwxClient, job_id: int) -> bool:
+    """Ask AWX to cancel ``job_id``; whether it took the request."""
+    try:
+        client.cancel(job_id)
+    except AwxError:
+        return False
+    return True
 
 
 class _Events:
