@@ -220,25 +220,13 @@ class RecoveryEngine:
 
     # -- one tick ---------------------------------------------------------------------
     def tick(self, now: float | None = None) -> dict[str, list[str]]:
-        """Queue, judge, run (see the module doc) once; returns the job ids it queued,
-        started, held and ran a step of. ``now`` (tests) is the time of the whole tick;
-        by default each claim reads the clock again (a long step must not shorten the next
-        job's lease)."""
+        """Queue, judge, run (see the module doc) once, the steps one after the other in
+        this thread; returns the job ids it queued, started, held and ran a step of. ``now``
+        (tests) is the time of the whole tick; by default each claim reads the clock again
+        (a long step must not shorten the next job's lease)."""
         done: dict[str, list[str]] = {"queued": [], "started": [], "held": [], "ran": []}
-        self.judge(time.time() if now is None else now, done)
-        while not self._stop.is_set():
-            at = time.time() if now is None else now
-            claimed = self.store.claim(self.owner, self.lease_s, at,
-                                       exclude=[*self.workers(), *done["ran"]])
-            if claimed is None:
-                break
-            lease, job = claimed
-            done["ran"].append(lease.job_id)
-            try:
-                self.run(lease, job, at)
-            except LeaseLost as e:
-                log.warning("recovery job's lease lost: stopped", extra={
-                    "job": lease.job_id, "owner": self.owner, "why": str(e)})
+        for lease, job, at in self._claims(now, done):
+            self._run_step(lease, job, at)
         return done
 
     def dispatch(self, now: float | None = None) -> dict[str, list[str]]:
@@ -246,15 +234,7 @@ class RecoveryEngine:
         runnable job that no worker of this engine runs and start its step in a worker
         thread of its own; returns at once (``ran``: the jobs given a worker)."""
         done: dict[str, list[str]] = {"queued": [], "started": [], "held": [], "ran": []}
-        self.judge(time.time() if now is None else now, done)
-        while not self._stop.is_set():
-            at = time.time() if now is None else now
-            claimed = self.store.claim(self.owner, self.lease_s, at,
-                                       exclude=[*self.workers(), *done["ran"]])
-            if claimed is None:
-                break
-            lease, job = claimed
-            done["ran"].append(lease.job_id)
+        for lease, job, at in self._claims(now, done):
             worker = threading.Thread(target=self._work, args=(lease, job, at), daemon=True,
                                       name=f"recovery-{lease.job_id[:8]}")
             with self._lock:
@@ -262,13 +242,32 @@ class RecoveryEngine:
             worker.start()
         return done
 
-    def _work(self, lease: Lease, job: dict[str, Any], at: float) -> None:
-        """A worker: one step of one claimed job; then the loop looks for the next."""
+    def _claims(self, now: float | None,
+                done: dict[str, list[str]]) -> Iterator[tuple[Lease, dict[str, Any], float]]:
+        """Judge, then claim each runnable job once (not one a worker runs) until none is
+        left or the engine stops: (lease, job, the claim's time)."""
+        self.judge(time.time() if now is None else now, done)
+        while not self._stop.is_set():
+            at = time.time() if now is None else now
+            claimed = self.store.claim(self.owner, self.lease_s, at,
+                                       exclude=[*self.workers(), *done["ran"]])
+            if claimed is None:
+                return
+            lease, job = claimed
+            done["ran"].append(lease.job_id)
+            yield lease, job, at
+
+    def _run_step(self, lease: Lease, job: dict[str, Any], at: float) -> None:
         try:
             self.run(lease, job, at)
         except LeaseLost as e:
             log.warning("recovery job's lease lost: stopped", extra={
                 "job": lease.job_id, "owner": self.owner, "why": str(e)})
+
+    def _work(self, lease: Lease, job: dict[str, Any], at: float) -> None:
+        """A worker: one step of one claimed job; then the loop looks for the next."""
+        try:
+            self._run_step(lease, job, at)
         except Exception:  # e.g. the database went away: the lease expires, it is resumed
             log.exception("recovery job's step failed in its worker", extra={
                 "job": lease.job_id})
