@@ -137,6 +137,6 @@ class StandInSteps:
 
 
 def standin_factory(_settings: object) -> StandInSteps:
-    """The stand-in for ``aegis-controller recovery start NODE --dry-run --steps
-    recovery_standin:standin_factory``."""
+    """The stand-in as steps of one's own: a recovery settings file with ``backend: python``
+    and ``python: {factory: recovery_standin:standin_factory}``."""
     return StandInSteps()

@@ -107,8 +107,12 @@ def test_dry_run_prints_the_plan_and_playbooks_and_changes_nothing(state: Path) 
     out = run(state, "recovery", "start", "n1", "--dry-run")
     assert out.returncode == 2
     assert "recovery.yml" in out.stderr  # the settings file the real steps need is missing
-    out = run(state, "recovery", "start", "n1", "--dry-run", "--steps",
-              "recovery_standin:standin_factory")
+    # the settings file's backend chooses the steps: here steps of our own (the stand-in)
+    config = state / "standin-recovery.yml"
+    config.write_text("backend: python\npython: {factory: recovery_standin:standin_factory}\n")
+    out = run(state, "recovery", "start", "n1", "--dry-run", "--steps", "x:y")
+    assert out.returncode == 2 and "unrecognized arguments: --steps" in out.stderr
+    out = run(state, "recovery", "start", "n1", "--dry-run", "--config", str(config))
     assert out.returncode == 0, out.stderr
     assert out.stdout.splitlines() == [
         "dry run: recovery of n1 (now quarantined); nothing was changed",
@@ -117,12 +121,25 @@ def test_dry_run_prints_the_plan_and_playbooks_and_changes_nothing(state: Path) 
         "  Plan: 1 to add, 0 to change, 1 to destroy.",
         "playbooks, in order:",
         "  playbooks/quarantine.yml", "  playbooks/forensics.yml", "  playbooks/rebuild.yml"]
-    out = run(state, "recovery", "start", "n1", "--dry-run", "--json", "--steps",
-              "recovery_standin:standin_factory")
+    out = run(state, "recovery", "start", "n1", "--dry-run", "--json", "--config",
+              str(config))
     assert json.loads(out.stdout)["playbooks"][0] == "playbooks/quarantine.yml"
-    out = run(state, "recovery", "start", "ghost", "--dry-run", "--steps",
-              "recovery_standin:standin_factory")
+    out = run(state, "recovery", "start", "ghost", "--dry-run", "--config", str(config))
     assert out.returncode == 2 and "no node 'ghost'" in out.stderr
+    for text, problem in (
+            ("backend: python\npython: {factory: recovery_standin:nothing}\n",
+             "python.factory 'recovery_standin:nothing': recovery_standin has no nothing"),
+            ("backend: python\npython: {factory: no_such_module:f}\n",
+             "cannot import no_such_module"),
+            ("backend: python\npython: {factory: json:dumps}\n",
+             "failed: TypeError: Object of type RecoverySettings is not JSON serializable"),
+            ("backend: python\npython: {factory: builtins:repr}\n",
+             "made a str without contain, collect, verify, enroll, dry_run"),
+            ("backend: python\n", "python is missing: add the section"),
+            ("backend: plugin\n", "backend must be one of runner, awx, python")):
+        config.write_text(text)
+        out = run(state, "recovery", "start", "n1", "--dry-run", "--config", str(config))
+        assert out.returncode == 2 and problem in out.stderr, out.stderr
     assert ctl.recovery.list() == []
     assert ctl.ledger.head() == before
     assert ctl.nodes.get("n1")["state"] == "quarantined"

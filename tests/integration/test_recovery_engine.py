@@ -562,3 +562,63 @@ def test_the_schema_keeps_one_active_job_per_node_and_matches_the_tables(
             {**row, "job_id": "j3", "state": "enrolling"}])
     with pytest.raises(sa.exc.IntegrityError), db.transaction(ctl.engine) as conn:
         conn.execute(tables.recovery_jobs.insert().values(**row, job_id="j4", state="queued"))
+
+
+@pytest.mark.parametrize("max_in_flight", [3, 1])
+def test_the_loop_runs_the_steps_of_the_jobs_in_flight_at_once(
+        ctl: Controller, steps: StandInSteps, max_in_flight: int) -> None:
+    """Each job the guard rails let be in flight has its step run by a worker of its own:
+    with max_in_flight 3 three replacements are in a step at the same time; with 1 only one,
+    and the next starts only once the previous one is attested trusted. stop() cancels and
+    joins every worker."""
+    fleet(ctl, 9)
+    steps.on_enroll = lambda node: enroll(ctl, node)
+    victims = ["n1", "n2", "n3"]
+    for node in victims:
+        quarantine(ctl, node)
+    rails = GuardRails(max_in_flight=max_in_flight, breaker_threshold=5)
+    engine = make_engine(ctl, steps, rails=rails, poll_s=0.05)
+    gate = steps.block("contain")
+
+    def in_a_step() -> int:
+        with steps._lock:
+            return sum(steps.running.values())
+
+    engine.start()
+    try:
+        engine.wake()
+        deadline = time.monotonic() + 30
+        while in_a_step() < max_in_flight:
+            assert time.monotonic() < deadline, (steps.running, engine.store.list())
+            time.sleep(0.02)
+        time.sleep(0.5)  # the loop ticks ten times more: nothing else starts
+        assert in_a_step() == max_in_flight
+        assert len(engine.workers()) == max_in_flight
+        jobs = engine.store.list()
+        assert sum(j["state"] in IN_FLIGHT for j in jobs) == max_in_flight
+        assert sum(j["state"] == JobState.QUEUED for j in jobs) == 3 - max_in_flight
+        if max_in_flight == 3:  # stop() cancels all three steps and joins their workers
+            engine.stop()
+            assert in_a_step() == 0 and engine.workers() == []
+            for job in engine.store.list():
+                assert (job["state"], job["lease_owner"]) == (JobState.CONTAINING, None)
+                assert engine.store.history(job["job_id"])[-1]["message"].startswith(
+                    "contain step cancelled")
+            engine.start()
+        gate.release.set()
+        deadline = time.monotonic() + 90
+        while not all(j["state"] == JobState.TRUSTED for j in engine.store.list()):
+            assert time.monotonic() < deadline, engine.store.list()
+            time.sleep(0.05)
+    finally:
+        gate.release.set()
+        engine.stop()
+    finished = sorted(engine.store.list(), key=lambda j: j["started_at"])
+    assert sorted(j["node_id"] for j in finished) == victims
+    assert all(n == 1 for n in steps.most_at_once.values())  # one step of a job at a time
+    for node in victims:
+        assert steps.steps_called(node).count("replace") == 1
+    if max_in_flight == 1:  # each starts once the previous one is trusted
+        for before, after in itertools.pairwise(finished):
+            assert after["started_at"] >= before["ended_at"]
+    assert ctl.ledger.verify().ok

@@ -212,3 +212,94 @@ def test_file_level_problems(base, tmp_path):
         load(base, "terraform:\n  root: [\n")
     with pytest.raises(RecoverySettingsInvalid, match="the file must be a mapping"):
         load(base, "- a\n- b\n")
+
+
+def awx_good(base: Path) -> dict:
+    token = base / "awx.token"
+    token.write_text("awx-token-c0ffee-91\n")
+    token.chmod(0o600)
+    return {"backend": "awx", "guard_rails": {"max_in_flight": 3},
+            "awx": {"url": "https://awx.example.com/", "token_file": "awx.token",
+                    "templates": {"contain": "aegis-quarantine", "collect": 12,
+                                  "replace": "aegis-rebuild", "verify": "aegis-verify",
+                                  "enroll": "aegis-enroll"}}}
+
+
+def test_the_awx_backend_loads_with_its_defaults(base):
+    s = load(base, awx_good(base))
+    assert s.backend == "awx" and s.terraform is None and s.ansible is None
+    assert s.awx is not None and s.awx.url == "https://awx.example.com"
+    assert s.awx.token_file == base / "awx.token" and s.awx.token_env is None
+    assert s.awx.templates["collect"] == 12
+    assert (s.awx.verify_tls, s.awx.ca_file, s.awx.timeout_s, s.awx.poll_s) == (
+        True, None, 3600, 2)
+    assert s.awx.token() == "awx-token-c0ffee-91"  # read when used, not kept
+    assert "awx-token-c0ffee-91" not in repr(s)
+    assert load(base, {**awx_good(base), "backend": "awx"}).guard_rails.max_in_flight == 3
+
+
+def _bad_awx(base, mutate) -> str:
+    data = awx_good(base)
+    mutate(data)
+    with pytest.raises(RecoverySettingsInvalid) as err:
+        load(base, data)
+    message = str(err.value)
+    assert "awx-token-c0ffee-91" not in message
+    return message
+
+
+@pytest.mark.parametrize(("mutate", "expected"), [
+    (lambda d: d.pop("awx"), "awx is missing: add the section"),
+    (lambda d: d.update(backend="tower"), "backend must be one of runner, awx, python"),
+    (lambda d: d.update(terraform={"root": "module"}),
+     "terraform: is only used by backend runner, but backend is awx: remove the section or "
+     "set backend: runner"),
+    (lambda d: d["awx"].update(url="awx.example.com"), "awx.url must be AWX's base URL"),
+    (lambda d: d["awx"].update(token_env="AWX_TOKEN"), "awx.token_file, awx.token_env set "  # noqa: S106 - names, and a test token
+     "exactly one"),
+    (lambda d: d["awx"].pop("token_file"), "awx.token_file, awx.token_env set exactly one"),
+    (lambda d: d["awx"].update(token_file="none.token"), "awx.token_file {base}/none.token "  # noqa: S106 - names, and a test token
+     "is not a file"),
+    (lambda d: (d["awx"].pop("token_file"), d["awx"].update(token_env="awx token")),  # noqa: S106 - names, and a test token
+     "awx.token_env must be the name of the environment variable"),
+    (lambda d: d["awx"]["templates"].pop("verify"), "awx.templates.verify is missing"),
+    (lambda d: d["awx"].pop("templates"), "awx.templates is missing: it is required"),
+    (lambda d: d["awx"]["templates"].update(rollback="x"), "awx.templates.rollback unknown"),
+    (lambda d: d["awx"]["templates"].update(replace=""), "awx.templates.replace must be the "
+     "job template's name or id, got ''"),
+    (lambda d: d["awx"]["templates"].update(replace=True), "awx.templates.replace must be"),
+    (lambda d: d["awx"].update(verify_tls=False, ca_file="hosts.yml"),
+     "awx.ca_file is set but awx.verify_tls is false"),
+    (lambda d: d["awx"].update(ca_file="none.pem"), "awx.ca_file {base}/none.pem is not a file"),
+    (lambda d: d["awx"].update(timeout_s=0), "awx.timeout_s must be a number of seconds"),
+    (lambda d: d["awx"].update(token="awx-token-c0ffee-91"), "awx.token unknown"),  # noqa: S106 - names, and a test token
+    (lambda d: d.update(python={"factory": "x:y"}), "python: is only used by backend python"),
+])
+def test_each_bad_awx_value_is_named_with_its_fix(base, mutate, expected):
+    message = _bad_awx(base, mutate)
+    assert expected.replace("{base}", str(base)) in message
+
+
+def test_a_token_file_others_can_read_is_refused(base):
+    data = awx_good(base)
+    (base / "awx.token").chmod(0o644)
+    with pytest.raises(RecoverySettingsInvalid, match=r"readable by others than its owner: "
+                                                      r"chmod 600 .*awx.token"):
+        load(base, data)
+
+
+def test_the_runner_backend_refuses_an_awx_section(base):
+    data = good()
+    data["awx"] = awx_good(base)["awx"]
+    message = _bad(base, lambda d: d.update(awx=data["awx"]))
+    assert "awx: is only used by backend awx, but backend is runner" in message
+
+
+def test_the_python_backend_names_a_factory(base):
+    s = load(base, {"backend": "python",
+                    "python": {"factory": "mypkg.steps:make", "options": {"url": "x"}}})
+    assert s.python is not None and s.python.factory == "mypkg.steps:make"
+    assert s.python.options == {"url": "x"}
+    message = _bad(base, lambda d: d.clear() or d.update(backend="python",
+                                                         python={"factory": "make_steps"}))
+    assert "python.factory must be MODULE:CALLABLE" in message

@@ -21,15 +21,17 @@ field errors), never the token. Variables AWX refuses at launch (400 with
 ``variables_needed_to_start``, or ``extra_vars`` dropped into ``ignored_fields`` because
 the template does not prompt for variables) are reported by name.
 
-Nothing in the recovery engine calls this yet; it has been tested only against a local
-stand-in HTTP server (tests/integration/test_awx_client.py), never against a real AWX.
+The recovery engine's AWX backend (:mod:`aegis_controller.recovery.awx_steps`) uses it.
+It has been tested only against a local stand-in HTTP server (tests/awx_standin.py), never
+against a real AWX.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +62,8 @@ class JobResult:
     failed: bool
     job_explanation: str
     events_seen: int
+    #: What the job's playbook handed back with ``set_stats`` (AWX's ``artifacts``).
+    artifacts: dict[str, Any] = field(default_factory=dict)
 
 
 def _detail(response: httpx.Response) -> str:
@@ -83,7 +87,8 @@ def _detail(response: httpx.Response) -> str:
 class AwxClient:
     """Speaks to one AWX at ``base_url`` (``https://awx.example.com``) with a bearer token.
 
-    ``ca`` is a CA bundle for an https AWX with a private CA (default: the system's).
+    ``ca`` is a CA bundle for an https AWX with a private CA (default: the system's);
+    ``verify_tls=False`` does not check AWX's certificate at all (a test AWX only).
     The token is kept in the HTTP client's headers only; it is in no message or repr.
     """
 
@@ -95,6 +100,7 @@ class AwxClient:
         ca: str | Path | None = None,
         timeout: float = 30.0,
         poll_interval: float = 2.0,
+        verify_tls: bool = True,
     ) -> None:
         if not base_url.startswith(("http://", "https://")):
             raise AwxError(f"AWX base URL {base_url!r} must start with http:// or https://")
@@ -102,7 +108,7 @@ class AwxClient:
             raise AwxError("AWX token is empty: create one (AWX: Users → Tokens) and pass it")
         self.base_url = base_url.rstrip("/")
         self.poll_interval = poll_interval
-        verify: Any = str(ca) if ca else True
+        verify: Any = (str(ca) if ca else True) if verify_tls else False
         self._http = httpx.Client(
             base_url=self.base_url,
             headers={"Authorization": f"Bearer {token}", "Accept": "application/json"},
@@ -256,17 +262,27 @@ class AwxClient:
         on_event: Callable[[dict[str, Any]], None] | None = None,
         *,
         timeout: float = 3600.0,
+        cancel: threading.Event | None = None,
+        cancel_grace: float = 60.0,
     ) -> JobResult:
         """Poll until the job reaches a final status, streaming new events to ``on_event``.
 
         Events are handed over once each, in counter order; after the final status one
         last read picks up the events AWX wrote as the job ended. Past ``timeout`` seconds
         an :class:`AwxError` says so (the job is left running: cancel it if that is meant).
+        When ``cancel`` is set, AWX is asked once to cancel the job and the wait goes on
+        (at most ``cancel_grace`` seconds more) until AWX reports it ended, ``canceled``
+        as a rule.
         """
         deadline = time.monotonic() + timeout
         last = 0
         seen = 0
+        cancel_sent = False
         while True:
+            if cancel is not None and cancel.is_set() and not cancel_sent:
+                cancel_sent = True
+                self._try_cancel(job_id)  # 405: it ended meanwhile, the status says how
+                deadline = min(deadline, time.monotonic() + cancel_grace)
             job = self.status(job_id)
             for event in self.events(job_id, since=last):
                 last = max(last, int(event.get("counter", last)))
@@ -275,19 +291,30 @@ class AwxClient:
                     on_event(event)
             status = str(job.get("status", ""))
             if status in FINAL_STATUSES:
+                artifacts = job.get("artifacts")
                 return JobResult(
                     job_id=job_id,
                     status=status,
                     failed=status != "successful",  # canceled and error count as failed too
                     job_explanation=str(job.get("job_explanation", "")),
                     events_seen=seen,
+                    artifacts=dict(artifacts) if isinstance(artifacts, dict) else {},
                 )
             if time.monotonic() >= deadline:
+                if cancel_sent:
+                    raise AwxError(
+                        f"AWX job {job_id} still {status or 'unknown'} {cancel_grace:g} s "
+                        "after it was asked to cancel: look at it in AWX"
+                    )
                 raise AwxError(
                     f"AWX job {job_id} still {status or 'unknown'} after {timeout:g} s "
                     "(it is left running; cancel it or wait longer)"
                 )
-            time.sleep(min(self.poll_interval, max(0.0, deadline - time.monotonic())))
+            pause = min(self.poll_interval, max(0.0, deadline - time.monotonic()))
+            if cancel is not None and not cancel_sent:
+                cancel.wait(pause)
+            else:
+                time.sleep(pause)
 
 
 def _json_or_empty(response: httpx.Response) -> dict[str, Any]:

@@ -6,21 +6,17 @@ engine of ``aegis-controller serve`` (:mod:`aegis_controller.recovery.engine`)."
 from __future__ import annotations
 
 import argparse
-import importlib
 import os
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
 from ..domain import open_controller
+from ..recovery.backends import make_steps
 from ..recovery.settings import RecoverySettings, RecoverySettingsInvalid
 from ..recovery.steps import StepError, Steps
 from ..settings import Settings
 from .conventions import EXIT_OK, InputError, default_actor, print_json
 
-#: Other step implementations for ``--dry-run`` (``MODULE:FACTORY``, FACTORY(settings) ->
-#: Steps); without one, the real steps of the recovery settings file (``--config``).
-STEPS_ENV = "AEGIS_RECOVERY_STEPS"
 CONFIG_ENV = "AEGIS_RECOVERY_CONFIG"
 
 
@@ -30,33 +26,14 @@ def recovery_config(given: str | None, settings: Settings) -> Path:
     return Path(given or os.environ.get(CONFIG_ENV) or settings.state_dir / "recovery.yml")
 
 
-def runner_steps(config: Path, settings: Settings) -> tuple[RecoverySettings, Steps]:
-    """The recovery settings in ``config`` and the real steps they make."""
-    from ..recovery.runner_steps import RunnerSteps  # ansible-runner: only when used
-
+def recovery_steps(config: Path, settings: Settings) -> tuple[RecoverySettings, Steps]:
+    """The recovery settings in ``config`` and the steps of their ``backend`` (runner, awx,
+    or python: a factory of your own)."""
     try:
         recovery = RecoverySettings.load(config)
+        return recovery, make_steps(recovery, runs_dir=settings.state_dir / "recovery-runs")
     except RecoverySettingsInvalid as err:
         raise InputError(str(err)) from None
-    return recovery, RunnerSteps(recovery, runs_dir=settings.state_dir / "recovery-runs")
-
-
-def load_steps(spec: str | None, settings: Settings, config: str | None = None) -> Steps:
-    """The steps ``spec`` (``MODULE:FACTORY``) makes for ``settings``; without a spec, the
-    real steps of the recovery settings file."""
-    spec = spec or os.environ.get(STEPS_ENV)
-    if not spec:
-        return runner_steps(recovery_config(config, settings), settings)[1]
-    module_name, _, attr = spec.partition(":")
-    if not module_name or not attr:
-        raise InputError(f"--steps {spec!r}: expected MODULE:FACTORY, e.g. "
-                         "aegis_controller.recovery.runner:steps_from_settings")
-    try:
-        factory: Callable[[Settings], Steps] = getattr(importlib.import_module(module_name),
-                                                       attr)
-    except (ImportError, AttributeError) as err:
-        raise InputError(f"--steps {spec!r}: cannot load it ({err})") from None
-    return factory(settings)
 
 
 def cmd_recovery_list(args: argparse.Namespace, settings: Settings) -> int:
@@ -77,7 +54,8 @@ def cmd_recovery_start(args: argparse.Namespace, settings: Settings) -> int:
     if args.dry_run:
         node = ctl.nodes.get(args.node)  # NotFound: "no node 'x'"
         try:
-            plan = load_steps(args.steps, settings, args.config).dry_run(args.node)
+            steps = recovery_steps(recovery_config(args.config, settings), settings)[1]
+            plan = steps.dry_run(args.node)
         except StepError as err:
             raise InputError(f"dry run of {args.node}: {err}") from None
         if args.json:
@@ -131,8 +109,6 @@ def _register_recovery(groups: argparse._SubParsersAction) -> None:
                     "playbooks the recovery would run, changing nothing")
     sp.add_argument("--config", metavar="FILE", help="recovery settings for --dry-run "
                     f"(default ${CONFIG_ENV} or <state>/recovery.yml)")
-    sp.add_argument("--steps", metavar="MODULE:FACTORY", help="other recovery steps for "
-                    f"--dry-run than the settings file's (default ${STEPS_ENV})")
     sp.add_argument("--json", action="store_true", help="--dry-run's result as JSON")
     sp.set_defaults(func=cmd_recovery_start)
     sp = verbs.add_parser("approve", help="let a job the guard rails held go on (it is not "

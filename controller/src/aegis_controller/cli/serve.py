@@ -29,10 +29,10 @@ def cmd_serve_run(args: argparse.Namespace, settings: Settings) -> int:
         raise InputError(str(err)) from None
     recovery = None
     if args.recovery_config:
-        from .recovery import runner_steps  # ansible-runner: only with recovery on
+        from .recovery import recovery_steps  # ansible-runner: only with recovery on
 
         command = token_command(settings)  # first: it sets what the steps' runs inherit
-        rsettings, steps = runner_steps(Path(args.recovery_config), settings)
+        rsettings, steps = recovery_steps(Path(args.recovery_config), settings)
         recovery = RecoveryWiring(rsettings, steps, command)
     serve(open_controller(settings), settings.state_dir, args.host, args.port,
           args.heartbeat_deadline, limits, args.ledger_seal_interval, secrets, recovery)
@@ -71,7 +71,8 @@ def _register_serve(groups: argparse._SubParsersAction) -> None:
     add_options(sp)
     sp.add_argument("--recovery-config", metavar="FILE",
                     help="run the recovery engine with these settings (YAML: guard rails, "
-                         "the Terraform root module, playbooks, forensics recipient; see "
-                         "aegis_controller.recovery.settings); without it quarantined nodes "
+                         "the steps' backend: runner with the Terraform root module, "
+                         "playbooks and forensics recipient, or awx with AWX job templates; "
+                         "see aegis_controller.recovery.settings); without it quarantined nodes "
                          "stay quarantined until an operator acts")
     sp.set_defaults(func=cmd_serve_run)

@@ -7,6 +7,8 @@ steps that act on the outside world (Terraform, ansible-runner). :mod:`.store` k
 jobs, their history and their row leases in the controller's database, every transition
 on the ledger; :mod:`.engine` moves them on (``RecoveryEngine.tick`` and its background
 thread; :func:`~.engine.start_recovery` for ``serve``). :mod:`.runner_steps` are the real
-steps and :mod:`.settings` their settings file (``serve --recovery-config``). The CLI is
+steps on this controller, :mod:`.awx_steps` the same steps as AWX job templates,
+:mod:`.backends` picks one as the settings file says (``backend``) and :mod:`.settings`
+reads that file (``serve --recovery-config``). The CLI is
 ``aegis-controller recovery`` (:mod:`aegis_controller.cli.recovery`).
 """

@@ -21,9 +21,14 @@ b. **judge**: every ``queued`` job, oldest first, by :func:`.guard.decide` with 
 c. **run**: each in-flight job whose lease is free or expired is claimed
    (:meth:`.store.RecoveryStore.claim`) and its state's step run once with a
    :class:`.steps.StepContext`; the lease is renewed while the step runs (lost: the step is
-   cancelled and nothing more is written). Before a step runs again, whatever is left of
-   the process groups a previous attempt recorded is killed (SIGTERM, then SIGKILL), with
-   every process their members started in another session (Ansible's task workers).
+   cancelled and nothing more is written). The background loop (:meth:`~RecoveryEngine.
+   dispatch`) runs each claimed job's step in a worker thread of its own, so the jobs the
+   guard rails let be in flight at once (``max_in_flight``) progress at once; a finished
+   worker wakes the loop, which claims the job's next step. :meth:`~RecoveryEngine.tick`
+   runs the claimed steps one after the other in the caller's thread (tests, one-shot).
+   Before a step runs again, whatever is left of the process groups a previous attempt
+   recorded is killed (SIGTERM, then SIGKILL), with every process their members started in
+   another session (Ansible's task workers).
    The step's mapping is merged into the job's data and the job moves on:
 
    - ``containing`` -> ``collecting`` (the node must still be quarantined);
@@ -154,6 +159,7 @@ class RecoveryEngine:
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self._running: set[threading.Event] = set()  # the cancel events of running steps
+        self._workers: dict[str, threading.Thread] = {}  # job id -> the worker running it
         self._lock = threading.Lock()
 
     @classmethod
@@ -176,16 +182,28 @@ class RecoveryEngine:
                                                    "lease_s": self.lease_s})
 
     def stop(self, timeout: float = 30.0) -> None:
-        """Stop the loop; a running step is cancelled (its job is resumed later, by this
-        replica after a restart or by another one)."""
+        """Stop the loop; every running step is cancelled and its worker joined (its job is
+        resumed later, by this replica after a restart or by another one)."""
         self._stop.set()
         self._wake.set()
         with self._lock:
             for cancel in self._running:
                 cancel.set()
+        deadline = time.monotonic() + timeout
         if self._thread is not None:
             self._thread.join(timeout=timeout)
             self._thread = None
+        with self._lock:
+            workers = list(self._workers.items())
+        for job_id, worker in workers:
+            worker.join(timeout=max(0.0, deadline - time.monotonic()))
+            if worker.is_alive():
+                log.warning("recovery step did not stop in time", extra={"job": job_id})
+
+    def workers(self) -> list[str]:
+        """The ids of the jobs whose step a worker of this engine runs now."""
+        with self._lock:
+            return [job_id for job_id, t in self._workers.items() if t.is_alive()]
 
     def wake(self) -> None:
         """Tick now rather than at the next poll (a node was quarantined, say)."""
@@ -193,34 +211,71 @@ class RecoveryEngine:
 
     def _loop(self) -> None:
         while not self._stop.is_set():
+            self._wake.clear()  # before: a worker's wake during the dispatch is not lost
             try:
-                self.tick()
+                self.dispatch()
             except Exception:
                 log.exception("recovery engine tick failed")
             self._wake.wait(self.poll_s)
-            self._wake.clear()
 
     # -- one tick ---------------------------------------------------------------------
     def tick(self, now: float | None = None) -> dict[str, list[str]]:
-        """Queue, judge, run (see the module doc) once; returns the job ids it queued,
-        started, held and ran a step of. ``now`` (tests) is the time of the whole tick;
-        by default each claim reads the clock again (a long step must not shorten the next
-        job's lease)."""
+        """Queue, judge, run (see the module doc) once, the steps one after the other in
+        this thread; returns the job ids it queued, started, held and ran a step of. ``now``
+        (tests) is the time of the whole tick; by default each claim reads the clock again
+        (a long step must not shorten the next job's lease)."""
         done: dict[str, list[str]] = {"queued": [], "started": [], "held": [], "ran": []}
+        for lease, job, at in self._claims(now, done):
+            self._run_step(lease, job, at)
+        return done
+
+    def dispatch(self, now: float | None = None) -> dict[str, list[str]]:
+        """The background loop's tick: queue and judge as :meth:`tick` does, then claim every
+        runnable job that no worker of this engine runs and start its step in a worker
+        thread of its own; returns at once (``ran``: the jobs given a worker)."""
+        done: dict[str, list[str]] = {"queued": [], "started": [], "held": [], "ran": []}
+        for lease, job, at in self._claims(now, done):
+            worker = threading.Thread(target=self._work, args=(lease, job, at), daemon=True,
+                                      name=f"recovery-{lease.job_id[:8]}")
+            with self._lock:
+                self._workers[lease.job_id] = worker
+            worker.start()
+        return done
+
+    def _claims(self, now: float | None,
+                done: dict[str, list[str]]) -> Iterator[tuple[Lease, dict[str, Any], float]]:
+        """Judge, then claim each runnable job once (not one a worker runs) until none is
+        left or the engine stops: (lease, job, the claim's time)."""
         self.judge(time.time() if now is None else now, done)
         while not self._stop.is_set():
             at = time.time() if now is None else now
-            claimed = self.store.claim(self.owner, self.lease_s, at, exclude=done["ran"])
+            claimed = self.store.claim(self.owner, self.lease_s, at,
+                                       exclude=[*self.workers(), *done["ran"]])
             if claimed is None:
-                break
+                return
             lease, job = claimed
             done["ran"].append(lease.job_id)
-            try:
-                self.run(lease, job, at)
-            except LeaseLost as e:
-                log.warning("recovery job's lease lost: stopped", extra={
-                    "job": lease.job_id, "owner": self.owner, "why": str(e)})
-        return done
+            yield lease, job, at
+
+    def _run_step(self, lease: Lease, job: dict[str, Any], at: float) -> None:
+        try:
+            self.run(lease, job, at)
+        except LeaseLost as e:
+            log.warning("recovery job's lease lost: stopped", extra={
+                "job": lease.job_id, "owner": self.owner, "why": str(e)})
+
+    def _work(self, lease: Lease, job: dict[str, Any], at: float) -> None:
+        """A worker: one step of one claimed job; then the loop looks for the next."""
+        try:
+            self._run_step(lease, job, at)
+        except Exception:  # e.g. the database went away: the lease expires, it is resumed
+            log.exception("recovery job's step failed in its worker", extra={
+                "job": lease.job_id})
+        finally:
+            with self._lock:
+                if self._workers.get(lease.job_id) is threading.current_thread():
+                    del self._workers[lease.job_id]
+            self._wake.set()
 
     def judge(self, now: float, done: dict[str, list[str]] | None = None) -> None:
         """(a) and (b) of a tick, in one write transaction under the decision lock."""

@@ -44,6 +44,7 @@ from ..terraform import (
 )
 from .settings import PLAYBOOKS, RecoverySettings
 from .steps import DryRun, StepCancelled, StepContext, StepError
+from .steps import one_line as _one_line
 
 #: A node id as it may appear in a Terraform address, a host pattern and a file name.
 NODE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
@@ -53,11 +54,6 @@ AGE_HEADER = b"age-encryption.org/v1\n"
 _TF_PROGRESS = {"apply_start", "apply_complete", "apply_errored", "provision_start",
                 "provision_complete", "provision_errored", "change_summary", "diagnostic",
                 "planned_change"}
-
-
-def _one_line(text: str, limit: int = 400) -> str:
-    line = " ".join(str(text).split())
-    return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
 def _hidden(event: PlayEvent) -> bool:
@@ -70,6 +66,10 @@ class RunnerSteps:
     """The real :class:`~.steps.Steps`: ansible-runner playbooks and Terraform."""
 
     def __init__(self, settings: RecoverySettings, *, runs_dir: Path | str) -> None:
+        if settings.terraform is None or settings.ansible is None or settings.forensics is None:
+            raise ValueError(f"recovery settings {settings.path}: backend {settings.backend} "
+                             "has no terraform, ansible and forensics sections for the "
+                             "runner steps")
         self.settings = settings
         self.runs_dir = Path(runs_dir)
         tf = settings.terraform

@@ -42,6 +42,36 @@ the local fleet's); for a cloud, point ``root`` at its root module, set the addr
 its instance resource (e.g. ``module.node["{node}"].aws_instance.this``), its backend
 (leave ``state`` unset for a remote backend) and the credentials' ``env``.
 
+The steps' **backend** is a setting, ``backend`` (default ``runner``):
+
+- ``runner``: the steps above, on this controller (ansible-runner and Terraform):
+  ``terraform``, ``ansible`` and ``forensics`` are required;
+- ``awx``: each step is an AWX / Automation Controller job template
+  (:mod:`.awx_steps`); only the ``awx`` section is needed::
+
+    backend: awx
+    awx:
+      url: https://awx.example.com
+      token_file: /etc/aegis/awx.token       # or token_env: AEGIS_AWX_TOKEN (one of them)
+      templates:                             # a job template's name or id per step
+        contain: aegis-quarantine
+        collect: aegis-forensics
+        replace: aegis-rebuild
+        verify: aegis-verify
+        enroll: aegis-enroll
+      ca_file: /etc/aegis/awx-ca.pem         # or verify_tls: false (not for production)
+      timeout_s: 3600                        # bounds each AWX job (enroll: enroll_timeout_s)
+      poll_s: 2                              # seconds between polls of a running job
+
+- ``python``: steps of your own, e.g. another orchestrator's client::
+
+    backend: python
+    python:
+      factory: mypackage.steps:make_steps    # FACTORY(settings) -> Steps
+      options: {}                            # anything; the factory reads settings.python
+
+The sections of another backend than the chosen one are refused (they would be ignored).
+
 Relative paths resolve against the settings file's directory. Every bad value is reported
 at once, each naming its key and how to fix it; unknown keys are refused (a typo must not
 silently fall back to a default).
@@ -51,6 +81,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -69,6 +100,12 @@ _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 #: Extra vars that would put a bootstrap token into a file: the enroll step passes only
 #: ``agent_bootstrap_token_command``.
 _TOKEN_VARS = ("agent_bootstrap_token", "agent_bootstrap_tokens")
+#: The steps' backends (``backend``) and the sections each one needs.
+BACKENDS = {"runner": ("terraform", "ansible", "forensics"), "awx": ("awx",),
+            "python": ("python",)}
+#: The steps an AWX backend launches a job template for, in the order a job runs them.
+STEP_NAMES = ("contain", "collect", "replace", "verify", "enroll")
+_FACTORY = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
 
 
 class RecoverySettingsInvalid(ValueError):
@@ -137,18 +174,64 @@ class ForensicsSettings:
 
 
 @dataclass(frozen=True)
+class AwxSettings:
+    """The AWX backend: where AWX is, where its token is read from (never the token
+    itself: it is read when a step runs and kept in the HTTP client's headers only), and
+    the job template of each step."""
+
+    url: str
+    templates: Mapping[str, int | str]
+    token_file: Path | None = None
+    token_env: str | None = None
+    verify_tls: bool = True
+    ca_file: Path | None = None
+    timeout_s: float = 3600.0
+    poll_s: float = 2.0
+
+    def token(self) -> str:
+        """The token, read now (a rotated token file applies to the next step)."""
+        if self.token_file is not None:
+            try:
+                token = self.token_file.read_text().strip()
+            except OSError as exc:
+                raise RecoverySettingsInvalid(
+                    f"awx.token_file {self.token_file} cannot be read: {exc.strerror}") from None
+            where = f"awx.token_file {self.token_file} is empty"
+        else:
+            token = os.environ.get(self.token_env or "", "").strip()
+            where = f"awx.token_env: ${self.token_env} is not set or empty"
+        if not token:
+            raise RecoverySettingsInvalid(f"{where}: put an AWX token there (AWX: Users -> "
+                                          "Tokens)")
+        return token
+
+
+@dataclass(frozen=True)
+class PythonSettings:
+    """The python backend: ``factory`` (``module:callable``) makes the steps from the
+    settings; ``options`` are the factory's own."""
+
+    factory: str
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class RecoverySettings:
     path: Path
     guard_rails: GuardRails
-    terraform: TerraformSettings
-    ansible: AnsibleSettings
-    forensics: ForensicsSettings
+    terraform: TerraformSettings | None = None
+    ansible: AnsibleSettings | None = None
+    forensics: ForensicsSettings | None = None
     baked: bool = False
     enroll_timeout_s: float = 600.0
     #: A job's lease: how long a killed replica's job waits before it is resumed.
     lease_s: float = 60.0
     #: Seconds between the engine's ticks.
     poll_s: float = 5.0
+    #: Which steps run the jobs: ``runner``, ``awx`` or ``python`` (see the module doc).
+    backend: str = "runner"
+    awx: AwxSettings | None = None
+    python: PythonSettings | None = None
 
     @classmethod
     def load(cls, path: str | Path) -> RecoverySettings:
@@ -193,21 +276,107 @@ class _Reader:
     # -- sections -------------------------------------------------------------------------
     def settings(self, path: Path, raw: object) -> RecoverySettings | None:
         top = self.section("", raw, {"guard_rails", "terraform", "ansible", "forensics",
-                                     "baked", "enroll_timeout_s", "lease_s", "poll_s"},
-                           required=("terraform", "ansible", "forensics"))
+                                     "baked", "enroll_timeout_s", "lease_s", "poll_s",
+                                     "backend", "awx", "python"})
+        backend = top.get("backend", "runner")
+        if backend not in BACKENDS:
+            self.bad("backend", f"must be one of {', '.join(BACKENDS)} (runner: ansible-runner "
+                     "and Terraform on this controller; awx: AWX job templates; python: "
+                     f"your own steps), got {backend!r}")
+            return None
+        for other, sections in BACKENDS.items():
+            for name in sections:
+                if other != backend and name in top and name not in BACKENDS[backend]:
+                    self.bad(f"{name}:", f"is only used by backend {other}, but backend is "
+                             f"{backend}: remove the section or set backend: {other}")
         rails = self.guard_rails(top.get("guard_rails"))
-        terraform = self.terraform(top.get("terraform"))
-        ansible = self.ansible(top.get("ansible"))
-        forensics = self.forensics(top.get("forensics"))
+        terraform = ansible = forensics = awx = python = None
+        if backend == "runner":
+            terraform = self.terraform(top.get("terraform"))
+            ansible = self.ansible(top.get("ansible"))
+            forensics = self.forensics(top.get("forensics"))
+        elif backend == "awx":
+            awx = self.awx(top.get("awx"))
+        else:
+            python = self.python(top.get("python"))
         baked = self.boolean("baked", top.get("baked", False))
         enroll = self.seconds("enroll_timeout_s", top.get("enroll_timeout_s", 600))
         lease = self.seconds("lease_s", top.get("lease_s", 60))
         poll = self.seconds("poll_s", top.get("poll_s", 5))
-        if self.problems or None in (rails, terraform, ansible, forensics):
+        needed = {"runner": (terraform, ansible, forensics), "awx": (awx,),
+                  "python": (python,)}[backend]
+        if self.problems or rails is None or None in needed:
             return None
         return RecoverySettings(path=path, guard_rails=rails, terraform=terraform,
                                 ansible=ansible, forensics=forensics, baked=baked,
-                                enroll_timeout_s=enroll, lease_s=lease, poll_s=poll)
+                                enroll_timeout_s=enroll, lease_s=lease, poll_s=poll,
+                                backend=backend, awx=awx, python=python)
+
+    def awx(self, raw: object) -> AwxSettings | None:
+        s = self.section("awx", raw, {"url", "token_file", "token_env", "templates",
+                                      "verify_tls", "ca_file", "timeout_s", "poll_s"},
+                         required=("url", "templates"))
+        if not s:
+            return None
+        url = s.get("url")
+        if not isinstance(url, str) or not re.fullmatch(r"https?://[^\s/?#]+[^\s?#]*", url):
+            self.bad("awx.url", "must be AWX's base URL, https://awx.example.com (http:// "
+                     f"only for a local test), got {url!r}")
+            url = None
+        token_file, token_env = s.get("token_file"), s.get("token_env")
+        path = None
+        if (token_file is None) == (token_env is None):
+            self.bad("awx.token_file, awx.token_env", "set exactly one: the file that holds "
+                     "the AWX token, or the name of the environment variable that does "
+                     "(the token itself never goes in this file)")
+        elif token_file is not None:
+            path = self.path("awx.token_file", token_file, kind="file",
+                             fix="the file that holds the AWX token (one line, mode 0600)")
+            if path is not None and path.is_file() and path.stat().st_mode & 0o077:
+                self.bad("awx.token_file", f"{path} is readable by others than its owner: "
+                         f"chmod 600 {path}")
+        elif not isinstance(token_env, str) or not _ENV_NAME.match(token_env):
+            self.bad("awx.token_env", "must be the name of the environment variable that "
+                     f"holds the AWX token, got {token_env!r}")
+        templates = self.section("awx.templates", s.get("templates", {}), set(STEP_NAMES),
+                                 required=STEP_NAMES if "templates" in s else ())
+        found: dict[str, int | str] = {}
+        for step, value in templates.items():
+            if isinstance(value, bool) or not (
+                    (isinstance(value, int) and value > 0)
+                    or (isinstance(value, str) and value.strip())):
+                self.bad(f"awx.templates.{step}", "must be the job template's name or id, "
+                         f"got {value!r}")
+            else:
+                found[step] = value
+        verify = self.boolean("awx.verify_tls", s.get("verify_tls", True))
+        ca = self.path("awx.ca_file", s.get("ca_file"), kind="file", optional=True,
+                       fix="the CA bundle (PEM) that signed AWX's certificate")
+        if ca is not None and not verify:
+            self.bad("awx.ca_file", "is set but awx.verify_tls is false: keep one (a CA "
+                     "file verifies AWX's certificate)")
+        timeout = self.seconds("awx.timeout_s", s.get("timeout_s", 3600))
+        poll = self.seconds("awx.poll_s", s.get("poll_s", 2))
+        if url is None or len(found) != len(STEP_NAMES):
+            return None
+        return AwxSettings(url=url.rstrip("/"), templates=found, token_file=path,
+                           token_env=token_env if path is None else None, verify_tls=verify,
+                           ca_file=ca, timeout_s=timeout, poll_s=poll)
+
+    def python(self, raw: object) -> PythonSettings | None:
+        s = self.section("python", raw, {"factory", "options"}, required=("factory",))
+        factory = s.get("factory")
+        if "factory" in s and (not isinstance(factory, str) or not _FACTORY.match(factory)):
+            self.bad("python.factory", "must be MODULE:CALLABLE (e.g. mypackage.steps:"
+                     f"make_steps, called with the settings), got {factory!r}")
+            factory = None
+        options = s.get("options", {})
+        if not isinstance(options, Mapping):
+            self.bad("python.options", f"must be a mapping, got {type(options).__name__}")
+            options = {}
+        if not isinstance(factory, str):
+            return None
+        return PythonSettings(factory=factory, options=dict(options))
 
     def guard_rails(self, raw: object) -> GuardRails | None:
         values = self.section("guard_rails", {} if raw is None else raw, None)

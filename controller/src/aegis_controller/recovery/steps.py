@@ -31,6 +31,12 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 
+def one_line(text: str, limit: int = 400) -> str:
+    """``text`` as one line of at most ``limit`` characters (for errors and progress)."""
+    line = " ".join(str(text).split())
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
 class StepError(Exception):
     """A step failed; the message (one line, no secret) becomes the job's error."""
 
