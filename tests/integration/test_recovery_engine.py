@@ -622,3 +622,32 @@ def test_the_loop_runs_the_steps_of_the_jobs_in_flight_at_once(
         for before, after in itertools.pairwise(finished):
             assert after["started_at"] >= before["ended_at"]
     assert ctl.ledger.verify().ok
+
+
+def test_a_transition_is_recorded_at_the_time_its_step_ended(ctl: Controller,
+                                                             steps: StandInSteps) -> None:
+    """The history's times are the report's (and the demo's timeline's) source: a state
+    entered when a step finished carries the time it finished, not the time the step was
+    claimed (they were the claim's time, so a 100 s step looked like 0 s)."""
+    fleet(ctl, 3)
+    steps.on_enroll = lambda node: enroll(ctl, node)
+    quarantine(ctl, "n2")
+    gate = steps.block("contain")
+    engine = make_engine(ctl, steps)
+    ticker = threading.Thread(target=engine.tick)
+    ticker.start()
+    try:
+        assert gate.entered.wait(30)
+        time.sleep(1.5)
+        released = time.time()
+        gate.release.set()
+    finally:
+        ticker.join(60)
+    job = only_job(engine, "n2")
+    history = engine.store.history(job["job_id"])
+    moved = [h for h in history if h["message"].startswith("containing -> collecting")]
+    assert moved, [h["message"] for h in history]
+    started = next(h for h in history if h["message"] == "contain step started")
+    assert moved[0]["at"] >= released > started["at"] + 1.4
+    job = drive(engine, job["job_id"], JobState.TRUSTED)
+    assert job["ended_at"] >= moved[0]["at"]

@@ -65,7 +65,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -226,7 +226,7 @@ class RecoveryEngine:
         (a long step must not shorten the next job's lease)."""
         done: dict[str, list[str]] = {"queued": [], "started": [], "held": [], "ran": []}
         for lease, job, at in self._claims(now, done):
-            self._run_step(lease, job, at)
+            self._run_step(lease, job, at, _clock(now))
         return done
 
     def dispatch(self, now: float | None = None) -> dict[str, list[str]]:
@@ -235,8 +235,8 @@ class RecoveryEngine:
         thread of its own; returns at once (``ran``: the jobs given a worker)."""
         done: dict[str, list[str]] = {"queued": [], "started": [], "held": [], "ran": []}
         for lease, job, at in self._claims(now, done):
-            worker = threading.Thread(target=self._work, args=(lease, job, at), daemon=True,
-                                      name=f"recovery-{lease.job_id[:8]}")
+            worker = threading.Thread(target=self._work, args=(lease, job, at, _clock(now)),
+                                      daemon=True, name=f"recovery-{lease.job_id[:8]}")
             with self._lock:
                 self._workers[lease.job_id] = worker
             worker.start()
@@ -257,17 +257,19 @@ class RecoveryEngine:
             done["ran"].append(lease.job_id)
             yield lease, job, at
 
-    def _run_step(self, lease: Lease, job: dict[str, Any], at: float) -> None:
+    def _run_step(self, lease: Lease, job: dict[str, Any], at: float,
+                  clock: Callable[[], float]) -> None:
         try:
-            self.run(lease, job, at)
+            self.run(lease, job, at, clock)
         except LeaseLost as e:
             log.warning("recovery job's lease lost: stopped", extra={
                 "job": lease.job_id, "owner": self.owner, "why": str(e)})
 
-    def _work(self, lease: Lease, job: dict[str, Any], at: float) -> None:
+    def _work(self, lease: Lease, job: dict[str, Any], at: float,
+              clock: Callable[[], float]) -> None:
         """A worker: one step of one claimed job; then the loop looks for the next."""
         try:
-            self._run_step(lease, job, at)
+            self._run_step(lease, job, at, clock)
         except Exception:  # e.g. the database went away: the lease expires, it is resumed
             log.exception("recovery job's step failed in its worker", extra={
                 "job": lease.job_id})
@@ -333,8 +335,12 @@ class RecoveryEngine:
         return [FleetNode(r.node_id, r.secrets_role or DEFAULT_ROLE, r.state) for r in rows]
 
     # -- running a step ---------------------------------------------------------------
-    def run(self, lease: Lease, job: dict[str, Any], now: float) -> None:
-        """Run the claimed job's step once and move it on (see the module doc)."""
+    def run(self, lease: Lease, job: dict[str, Any], now: float,
+            clock: Callable[[], float] | None = None) -> None:
+        """Run the claimed job's step once and move it on (see the module doc). ``now`` is
+        the claim's time; what the step's end writes is dated by ``clock`` (the real
+        clock; tests that fix the time pass none and get ``now``)."""
+        clock = clock or (lambda: now)
         state = JobState(job["state"])
         if job["step_pgids"]:
             self._kill_leftovers(lease, job)
@@ -347,13 +353,13 @@ class RecoveryEngine:
             self._fail(lease, job, f"node {job['node_id']} is {node['state']}, not "
                                    f"{' or '.join(expected)} as {state} expects", now)
             return
-        result = self._call_step(lease, job, now)
+        result = self._call_step(lease, job, clock)
         if result is None:
             return
-        self._finish(lease, job, result, now)
+        self._finish(lease, job, result, clock())
 
     def _call_step(self, lease: Lease, job: dict[str, Any],
-                   now: float) -> dict[str, Any] | None:
+                   clock: Callable[[], float]) -> dict[str, Any] | None:
         """The step's result, or None when it failed (the job is failed) or was cancelled
         (nothing written; the job is released or already someone else's)."""
         state = JobState(job["state"])
@@ -383,12 +389,12 @@ class RecoveryEngine:
                         self.store.release(lease)
                 return None
             except StepError as e:
-                self._fail(lease, job, f"{name}: {e}", now)
+                self._fail(lease, job, f"{name}: {e}", clock())
                 return None
             except Exception as e:  # a step's bug fails the job, not the engine
                 log.exception("recovery step crashed", extra={"job": lease.job_id,
                                                               "step": name})
-                self._fail(lease, job, f"{name}: {type(e).__name__}: {e}", now)
+                self._fail(lease, job, f"{name}: {type(e).__name__}: {e}", clock())
                 return None
         if cancel.is_set():  # the lease was lost while the step ran: write nothing more
             return None
@@ -397,7 +403,7 @@ class RecoveryEngine:
             json.dumps(result)
         except (TypeError, ValueError) as e:  # it goes into the job's data, as JSON
             self._fail(lease, job, f"{name}: the step returned data that is not a JSON "
-                                   f"object ({e})", now)
+                                   f"object ({e})", clock())
             return None
         log.info("recovery step done", extra={"job": lease.job_id, "node": job["node_id"],
                                               "step": name,
@@ -636,3 +642,8 @@ def start_recovery(ctl: Controller, steps: Steps, rails: GuardRails,
     engine = RecoveryEngine.from_controller(ctl, steps, rails, token_command, **options)
     engine.start()
     return engine
+
+
+def _clock(now: float | None) -> Callable[[], float]:
+    """The clock a step's end is dated by: the real one, or ``now`` when a test fixed it."""
+    return time.time if now is None else (lambda: now)
