@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Benchmarks that print figures (./aegis bench [fleet|harden|bpf|exec|secrets|controller]; all by
+# Benchmarks that print figures (./aegis bench [fleet|harden|bpf|exec|secrets|controller|recovery]; all by
 # default). Each is a module of benchmarks/ and prints through benchmarks.figures.report.
 # Targets are read from the output, never asserted by timed tests.
 set -euo pipefail
@@ -30,6 +30,10 @@ fi
 if want secrets; then
   echo "=== leased secrets: quarantine accepted -> token, leases, login revoked; agent wipe; rotation -> reload"
   run secrets "$@"
+fi
+if want recovery; then
+  echo "=== recovery: detect -> contained (ms), contained -> replacement trusted (s), 1 and 3 nodes"
+  run recovery "$@"
 fi
 if want controller; then
   echo "=== controller: ledger append/verify rates, event intake over mutual TLS"

@@ -113,14 +113,15 @@ def test_the_old_machine_is_gone_and_its_keys_are_refused(story) -> None:
     ctl = lab_controller.show(fleet)
     assert ctl and ctl["running"], ctl
     ctx = ssl.create_default_context(cafile=ctl["ca_file"])
-    ctx.load_cert_chain(state / "stolen" / "node.pem", state / "stolen" / "tls.key")
+    stolen = state / "stolen" / VICTIM
+    ctx.load_cert_chain(stolen / "node.pem", stolen / "tls.key")
     with httpx.Client(base_url=ctl["url"], verify=ctx, timeout=30) as old:
         assert old.get("/v1/nodes/self").status_code in (401, 403)
     command = lab_controller.controller_command(fleet)
     shown = json.loads(subprocess.run([*command, "node", "show", VICTIM], check=True,
                                       capture_output=True, text=True).stdout)
     assert shown["state"] == "trusted"
-    stolen_pem = (state / "stolen" / "node.pem").read_text()
+    stolen_pem = (stolen / "node.pem").read_text()
     on_node = podman("exec", f"{fleet.prefix}-{VICTIM}", "cat",
                      "/var/lib/aegis/agent/node.pem").stdout
     assert on_node and on_node != stolen_pem

@@ -114,6 +114,8 @@ class Story:
         self.names: dict[str, str] = {}
         self.identity = pyrage.x25519.Identity.generate()  # incident response's key
         self.agent_vars: dict = {}
+        self.victim = VICTIM  # the node compromise/contained/recovery/proof act on
+        self.rails: dict = {}  # guard rails for the recovery settings (defaults if empty)
 
     # -- helpers ----------------------------------------------------------------------
     @property
@@ -207,11 +209,13 @@ class Story:
                 "web/app", {"api_key": f"demo-{secrets.token_hex(12)}"},
                 mount_point=self.names["vault_kv_mount"])
 
-    def controller_up(self) -> None:
+    def controller_up(self, port: int | None = None) -> None:
+        """The controller with its secrets gate and recovery engine (``self.rails``), on
+        ``port`` (a restart keeps the port the agents were given)."""
         with self.t.step("controller: mutual TLS, secrets gate, recovery engine") as step:
             assert self.bao is not None
             gw = self.info["gateway"]
-            port = lab_controller.free_port(gw)
+            port = port or lab_controller.free_port(gw)
             url = f"https://{gw}:{port}"
             self.agent_vars = self._agent_vars(url)
             recovery = self._recovery_settings()
@@ -224,7 +228,14 @@ class Story:
             # the CA exists once the controller runs; the engine reads this file at each use
             self.agent_vars["agent_controller_ca"] = Path(self.ctl["ca_file"]).read_text()
             (self.state / "recovery-agent.yml").write_text(yaml.safe_dump(self.agent_vars))
-            step.detail = self.ctl["url"]
+            step.detail = self.ctl["url"] + (f", guard rails {self.rails}" if self.rails
+                                             else ", default guard rails")
+
+    def restart_controller(self, rails: dict) -> None:
+        """The same controller (state, port) again with other guard rails."""
+        lab_controller.down(self.fleet)
+        self.rails = rails
+        self.controller_up(port=int(self.ctl["port"]))
 
     def _agent_vars(self, url: str) -> dict:
         assert self.bao is not None
@@ -274,6 +285,8 @@ class Story:
             "enroll_timeout_s": 600,
             "poll_s": 1,
         }
+        if self.rails:
+            settings["guard_rails"] = self.rails
         path = root / "recovery.yml"
         path.write_text(yaml.safe_dump(settings))
         return path
@@ -319,13 +332,13 @@ class Story:
         unknown binary run from root's cache; what the demo saves of the node first (its
         certificate and key, as an attacker would) is checked against the controller after
         the rebuild."""
-        victim, gw = VICTIM, self.info["gateway"]
+        victim, gw = self.victim, self.info["gateway"]
         before = {"node": self.node(victim),
                   "instance": self.fleet.info()["nodes"][victim]["id"],
                   "accessor": self.controller_json("node", "secrets", victim)
                   ["grants"][-1]["accessor"]}
-        stolen = self.state / "stolen"
-        stolen.mkdir(exist_ok=True, mode=0o700)
+        stolen = self.state / "stolen" / victim
+        stolen.mkdir(parents=True, exist_ok=True, mode=0o700)
         for f in ("node.pem", "tls.key"):
             (stolen / f).write_text(self.cat(victim, f"/var/lib/aegis/agent/{f}") or "")
             (stolen / f).chmod(0o600)
@@ -355,11 +368,11 @@ class Story:
                  f"try:\n s.connect(({gw!r},4444));print('connected')\n"
                  "except ConnectionRefusedError:\n print('refused')\n"
                  "except OSError as e:\n print('timeout' if 'timed out' in str(e) else e)\n")
-        out = self.on(VICTIM, "python3", "-c", probe)
+        out = self.on(self.victim, "python3", "-c", probe)
         return (out.stdout.strip() or out.stderr.strip())[-200:]
 
-    def contained(self, before: dict) -> None:
-        victim = VICTIM
+    def contained(self, before: dict) -> dict:
+        victim = self.victim
         with self.t.step(f"{victim} contained: quarantined, secrets revoked") as step:
             # quarantined, and (with the recovery engine) soon rebuilding
             if not _wait(lambda: self.node(victim).get("state") in ("quarantined",
@@ -389,37 +402,40 @@ class Story:
                 self.t.progress(f"incident {inc.get('rule')} ({inc.get('severity')}): "
                                 f"{inc.get('summary')}")
             self.t.facts["incidents"] = incidents
-        self._detect_marks(before)
+        return self._detect_marks()
 
     def controller_json_lines(self, *args: str) -> list[dict]:
         out = self.controller(*args)
         return [json.loads(line) for line in out.stdout.splitlines() if line.strip()]
 
-    def _detect_marks(self, before: dict) -> None:
+    def _detect_marks(self) -> dict:
         """detect → killed and detect → cut off, from the agent's own records as the
         controller stored them: the kernel's time of the exec and the times at which the
         agent had denied it and quarantined the node."""
-        events = self.controller_json_lines("events", "--node", VICTIM, "--kind", "exec",
+        events = self.controller_json_lines("events", "--node", self.victim, "--kind", "exec",
                                             "--kind", "policy", "--limit", "500")
         execs = [e for e in events if e["kind"] == "exec"
                  and e["data"].get("filename") == IMPLANT]
         if not execs:
             self.t.say(f"no exec event of {IMPLANT} reached the controller")
-            return
-        first = execs[0]
+            return {}
+        first = execs[-1]  # this compromise's (a replaced node's name is reused)
         acts = {e["data"].get("action"): e for e in events if e["kind"] == "policy"
                 and e["data"].get("trigger_id") == first["event_id"]}
+        figures: dict = {"contained_ns": (acts.get("quarantine") or first)["ts_ns"]}
         for action, label in (("deny", "exec → process killed, file denied"),
                               ("quarantine", "exec → node cut off (detect → contained)")):
             if action in acts:
                 ms = (acts[action]["ts_ns"] - first["ts_ns"]) / 1e6
+                figures[f"{action}_ms"] = ms
                 self.t.mark(label, ms, "ms", "kernel exec event → the agent's decision done")
                 self.t.facts[f"{action}_result"] = acts[action]["data"].get("result")
         self.t.facts["exec_event"] = first
-        self.t.facts["contained_ns"] = (acts.get("quarantine") or first)["ts_ns"]
+        self.t.facts["contained_ns"] = figures["contained_ns"]
+        return figures
 
     def recovery(self) -> dict:
-        victim = VICTIM
+        victim = self.victim
         with self.t.step(f"recovery of {victim}: contain → forensics → replace → verify → "
                          "enroll → trusted") as step:
             job = _wait(lambda: self._job(victim), 60)
@@ -463,7 +479,7 @@ class Story:
         return jobs[-1] if jobs else None
 
     def proof(self, before: dict, job: dict) -> None:
-        victim = VICTIM
+        victim = self.victim
         with self.t.step(f"proof: {victim} is a new machine; the old one's keys are refused") \
                 as step:
             after = self.node(victim)
@@ -473,7 +489,7 @@ class Story:
                 "new certificate": after.get("cert_serial") != before["node"].get("cert_serial"),
                 "new identity key": after.get("identity_key")
                 != before["node"].get("identity_key"),
-                "old certificate refused": self._old_cert_refused(),
+                "old certificate refused": self._old_cert_refused(victim),
                 "old Vault token revoked": self._accessor_gone(before["accessor"]),
                 "new secrets leased": bool(_wait(lambda: self.cat(victim, SECRET_FILE), 90)),
                 "forensics bundle decrypts": self._bundle_ok(job),
@@ -490,8 +506,8 @@ class Story:
             if verify.returncode:
                 raise DemoFailed(f"ledger verify failed: {verify.stdout}{verify.stderr}")
 
-    def _old_cert_refused(self) -> bool:
-        stolen = self.state / "stolen"
+    def _old_cert_refused(self, victim: str) -> bool:
+        stolen = self.state / "stolen" / victim
         ctx = ssl.create_default_context(cafile=self.ctl["ca_file"])
         ctx.load_cert_chain(stolen / "node.pem", stolen / "tls.key")
         try:
