@@ -25,7 +25,7 @@ step "ansible-galaxy collection build" ansible-galaxy collection build --force -
 rm -rf "$build_dir"
 
 printf '\n=== pytest\n'
-pytest -p no:cacheprovider "$@"
+pytest -p no:cacheprovider --durations=40 "$@"
 rc=$?
 if [ ${#failed[@]} -gt 0 ]; then
   printf '\nstatic checks failed: %s\n' "${failed[*]}"
