@@ -54,10 +54,13 @@ def _round(story: Story, name: str, victims: list[str]) -> dict:
     recovery job is trusted (approving held jobs); returns the round's figures."""
     t = story.t
     contained: dict[str, dict] = {}
+    befores = {}
+    for victim in victims:  # every victim first, within a second or two
+        story.victim = victim
+        befores[victim] = story.compromise()
     for victim in victims:
         story.victim = victim
-        before = story.compromise()
-        figures = story.contained(before)
+        figures = story.contained(befores[victim])
         if "quarantine_ms" not in figures:
             raise DemoFailed(f"{victim}: no quarantine decision recorded")
         contained[victim] = figures
