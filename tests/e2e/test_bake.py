@@ -93,6 +93,19 @@ def test_nodes_make_their_own_identity(fleet, baked):
     assert len({k for _, k in seen.values()}) == len(NODES)
 
 
+def test_nodes_boot_with_the_baseline(fleet):
+    """Before any converge: the firewall baseline loaded at boot, the node's own net
+    sysctls applied (as systemd-sysctl does at a real machine's boot), sshd hardened."""
+    res = ansible_results(fleet, "aegis_fleet", "ansible.builtin.shell",
+                          "nft list tables; sysctl -n net.ipv4.conf.all.rp_filter "
+                          "net.ipv4.conf.all.accept_redirects; sshd -T | grep -i '^maxauthtries'")
+    for node in NODES:
+        assert res[node]["rc"] == 0, res[node]
+        out = res[node]["stdout"].splitlines()
+        assert "table inet aegis_baseline" in out, out
+        assert out[-3:] == ["1", "0", "maxauthtries 3"], out
+
+
 def test_converge_on_a_baked_node_changes_nothing(fleet, baked):
     harden = ansible_playbook(fleet, PATHS.playbooks / "harden.yml",
                               extravars=baked.variables, timeout=1200)
