@@ -20,11 +20,20 @@ from pathlib import Path
 import pytest
 
 from aegis_controller.playbook import PlayResult
-from aegis_lab.bake import BAKED_REPO, BakedImage, bake_image, check_no_identity
+from aegis_lab.bake import (
+    BAKED_REPO,
+    BakedImage,
+    BakeError,
+    bake_digest,
+    bake_image,
+    bake_variables,
+    check_no_identity,
+)
 from aegis_lab.cleanup import leftovers
 from aegis_lab.fleet import LocalFleet
+from aegis_lab.image import ensure_image
 from aegis_lab.playbook import ansible_playbook, ansible_results
-from aegis_lab.podman import podman
+from aegis_lab.podman import image_exists, podman
 from conftest import sub_prefix
 from harness import PATHS, local_fleet
 
@@ -131,3 +140,13 @@ def test_second_bake_is_a_no_op(baked, bake_prefix):
     assert "is up to date" in proc.stderr
     assert seconds < 60, seconds
     assert leftovers(bake_prefix) == []
+
+
+def test_a_failed_bake_says_why_and_leaves_nothing():
+    prefix = sub_prefix()
+    bad = {"harden_nftables_management_networks": []}
+    with pytest.raises(BakeError, match=r"harden_nftables_management_networks must name"):
+        bake_image(PATHS, prefix=prefix, variables=bad)
+    assert leftovers(prefix) == []
+    digest = bake_digest(PATHS, ensure_image().ref, bake_variables(bad))
+    assert not image_exists(f"{BAKED_REPO}:{digest}")
