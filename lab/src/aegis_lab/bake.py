@@ -158,7 +158,8 @@ def bake_image(paths: Paths, *, prefix: str = "aegis",
                progress: Callable[[str], None] = log.info, timeout: float = 1800) -> BakedImage:
     """Return the baked image for the current roles and ``variables`` (the lab's bake
     variables with these on top), baking it only if no image has its tag yet. The build
-    container is ``<prefix>-bake`` (labelled ``aegis.prefix=<prefix>``)."""
+    container is ``<prefix>_bake`` (labelled ``aegis.prefix=<prefix>``; the underscore keeps it
+    apart from every node name, so a fleet of the same prefix can have a node ``bake``)."""
     from .playbook import ansible_env
 
     started = time.monotonic()
@@ -173,7 +174,7 @@ def bake_image(paths: Paths, *, prefix: str = "aegis",
             progress(f"baked image {ref} is up to date (roles and variables unchanged)")
             return BakedImage(ref, digest, base.ref, False, time.monotonic() - started,
                               bake_vars)
-        container = f"{prefix}-bake"
+        container = f"{prefix}_bake"
         progress(f"baking {ref} from {base.ref} in build container {container}")
         podman("rm", "-f", "--ignore", "-t", "0", container)
         try:

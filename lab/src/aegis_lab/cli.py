@@ -136,7 +136,7 @@ def _register_image(groups: Groups) -> None:
                           "harden + agent install, identity removed) unless an image of "
                           "the same roles and variables exists; prints its reference")
     sp.add_argument("--prefix", type=check_prefix, default="aegis",
-                    help="prefix of the build container <prefix>-bake (default aegis)")
+                    help="prefix of the build container <prefix>_bake (default aegis)")
     sp.add_argument("--vars-file", help="YAML/JSON mapping of role variables on top of the "
                     "lab's bake variables; converge fleets booted from the image with the "
                     "same ones")
