@@ -42,12 +42,14 @@ def wait_until(pred, timeout: float = 60.0, step: float = 0.2) -> bool:
 
 # -- local fleet ------------------------------------------------------------------------
 @contextlib.contextmanager
-def local_fleet(prefix: str, size: int, caps: str = "base") -> Iterator[LocalFleet]:
+def local_fleet(prefix: str, size: int, caps: str = "base",
+                baked: bool = False) -> Iterator[LocalFleet]:
     """A fleet of ``size`` nodes at capability level ``caps`` (``aegis_lab.naming.CAPS``:
-    ``admin`` for roles that mount or use a scratch netns, ``agent`` for the agent)."""
+    ``admin`` for roles that mount or use a scratch netns, ``agent`` for the agent),
+    booted from the baked golden image when ``baked`` (``aegis_lab.bake``)."""
     fleet = LocalFleet(prefix, PATHS)
     try:
-        fleet.up(size=size, caps=caps)
+        fleet.up(size=size, caps=caps, baked=baked)
         yield fleet
     finally:
         try:

@@ -19,6 +19,10 @@ pytestmark = pytest.mark.unit
     ("fleet up --prefix aegis --size 3", "cmd_fleet_up"),
     ("fleet up --prefix aegismol --names node1 --caps agent", "cmd_fleet_up"),
     ("fleet up --prefix aegis --size 3 --caps admin", "cmd_fleet_up"),
+    ("fleet up --prefix aegis --size 3 --caps admin --baked", "cmd_fleet_up"),
+    ("fleet up --prefix aegis --size 3 --unbaked", "cmd_fleet_up"),
+    ("image bake", "cmd_image_bake"),
+    ("image bake --prefix aegis --vars-file bake-vars.yml", "cmd_image_bake"),
     ("fleet replace --prefix aegis --node node2", "cmd_fleet_replace"),
     ("fleet down --prefix aegis", "cmd_fleet_down"),
     ("cleanup --prefix aegismol", "cmd_cleanup"),
@@ -37,8 +41,17 @@ def test_command_lines_called_from_outside_still_parse(argv: str, command: str) 
 
 @pytest.mark.parametrize("argv", ["fleet up --prefix Bad!", "fleet replace --prefix aegis",
                                   "fleet up --prefix aegis --caps privileged",
+                                  "fleet up --prefix aegis --baked --unbaked",
+                                  "image bake --prefix Bad!",
                                   "fleet sideways --prefix aegis"])
 def test_bad_command_lines_are_refused_by_the_parser(argv: str) -> None:
     with pytest.raises(SystemExit) as exit_:
         build_parser().parse_args(argv.split())
     assert exit_.value.code == 2
+
+
+@pytest.mark.parametrize(("argv", "baked"), [("", None), ("--baked", True),
+                                             ("--unbaked", False)])
+def test_fleet_up_keeps_the_fleets_image_unless_told(argv: str, baked: bool | None) -> None:
+    args = build_parser().parse_args(f"fleet up --prefix aegis --size 1 {argv}".split())
+    assert args.baked is baked

@@ -120,9 +120,28 @@ def cmd_image_ensure(args: argparse.Namespace, paths: Paths) -> int:
     return 0
 
 
+def cmd_image_bake(args: argparse.Namespace, paths: Paths) -> int:
+    from .bake import bake_image, load_variables
+
+    img = bake_image(paths, prefix=args.prefix, variables=load_variables(args.vars_file),
+                     progress=_progress)
+    print(json.dumps(img.as_dict()))
+    return 0
+
+
 def _register_image(groups: Groups) -> None:
-    verbs = _verbs(groups, "image", "build (if the recipe changed) and import the node image")
+    verbs = _verbs(groups, "image", "build (if the recipe changed) and import the node "
+                   "image; bake the golden image")
     verbs.add_parser("ensure").set_defaults(func=cmd_image_ensure)
+    sp = verbs.add_parser("bake", help="bake the golden node image (playbooks/bake.yml: "
+                          "harden + agent install, identity removed) unless an image of "
+                          "the same roles and variables exists; prints its reference")
+    sp.add_argument("--prefix", type=check_prefix, default="aegis",
+                    help="prefix of the build container <prefix>_bake (default aegis)")
+    sp.add_argument("--vars-file", help="YAML/JSON mapping of role variables on top of the "
+                    "lab's bake variables; converge fleets booted from the image with the "
+                    "same ones")
+    sp.set_defaults(func=cmd_image_bake)
 
 
 # -- ee ---------------------------------------------------------------------------------
@@ -152,7 +171,7 @@ def cmd_fleet_up(args: argparse.Namespace, paths: Paths) -> int:
 
     fleet = LocalFleet(args.prefix, paths)
     names = [n for n in (args.names or "").split(",") if n] or None
-    info = fleet.up(size=args.size, names=names, caps=args.caps)
+    info = fleet.up(size=args.size, names=names, caps=args.caps, baked=args.baked)
     print(json.dumps({"fleet": info, "inventory": str(fleet.inventory_file),
                       "timings": fleet.timings.steps}, indent=2))
     return 0
@@ -198,6 +217,13 @@ def _register_fleet(groups: Groups) -> None:
                     "that mount or use a scratch netns, e.g. aegis.fleet.harden), agent "
                     "(+BPF, PERFMON, the agent under test); admin and agent let root in a "
                     "node trace the host. A fleet keeps its level unless another is given")
+    image = sp.add_mutually_exclusive_group()
+    image.add_argument("--baked", dest="baked", action="store_true", default=None,
+                       help="boot the nodes from the baked golden image (`aegis-lab image "
+                       "bake`, run first if needed); a fleet keeps its image unless "
+                       "--baked or --unbaked is given, and a new image re-creates the nodes")
+    image.add_argument("--unbaked", dest="baked", action="store_false",
+                       help="boot the nodes from the plain node image (the default)")
     sp.set_defaults(func=cmd_fleet_up)
     sp = verbs.add_parser("replace", help="replace one node with a fresh one")
     _prefix_arg(sp)

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from aegis_controller.terraform import Terraform, TerraformEvent
 
+from .bake import BAKED_REPO, bake_image
 from .image import ensure_image
 from .naming import (
     DEFAULT_CAPS,
@@ -145,13 +146,19 @@ class LocalFleet:
             self.timings.record(step, time.monotonic() - started)
 
     def up(self, size: int | None = None, names: Sequence[str] | None = None,
-           timeout: float | None = 900, caps: str | None = None) -> dict:
+           timeout: float | None = 900, caps: str | None = None,
+           baked: bool | None = None) -> dict:
         """Create (or converge) the fleet; return the ``fleet`` output.
 
         ``caps`` is the nodes' capability level (``aegis_lab.node.CAPS``): ``base``
         unless what runs on the nodes needs more (``admin``: roles that mount or use a
         scratch netns; ``agent``: the agent under test); a fleet keeps the level it was
         created with unless another is given (and then its nodes are re-created).
+
+        ``baked`` boots the nodes from the baked golden image (:mod:`aegis_lab.bake`,
+        baked first if its tag does not exist) instead of the plain node image; like
+        ``caps``, a fleet keeps its choice unless another is given, and a node whose image
+        changes is re-created.
 
         Input is checked before anything is created: a bad size, node name or level
         raises LabInputError naming the fix.
@@ -166,7 +173,10 @@ class LocalFleet:
         for name in wanted:
             nodes.setdefault(name, next(free))
         net = saved.get("network") or pick_network(self.prefix).cidr
-        image = self._timed("image", ensure_image)
+        if baked is None:
+            baked = str(saved.get("image", "")).startswith(BAKED_REPO + ":")
+        image = self._timed("image", (lambda: bake_image(self.paths, prefix=self.prefix))
+                            if baked else ensure_image)
         self._prepare()
         caps = caps or saved.get("caps") or DEFAULT_CAPS
         variables = self._variables(nodes, image.ref, net, caps)  # type: ignore[attr-defined]

@@ -106,6 +106,19 @@ def _make_proc_sys_net_writable(pid: int) -> None:
         raise NodeError(f"could not make /proc/sys/net writable in the node: {proc.stderr}")
 
 
+def _apply_net_sysctls(container: str) -> None:
+    """Apply the node's own ``net.*`` sysctl.d settings, as systemd-sysctl does at a real
+    machine's boot: in a container node it skipped them (``/proc/sys`` is read-only until
+    :func:`_make_proc_sys_net_writable`). A node of a hardened (baked) image so boots with
+    its baseline; the plain image has none of its own, and kernel-global keys stay the
+    host's (never written)."""
+    res = podman("exec", container, "/lib/systemd/systemd-sysctl", "--prefix=/net/",
+                 check=False, timeout=30)
+    if res.returncode != 0:
+        log.warning("systemd-sysctl --prefix=/net/ in %s: %s", container,
+                    (res.stderr or res.stdout).strip()[-500:])
+
+
 def _wait_for_ssh(spec: NodeSpec, deadline: float) -> str:
     """Wait until sshd has its host key and answers on port 22; return the key."""
     key = ""
@@ -154,6 +167,7 @@ def create(spec: NodeSpec, timeout: float = 90) -> dict:
         podman("start", spec.container)
         pid = container_pid(spec.container)
         _make_proc_sys_net_writable(pid)
+        _apply_net_sysctls(spec.container)
         network.attach_node(spec.prefix, spec.slot, pid, spec.address, spec.mac, spec.net)
         key = _wait_for_ssh(spec, started + timeout)
     except Exception:

@@ -52,7 +52,7 @@ variable "network" {
 }
 
 variable "image" {
-  description = "Podman image reference of the node image (built by aegis-lab image ensure)."
+  description = "Podman image reference the nodes boot: the node image (aegis-lab image ensure) or the baked golden image (aegis-lab image bake, localhost/aegis-node-baked:HASH; aegis-lab fleet up --baked). A new image re-creates the nodes."
   type        = string
 }
 

@@ -44,7 +44,7 @@ variable "network" {
 }
 
 variable "image" {
-  description = "Podman image reference of the node image."
+  description = "Podman image reference of the node image (plain or baked); a new one re-creates the node."
   type        = string
 }
 
@@ -65,8 +65,9 @@ variable "known_hosts_file" {
 }
 
 resource "terraform_data" "node" {
-  # A node's capabilities are fixed when podman creates it: a new level makes a new node.
-  triggers_replace = [var.caps]
+  # A node's capabilities and image are fixed when podman creates it: a new level or a new
+  # image (e.g. the baked golden image, `aegis-lab fleet up --baked`) makes a new node.
+  triggers_replace = [var.caps, var.image]
 
   input = {
     lab_cli             = var.lab_cli
