@@ -326,6 +326,19 @@ def test_verify_on_a_baked_image_fails_on_drift(world, tmp_path):
     assert _runs_left(world) == []
 
 
+def test_verify_gives_harden_yml_the_verify_vars_file(world, tmp_path):
+    """A baked fleet's verify runs harden.yml in check mode with the bake's variables (else
+    check mode reports the differences of other variables as drift)."""
+    raw = yaml.safe_load(world["settings_file"].read_text())
+    path = tmp_path / "harden-vars.yml"
+    path.write_text(yaml.safe_dump({"standin_golden_content": '{"profile": "from-vars"}'}))
+    raw["ansible"]["verify_vars_file"] = str(path)
+    world["settings_file"].write_text(yaml.safe_dump(raw))
+    steps = RunnerSteps(RecoverySettings.load(world["settings_file"]), runs_dir=world["runs"])
+    out = steps.verify(ctx_for("standin-n1", Recorder()))
+    assert json.loads(out["golden"]) == {"profile": "from-vars"}
+
+
 def _token_command(world) -> list[str]:
     script = world["tmp"] / "issue-token"
     script.write_text(f"#!/bin/sh\necho \"{SECRET}-$1\"\n")

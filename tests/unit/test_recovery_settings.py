@@ -199,6 +199,18 @@ def test_a_token_in_the_agent_vars_file_is_refused(base):
     assert "abc" not in message
 
 
+def test_the_verify_vars_file_must_exist_and_hold_a_mapping(base):
+    message = _bad(base, lambda d: d["ansible"].update(verify_vars_file="harden-vars.yml"))
+    assert f"ansible.verify_vars_file {base}/harden-vars.yml cannot be read" in message
+    (base / "harden-vars.yml").write_text("- not\n- a mapping\n")
+    message = _bad(base, lambda d: d["ansible"].update(verify_vars_file="harden-vars.yml"))
+    assert "ansible.verify_vars_file" in message and "must hold a mapping" in message
+    (base / "harden-vars.yml").write_text("harden_nftables_allow_controller: false\n")
+    data = good()
+    data["ansible"]["verify_vars_file"] = "harden-vars.yml"
+    assert load(base, data).ansible.verify_vars() == {"harden_nftables_allow_controller": False}
+
+
 def test_credentials_in_env_are_not_echoed(base):
     message = _bad(base, lambda d: d["terraform"].update(env={"TOKEN": {"v": "hush-123"}}))
     assert "terraform.env.TOKEN must be a string" in message

@@ -174,7 +174,8 @@ class RunnerSteps:
     def verify(self, ctx: StepContext) -> Mapping[str, Any]:
         node = _node(ctx.node_id)
         baked = self.settings.baked
-        result = self._play(ctx, "verify", {"aegis_target": node}, check_mode=baked,
+        result = self._play(ctx, "verify", {**self.settings.ansible.verify_vars(),
+                                            "aegis_target": node}, check_mode=baked,
                             golden=True, tags=self.settings.ansible.verify_tags)
         assert result is not None
         play, golden = result

@@ -20,6 +20,8 @@ the steps run, and the guard rails.
       playbooks: /path/to/ansible_collections/aegis/fleet/playbooks
       env: {ANSIBLE_CONFIG: ../ansible.cfg}
       agent_vars_file: agent-vars.yml       # controller URL, CA ... (never a token)
+      verify_vars_file: harden-vars.yml     # harden.yml's variables for verify (a baked
+                                            # fleet: the bake's, so check mode is exact)
       quarantine_mode: soft                 # or hard
       timeout_s: 1800
       golden_path: /var/lib/aegis/golden.json   # where the harden role writes it
@@ -83,7 +85,7 @@ import json
 import math
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -151,6 +153,7 @@ class AnsibleSettings:
     playbooks: Path
     env: Mapping[str, str] = field(default_factory=dict, repr=False)
     agent_vars_file: Path | None = None
+    verify_vars_file: Path | None = None
     quarantine_mode: str = "soft"
     timeout_s: float = 1800.0
     golden_path: str = DEFAULT_GOLDEN_PATH
@@ -164,6 +167,12 @@ class AnsibleSettings:
         if self.agent_vars_file is None:
             return {}
         return _agent_vars(self.agent_vars_file)
+
+    def verify_vars(self) -> dict[str, Any]:
+        """harden.yml's extra vars for the verify step, from ``verify_vars_file``."""
+        if self.verify_vars_file is None:
+            return {}
+        return _load_mapping(self.verify_vars_file, "ansible.verify_vars_file", "YAML or JSON")
 
 
 @dataclass(frozen=True)
@@ -429,10 +438,22 @@ class _Reader:
                                  lock_timeout_s=lock, env=env, cli_config=cli_config,
                                  binary=str(binary))
 
+    def vars_file(self, key: str, value: object, what: str,
+                  check: Callable[[Path], object]) -> Path | None:
+        """An optional file of play variables, read once now (``check``) to report it."""
+        path = self.path(key, value, kind="file", optional=True,
+                         fix=f"a YAML or JSON file of {what}")
+        if path is not None:
+            try:
+                check(path)
+            except RecoverySettingsInvalid as exc:
+                self.problems.append(str(exc))
+        return path
+
     def ansible(self, raw: object) -> AnsibleSettings | None:
         s = self.section("ansible", raw, {"inventory", "playbooks", "env", "agent_vars_file",
-                                          "quarantine_mode", "timeout_s", "golden_path",
-                                          "verify_tags"},
+                                          "verify_vars_file", "quarantine_mode", "timeout_s",
+                                          "golden_path", "verify_tags"},
                          required=("inventory",))
         if not s:
             return None
@@ -452,14 +473,11 @@ class _Reader:
             if missing:
                 self.bad("ansible.playbooks", f"{playbooks} lacks {', '.join(missing)}: point "
                          f"it at a directory holding {', '.join(PLAYBOOKS)}")
-        agent_vars = self.path("ansible.agent_vars_file", s.get("agent_vars_file"),
-                               kind="file", optional=True,
-                               fix="a YAML or JSON file of the agent play's variables")
-        if agent_vars is not None:
-            try:
-                _agent_vars(agent_vars)
-            except RecoverySettingsInvalid as exc:
-                self.problems.append(str(exc))
+        agent_vars = self.vars_file("ansible.agent_vars_file", s.get("agent_vars_file"),
+                                    "the agent play's variables", _agent_vars)
+        verify_vars = self.vars_file(
+            "ansible.verify_vars_file", s.get("verify_vars_file"), "harden.yml's variables",
+            lambda p: _load_mapping(p, "ansible.verify_vars_file", "YAML or JSON"))
         mode = s.get("quarantine_mode", "soft")
         if mode not in ("soft", "hard"):
             self.bad("ansible.quarantine_mode", "must be soft (egress cut except the "
@@ -479,7 +497,8 @@ class _Reader:
         if inventory is None or playbooks is None:
             return None
         return AnsibleSettings(inventory=inventory, playbooks=playbooks, env=env,
-                               agent_vars_file=agent_vars, quarantine_mode=str(mode),
+                               agent_vars_file=agent_vars, verify_vars_file=verify_vars,
+                               quarantine_mode=str(mode),
                                timeout_s=timeout, golden_path=str(golden),
                                verify_tags=tags)
 
