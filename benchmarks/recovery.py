@@ -102,6 +102,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--nodes", type=int, default=4, help="fleet size (4: three victims "
                     "at once and never the last node of the role)")
     ap.add_argument("--prefix", default="bnrec")
+    ap.add_argument("--baked", action="store_true", help="boot the baked golden image "
+                    "(verify = the roles in check mode) instead of converging a plain one")
     ap.add_argument("--rounds", default="one,three-default,three-parallel",
                     help="which rounds, comma-separated")
     args = ap.parse_args(argv)
@@ -110,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     paths = Paths.discover()
     report_path = paths.state_root / "bench" / f"recovery-{args.prefix}.json"
     t = Timeline(f"bench recovery, fleet '{args.prefix}', {args.nodes} nodes")
-    story = Story(paths, args.prefix, args.nodes, t, report_path)
+    story = Story(paths, args.prefix, args.nodes, t, report_path, baked=args.baked)
     rounds: dict[str, dict] = {}
     wanted = args.rounds.split(",")
     rc = 1
@@ -157,7 +159,8 @@ def main(argv: list[str] | None = None) -> int:
            title="recovery: detect → contained (ms), contained → replacement trusted (s):",
            targets={"detect_to_contained_ms_p99": "milliseconds (the mission)",
                     "one_contained_to_trusted_s_max": "seconds to minutes"},
-           notes={"samples": len(detect), "nodes": args.nodes, "image": "un-baked",
+           notes={"samples": len(detect), "nodes": args.nodes,
+                  "image": "baked" if args.baked else "un-baked",
                   "report": str(report_path),
                   "per_node": json.dumps({n: r["contained_to_trusted_s"]
                                           for n, r in rounds.items()}, default=str)})

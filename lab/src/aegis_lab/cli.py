@@ -359,7 +359,7 @@ def cmd_demo(args: argparse.Namespace, paths: Paths) -> int:
     from .demo import run_demo
 
     return run_demo(paths, nodes=args.nodes, keep=args.keep, prefix=args.prefix,
-                    report=args.report)
+                    report=args.report, baked=args.baked)
 
 
 def cmd_wheels(args: argparse.Namespace, paths: Paths) -> int:
@@ -393,6 +393,9 @@ def _register_tools(groups: Groups) -> None:
     sp.add_argument("--report", type=Path, help="where the report goes (default "
                     "<state>/demo/report-<prefix>.json, with a .txt beside it)")
     sp.add_argument("--keep", action="store_true", help="keep the fleet running afterwards")
+    sp.add_argument("--baked", action="store_true", help="boot the baked golden image "
+                    "(aegis-lab image bake, baked first if needed) and prove no drift "
+                    "instead of hardening a plain image")
     sp.add_argument("--prefix", type=check_prefix, default="aegis")
     sp.set_defaults(func=cmd_demo)
 

@@ -36,11 +36,12 @@ from aegis_controller.terraform import TerraformEvent
 
 from . import cleanup
 from . import controller as lab_controller
+from .bake import bake_variables
 from .fleet import LocalFleet
 from .naming import check_size
 from .openbao import OpenBao, openbao_dev
 from .paths import Paths
-from .playbook import ansible_env, ansible_playbook, ansible_results
+from .playbook import ansible_env, ansible_playbook, ansible_results, fleet_ansible
 from .podman import podman, podman_env
 from .timeline import Timeline
 from .wheels import build_agent_wheels
@@ -104,8 +105,10 @@ class Story:
     """One run of the story on one fleet; each method is a step of the timeline."""
 
     def __init__(self, paths: Paths, prefix: str, size: int, timeline: Timeline,
-                 report: Path) -> None:
+                 report: Path, *, baked: bool = False) -> None:
         self.paths, self.prefix, self.size, self.t = paths, prefix, size, timeline
+        #: boot the baked golden image (aegis_lab.bake) instead of converging a plain one
+        self.baked = baked
         self.report = report
         self.fleet = LocalFleet(prefix, paths, on_event=_progress(timeline))
         self.info: dict = {}
@@ -158,8 +161,9 @@ class Story:
 
     # -- the steps ----------------------------------------------------------------------
     def provision(self) -> None:
-        with self.t.step(f"provision {self.size} nodes with Terraform") as step:
-            self.info = self.fleet.up(size=self.size, caps="agent")
+        image = "the baked golden image" if self.baked else "the plain node image"
+        with self.t.step(f"provision {self.size} nodes with Terraform from {image}") as step:
+            self.info = self.fleet.up(size=self.size, caps="agent", baked=self.baked)
             step.detail = f"bridge {self.info['bridge']} {self.info['network']}"
             self.t.facts["nodes"] = {n: {"address": v["address"], "id": v["id"]}
                                      for n, v in self.info["nodes"].items()}
@@ -171,10 +175,26 @@ class Story:
                 raise DemoFailed(f"Ansible reached only {pong}")
 
     def harden(self) -> None:
+        if self.baked:
+            self._no_drift()
+            return
         with self.t.step("harden: playbooks/harden.yml (aegis.fleet.harden)") as step:
             play = ansible_playbook(self.fleet, self.paths.playbooks / "harden.yml",
                                     on_event=Progress("harden", self.t.progress))
             step.detail = _recap(self.t, play)
+
+    def _no_drift(self) -> None:
+        """A baked fleet is not converged: the roles in check mode, with the bake's
+        variables, must find nothing to change."""
+        with self.t.step("prove no drift: harden.yml in check mode on the baked image") \
+                as step:
+            play = fleet_ansible(self.fleet).run(
+                self.paths.playbooks / "harden.yml", extravars=bake_variables(),
+                check_mode=True, check=False, on_event=Progress("check", self.t.progress))
+            step.detail = _recap(self.t, play)
+            drift = [f"{e.host}: {e.task}" for e in play.results if e.status == "changed"]
+            if drift:
+                raise DemoFailed("the baked image drifted: " + "; ".join(drift[:10]))
 
     def openbao(self, stack: contextlib.ExitStack) -> None:
         gw = self.info["gateway"]
@@ -287,6 +307,10 @@ class Story:
         }
         if self.rails:
             settings["guard_rails"] = self.rails
+        if self.baked:  # verify = the roles in check mode, with the bake's variables
+            (root / "harden-vars.yml").write_text(yaml.safe_dump(bake_variables()))
+            settings["baked"] = True
+            settings["ansible"]["verify_vars_file"] = str(root / "harden-vars.yml")
         path = root / "recovery.yml"
         path.write_text(yaml.safe_dump(settings))
         return path
@@ -546,14 +570,14 @@ class Story:
 
 
 def run_demo(paths: Paths, nodes: object = 3, keep: bool = False, prefix: str = "aegis",
-             report: Path | None = None) -> int:
+             report: Path | None = None, baked: bool = False) -> int:
     size = check_size(nodes)
     if size < 3:
         raise SystemExit("the demo's story needs at least 3 nodes (--nodes 3): one is "
                          "compromised and replaced while the guard rails keep the rest")
     report = report or paths.state_root / "demo" / f"report-{prefix}.json"
     t = Timeline(f"Aegis demo, fleet '{prefix}', {size} nodes")
-    story = Story(paths, prefix, size, t, report)
+    story = Story(paths, prefix, size, t, report, baked=baked)
     rc = 1
     try:
         with contextlib.ExitStack() as stack:
