@@ -2,7 +2,8 @@
 through ansible-runner's container mode — the way AWX runs a job template.
 
 The EE is built (or reused, when its definition, base recipe and collection content are
-unchanged) by the session fixture ``execution_environment`` with ``aegis_lab.ee``: the base
+unchanged) by the session fixture ``execution_environment`` (tests/conftest.py, shared with
+the recovery playbooks' runs in the EE) with ``aegis_lab.ee``: the base
 image from debootstrap, then ``ansible-builder build`` with podman, aegis.fleet built from
 this checkout. The runs go through the controller's own runner
 (:class:`aegis_controller.playbook.Ansible` with a :class:`Container`), the one the

@@ -7,6 +7,8 @@ enrolled with a real controller on the fleet's bridge, segmentation on eth0.
 - ``playbooks/forensics.yml``: the bundle fetched to the control node decrypts with the
   test's own age identity to a tar with the expected members, the manifest's sha256 is the
   file's, nothing is left on the node and no tar plaintext was written there;
+- both again inside the locally built execution environment (EE), through
+  ansible-runner's container mode as AWX runs them, with the same checks;
 - bad input (no target, no or a malformed incident-response key, Terraform inputs) fails
   on the control node before any node is touched, with the message saying what to do.
 """
@@ -358,9 +360,6 @@ def test_bad_inputs_fail_early_with_what_to_do(lab, tmp_path: Path) -> None:
                  f"terraform apply -replace of {NODE} failed")
 
 
-#: the EE's network: podman's default network (the node sees the EE's connections
-#: masqueraded from the fleet's gateway, the SSH source its segmentation allows)
-EE_NETWORK: tuple[str, ...] = ()
 #: the incident-response directory as the EE sees it (mounted read-write)
 IR_MOUNT = "/aegis-ir"
 
@@ -375,8 +374,10 @@ def test_recovery_playbooks_run_inside_the_ee(lab, execution_environment: EEImag
     ir = tmp_path / "ir"
     ir.mkdir()
     ir.chmod(0o770)  # written by the EE's user (uid 1000, group root)
+    # podman's default network: the node sees the EE's connections masqueraded from the
+    # fleet's gateway, the SSH source its segmentation (and a quarantine) allows
     with (fleet_in_ee(fleet, tmp_path) as seen,
-          ee_container(execution_environment, sub_prefix(), *EE_NETWORK, *seen.options,
+          ee_container(execution_environment, sub_prefix(), *seen.options,
                        f"--volume={ir}:{IR_MOUNT}") as container):
         ansible = Ansible(tmp_path / "runs", env={}, suppress_env_files=True,
                           container=container)
