@@ -8,6 +8,7 @@ teardown short; and the leftover check runs after that teardown, not before it."
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import signal
@@ -23,10 +24,13 @@ from harness_secrets import tmpfs
 from harness_vault import PgAdmin, Wiring, make_pg_admin, wire
 
 from aegis_lab.cleanup import leftovers
+from aegis_lab.ee import EEImage
 from aegis_lab.fleet import LocalFleet
 from aegis_lab.naming import new_prefix
+from aegis_lab.podman import podman_env
 from harness import PATHS, NetnsPair, OpenBao, local_fleet, netns_pair, openbao_dev
 from harness_controller import Server, controller_server
+from harness_ee import build_ee
 from harness_pg import PgServer, postgres_server
 
 # The collection's plugins import as ansible_collections.aegis.fleet.* (this source tree).
@@ -60,6 +64,24 @@ def fleet() -> Iterator[LocalFleet]:
     scratch netns and sandbox units."""
     with local_fleet(sub_prefix(), 2, caps="admin") as f:
         yield f
+
+
+@pytest.fixture(scope="session")
+def execution_environment(pytestconfig: pytest.Config) -> EEImage:
+    """The EE of this checkout, built or reused once per session (a cold build takes
+    minutes; its lines are shown as they come, past pytest's output capture)."""
+    capture = pytestconfig.pluginmanager.getplugin("capturemanager")
+    with capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
+        return build_ee()
+
+
+@pytest.fixture
+def engine_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The lab's podman settings in this process's environment: ansible-runner starts
+    ``podman run`` with it (and puts only the run's own variables into the container)."""
+    lab = podman_env({})
+    for key in ("CONTAINERS_CONF", "CONTAINERS_STORAGE_CONF"):
+        monkeypatch.setenv(key, lab[key])
 
 
 @pytest.fixture

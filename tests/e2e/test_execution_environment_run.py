@@ -2,7 +2,8 @@
 through ansible-runner's container mode — the way AWX runs a job template.
 
 The EE is built (or reused, when its definition, base recipe and collection content are
-unchanged) by the session fixture ``execution_environment`` with ``aegis_lab.ee``: the base
+unchanged) by the session fixture ``execution_environment`` (tests/conftest.py, shared with
+the recovery playbooks' runs in the EE) with ``aegis_lab.ee``: the base
 image from debootstrap, then ``ansible-builder build`` with podman, aegis.fleet built from
 this checkout. The runs go through the controller's own runner
 (:class:`aegis_controller.playbook.Ansible` with a :class:`Container`), the one the
@@ -14,9 +15,7 @@ its playbook is not in the tree.
 
 from __future__ import annotations
 
-import contextlib
 import os
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -41,9 +40,10 @@ from aegis_lab.ee import (
     ensure_ee,
     image_labels,
 )
-from aegis_lab.podman import containers_with_label, podman, podman_env
+from aegis_lab.podman import containers_with_label, podman
 from conftest import sub_prefix
 from harness import PATHS, REPO, OpenBao
+from harness_ee import ee_container, say
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1800)]
 
@@ -68,45 +68,14 @@ FAILURE_CASES = [
 ]
 
 
-def _say(msg: str) -> None:
-    print(f"ee: {msg}", file=sys.stderr, flush=True)
-
-
-@pytest.fixture(scope="session")
-def execution_environment(pytestconfig: pytest.Config) -> EEImage:
-    """The EE of this checkout, built or reused; the build's lines are shown as they come
-    (a cold build takes minutes), past pytest's output capture."""
-    capture = pytestconfig.pluginmanager.getplugin("capturemanager")
-    with capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
-        img = ensure_ee(PATHS, progress=_say)
-        _say(f"{img.ref} {'built' if img.built else 'reused'} in {img.seconds:.1f} s "
-             f"(base {'built' if img.base_built else 'cached'})")
-    return img
-
-
-@pytest.fixture
-def engine_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The lab's podman settings in this process's environment: ansible-runner starts
-    ``podman run`` with it (and puts only the run's own variables into the container)."""
-    lab = podman_env({})
-    for key in ("CONTAINERS_CONF", "CONTAINERS_STORAGE_CONF"):
-        monkeypatch.setenv(key, lab[key])
-
-
 @pytest.fixture
 def in_ee(execution_environment: EEImage, engine_env: None,
           tmp_path: Path) -> Iterator[tuple[str, Path, Container]]:
     """A per-test prefix, a runs dir, and the EE; every container the test started with
     the prefix is removed at the end, even on failure."""
     prefix = sub_prefix()
-    container = Container(image=execution_environment.ref,
-                          options=("--network=host", f"--label=aegis.prefix={prefix}"),
-                          ident_prefix=f"{prefix}-")
-    try:
+    with ee_container(execution_environment, prefix, "--network=host") as container:
         yield prefix, tmp_path / "runs", container
-    finally:
-        for c in containers_with_label(f"aegis.prefix={prefix}"):
-            podman("rm", "-f", "--ignore", "-t", "0", c["Id"], check=False)
 
 
 def _probe_report(result: PlayResult) -> dict[str, Any]:
@@ -130,7 +99,7 @@ def test_probe_runs_inside_the_ee(in_ee, execution_environment: EEImage, openbao
     started = time.monotonic()
     result = ansible.run(PROBE, timeout=600)
     seconds = time.monotonic() - started
-    _say(f"probe run in {execution_environment.ref}: {seconds:.1f} s")
+    say(f"probe run in {execution_environment.ref}: {seconds:.1f} s")
     assert result.ok, result.tail()
     report = _probe_report(result)
 
@@ -171,7 +140,7 @@ def test_a_second_run_reuses_the_image(execution_environment: EEImage) -> None:
     started = time.monotonic()
     again = ensure_ee(PATHS)
     seconds = time.monotonic() - started
-    _say(f"ee build with nothing changed: {seconds:.1f} s")
+    say(f"ee build with nothing changed: {seconds:.1f} s")
     assert seconds < 60, "a build with nothing changed only checks (collection build, hash)"
     assert not again.built and not again.base_built
     assert again.ref == execution_environment.ref

@@ -7,12 +7,16 @@ enrolled with a real controller on the fleet's bridge, segmentation on eth0.
 - ``playbooks/forensics.yml``: the bundle fetched to the control node decrypts with the
   test's own age identity to a tar with the expected members, the manifest's sha256 is the
   file's, nothing is left on the node and no tar plaintext was written there;
+- both again inside the locally built execution environment (EE), through
+  ansible-runner's container mode as AWX runs them, with the same checks;
 - bad input (no target, no or a malformed incident-response key, Terraform inputs) fails
   on the control node before any node is touched, with the message saying what to do.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import hashlib
 import io
 import json
@@ -20,14 +24,15 @@ import socket
 import subprocess
 import tarfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pyrage
 import pytest
 import yaml
 
-from aegis_controller.playbook import PlayResult
+from aegis_controller.playbook import Ansible, PlayResult
+from aegis_lab.ee import EEImage
 from aegis_lab.fleet import LocalFleet
 from aegis_lab.playbook import ansible_playbook, ansible_results
 from aegis_lab.podman import podman
@@ -35,6 +40,7 @@ from aegis_lab.wheels import build_agent_wheels
 from conftest import sub_prefix
 from harness import PATHS, free_port, local_fleet, wait_until
 from harness_controller import BIN, Server, controller_server
+from harness_ee import ee_container, fleet_in_ee
 
 pytestmark = pytest.mark.e2e
 
@@ -78,6 +84,10 @@ def lab() -> Iterator[tuple[LocalFleet, Server]]:
             agent = ansible_playbook(fleet, path)
             assert agent.ok, agent.tail(40)
             yield fleet, server
+
+
+#: runs a recovery playbook by name with extra vars (on this host, or inside the EE)
+Play = Callable[..., PlayResult]
 
 
 def _play(fleet: LocalFleet, name: str, **extravars: object) -> PlayResult:
@@ -131,17 +141,52 @@ def _connect_from_node(fleet: LocalFleet, host: str, port: int) -> str:
     return _exec(fleet, "python3", "-c", probe).stdout.strip()
 
 
-def test_soft_quarantine_cuts_egress_keeps_ssh_and_is_idempotent(lab, tmp_path: Path) -> None:
-    fleet, server = lab
+@contextlib.contextmanager
+def _granted_listener(fleet: LocalFleet) -> Iterator[Listener]:
+    """A listener on the gateway the node may reach through a granted edge (checked)."""
     gw = fleet.info()["gateway"]
     address = fleet.info()["nodes"][NODE]["address"]
     listener = Listener(gw)
     try:
-        # an edge lets the node reach the host's listener: egress works before
         granted = _exec(fleet, AGENT, "grant", f"{address} -> {gw} tcp/{listener.port}")
         assert granted.returncode == 0, granted.stderr
         assert _connect_from_node(fleet, gw, listener.port) == "open"
+        yield listener
+    finally:
+        listener.close()
 
+
+def _soft_quarantine_holds(fleet: LocalFleet, server: Server, listener: Listener,
+                           play: Play) -> None:
+    """quarantine.yml soft through ``play``: quarantined, egress to ``listener`` cut
+    although granted, the management path kept (a second run over SSH changes nothing),
+    the agent still heard by its controller."""
+    gw = fleet.info()["gateway"]
+    first = play("quarantine.yml", aegis_target=NODE)
+    assert first.ok, first.tail(40)
+    res = _result(first, QUARANTINE_TASK)
+    assert res["changed"] and res["quarantined"] and res["frozen"] == [], res
+    # the controller and the SSH source the agent role added stay reachable
+    assert f"{gw} tcp/22" in res["management"], res["management"]
+    assert f"{gw} tcp/{server.port}" in res["management"], res["management"]
+    status = _agent_status(fleet)
+    assert status["segment"]["quarantine"] is True
+    # egress is cut although the edge is still granted
+    assert _connect_from_node(fleet, gw, listener.port) == "timeout"
+    # SSH from the control node still works: the second run goes over it, changes nothing
+    second = play("quarantine.yml", aegis_target=NODE)
+    assert second.ok, second.tail(40)
+    assert second.changed == 0, second.tail(40)
+    assert _result(second, QUARANTINE_TASK)["changed"] is False
+    # the agent still reaches its controller (a heartbeat after the quarantine)
+    assert wait_until(
+        lambda: (_agent_status(fleet)["controller"] or {}).get("error") is None, 20)
+
+
+def test_soft_quarantine_cuts_egress_keeps_ssh_and_is_idempotent(lab, tmp_path: Path) -> None:
+    fleet, server = lab
+    gw = fleet.info()["gateway"]
+    with _granted_listener(fleet) as listener:
         # check mode (with a diff) says what would change and changes nothing
         dry = tmp_path / "dry.yml"
         dry.write_text(yaml.safe_dump([{
@@ -157,27 +202,7 @@ def test_soft_quarantine_cuts_egress_keeps_ssh_and_is_idempotent(lab, tmp_path: 
         assert _agent_status(fleet)["segment"]["quarantine"] is False
         assert _connect_from_node(fleet, gw, listener.port) == "open"
 
-        first = _play(fleet, "quarantine.yml", aegis_target=NODE)
-        assert first.ok, first.tail(40)
-        res = _result(first, QUARANTINE_TASK)
-        assert res["changed"] and res["quarantined"] and res["frozen"] == [], res
-        # the controller and the SSH source the agent role added stay reachable
-        assert f"{gw} tcp/22" in res["management"], res["management"]
-        assert f"{gw} tcp/{server.port}" in res["management"], res["management"]
-        status = _agent_status(fleet)
-        assert status["segment"]["quarantine"] is True
-        # egress is cut although the edge is still granted
-        assert _connect_from_node(fleet, gw, listener.port) == "timeout"
-        # SSH from the control node still works: the second run goes over it, changes nothing
-        second = _play(fleet, "quarantine.yml", aegis_target=NODE)
-        assert second.ok, second.tail(40)
-        assert second.changed == 0, second.tail(40)
-        assert _result(second, QUARANTINE_TASK)["changed"] is False
-        # the agent still reaches its controller (a heartbeat after the quarantine)
-        assert wait_until(
-            lambda: (_agent_status(fleet)["controller"] or {}).get("error") is None, 20)
-    finally:
-        listener.close()
+        _soft_quarantine_holds(fleet, server, listener, functools.partial(_play, fleet))
 
 
 def _freezer_state(fleet: LocalFleet, unit: str) -> str:
@@ -245,15 +270,17 @@ def _ustar_files(fleet: LocalFleet) -> list[str]:
     return out.stdout.split()
 
 
-def test_forensics_bundle_is_encrypted_on_the_node_and_fetched(lab, tmp_path: Path) -> None:
-    fleet, _server = lab
+def _forensics_bundle_holds(fleet: LocalFleet, play: Play, dest: Path,
+                            dest_arg: str | None = None) -> None:
+    """forensics.yml through ``play``: the bundle lands in ``dest`` (given to the play as
+    ``dest_arg``, the path where the play runs), encrypted to the test's own identity, with
+    the expected members and a manifest naming its sha256; nothing is left on the node."""
     identity = pyrage.x25519.Identity.generate()
     # drift from the golden record, so the bundle has a file to name
     assert _exec(fleet, "sh", "-c", "echo '# drift' >> /etc/login.defs").returncode == 0
-    dest = tmp_path / "ir"
-    run = _play(fleet, "forensics.yml", aegis_target=NODE,
-                forensics_recipient=str(identity.to_public()),
-                forensics_dest=str(dest), forensics_incident="inc-7")
+    run = play("forensics.yml", aegis_target=NODE,
+               forensics_recipient=str(identity.to_public()),
+               forensics_dest=dest_arg or str(dest), forensics_incident="inc-7")
     assert run.ok, run.tail(40)
     bundle = dest / f"{NODE}-inc-7.tar.age"
     manifest = json.loads((dest / f"{NODE}-inc-7.json").read_text())
@@ -287,6 +314,11 @@ def test_forensics_bundle_is_encrypted_on_the_node_and_fetched(lab, tmp_path: Pa
     # a wrong identity cannot read it
     with pytest.raises(pyrage.DecryptError):
         pyrage.decrypt(data, [pyrage.x25519.Identity.generate()])
+
+
+def test_forensics_bundle_is_encrypted_on_the_node_and_fetched(lab, tmp_path: Path) -> None:
+    fleet, _server = lab
+    _forensics_bundle_holds(fleet, functools.partial(_play, fleet), tmp_path / "ir")
 
 
 def _failed_with(run: PlayResult, *needles: str) -> None:
@@ -326,6 +358,47 @@ def test_bad_inputs_fail_early_with_what_to_do(lab, tmp_path: Path) -> None:
                        terraform_root=str(tmp_path / "no-root"),
                        terraform_var_file=str(tmp_path / "none.tfvars")),
                  f"terraform apply -replace of {NODE} failed")
+
+
+#: the incident-response directory as the EE sees it (mounted read-write)
+IR_MOUNT = "/aegis-ir"
+
+
+def test_recovery_playbooks_run_inside_the_ee(lab, execution_environment: EEImage,
+                                              engine_env: None, tmp_path: Path) -> None:
+    """forensics.yml and quarantine.yml (soft) the way AWX runs a job template: inside
+    the locally built EE through ansible-runner's container mode, against the node over SSH
+    with the fleet's key and pinned host keys, the inventory from the collection's own
+    plugin; the same checks as the runs from this host. The node is released after."""
+    fleet, server = lab
+    ir = tmp_path / "ir"
+    ir.mkdir()
+    ir.chmod(0o770)  # written by the EE's user (uid 1000, group root)
+    # podman's default network: the node sees the EE's connections masqueraded from the
+    # fleet's gateway, the SSH source its segmentation (and a quarantine) allows
+    with (fleet_in_ee(fleet, tmp_path) as seen,
+          ee_container(execution_environment, sub_prefix(), *seen.options,
+                       f"--volume={ir}:{IR_MOUNT}") as container):
+        ansible = Ansible(tmp_path / "runs", env={}, suppress_env_files=True,
+                          container=container)
+
+        def play(name: str, **extravars: object) -> PlayResult:
+            run = ansible.run(PATHS.playbooks / name, extravars=extravars,
+                              inventory=seen.inventory, timeout=600, check=False)
+            assert run.artifact_dir is not None
+            command = json.loads((run.artifact_dir / "command").read_text())["command"]
+            assert command[:2] == [container.executable, "run"], command  # in the EE
+            assert execution_environment.ref in command, command
+            return run
+
+        _forensics_bundle_holds(fleet, play, ir / "out", f"{IR_MOUNT}/out")
+        try:
+            with _granted_listener(fleet) as listener:
+                _soft_quarantine_holds(fleet, server, listener, play)
+        finally:
+            released = ansible_results(fleet, NODE, "aegis.fleet.quarantine", "state=absent")
+        assert released[NODE]["quarantined"] is False, released
+        assert _agent_status(fleet)["segment"]["quarantine"] is False
 
 
 def test_rebuild_replaces_exactly_that_node_and_enrolls_the_new_one(lab, tmp_path: Path) -> None:

@@ -348,13 +348,16 @@ class Ansible:
             path.mkdir(exist_ok=True)
             path.chmod(0o770)
         # the host's files are not in the container: the inventory goes into the private
-        # data dir, where the runner looks for it
+        # data dir, where the runner looks for it, under its own name (an inventory
+        # plugin's source is recognised by its name, e.g. ``*.aegis_fleet.yml``; the paths
+        # in it must be the container's)
         source = inventory or self.env.get("ANSIBLE_INVENTORY")
         if source:
             (private / "inventory").mkdir()
             (private / "inventory").chmod(0o750)
-            shutil.copy(source, private / "inventory" / "hosts")
-            (private / "inventory" / "hosts").chmod(0o640)
+            placed = private / "inventory" / Path(source).name
+            shutil.copy(source, placed)
+            placed.chmod(0o640)
         envvars.pop("ANSIBLE_INVENTORY", None)
         kwargs.update(process_isolation=True, process_isolation_executable=container.executable,
                       container_image=container.image,
