@@ -186,7 +186,8 @@ def test_framing_header_layout() -> None:
 
 # -- systemd unit ----------
 # The figures the README states for each unit (systemd-analyze security).
-@pytest.mark.parametrize(("package", "limit"), [("agent", 3.0), ("controller", 1.2)])
+# the agent: 3.0 until it kept CAP_SYS_PTRACE and CAP_KILL (0.3 + 0.1) to kill a denied exec
+@pytest.mark.parametrize(("package", "limit"), [("agent", 3.4), ("controller", 1.2)])
 def test_unit_verifies_and_is_sandboxed(tmp_path: Path, package: str, limit: float) -> None:
     import re
     import shutil
