@@ -85,6 +85,7 @@ def _round(story: Story, name: str, victims: list[str]) -> dict:
                     story.controller_json("recovery", "approve", job["job_id"])
                     approvals += 1
                 elif job["state"] == "failed":
+                    _keep_evidence(story, victim)
                     raise DemoFailed(f"{victim}'s recovery failed: {job.get('error')}")
             time.sleep(2)
         if len(trusted_at) < len(victims):
@@ -94,6 +95,17 @@ def _round(story: Story, name: str, victims: list[str]) -> dict:
     return {"victims": victims, "detect_ms": [contained[v]["quarantine_ms"] for v in victims],
             "kill_ms": [contained[v].get("deny_ms") for v in victims],
             "contained_to_trusted_s": took, "approvals": approvals}
+
+
+def _keep_evidence(story: Story, victim: str) -> None:
+    """What the failed victim's agent said, into the report (the fleet goes away after)."""
+    unit = story.on(victim, "systemctl", "status", "--no-pager", "aegis-agent")
+    journal = story.on(victim, "journalctl", "-u", "aegis-agent", "--no-pager", "-o", "cat",
+                       "-n", "80")
+    story.t.facts[f"failed_{victim}"] = {"status": unit.stdout.splitlines()[:12],
+                                         "journal": journal.stdout.splitlines()}
+    for line in unit.stdout.splitlines()[:6]:
+        story.t.progress(f"{victim}: {line}")
 
 
 def main(argv: list[str] | None = None) -> int:
