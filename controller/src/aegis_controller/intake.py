@@ -66,15 +66,20 @@ class Intake:
 
     def _raise_incident(self, node_id: str, rule: IncidentRule, ev: Event, now: int) -> None:
         """The incident, and its quarantine order if the rule has one, unless the rule
-        already raised one for this node within the window: the check and the writes are
+        already raised one for this machine within the window: the check and the writes are
         one write transaction holding the ledger's lock, so concurrent batches of one node
-        raise one incident and one order, not one each."""
+        raise one incident and one order, not one each. The window binds the machine: an
+        incident from before the node's last enrollment (a rebuild, a re-enrollment) was
+        the old machine's, and the fresh one raises its own at once."""
         _i = tables.incidents.c
         with self.ledger.recording() as rec:
             db.serialise_ledger(rec.conn)  # PostgreSQL: the check waits for the other writer
+            enrolled = rec.conn.execute(sa.select(tables.nodes.c.enrolled_at).where(
+                tables.nodes.c.node_id == node_id)).scalar()
+            since = max(now - self.window, int(enrolled or 0) - 1)
             if rec.conn.execute(sa.select(_i.incident_id).where(
                     _i.node_id == node_id, _i.rule == rule.name,
-                    _i.created_at > now - self.window).limit(1)).first() is not None:
+                    _i.created_at > since).limit(1)).first() is not None:
                 return
             order_id = None
             if rule.quarantine:
