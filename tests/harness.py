@@ -20,7 +20,8 @@ from pyroute2 import NetNS, netns
 
 from aegis_lab.cleanup import down, sweep
 from aegis_lab.fleet import LocalFleet
-from aegis_lab.openbao import OpenBao, free_port, openbao_dev  # noqa: F401 (the tests' names)
+from aegis_lab.network import free_port  # noqa: F401 (the tests' name)
+from aegis_lab.openbao import OpenBao, openbao_dev  # noqa: F401 (the tests' names)
 from aegis_lab.paths import Paths
 
 #: The checkout and state dir under test, found by the lab's one rule (AEGIS_REPO, else

@@ -17,7 +17,6 @@ import json
 import os
 import select
 import signal
-import socket
 import ssl
 import subprocess
 import time
@@ -27,6 +26,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from aegis_controller.processes import process_start
+
+from .network import free_port
 
 if TYPE_CHECKING:  # the fleet is handed in; this module does not make fleets
     from .fleet import LocalFleet
@@ -45,12 +46,6 @@ def controller_command(fleet: LocalFleet) -> list[str]:
     through its command line."""
     return [str(fleet.paths.bin_dir / "aegis-controller"), "--state-dir",
             str(controller_dir(fleet))]
-
-
-def free_port(host: str) -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
 
 
 def _healthy(url: str, ca: Path) -> bool:

@@ -7,6 +7,7 @@ the host through the bridge address; nothing else. Interface names carry the pre
 from __future__ import annotations
 
 import contextlib
+import socket
 
 from pyroute2 import IPRoute, NetlinkError, NetNS
 
@@ -15,6 +16,13 @@ from .naming import FleetNetwork, check_prefix
 
 class NetworkError(RuntimeError):
     """An rtnetlink step failed."""
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port free on ``host`` now (loopback by default): for the lab's servers."""
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
 
 
 def bridge_name(prefix: str) -> str:

@@ -13,7 +13,6 @@ import datetime
 import ipaddress
 import os
 import shutil
-import socket
 import ssl
 import subprocess
 import sys
@@ -32,6 +31,8 @@ from cryptography.x509.oid import NameOID
 from aegis_protocol.files import key_pem
 from aegis_protocol.urls import is_loopback
 
+from .network import free_port
+
 
 @dataclass(frozen=True)
 class OpenBao:
@@ -45,12 +46,6 @@ class OpenBao:
         """The client variables for this server (``BAO_ADDR``, ``BAO_TOKEN``, CA)."""
         return {"BAO_ADDR": self.addr, "BAO_TOKEN": self.token,
                 **({"BAO_CACERT": self.ca_file} if self.ca_file else {})}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @contextlib.contextmanager

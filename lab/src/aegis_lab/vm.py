@@ -28,6 +28,7 @@ from pathlib import Path
 
 from .image import CACHE_ROOT, RECIPE_DIR, ImageBuildError, _locked, apt_mirror
 from .naming import LabInputError, check_node_name, check_prefix
+from .network import free_port
 from .paths import Paths
 
 VM_RECIPE = RECIPE_DIR / "vm" / "build-vm.sh"
@@ -81,12 +82,6 @@ def ensure_vm_image(progress=print) -> VmImage:
                     shutil.rmtree(old, ignore_errors=True)
             progress(f"VM image built in {time.monotonic() - started:.0f} s")
     return VmImage(out, digest)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class VmNode:
@@ -149,7 +144,7 @@ class VmNode:
             subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw",
                             "-b", str(image.disk), str(self.dir / "overlay.qcow2")],
                            check=True, capture_output=True)
-            port = _free_port()
+            port = free_port()
             host_key = (self.dir / "seed" / "ssh_host_ed25519_key.pub").read_text().split()[:2]
             self.known_hosts.write_text(f"[127.0.0.1]:{port} {' '.join(host_key)}\n")
             shutil.rmtree(self.dir / "seed")
