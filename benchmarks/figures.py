@@ -21,6 +21,12 @@ def _fmt(value: Any) -> str:
     return f"{value:,.3g}" if abs(value) < 100 else f"{value:,.1f}"
 
 
+def percentile(values: list[float], q: float) -> float:
+    """The ``q`` quantile (0..1) of ``values`` by nearest rank (p50, p99 of a small sample)."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
 def report(bench: str, figures: Mapping[str, Any], *, title: str = "",
            targets: Mapping[str, str] | None = None, peers: Mapping[str, str] | None = None,
            notes: Mapping[str, Any] | None = None, out: TextIO = sys.stdout) -> None:

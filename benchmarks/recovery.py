@@ -34,19 +34,14 @@ import time
 
 from aegis_lab import cleanup
 from aegis_lab import controller as lab_controller
-from aegis_lab.demo import DemoFailed, Story
+from aegis_lab.demo import DemoFailed, Story, sigterm_unwinds
 from aegis_lab.paths import Paths
 from aegis_lab.timeline import Timeline
 
-from .figures import report
+from .figures import percentile, report
 
 PARALLEL = {"max_in_flight": 3, "max_unavailable_fraction": 0.9, "breaker_threshold": 10,
             "max_per_hour": 60, "max_attempts_per_node": 10, "cooldown_s": 0}
-
-
-def _p(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 def _round(story: Story, name: str, victims: list[str]) -> dict:
@@ -124,12 +119,12 @@ def main(argv: list[str] | None = None) -> int:
     paths = Paths.discover()
     report_path = paths.state_root / "bench" / f"recovery-{args.prefix}.json"
     t = Timeline(f"bench recovery, fleet '{args.prefix}', {args.nodes} nodes")
-    story = Story(paths, args.prefix, args.nodes, t, report_path, baked=args.baked)
+    story = Story(paths, args.prefix, args.nodes, t, baked=args.baked)
     rounds: dict[str, dict] = {}
     wanted = args.rounds.split(",")
     rc = 1
     try:
-        with contextlib.ExitStack() as stack:
+        with sigterm_unwinds(), contextlib.ExitStack() as stack:
             story.provision()
             story.harden()
             story.openbao(stack)
@@ -158,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     kill = [ms for r in rounds.values() for ms in r["kill_ms"] if ms is not None]
     figures: dict[str, float] = {
         "detect_to_contained_ms_p50": round(statistics.median(detect), 2),
-        "detect_to_contained_ms_p99": round(_p(detect, 0.99), 2),
+        "detect_to_contained_ms_p99": round(percentile(detect, 0.99), 2),
         "exec_to_killed_ms_p50": round(statistics.median(kill), 2) if kill else -1,
     }
     for name, r in rounds.items():

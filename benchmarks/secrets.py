@@ -27,7 +27,7 @@ import sys
 import time
 from pathlib import Path
 
-from .figures import report
+from .figures import percentile, report
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
@@ -35,11 +35,6 @@ from harness_secrets import SecretsLab, secrets_lab, until
 
 STEPS = {"revoke_accessor": "token_revoked", "revoke_lease": "leases_revoked",
          "verify_login": "login_gone"}
-
-
-def _p(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 def _wiped_at(lab: SecretsLab, after_ns: int) -> float | None:
@@ -108,8 +103,8 @@ def run(rounds: int, rotations: int) -> tuple[dict[str, float], dict[str, object
     for name in ("token_revoked_ms", "leases_revoked_ms", "login_gone_ms", "agent_wipe_ms"):
         values = samples.get(name, [])
         if values:
-            figures[f"{name.removesuffix('_ms')}_p50_ms"] = round(_p(values, 0.5), 1)
-            figures[f"{name.removesuffix('_ms')}_p99_ms"] = round(_p(values, 0.99), 1)
+            figures[f"{name.removesuffix('_ms')}_p50_ms"] = round(percentile(values, 0.5), 1)
+            figures[f"{name.removesuffix('_ms')}_p99_ms"] = round(percentile(values, 0.99), 1)
     if reload_s:
         figures["rotation_to_reload_p50_s"] = round(statistics.median(reload_s), 2)
         figures["rotation_to_reload_max_s"] = round(max(reload_s), 2)
