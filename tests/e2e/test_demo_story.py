@@ -40,13 +40,24 @@ def story(tmp_path_factory: pytest.TempPathFactory):
     report = tmp_path_factory.mktemp("demo") / "report.json"
     fleet = LocalFleet(prefix, PATHS)
     try:
-        # as ./aegis demo runs it, in its own process; its timeline streams to our output
-        proc = subprocess.run(
+        # as ./aegis demo runs it, in its own process
+        demo = subprocess.Popen(
             [str(Path(sys.executable).with_name("aegis-lab")), "--repo", str(PATHS.repo_root),
              "demo", "--prefix", prefix, "--keep", "--report", str(report)],
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            text=True, timeout=2400, check=False)
-        print(proc.stdout[-20000:])
+            text=True)
+        try:
+            out, _ = demo.communicate(timeout=2400)
+        except subprocess.TimeoutExpired:
+            # SIGTERM, not SIGKILL: the demo unwinds and stops what it started (OpenBao
+            # runs in a session of its own, out of reach of anything sent to the demo)
+            demo.terminate()
+            try:
+                out, _ = demo.communicate(timeout=300)
+            finally:
+                demo.kill()
+        proc = subprocess.CompletedProcess(demo.args, demo.returncode, out)
+        print(out[-20000:])
         yield proc, json.loads(report.read_text()) if report.exists() else {}, fleet, report
     finally:
         try:

@@ -14,16 +14,20 @@ report goes to ``<state>/demo/report-<prefix>.json`` (and ``.txt``).
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import io
 import itertools
 import json
 import secrets
 import shlex
+import signal
 import ssl
 import subprocess
+import tarfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +43,7 @@ from . import controller as lab_controller
 from .bake import bake_variables
 from .fleet import LocalFleet
 from .naming import check_size
+from .network import free_port
 from .openbao import OpenBao, openbao_dev
 from .paths import Paths
 from .playbook import ansible_env, ansible_playbook, ansible_results, fleet_ansible
@@ -104,12 +109,11 @@ def _wait(pred: Callable[[], Any], timeout: float, step: float = 0.5) -> Any:
 class Story:
     """One run of the story on one fleet; each method is a step of the timeline."""
 
-    def __init__(self, paths: Paths, prefix: str, size: int, timeline: Timeline,
-                 report: Path, *, baked: bool = False) -> None:
+    def __init__(self, paths: Paths, prefix: str, size: int, timeline: Timeline, *,
+                 baked: bool = False) -> None:
         self.paths, self.prefix, self.size, self.t = paths, prefix, size, timeline
         #: boot the baked golden image (aegis_lab.bake) instead of converging a plain one
         self.baked = baked
-        self.report = report
         self.fleet = LocalFleet(prefix, paths, on_event=_progress(timeline))
         self.info: dict = {}
         self.ctl: dict = {}
@@ -154,10 +158,6 @@ class Story:
         assert self.bao is not None
         return hvac.Client(url=self.bao.addr, token=self.bao.token,
                            verify=self.bao.ca_file or True)
-
-    def ledger(self) -> list[dict]:
-        out = self.controller("ledger", "show")
-        return [json.loads(line) for line in out.stdout.splitlines() if line.strip()]
 
     # -- the steps ----------------------------------------------------------------------
     def provision(self) -> None:
@@ -235,7 +235,7 @@ class Story:
         with self.t.step("controller: mutual TLS, secrets gate, recovery engine") as step:
             assert self.bao is not None
             gw = self.info["gateway"]
-            port = port or lab_controller.free_port(gw)
+            port = port or free_port(gw)
             url = f"https://{gw}:{port}"
             self.agent_vars = self._agent_vars(url)
             recovery = self._recovery_settings()
@@ -553,10 +553,6 @@ class Story:
         return False
 
     def _bundle_ok(self, job: dict) -> bool:
-        import hashlib
-        import io
-        import tarfile
-
         path = Path(job["data"]["bundle_path"])
         data = path.read_bytes()
         if hashlib.sha256(data).hexdigest() != job["data"]["bundle_sha256"]:
@@ -569,6 +565,21 @@ class Story:
         return bool(names)
 
 
+@contextlib.contextmanager
+def sigterm_unwinds() -> Iterator[None]:
+    """SIGTERM (a CI timeout, ``kill``) raises SystemExit in the main thread, so the
+    story's teardown runs: the fleet, the controller and OpenBao (a process of its own
+    session, which no signal to ours reaches) are stopped, not left behind."""
+    def stop(signum: int, _frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def run_demo(paths: Paths, nodes: object = 3, keep: bool = False, prefix: str = "aegis",
              report: Path | None = None, baked: bool = False) -> int:
     size = check_size(nodes)
@@ -577,10 +588,10 @@ def run_demo(paths: Paths, nodes: object = 3, keep: bool = False, prefix: str = 
                          "compromised and replaced while the guard rails keep the rest")
     report = report or paths.state_root / "demo" / f"report-{prefix}.json"
     t = Timeline(f"Aegis demo, fleet '{prefix}', {size} nodes")
-    story = Story(paths, prefix, size, t, report, baked=baked)
+    story = Story(paths, prefix, size, t, baked=baked)
     rc = 1
     try:
-        with contextlib.ExitStack() as stack:
+        with sigterm_unwinds(), contextlib.ExitStack() as stack:
             try:
                 story.provision()
                 story.harden()
@@ -596,7 +607,7 @@ def run_demo(paths: Paths, nodes: object = 3, keep: bool = False, prefix: str = 
                 t.say(f"the demo failed: {err}")
             finally:
                 if keep:
-                    t.say(f"keeping the fleet; tear down with: aegis-lab fleet down "
+                    t.say(f"keeping the fleet; tear down with: aegis-lab cleanup "
                           f"--prefix {prefix}")
                     t.say("OpenBao stops with the demo (it is a dev server in memory)")
                 else:
@@ -611,4 +622,4 @@ def run_demo(paths: Paths, nodes: object = 3, keep: bool = False, prefix: str = 
     return rc if t.ok() else 1
 
 
-__all__ = ["IMPLANT", "VICTIM", "Story", "run_demo"]
+__all__ = ["IMPLANT", "VICTIM", "Story", "run_demo", "sigterm_unwinds"]
