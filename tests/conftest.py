@@ -22,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from harness_secrets import tmpfs
 from harness_vault import PgAdmin, Wiring, make_pg_admin, wire
+from lane import Job, Lane
 
 from aegis_lab.cleanup import leftovers
 from aegis_lab.ee import EEImage
@@ -66,13 +67,71 @@ def fleet() -> Iterator[LocalFleet]:
         yield f
 
 
+# -- the background lane (tests/lane.py) ------------------------------------------------
+LANE = Lane(PATHS.state_root / "lane" / RUN_PREFIX)
+
+
+def ee_job() -> Job:
+    return Job("ee", build_ee, order=10)
+
+
+#: session fixtures whose value is a lane job
+FIXTURE_JOBS = {"execution_environment": ee_job}
+
+
+@pytest.hookimpl(trylast=True)  # after -k/-m deselection: these are the items that run
+def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config,
+                                  items: list[pytest.Item]) -> None:
+    """Queue the lane's jobs for the selected items, and move every module that waits for
+    one to the end of the run (in the lane's order), so the jobs run while the other tests
+    do. A test module adds jobs with a ``lane_jobs(items) -> list[Job]`` function."""
+    if os.environ.get("AEGIS_TEST_LANE", "1") == "0" or config.option.collectonly:
+        return
+    jobs: dict[str, Job] = {}
+    waits: dict[object, int] = {}  # module -> the lane order of the first job it waits for
+    by_module: dict[object, list[pytest.Item]] = {}
+    for item in items:
+        by_module.setdefault(item.module, []).append(item)
+    for module, mod_items in by_module.items():
+        names = {n for i in mod_items for n in i.fixturenames}
+        made = [make() for name, make in FIXTURE_JOBS.items() if name in names]
+        hook = getattr(module, "lane_jobs", None)
+        made += hook(mod_items) if hook else []
+        for job in made:
+            jobs.setdefault(job.key, job)
+        if made:
+            waits[module] = min(jobs[job.key].order for job in made)
+    if not jobs:
+        return
+    items[:] = ([i for i in items if i.module not in waits]
+                + [i for m in sorted(waits, key=waits.__getitem__) for i in by_module[m]])
+    config.stash[_LANE_JOBS] = list(jobs.values())
+
+
+_LANE_JOBS = pytest.StashKey[list[Job]]()
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    LANE.start(session.config.stash.get(_LANE_JOBS, []))
+
+
 @pytest.fixture(scope="session")
-def execution_environment(pytestconfig: pytest.Config) -> EEImage:
-    """The EE of this checkout, built or reused once per session (a cold build takes
-    minutes; its lines are shown as they come, past pytest's output capture)."""
+def lane(pytestconfig: pytest.Config):
+    """``lane(key, make)``: the lane job's result (its progress shown past pytest's output
+    capture while the test waits), or ``make()``'s job run here if the lane has none."""
     capture = pytestconfig.pluginmanager.getplugin("capturemanager")
-    with capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
-        return build_ee()
+
+    def result(key: str, make):
+        with capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
+            return LANE.result(key, make, show=sys.stderr)
+    return result
+
+
+@pytest.fixture(scope="session")
+def execution_environment(lane) -> EEImage:
+    """The EE of this checkout, built or reused once per session (a cold build takes
+    minutes: it runs in the background lane from the start of the run)."""
+    return lane("ee", ee_job)
 
 
 @pytest.fixture
@@ -174,6 +233,7 @@ def pytest_keyboard_interrupt(excinfo: pytest.ExceptionInfo[BaseException]) -> N
 
 @pytest.hookimpl(trylast=True)  # after pytest's own hook has torn the session's fixtures down
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    LANE.stop()
     left = leftovers(RUN_PREFIX)
     if left:
         print(f"\naegis: test run {RUN_PREFIX} left host objects behind:", file=sys.stderr)

@@ -9,7 +9,7 @@ import contextlib
 import json
 import shutil
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,10 +27,10 @@ def say(msg: str) -> None:
     print(f"ee: {msg}", file=sys.stderr, flush=True)
 
 
-def build_ee() -> EEImage:
+def build_ee(progress: Callable[[str], None] = say) -> EEImage:
     """The EE of this checkout, built or reused, its build's lines shown as they come."""
-    img = ensure_ee(PATHS, progress=say)
-    say(f"{img.ref} {'built' if img.built else 'reused'} in {img.seconds:.1f} s "
+    img = ensure_ee(PATHS, progress=progress)
+    progress(f"{img.ref} {'built' if img.built else 'reused'} in {img.seconds:.1f} s "
         f"(base {'built' if img.base_built else 'cached'})")
     return img
 

@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from lane import Job
 
 from aegis_controller.playbook import PlayResult
 from aegis_lab.bake import (
@@ -45,14 +46,30 @@ IDENTITY = ("cat /etc/machine-id; cat /etc/ssh/ssh_host_ed25519_key.pub; "
             "systemctl is-enabled aegis-agent.service || true")
 
 
-@pytest.fixture(scope="module")
-def bake_prefix() -> str:
-    return sub_prefix()
+def _bake_job() -> Job:
+    prefix = sub_prefix()
+    return Job("bake", lambda say: (prefix, bake_image(PATHS, prefix=prefix, progress=say)),
+               order=15)
+
+
+def lane_jobs(items: list[pytest.Item]) -> list[Job]:
+    return [_bake_job()]
 
 
 @pytest.fixture(scope="module")
-def baked(bake_prefix: str) -> BakedImage:
-    return bake_image(PATHS, prefix=bake_prefix)
+def _bake(lane) -> tuple[str, BakedImage]:
+    """The bake runs in the background lane from the start of the run."""
+    return lane("bake", _bake_job)
+
+
+@pytest.fixture(scope="module")
+def bake_prefix(_bake: tuple[str, BakedImage]) -> str:
+    return _bake[0]
+
+
+@pytest.fixture(scope="module")
+def baked(_bake: tuple[str, BakedImage]) -> BakedImage:
+    return _bake[1]
 
 
 @pytest.fixture(scope="module")

@@ -12,6 +12,7 @@ The fleet is kept after the story (``--keep``) so the test can look at it, then 
 from __future__ import annotations
 
 import json
+import os
 import ssl
 import subprocess
 import sys
@@ -19,13 +20,14 @@ from pathlib import Path
 
 import httpx
 import pytest
+from lane import Command, Job
 
 from aegis_lab import controller as lab_controller
 from aegis_lab.cleanup import down, sweep
 from aegis_lab.demo import IMPLANT, VICTIM
 from aegis_lab.fleet import LocalFleet
 from aegis_lab.podman import podman
-from conftest import sub_prefix
+from conftest import LANE, sub_prefix
 from harness import PATHS
 
 pytestmark = pytest.mark.e2e
@@ -34,29 +36,36 @@ STATES = ("queued", "containing", "collecting", "replacing", "verifying", "enrol
           "trusted")
 
 
-@pytest.fixture(scope="module")
-def story(tmp_path_factory: pytest.TempPathFactory):
+def _demo_job() -> Job:
+    """``aegis-lab demo`` (as ./aegis demo runs it, in its own process) with ``--keep``,
+    so the test can look at the fleet after the story. Past its timeout it gets SIGTERM,
+    not SIGKILL: the demo unwinds and stops what it started (OpenBao runs in a session of
+    its own, out of reach of anything sent to the demo's process group)."""
     prefix = sub_prefix()
-    report = tmp_path_factory.mktemp("demo") / "report.json"
+    report = LANE.log_dir / f"demo-{prefix}.json"
+    lab = str(Path(sys.executable).with_name("aegis-lab"))
+    cmd = Command([lab, "--repo", str(PATHS.repo_root), "demo", "--prefix", prefix, "--keep",
+                   "--report", str(report)], cwd=PATHS.repo_root, env=dict(os.environ),
+                  timeout=2400, grace=300,
+                  cleanup=[lab, "--repo", str(PATHS.repo_root), "cleanup", "--prefix", prefix])
+
+    def run(say):
+        report.parent.mkdir(parents=True, exist_ok=True)
+        return (prefix, report, *cmd.run(say))
+    return Job("demo", run, order=30, cancel=cmd.cancel)
+
+
+def lane_jobs(items: list[pytest.Item]) -> list[Job]:
+    return [_demo_job()]
+
+
+@pytest.fixture(scope="module")
+def story(lane):
+    """The demo runs in the background lane from the start of the run."""
+    prefix, report, rc, out = lane("demo", _demo_job)
     fleet = LocalFleet(prefix, PATHS)
     try:
-        # as ./aegis demo runs it, in its own process
-        demo = subprocess.Popen(
-            [str(Path(sys.executable).with_name("aegis-lab")), "--repo", str(PATHS.repo_root),
-             "demo", "--prefix", prefix, "--keep", "--report", str(report)],
-            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            text=True)
-        try:
-            out, _ = demo.communicate(timeout=2400)
-        except subprocess.TimeoutExpired:
-            # SIGTERM, not SIGKILL: the demo unwinds and stops what it started (OpenBao
-            # runs in a session of its own, out of reach of anything sent to the demo)
-            demo.terminate()
-            try:
-                out, _ = demo.communicate(timeout=300)
-            finally:
-                demo.kill()
-        proc = subprocess.CompletedProcess(demo.args, demo.returncode, out)
+        proc = subprocess.CompletedProcess(["aegis-lab", "demo"], rc, out)
         print(out[-20000:])
         yield proc, json.loads(report.read_text()) if report.exists() else {}, fleet, report
     finally:

@@ -1,0 +1,193 @@
+"""The background lane: long, self-contained jobs of a test run (the EE build, the bake,
+the Molecule scenarios — one of them a QEMU VM under TCG) start as soon as the run is
+collected and run one after another beside the tests, so the run takes the longest of the
+two lanes instead of their sum on this machine's two cores.
+
+A job is a callable given a ``say`` function for its progress lines; they go to the job's
+log file. The test or fixture that needs a job's result waits for it and, while it waits,
+shows the job's log as it grows. A job nobody scheduled (the lane is off, or the test was
+picked after collection) runs inline on demand, so every test also runs on its own.
+``AEGIS_TEST_LANE=0`` turns the lane off.
+
+On interrupt the queued jobs are dropped and the running one is cancelled (a subprocess
+job's process group is terminated and its own cleanup command run) before the run's
+leftover check."""
+
+from __future__ import annotations
+
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+Say = Callable[[str], None]
+
+
+@dataclass
+class Job:
+    """``run(say)`` returns the job's result; ``order`` places it in the lane (low first)."""
+
+    key: str
+    run: Callable[[Say], Any]
+    order: int = 100
+    #: called (from the main thread) to stop the job while it runs
+    cancel: Callable[[], None] | None = None
+    log: Path | None = None
+    future: Future = field(default_factory=Future)
+    started: float | None = None
+    seconds: float | None = None
+
+
+class Lane:
+    def __init__(self, log_dir: Path) -> None:
+        self.log_dir = log_dir
+        self.jobs: dict[str, Job] = {}
+        self._queue: queue.Queue[Job | None] = queue.Queue()
+        self._thread: threading.Thread | None = None
+        self._running: Job | None = None
+        self._stopping = False
+
+    # -- scheduling -------------------------------------------------------------------
+    def start(self, jobs: Sequence[Job]) -> None:
+        """Queue ``jobs`` (by ``order``) and start the lane's thread."""
+        if not jobs:
+            return
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        for job in sorted(jobs, key=lambda j: j.order):
+            job.log = self.log_dir / f"{job.key.replace(':', '-').replace('/', '-')}.log"
+            job.log.write_text("")
+            self.jobs[job.key] = job
+            self._queue.put(job)
+        self._queue.put(None)
+        self._thread = threading.Thread(target=self._work, name="aegis-lane", daemon=True)
+        self._thread.start()
+
+    def _work(self) -> None:
+        while (job := self._queue.get()) is not None:
+            if self._stopping or not job.future.set_running_or_notify_cancel():
+                continue
+            self._running = job
+            job.started = time.monotonic()
+            assert job.log is not None
+            with job.log.open("a", buffering=1) as out:
+                try:
+                    result = job.run(_writer(out))
+                except BaseException as exc:  # handed to the waiting test
+                    job.seconds = time.monotonic() - job.started
+                    job.future.set_exception(exc)
+                else:
+                    job.seconds = time.monotonic() - job.started
+                    job.future.set_result(result)
+            self._running = None
+
+    # -- results ----------------------------------------------------------------------
+    def result(self, key: str, make: Callable[[], Job], show: TextIO | None = None) -> Any:
+        """The result of job ``key``: waited for if the lane has it (its log copied to
+        ``show`` as it grows), else ``make()``'s job run here and now."""
+        job = self.jobs.get(key)
+        if job is None:
+            job = make()
+            return job.run(_writer(show) if show else _writer(sys.stderr))
+        assert job.log is not None
+        if show and job.future.done():
+            show = None  # finished in the background: its log stays in the file
+        if show:
+            show.write(f"\nlane: waiting for {key} (log {job.log})\n")
+        with job.log.open(errors="replace") as log:
+            while True:
+                done = bool(wait([job.future], timeout=1.0).done)
+                if show and (data := log.read()):
+                    show.write(data)
+                    show.flush()
+                if done:
+                    break
+        if show:
+            show.write(f"lane: {key} done in {job.seconds or 0:.0f} s\n")
+            show.flush()
+        return job.future.result()
+
+    # -- stopping ---------------------------------------------------------------------
+    def stop(self, report: TextIO = sys.stderr) -> None:
+        """Drop queued jobs, cancel the running one and wait for the lane to end."""
+        self._stopping = True
+        for job in self.jobs.values():
+            job.future.cancel()
+        running = self._running
+        if running is not None and running.cancel is not None:
+            report.write(f"\nlane: cancelling {running.key}\n")
+            running.cancel()
+        if self._thread is not None and self._thread.is_alive():
+            if running is not None:
+                report.write(f"lane: waiting for {running.key} to end\n")
+            self._thread.join()
+
+
+def _writer(out: TextIO) -> Say:
+    def say(line: str) -> None:
+        out.write(line.rstrip("\n") + "\n")
+        out.flush()
+    return say
+
+
+@dataclass
+class Command:
+    """A job that is one command: its output (stdout and stderr merged) goes to the job's
+    log; the result is ``(returncode, output)``. Cancelling terminates its process group
+    and runs ``cleanup`` (e.g. the scenario's own destroy)."""
+
+    argv: list[str]
+    cwd: Path
+    env: dict[str, str]
+    timeout: float
+    cleanup: list[str] | None = None
+    #: seconds between SIGTERM and SIGKILL (a command that unwinds what it made needs more)
+    grace: float = 30
+    proc: subprocess.Popen | None = None
+    cancelled: bool = False
+
+    def run(self, say: Say) -> tuple[int, str]:
+        say("$ " + " ".join(self.argv))
+        lines: list[str] = []
+        self.proc = subprocess.Popen(self.argv, cwd=self.cwd, env=self.env, text=True,
+                                     stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+        timer = threading.Timer(self.timeout, self._terminate)
+        timer.start()
+        try:
+            assert self.proc.stdout is not None
+            for line in self.proc.stdout:
+                lines.append(line)
+                say(line)
+            rc = self.proc.wait()
+        finally:
+            timer.cancel()
+        if self.cancelled and self.cleanup:
+            say("$ " + " ".join(self.cleanup))
+            done = subprocess.run(self.cleanup, cwd=self.cwd, env=self.env, text=True,
+                                  capture_output=True, timeout=600, check=False)
+            say(done.stdout + done.stderr)
+        return rc, "".join(lines)
+
+    def _terminate(self) -> None:
+        self.cancelled = True
+        proc = self.proc
+        if proc is None or proc.poll() is not None:
+            return
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=self.grace)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+    def cancel(self) -> None:
+        self._terminate()

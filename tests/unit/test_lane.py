@@ -1,0 +1,86 @@
+"""The test run's background lane (tests/lane.py): jobs run one at a time in order, a
+waiting test gets the result or the job's exception, a job nobody queued runs inline, and
+stopping the lane cancels the running command's whole process group and runs its
+cleanup."""
+
+from __future__ import annotations
+
+import io
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from lane import Command, Job, Lane
+
+from harness import wait_until
+
+pytestmark = pytest.mark.unit
+
+
+def test_jobs_run_in_order_one_at_a_time_and_results_reach_the_waiter(tmp_path: Path):
+    lane = Lane(tmp_path / "lane")
+    ran: list[str] = []
+    busy = threading.Lock()
+
+    def job(name: str):
+        def run(say):
+            assert busy.acquire(blocking=False), "two lane jobs ran at once"
+            try:
+                ran.append(name)
+                say(f"{name} working")
+                time.sleep(0.05)
+                if name == "bad":
+                    raise ValueError("the job's own error")
+                return name.upper()
+            finally:
+                busy.release()
+        return run
+
+    lane.start([Job("b", job("b"), order=2), Job("bad", job("bad"), order=3),
+                Job("a", job("a"), order=1)])
+    shown = io.StringIO()
+    assert lane.result("b", lambda: pytest.fail("b is queued"), show=shown) == "B"
+    with pytest.raises(ValueError, match="the job's own error"):
+        lane.result("bad", lambda: pytest.fail("bad is queued"))
+    assert lane.result("a", lambda: pytest.fail("a is queued")) == "A"
+    assert ran == ["a", "b", "bad"]
+    assert "b working" in (tmp_path / "lane" / "b.log").read_text()
+    # not queued: made and run here
+    assert lane.result("c", lambda: Job("c", lambda say: "inline")) == "inline"
+    lane.stop()
+
+
+def test_stop_cancels_the_running_command_and_its_children_and_runs_cleanup(tmp_path: Path):
+    marker = tmp_path / "cleaned"
+    # a shell with a child that would outlive a plain kill of the shell
+    cmd = Command([sys.executable, "-c",
+                   "import subprocess,time; subprocess.Popen(['sleep','300']); "
+                   "print('started', flush=True); time.sleep(300)"],
+                  cwd=tmp_path, env=dict(os.environ), timeout=600,
+                  cleanup=["touch", str(marker)])
+    lane = Lane(tmp_path / "lane")
+    lane.start([Job("long", cmd.run, cancel=cmd.cancel), Job("never", lambda say: "ran")])
+    assert wait_until(lambda: "started" in (tmp_path / "lane" / "long.log").read_text(), 30)
+    pgid = cmd.proc.pid
+    lane.stop(report=io.StringIO())
+    assert marker.exists()
+    assert wait_until(lambda: _group_gone(pgid), 10)
+    assert lane.jobs["never"].future.cancelled()
+
+
+def test_a_command_past_its_timeout_is_terminated(tmp_path: Path):
+    cmd = Command(["sleep", "300"], cwd=tmp_path, env=dict(os.environ), timeout=0.5)
+    started = time.monotonic()
+    rc, _ = cmd.run(lambda line: None)
+    assert rc != 0 and time.monotonic() - started < 30
+
+
+def _group_gone(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return True
+    return False
