@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ipaddress
+
 import pytest
 
 from aegis_agent.bpf import EdgeSpecError, ObjectMissingError, SegmentFilter
@@ -51,3 +53,29 @@ def test_edge_round_trip_and_peer_parsing():
         Peer.parse("any")
     with pytest.raises(ValueError, match="positive number of seconds"):
         SegmentFilter(None, "/sys/fs/bpf/x")._edge_value(-1, None, 0)
+
+
+@pytest.mark.parametrize("text", [
+    "10.0.0.1", "10.0.0.0/8", "10.0.0.0/08", "0.0.0.0/0", "255.255.255.255", "192.0.2.0/31",
+    "10.0.0.0/255.0.0.0", "10.0.0.1/24", "010.0.0.1", "10.0.0.256", "1.2.3", "1.2.3.4.5",
+    "10.0.0.0/", "10.0.0.0/33", "\u0661\u0660.0.0.1", "::1", "1.2.3.4/ 8", "+1.2.3.4", "1.2.3.4/-1",
+])
+def test_fast_address_path_agrees_with_ipaddress(text):
+    """The batch path reads plain dotted quads without ipaddress objects: for every form
+    it takes the same edge, and every form it does not take gets ipaddress's verdict."""
+
+    spec = f"{text} -> any tcp/22"
+    try:
+        net = ipaddress.ip_network(text, strict=True)
+        want = None if net.version != 4 else (int(net.network_address), net.prefixlen)
+    except ValueError:
+        want = None
+    if want is None:
+        with pytest.raises(EdgeSpecError):
+            Edge.parse(spec)
+        return
+    edge = Edge.parse(spec)
+    assert (edge.src_addr, edge.src_len) == want
+    assert edge.src == ipaddress.ip_network(text) and edge.dst is None
+    assert Edge.from_key(edge.key(), edge.in_lpm) == edge
+    assert Edge.parse(str(edge)) == edge

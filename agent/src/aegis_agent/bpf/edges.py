@@ -12,7 +12,11 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
+import re
+import socket
+import struct
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from . import layout
 from .layout import PROTO_NAMES, PROTOS
@@ -26,6 +30,13 @@ PEER_HELP = (
     "write a management peer as 'ADDRESS[/PREFIX] [PROTO/PORT]', e.g. '192.0.2.10 tcp/22' "
     "or '192.0.2.0/28' (every protocol and port)"
 )
+
+
+_U32 = struct.Struct("!I").unpack
+#: an edge written the way ``str(Edge)`` writes it (what batches carry); anything else, and
+#: anything this matches but the checks refuse, takes the general path and its errors
+_CANONICAL = re.compile(r"(\d{1,3}(?:\.\d{1,3}){3})(?:/(\d{1,2}))? -> "
+                        r"(any|\d{1,3}(?:\.\d{1,3}){3}) (tcp|udp)/(\d{1,5})").fullmatch
 
 
 class EdgeSpecError(ValueError):
@@ -73,13 +84,43 @@ def _proto_port(text: str, spec: str, help_: str, port_required: bool) -> tuple[
     return PROTOS[name], int(port_text)
 
 
-@dataclass(frozen=True, order=True)
-class Edge:
-    """One allowed ingress edge: ``src`` network (/0 = any) to ``dst`` (None = any of
-    the node's addresses), protocol number and destination port (0 for icmp)."""
+def _ipv4(text: str) -> int | None:
+    """A dotted quad as an int, or None for anything else (the caller then asks
+    :mod:`ipaddress`, which also says what is wrong). ``inet_pton`` is as strict as
+    ipaddress: four decimal octets, no leading zeros."""
+    try:
+        return _U32(socket.inet_pton(socket.AF_INET, text))[0]
+    except (OSError, UnicodeError, ValueError):
+        return None
 
-    src: ipaddress.IPv4Network
-    dst: ipaddress.IPv4Address | None
+
+def _net(text: str, what: str, spec: str, help_: str) -> tuple[int, int]:
+    """``(address, prefix length)`` of an IPv4 address, CIDR or ``any``: plain forms on a
+    fast path without :mod:`ipaddress` objects (a batch load parses 100,000 edges), every
+    other form and every error through :func:`_network`."""
+    if text == "any":
+        return 0, 0
+    addr_text, slash, plen_text = text.partition("/")
+    addr = _ipv4(addr_text)
+    if addr is not None:
+        if not slash:
+            return addr, 32
+        if plen_text.isascii() and plen_text.isdigit() and len(plen_text) <= 2:
+            plen = int(plen_text)
+            if plen <= 32 and not addr & (0xFFFFFFFF >> plen):
+                return addr, plen
+    net = _network(text, what, spec, help_)
+    return int(net.network_address), net.prefixlen
+
+
+class Edge(NamedTuple):
+    """One allowed ingress edge: the source network (``src_addr``/``src_len``; /0 = any)
+    to ``dst_addr`` (0 = any of the node's addresses), protocol number and destination
+    port (0 for icmp). A tuple of plain ints: the batch path makes 100,000 of them."""
+
+    src_addr: int
+    src_len: int
+    dst_addr: int
     proto: int
     port: int
 
@@ -89,6 +130,15 @@ class Edge:
             return spec
         if not isinstance(spec, str):
             raise EdgeSpecError(f"bad edge {spec!r}: expected a string — {EDGE_HELP}")
+        if (m := _CANONICAL(spec)) is not None:  # the batch path: one match, two C calls
+            src, plen_text, dst_text, proto_name, port_text = m.groups()
+            addr = _ipv4(src)
+            dst = 0 if dst_text == "any" else _ipv4(dst_text)
+            plen = 32 if plen_text is None else int(plen_text)
+            port = int(port_text)
+            if (addr is not None and dst is not None and plen <= 32
+                    and not addr & (0xFFFFFFFF >> plen) and 1 <= port <= 65535):
+                return cls(addr, plen, dst, PROTOS[proto_name], port)
         left, arrow, right = spec.partition("->")
         if not arrow:
             raise EdgeSpecError(f"bad edge {spec!r}: missing '->' — {EDGE_HELP}")
@@ -99,55 +149,59 @@ class Edge:
         if len(parts) != 2:
             raise EdgeSpecError(f"bad edge {spec!r}: after '->' write DESTINATION and "
                                 f"PROTO/PORT — {EDGE_HELP}")
-        src = _network(src_text, "source", spec, EDGE_HELP)
+        src, plen = _net(src_text, "source", spec, EDGE_HELP)
         if parts[0] == "any":
-            dst = None
+            dst = 0
         else:
-            net = _network(parts[0], "destination", spec, EDGE_HELP)
-            if net.prefixlen != 32:
+            dst, dst_len = _net(parts[0], "destination", spec, EDGE_HELP)
+            if dst_len != 32:
                 raise EdgeSpecError(f"bad destination {parts[0]!r} in {spec!r}: a single "
                                     f"address or 'any' (CIDR only on the source side) — "
                                     f"{EDGE_HELP}")
-            dst = net.network_address
         proto, port = _proto_port(parts[1], spec, EDGE_HELP, port_required=True)
-        return cls(src, dst, proto, port)
+        return cls(src, plen, dst, proto, port)
+
+    @property
+    def src(self) -> ipaddress.IPv4Network:
+        return ipaddress.IPv4Network((self.src_addr, self.src_len))
+
+    @property
+    def dst(self) -> ipaddress.IPv4Address | None:
+        return ipaddress.IPv4Address(self.dst_addr) if self.dst_addr else None
 
     @property
     def kind(self) -> layout.EdgeKind:
         k = layout.EdgeKind
-        if self.src.prefixlen == 32:
-            return k.SRC_DST if self.dst else k.SRC_ANYDST
-        if self.src.prefixlen == 0:
-            return k.ANY_DST if self.dst else k.ANY_ANYDST
-        return k.CIDR_DST if self.dst else k.CIDR_ANYDST
+        if self.src_len == 32:
+            return k.SRC_DST if self.dst_addr else k.SRC_ANYDST
+        if self.src_len == 0:
+            return k.ANY_DST if self.dst_addr else k.ANY_ANYDST
+        return k.CIDR_DST if self.dst_addr else k.CIDR_ANYDST
 
     @property
     def in_lpm(self) -> bool:
-        return self.kind in (layout.EdgeKind.CIDR_DST, layout.EdgeKind.CIDR_ANYDST)
+        return 0 < self.src_len < 32
 
     def key(self) -> bytes:
-        src = int(self.src.network_address)
-        dst = int(self.dst) if self.dst else 0
         if self.in_lpm:
-            return (layout.EDGE_LPM_KEY.pack(layout.EDGE_LPM_EXACT_BITS + self.src.prefixlen)
-                    + layout.EDGE_LPM_DATA.pack(self.proto, self.port, dst, src))
-        return layout.EDGE_KEY.pack(src, dst, self.port, self.proto)
+            return (layout.EDGE_LPM_KEY.pack(layout.EDGE_LPM_EXACT_BITS + self.src_len)
+                    + layout.EDGE_LPM_DATA.pack(self.proto, self.port, self.dst_addr,
+                                                self.src_addr))
+        return layout.EDGE_KEY.pack(self.src_addr, self.dst_addr, self.port, self.proto)
 
     @classmethod
     def from_key(cls, raw: bytes, lpm: bool) -> Edge:
         if lpm:
             (plen,) = layout.EDGE_LPM_KEY.unpack(raw[:4])
             proto, port, dst, src = layout.EDGE_LPM_DATA.unpack(raw[4:])
-            net = ipaddress.IPv4Network((src, plen - layout.EDGE_LPM_EXACT_BITS))
-        else:
-            src, dst, port, proto = layout.EDGE_KEY.unpack(raw)
-            net = ipaddress.IPv4Network((src, 32 if src else 0))
-        return cls(net, ipaddress.IPv4Address(dst) if dst else None, proto, port)
+            return cls(src, plen - layout.EDGE_LPM_EXACT_BITS, dst, proto, port)
+        src, dst, port, proto = layout.EDGE_KEY.unpack(raw)
+        return cls(src, 32 if src else 0, dst, proto, port)
 
     def __str__(self) -> str:
-        src = "any" if self.src.prefixlen == 0 else (
-            str(self.src.network_address) if self.src.prefixlen == 32 else str(self.src))
-        dst = str(self.dst) if self.dst else "any"
+        src = "any" if self.src_len == 0 else (
+            str(ipaddress.IPv4Address(self.src_addr)) if self.src_len == 32 else str(self.src))
+        dst = str(ipaddress.IPv4Address(self.dst_addr)) if self.dst_addr else "any"
         name = PROTO_NAMES.get(self.proto, str(self.proto))
         pp = name if self.proto == 1 else f"{name}/{self.port}"
         return f"{src} -> {dst} {pp}"
