@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import queue
+import shutil
 import signal
 import subprocess
 import sys
@@ -29,6 +30,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 Say = Callable[[str], None]
+KEEP_RUNS = 5
 
 
 @dataclass
@@ -61,6 +63,10 @@ class Lane:
         if not jobs:
             return
         self.log_dir.mkdir(parents=True, exist_ok=True)
+        runs = sorted((d for d in self.log_dir.parent.iterdir() if d.is_dir()),
+                      key=lambda d: d.stat().st_mtime)
+        for old in runs[:-KEEP_RUNS]:  # the logs of the last few runs stay for a look
+            shutil.rmtree(old, ignore_errors=True)
         for job in sorted(jobs, key=lambda j: j.order):
             job.log = self.log_dir / f"{job.key.replace(':', '-').replace('/', '-')}.log"
             job.log.write_text("")
