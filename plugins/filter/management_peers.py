@@ -10,6 +10,8 @@ from urllib.parse import urlsplit
 
 from ansible.errors import AnsibleFilterError
 
+from ansible_collections.aegis.fleet.plugins.module_utils.recovery import ssh_peer
+
 DOCUMENTATION = r"""
 name: management_peers
 short_description: Management peers with the SSH source and the controller added
@@ -87,12 +89,12 @@ def management_peers(peers, ssh_connection="", controller_url=""):
                                  f"peers, got {type(peers).__name__}")
     out = [str(p) for p in peers]
     wanted = []
-    fields = str(ssh_connection or "").split()
-    if len(fields) == 4 and fields[3].isdigit():
-        wanted.append((fields[0], int(fields[3])))
-    elif fields:
-        raise AnsibleFilterError(f"aegis.fleet.management_peers: ssh_connection {ssh_connection!r}"
-                                 " is not 'client_ip client_port server_ip server_port'")
+    try:
+        ssh = ssh_peer(ssh_connection)
+    except ValueError as exc:
+        raise AnsibleFilterError(f"aegis.fleet.management_peers: ssh_connection {exc}") from None
+    if ssh is not None:
+        wanted.append(ssh)
     if controller_url:
         url = urlsplit(str(controller_url))
         try:

@@ -64,6 +64,18 @@ def agent_call(path, cmd, args=None, timeout=15.0):
     return answer.get("result")
 
 
+def ssh_peer(ssh_connection):
+    """``(client address, server port)`` of an ``SSH_CONNECTION`` value (``client_ip
+    client_port server_ip server_port``); None when it is empty (not over SSH); ValueError
+    when it is something else."""
+    fields = str(ssh_connection or "").split()
+    if not fields:
+        return None
+    if len(fields) != 4 or not fields[3].isdigit():
+        raise ValueError("%r is not 'client_ip client_port server_ip server_port'" % (ssh_connection,))
+    return fields[0], int(fields[3])
+
+
 def normal_peer(spec):
     """``ADDRESS[/PREFIX] [PROTO[/PORT]]`` as the agent prints it (``10.0.0.1 tcp/22``,
     ``10.0.0.0/24``); ValueError with the shape to write for anything else."""

@@ -22,8 +22,14 @@ description:
     (C(systemctl freeze), C(FreezerState=frozen)); systemd cannot freeze on a node with the
     legacy or hybrid hierarchy, and there every process of the unit's cgroup gets
     C(SIGSTOP) instead (RV(method) says which).
+  - When the agent does not answer (an attacker may have stopped it), O(fallback=nftables)
+    cuts the node off all the same with the project's own nftables table
+    C(inet aegis_quarantine), which drops every packet in and out except loopback, the
+    peers of O(management_peers) and the SSH connection the module runs over (so it cannot
+    cut the connection that applies it), ahead of any other table's rules. RV(via) says
+    which way the node was quarantined.
   - V(released) (O(state=absent)) thaws the frozen services of C(system.slice) and ends
-    the agent's quarantine. A rebuild-first fleet replaces a quarantined node instead; this
+    the agent's quarantine, and removes the fallback table if there is one. A rebuild-first fleet replaces a quarantined node instead; this
     is for a false alarm.
   - Idempotent, since a node already quarantined with the peers asked for, and with no
     service left to freeze, reports no change. A soft run on a hard-quarantined node thaws
@@ -63,6 +69,13 @@ options:
     description: The agent's control socket.
     type: path
     default: /run/aegis/agent.sock
+  fallback:
+    description:
+      - What to do when the agent does not answer on O(socket). V(nftables) quarantines
+        with the table C(inet aegis_quarantine) (needs C(nft) on the node); V(none) fails.
+    type: str
+    choices: [nftables, none]
+    default: nftables
 attributes:
   check_mode:
     support: full
@@ -75,10 +88,12 @@ attributes:
     platforms: posix
     description: Linux nodes with systemd and the Aegis agent (aegis.fleet.agent) running.
 requirements:
-  - the Aegis agent running on the node with segmentation on (C(segment.interface))
+  - the Aegis agent running on the node with segmentation on (C(segment.interface)), or C(nft) for the fallback
   - systemd on the node
 notes:
   - The agent refuses a quarantine when its segmentation is off; the module then fails with the agent's reason.
+  - The fallback keeps IPv4 management peers only, and not the peers the agent would have
+    added itself (its controller), since without the agent nothing on the node talks to the controller.
 seealso:
   - module: aegis.fleet.forensics_bundle
 author:
@@ -137,12 +152,26 @@ method:
   returned: always
   type: str
   sample: cgroup
+via:
+  description: V(agent), or V(nftables) when the agent did not answer and the fallback table cut the node off.
+  returned: always
+  type: str
+  sample: agent
+agent_error:
+  description: Why the agent was not used (only with RV(via=nftables)).
+  returned: when the fallback was used
+  type: str
+  sample: the agent is not running (no control socket at /run/aegis/agent.sock)
 """
 
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.aegis.fleet.plugins.module_utils.changes import report
 from ansible_collections.aegis.fleet.plugins.module_utils.freezer import Freezer
+from ansible_collections.aegis.fleet.plugins.module_utils.nft_quarantine import (
+    NftQuarantine,
+    ssh_source,
+)
 from ansible_collections.aegis.fleet.plugins.module_utils.recovery import (
     AgentError,
     agent_call,
@@ -159,6 +188,7 @@ ARGUMENT_SPEC = dict(
     keep_units=dict(type="list", elements="str", default=KEEP_UNITS),
     reason=dict(type="str", default="quarantined by aegis.fleet.quarantine"),
     socket=dict(type="path", default="/run/aegis/agent.sock"),
+    fallback=dict(type="str", default="nftables", choices=["nftables", "none"]),
 )
 
 
@@ -187,14 +217,26 @@ def main():
         wanted = [normal_peer(peer) for peer in p["management_peers"]]
     except ValueError as e:
         module.fail_json(msg="management_peers: %s" % e)
+    nft = NftQuarantine(module)
+    extra = {}
     try:
         status = agent_call(p["socket"], "status")
     except AgentError as e:
-        module.fail_json(msg=str(e))
+        if p["fallback"] != "nftables":
+            module.fail_json(msg=str(e))
+        # the agent is gone (stopped, or killed by whoever it was to stop): nftables
+        have = nft.peers()
+        ssh = ssh_source()
+        status = {"segment": {"quarantine": have is not None,
+                              "management": sorted(set((have or []) + ([ssh] if ssh else [])))}}
+        extra = {"agent_error": str(e)}
+    via = "nftables" if extra else "agent"
     policy = status.get("segment")
     if not policy:
         module.fail_json(msg="the agent's segmentation is off (no segment.interface in /etc/aegis/agent.yaml): "
                              "it cannot quarantine this node; set agent_segment_interface in aegis.fleet.agent")
+    # a fallback table left from a time the agent was down is released with the quarantine
+    leftover = via == "agent" and p["state"] == "absent" and nft.peers() is not None
 
     systemd = Systemd(module)
     freezer = Freezer(module, systemd)
@@ -211,8 +253,8 @@ def main():
         touch, frozen_after, kept = [], frozen_before, []
 
     quarantined, management, send = plan(policy, wanted, p["state"])
-    before = render(bool(policy.get("quarantine")), [normal_peer(x) for x in policy.get("management", [])],
-                    frozen_before)
+    before = render(bool(policy.get("quarantine")) or leftover,
+                    [normal_peer(x) for x in policy.get("management", [])], frozen_before)
     after = render(quarantined, management, frozen_after)
     if before != after and not module.check_mode:
         try:
@@ -220,7 +262,9 @@ def main():
                 args = {"level": p["mode"], "reason": p["reason"][:200]}
                 if send is not None:
                     args["management"] = send
-                if send is not None or not policy.get("quarantine"):
+                if via == "nftables" and (send is not None or not policy.get("quarantine")):
+                    nft.apply(management)
+                elif send is not None or not policy.get("quarantine"):
                     result = agent_call(p["socket"], "quarantine", args)
                     management = [normal_peer(x) for x in result.get("management", management)]
                 for name in touch:
@@ -228,8 +272,10 @@ def main():
             else:
                 for name in touch:
                     freezer.thaw(services[name])
-                if policy.get("quarantine"):
+                if policy.get("quarantine") and via == "agent":
                     agent_call(p["socket"], "release", {"reason": p["reason"][:200]})
+                if via == "nftables" or leftover:
+                    nft.remove()
         except AgentError as e:
             module.fail_json(msg=str(e), frozen=[])
         if p["state"] == "present":
@@ -240,7 +286,7 @@ def main():
                 module.fail_json(msg="these services did not freeze: %s" % ", ".join(left), frozen=touch)
     report(module, before, after, "quarantine of %s" % (status.get("node_id") or "this node"),
            quarantined=quarantined, management=management, frozen=touch, frozen_units=frozen_after,
-           kept=kept, method=freezer.method)
+           kept=kept, method=freezer.method, via=via, **extra)
 
 
 if __name__ == "__main__":

@@ -401,6 +401,39 @@ def test_recovery_playbooks_run_inside_the_ee(lab, execution_environment: EEImag
         assert _agent_status(fleet)["segment"]["quarantine"] is False
 
 
+def test_a_node_whose_agent_was_stopped_is_contained_with_nftables(lab) -> None:
+    """An attacker who stops the agent does not stop the containment: quarantine.yml finds
+    no agent and cuts the node off with the project's own nftables table, the SSH path it
+    runs over kept (a second run over it changes nothing); state=absent removes the table.
+    Run last but the rebuild: the node is replaced after."""
+    fleet, _server = lab
+    gw = fleet.info()["gateway"]
+    # whatever an earlier test left: not quarantined, nothing frozen
+    ansible_results(fleet, NODE, "aegis.fleet.quarantine", "state=absent")
+    try:
+        with _granted_listener(fleet) as listener:
+            stopped = _exec(fleet, "systemctl", "stop", "aegis-agent.service")
+            assert stopped.returncode == 0, stopped.stderr
+            first = _play(fleet, "quarantine.yml", aegis_target=NODE)
+            assert first.ok, first.tail(40)
+            res = _result(first, QUARANTINE_TASK)
+            assert res["changed"] and res["quarantined"] and res["via"] == "nftables", res
+            assert "the agent is not running" in res["agent_error"], res
+            assert f"{gw} tcp/22" in res["management"], res["management"]
+            table = _exec(fleet, "nft", "list", "table", "inet", "aegis_quarantine")
+            assert table.returncode == 0 and "policy drop" in table.stdout, table
+            assert _connect_from_node(fleet, gw, listener.port) == "timeout"
+            second = _play(fleet, "quarantine.yml", aegis_target=NODE)
+            assert second.ok, second.tail(40)
+            assert second.changed == 0, second.tail(40)
+    finally:
+        released = ansible_results(fleet, NODE, "aegis.fleet.quarantine", "state=absent")
+        _exec(fleet, "systemctl", "start", "aegis-agent.service")
+    assert released[NODE]["changed"] and released[NODE]["via"] == "nftables", released
+    assert _exec(fleet, "nft", "list", "table", "inet", "aegis_quarantine").returncode != 0
+    assert wait_until(lambda: _exec(fleet, AGENT, "status").returncode == 0, 30)
+
+
 def test_rebuild_replaces_exactly_that_node_and_enrolls_the_new_one(lab, tmp_path: Path) -> None:
     """rebuild.yml against the lab's own Terraform root: the node is a new one (new
     container, new machine-id), hardened and enrolled again by site.yml."""
