@@ -48,7 +48,7 @@ _TICK = os.sysconf("SC_CLK_TCK")
 #: quarantined, network tools and shells of service users denied or alerted, a burst rule
 #: with a threshold. None matches the benchmark's own binaries (kept under /var/lib), as
 #: nearly every exec on a real node matches none: each event is checked against all.
-WRITABLE = ["/tmp/", "/var/tmp/", "/dev/shm/", "/root/", "/home/", "/run/user/"]
+WRITABLE = ["/tmp/", "/var/tmp/", "/dev/shm/", "/root/", "/home/", "/run/user/"]  # noqa: S108
 POLICY = [
     {"name": "exec-from-writable-dir", "kind": "exec", "action": "deny",
      "match_prefix": {"filename": WRITABLE}},
@@ -159,6 +159,8 @@ def run(seconds: float, workers: int, rate: float) -> dict[str, float | int]:
         spooled = dict.fromkeys(exes, 0)
         by_file = {str(exe): phase for phase, exe in exes.items()}
         for _s, e in Spool(root / "spool").read(-1, 1 << 30):
+            if e.kind == "agent" and e.data.get("what") == "exec_monitor_unavailable":
+                raise SystemExit(f"the agent's exec monitor did not start: {e.data['error']}")
             phase = by_file.get(e.data.get("filename")) if e.kind == "exec" else None
             if phase:
                 spooled[phase] += 1

@@ -32,7 +32,7 @@ from . import libbpf, syscall
 from .bpffs import PIN_ROOT, ensure_bpffs
 from .layout import MapSpec
 from .objects import object_path
-from .ring import RingReader
+from .ring import RingBatch, RingReader
 from .syscall import BpfError
 
 T = TypeVar("T")
@@ -56,7 +56,7 @@ class PinnedObject:
         self.object_file = object_file
         self._maps: dict[str, int] = {}
         self._progs: dict[str, int] = {}
-        self._readers: list[RingReader[Any]] = []
+        self._readers: list[RingReader[Any] | RingBatch] = []
 
     # -- lifecycle -----------------------------------------------------------------------
     def pin(self, name: str) -> Path:
@@ -184,6 +184,15 @@ class PinnedObject:
         reader = RingReader(self.map_fd(self.RING), self.decode, sink)
         self._readers.append(reader)
         return reader
+
+    def batch(self) -> RingBatch:
+        """The ``RING`` map read in batches that are released only once written out (the
+        agent's reader, see ``ring.RingBatch``); closed with this object."""
+        size = self.MAPS[self.RING].max_entries
+        assert size is not None, f"{self.RING} declares no size"
+        batch = RingBatch(self.map_fd(self.RING), size)
+        self._readers.append(batch)
+        return batch
 
     def records(self, timeout: float = 0.0) -> list[Any]:
         """The records waiting in the ring (waits up to ``timeout`` seconds for the
