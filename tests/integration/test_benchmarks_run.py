@@ -1,5 +1,6 @@
 """The controller, secrets and exec benchmarks behind `./aegis bench controller|secrets|exec`
-still run against the current API (a tiny size: behaviour, not speed; the figures come from the command)."""
+still run against the current API (a tiny size: behaviour, not speed; the figures come from
+the command)."""
 
 from __future__ import annotations
 
