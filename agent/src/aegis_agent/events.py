@@ -96,11 +96,36 @@ class RingIds:
     def __init__(self, map_id: int, boot_id: str | None = None) -> None:
         boot = boot_id if boot_id is not None else Path(
             "/proc/sys/kernel/random/boot_id").read_text().strip()
-        self._prefix = int.from_bytes(hashlib.blake2b(
-            f"aegis-ring:{boot}:{map_id}".encode(), digest_size=8).digest(), "big") << 64
+        high = int.from_bytes(hashlib.blake2b(
+            f"aegis-ring:{boot}:{map_id}".encode(), digest_size=8).digest(), "big")
+        self._prefix = ((high & ~0xF000) | 0x4000) << 64  # version 4 (uuid.UUID(version=4))
 
     def __call__(self, pos: int) -> uuid.UUID:
-        return uuid.UUID(int=self._prefix | (pos & 0xFFFF_FFFF_FFFF_FFFF), version=4)
+        # the RFC 4122 variant in the top bits of the position (ring positions stay far
+        # below 2**62); set as uuid.UUID.__init__ sets it, without its argument checks
+        u = object.__new__(uuid.UUID)
+        setattr_(u, "int", self._prefix | (pos & _LOW62) | _VARIANT)
+        setattr_(u, "is_safe", uuid.SafeUUID.unknown)
+        return u
+
+
+_LOW62 = (1 << 62) - 1
+_VARIANT = 1 << 63
+setattr_ = object.__setattr__
+_EVENT_FIELDS = frozenset(Event.model_fields)
+
+
+def trusted_event(values: dict[str, object]) -> Event:
+    """An Event from ``values`` (every field given) without validating them: what
+    ``Event.model_construct`` does, without its per-field loop. Only for values that are
+    valid by construction (decoded from a fixed kernel layout);
+    tests/unit/test_agent_hot_path.py checks it gives the validated event."""
+    ev = object.__new__(Event)
+    setattr_(ev, "__dict__", values)
+    setattr_(ev, "__pydantic_fields_set__", set(_EVENT_FIELDS))
+    setattr_(ev, "__pydantic_extra__", None)
+    setattr_(ev, "__pydantic_private__", None)
+    return ev
 
 
 class ExecDecoder:
@@ -116,8 +141,7 @@ class ExecDecoder:
         self._devs: dict[int, int] = {}
 
     def events(self, batch: list[tuple[int, bytes]]) -> list[Event]:
-        unpack, construct, ids, offset = EXEC_EVENT.unpack_from, Event.model_construct, \
-            self.ids, self.offset_ns
+        unpack, ids, offset = EXEC_EVENT.unpack_from, self.ids, self.offset_ns
         devs = self._devs
         out = []
         for pos, raw in batch:
@@ -137,6 +161,6 @@ class ExecDecoder:
                 kind, severity = "exec", "info"
             if flags & EXEC_INTERP:
                 data["interpreted"] = True
-            out.append(construct(id=ids(pos), ts_ns=ktime + offset, kind=kind,
-                                 severity=severity, data=data))
+            out.append(trusted_event({"id": ids(pos), "ts_ns": ktime + offset, "kind": kind,
+                                      "severity": severity, "data": data}))
         return out

@@ -35,11 +35,22 @@ class Decision:
 class _Compiled:
     """A rule as the hot path checks it: match values as sets (a hash lookup per field,
     not a scan of the list; scalars compare the same either way), prefixes as one tuple
-    for ``str.startswith``."""
+    for ``str.startswith`` (a string value that starts with one of them; any other value
+    never does)."""
 
     rule: Rule
     match: tuple[tuple[str, frozenset[object]], ...]
     prefixes: tuple[tuple[str, tuple[str, ...]], ...]
+
+    def matches(self, data: dict[str, object]) -> bool:
+        for k, values in self.match:
+            if data.get(k) not in values:
+                return False
+        for k, prefixes in self.prefixes:
+            value = data.get(k)
+            if not (isinstance(value, str) and value.startswith(prefixes)):
+                return False
+        return True
 
     @classmethod
     def of(cls, rule: Rule) -> _Compiled:
@@ -66,9 +77,7 @@ class Policy:
         data = event.data
         decisions = []
         for c in rules:
-            if any(data.get(k) not in values for k, values in c.match):
-                continue
-            if not all(_starts_with(data.get(k), prefixes) for k, prefixes in c.prefixes):
+            if not c.matches(data):
                 continue
             rule = c.rule
             if now is None:
@@ -85,11 +94,6 @@ class Policy:
                 window.clear()
             decisions.append(Decision(rule.name, rule.action, event, key))
         return decisions
-
-
-def _starts_with(value: object, prefixes: tuple[str, ...]) -> bool:
-    """A string value that starts with one of ``prefixes`` (any other value never does)."""
-    return isinstance(value, str) and value.startswith(prefixes)
 
 
 CGROUP_ROOTS = (Path("/sys/fs/cgroup/unified"), Path("/sys/fs/cgroup"))
