@@ -14,8 +14,9 @@ runs two phases against that one agent:
 Each phase's exec events are counted in the spool after the agent stopped. Prints, per
 phase, execs issued and spooled per second, events lost (issued minus spooled), the
 agent's CPU share over the phase and its CPU time per 1,000 events, and the agent's peak
-RSS over the run, each next to its target and a peer figure, through
-:func:`benchmarks.figures.report` (a table, then one JSON line). Needs root.
+RSS over the run (and its high-water mark, start-up included), each next to its target
+and a peer figure, through :func:`benchmarks.figures.report` (a table, then one JSON
+line). Needs root.
 """
 
 from __future__ import annotations
@@ -89,9 +90,9 @@ def _cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / _TICK
 
 
-def _rss_mb(pid: int) -> float:
+def _rss_mb(pid: int, field: str = "VmRSS") -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(f"{field}:"):
             return int(line.split()[1]) / 1024
     return 0.0
 
@@ -113,6 +114,19 @@ def _phase(agent: int, exe: Path, workers: int, seconds: float,
     wall = time.monotonic() - t0
     time.sleep(1.0)  # let the agent drain what is still in the ring buffer
     return {"issued": issued, "wall": wall, "cpu": _cpu_s(agent) - cpu0}
+
+
+def _spooled(spool: Path, exes: dict[str, Path]) -> dict[str, int]:
+    """Exec events of each phase's binary in the agent's spool."""
+    spooled = dict.fromkeys(exes, 0)
+    by_file = {str(exe): phase for phase, exe in exes.items()}
+    for _s, e in Spool(spool).read(-1, 1 << 30):
+        if e.kind == "agent" and e.data.get("what") == "exec_monitor_unavailable":
+            raise SystemExit(f"the agent's exec monitor did not start: {e.data['error']}")
+        phase = by_file.get(e.data.get("filename")) if e.kind == "exec" else None
+        if phase:
+            spooled[phase] += 1
+    return spooled
 
 
 def run(seconds: float, workers: int, rate: float) -> dict[str, float | int]:
@@ -154,16 +168,10 @@ def run(seconds: float, workers: int, rate: float) -> dict[str, float | int]:
         phases = {"paced": _phase(agent.pid, exes["paced"], workers, seconds, rate),
                   "flat": _phase(agent.pid, exes["flat"], workers, seconds, None)}
         done.set()
+        high_water = _rss_mb(agent.pid, "VmHWM")  # start-up (loading the BPF objects) too
         agent.send_signal(signal.SIGTERM)
         agent.wait(timeout=60)
-        spooled = dict.fromkeys(exes, 0)
-        by_file = {str(exe): phase for phase, exe in exes.items()}
-        for _s, e in Spool(root / "spool").read(-1, 1 << 30):
-            if e.kind == "agent" and e.data.get("what") == "exec_monitor_unavailable":
-                raise SystemExit(f"the agent's exec monitor did not start: {e.data['error']}")
-            phase = by_file.get(e.data.get("filename")) if e.kind == "exec" else None
-            if phase:
-                spooled[phase] += 1
+        spooled = _spooled(root / "spool", exes)
         out: dict[str, float | int] = {}
         for phase, p in phases.items():
             out.update({
@@ -174,6 +182,7 @@ def run(seconds: float, workers: int, rate: float) -> dict[str, float | int]:
                 f"{phase}_cpu_ms_per_1000_events":
                     round(1000 * p["cpu"] * 1000 / max(spooled[phase], 1), 1)})
         out["agent_peak_rss_mb"] = round(max(peak), 1)
+        out["agent_rss_high_water_mb"] = round(high_water, 1)
         out["seconds"] = round(phases["paced"]["wall"], 2)
         return out
     finally:
@@ -208,6 +217,8 @@ def main(argv: list[str] | None = None) -> int:
            notes={"seconds_per_phase": seconds, "workers": args.workers, "rate": args.rate,
                   "policy_rules": len(POLICY),
                   "agent_cpu": "percent of one core over the phase + 1 s drain",
+                  "agent_peak_rss": "sampled every 0.2 s from ready to stop; high water: "
+                                    "the kernel's VmHWM, start-up included",
                   "load_average": " ".join(f"{x:.2f}" for x in os.getloadavg())})
     return 0
 
