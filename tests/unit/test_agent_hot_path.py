@@ -172,3 +172,27 @@ policy:
     # a kind named twice is still one rule: its threshold counts each event once
     assert rules("exec", t=1, comm="sh") == []
     assert rules("exec", t=2, comm="sh") == ["twice"]
+
+
+def test_a_record_that_does_not_decode_is_reported_and_released_with_the_rest(
+        tmp_path: Path) -> None:
+    from aegis_agent.daemon import Agent
+
+    class Ring:  # pending/release as RingBatch has them
+        released = False
+
+        def pending(self) -> list[tuple[int, bytes]]:
+            return [] if self.released else [(0, _exec_raw()), (328, b"short"),
+                                              (400, _exec_raw())]
+
+        def release(self) -> None:
+            self.released = True
+
+    agent = Agent(parse_config(f"spool: {{dir: {tmp_path}}}"))
+    ring = Ring()
+    agent._drain(ring, ExecDecoder(0, RingIds(1, boot_id="b")).events)  # type: ignore[arg-type]
+    assert ring.released
+    events = [e for _s, e in agent.spool.read(-1, 100)]
+    assert [e.kind for e in events] == ["exec", "agent", "exec"]
+    assert events[1].data["what"] == "ring_record_undecodable"
+    assert events[1].data["ring_pos"] == 328 and events[1].data["size"] == 5

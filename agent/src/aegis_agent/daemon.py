@@ -158,10 +158,26 @@ class Agent:
         records = ring.pending()
         if not records:
             return
-        events = to_events(records)
+        try:
+            events = to_events(records)
+        except Exception:  # one bad record must not hold the ring forever
+            events = self._one_by_one(records, to_events)
         self.spool.append(events)  # one write + one fsync for the whole batch
         ring.release()
         self.record(events, written=True)
+
+    @staticmethod
+    def _one_by_one(records: list[tuple[int, bytes]], to_events: Any) -> list[Event]:
+        """A batch with a record that does not decode: the others as events, that one as
+        an agent event saying so (it is released with the rest, never retried)."""
+        events: list[Event] = []
+        for pos, raw in records:
+            try:
+                events += to_events([(pos, raw)])
+            except Exception as e:  # reported, see above
+                events.append(agent_event("ring_record_undecodable", "warning", ring_pos=pos,
+                                          size=len(raw), error=f"{type(e).__name__}: {e}"[:300]))
+        return events
 
     def _drain_later(self, ring: RingBatch, to_events: Any) -> None:
         """The ring's reader callback: drain now, then leave the ring unwatched for
