@@ -196,3 +196,21 @@ def test_a_record_that_does_not_decode_is_reported_and_released_with_the_rest(
     assert [e.kind for e in events] == ["exec", "agent", "exec"]
     assert events[1].data["what"] == "ring_record_undecodable"
     assert events[1].data["ring_pos"] == 328 and events[1].data["size"] == 5
+
+
+def test_a_load_apart_returns_its_result_and_its_error_with_errno() -> None:
+    from aegis_agent.bpf.pinned import in_child
+    from aegis_agent.bpf.syscall import BpfError
+
+    assert in_child(lambda: "loaded with reason") == "loaded with reason"
+
+    def refused() -> str:
+        raise BpfError(13, "the kernel refused exec.bpf.o: Permission denied\nlog line")
+
+    with pytest.raises(BpfError) as e:
+        in_child(refused)
+    assert e.value.errno == 13
+    assert e.value.strerror == "the kernel refused exec.bpf.o: Permission denied\nlog line"
+
+    with pytest.raises(BpfError, match="RuntimeError: boom"):
+        in_child(lambda: (_ for _ in ()).throw(RuntimeError("boom")))

@@ -303,7 +303,7 @@ class Agent:
         if mc.exec:
             mon = ExecMonitor(mc.pin_dir / "exec", lsm=mc.lsm, scope=mc.scope)
             try:
-                info = mon.start()
+                info = mon.start(load_apart=True)
                 self.execs = mon
                 self.record([agent_event("exec_monitor", mode=str(info["mode"]),
                                           reason=str(info["reason"]))])
@@ -318,7 +318,7 @@ class Agent:
         if mc.connect:
             cmon = ConnectMonitor(mc.pin_dir / "connect", scope=mc.scope)
             try:
-                cmon.start()
+                cmon.start(load_apart=True)
                 self.connects = cmon
             except (BpfError, OSError) as e:
                 self.record([agent_event("connect_monitor_unavailable", "warning",

@@ -38,6 +38,40 @@ from .syscall import BpfError
 T = TypeVar("T")
 
 
+def in_child(work: Callable[[], str]) -> str:
+    """Run ``work`` (a load that pins what it loads) in a forked child and return what it
+    returns; its exception comes back as a BpfError with the same errno and message
+    (libbpf's log included). Loading parses
+    the kernel's BTF (libbpf: ~10 MiB of heap for a moment): done apart, it never counts
+    in the long-running agent's memory, whose pins then find what the child pinned."""
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: no return from here
+        code = 0
+        try:
+            os.close(read_fd)
+            out = work()
+        except OSError as e:  # BpfError, LibbpfError, a missing object file
+            out, code = f"{e.errno or 0}\n{e.strerror or e}", 1
+        except BaseException as e:  # every failure goes back to the parent
+            out, code = f"0\n{type(e).__name__}: {e}", 1
+        try:
+            os.write(write_fd, out.encode(errors="replace")[:60000])
+        finally:
+            os._exit(code)
+    os.close(write_fd)
+    chunks = []
+    with os.fdopen(read_fd, "rb") as fh:
+        chunks.append(fh.read())
+    _pid, status = os.waitpid(pid, 0)
+    out = b"".join(chunks).decode(errors="replace")
+    if os.waitstatus_to_exitcode(status) != 0:
+        err, _nl, msg = out.partition("\n")
+        raise BpfError(int(err) if err.isdigit() else 0,
+                       msg or f"the loading process failed (wait status {status})")
+    return out
+
+
 class PinMismatchError(BpfError):
     """A pinned map is not the map this agent declares (pins from another build)."""
 
