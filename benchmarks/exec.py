@@ -1,7 +1,7 @@
 """How the agent follows execs, and what it costs: ``python -m benchmarks.exec``.
 
 Starts the real agent daemon (exec monitor only, its own pins, spool and socket in a
-throw-away directory) with a realistic local policy loaded (:data:`POLICY`: deny and
+throw-away directory) with a realistic local policy loaded (:func:`policy`: deny and
 alert rules on the exec monitor's events, the kind a node's ``agent_policy`` holds), then
 runs two phases against that one agent:
 
@@ -47,26 +47,39 @@ _TICK = os.sysconf("SC_CLK_TCK")
 #: A node's local policy as the agent role's ``agent_policy`` carries it (the first two
 #: are the demo fleet's): execs from world-writable places denied and the workload
 #: quarantined, network tools and shells of service users denied or alerted, a burst rule
-#: with a threshold. None matches the benchmark's own binaries (kept under /var/lib), as
-#: nearly every exec on a real node matches none: each event is checked against all.
+#: with a threshold. The agent runs on this host and its deny is enforced by the kernel for
+#: every process here, so every path a deny or quarantine rule names is moved under the
+#: benchmark's private ``jail`` directory (same rules, same shapes, same per-event cost):
+#: on a shared machine the real ``/tmp/`` or ``/root/`` rules killed other work's
+#: processes. None matches the benchmark's own binaries, as nearly every exec on a real
+#: node matches none: each event is checked against all.
 WRITABLE = ["/tmp/", "/var/tmp/", "/dev/shm/", "/root/", "/home/", "/run/user/"]  # noqa: S108
-POLICY = [
-    {"name": "exec-from-writable-dir", "kind": "exec", "action": "deny",
-     "match_prefix": {"filename": WRITABLE}},
-    {"name": "quarantine-on-writable-exec", "kind": "exec", "action": "quarantine",
-     "match_prefix": {"filename": WRITABLE}},
-    {"name": "netcat", "kind": "exec", "action": "deny",
-     "match": {"filename": ["/usr/bin/nc", "/bin/nc", "/usr/bin/ncat", "/usr/bin/socat",
-                            "/bin/nc.openbsd", "/bin/nc.traditional"]}},
-    {"name": "web-user-shell", "kind": "exec", "action": "alert",
-     "match": {"uid": [33, 998], "comm": ["sh", "bash", "dash", "python3", "perl"]}},
-    {"name": "denied-exec-burst", "kind": "exec_denied", "action": "quarantine",
-     "threshold": {"count": 5, "seconds": 60, "by": "uid"}},
-    {"name": "recon-tools", "kind": ["exec", "exec_denied"], "action": "alert",
-     "match_prefix": {"filename": ["/usr/bin/nmap", "/usr/sbin/tcpdump", "/usr/bin/strace"]}},
-    {"name": "package-manager", "kind": "exec", "action": "log",
-     "match": {"comm": ["apt-get", "dpkg", "pip", "npm"]}},
-]
+NETCAT = ["/usr/bin/nc", "/bin/nc", "/usr/bin/ncat", "/usr/bin/socat", "/bin/nc.openbsd",
+          "/bin/nc.traditional"]
+
+
+def policy(jail: Path) -> list[dict]:
+    writable = [f"{jail}{p}" for p in WRITABLE]
+    return [
+        {"name": "exec-from-writable-dir", "kind": "exec", "action": "deny",
+         "match_prefix": {"filename": writable}},
+        {"name": "quarantine-on-writable-exec", "kind": "exec", "action": "quarantine",
+         "match_prefix": {"filename": writable}},
+        {"name": "netcat", "kind": "exec", "action": "deny",
+         "match": {"filename": [f"{jail}{p}" for p in NETCAT]}},
+        {"name": "web-user-shell", "kind": "exec", "action": "alert",
+         "match": {"uid": [33, 998], "comm": ["sh", "bash", "dash", "python3", "perl"]}},
+        {"name": "denied-exec-burst", "kind": "exec_denied", "action": "quarantine",
+         "threshold": {"count": 5, "seconds": 60, "by": "uid"}},
+        {"name": "recon-tools", "kind": ["exec", "exec_denied"], "action": "alert",
+         "match_prefix": {"filename": ["/usr/bin/nmap", "/usr/sbin/tcpdump",
+                                       "/usr/bin/strace"]}},
+        {"name": "package-manager", "kind": "exec", "action": "log",
+         "match": {"comm": ["apt-get", "dpkg", "pip", "npm"]}},
+    ]
+
+
+POLICY_RULES = len(policy(Path("/")))
 
 _PACED = r"""
 import os, sys, time
@@ -137,10 +150,10 @@ def run(seconds: float, workers: int, rate: float) -> dict[str, float | int]:
     cfg = {"monitors": {"exec": True, "connect": False, "pin_dir": str(pin)},
            "spool": {"dir": str(root / "spool"), "max_bytes": 1 << 30},
            "control": {"socket": str(sock)},
-           "policy": POLICY,
+           "policy": policy(root / "jail"),
            "watchdog": {"max_cpu_percent": 100, "grace": 1000}}
     (root / "agent.yaml").write_text(yaml.safe_dump(cfg))
-    bins = Path(tempfile.mkdtemp(prefix=f"{name}-", dir="/var/lib"))  # outside WRITABLE
+    bins = Path(tempfile.mkdtemp(prefix=f"{name}-", dir="/var/lib"))  # matches no rule
     exes = {phase: bins / f"bench-true-{phase}" for phase in ("paced", "flat")}
     for exe in exes.values():
         shutil.copy("/bin/true", exe)
@@ -206,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     r = run(args.seconds, args.workers, args.rate)
     seconds = r.pop("seconds")
     report("exec", r,
-           title=(f"agent exec monitor, {len(POLICY)} policy rules loaded: {args.workers} "
+           title=(f"agent exec monitor, {POLICY_RULES} policy rules loaded: {args.workers} "
                   f"workers paced to {args.rate:g} execs/s, then flat out, {seconds} s each"),
            targets={"paced_agent_cpu_percent": "<= 3 (at 1,000 execs/s)",
                     "paced_events_lost": "0", "flat_events_lost": "0",
@@ -215,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
                                              "Falco users report 24",
                   "agent_peak_rss_mb": "osquery watchdog allows 200"},
            notes={"seconds_per_phase": seconds, "workers": args.workers, "rate": args.rate,
-                  "policy_rules": len(POLICY),
+                  "policy_rules": POLICY_RULES,
                   "agent_cpu": "percent of one core over the phase + 1 s drain",
                   "agent_peak_rss": "sampled every 0.2 s from ready to stop; high water: "
                                     "the kernel's VmHWM, start-up included",

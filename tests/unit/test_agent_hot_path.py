@@ -214,3 +214,26 @@ def test_a_load_apart_returns_its_result_and_its_error_with_errno() -> None:
 
     with pytest.raises(BpfError, match="RuntimeError: boom"):
         in_child(lambda: (_ for _ in ()).throw(RuntimeError("boom")))
+
+
+def test_a_drained_batch_pairs_each_records_pid_with_its_own_filename(
+        ring: FakeRingFile) -> None:
+    """Each record is decoded from its own bytes: no buffer is reused across a batch, so
+    a deny's kill can never go to another record's process."""
+    batch = RingBatch(ring.fd, RING)
+    try:
+        want = {}
+        for i in range(15):  # more than the ring holds at once: the second batch wraps
+            pid, path = 1000 + i, f"/opt/app-{i}/bin/tool-{'x' * i}"
+            want[pid] = path
+            ring.put(layout.EXEC_EVENT.pack(i, 10 + i, 0, pid, 1, 0, 0, 0, b"tool",
+                                            path.encode()))
+            if i == 7:  # half now, half after the producer wrapped
+                events = ExecDecoder(0, RingIds(1, boot_id="b")).events(batch.pending())
+                batch.release()
+        events += ExecDecoder(0, RingIds(1, boot_id="b")).events(batch.pending())
+        assert {e.data["pid"]: e.data["filename"] for e in events} == want
+        assert [e.data["ino"] for e in events] == [10 + i for i in range(15)]
+        assert ring.prod > RING  # it did wrap
+    finally:
+        batch.close()
