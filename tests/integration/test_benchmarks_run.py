@@ -1,5 +1,6 @@
-"""The controller and secrets benchmarks behind `./aegis bench controller|secrets` still run
-against the current API (a tiny size: behaviour, not speed; the figures come from the command)."""
+"""The controller, secrets and exec benchmarks behind `./aegis bench controller|secrets|exec`
+still run against the current API (a tiny size: behaviour, not speed; the figures come from
+the command)."""
 
 from __future__ import annotations
 
@@ -31,3 +32,20 @@ def test_benchmark_prints_its_figures(module: str, args: list[str], keys: set[st
     assert figures["bench"] == module.removeprefix("benchmarks.")
     assert keys <= set(figures), figures
     assert all(figures[k] > 0 for k in keys), figures
+
+
+def test_exec_benchmark_runs_paced_and_flat_out_with_its_policy() -> None:
+    """`./aegis bench exec` at a tiny size: both phases, the policy loaded, no event lost
+    at the paced rate, and the figures next to their targets."""
+    out = subprocess.run([sys.executable, "-m", "benchmarks.exec", "--seconds", "1",
+                          "--rate", "200", "--workers", "1"], capture_output=True, text=True,
+                         timeout=300, check=False, cwd=REPO)
+    assert out.returncode == 0, out.stderr[-3000:]
+    figures = json.loads(out.stdout.strip().splitlines()[-1])
+    assert figures["bench"] == "exec" and figures["policy_rules"] >= 5
+    for phase in ("paced", "flat"):
+        assert figures[f"{phase}_events_per_s"] > 0, figures
+        assert figures[f"{phase}_cpu_ms_per_1000_events"] >= 0, figures  # 10 ms ticks
+    assert figures["paced_events_lost"] == 0, figures
+    assert figures["agent_peak_rss_mb"] > 0
+    assert "target <= 3" in out.stdout and "Falco users report 24" in out.stdout

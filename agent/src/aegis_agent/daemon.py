@@ -1,7 +1,9 @@
 """The agent daemon: start-up, readers, periodic tasks and shutdown.
 
 One asyncio loop: ring buffers (segment drops, execs, connects) are drained through
-``loop.add_reader`` into the spool, each event goes through the local policy (whose
+``loop.add_reader`` into the spool in batches (at most one drain per ring every
+``DRAIN_INTERVAL``; each batch one write and one fsync before its ring slots are
+released), each event goes through the local policy (whose
 decisions run as ``Enforcement`` verbs), expired edges are swept, the agent watches its
 own CPU and memory, the control socket (``control_server``) serves the CLI and the
 controller link runs signed orders (``orders.order_handlers``). SIGTERM closes this
@@ -18,32 +20,38 @@ import os
 import signal
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aegis_protocol.events import Event, agent_event
 
-from . import __version__, measure
+from . import __version__
 from .bpf.monitors import ConnectMonitor, ExecMonitor
 from .bpf.pinned import PinnedObject
-from .bpf.ring import RingReader
+from .bpf.ring import RingBatch
 from .bpf.segment import SegmentFilter
-from .bpf.syscall import BpfError
+from .bpf.syscall import BpfError, _libc, map_info
 from .config import AgentConfig
 from .control_server import ControlServer
 from .enforcement import Enforcement
-from .events import Record, from_record
+from .events import ExecDecoder, RingIds, from_record
 from .lockout import LockoutError, Snapshot, Unconfirmed, controller_peers, same_policy
 from .notify import notify, watchdog_interval
-from .orders import order_handlers
 from .policy import Decision, Policy, respond
-from .secrets import SecretSink
 from .spool import Spool
-from .uplink import Uplink
 from .watchdog import SelfWatch
+
+if TYPE_CHECKING:  # the controller link (httpx, cryptography) loads only when configured
+    from .secrets import SecretSink
+    from .uplink import Uplink
 
 log = logging.getLogger("aegis.agent")
 
 WATCHDOG_EXIT = 3
+#: Seconds between two drains of one ring: the records of that time go to the spool in one
+#: write and one fsync (a ring woken per exec would cost a loop turn and an fsync each).
+#: The kernel enforces denies itself; this only delays the record and the policy's
+#: reaction, by at most this long.
+DRAIN_INTERVAL = 0.05
 
 
 def _from_policy(event: Event) -> bool:
@@ -79,10 +87,10 @@ class Agent:
         self._exit = 0
         self._server: ControlServer | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._readers: list[int] = []
+        self._readers: dict[int, asyncio.TimerHandle | None] = {}  # fd -> re-arm timer
+        self._rings: list[tuple[RingBatch, Any]] = []  # each ring and its decoder
         self.uplink: Uplink | None = None
         self.secrets: SecretSink | None = None
-        self._written: list[Event] = []
 
     # the kernel components live in the enforcement; the start-up code sets them here
     segment: SegmentFilter | None = _InEnforcement()  # type: ignore[assignment]
@@ -93,13 +101,11 @@ class Agent:
     def record(self, events: list[Event], *, written: bool = False) -> None:
         """Spool ``events`` durably, then run the policy on them.
 
-        ``written``: the events are already in the spool file (a ring-buffer sink wrote
-        each one before the ring advanced past it) and only need the fsync."""
+        ``written``: the events are already durable in the spool (a ring drain wrote and
+        fsynced them before releasing their ring slots)."""
         if not events:
             return
-        if written:
-            self.spool.sync()
-        else:
+        if not written:
             self.spool.append(events)
         if self.spool.alarm_changed() or (self.spool.alarm and not self._alarm_reported):
             self._alarm_reported = True
@@ -141,20 +147,59 @@ class Agent:
         return Event(ts_ns=time.time_ns(), kind="policy", severity=severity, data=data)
 
 
-    # A kernel ring buffer is the only copy of an event until the agent writes it out, and
-    # libbpf moves the ring's consumer position past each record right after its callback.
-    # So the sink writes each event to the spool file at once: kill -9 at any point loses
-    # nothing (the page cache survives the process); the drain then fsyncs the batch and
-    # runs the policy on it. One sink and one drain serve segment, exec and connect.
-    def _sink(self, record: Record) -> None:
-        event = from_record(record, self.offset_ns)
-        self.spool.append([event], sync=False)
-        self._written.append(event)
-
-    def _drain(self, reader: RingReader[Record]) -> None:
-        reader.drain()
-        events, self._written = self._written, []
+    # A kernel ring buffer is the only copy of an event until the agent writes it out. The
+    # agent reads its rings from their memory mapping (bpf.ring.RingBatch), so a record's
+    # slot is released only when the agent says so: each drain decodes everything waiting,
+    # appends it to the spool in one write and one fsync, and only then releases the
+    # slots. Killed at any point, the agent leaves what it had not made durable in the
+    # (pinned) ring for its next start, which spools it under the same event ids (they
+    # are the records' ring positions, events.RingIds), so the controller stores it once.
+    def _drain(self, ring: RingBatch, to_events: Any) -> None:
+        records = ring.pending()
+        if not records:
+            return
+        try:
+            events = to_events(records)
+        except Exception:  # one bad record must not hold the ring forever
+            events = self._one_by_one(records, to_events)
+        self.spool.append(events)  # one write + one fsync for the whole batch
+        ring.release()
         self.record(events, written=True)
+
+    @staticmethod
+    def _one_by_one(records: list[tuple[int, bytes]], to_events: Any) -> list[Event]:
+        """A batch with a record that does not decode: the others as events, that one as
+        an agent event saying so (it is released with the rest, never retried)."""
+        events: list[Event] = []
+        for pos, raw in records:
+            try:
+                events += to_events([(pos, raw)])
+            except Exception as e:  # reported, see above
+                events.append(agent_event("ring_record_undecodable", "warning", ring_pos=pos,
+                                          size=len(raw), error=f"{type(e).__name__}: {e}"[:300]))
+        return events
+
+    def _drain_later(self, ring: RingBatch, to_events: Any) -> None:
+        """The ring's reader callback: drain now, then leave the ring unwatched for
+        ``DRAIN_INTERVAL`` so what arrives meanwhile comes in one batch."""
+        loop = asyncio.get_running_loop()
+        fd = ring.fileno()
+        loop.remove_reader(fd)
+        try:
+            self._drain(ring, to_events)
+        finally:  # a failed drain (disk full) is retried at the same pace, records kept
+            self._readers[fd] = loop.call_later(DRAIN_INTERVAL, self._watch, ring, to_events)
+
+    def _watch(self, ring: RingBatch, to_events: Any) -> None:
+        fd = ring.fileno()
+        self._readers[fd] = None
+        asyncio.get_running_loop().add_reader(fd, self._drain_later, ring, to_events)
+
+    def _unwatch(self, fd: int) -> None:
+        timer = self._readers.pop(fd, None)
+        if timer is not None:
+            timer.cancel()
+        asyncio.get_running_loop().remove_reader(fd)
 
     # -- set-up -------------------------------------------------------------------------------
     def _start_segment(self) -> None:
@@ -231,8 +276,9 @@ class Agent:
         try:
             if pending.previous is None:
                 if self._segment_reader is not None:
-                    asyncio.get_running_loop().remove_reader(self._segment_reader)
-                    self._readers.remove(self._segment_reader)
+                    self._unwatch(self._segment_reader)
+                    self._rings = [r for r in self._rings
+                                   if r[0].fileno() != self._segment_reader]
                     self._segment_reader = None
                 self.segment = None
                 seg.detach()
@@ -257,7 +303,7 @@ class Agent:
         if mc.exec:
             mon = ExecMonitor(mc.pin_dir / "exec", lsm=mc.lsm, scope=mc.scope)
             try:
-                info = mon.start()
+                info = mon.start(load_apart=True)
                 self.execs = mon
                 self.record([agent_event("exec_monitor", mode=str(info["mode"]),
                                           reason=str(info["reason"]))])
@@ -272,7 +318,7 @@ class Agent:
         if mc.connect:
             cmon = ConnectMonitor(mc.pin_dir / "connect", scope=mc.scope)
             try:
-                cmon.start()
+                cmon.start(load_apart=True)
                 self.connects = cmon
             except (BpfError, OSError) as e:
                 self.record([agent_event("connect_monitor_unavailable", "warning",
@@ -280,11 +326,18 @@ class Agent:
 
     def _add_reader(self, part: PinnedObject) -> None:
         """Drain ``part``'s ring buffer into the spool whenever records wait."""
-        reader = part.reader(self._sink)
-        asyncio.get_running_loop().add_reader(reader.fileno(), self._drain, reader)
-        self._readers.append(reader.fileno())
+        ring = part.batch()
+        ids = RingIds(map_info(ring.fileno()).id)
+        if isinstance(part, ExecMonitor):
+            to_events = ExecDecoder(self.offset_ns, ids).events
+        else:
+            def to_events(records: list[tuple[int, bytes]]) -> list[Event]:
+                return [from_record(part.decode(raw), self.offset_ns).model_copy(
+                    update={"id": ids(pos)}) for pos, raw in records]
+        self._rings.append((ring, to_events))
+        self._watch(ring, to_events)
         if part is self.segment:
-            self._segment_reader = reader.fileno()
+            self._segment_reader = ring.fileno()
 
     # -- controller link ------------------------------------------------------------------------
     def _start_uplink(self) -> None:
@@ -292,6 +345,9 @@ class Agent:
         if cc is None:
             return
         assert self.cfg.node_id is not None  # the config requires it with a controller
+        from .orders import order_handlers
+        from .secrets import SecretSink
+        from .uplink import Uplink
         if self.cfg.secrets is not None:
             # every quarantine (order, policy, CLI) wipes the secrets first
             self.secrets = SecretSink(self.cfg.secrets, self._record_from_any_thread)
@@ -312,6 +368,7 @@ class Agent:
     def bpf_state(self) -> list[dict[str, str | int]]:
         """The enforcement as the attestation reports it: each component with its attach
         mode, and the programs and links pinned for it, read back from the kernel."""
+        from . import measure
         state: list[dict[str, str | int]] = []
         if self.segment is not None:
             info = self.segment.attach_info()
@@ -396,6 +453,7 @@ class Agent:
         for part in (self.segment, self.execs, self.connects):
             if part is not None:
                 self._add_reader(part)
+        _trim_heap()
         self._server = ControlServer(self.cfg.control.socket, self.enforcement, self.spool,
                                      self.status, confirm=self.confirm)
         await self._server.start()
@@ -421,9 +479,11 @@ class Agent:
 
     def shutdown(self) -> None:
         """Close handles; pins and enforcement stay."""
-        loop = asyncio.get_running_loop()
-        for fd in self._readers:
-            loop.remove_reader(fd)
+        for fd in list(self._readers):
+            self._unwatch(fd)
+        for ring, to_events in self._rings:  # what came since the last drain
+            with contextlib.suppress(Exception):  # kept in the ring for the next start
+                self._drain(ring, to_events)
         if self._server:
             self._server.close()
         if self.secrets is not None:  # files stay until their leases end (see sink.close)
@@ -435,6 +495,14 @@ class Agent:
                 part.close()
         self.spool.close()
         log.info("agent stopped; enforcement stays pinned", extra={"exit": self._exit})
+
+
+def _trim_heap() -> None:
+    """Give the C heap that loading freed (libbpf's parse of the kernel's BTF, several
+    MiB) back to the system: glibc keeps freed heap mapped otherwise, and it would count
+    in the agent's RSS for the life of the process."""
+    with contextlib.suppress(AttributeError, OSError):  # not glibc: nothing to trim
+        _libc().malloc_trim(0)
 
 
 def unconfirmed_file(cfg: AgentConfig) -> Path:

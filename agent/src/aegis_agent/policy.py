@@ -31,22 +31,57 @@ class Decision:
     key: str | None = None
 
 
+@dataclass(frozen=True)
+class _Compiled:
+    """A rule as the hot path checks it: match values as sets (a hash lookup per field,
+    not a scan of the list; scalars compare the same either way), prefixes as one tuple
+    for ``str.startswith`` (a string value that starts with one of them; any other value
+    never does)."""
+
+    rule: Rule
+    match: tuple[tuple[str, frozenset[object]], ...]
+    prefixes: tuple[tuple[str, tuple[str, ...]], ...]
+
+    def matches(self, data: dict[str, object]) -> bool:
+        for k, values in self.match:
+            if data.get(k) not in values:
+                return False
+        for k, prefixes in self.prefixes:
+            value = data.get(k)
+            if not (isinstance(value, str) and value.startswith(prefixes)):
+                return False
+        return True
+
+    @classmethod
+    def of(cls, rule: Rule) -> _Compiled:
+        return cls(rule, tuple((k, frozenset(v)) for k, v in rule.match.items()),
+                   tuple((k, tuple(v)) for k, v in rule.match_prefix.items()))
+
+
 class Policy:
     def __init__(self, rules: list[Rule]) -> None:
         self.rules = rules
         self._windows: dict[tuple[str, str | None], deque[float]] = defaultdict(deque)
+        # kind -> the rules for it, in order: an event of a kind no rule names costs one
+        # dict lookup
+        self._by_kind: dict[str, list[_Compiled]] = {}
+        for rule in rules:
+            compiled = _Compiled.of(rule)
+            for kind in dict.fromkeys(rule.kinds()):
+                self._by_kind.setdefault(kind, []).append(compiled)
 
     def evaluate(self, event: Event, now: float | None = None) -> list[Decision]:
-        now = time.monotonic() if now is None else now
+        rules = self._by_kind.get(event.kind)
+        if not rules:
+            return []
+        data = event.data
         decisions = []
-        for rule in self.rules:
-            if event.kind not in rule.kinds():
+        for c in rules:
+            if not c.matches(data):
                 continue
-            if any(event.data.get(k) not in values for k, values in rule.match.items()):
-                continue
-            if not all(_starts_with(event.data.get(k), prefixes)
-                       for k, prefixes in rule.match_prefix.items()):
-                continue
+            rule = c.rule
+            if now is None:
+                now = time.monotonic()
             key = None
             if rule.threshold:
                 key = str(event.data.get(rule.threshold.by)) if rule.threshold.by else None
@@ -59,11 +94,6 @@ class Policy:
                 window.clear()
             decisions.append(Decision(rule.name, rule.action, event, key))
         return decisions
-
-
-def _starts_with(value: object, prefixes: list[str]) -> bool:
-    """A string value that starts with one of ``prefixes`` (any other value never does)."""
-    return isinstance(value, str) and value.startswith(tuple(prefixes))
 
 
 CGROUP_ROOTS = (Path("/sys/fs/cgroup/unified"), Path("/sys/fs/cgroup"))

@@ -13,15 +13,15 @@ from __future__ import annotations
 import os
 import stat
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+if TYPE_CHECKING:  # loaded by the key functions only: the agent's spool needs no crypto
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 __all__ = ["PrivateKeyError", "check_private", "key_pem", "private_key", "write_atomically"]
 
-K = TypeVar("K", Ed25519PrivateKey, ec.EllipticCurvePrivateKey)
+K = TypeVar("K", "Ed25519PrivateKey", "ec.EllipticCurvePrivateKey")
 
 
 class PrivateKeyError(ValueError):
@@ -64,11 +64,14 @@ def fsync_dir(path: Path) -> None:
 
 def key_pem(key: Ed25519PrivateKey | ec.EllipticCurvePrivateKey) -> bytes:
     """``key`` as unencrypted PKCS#8 PEM."""
+    from cryptography.hazmat.primitives import serialization
     return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                              serialization.NoEncryption())
 
 
 def _generate(kind: type[K]) -> K:
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
     if kind is Ed25519PrivateKey:
         return Ed25519PrivateKey.generate()  # type: ignore[return-value]
     return ec.generate_private_key(ec.SECP256R1())  # type: ignore[return-value]
@@ -78,6 +81,8 @@ def private_key(path: Path, kind: type[K]) -> K:
     """The private key of ``kind`` (``Ed25519PrivateKey`` or ``ec.EllipticCurvePrivateKey``,
     made on P-256) at ``path``; created 0600 in a 0700 directory on first use, and
     refused (:class:`PrivateKeyError`) when others may read it or it is of another kind."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         write_atomically(path, key_pem(_generate(kind)), mode=0o600)

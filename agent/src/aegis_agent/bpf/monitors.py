@@ -37,7 +37,7 @@ from . import layout, syscall
 from .bpffs import ensure_bpffs
 from .edges import EdgeSpecError, Peer
 from .layout import MAP_CONNECT_MGMT, MAP_EXEC_DENY, ConnectRecord, ExecRecord, kernel_dev, user_dev
-from .pinned import PinnedObject
+from .pinned import PinnedObject, in_child
 from .syscall import BpfError
 
 log = logging.getLogger(__name__)
@@ -143,12 +143,13 @@ class ExecMonitor(_Monitor):
     def mode(self) -> str:
         return "lsm" if self.pin("link_exec_lsm").exists() else "sigkill"
 
-    def start(self) -> dict[str, object]:
-        """Load, pin and attach (or find it attached). Tries BPF-LSM first."""
+    def start(self, *, load_apart: bool = False) -> dict[str, object]:
+        """Load, pin and attach (or find it attached). Tries BPF-LSM first.
+        ``load_apart``: load in a child process (``pinned.in_child``: the agent's RSS)."""
         ensure_bpffs(self.pin_dir)
         reused = self.loaded
         if not reused:
-            self.reason = self._load_best()
+            self.reason = in_child(self._load_best) if load_apart else self._load_best()
         self.open()
         scope = self._set_scope()
         self._link(layout.PROG_EXEC_TRACE, 0, syscall.ATTACH_TRACE_RAW_TP, "link_exec_trace")
@@ -290,11 +291,14 @@ class ConnectMonitor(_Monitor):
     SCOPE_MAP = layout.MAP_CONNECT_SCOPE
     STATS_MAP = layout.MAP_CONNECT_STATS
 
-    def start(self) -> dict[str, object]:
+    def start(self, *, load_apart: bool = False) -> dict[str, object]:
         ensure_bpffs(self.pin_dir)
         reused = self.loaded
         if not reused:
-            self.load()
+            if load_apart:
+                in_child(lambda: self.load() or "")
+            else:
+                self.load()
         self.open()
         scope = self._set_scope()
         self._link(layout.PROG_CONNECT_TRACE, 0, syscall.ATTACH_TRACE_RAW_TP, "link_connect_trace")

@@ -32,10 +32,44 @@ from . import libbpf, syscall
 from .bpffs import PIN_ROOT, ensure_bpffs
 from .layout import MapSpec
 from .objects import object_path
-from .ring import RingReader
+from .ring import RingBatch, RingReader
 from .syscall import BpfError
 
 T = TypeVar("T")
+
+
+def in_child(work: Callable[[], str]) -> str:
+    """Run ``work`` (a load that pins what it loads) in a forked child and return what it
+    returns; its exception comes back as a BpfError with the same errno and message
+    (libbpf's log included). Loading parses
+    the kernel's BTF (libbpf: ~10 MiB of heap for a moment): done apart, it never counts
+    in the long-running agent's memory, whose pins then find what the child pinned."""
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: no return from here
+        code = 0
+        try:
+            os.close(read_fd)
+            out = work()
+        except OSError as e:  # BpfError, LibbpfError, a missing object file
+            out, code = f"{e.errno or 0}\n{e.strerror or e}", 1
+        except BaseException as e:  # every failure goes back to the parent
+            out, code = f"0\n{type(e).__name__}: {e}", 1
+        try:
+            os.write(write_fd, out.encode(errors="replace")[:60000])
+        finally:
+            os._exit(code)
+    os.close(write_fd)
+    chunks = []
+    with os.fdopen(read_fd, "rb") as fh:
+        chunks.append(fh.read())
+    _pid, status = os.waitpid(pid, 0)
+    out = b"".join(chunks).decode(errors="replace")
+    if os.waitstatus_to_exitcode(status) != 0:
+        err, _nl, msg = out.partition("\n")
+        raise BpfError(int(err) if err.isdigit() else 0,
+                       msg or f"the loading process failed (wait status {status})")
+    return out
 
 
 class PinMismatchError(BpfError):
@@ -56,7 +90,7 @@ class PinnedObject:
         self.object_file = object_file
         self._maps: dict[str, int] = {}
         self._progs: dict[str, int] = {}
-        self._readers: list[RingReader[Any]] = []
+        self._readers: list[RingReader[Any] | RingBatch] = []
 
     # -- lifecycle -----------------------------------------------------------------------
     def pin(self, name: str) -> Path:
@@ -184,6 +218,15 @@ class PinnedObject:
         reader = RingReader(self.map_fd(self.RING), self.decode, sink)
         self._readers.append(reader)
         return reader
+
+    def batch(self) -> RingBatch:
+        """The ``RING`` map read in batches that are released only once written out (the
+        agent's reader, see ``ring.RingBatch``); closed with this object."""
+        size = self.MAPS[self.RING].max_entries
+        assert size is not None, f"{self.RING} declares no size"
+        batch = RingBatch(self.map_fd(self.RING), size)
+        self._readers.append(batch)
+        return batch
 
     def records(self, timeout: float = 0.0) -> list[Any]:
         """The records waiting in the ring (waits up to ``timeout`` seconds for the
