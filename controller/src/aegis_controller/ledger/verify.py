@@ -99,6 +99,8 @@ def _check_checkpoint(seq: int, body: dict[str, Any], prev_hash: str) -> None:
 #: Records checked in this process alone before signature workers start for the rest: a
 #: ledger this small is verified before the workers would be up.
 PARALLEL_AFTER = 5000
+#: Signatures per chunk handed to a worker.
+SIGNATURE_CHUNK = 1000
 
 
 class _LaterBadSignature(Exception):
@@ -122,7 +124,8 @@ def verify(ledger: Ledger, verifier: Verifier, *, batch: int = 2000,
             with contextlib.closing(ledger.rows(batch=batch)) as rows:
                 for row in rows:
                     if pool is None and workers > 1 and walk.count >= parallel_after:
-                        pool = SignaturePool(verifier.public, RECORD_TAG, workers=workers)
+                        pool = SignaturePool(verifier.public, RECORD_TAG, workers=workers,
+                                             chunk=SIGNATURE_CHUNK)
                         walk.signature = _deferred(pool)
                     walk.row(row)
             if pool is not None and pool.finish() is not None:
