@@ -61,7 +61,7 @@ def _append_in_threads(ledger: Ledger, n: int) -> tuple[list[threading.Thread], 
     def one(i: int) -> None:
         try:
             results[i] = ledger.append("order", f"node{i}", {"i": i})
-        except BaseException as err:  # noqa: BLE001  (the test inspects it)
+        except BaseException as err:  # the test inspects it
             errors[i] = err
 
     threads = [threading.Thread(target=one, args=(i,)) for i in range(n)]
@@ -163,7 +163,7 @@ def test_the_stored_body_hash_equals_the_canonical_record_hash(body):
 
 
 def _big_ledger(tmp: Path, n: int = 120) -> tuple[Ledger, Path]:
-    private, public, _ = init_keys(tmp / "keys")
+    private, _, _ = init_keys(tmp / "keys")
     engine = db.open_engine(f"sqlite:///{tmp / 'c.db'}")
     db.upgrade(engine)
     ledger = Ledger(engine, signer=load_signer(private), anchor_path=tmp / "a.json",
