@@ -57,7 +57,7 @@ from .records import (
     check_entry,
     now_ts,
     parse_body,
-    record_hash,
+    stored_record_hash,
 )
 
 if TYPE_CHECKING:
@@ -200,7 +200,8 @@ class Ledger:
     def _make(self, seq: int, prev_hash: str, kind: str, subject: str, actor: str,
               body: dict[str, Any], body_json: str) -> tuple[Record, str]:
         ts = now_ts()
-        digest = record_hash(seq, ts, kind, subject, actor, body, prev_hash)
+        # body_json is canonical (check_entry, _checkpoint_record): hash it as it is stored
+        digest = stored_record_hash(seq, ts, kind, subject, actor, body_json, prev_hash)
         record = Record(seq=seq, ts=ts, kind=kind, subject=subject, actor=actor, body=body,
                         prev_hash=prev_hash, hash=digest, sig=self._signer().sign_record(digest))
         return record, body_json
