@@ -220,3 +220,16 @@ def test_a_bad_signature_before_an_edit_is_named_first(tmp_path):
     _sql(path, "UPDATE ledger_records SET subject = 'x' WHERE seq = 20")
     result = _both(ledger)
     assert (result.problem, result.first_bad_seq) == (Problem.EDITED, 20)
+
+
+@pytest.mark.parametrize("python", ["/bin/false", "/nonexistent/python"])
+def test_signature_workers_that_die_or_never_start_leave_the_checking_to_verify(
+        tmp_path, monkeypatch, python):
+    ledger, path = _big_ledger(tmp_path)
+    monkeypatch.setattr(sys, "executable", python)
+    result = verify(ledger, ledger.signer.verifier, workers=2, parallel_after=10)
+    assert result.ok and result.count == 122, result.detail
+    _sql(path, "UPDATE ledger_records SET sig = ? WHERE seq = 77", ("00" * 64,))
+    result = verify(ledger, ledger.signer.verifier, workers=2, parallel_after=10)
+    assert (result.problem, result.first_bad_seq, result.count) == (
+        Problem.BAD_SIGNATURE, 77, 76)

@@ -14,6 +14,7 @@ Wire, one line each way per chunk: ``ID:DIGEST:SIG ID:DIGEST:SIG ...`` in, ``ok`
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 import subprocess
@@ -79,20 +80,29 @@ class SignaturePool:
         self._next = 0
         self._feeds: list[tuple[subprocess.Popen[bytes], queue.Queue[bytes | None],
                                 threading.Thread]] = []
-        for _ in range(max(1, workers)):
-            proc = subprocess.Popen([sys.executable, "-m", "aegis_protocol.sigbatch"],
-                                    stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-            assert proc.stdin is not None
-            proc.stdin.write(f"{raw.hex()} {prefix.hex() or '-'}\n".encode())
-            feed: queue.Queue[bytes | None] = queue.Queue(maxsize=2)
-            thread = threading.Thread(target=self._pump, args=(proc, feed), daemon=True,
-                                      name="ledger-verify-feed")
-            thread.start()
-            self._feeds.append((proc, feed, thread))
+        try:
+            for _ in range(max(1, workers)):
+                self._start(raw, prefix)
+        except OSError:
+            self.close()
+            raise
 
-    def _pump(self, proc: subprocess.Popen[bytes], feed: queue.Queue[bytes | None]) -> None:
+    def _start(self, raw: bytes, prefix: bytes) -> None:
+        proc = subprocess.Popen([sys.executable, "-m", "aegis_protocol.sigbatch"],
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        feed: queue.Queue[bytes | None] = queue.Queue(maxsize=2)
+        header = f"{raw.hex()} {prefix.hex() or '-'}\n".encode()
+        thread = threading.Thread(target=self._pump, args=(proc, feed, header), daemon=True,
+                                  name="ledger-verify-feed")
+        self._feeds.append((proc, feed, thread))
+        thread.start()
+
+    def _pump(self, proc: subprocess.Popen[bytes], feed: queue.Queue[bytes | None],
+              header: bytes) -> None:
+        """One worker's feeder thread: the key line, then each chunk and its answer."""
         assert proc.stdin is not None and proc.stdout is not None
         try:
+            proc.stdin.write(header)
             while (line := feed.get()) is not None:
                 proc.stdin.write(line)
                 proc.stdin.flush()
@@ -137,7 +147,8 @@ class SignaturePool:
             feed.put(None)
             thread.join()
             if proc.stdin is not None:
-                proc.stdin.close()
+                with contextlib.suppress(OSError):  # a dead worker: its error is recorded
+                    proc.stdin.close()
             proc.wait()
             if proc.stdout is not None:
                 proc.stdout.close()

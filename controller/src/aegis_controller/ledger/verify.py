@@ -24,6 +24,7 @@ public key is needed.
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from enum import StrEnum
@@ -40,6 +41,8 @@ from .records import GENESIS, Kind, parse_body, record_hash, stored_record_hash
 
 if TYPE_CHECKING:
     from .store import Ledger
+
+log = logging.getLogger(__name__)
 
 
 class Problem(StrEnum):
@@ -123,16 +126,16 @@ def verify(ledger: Ledger, verifier: Verifier, *, batch: int = 2000,
         try:
             with contextlib.closing(ledger.rows(batch=batch)) as rows:
                 for row in rows:
-                    if pool is None and workers > 1 and walk.count >= parallel_after:
-                        pool = SignaturePool(verifier.public, RECORD_TAG, workers=workers,
-                                             chunk=SIGNATURE_CHUNK)
-                        walk.signature = _deferred(pool)
+                    if pool is None and workers > 1 and walk.count == parallel_after:
+                        pool = _start_pool(verifier, workers)
+                        if pool is not None:
+                            walk.signature = _deferred(pool)
                     walk.row(row)
-            if pool is not None and pool.finish() is not None:
+            if pool is not None and _rewalk(pool):
                 raise _LaterBadSignature
             walk.anchor_checks()
         except _Failed as failure:
-            if pool is not None and pool.finish() is not None:
+            if pool is not None and _rewalk(pool):
                 raise _LaterBadSignature from None
             return walk.result(failure)
     except _LaterBadSignature:
@@ -144,6 +147,27 @@ def verify(ledger: Ledger, verifier: Verifier, *, batch: int = 2000,
         if pool is not None:
             pool.close()
     return walk.result()
+
+
+def _start_pool(verifier: Verifier, workers: int) -> SignaturePool | None:
+    """Signature workers, or None (go on in this process) when they cannot be started."""
+    try:
+        return SignaturePool(verifier.public, RECORD_TAG, workers=workers,
+                             chunk=SIGNATURE_CHUNK)
+    except OSError as err:
+        log.warning("ledger verify: signature workers not started (%s); checking them here",
+                    err)
+        return None
+
+
+def _rewalk(pool: SignaturePool) -> bool:
+    """Wait for the workers: must the ledger be walked again in this process (a bad
+    signature was found, or a worker failed and its chunk counts as unchecked)?"""
+    try:
+        return pool.finish() is not None
+    except RuntimeError as err:
+        log.warning("ledger verify: %s; checking every signature here", err)
+        return True
 
 
 def _deferred(pool: SignaturePool) -> Callable[[int, str, str], None]:
