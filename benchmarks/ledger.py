@@ -72,9 +72,9 @@ def _filesystem(path: Path) -> str:
     return lines[-1] if proc.returncode == 0 and lines else "unknown"
 
 
-def _grouped(ledger: Ledger, total: int, threads: int) -> tuple[float, int]:
-    """Seconds for ``threads`` threads to append ``total`` records one at a time, and the
-    number of commits that took."""
+def _grouped(ledger: Ledger, total: int, threads: int) -> tuple[float, int, float]:
+    """Seconds for ``threads`` threads to append ``total`` records one at a time, the
+    number of commits that took, and the CPU seconds this process spent on it."""
     commits = [0]
 
     def count(_conn: object) -> None:
@@ -93,12 +93,12 @@ def _grouped(ledger: Ledger, total: int, threads: int) -> tuple[float, int]:
     for thread in pool:
         thread.start()
     start.wait()
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     for thread in pool:
         thread.join()
-    elapsed = time.perf_counter() - started
+    elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
     event.remove(ledger.engine, "commit", count)
-    return elapsed, commits[0]
+    return elapsed, commits[0], cpu
 
 
 def _ed25519_verify_us(n: int = 2000) -> float:
@@ -120,7 +120,7 @@ def run(records: int, single: int, batch: int, every: int, where: Path,
         ledger.append("state_change", f"node{i % 50}", _body(i))
     single_s = time.perf_counter() - started
 
-    grouped_s, commits = _grouped(_ledger(where, "grouped", every), single, threads)
+    grouped_s, commits, grouped_cpu = _grouped(_ledger(where, "grouped", every), single, threads)
 
     ledger = _ledger(where, "batched", every)
     started = time.perf_counter()
@@ -151,6 +151,8 @@ def run(records: int, single: int, batch: int, every: int, where: Path,
         "verify_per_s": round(result.count / verify_s),
         "verify_records": result.count,
         "checkpoint_every": every,
+        # CPU per record of the group-commit run (all threads): what a free core sustains
+        "append_grouped_cpu_us": round(grouped_cpu / single * 1e6, 1),
         "signature_workers": default_workers(),
         "ed25519_verify_cpu_us": round(verify_us, 1),
         "verify_ceiling_per_s": round((os.cpu_count() or 1) * 1e6 / verify_us),
