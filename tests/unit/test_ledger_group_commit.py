@@ -233,3 +233,10 @@ def test_signature_workers_that_die_or_never_start_leave_the_checking_to_verify(
     result = verify(ledger, ledger.signer.verifier, workers=2, parallel_after=10)
     assert (result.problem, result.first_bad_seq, result.count) == (
         Problem.BAD_SIGNATURE, 77, 76)
+
+
+def test_a_column_rewritten_with_another_type_is_an_edit_not_a_crash(tmp_path):
+    ledger, path = _big_ledger(tmp_path, n=5)
+    _sql(path, "UPDATE ledger_records SET kind = 42 WHERE seq = 3")  # SQLite keeps the int
+    result = verify(ledger, ledger.signer.verifier, workers=0)
+    assert (result.problem, result.first_bad_seq) == (Problem.EDITED, 3)

@@ -75,8 +75,9 @@ def stored_record_hash(seq: int, ts: str, kind: str, subject: str, actor: str,
     JSON object (every appended body is). For any other text (a body re-encoded by hand,
     or edited) the digest differs from the stored hash, and the caller falls back to
     :func:`record_hash` over the decoded body."""
-    if type(seq) is not int:
-        return ""
+    if type(seq) is not int or not all(type(v) is str for v in (ts, kind, subject, actor,
+                                                                  body_json, prev_hash)):
+        return ""  # a column rewritten with another type (SQLite allows it): not canonical
     enc = _encode_str
     return hashlib.sha256(
         ('{"actor":' + enc(actor) + ',"body":' + body_json + ',"kind":' + enc(kind)
