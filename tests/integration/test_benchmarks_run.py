@@ -18,8 +18,8 @@ pytestmark = pytest.mark.integration
 @pytest.mark.parametrize(("module", "args", "keys"), [
     ("benchmarks.intake", ["--events", "200", "--batch", "50"],
      {"new_events_per_s", "duplicate_events_per_s"}),
-    ("benchmarks.ledger", ["--records", "200", "--batch", "50", "--single", "20"],
-     {"append_single_per_s", "append_batched_per_s", "verify_per_s"}),
+    ("benchmarks.ledger", ["--records", "200", "--batch", "50", "--single", "20", "--threads", "4"],
+     {"append_single_per_s", "append_grouped_per_s", "append_batched_per_s", "verify_per_s"}),
     ("benchmarks.secrets", ["--rounds", "1", "--rotations", "1"],
      {"token_revoked_p50_ms", "login_gone_p50_ms", "agent_wipe_p50_ms",
       "rotation_to_reload_p50_s"}),
@@ -32,6 +32,10 @@ def test_benchmark_prints_its_figures(module: str, args: list[str], keys: set[st
     assert figures["bench"] == module.removeprefix("benchmarks.")
     assert keys <= set(figures), figures
     assert all(figures[k] > 0 for k in keys), figures
+    if module in ("benchmarks.intake", "benchmarks.ledger"):  # issue 16: figure next to target
+        assert any(line.split()[:1] == ["verify_per_s" if "ledger" in module else
+                                        "new_events_per_s"] and "target >=" in line
+                   for line in out.stdout.splitlines()), out.stdout
 
 
 def test_exec_benchmark_runs_paced_and_flat_out_with_its_policy() -> None:

@@ -137,3 +137,34 @@ def test_concurrent_floods_from_one_node_raise_one_incident_and_one_order(
     assert len(ctl.intake.incidents("n1")) == 1
     assert _count(ctl, tables.orders, node_id="n1") == 1
     assert ctl.intake.event_count("n1") == n
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_a_batch_is_taken_once_with_duplicates_inside_it_and_across_batches(
+        backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    """One INSERT … ON CONFLICT DO NOTHING per batch (issue 16): an id sent twice in one
+    batch is stored once (the first copy), one already stored is a duplicate, and
+    concurrent resends of the same batch store each event once in all."""
+    ctl = _open(tmp_path, request.getfixturevalue("pg_url") if backend == "postgresql"
+                else f"sqlite:///{tmp_path / 'c.db'}")
+    events = [Event(ts_ns=i, kind="exec", data={"pid": i, "filename": f"/bin/x{i}"})
+              for i in range(300)]
+    twice = [*events[:200], events[5].model_copy(update={"data": {"pid": -1}}), events[7]]
+    ack = ctl.intake.store("n1", EventBatch(node_id="n1", events=twice))
+    assert (ack.stored, ack.duplicates) == (200, 2)
+    stored = {row["event_id"]: row for row in ctl.intake.events("n1", limit=1000)}
+    assert len(stored) == 200 and stored[str(events[5].id)]["data"]["pid"] == 5  # first kept
+    # Across batches: 100 already stored, 100 new; then the same batch again by 6 threads.
+    again = EventBatch(node_id="n1", events=events[100:])
+    assert ctl.intake.store("n1", again).model_dump() == {"stored": 100, "duplicates": 100}
+    acks: list = []
+    threads = [threading.Thread(target=lambda: acks.append(ctl.intake.store("n1", again)))
+               for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert [(a.stored, a.duplicates) for a in acks] == [(0, 200)] * 6
+    assert ctl.intake.event_count("n1") == 300 and ctl.intake.event_count("n2") == 0
+    # The same ids from another node are that node's own events.
+    assert ctl.intake.store("n2", EventBatch(node_id="n2", events=events[:3])).stored == 3

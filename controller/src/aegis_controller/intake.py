@@ -22,6 +22,15 @@ from .nodes import NOT_LIVE, NodeStore
 from .orders import Orders
 
 
+def _insert_events(dialect: str) -> sa.Insert:
+    """``INSERT … ON CONFLICT (node_id, event_id) DO NOTHING RETURNING event_id`` for the
+    engine's dialect, run with every row of a batch at once (SQLAlchemy sends them as
+    multi-row VALUES)."""
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    return (insert(tables.events).on_conflict_do_nothing(index_elements=["node_id", "event_id"])
+            .returning(tables.events.c.event_id))
+
+
 class Intake:
     """Events in, incidents out."""
 
@@ -42,24 +51,26 @@ class Intake:
         if node["state"] in NOT_LIVE:
             raise Forbidden(f"node {node_id!r} is {node['state']}: enroll first")
         engine = self.nodes.engine
-        insert = postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert
         now = int(time.time())
-        stored = 0
-        new: list[Event] = []
+        # One event per id, the first one sent: a batch may carry an id twice (a resend
+        # merged into a new batch); the second counts as a duplicate.
+        unique: dict[str, Event] = {}
+        for ev in batch.events:
+            unique.setdefault(str(ev.id), ev)
+        rows = [{"node_id": node_id, "event_id": event_id, "ts_ns": ev.ts_ns, "kind": ev.kind,
+                 "severity": ev.severity, "data": json.dumps(ev.data, sort_keys=True),
+                 "received_at": now} for event_id, ev in unique.items()]
         with db.transaction(engine) as conn:
-            for ev in batch.events:
-                stmt = insert(tables.events).values(
-                    node_id=node_id, event_id=str(ev.id), ts_ns=ev.ts_ns, kind=ev.kind,
-                    severity=ev.severity, data=json.dumps(ev.data, sort_keys=True),
-                    received_at=now).on_conflict_do_nothing(
-                        index_elements=["node_id", "event_id"]
-                    ).returning(tables.events.c.event_id)
-                # RETURNING, not rowcount: psycopg reports -1 for a skipped conflict
-                if conn.execute(stmt).fetchall():
-                    stored += 1
-                    new.append(ev)
+            # One statement for the whole batch, in the transaction that marks the node seen:
+            # an id already stored is skipped by the database (ON CONFLICT DO NOTHING), so a
+            # batch resent after a crash on either side is stored once. RETURNING names the
+            # rows inserted (psycopg's rowcount is -1 for skipped conflicts).
+            inserted = {row[0] for row in conn.execute(_insert_events(engine.dialect.name),
+                                                       rows)} if rows else set()
             conn.execute(tables.nodes.update().where(tables.nodes.c.node_id == node_id)
                          .values(last_seen=now))
+        new = [ev for event_id, ev in unique.items() if event_id in inserted]
+        stored = len(new)
         for rule, ev in first_per_rule(new):
             self._raise_incident(node_id, rule, ev, now)
         return EventBatchAck(stored=stored, duplicates=len(batch.events) - stored)

@@ -65,6 +65,26 @@ def record_hash(seq: int, ts: str, kind: str, subject: str, actor: str,
     return hashlib.sha256(canonical(doc)).hexdigest()
 
 
+_encode_str = json.encoder.encode_basestring  # what canonical() does to a str
+
+
+def stored_record_hash(seq: int, ts: str, kind: str, subject: str, actor: str,
+                       body_json: str, prev_hash: str) -> str:
+    """:func:`record_hash` of a stored record from its body *text*, without decoding and
+    re-encoding it: the same digest whenever ``body_json`` is the canonical encoding of a
+    JSON object (every appended body is). For any other text (a body re-encoded by hand,
+    or edited) the digest differs from the stored hash, and the caller falls back to
+    :func:`record_hash` over the decoded body."""
+    if type(seq) is not int or not all(type(v) is str for v in (ts, kind, subject, actor,
+                                                                  body_json, prev_hash)):
+        return ""  # a column rewritten with another type (SQLite allows it): not canonical
+    enc = _encode_str
+    return hashlib.sha256(
+        ('{"actor":' + enc(actor) + ',"body":' + body_json + ',"kind":' + enc(kind)
+         + ',"prev_hash":' + enc(prev_hash) + ',"seq":' + str(seq) + ',"subject":'
+         + enc(subject) + ',"ts":' + enc(ts) + "}").encode("utf-8")).hexdigest()
+
+
 @dataclass(frozen=True)
 class Record:
     seq: int

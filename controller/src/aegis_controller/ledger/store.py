@@ -6,6 +6,13 @@ its start (``BEGIN IMMEDIATE``), so writers in several processes queue; on Postg
 concurrent writer that took the same seq fails on the key and the append is retried on
 the new head. The transaction commits before :meth:`Ledger.append` returns.
 
+:meth:`Ledger.append` group-commits: appends that arrive from several threads while a
+commit is under way wait and are then written together in the next transaction (one
+commit, one fsync), each record still signed on its own and chained to the one before
+it. Each caller returns only once the transaction holding its record has committed; if
+that transaction fails, every caller in it gets the error and none of its records is
+written (the ledger stays as it was before the group).
+
 Every ``checkpoint_every`` seqs (a record whose seq is a multiple of it) the same
 transaction adds a ``checkpoint`` record naming the head it follows; after the commit the
 anchor file (:mod:`.anchor`) is moved to that checkpoint.
@@ -16,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import random
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -49,7 +57,7 @@ from .records import (
     check_entry,
     now_ts,
     parse_body,
-    record_hash,
+    stored_record_hash,
 )
 
 if TYPE_CHECKING:
@@ -108,20 +116,25 @@ class Ledger:
         self.anchor_path = anchor_path
         self.checkpoint_every = checkpoint_every
         self.actor = actor
+        self._group = _GroupCommit(self._append_checked)
 
     # -- writing ------------------------------------------------------------------------
     def append(self, kind: str, subject: str = "", body: Mapping[str, Any] | None = None, *,
                actor: str | None = None) -> Record:
-        """Append one record and return it, committed."""
-        return self.append_many([(kind, subject, {} if body is None else body, actor)])[0]
+        """Append one record and return it, committed — together with the records other
+        threads append meanwhile (group commit, see the module's docstring)."""
+        entry = check_entry(kind, subject, {} if body is None else body, actor or self.actor)
+        self._signer()
+        return self._group.append(entry)
 
     def append_many(self, entries: Iterable[tuple[str, str, Any, str | None]]) -> list[Record]:
         """Append ``(kind, subject, body, actor)`` entries in one transaction (all or none);
         returns the appended records, without the checkpoints written among them."""
         checked = [check_entry(kind, subject, body, actor or self.actor)
                    for kind, subject, body, actor in entries]
-        if not checked:
-            return []
+        return self._append_checked(checked) if checked else []
+
+    def _append_checked(self, checked: Sequence[Entry]) -> list[Record]:
         written = self._write(lambda conn: self._insert(conn, checked))
         self._anchor_last_checkpoint(written, raise_errors=False)
         return [r for r in written if r.kind != Kind.CHECKPOINT]
@@ -187,7 +200,8 @@ class Ledger:
     def _make(self, seq: int, prev_hash: str, kind: str, subject: str, actor: str,
               body: dict[str, Any], body_json: str) -> tuple[Record, str]:
         ts = now_ts()
-        digest = record_hash(seq, ts, kind, subject, actor, body, prev_hash)
+        # body_json is canonical (check_entry, _checkpoint_record): hash it as it is stored
+        digest = stored_record_hash(seq, ts, kind, subject, actor, body_json, prev_hash)
         record = Record(seq=seq, ts=ts, kind=kind, subject=subject, actor=actor, body=body,
                         prev_hash=prev_hash, hash=digest, sig=self._signer().sign_record(digest))
         return record, body_json
@@ -282,6 +296,73 @@ class Ledger:
         if verifier is None:
             verifier = self._signer().verifier
         return verify(self, verifier)
+
+
+#: Most records one group commit writes (the rest wait for the next).
+MAX_GROUP = 1000
+
+
+class _Waiter:
+    __slots__ = ("done", "entry", "error", "lead", "record")
+
+    def __init__(self, entry: Entry) -> None:
+        self.entry = entry
+        self.done = threading.Event()
+        self.lead = False
+        self.record: Record | None = None
+        self.error: BaseException | None = None
+
+
+class _GroupCommit:
+    """Leader/follower group commit. The first caller to find no commit under way leads:
+    it takes every queued entry (its own first among them, up to :data:`MAX_GROUP`),
+    writes them in one transaction, hands each caller its record (or the error), and
+    passes the lead to the oldest caller still queued. Callers that arrive meanwhile only
+    queue and wait, so under load each commit carries many records."""
+
+    def __init__(self, write: Callable[[Sequence[Entry]], list[Record]]) -> None:
+        self._write = write
+        self._lock = threading.Lock()
+        self._queue: list[_Waiter] = []
+        self._active = False
+
+    def append(self, entry: Entry) -> Record:
+        me = _Waiter(entry)
+        with self._lock:
+            self._queue.append(me)
+            if not self._active:
+                self._active = me.lead = True
+        if not me.lead:
+            me.done.wait()
+        if me.lead:
+            self._lead()
+        if me.error is not None:
+            raise me.error
+        assert me.record is not None
+        return me.record
+
+    def _lead(self) -> None:
+        with self._lock:
+            group = self._queue[:MAX_GROUP]
+            del self._queue[:len(group)]
+        try:
+            records = self._write([w.entry for w in group])
+        except BaseException as err:  # every caller of the group learns it was not written
+            for w in group:
+                w.error = err
+        else:
+            for w, record in zip(group, records, strict=True):
+                w.record = record
+        with self._lock:
+            if self._queue:
+                successor = self._queue[0]
+                successor.lead = True
+                successor.done.set()
+            else:
+                self._active = False
+        for w in group:
+            w.lead = False
+            w.done.set()
 
 
 class Recorder:

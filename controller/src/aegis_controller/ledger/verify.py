@@ -24,19 +24,25 @@ public key is needed.
 from __future__ import annotations
 
 import contextlib
+import logging
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from aegis_protocol.sigbatch import SignaturePool, default_workers
+
 from .anchor import FORMAT, HEAD_FORMAT, Anchor, read_anchor
 from .errors import AnchorError
 from .head import head_path
-from .keys import Verifier
-from .records import GENESIS, Kind, parse_body, record_hash
+from .keys import RECORD_TAG, Verifier
+from .records import GENESIS, Kind, parse_body, record_hash, stored_record_hash
 
 if TYPE_CHECKING:
     from .store import Ledger
+
+log = logging.getLogger(__name__)
 
 
 class Problem(StrEnum):
@@ -93,17 +99,82 @@ def _check_checkpoint(seq: int, body: dict[str, Any], prev_hash: str) -> None:
                       f"(hash {prev_hash[:16]}...)")
 
 
-def verify(ledger: Ledger, verifier: Verifier, *, batch: int = 2000) -> VerifyResult:
-    """Check every record and the anchor; stop at the first problem."""
+#: Records checked in this process alone before signature workers start for the rest: a
+#: ledger this small is verified before the workers would be up.
+PARALLEL_AFTER = 5000
+#: Signatures per chunk handed to a worker.
+SIGNATURE_CHUNK = 1000
+
+
+class _LaterBadSignature(Exception):
+    """A worker found a bad signature in a chunk the walk has already passed."""
+
+
+def verify(ledger: Ledger, verifier: Verifier, *, batch: int = 2000,
+           workers: int | None = None, parallel_after: int = PARALLEL_AFTER) -> VerifyResult:
+    """Check every record and the anchor; stop at the first problem.
+
+    Past ``parallel_after`` records the Ed25519 signatures are checked by ``workers``
+    processes (default: one per CPU; 0 or 1: all in this process) while this process
+    checks seqs, hashes, links and checkpoints in order. Should a worker find a bad
+    signature, the ledger is walked again in this process alone, so the result (the first
+    bad record, the count and head before it) is exactly the sequential one."""
+    workers = default_workers() if workers is None else workers
     walk = _Walk(ledger.anchor_path, verifier)
+    pool: SignaturePool | None = None
     try:
-        with contextlib.closing(ledger.rows(batch=batch)) as rows:
-            for row in rows:
-                walk.row(row)
-        walk.anchor_checks()
-    except _Failed as failure:
-        return walk.result(failure)
+        try:
+            with contextlib.closing(ledger.rows(batch=batch)) as rows:
+                for row in rows:
+                    if pool is None and workers > 1 and walk.count == parallel_after:
+                        pool = _start_pool(verifier, workers)
+                        if pool is not None:
+                            walk.signature = _deferred(pool)
+                    walk.row(row)
+            if pool is not None and _rewalk(pool):
+                raise _LaterBadSignature
+            walk.anchor_checks()
+        except _Failed as failure:
+            if pool is not None and _rewalk(pool):
+                raise _LaterBadSignature from None
+            return walk.result(failure)
+    except _LaterBadSignature:
+        if pool is not None:
+            pool.close()
+            pool = None
+        return verify(ledger, verifier, batch=batch, workers=0)
+    finally:
+        if pool is not None:
+            pool.close()
     return walk.result()
+
+
+def _start_pool(verifier: Verifier, workers: int) -> SignaturePool | None:
+    """Signature workers, or None (go on in this process) when they cannot be started."""
+    try:
+        return SignaturePool(verifier.public, RECORD_TAG, workers=workers,
+                             chunk=SIGNATURE_CHUNK)
+    except OSError as err:
+        log.warning("ledger verify: signature workers not started (%s); checking them here",
+                    err)
+        return None
+
+
+def _rewalk(pool: SignaturePool) -> bool:
+    """Wait for the workers: must the ledger be walked again in this process (a bad
+    signature was found, or a worker failed and its chunk counts as unchecked)?"""
+    try:
+        return pool.finish() is not None
+    except RuntimeError as err:
+        log.warning("ledger verify: %s; checking every signature here", err)
+        return True
+
+
+def _deferred(pool: SignaturePool) -> Callable[[int, str, str], None]:
+    def check(seq: int, digest: str, sig: str) -> None:
+        if pool.add(seq, digest, sig) is not None:
+            raise _LaterBadSignature
+    return check
 
 
 class _Walk:
@@ -119,6 +190,8 @@ class _Walk:
         #: seq -> hash of the records the anchor and the signed head name, as stored.
         self.seen: dict[int, str] = {}
         self.mark_failure: _Failed | None = None
+        #: checks one record's signature (here, or hands it to worker processes)
+        self.signature: Callable[[int, str, str], None] = self._signature_here
         # Read before the rows: a writer moves the anchor (and the head) only after
         # committing, so every record they name is in the snapshot read next.
         if path is not None:
@@ -172,8 +245,11 @@ class _Walk:
         except ValueError as err:
             raise _Failed(Problem.EDITED, seq,
                           f"record {seq}'s body is no longer a JSON object ({err})") from None
-        computed = record_hash(seq, row.ts, row.kind, row.subject, row.actor, body,
-                               row.prev_hash)
+        computed = stored_record_hash(seq, row.ts, row.kind, row.subject, row.actor, row.body,
+                                      row.prev_hash)
+        if computed != row.hash:  # edited, or a body stored in another (equal) encoding
+            computed = record_hash(seq, row.ts, row.kind, row.subject, row.actor, body,
+                                   row.prev_hash)
         if computed != row.hash:
             if row.prev_hash != prev_hash:
                 raise _Failed(Problem.REORDERED, seq,
@@ -187,10 +263,7 @@ class _Walk:
             raise _Failed(Problem.REORDERED, seq,
                           f"record {seq}'s prev_hash does not link to seq {prev_seq}: "
                           "records were moved or replaced")
-        if not self.verifier.record_ok(row.hash, row.sig):
-            raise _Failed(Problem.BAD_SIGNATURE, seq,
-                          f"record {seq}'s signature does not verify with ledger key "
-                          f"{self.verifier.key_id}: it was re-signed with another key or edited")
+        self.signature(seq, row.hash, row.sig)
         if row.kind == Kind.CHECKPOINT:
             _check_checkpoint(seq, body, prev_hash)
             self.checkpoints += 1
@@ -198,6 +271,12 @@ class _Walk:
         if any(m is not None and m.seq == seq for m in (self.anchor, self.signed_head)):
             self.seen[seq] = row.hash
         self.seq, self.hash, self.count = seq, row.hash, self.count + 1
+
+    def _signature_here(self, seq: int, digest: str, sig: str) -> None:
+        if not self.verifier.record_ok(digest, sig):
+            raise _Failed(Problem.BAD_SIGNATURE, seq,
+                          f"record {seq}'s signature does not verify with ledger key "
+                          f"{self.verifier.key_id}: it was re-signed with another key or edited")
 
     def anchor_checks(self) -> None:
         anchor, path = self.anchor, self.path
