@@ -15,6 +15,7 @@ leftover check."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 import shutil
@@ -121,19 +122,27 @@ class Lane:
         return job.future.result()
 
     # -- stopping ---------------------------------------------------------------------
-    def stop(self, report: TextIO = sys.stderr) -> None:
-        """Drop queued jobs, cancel the running one and wait for the lane to end."""
+    def stop(self, report: TextIO | None = None) -> None:
+        """Drop queued jobs, cancel the running one and wait for the lane to end. Lines go
+        to the process's own stderr (pytest's capture may be closed by now)."""
+        out = report or sys.__stderr__
         self._stopping = True
         for job in self.jobs.values():
             job.future.cancel()
         running = self._running
         if running is not None and running.cancel is not None:
-            report.write(f"\nlane: cancelling {running.key}\n")
+            _say(out, f"\nlane: cancelling {running.key}")
             running.cancel()
         if self._thread is not None and self._thread.is_alive():
             if running is not None:
-                report.write(f"lane: waiting for {running.key} to end\n")
+                _say(out, f"lane: waiting for {running.key} to end")
             self._thread.join()
+
+
+def _say(out: TextIO | None, line: str) -> None:
+    with contextlib.suppress(ValueError, OSError, AttributeError):  # closed or no stderr
+        out.write(line + "\n")  # type: ignore[union-attr]
+        out.flush()  # type: ignore[union-attr]
 
 
 def _writer(out: TextIO) -> Say:
