@@ -13,6 +13,7 @@ import itertools
 import os
 import signal
 import sys
+import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from harness_secrets import tmpfs
 from harness_vault import PgAdmin, Wiring, make_pg_admin, wire
-from lane import Job, Lane
+from lane import Command, Job, Lane
 
 from aegis_lab.cleanup import leftovers
 from aegis_lab.ee import EEImage
@@ -37,8 +38,13 @@ from harness_pg import PgServer, postgres_server
 # The collection's plugins import as ansible_collections.aegis.fleet.* (this source tree).
 sys.path.insert(0, str(PATHS.collections))
 
+REPO_ROOT = Path(__file__).resolve().parent.parent
 RUN_PREFIX = os.environ.get("AEGIS_TEST_PREFIX") or new_prefix()
-_suffixes = itertools.count()
+#: a child run in the lane (below) shares the run's prefix and draws its sub-prefixes
+#: from a range of its own
+_suffixes = itertools.count(int(os.environ.get("AEGIS_TEST_SUFFIX_START", "0")))
+_CHILD = os.environ.get("AEGIS_TEST_CHILD") == "1"
+_MADE: list[str] = []
 
 
 _DIGITS = "0123456789abcdefghijklmnopqrstuvwxyz"
@@ -50,7 +56,9 @@ def sub_prefix() -> str:
     n = next(_suffixes)
     if n >= len(_DIGITS) ** 2:
         raise RuntimeError(f"more than {len(_DIGITS) ** 2} sub-prefixes in one run")
-    return RUN_PREFIX + _DIGITS[n // len(_DIGITS)] + _DIGITS[n % len(_DIGITS)]
+    made = RUN_PREFIX + _DIGITS[n // len(_DIGITS)] + _DIGITS[n % len(_DIGITS)]
+    _MADE.append(made)
+    return made
 
 
 @pytest.fixture(scope="session")
@@ -78,6 +86,68 @@ def ee_job() -> Job:
 #: session fixtures whose value is a lane job
 FIXTURE_JOBS = {"execution_environment": ee_job}
 
+#: test modules that run whole in a child pytest in the lane: each makes its own fleet and
+#: uses no session fixture; their tests in this run wait for the child's verdicts
+LANE_MODULES = ("tests/e2e/test_harden.py",)
+CHILD_SUFFIXES = 1100  # the child's sub-prefixes: RUN_PREFIX + (1100..1295 in base 36)
+
+
+class LaneOutcome(pytest.Item):
+    """A test that a child pytest in the lane runs: it passes, fails or skips here as it
+    did there (the child's JUnit XML), with the child's message."""
+
+    def __init__(self, *, key: str, xml: Path, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.key, self.xml = key, xml
+
+    def runtest(self) -> None:
+        capture = self.config.pluginmanager.getplugin("capturemanager")
+        with capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
+            rc, output = LANE.result(self.key, lambda: pytest.fail("not queued"), show=sys.stderr)
+        verdict = _junit_verdict(self.xml, self.name)
+        if verdict is None:
+            pytest.fail(f"the child run did not report {self.name} (exit {rc}):\n{output[-4000:]}")
+        kind, text = verdict
+        if kind == "skipped":
+            pytest.skip(text)
+        if kind != "passed":
+            pytest.fail(f"{kind} in the child run:\n{text[-8000:]}", pytrace=False)
+
+    def reportinfo(self):
+        return self.path, None, self.name
+
+
+def _junit_verdict(xml: Path, name: str) -> tuple[str, str] | None:
+    if not xml.is_file():
+        return None
+    for case in ET.parse(xml).iter("testcase"):  # noqa: S314 (the child run's own report)
+        if case.get("name") != name:
+            continue
+        for kind in ("failure", "error", "skipped"):
+            found = case.find(kind)
+            if found is not None:
+                return kind, f"{found.get('message', '')}\n{found.text or ''}"
+        return "passed", ""
+    return None
+
+
+def _child_run(module: object, items: list[pytest.Item]) -> tuple[Job, list[pytest.Item]]:
+    """The lane job that runs ``items`` of ``module`` in a child pytest, and the items
+    that stand for them here."""
+    rel = Path(str(module.__file__)).relative_to(REPO_ROOT)
+    key = f"pytest:{rel.stem}"
+    xml = LANE.log_dir / f"{rel.stem}.xml"
+    env = dict(os.environ, AEGIS_TEST_PREFIX=RUN_PREFIX, AEGIS_TEST_LANE="0",
+               AEGIS_TEST_CHILD="1", AEGIS_TEST_SUFFIX_START=str(CHILD_SUFFIXES))
+    cmd = Command([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-v",
+                   f"--junitxml={xml}", *[i.nodeid for i in items]],
+                  cwd=REPO_ROOT, env=env, timeout=2400, grace=300)
+    stand_ins = [LaneOutcome.from_parent(i.parent, name=i.name, key=key, xml=xml)
+                 for i in items]
+    for old, new in zip(items, stand_ins, strict=True):
+        new.own_markers = list(old.own_markers)
+    return Job(key, cmd.run, order=65, cancel=cmd.cancel), stand_ins
+
 
 @pytest.hookimpl(trylast=True)  # after -k/-m deselection: these are the items that run
 def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config,
@@ -92,7 +162,13 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
     by_module: dict[object, list[pytest.Item]] = {}
     for item in items:
         by_module.setdefault(item.module, []).append(item)
-    for module, mod_items in by_module.items():
+    for module, mod_items in list(by_module.items()):
+        if str(Path(str(module.__file__)).relative_to(REPO_ROOT)) in LANE_MODULES:
+            job, stand_ins = _child_run(module, mod_items)
+            jobs[job.key] = job
+            waits[module] = job.order
+            by_module[module] = stand_ins
+            continue
         names = {n for i in mod_items for n in i.fixturenames}
         made = [make() for name, make in FIXTURE_JOBS.items() if name in names]
         hook = getattr(module, "lane_jobs", None)
@@ -234,7 +310,8 @@ def pytest_keyboard_interrupt(excinfo: pytest.ExceptionInfo[BaseException]) -> N
 @pytest.hookimpl(trylast=True)  # after pytest's own hook has torn the session's fixtures down
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     LANE.stop()
-    left = leftovers(RUN_PREFIX)
+    # a child run checks what it made; the run checks everything of its prefix
+    left = [x for p in (_MADE if _CHILD else [RUN_PREFIX]) for x in leftovers(p)]
     if left:
         print(f"\naegis: test run {RUN_PREFIX} left host objects behind:", file=sys.stderr)
         for item in left:

@@ -63,7 +63,8 @@ def test_stop_cancels_the_running_command_and_its_children_and_runs_cleanup(tmp_
                   cleanup=["touch", str(marker)])
     lane = Lane(tmp_path / "lane")
     lane.start([Job("long", cmd.run, cancel=cmd.cancel), Job("never", lambda say: "ran")])
-    assert wait_until(lambda: "started" in (tmp_path / "lane" / "long.log").read_text(), 30)
+    # the output line, not the command line the log starts with (which quotes it)
+    assert wait_until(lambda: "\nstarted\n" in (tmp_path / "lane" / "long.log").read_text(), 30)
     pgid = cmd.proc.pid
     closed = io.StringIO()
     closed.close()  # pytest's capture of stderr is closed by the time a run is interrupted
