@@ -246,7 +246,7 @@ class RecoveryEngine:
                 done: dict[str, list[str]]) -> Iterator[tuple[Lease, dict[str, Any], float]]:
         """Judge, then claim each runnable job once (not one a worker runs) until none is
         left or the engine stops: (lease, job, the claim's time)."""
-        self.judge(time.time() if now is None else now, done)
+        self.judge(now, done)
         while not self._stop.is_set():
             at = time.time() if now is None else now
             claimed = self.store.claim(self.owner, self.lease_s, at,
@@ -279,11 +279,15 @@ class RecoveryEngine:
                     del self._workers[lease.job_id]
             self._wake.set()
 
-    def judge(self, now: float, done: dict[str, list[str]] | None = None) -> None:
-        """(a) and (b) of a tick, in one write transaction under the decision lock."""
+    def judge(self, now: float | None, done: dict[str, list[str]] | None = None) -> None:
+        """(a) and (b) of a tick, in one write transaction under the decision lock. The
+        clock is read once the lock is held (``now``: a test's fixed time): read before, a
+        job started while another's worker was committing its end could be dated before
+        that end."""
         done = {"queued": [], "started": [], "held": []} if done is None else done
         with self.ledger.recording() as rec:
             self.store.serialise_decisions(rec.conn)
+            now = time.time() if now is None else now
             done["queued"] += self._queue(rec, now)
             jobs = {j["job_id"]: j for j in self.store.list_in(rec.conn)}
             fleet = self.fleet_in(rec.conn)
