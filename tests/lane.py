@@ -156,7 +156,8 @@ def _writer(out: TextIO) -> Say:
 class Command:
     """A job that is one command: its output (stdout and stderr merged) goes to the job's
     log; the result is ``(returncode, output)``. Cancelling terminates its process group
-    and runs ``cleanup`` (e.g. the scenario's own destroy)."""
+    and runs ``cleanup`` (e.g. the scenario's own destroy), which also runs after any
+    failure (a signal from outside may have cut the command's own clean-up short)."""
 
     argv: list[str]
     cwd: Path
@@ -184,7 +185,7 @@ class Command:
             rc = self.proc.wait()
         finally:
             timer.cancel()
-        if self.cancelled and self.cleanup:
+        if (self.cancelled or rc != 0) and self.cleanup:  # killed from outside, too
             say("$ " + " ".join(self.cleanup))
             done = subprocess.run(self.cleanup, cwd=self.cwd, env=self.env, text=True,
                                   capture_output=True, timeout=600, check=False)

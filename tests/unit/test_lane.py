@@ -87,3 +87,14 @@ def _group_gone(pgid: int) -> bool:
     except ProcessLookupError:
         return True
     return False
+
+
+def test_a_command_that_fails_runs_its_cleanup_and_one_that_passes_does_not(tmp_path: Path):
+    """A scenario killed from outside (not through the lane) exits non-zero without its
+    own destroy: the cleanup runs after any failure."""
+    for argv, cleaned in ((["false"], True), (["true"], False)):
+        marker = tmp_path / f"cleaned-{argv[0]}"
+        cmd = Command(argv, cwd=tmp_path, env=dict(os.environ), timeout=60,
+                      cleanup=["touch", str(marker)])
+        cmd.run(lambda line: None)
+        assert marker.exists() is cleaned
