@@ -8,12 +8,15 @@ cleanup can find exactly what one run made.
 
 from __future__ import annotations
 
+import fcntl
 import ipaddress
 import os
 import re
 import secrets
 import socket
+import time
 from dataclasses import dataclass
+from pathlib import Path
 
 MAX_NODES = 32
 FIRST_HOST = 10  # node slot 0 gets .10 in the fleet's /24, the bridge (gateway) .1
@@ -174,17 +177,39 @@ def used_ipv4_networks() -> list[ipaddress.IPv4Network]:
     return nets
 
 
+#: claims of networks picked but maybe not routed yet, shared by every lab process on this
+#: host (tests run fleets from several processes at once): one file per octet
+NETWORK_CLAIMS = Path("/run/aegis-lab/networks")
+CLAIM_HOLD_S = 600  # a claim blocks its network this long; by then the bridge routes it
+
+
 def pick_network(prefix: str) -> FleetNetwork:
-    """A free 10.213.X.0/24 for this fleet, derived from the prefix and checked unused."""
+    """A free 10.213.X.0/24 for this fleet, derived from the prefix and checked unused:
+    neither routed on this host nor picked by another fleet in the last minutes (under a
+    host-wide lock, so two fleets made at once never get the same one)."""
     explicit = os.environ.get("AEGIS_FLEET_NETWORK")
     if explicit:
         return FleetNetwork(explicit)
-    used = used_ipv4_networks()
-    start = sum(prefix.encode()) % 250
-    for i in range(250):
-        octet = 1 + (start + i) % 250
-        candidate = ipaddress.IPv4Network(f"10.213.{octet}.0/24")
-        if not any(candidate.overlaps(n) for n in used):
+    NETWORK_CLAIMS.mkdir(parents=True, exist_ok=True)
+    with open(NETWORK_CLAIMS / ".lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        used = used_ipv4_networks()
+        start = sum(prefix.encode()) % 250
+        now = time.time()
+        for i in range(250):
+            octet = 1 + (start + i) % 250
+            candidate = ipaddress.IPv4Network(f"10.213.{octet}.0/24")
+            if any(candidate.overlaps(n) for n in used):
+                continue
+            claim = NETWORK_CLAIMS / str(octet)
+            try:
+                held = (claim.read_text().strip() != prefix
+                        and now - claim.stat().st_mtime < CLAIM_HOLD_S)
+            except OSError:
+                held = False
+            if held:
+                continue
+            claim.write_text(prefix + "\n")
             return FleetNetwork(str(candidate))
     raise LabInputError(
         "no free /24 left in 10.213.0.0/16 for a lab fleet; tear down old fleets "
