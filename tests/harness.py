@@ -8,6 +8,7 @@ cleanup itself use them directly.
 from __future__ import annotations
 
 import contextlib
+import os
 import struct
 import subprocess
 import time
@@ -29,6 +30,15 @@ from aegis_lab.paths import Paths
 PATHS = Paths.discover()
 REPO = PATHS.repo_root
 VENV_BIN = REPO / ".venv" / "bin"
+
+
+def group_gone(pgid: int) -> bool:
+    """Whether no process of process group ``pgid`` is left."""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return True
+    return False
 
 
 def wait_until(pred, timeout: float = 60.0, step: float = 0.2) -> bool:

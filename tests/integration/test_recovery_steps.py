@@ -26,7 +26,7 @@ from aegis_controller.recovery.runner_steps import RunnerSteps
 from aegis_controller.recovery.settings import RecoverySettings
 from aegis_controller.recovery.steps import StepContext, StepError
 from aegis_controller.terraform import Terraform
-from harness import PATHS, wait_until
+from harness import PATHS, group_gone, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -170,12 +170,6 @@ def test_an_unknown_node_is_refused(world):
         steps.replace(ctx_for('x"]; rm', Recorder()))
 
 
-def _group_gone(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return True
-    return False
 
 
 @pytest.mark.parametrize("where", ["remembered", "data lost"])
@@ -210,10 +204,10 @@ def test_a_replace_killed_mid_apply_resumes_to_one_instance(world, where):
         thread.join(timeout=60)
         assert not thread.is_alive()
         assert errors and isinstance(errors[0], StepError)
-        assert wait_until(lambda: _group_gone(pgid), timeout=10)
+        assert wait_until(lambda: group_gone(pgid), timeout=10)
     finally:
         for g in rec.groups:
-            if not _group_gone(g):
+            if not group_gone(g):
                 os.killpg(g, signal.SIGKILL)
     # a new controller (new RunnerSteps, data without the old id) resumes the step
     set_vars(world)
@@ -427,7 +421,7 @@ def test_the_state_lock_is_respected_and_a_cancel_stops_terraform(world):
         thread.join(timeout=90)
     assert not thread.is_alive()
     assert errors and isinstance(errors[0], StepCancelled)
-    assert all(_group_gone(g) for g in rec.groups)
+    assert all(group_gone(g) for g in rec.groups)
 
 
 def test_concurrent_replaces_of_one_controller_take_turns(world):

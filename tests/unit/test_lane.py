@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from lane import Command, Job, Lane
 
-from harness import wait_until
+from harness import group_gone, wait_until
 
 pytestmark = pytest.mark.unit
 
@@ -70,7 +70,7 @@ def test_stop_cancels_the_running_command_and_its_children_and_runs_cleanup(tmp_
     closed.close()  # pytest's capture of stderr is closed by the time a run is interrupted
     lane.stop(report=closed)
     assert marker.exists()
-    assert wait_until(lambda: _group_gone(pgid), 10)
+    assert wait_until(lambda: group_gone(pgid), 10)
     assert lane.jobs["never"].future.cancelled()
 
 
@@ -81,12 +81,6 @@ def test_a_command_past_its_timeout_is_terminated(tmp_path: Path):
     assert rc != 0 and time.monotonic() - started < 30
 
 
-def _group_gone(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return True
-    return False
 
 
 def test_a_command_that_fails_runs_its_cleanup_and_one_that_passes_does_not(tmp_path: Path):
