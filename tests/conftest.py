@@ -8,12 +8,10 @@ teardown short; and the leftover check runs after that teardown, not before it."
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import os
 import signal
 import sys
-import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from harness_secrets import tmpfs
 from harness_vault import PgAdmin, Wiring, make_pg_admin, wire
-from lane import Command, Job, Lane
+from lane import Command, Job, Lane, LaneOutcome, result_shown
 
 from aegis_lab.cleanup import leftovers
 from aegis_lab.ee import EEImage
@@ -92,45 +90,6 @@ LANE_MODULES = ("tests/e2e/test_harden.py",)
 CHILD_SUFFIXES = 1100  # the child's sub-prefixes: RUN_PREFIX + (1100..1295 in base 36)
 
 
-class LaneOutcome(pytest.Item):
-    """A test that a child pytest in the lane runs: it passes, fails or skips here as it
-    did there (the child's JUnit XML), with the child's message."""
-
-    def __init__(self, *, key: str, xml: Path, **kwargs) -> None:
-        super().__init__(**kwargs)
-        self.key, self.xml = key, xml
-
-    def runtest(self) -> None:
-        capture = self.config.pluginmanager.getplugin("capturemanager")
-        with capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
-            rc, output = LANE.result(self.key, lambda: pytest.fail("not queued"), show=sys.stderr)
-        verdict = _junit_verdict(self.xml, self.name)
-        if verdict is None:
-            pytest.fail(f"the child run did not report {self.name} (exit {rc}):\n{output[-4000:]}")
-        kind, text = verdict
-        if kind == "skipped":
-            pytest.skip(text)
-        if kind != "passed":
-            pytest.fail(f"{kind} in the child run:\n{text[-8000:]}", pytrace=False)
-
-    def reportinfo(self):
-        return self.path, None, self.name
-
-
-def _junit_verdict(xml: Path, name: str) -> tuple[str, str] | None:
-    if not xml.is_file():
-        return None
-    for case in ET.parse(xml).iter("testcase"):  # noqa: S314 (the child run's own report)
-        if case.get("name") != name:
-            continue
-        for kind in ("failure", "error", "skipped"):
-            found = case.find(kind)
-            if found is not None:
-                return kind, f"{found.get('message', '')}\n{found.text or ''}"
-        return "passed", ""
-    return None
-
-
 def _child_run(module: object, items: list[pytest.Item]) -> tuple[Job, list[pytest.Item]]:
     """The lane job that runs ``items`` of ``module`` in a child pytest, and the items
     that stand for them here."""
@@ -142,7 +101,7 @@ def _child_run(module: object, items: list[pytest.Item]) -> tuple[Job, list[pyte
     cmd = Command([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-v",
                    f"--junitxml={xml}", *[i.nodeid for i in items]],
                   cwd=REPO_ROOT, env=env, timeout=2400, grace=300)
-    stand_ins = [LaneOutcome.from_parent(i.parent, name=i.name, key=key, xml=xml)
+    stand_ins = [LaneOutcome.from_parent(i.parent, name=i.name, lane=LANE, key=key, xml=xml)
                  for i in items]
     for old, new in zip(items, stand_ins, strict=True):
         new.own_markers = list(old.own_markers)
@@ -195,11 +154,8 @@ def pytest_collection_finish(session: pytest.Session) -> None:
 def lane(pytestconfig: pytest.Config):
     """``lane(key, make)``: the lane job's result (its progress shown past pytest's output
     capture while the test waits), or ``make()``'s job run here if the lane has none."""
-    capture = pytestconfig.pluginmanager.getplugin("capturemanager")
-
     def result(key: str, make):
-        with capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
-            return LANE.result(key, make, show=sys.stderr)
+        return result_shown(LANE, pytestconfig, key, make)
     return result
 
 

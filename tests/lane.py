@@ -24,11 +24,14 @@ import subprocess
 import sys
 import threading
 import time
+import xml.etree.ElementTree as ET
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
+
+import pytest
 
 Say = Callable[[str], None]
 KEEP_RUNS = 5
@@ -207,3 +210,50 @@ class Command:
 
     def cancel(self) -> None:
         self._terminate()
+
+
+def result_shown(lane: Lane, config: pytest.Config, key: str, make: Callable[[], Job]) -> Any:
+    """``lane.result`` with the job's log shown past pytest's output capture."""
+    capture = config.pluginmanager.getplugin("capturemanager")
+    with capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
+        return lane.result(key, make, show=sys.stderr)
+
+
+class LaneOutcome(pytest.Item):
+    """A test that a child pytest in the lane runs: it passes, fails or skips here as it
+    did there (the child's JUnit XML), with the child's message."""
+
+    def __init__(self, *, lane: Lane, key: str, xml: Path, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.lane, self.key, self.xml = lane, key, xml
+
+    def runtest(self) -> None:
+        rc, output = result_shown(self.lane, self.config, self.key,
+                                  lambda: pytest.fail("not queued"))
+        verdict = junit_verdict(self.xml, self.name)
+        if verdict is None:
+            pytest.fail(f"the child run did not report {self.name} (exit {rc}):\n{output[-4000:]}")
+        kind, text = verdict
+        if kind == "skipped":
+            pytest.skip(text)
+        if kind != "passed":
+            pytest.fail(f"{kind} in the child run:\n{text[-8000:]}", pytrace=False)
+
+    def reportinfo(self):
+        return self.path, None, self.name
+
+
+def junit_verdict(xml: Path, name: str) -> tuple[str, str] | None:
+    """``(passed|failure|error|skipped, message)`` of test ``name`` in a JUnit XML report,
+    or None when it is not there."""
+    if not xml.is_file():
+        return None
+    for case in ET.parse(xml).iter("testcase"):  # noqa: S314 (the child run's own report)
+        if case.get("name") != name:
+            continue
+        for kind in ("failure", "error", "skipped"):
+            found = case.find(kind)
+            if found is not None:
+                return kind, f"{found.get('message', '')}\n{found.text or ''}"
+        return "passed", ""
+    return None

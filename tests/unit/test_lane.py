@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from lane import Command, Job, Lane
+from lane import Command, Job, Lane, junit_verdict
 
 from harness import group_gone, wait_until
 
@@ -92,3 +92,16 @@ def test_a_command_that_fails_runs_its_cleanup_and_one_that_passes_does_not(tmp_
                       cleanup=["touch", str(marker)])
         cmd.run(lambda line: None)
         assert marker.exists() is cleaned
+
+
+def test_a_child_run_s_verdicts_are_read_from_its_junit_report(tmp_path: Path):
+    xml = tmp_path / "child.xml"
+    xml.write_text('<testsuites><testsuite><testcase name="test_ok"/>'
+                   '<testcase name="test_bad"><failure message="assert 1 == 2">tb</failure>'
+                   '</testcase><testcase name="test_skip"><skipped message="no nft"/></testcase>'
+                   '</testsuite></testsuites>')
+    assert junit_verdict(xml, "test_ok") == ("passed", "")
+    assert junit_verdict(xml, "test_bad") == ("failure", "assert 1 == 2\ntb")
+    assert junit_verdict(xml, "test_skip")[0] == "skipped"
+    assert junit_verdict(xml, "test_missing") is None
+    assert junit_verdict(tmp_path / "none.xml", "test_ok") is None
