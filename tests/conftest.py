@@ -59,6 +59,18 @@ def sub_prefix() -> str:
     return made
 
 
+@pytest.fixture(autouse=True)
+def _umask_restored() -> Iterator[None]:
+    """Each test starts with the run's umask: a test calling the controller's CLI
+    in-process gets its ``umask(0o077)`` (right for the daemon), which would otherwise stay
+    for every later test and make the directories they share with other users 0700 (CI:
+    the EE's user could not read the fleet's known_hosts)."""
+    old = os.umask(0o022)
+    os.umask(old)
+    yield
+    os.umask(old)
+
+
 @pytest.fixture(scope="session")
 def run_prefix() -> str:
     return RUN_PREFIX

@@ -68,8 +68,10 @@ def fleet_in_ee(fleet: LocalFleet, where: Path) -> Iterator[FleetInEE]:
     directory mounted read-only. The copy of the key is removed at the end."""
     mount = where / "fleet"
     ssh = mount / "ssh"
-    ssh.mkdir(parents=True, mode=0o750)
-    mount.chmod(0o750)
+    ssh.mkdir(parents=True)
+    # set, not asked of mkdir: this process's umask may be 077 (the controller's CLI sets it)
+    for directory in (mount, ssh):
+        directory.chmod(0o750)
     try:
         for src, name in ((fleet.ssh_key, "id_ed25519"), (fleet.known_hosts, "known_hosts")):
             shutil.copyfile(src, ssh / name)

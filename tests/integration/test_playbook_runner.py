@@ -222,3 +222,37 @@ def test_gathered_facts_do_not_put_the_environment_on_disk(ansible, tmp_path):
     found = [p for p in (tmp_path / "runs").rglob("*")
              if p.is_file() and marker.encode() in p.read_bytes()]
     assert found == [], found
+
+
+def test_a_run_going_on_is_not_removed_by_another_process_making_room(tmp_path):
+    """Several processes share one runs dir (the test lanes, aegis-lab, the controller) and
+    each keeps only the last ``keep`` runs: a long run started by one is not removed by the
+    others' new runs, nor right after it ends; finished runs past the grace period are.
+    (CI: the child run's converge lost its artifacts dir mid-run and the runner failed.)"""
+    env = dict(os.environ, ANSIBLE_INVENTORY="localhost,", ANSIBLE_LOCALHOST_WARNING="False",
+               ANSIBLE_HOME=str(tmp_path / "ansible-home"))
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env.pop("ANSIBLE_CONFIG", None)
+    runs = tmp_path / "runs"
+    long_one = Ansible(runs, env=env, keep=2)
+    others = Ansible(runs, env=env, keep=2, grace=0)
+    slow = _play(tmp_path, "slow", "6")
+    started = long_one.run_async(slow)
+    deadline = time.monotonic() + 30
+    while not any(runs.glob("*/artifacts/*/job_events/*.json")):
+        assert time.monotonic() < deadline, "the slow run did not start"
+        time.sleep(0.1)
+    for _ in range(3):
+        assert others.run(_play(tmp_path, "ok")).ok
+    result = started.wait(60)
+    assert result.ok, result.tail()
+    assert result.artifact_dir is not None and (result.artifact_dir / "status").is_file()
+    # just ended: still there for its caller after another run made room
+    assert others.run(_play(tmp_path, "ok")).ok
+    assert result.artifact_dir.is_dir()
+    # past the grace period it goes like any other
+    lock = result.artifact_dir.parent.parent / ".aegis-run.lock"
+    os.utime(lock, (time.time() - 3600, time.time() - 3600))
+    assert others.run(_play(tmp_path, "ok")).ok
+    assert not result.artifact_dir.exists()
+    assert len([p for p in runs.iterdir() if not p.name.startswith(".")]) <= 2

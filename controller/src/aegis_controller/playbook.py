@@ -22,11 +22,14 @@ go into the container. The container engine itself runs with this process's envi
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import shlex
 import shutil
 import subprocess
+import tempfile
 import threading
 import time
 import uuid
@@ -243,16 +246,51 @@ def _forget_environment(private: Path) -> None:
             command.write_text(json.dumps(data))
 
 
+#: in each run's private data dir: held locked while the run lasts
+RUN_LOCK = ".aegis-run.lock"
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except FileNotFoundError:  # removed by another process meanwhile
+        return 0.0
+
+
+def _remove_if_done(run: Path, grace: float) -> None:
+    """Remove the private data dir ``run`` unless its run is still going (its lock is held)
+    or ended less than ``grace`` seconds ago. Dirs without a lock file are from before
+    the lock existed: removed as before."""
+    try:
+        fd = os.open(run / RUN_LOCK, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        shutil.rmtree(run, ignore_errors=True)
+        return
+    except OSError:
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return  # still running
+        if time.time() - os.fstat(fd).st_mtime < grace:
+            return
+        shutil.rmtree(run, ignore_errors=True)
+    finally:
+        os.close(fd)
+
+
 class Ansible:
     """Ansible runs with one environment, each in its own private data dir under
     ``runs_dir`` (the last ``keep`` kept for inspection)."""
 
     def __init__(self, runs_dir: Path, *, env: Mapping[str, str] | None = None,
-                 keep: int = 20, suppress_env_files: bool = False,
+                 keep: int = 20, grace: float = 600.0, suppress_env_files: bool = False,
                  container: Container | None = None) -> None:
         self.runs_dir = Path(runs_dir)
         self.env = dict(os.environ if env is None else env)
         self.keep = keep
+        self.grace = grace
         #: ansible-runner's ``suppress_env_files``: the environment and extra vars are not
         #: written under ``env/`` while the run lasts (extra vars go on the command line).
         self.suppress_env_files = suppress_env_files
@@ -321,14 +359,32 @@ class Ansible:
                          inventory=inventory)
 
     # -- internals ------------------------------------------------------------------------
-    def _private_dir(self) -> Path:
+    def _private_dir(self) -> tuple[Path, int]:
+        """A new private data dir, locked (the lock held until :meth:`_release`), after
+        removing the oldest beyond ``keep``. Several processes share a runs dir (the tests'
+        lanes, the controller and ``aegis-lab``): a run still going, or one finished less
+        than ``grace`` seconds ago (its caller may still read its artifacts), is never
+        removed, whoever started it."""
         self.runs_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        runs = sorted(self.runs_dir.iterdir(), key=lambda p: p.stat().st_mtime)
+        runs = sorted((p for p in self.runs_dir.iterdir() if not p.name.startswith(".")),
+                      key=_mtime)
         for old in runs[:max(0, len(runs) - self.keep + 1)]:
-            shutil.rmtree(old, ignore_errors=True)
+            _remove_if_done(old, self.grace)
+        # made under a hidden name with its lock taken, then renamed: no other process
+        # sees it unlocked
+        staging = Path(tempfile.mkdtemp(prefix=".new-", dir=self.runs_dir))
+        fd = os.open(staging / RUN_LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        fcntl.flock(fd, fcntl.LOCK_EX)
         path = self.runs_dir / f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}"
-        path.mkdir(mode=0o700)
-        return path
+        staging.rename(path)
+        return path, fd
+
+    @staticmethod
+    def _release(private: Path, fd: int) -> None:
+        """The run is over: its lock file's time starts the grace period."""
+        with contextlib.suppress(OSError):
+            os.utime(private / RUN_LOCK)
+        os.close(fd)
 
     def _place(self, private: Path, ident: str, inventory: Path | None,
                envvars: dict[str, str], kwargs: dict[str, Any]) -> None:
@@ -366,7 +422,17 @@ class Ansible:
     def _run(self, what: str, check: bool, on_event: EventHandler | None,
              timeout: float | None, cancel: threading.Event | None,
              inventory: Path | None = None, **kwargs: Any) -> PlayResult:
-        private = self._private_dir()
+        private, lock = self._private_dir()
+        try:
+            return self._run_in(private, what, check, on_event, timeout, cancel,
+                                inventory, **kwargs)
+        finally:
+            self._release(private, lock)
+
+    def _run_in(self, private: Path, what: str, check: bool,
+                on_event: EventHandler | None, timeout: float | None,
+                cancel: threading.Event | None, inventory: Path | None,
+                **kwargs: Any) -> PlayResult:
         results: list[PlayEvent] = []
         deadline = time.monotonic() + timeout if timeout else None
         state: dict[str, Any] = {"pid": None, "stopped": None}
