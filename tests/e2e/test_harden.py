@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from aegis_controller.playbook import Ansible
 from aegis_lab.fleet import LocalFleet
-from aegis_lab.playbook import ansible_env, ansible_playbook, ansible_results
+from aegis_lab.playbook import ansible_env, ansible_results
 from conftest import sub_prefix
 from harness import PATHS, local_fleet
 
@@ -89,8 +90,13 @@ def test_audit_reports_and_changes_nothing(fleet3, tmp_path):
     its ``would_change``): every node would change, none does, nor does the host."""
     host_before = _host_kernel()
     before = _snapshot(fleet3)
-    proc = ansible_playbook(fleet3, PATHS.playbooks / "audit.yml",
-                            extravars={"aegis_audit_report_dir": str(tmp_path)})
+    # run the way an operator profiling it would: the caller's extra callbacks must not
+    # reach the nested dry run, whose stdout is one JSON document
+    env = dict(ansible_env(PATHS, fleet3),
+               ANSIBLE_CALLBACKS_ENABLED="ansible.posix.profile_tasks")
+    proc = Ansible(PATHS.runs, env=env).run(
+        PATHS.playbooks / "audit.yml", extravars={"aegis_audit_report_dir": str(tmp_path)},
+        timeout=1800, check=False)
     assert proc.ok, proc.stdout[-3000:]
     assert _snapshot(fleet3) == before
     assert _host_kernel() == host_before
