@@ -24,6 +24,11 @@ KNOWN_DIRECTIVES = frozenset([
     "MemoryMax", "CPUQuota",
 ])
 
+#: the first line of every drop-in aegis.fleet.systemd_sandbox writes
+HEADER = "Managed by aegis.fleet.systemd_sandbox"
+#: the drop-in's file name (without .conf) unless the module is given another
+DEFAULT_NAME = "50-aegis-sandbox"
+
 _EXPOSURE = re.compile(r"Overall exposure level for \S+:\s+([0-9.]+)")
 # Units that take execution and sandboxing directives, and the section they go in (systemd.exec(5)).
 SECTIONS = {"service": "Service", "socket": "Socket", "mount": "Mount", "swap": "Swap"}

@@ -27,6 +27,28 @@ options:
     type: list
     elements: str
     default: []
+  packages:
+    description:
+      - Debian packages to look up (one C(dpkg-query) for all); RV(ansible_facts.aegis_hardening.packages)
+        gives the installed version of each, or null.
+    type: list
+    elements: str
+    default: []
+  expect_sysctls:
+    description:
+      - Sysctl name to the value a role wants; RV(ansible_facts.aegis_hardening.sysctl_drift)
+        lists the names whose live value differs (compared as the kernel prints them), or
+        that the kernel lacks.
+    type: dict
+    default: {}
+  unit_states:
+    description:
+      - Units whose state to read (one C(systemctl show) for all); RV(ansible_facts.aegis_hardening.unit_states)
+        gives each one's load, active and enablement state. A role reads this instead of
+        C(ansible.builtin.service_facts), which lists every unit of the node and costs seconds.
+    type: list
+    elements: str
+    default: []
 attributes:
   check_mode:
     support: full
@@ -95,6 +117,12 @@ ansible_facts:
           description: Mount options of /tmp, /var/tmp and /dev/shm (only those that are mount points).
           type: dict
           sample: {"/tmp": {"fstype": "tmpfs", "options": ["rw", "nosuid", "nodev", "noexec"]}}
+        fstab:
+          description:
+            - The C(/etc/fstab) entry of /tmp, /var/tmp and /dev/shm (source, mount point, type,
+              options, dump, pass; the last two C(0) when left out), for those that have one.
+          type: dict
+          sample: {"/tmp": ["tmpfs", "/tmp", "tmpfs", "nodev,nosuid,noexec,mode=1777,size=512M", "0", "0"]}
         measurements:
           description: Path to SHA-256 for O(measure).
           type: dict
@@ -104,50 +132,59 @@ ansible_facts:
         package_lock:
           description: Whether the immutable package lock hook is installed.
           type: bool
+        packages:
+          description: Package name to installed version (null when not installed), for O(packages).
+          type: dict
+          sample: {"acct": "6.6.4-5+b1", "telnet": null}
+        unit_states:
+          description:
+            - Unit to its state, for O(unit_states). C(load) is systemd's LoadState
+              (V(loaded), V(not-found), V(masked)), C(active) its ActiveState and
+              C(enabled) its UnitFileState (empty when the unit has no unit file).
+          type: dict
+          sample: {"cron.service": {"load": "loaded", "active": "active", "enabled": "enabled"}}
+        sysctl_drift:
+          description: Names of O(expect_sysctls) whose live value differs from the wanted one.
+          type: list
+          elements: str
+          sample: [net.ipv4.conf.all.rp_filter]
+        ssh_client:
+          description:
+            - The address the managing SSH connection comes from (from C(SSH_CLIENT)), empty
+              when the module does not run over SSH. What the nftables baseline must keep open.
+          type: str
+          sample: 10.213.4.1
 """
 
 import hashlib
 import json
 import os
+import re
 
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.aegis.fleet.plugins.module_utils.files import sha256_file
 from ansible_collections.aegis.fleet.plugins.module_utils.nftables import normalise
 from ansible_collections.aegis.fleet.plugins.module_utils.sandbox import exposure, valid_unit_name
+from ansible_collections.aegis.fleet.plugins.module_utils.sysctl_values import (
+    DEFAULT_SYSCTLS,
+    normal,
+    read_sysctls,
+)
 from ansible_collections.aegis.fleet.plugins.module_utils.systemd import Systemd
 
-DEFAULT_SYSCTLS = [
-    "kernel.kptr_restrict", "kernel.dmesg_restrict", "kernel.yama.ptrace_scope",
-    "kernel.unprivileged_bpf_disabled", "kernel.kexec_load_disabled", "kernel.sysrq",
-    "kernel.perf_event_paranoid", "kernel.randomize_va_space", "net.core.bpf_jit_harden",
-    "fs.suid_dumpable", "fs.protected_hardlinks", "fs.protected_symlinks", "fs.protected_fifos",
-    "fs.protected_regular", "net.ipv4.conf.all.rp_filter", "net.ipv4.conf.all.accept_redirects",
-    "net.ipv4.conf.all.send_redirects", "net.ipv4.conf.all.accept_source_route",
-    "net.ipv4.tcp_syncookies", "net.ipv6.conf.all.accept_redirects",
-]
 TEMP_DIRS = ("/tmp", "/var/tmp", "/dev/shm")
 PACKAGE_LOCK_HOOK = "/etc/dpkg/dpkg.cfg.d/aegis-package-lock"
 ARGUMENT_SPEC = dict(
     sysctls=dict(type="list", elements="str"),
     measure=dict(type="list", elements="path", default=[]),
     units=dict(type="list", elements="str", default=[]),
+    packages=dict(type="list", elements="str", default=[]),
+    unit_states=dict(type="list", elements="str", default=[]),
+    expect_sysctls=dict(type="dict", default={}),
 )
-
-
-def _sysctl_path(name):
-    return "/proc/sys/" + name.replace(".", "/")
-
-
-def read_sysctls(names):
-    values = {}
-    for name in names:
-        try:
-            with open(_sysctl_path(name)) as fh:
-                values[name] = " ".join(fh.read().split())
-        except OSError:
-            values[name] = None
-    return values
+ANY_UNIT = re.compile(r"^[A-Za-z0-9:_.\\@-]+\.(service|socket|timer|target|path|mount|automount|swap|slice|scope|device)$")
+PACKAGE_NAME = re.compile(r"^[a-z0-9][a-z0-9+.-]+$")
 
 
 def parse_sshd(text):
@@ -161,6 +198,17 @@ def parse_sshd(text):
         else:
             conf[key] = value
     return conf
+
+
+def fstab_entries(text, targets):
+    """Mount point -> its first fstab entry's six fields, for ``targets``."""
+    found = {}
+    for line in text.splitlines():
+        fields = line.split()
+        if len(fields) < 4 or fields[0].startswith("#") or fields[1] not in targets or fields[1] in found:
+            continue
+        found[fields[1]] = [*fields, "0", "0"][:6]
+    return found
 
 
 def mount_points(mountinfo_text, targets):
@@ -194,6 +242,12 @@ def check_params(module):
     bad = [u for u in p["units"] if not valid_unit_name(u)]
     if bad:
         module.fail_json(msg="units: %s not full unit names; write e.g. 'cron.service'" % ", ".join(map(repr, bad)))
+    bad = [u for u in p["unit_states"] if not ANY_UNIT.match(u) or ".." in u]
+    if bad:
+        module.fail_json(msg="unit_states: %s not full unit names; write e.g. 'cron.service'" % ", ".join(map(repr, bad)))
+    bad = [name for name in p["packages"] if not PACKAGE_NAME.match(name)]
+    if bad:
+        module.fail_json(msg="packages: %s not Debian package names (lower case, e.g. 'libpam-tmpdir')" % ", ".join(map(repr, bad)))
     bad = [s for s in (p["sysctls"] or []) if not s or "/" in s or ".." in s]
     if bad:
         module.fail_json(msg="sysctls: %s not sysctl names; write e.g. 'kernel.kptr_restrict'" % ", ".join(map(repr, bad)))
@@ -243,12 +297,77 @@ def unit_exposure(module, units):
     return dict((unit, exposure(module, unit)) for unit in units if systemd.unit(unit).is_loaded())
 
 
+def parse_dpkg_query(out, names):
+    """name -> version or None from ``dpkg-query -W -f '${Package}\\t${db:Status-Abbrev}\\t${Version}\\n'``."""
+    installed = {}
+    for line in out.splitlines():
+        fields = line.split("\t")
+        if len(fields) == 3 and fields[1].startswith("ii"):
+            installed[fields[0].split(":")[0]] = fields[2]
+    return dict((name, installed.get(name)) for name in names)
+
+
+def packages(module, names):
+    """Installed version of each of ``names`` (None when not installed), one dpkg-query."""
+    if not names:
+        return {}
+    query = module.get_bin_path("dpkg-query")
+    if not query:
+        return dict((name, None) for name in names)
+    # rc 1 only means some names are unknown to dpkg; their lines are missing
+    _rc, out, _err = module.run_command([query, "-W", "-f", "${Package}\t${db:Status-Abbrev}\t${Version}\n", *names])
+    return parse_dpkg_query(out, names)
+
+
+def parse_systemctl_show(out):
+    """Unit -> {load, active, enabled} from ``systemctl show -p Id,LoadState,ActiveState,UnitFileState``
+    of several units (blocks separated by a blank line, in the order asked)."""
+    states = []
+    for block in out.strip().split("\n\n"):
+        props = dict(line.split("=", 1) for line in block.splitlines() if "=" in line)
+        states.append({"load": props.get("LoadState", ""), "active": props.get("ActiveState", ""),
+                       "enabled": props.get("UnitFileState", "")})
+    return states
+
+
+def unit_states(module, units):
+    """Each of ``units`` -> its load, active and enablement state, one systemctl call."""
+    if not units:
+        return {}
+    systemd = Systemd(module, required=False)
+    unknown = {"load": "unknown", "active": "unknown", "enabled": ""}
+    if not systemd.available:
+        return dict((unit, dict(unknown)) for unit in units)
+    rc, out, _err = systemd.run(["show", "-p", "LoadState,ActiveState,UnitFileState", "--", *units])
+    states = parse_systemctl_show(out) if rc == 0 else []
+    if len(states) != len(units):
+        return dict((unit, dict(unknown)) for unit in units)
+    return dict(zip(units, states, strict=True))
+
+
+def sysctl_drift(expected):
+    """Names of ``expected`` whose live value differs (or that the kernel lacks)."""
+    live = read_sysctls(list(expected))
+    return [name for name, value in expected.items()
+            if live[name] is None or normal(live[name]) != normal(value)]
+
+
+def ssh_client():
+    """The address the SSH connection running this module comes from, or ''."""
+    return (os.environ.get("SSH_CLIENT") or os.environ.get("SSH_CONNECTION") or "").split(" ")[0]
+
+
 def posture(module):
     """The ``aegis_hardening`` facts."""
     p = module.params
     virt, container = virtualization(module)
     with open("/proc/self/mountinfo") as fh:
         mounts = mount_points(fh.read(), TEMP_DIRS)
+    try:
+        with open("/etc/fstab") as fh:
+            fstab = fstab_entries(fh.read(), TEMP_DIRS)
+    except FileNotFoundError:
+        fstab = {}
     return {
         "virtualization": virt,
         "container": container,
@@ -257,9 +376,14 @@ def posture(module):
         "sshd": sshd_config(module),
         "nftables": nftables_digests(module),
         "mounts": mounts,
+        "fstab": fstab,
         "measurements": dict((path, sha256_file(path)) for path in p["measure"]),
         "unit_exposure": unit_exposure(module, p["units"]),
         "package_lock": os.path.exists(PACKAGE_LOCK_HOOK),
+        "packages": packages(module, p["packages"]),
+        "unit_states": unit_states(module, p["unit_states"]),
+        "ssh_client": ssh_client(),
+        "sysctl_drift": sysctl_drift(p["expect_sysctls"]),
     }
 
 

@@ -44,8 +44,12 @@ options:
     type: bool
     default: false
   score:
-    description: Report the exposure from C(systemd-analyze security) before and after.
-    type: bool
+    description:
+      - Report the exposure from C(systemd-analyze security) before and after.
+      - V(true) (or V(always)) scores on every run; V(changed) only when the drop-in changes
+        (a run that changes nothing then returns null scores and saves a second or so per
+        unit); V(false) (or V(never)) never.
+    type: raw
     default: true
   allow_unknown:
     description: Accept directive names outside the known sandboxing set.
@@ -95,7 +99,7 @@ path:
 exposure_before:
   description:
     - Overall exposure (0 safest, 10 least safe) from C(systemd-analyze security) before this run.
-    - Null with O(score=false) or for units other than services.
+    - Null with O(score=false), with O(score=changed) when nothing changed, or for units other than services.
   returned: always
   type: float
   sample: 9.6
@@ -118,6 +122,8 @@ from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.aegis.fleet.plugins.module_utils.changes import report
 from ansible_collections.aegis.fleet.plugins.module_utils.sandbox import (
+    DEFAULT_NAME,
+    HEADER,
     check_settings,
     exposure,
     render_dropin,
@@ -126,17 +132,19 @@ from ansible_collections.aegis.fleet.plugins.module_utils.sandbox import (
 )
 from ansible_collections.aegis.fleet.plugins.module_utils.systemd import Systemd
 
-HEADER = "Managed by aegis.fleet.systemd_sandbox"
 ARGUMENT_SPEC = dict(
     unit=dict(type="str", required=True),
     settings=dict(type="dict"),
-    name=dict(type="str", default="50-aegis-sandbox"),
+    name=dict(type="str", default=DEFAULT_NAME),
     state=dict(type="str", default="present", choices=["present", "absent"]),
     restart=dict(type="bool", default=False),
-    score=dict(type="bool", default=True),
+    score=dict(type="raw", default=True),
     allow_unknown=dict(type="bool", default=False),
 )
 REQUIRED_IF = [("state", "present", ["settings"])]
+#: what O(score) accepts -> when to score
+SCORES = {"true": "always", "yes": "always", "always": "always", "changed": "changed",
+          "false": "never", "no": "never", "never": "never"}
 
 
 def _read(path):
@@ -167,6 +175,10 @@ def check_params(module):
     """Fail with a message naming the option unless the parameters describe a drop-in."""
     p = module.params
     p["settings"] = p["settings"] or {}
+    score = SCORES.get(str(p["score"]).lower())
+    if score is None:
+        module.fail_json(msg="score: %r is not one of true, false, always, changed, never" % (p["score"],))
+    p["score"] = score
     if not valid_unit_name(p["unit"]):
         module.fail_json(msg="unit: %r is not a service, socket, mount or swap unit name; write it in full, "
                              "e.g. 'cron.service'" % p["unit"])
@@ -240,11 +252,12 @@ def main():
     dropin = Dropin(module, p["unit"], p["name"])
     before = dropin.current()
     after = render_dropin(p["settings"], HEADER, section(p["unit"])) if p["state"] == "present" else None
-    score = exposure(module, p["unit"]) if p["score"] else None
+    scoring = p["score"] == "always" or (p["score"] == "changed" and before != after)
+    score = exposure(module, p["unit"]) if scoring else None
     result = dict(path=dropin.path, exposure_before=score, exposure_after=score, restarted=False)
     if before != after and not module.check_mode:
         result["restarted"] = dropin.apply(before, after, p["restart"])
-        if p["score"]:
+        if scoring:
             result["exposure_after"] = exposure(module, p["unit"])
     report(module, before, after, dropin.path, **result)
 

@@ -103,7 +103,8 @@ def test_audit_reports_and_changes_nothing(fleet3, tmp_path):
     for node in ("node1", "node2", "node3"):
         report = json.loads((tmp_path / f"{node}.json").read_text())
         assert report["failed"] == []
-        assert "Write sshd_config, validated by sshd -t before it replaces the old one" in [
+        assert ("Write sshd_config (validated by sshd -t first), the trusted user CA keys and "
+                "the principals directory") in [
             name.split(" : ")[-1] for name in report["would_change"]], report["would_change"]
         assert report["posture"]["container"] is True
         assert report["lynis"]["available"], report["lynis"]
