@@ -37,6 +37,7 @@ attributes:
   platform:
     support: full
     platforms: posix
+    description: Linux nodes (the baseline sysctls are read from /proc/sys).
 author:
   - Aegis contributors (@aegis)
 """

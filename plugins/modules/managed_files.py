@@ -35,7 +35,7 @@ options:
           - V(exists) only sets owner, group and mode of a path that exists (a file or a
             directory) and skips one that does not.
           - V(keys) sets O(files[].keys) in a C(KEY value) file the system already has
-            (C(/etc/login.defs)), keeping its other lines: each active line of a key gets
+            (C(/etc/login.defs)), keeping its other lines. Each active line of a key gets
             the value; without one, the first commented-out line of the key is replaced;
             without either, the key is appended. Owner, group and mode stay as they are.
         type: str
@@ -83,6 +83,7 @@ attributes:
   platform:
     support: full
     platforms: posix
+    description: POSIX nodes (owner and group by name or id).
 author:
   - Aegis contributors (@aegis)
 """

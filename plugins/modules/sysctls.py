@@ -13,7 +13,7 @@ description:
     line per entry of O(values), and sets every value that differs in C(/proc/sys) now,
     so the node has the settings without a reboot and keeps them after one.
   - One module run for the whole list, where C(ansible.posix.sysctl) needs one per
-    setting: a converge that changes nothing stays cheap.
+    setting, so a converge that changes nothing stays cheap.
   - A name the running kernel does not have fails the task before anything is written,
     naming every such key.
 options:

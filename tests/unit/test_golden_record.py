@@ -5,23 +5,23 @@ import pytest
 import yaml
 
 from aegis_protocol.attestation import GOLDEN_SCHEMA, profile_from_golden
-from harness import REPO
+from ansible_collections.aegis.fleet.plugins.modules import golden_record
 
 pytestmark = pytest.mark.unit
-GOLDEN_TASKS = REPO / "roles" / "harden" / "tasks" / "golden.yml"
 
 
-def _record_template() -> dict:
-    tasks = yaml.safe_load(GOLDEN_TASKS.read_text())
-    (record,) = [t["vars"]["harden_golden_record"] for t in tasks
-                 if "harden_golden_record" in t.get("vars", {})]
-    return record
-
-
-def test_the_role_writes_only_what_profile_from_golden_reads():
-    record = _record_template()
+def test_the_role_writes_only_what_profile_from_golden_reads(tmp_path):
+    """The record as the role's module (aegis.fleet.golden_record) makes it, read back by
+    the protocol's reader."""
+    managed = tmp_path / "sshd_config"
+    managed.write_text("PermitRootLogin no\n")
+    record = golden_record.measure([str(managed), str(tmp_path / "missing")], "aegis.fleet.harden")
     assert record["schema"] == GOLDEN_SCHEMA
     assert sorted(record) == ["files", "role", "schema", "sysctl"]
+    profile = profile_from_golden(yaml.safe_load(golden_record.render(record)))
+    assert profile.golden == {str(managed): record["files"][str(managed)],
+                              str(tmp_path / "missing"): None}
+    assert len(record["files"][str(managed)]) == 64
 
 
 def test_a_record_as_the_role_writes_it_gives_the_expected_profile():
