@@ -5,7 +5,7 @@ Runs the whole path with real pieces on this machine (``tests/harness_secrets.py
 OpenBao dev server wired by the ``aegis.fleet.vault`` role, PostgreSQL, the controller with
 its secrets gate, the real agent daemon rendering on a tmpfs, a small real service logged
 in to PostgreSQL with the rendered credential). Then, ``--rounds`` times: an operator's
-quarantine order is accepted → the controller revokes the node's token by accessor, its
+quarantine order is sent and accepted → the controller revokes the node's token by accessor, its
 database lease, and checks the PostgreSQL login is gone (each step's end time from the
 ledger) while the agent wipes its files (its ``secrets_wiped`` event). Each round is a
 fresh node (a new agent that enrolls and is trusted): the agent runs without segmentation,
@@ -60,18 +60,22 @@ def _round(lab: SecretsLab, n: int) -> dict[str, float]:
     until(lambda: lab.consumer_status().get("user") in grant["logins"]
           and not lab.consumer_status().get("error"), 30, "the service logged in")
     before_ns = time.time_ns()
-    accepted = lab.order("quarantine", level="soft", reason=f"bench round {n}")
+    # timed from the moment the operator sends the order: the controller starts revoking
+    # as it accepts it, and under load a step can end before its answer arrives (timed
+    # from the answer, that step came out as 0 ms and a check of the figures failed in CI)
+    sent = time.time()
+    lab.order("quarantine", level="soft", reason=f"bench round {n}")
     done = lab.server.ctl("node", "secrets", lab.node, "--wait-revoked", "60")
     if done.returncode:
         raise SystemExit(f"round {n}: revocation did not finish: {done.stdout}{done.stderr}")
     wiped = until(lambda: _wiped_at(lab, before_ns), 30, "the agent's wipe")
-    figures = {"agent_wipe_ms": (wiped - accepted) * 1000}
+    figures = {"agent_wipe_ms": (wiped - sent) * 1000}
     for record in lab.ledger():
         body = record["body"]
         if (record["kind"] == "secret_lease" and body.get("event") == "revocation_step"
                 and body.get("accessor") == grant["accessor"] and body["step"] in STEPS):
             name = STEPS[body["step"]] + "_ms"  # the last lease's end for leases_revoked
-            figures[name] = max(figures.get(name, 0.0), body["ended_ms"] - accepted * 1000)
+            figures[name] = max(figures.get(name, 0.0), body["ended_ms"] - sent * 1000)
     return figures
 
 
@@ -122,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--rounds must be >= 1 and --rotations >= 0")
     figures, notes = run(args.rounds, args.rotations)
     report("secrets", figures,
-           title="leased secrets: quarantine order accepted → revoked (ms after acceptance), "
+           title="leased secrets: quarantine order sent → revoked (ms after the order was sent), "
                  "rotation → service reloaded:",
            notes=notes)
     return 0
