@@ -120,6 +120,21 @@ def _build(recipe: RootfsRecipe, cmd: list[str], progress) -> tuple[int, list[st
     return proc.returncode, (proc.stderr or proc.stdout).strip().splitlines()[-30:]
 
 
+#: tarballs kept per recipe: checkouts of different versions on one machine (a worktree,
+#: a CI clone) each keep theirs instead of rebuilding the other's away
+KEEP_TARBALLS = 3
+
+
+def prune_tarballs(images: Path, name: str, keep: int = KEEP_TARBALLS) -> list[Path]:
+    """Remove all but the ``keep`` most recently used tarballs of recipe ``name``; returns
+    what it removed."""
+    tarballs = sorted(images.glob(f"{name}-*.tar.zst"), key=lambda p: p.stat().st_mtime,
+                      reverse=True)
+    for old in tarballs[keep:]:
+        old.unlink(missing_ok=True)
+    return tarballs[keep:]
+
+
 def ensure_rootfs_image(recipe: RootfsRecipe, mirror: str, progress=log.info) -> NodeImage:
     """Return the image of ``recipe``, building its tarball (cached under
     ``/var/cache/aegis/images`` by recipe hash) and importing it only if needed."""
@@ -150,11 +165,10 @@ def ensure_rootfs_image(recipe: RootfsRecipe, mirror: str, progress=log.info) ->
                     )
             finally:
                 shutil.rmtree(workdir, ignore_errors=True)
-            # Older images of other recipes are dead weight.
-            for old in images.glob(f"{recipe.name}-*.tar.zst"):
-                if old != tarball:
-                    old.unlink(missing_ok=True)
             built = True
+        else:
+            tarball.touch()  # used: kept by prune_tarballs
+        prune_tarballs(images, recipe.name)
         if not image_exists(ref):
             progress(f"importing {recipe.what} {ref}")
             zstd = subprocess.Popen(["zstd", "-dc", str(tarball)], stdout=subprocess.PIPE)
