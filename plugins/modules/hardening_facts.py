@@ -27,6 +27,18 @@ options:
     type: list
     elements: str
     default: []
+  packages:
+    description:
+      - Debian packages whose installed state to report (one C(dpkg-query) for all of them),
+        so a role can check that what it needs is in the node image without a mirror.
+    type: list
+    elements: str
+    default: []
+  pam:
+    description: Files of C(/etc/pam.d) whose modules to list (RV(ansible_facts.aegis_hardening.pam)).
+    type: list
+    elements: str
+    default: []
 attributes:
   check_mode:
     support: full
@@ -104,6 +116,14 @@ ansible_facts:
         package_lock:
           description: Whether the immutable package lock hook is installed.
           type: bool
+        packages:
+          description: Package name to whether it is installed, for O(packages).
+          type: dict
+          sample: {"acct": true, "sysstat": false}
+        pam:
+          description: File of O(pam) to the PAM modules it names, in order (empty for a missing file).
+          type: dict
+          sample: {"common-session": ["pam_permit.so", "pam_unix.so", "pam_systemd.so", "pam_tmpdir.so"]}
 """
 
 import hashlib
@@ -132,7 +152,11 @@ ARGUMENT_SPEC = dict(
     sysctls=dict(type="list", elements="str"),
     measure=dict(type="list", elements="path", default=[]),
     units=dict(type="list", elements="str", default=[]),
+    packages=dict(type="list", elements="str", default=[]),
+    pam=dict(type="list", elements="str", default=[]),
 )
+PAM_DIR = "/etc/pam.d"
+
 
 
 def _sysctl_path(name):
@@ -188,6 +212,35 @@ def kernel_writable(proc_sys_kernel="/proc/sys/kernel"):
     return os.access(os.path.join(proc_sys_kernel, "dmesg_restrict"), os.W_OK)
 
 
+def installed_packages(module, names):
+    """Package -> whether dpkg has it installed (one dpkg-query for all names)."""
+    state = dict((name, False) for name in names)
+    dpkg_query = module.get_bin_path("dpkg-query")
+    if names and dpkg_query:
+        # unknown names make dpkg-query exit 1 but still print the known ones
+        fmt = "${Package} ${db:Status-Abbrev}\\n"
+        _rc, out, _err = module.run_command([dpkg_query, "-W", "-f", fmt, *names])
+        for line in out.splitlines():
+            fields = line.split()
+            if len(fields) >= 2 and fields[0].split(":")[0] in state and fields[1].startswith("ii"):
+                state[fields[0].split(":")[0]] = True
+    return state
+
+
+def pam_modules(path):
+    """The modules a PAM file names, in order ([] without the file)."""
+    try:
+        with open(path) as fh:
+            lines = fh.read().splitlines()
+    except OSError:
+        return []
+    modules = []
+    for line in lines:
+        fields = line.split("#", 1)[0].split()
+        modules.extend(f for f in fields[1:3] if f.endswith(".so"))
+    return modules
+
+
 def check_params(module):
     """Fail with a message naming the option unless units and sysctls are names."""
     p = module.params
@@ -197,6 +250,12 @@ def check_params(module):
     bad = [s for s in (p["sysctls"] or []) if not s or "/" in s or ".." in s]
     if bad:
         module.fail_json(msg="sysctls: %s not sysctl names; write e.g. 'kernel.kptr_restrict'" % ", ".join(map(repr, bad)))
+    bad = [n for n in p["pam"] if not n or "/" in n or n.startswith(".")]
+    if bad:
+        module.fail_json(msg="pam: %s not file names of /etc/pam.d; write e.g. 'common-session'" % ", ".join(map(repr, bad)))
+    bad = [n for n in p["packages"] if not n or n.startswith("-") or any(c.isspace() for c in n)]
+    if bad:
+        module.fail_json(msg="packages: %s not package names; write e.g. 'sysstat'" % ", ".join(map(repr, bad)))
 
 
 def virtualization(module):
@@ -260,6 +319,8 @@ def posture(module):
         "measurements": dict((path, sha256_file(path)) for path in p["measure"]),
         "unit_exposure": unit_exposure(module, p["units"]),
         "package_lock": os.path.exists(PACKAGE_LOCK_HOOK),
+        "packages": installed_packages(module, p["packages"]),
+        "pam": dict((name, pam_modules(os.path.join(PAM_DIR, name))) for name in p["pam"]),
     }
 
 
