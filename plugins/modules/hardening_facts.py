@@ -236,8 +236,11 @@ def pam_modules(path):
         return []
     modules = []
     for line in lines:
+        # TYPE CONTROL MODULE ARGS; a [bracketed control] may hold spaces
         fields = line.split("#", 1)[0].split()
-        modules.extend(f for f in fields[1:3] if f.endswith(".so"))
+        name = next((f for f in fields[1:] if f.endswith(".so")), None)
+        if name:
+            modules.append(name)
     return modules
 
 

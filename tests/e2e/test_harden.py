@@ -116,7 +116,7 @@ def test_audit_reports_and_changes_nothing(fleet3, tmp_path):
             left = lynis[f"{plural}_unwaived"]
             assert set(left) <= set(lynis[plural])
             assert len(left) + sum(w["kind"] == kind for w in lynis["waived"]) == len(lynis[plural])
-        # the fresh node's one warning (no security archive) is waived, not left
+        # no warning is left without a waiver (the image lists the security archive now)
         assert lynis["warnings_unwaived"] == [], lynis["warnings_unwaived"]
         assert ("suggestion", "PKGS-7420") in waived, lynis["waived"]
 
