@@ -4,7 +4,6 @@ a malformed waiver file is refused with a message that says what to fix."""
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 
@@ -12,11 +11,12 @@ import pytest
 import yaml
 from ansible.errors import AnsibleFilterError
 
+from aegis_lab.playbook import ansible_env
 from ansible_collections.aegis.fleet.plugins.filter.lynis_waivers import (
     lynis_report,
     lynis_waiver_errors,
 )
-from harness import REPO
+from harness import PATHS, REPO
 
 pytestmark = pytest.mark.unit
 
@@ -97,7 +97,7 @@ def test_the_audit_playbook_refuses_a_malformed_waiver_file(tmp_path) -> None:
          "-e", f"aegis_audit_waivers_file={bad}", "-e", f"aegis_audit_report_dir={tmp_path / 'r'}",
          "-e", f"aegis_audit_cache={tmp_path / 'c'}", "-e", "aegis_audit_lynis=false"],
         capture_output=True, text=True, check=False, timeout=300,
-        env={**os.environ, "ANSIBLE_CONFIG": str(REPO / "ansible.cfg")},
+        env=ansible_env(PATHS),
     )
     assert proc.returncode != 0
     assert "reason: missing or empty" in proc.stdout, proc.stdout[-2000:]
