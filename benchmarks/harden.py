@@ -1,5 +1,7 @@
-"""Hardening figures: converge time (first and second run), Lynis hardening index and
-systemd exposure of the hardened units, before and after, on a fresh local fleet.
+"""Hardening figures: converge time (first and second run, and their ratio), Lynis hardening
+index before and after with the gain, the Lynis findings left (waived or not, see
+roles/harden/files/lynis_waivers.yml) per node, and the systemd exposure of the hardened
+units, on a fresh local fleet.
 
 The plays run through ansible-runner and print one line per task result as they run;
 the figures come from the audit reports. ``python -m benchmarks.harden [--nodes N]``.
@@ -37,6 +39,41 @@ def _converge(fleet: LocalFleet) -> float:
     return round(time.monotonic() - started, 1)
 
 
+def _ids(entries: list[str]) -> str:
+    """``SSH-7408(Port), TIME-3104`` from Lynis report entries (``ID|text|detail|...``)."""
+    out = []
+    for entry in entries:
+        parts = entry.split("|")
+        detail = parts[2] if len(parts) > 2 and parts[2] not in ("", "-") else ""
+        several = detail and parts[0] == "SSH-7408"  # one id, one finding per setting
+        out.append(f"{parts[0]}({detail.split(' ')[0]})" if several else parts[0])
+    return ", ".join(dict.fromkeys(out)) or "-"
+
+
+def harden_figures(before: dict[str, dict], after: dict[str, dict], first: float,
+                   second: float) -> tuple[dict[str, float], dict[str, str], dict[str, str]]:
+    """Figures, targets and notes of the harden bench from the audit reports (node → report)
+    before and after converge and the two converge times."""
+    figures: dict[str, float] = {"converge_first_s": first, "converge_second_s": second,
+                                 "converge_ratio": round(second / first, 2) if first else 0.0}
+    targets = {"converge_first_s": "<= 60", "converge_ratio": "<= 0.3"}
+    notes: dict[str, str] = {}
+    for node in sorted(after):
+        lb, la = before[node]["lynis"], after[node]["lynis"]
+        index_before, index_after = int(lb["hardening_index"] or 0), int(la["hardening_index"] or 0)
+        figures[f"lynis_before_{node}"] = index_before
+        figures[f"lynis_after_{node}"] = index_after
+        figures[f"lynis_gain_{node}"] = index_after - index_before
+        targets[f"lynis_gain_{node}"] = ">= 26"
+        figures[f"warnings_unwaived_{node}"] = len(la.get("warnings_unwaived", la["warnings"]))
+        targets[f"warnings_unwaived_{node}"] = "== 0"
+        notes[f"warnings_left_{node}"] = _ids(la.get("warnings_unwaived", la["warnings"]))
+        notes[f"suggestions_left_{node}"] = _ids(la.get("suggestions_unwaived", la["suggestions"]))
+        waived = dict.fromkeys(w["id"] for w in la.get("waived", []))
+        notes[f"waived_{node}"] = ", ".join(waived) or "-"
+    return figures, targets, notes
+
+
 def run(paths: Paths, nodes: object = 3, prefix: str = "aegishb") -> int:
     """Lynis index and systemd exposure before/after, converge time first and second run."""
     size = check_size(nodes)
@@ -50,12 +87,7 @@ def run(paths: Paths, nodes: object = 3, prefix: str = "aegishb") -> int:
         after = _audit(fleet, work / "after")
     finally:
         down(fleet)
-    figures: dict[str, float] = {"converge_first_s": first, "converge_second_s": second}
-    warnings: dict[str, str] = {}
-    for node in sorted(after):
-        figures[f"lynis_before_{node}"] = before[node]["lynis"]["hardening_index"]
-        figures[f"lynis_after_{node}"] = after[node]["lynis"]["hardening_index"]
-        warnings[f"warnings_left_{node}"] = "; ".join(after[node]["lynis"]["warnings"]) or "-"
+    figures, targets, notes = harden_figures(before, after, first, second)
     node = sorted(after)[0]
     eb = before[node]["posture"].get("unit_exposure", {})
     ea = after[node]["posture"].get("unit_exposure", {})
@@ -63,7 +95,7 @@ def run(paths: Paths, nodes: object = 3, prefix: str = "aegishb") -> int:
         figures[f"exposure_before_{unit}"] = eb.get(unit, "?")
         figures[f"exposure_after_{unit}"] = ea.get(unit)
     report("harden", figures, title=f"hardening {size} nodes (exposure of {node}'s units)",
-           notes={"nodes": size, **warnings})
+           targets=targets, notes={"nodes": size, **notes})
     return 0
 
 

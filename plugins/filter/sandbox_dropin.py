@@ -39,6 +39,10 @@ options:
     description: The drop-in's file name without C(.conf).
     type: str
     default: 50-aegis-sandbox
+  allow_unknown:
+    description: Accept directive names outside the known sandboxing set (as the module's option).
+    type: bool
+    default: false
 author: Aegis contributors
 """
 
@@ -57,14 +61,14 @@ _value:
 """
 
 
-def sandbox_dropin(unit, settings=None, name=DEFAULT_NAME):
+def sandbox_dropin(unit, settings=None, name=DEFAULT_NAME, allow_unknown=False):
     if isinstance(unit, dict) and settings is None:
         unit, settings = unit.get("key"), unit.get("value")
     if not isinstance(unit, str) or not valid_unit_name(unit):
         raise AnsibleFilterError("sandbox_dropin: %r is not a service, socket, mount or swap unit name" % (unit,))
     if not isinstance(settings, dict) or not settings:
         raise AnsibleFilterError("sandbox_dropin: settings for %s must be a non-empty dict of directives" % unit)
-    errors = check_settings(settings)
+    errors = check_settings(settings, allow_unknown)
     if errors:
         raise AnsibleFilterError("sandbox_dropin: settings for %s: %s" % (unit, "; ".join(errors)))
     return {"path": "/etc/systemd/system/%s.d/%s.conf" % (unit, name),

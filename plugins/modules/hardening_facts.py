@@ -29,8 +29,13 @@ options:
     default: []
   packages:
     description:
-      - Debian packages to look up (one C(dpkg-query) for all); RV(ansible_facts.aegis_hardening.packages)
-        gives the installed version of each, or null.
+      - Debian packages whose installed state to report (one C(dpkg-query) for all of them),
+        so a role can check that what it needs is in the node image without a mirror.
+    type: list
+    elements: str
+    default: []
+  pam:
+    description: Files of C(/etc/pam.d) whose modules to list (RV(ansible_facts.aegis_hardening.pam)).
     type: list
     elements: str
     default: []
@@ -119,7 +124,7 @@ ansible_facts:
           sample: {"/tmp": {"fstype": "tmpfs", "options": ["rw", "nosuid", "nodev", "noexec"]}}
         fstab:
           description:
-            - The C(/etc/fstab) entry of /tmp, /var/tmp and /dev/shm (source, mount point, type,
+            - The C(/etc/fstab) entry of /tmp, /var/tmp, /dev/shm and /proc (source, mount point, type,
               options, dump, pass; the last two C(0) when left out), for those that have one.
           type: dict
           sample: {"/tmp": ["tmpfs", "/tmp", "tmpfs", "nodev,nosuid,noexec,mode=1777,size=512M", "0", "0"]}
@@ -133,9 +138,13 @@ ansible_facts:
           description: Whether the immutable package lock hook is installed.
           type: bool
         packages:
-          description: Package name to installed version (null when not installed), for O(packages).
+          description: Package name to whether it is installed, for O(packages).
           type: dict
-          sample: {"acct": "6.6.4-5+b1", "telnet": null}
+          sample: {"acct": true, "sysstat": false}
+        pam:
+          description: File of O(pam) to the PAM modules it names, in order (empty for a missing file).
+          type: dict
+          sample: {"common-session": ["pam_permit.so", "pam_unix.so", "pam_systemd.so", "pam_tmpdir.so"]}
         unit_states:
           description:
             - Unit to its state, for O(unit_states). C(load) is systemd's LoadState
@@ -174,15 +183,19 @@ from ansible_collections.aegis.fleet.plugins.module_utils.sysctl_values import (
 from ansible_collections.aegis.fleet.plugins.module_utils.systemd import Systemd
 
 TEMP_DIRS = ("/tmp", "/var/tmp", "/dev/shm")
+#: mount points whose fstab entry is reported (the temporary directories, and /proc for hidepid)
+FSTAB_POINTS = (*TEMP_DIRS, "/proc")
 PACKAGE_LOCK_HOOK = "/etc/dpkg/dpkg.cfg.d/aegis-package-lock"
 ARGUMENT_SPEC = dict(
     sysctls=dict(type="list", elements="str"),
     measure=dict(type="list", elements="path", default=[]),
     units=dict(type="list", elements="str", default=[]),
     packages=dict(type="list", elements="str", default=[]),
+    pam=dict(type="list", elements="str", default=[]),
     unit_states=dict(type="list", elements="str", default=[]),
     expect_sysctls=dict(type="dict", default={}),
 )
+PAM_DIR = "/etc/pam.d"
 ANY_UNIT = re.compile(r"^[A-Za-z0-9:_.\\@-]+\.(service|socket|timer|target|path|mount|automount|swap|slice|scope|device)$")
 PACKAGE_NAME = re.compile(r"^[a-z0-9][a-z0-9+.-]+$")
 
@@ -236,6 +249,38 @@ def kernel_writable(proc_sys_kernel="/proc/sys/kernel"):
     return os.access(os.path.join(proc_sys_kernel, "dmesg_restrict"), os.W_OK)
 
 
+def installed_packages(module, names):
+    """Package -> whether dpkg has it installed (one dpkg-query for all names)."""
+    state = dict((name, False) for name in names)
+    dpkg_query = module.get_bin_path("dpkg-query")
+    if names and dpkg_query:
+        # unknown names make dpkg-query exit 1 but still print the known ones
+        fmt = "${Package} ${db:Status-Abbrev}\\n"
+        _rc, out, _err = module.run_command([dpkg_query, "-W", "-f", fmt, *names])
+        for line in out.splitlines():
+            fields = line.split()
+            if len(fields) >= 2 and fields[0].split(":")[0] in state and fields[1].startswith("ii"):
+                state[fields[0].split(":")[0]] = True
+    return state
+
+
+def pam_modules(path):
+    """The modules a PAM file names, in order ([] without the file)."""
+    try:
+        with open(path) as fh:
+            lines = fh.read().splitlines()
+    except OSError:
+        return []
+    modules = []
+    for line in lines:
+        # TYPE CONTROL MODULE ARGS; a [bracketed control] may hold spaces
+        fields = line.split("#", 1)[0].split()
+        name = next((f for f in fields[1:] if f.endswith(".so")), None)
+        if name:
+            modules.append(name)
+    return modules
+
+
 def check_params(module):
     """Fail with a message naming the option unless units and sysctls are names."""
     p = module.params
@@ -251,6 +296,9 @@ def check_params(module):
     bad = [s for s in (p["sysctls"] or []) if not s or "/" in s or ".." in s]
     if bad:
         module.fail_json(msg="sysctls: %s not sysctl names; write e.g. 'kernel.kptr_restrict'" % ", ".join(map(repr, bad)))
+    bad = [n for n in p["pam"] if not n or "/" in n or n.startswith(".")]
+    if bad:
+        module.fail_json(msg="pam: %s not file names of /etc/pam.d; write e.g. 'common-session'" % ", ".join(map(repr, bad)))
 
 
 def virtualization(module):
@@ -295,28 +343,6 @@ def unit_exposure(module, units):
     if not systemd.available:
         return {}
     return dict((unit, exposure(module, unit)) for unit in units if systemd.unit(unit).is_loaded())
-
-
-def parse_dpkg_query(out, names):
-    """name -> version or None from ``dpkg-query -W -f '${Package}\\t${db:Status-Abbrev}\\t${Version}\\n'``."""
-    installed = {}
-    for line in out.splitlines():
-        fields = line.split("\t")
-        if len(fields) == 3 and fields[1].startswith("ii"):
-            installed[fields[0].split(":")[0]] = fields[2]
-    return dict((name, installed.get(name)) for name in names)
-
-
-def packages(module, names):
-    """Installed version of each of ``names`` (None when not installed), one dpkg-query."""
-    if not names:
-        return {}
-    query = module.get_bin_path("dpkg-query")
-    if not query:
-        return dict((name, None) for name in names)
-    # rc 1 only means some names are unknown to dpkg; their lines are missing
-    _rc, out, _err = module.run_command([query, "-W", "-f", "${Package}\t${db:Status-Abbrev}\t${Version}\n", *names])
-    return parse_dpkg_query(out, names)
 
 
 def parse_systemctl_show(out):
@@ -365,7 +391,7 @@ def posture(module):
         mounts = mount_points(fh.read(), TEMP_DIRS)
     try:
         with open("/etc/fstab") as fh:
-            fstab = fstab_entries(fh.read(), TEMP_DIRS)
+            fstab = fstab_entries(fh.read(), FSTAB_POINTS)
     except FileNotFoundError:
         fstab = {}
     return {
@@ -380,7 +406,8 @@ def posture(module):
         "measurements": dict((path, sha256_file(path)) for path in p["measure"]),
         "unit_exposure": unit_exposure(module, p["units"]),
         "package_lock": os.path.exists(PACKAGE_LOCK_HOOK),
-        "packages": packages(module, p["packages"]),
+        "packages": installed_packages(module, p["packages"]),
+        "pam": dict((name, pam_modules(os.path.join(PAM_DIR, name))) for name in p["pam"]),
         "unit_states": unit_states(module, p["unit_states"]),
         "ssh_client": ssh_client(),
         "sysctl_drift": sysctl_drift(p["expect_sysctls"]),

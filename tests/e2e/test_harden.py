@@ -107,8 +107,36 @@ def test_audit_reports_and_changes_nothing(fleet3, tmp_path):
                 "the principals directory") in [
             name.split(" : ")[-1] for name in report["would_change"]], report["would_change"]
         assert report["posture"]["container"] is True
-        assert report["lynis"]["available"], report["lynis"]
-        assert 0 < int(report["lynis"]["hardening_index"]) <= 100
+        lynis = report["lynis"]
+        assert lynis["available"], lynis
+        assert 0 < int(lynis["hardening_index"]) <= 100
+        # every finding is either waived (with the shipped file's reason) or listed as left
+        waived = {(w["kind"], w["id"]) for w in lynis["waived"]}
+        assert all(w["reason"] for w in lynis["waived"])
+        for kind, plural in (("warning", "warnings"), ("suggestion", "suggestions")):
+            left = lynis[f"{plural}_unwaived"]
+            assert set(left) <= set(lynis[plural])
+            assert len(left) + sum(w["kind"] == kind for w in lynis["waived"]) == len(lynis[plural])
+        # no warning is left without a waiver (the image lists the security archive now)
+        assert lynis["warnings_unwaived"] == [], lynis["warnings_unwaived"]
+        assert ("suggestion", "PKGS-7420") in waived, lynis["waived"]
+
+
+def test_a_package_missing_from_the_image_fails_before_any_change(fleet3):
+    """Packages come from the node image: one that is not there stops the run before it
+    changes anything, naming the package and the fix, instead of reaching for a mirror."""
+    before = _snapshot(fleet3)
+    missing = "aegis-not-in-image"
+    rc, doc = _play(fleet3, "--limit", "node1", "-e", json.dumps({
+        "__harden_image_packages": ["sysstat", missing],
+        "__harden_required_packages": ["sysstat", missing]}))
+    assert rc != 0
+    failures = _failures(doc)
+    assert len(failures) == 1, failures
+    assert "Check the packages the features need are in the node image" in failures[0]
+    assert f"package(s) {missing} not in the node image" in failures[0]
+    assert "add them to the image recipe" in failures[0]
+    assert _snapshot(fleet3) == before
 
 
 def test_converge_then_idempotent(fleet3):

@@ -1,8 +1,7 @@
 """The role's one-call file modules: managed_files (many paths, one run, KEY value files
-such as login.defs, validation before a file is replaced), sysctls (a sysctl.d file and the
-live values),
-run on files in a temporary directory; and hardening_facts' parsers of dpkg-query and
-systemctl show."""
+such as login.defs, validation before a file is replaced) and sysctls (a sysctl.d file and
+the live values), run on files in a temporary directory; hardening_facts' parsers of fstab
+and systemctl show; the unit_is filter."""
 
 from __future__ import annotations
 
@@ -11,6 +10,7 @@ import stat
 
 import pytest
 
+from ansible_collections.aegis.fleet.plugins.filter.unit_is import unit_is
 from ansible_collections.aegis.fleet.plugins.module_utils import key_lines, sysctl_values
 from ansible_collections.aegis.fleet.plugins.modules import hardening_facts, sysctls
 from ansible_collections.aegis.fleet.plugins.modules import managed_files as mf
@@ -186,16 +186,6 @@ def test_a_key_that_is_a_prefix_of_another_does_not_touch_it():
 # -- hardening_facts parsers ----------------------------------------------------------------
 
 
-def test_dpkg_query_output_gives_versions_of_installed_packages_only():
-    out = "telnet\tun \t\nacct\tii \t6.6.4-5+b1\nlibc6:amd64\tii \t2.36-9\nnis\trc \t4.3\n"
-    assert hardening_facts.parse_dpkg_query(out, ["acct", "telnet", "nis", "libc6", "talk"]) == {
-        "acct": "6.6.4-5+b1",
-        "telnet": None,
-        "nis": None,
-        "libc6": "2.36-9",
-        "talk": None,
-    }
-
 
 def test_systemctl_show_blocks_come_back_in_the_order_asked():
     out = (
@@ -257,3 +247,17 @@ def test_fstab_entries_of_the_temporary_directories_with_dump_and_pass_filled_in
     assert hardening_facts.fstab_entries(text, ("/tmp", "/var/tmp", "/dev/shm")) == {
         "/tmp": ["tmpfs", "/tmp", "tmpfs", "nodev,nosuid", "0", "0"],
         "/var/tmp": ["/var/tmp", "/var/tmp", "none", "bind,nodev", "0", "0"]}
+
+
+@pytest.mark.parametrize(("state", "enabled", "active", "expected"), [
+    ({"load": "loaded", "active": "active", "enabled": "enabled"}, "enabled", "active", True),
+    ({"load": "loaded", "active": "active", "enabled": "static"}, "enabled", "active", True),
+    ({"load": "loaded", "active": "inactive", "enabled": "enabled"}, "enabled", "active", False),
+    ({"load": "loaded", "active": "inactive", "enabled": "disabled"}, "off", "inactive", True),
+    ({"load": "masked", "active": "inactive", "enabled": "masked"}, "off", "inactive", True),
+    ({"load": "masked", "active": "inactive", "enabled": "masked"}, "enabled", "active", False),
+    ({"load": "not-found", "active": "inactive", "enabled": ""}, "off", "inactive", False),
+    ({}, "off", "any", False),
+])
+def test_unit_is_judges_like_systemd_service(state, enabled, active, expected):
+    assert unit_is(state, enabled, active) is expected

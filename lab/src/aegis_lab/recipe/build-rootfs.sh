@@ -47,6 +47,19 @@ for unit in systemd-timesyncd.service apt-daily.timer apt-daily-upgrade.timer \
   in_root systemctl mask "$unit" >/dev/null 2>&1 || true
 done
 in_root systemctl enable ssh.service >/dev/null
+# Journal forwarding is off until aegis.fleet.harden gets a collector URL; the collector
+# side (systemd-journal-remote) never runs on a node.
+for unit in systemd-journal-upload.service systemd-journal-remote.socket systemd-journal-remote.service; do
+  in_root systemctl disable "$unit" >/dev/null 2>&1 || true
+done
+# A container node lacks CAP_SYS_PACCT: process accounting would fail at every boot (the
+# VM image keeps it; aegis.fleet.harden turns it on there).
+in_root systemctl disable acct.service >/dev/null 2>&1 || true
+rm -f "$rootfs/var/log/account/pacct"
+# Security updates come with a rebuilt image; a node switched to mutable packages
+# (harden_package_lock: mutable) gets them from the security archive like any Debian host.
+grep -q bookworm-security "$rootfs/etc/apt/sources.list" 2>/dev/null ||
+  echo "deb http://security.debian.org/debian-security bookworm-security main" >> "$rootfs/etc/apt/sources.list"
 # journald: keep the journal in memory, bounded.
 install -d -m 0755 "$rootfs/etc/systemd/journald.conf.d"
 printf '[Journal]\nStorage=volatile\nRuntimeMaxUse=32M\n' \

@@ -67,6 +67,15 @@ for unit in systemd-timesyncd.service apt-daily.timer apt-daily-upgrade.timer e2
   in_root systemctl mask "$unit" >/dev/null 2>&1 || true
 done
 install -d -m 0755 "$rootfs/etc/systemd/journald.conf.d"
+# Journal forwarding is off until aegis.fleet.harden gets a collector URL; the collector
+# side (systemd-journal-remote) never runs on a node.
+for unit in systemd-journal-upload.service systemd-journal-remote.socket systemd-journal-remote.service; do
+  in_root systemctl disable "$unit" >/dev/null 2>&1 || true
+done
+# Security updates come with a rebuilt image; a node switched to mutable packages
+# (harden_package_lock: mutable) gets them from the security archive like any Debian host.
+grep -q bookworm-security "$rootfs/etc/apt/sources.list" 2>/dev/null ||
+  echo "deb http://security.debian.org/debian-security bookworm-security main" >> "$rootfs/etc/apt/sources.list"
 printf '[Journal]\nStorage=volatile\nRuntimeMaxUse=32M\n' > "$rootfs/etc/systemd/journald.conf.d/10-aegis.conf"
 
 in_root apt-get clean
