@@ -114,6 +114,29 @@ def live(values, root="/proc/sys"):
     return current
 
 
+def apply_in_order(values, before, root="/proc/sys"):
+    """Set the live values in the given order, each read again just before it is written:
+    one write can change another setting (turning net.ipv4.conf.all.forwarding off sets
+    all.accept_redirects to 1), so what differed before the first write is not what
+    differs later. Returns (names written, "name (error)" for each the kernel refused);
+    ``before[name]`` becomes the value each written name had just before its write."""
+    written, failed = [], []
+    for name, value in values.items():
+        path = proc_path(name, root)
+        with open(path) as fh:
+            now = normal(fh.read())
+        if now == normal(value):
+            continue
+        before[name] = now
+        try:
+            with open(path, "w") as fh:
+                fh.write(" ".join(normal(value).split("\t")))
+            written.append(name)
+        except OSError as err:
+            failed.append("%s (%s)" % (name, err.strerror))
+    return written, failed
+
+
 def main():
     module = AnsibleModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True)
     p = module.params
@@ -131,13 +154,7 @@ def main():
             if not os.path.isdir(os.path.dirname(p["path"])):
                 module.fail_json(msg="path: the directory %s does not exist" % os.path.dirname(p["path"]))
             write_atomic(p["path"], wanted_text.encode(), 0o644)
-        failed = []
-        for name in to_set:
-            try:
-                with open(proc_path(name), "w") as fh:
-                    fh.write(" ".join(normal(values[name]).split("\t")))
-            except OSError as err:
-                failed.append("%s (%s)" % (name, err.strerror))
+        to_set, failed = apply_in_order(values, current) if p["apply"] else ([], [])
         if failed:
             module.fail_json(msg="the kernel refused: %s; the file %s holds the values for the next boot"
                                  % (", ".join(failed), p["path"]), path=p["path"], changed=True)

@@ -261,3 +261,36 @@ def test_fstab_entries_of_the_temporary_directories_with_dump_and_pass_filled_in
 ])
 def test_unit_is_judges_like_systemd_service(state, enabled, active, expected):
     assert unit_is(state, enabled, active) is expected
+
+
+def test_each_value_is_read_again_before_it_is_written(proc_sys):
+    """A write that changes another setting (forwarding off sets accept_redirects to 1 in
+    the kernel) does not leave that setting wrong: it is compared after the earlier writes.
+    (Seen: the second converge found all.accept_redirects at 1 again.)"""
+    forwarding = sysctl_values.proc_path("net.ipv4.conf.all.forwarding", proc_sys)
+    redirects = sysctl_values.proc_path("net.ipv4.conf.all.accept_redirects", proc_sys)
+    os.makedirs(os.path.dirname(forwarding), exist_ok=True)
+    for path, value in ((forwarding, "1"), (redirects, "0")):
+        with open(path, "w") as fh:
+            fh.write(value + "\n")
+
+    real_open = open
+
+    def kernel_open(path, mode="r", *a, **kw):  # the kernel's side effect on a write
+        fh = real_open(path, mode, *a, **kw)
+        if path == forwarding and "w" in mode:
+            with real_open(redirects, "w") as other:
+                other.write("1\n")
+        return fh
+
+    wanted = {"net.ipv4.conf.all.forwarding": 0, "net.ipv4.conf.all.accept_redirects": 0}
+    before = {}
+    sysctls.open = kernel_open
+    try:
+        written, failed = sysctls.apply_in_order(wanted, before, proc_sys)
+    finally:
+        del sysctls.open
+    assert failed == []
+    assert written == ["net.ipv4.conf.all.forwarding", "net.ipv4.conf.all.accept_redirects"]
+    assert sysctl_values.read_sysctls(list(wanted), proc_sys) == {
+        "net.ipv4.conf.all.forwarding": "0", "net.ipv4.conf.all.accept_redirects": "0"}
