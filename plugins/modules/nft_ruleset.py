@@ -126,6 +126,15 @@ guard:
   returned: always
   type: str
   sample: armed
+digest:
+  description:
+    - SHA-256 of the tables' normalised listing after this run (what
+      C(aegis.fleet.hardening_facts) reports for a table under C(nftables)), for
+      O(state=present) and O(state=absent). A play can record it and skip this module later
+      while the live digest still matches.
+  returned: unless O(state=confirmed)
+  type: str
+  sample: 9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08
 rollback_file:
   description: Where the tables to restore are saved while the guard is armed (tmpfs).
   returned: when this run armed the guard
@@ -143,6 +152,7 @@ rollback_result:
   sample: success
 """
 
+import hashlib
 import re
 import time
 
@@ -251,7 +261,7 @@ def main():
         after = ""
         script = delete_script(tables)
     status = guard.status()
-    result = dict(tables=_names(tables), guard=status)
+    result = dict(tables=_names(tables), guard=status, digest=hashlib.sha256(after.encode()).hexdigest())
     header = "nftables %s" % ", ".join(_names(tables))
     if before == after:
         report(module, before, after, header, **result)
