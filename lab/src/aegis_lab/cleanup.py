@@ -17,7 +17,9 @@ from . import controller as lab_controller
 from . import network
 from .fleet import LocalFleet
 from .naming import check_prefix
+from .paths import Paths
 from .podman import containers_with_label, podman
+from .vm import VmNode
 
 
 def leftovers(prefix: str) -> list[str]:
@@ -55,11 +57,26 @@ def _processes_with(prefix: str) -> list[int]:
 
 def sweep(fleet: LocalFleet) -> None:
     """Remove whatever of the fleet's prefix is left (its lab controller, containers,
-    links), e.g. after a crash or a failed destroy."""
+    links, VM nodes), e.g. after a crash or a failed destroy."""
     lab_controller.down(fleet)
     for c in containers_with_label(f"aegis.prefix={fleet.prefix}"):
         podman("rm", "-f", "--ignore", "-t", "0", c["Id"], check=False)
     network.bridge_down(fleet.prefix)
+    for vm in vm_nodes(fleet.paths, fleet.prefix):
+        vm.down()
+
+
+def vm_nodes(paths: Paths, prefix: str) -> list[VmNode]:
+    """The VM nodes with state under ``.state/vms/<vm prefix>-<name>`` whose prefix is
+    ``prefix`` or starts with it (a test run's sub-prefixes, e.g. a Molecule scenario's)."""
+    if not paths.vms.is_dir():
+        return []
+    found = []
+    for d in sorted(paths.vms.glob(f"{prefix}*-*")):
+        vm_prefix, name = d.name.split("-", 1)
+        if d.is_dir() and vm_prefix.startswith(prefix):
+            found.append(VmNode(vm_prefix, name, paths))
+    return found
 
 
 def down(fleet: LocalFleet, timeout: float | None = 600) -> None:

@@ -325,6 +325,8 @@ def cmd_cleanup(args: argparse.Namespace, paths: Paths) -> int:
     prefixes = [args.prefix] if args.prefix else []
     if args.all:
         prefixes += [p.name for p in paths.fleets.iterdir()] if paths.fleets.is_dir() else []
+        if paths.vms.is_dir():
+            prefixes += [p.name.split("-", 1)[0] for p in paths.vms.iterdir()]
     if not prefixes:
         raise LabInputError("cleanup needs --prefix PREFIX or --all")
     rc = 0
