@@ -47,6 +47,10 @@ class Job:
     #: called (from the main thread) to stop the job while it runs
     cancel: Callable[[], None] | None = None
     log: Path | None = None
+    #: undoes what a finished job left for its test (the demo keeps its fleet for the
+    #: test to look at): called when the lane stops and no test took the result
+    release: Callable[[], None] | None = None
+    taken: bool = False
     future: Future = field(default_factory=Future)
     started: float | None = None
     seconds: float | None = None
@@ -107,6 +111,7 @@ class Lane:
             job = make()
             return job.run(_writer(show) if show else _writer(sys.stderr))
         assert job.log is not None
+        job.taken = True  # from here on, what the job left is the test's to remove
         if show and job.future.done():
             show = None  # finished in the background: its log stays in the file
         if show:
@@ -140,6 +145,14 @@ class Lane:
             if running is not None:
                 _say(out, f"lane: waiting for {running.key} to end")
             self._thread.join()
+        for job in self.jobs.values():
+            if (job.release is not None and not job.taken and job.future.done()
+                    and not job.future.cancelled()):
+                _say(out, f"lane: no test took {job.key}'s result: removing what it left")
+                try:
+                    job.release()
+                except Exception as exc:  # the leftover check that follows names what is left
+                    _say(out, f"lane: removing what {job.key} left failed: {exc}")
 
 
 def _say(out: TextIO | None, line: str) -> None:
@@ -210,6 +223,12 @@ class Command:
 
     def cancel(self) -> None:
         self._terminate()
+
+    def clean(self) -> None:
+        """Run ``cleanup`` now (for a job whose result no test took)."""
+        if self.cleanup:
+            subprocess.run(self.cleanup, cwd=self.cwd, env=self.env, text=True,
+                           capture_output=True, timeout=600, check=False)
 
 
 def result_shown(lane: Lane, config: pytest.Config, key: str, make: Callable[[], Job]) -> Any:

@@ -52,7 +52,8 @@ def _demo_job() -> Job:
     def run(say):
         report.parent.mkdir(parents=True, exist_ok=True)
         return (prefix, report, *cmd.run(say))
-    return Job("demo", run, order=30, cancel=cmd.cancel)
+    # a run stopped before the story's tests took the demo's fleet removes it here
+    return Job("demo", run, order=30, cancel=cmd.cancel, release=cmd.clean)
 
 
 def lane_jobs(items: list[pytest.Item]) -> list[Job]:

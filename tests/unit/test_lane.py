@@ -105,3 +105,19 @@ def test_a_child_run_s_verdicts_are_read_from_its_junit_report(tmp_path: Path):
     assert junit_verdict(xml, "test_skip")[0] == "skipped"
     assert junit_verdict(xml, "test_missing") is None
     assert junit_verdict(tmp_path / "none.xml", "test_ok") is None
+
+
+def test_what_a_finished_job_left_is_removed_when_no_test_took_it(tmp_path: Path):
+    """The demo keeps its fleet for its tests; a run stopped before they ran left the fleet
+    and its controller behind (CI, after a SIGTERM). A job whose result was taken is the
+    taker's to clean, and one that was never run has nothing to remove."""
+    lane = Lane(tmp_path / "lane")
+    released: list[str] = []
+    jobs = [Job(key, lambda say, key=key: key, order=i,
+                release=lambda key=key: released.append(key))
+            for i, key in enumerate(("kept", "taken"))]
+    lane.start(jobs)
+    assert lane.result("taken", lambda: pytest.fail("taken is queued")) == "taken"
+    assert wait_until(jobs[0].future.done, 10)
+    lane.stop(io.StringIO())
+    assert released == ["kept"]
