@@ -121,6 +121,7 @@ import os
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.aegis.fleet.plugins.module_utils.changes import report
+from ansible_collections.aegis.fleet.plugins.module_utils.files import read_text
 from ansible_collections.aegis.fleet.plugins.module_utils.sandbox import (
     DEFAULT_NAME,
     HEADER,
@@ -145,14 +146,6 @@ REQUIRED_IF = [("state", "present", ["settings"])]
 #: what O(score) accepts -> when to score
 SCORES = {"true": "always", "yes": "always", "always": "always", "changed": "changed",
           "false": "never", "no": "never", "never": "never"}
-
-
-def _read(path):
-    try:
-        with open(path) as fh:
-            return fh.read()
-    except FileNotFoundError:
-        return None
 
 
 def _put(path, text):
@@ -207,7 +200,7 @@ class Dropin:
         self.path = "/etc/systemd/system/%s.d/%s.conf" % (unit, name)
 
     def current(self):
-        return _read(self.path)
+        return read_text(self.path)
 
     def verify(self):
         """Complaints of ``systemd-analyze verify`` about the drop-in (empty when it is fine)."""
