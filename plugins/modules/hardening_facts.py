@@ -163,11 +163,20 @@ ansible_facts:
               when the module does not run over SSH. What the nftables baseline must keep open.
           type: str
           sample: 10.213.4.1
+        ssh_login:
+          description:
+            - The account the managing connection logged in as (C(SUDO_USER) when the module
+              runs through sudo, else the module's own user) and its groups, primary group
+              first. What sshd's C(AllowGroups) must keep admitting.
+          type: dict
+          sample: {"user": "root", "groups": ["root"]}
 """
 
+import grp
 import hashlib
 import json
 import os
+import pwd
 import re
 
 from ansible.module_utils.basic import AnsibleModule
@@ -383,6 +392,21 @@ def ssh_client():
     return (os.environ.get("SSH_CLIENT") or os.environ.get("SSH_CONNECTION") or "").split(" ")[0]
 
 
+def ssh_login():
+    """``{user, groups}`` of the account the connection logged in as (before sudo)."""
+    name = os.environ.get("SUDO_USER") or ""
+    try:
+        entry = pwd.getpwnam(name) if name else pwd.getpwuid(os.getuid())
+    except KeyError:
+        return {"user": name, "groups": []}
+    groups = [g.gr_name for g in grp.getgrall() if entry.pw_name in g.gr_mem]
+    try:
+        primary = grp.getgrgid(entry.pw_gid).gr_name
+    except KeyError:
+        primary = str(entry.pw_gid)
+    return {"user": entry.pw_name, "groups": [primary] + [g for g in groups if g != primary]}
+
+
 def posture(module):
     """The ``aegis_hardening`` facts."""
     p = module.params
@@ -410,6 +434,7 @@ def posture(module):
         "pam": dict((name, pam_modules(os.path.join(PAM_DIR, name))) for name in p["pam"]),
         "unit_states": unit_states(module, p["unit_states"]),
         "ssh_client": ssh_client(),
+        "ssh_login": ssh_login(),
         "sysctl_drift": sysctl_drift(p["expect_sysctls"]),
     }
 

@@ -147,7 +147,7 @@ class LocalFleet:
 
     def up(self, size: int | None = None, names: Sequence[str] | None = None,
            timeout: float | None = 900, caps: str | None = None,
-           baked: bool | None = None) -> dict:
+           baked: bool | None = None, without: Sequence[str] = ()) -> dict:
         """Create (or converge) the fleet; return the ``fleet`` output.
 
         ``caps`` is the nodes' capability level (``aegis_lab.node.CAPS``): ``base``
@@ -158,7 +158,8 @@ class LocalFleet:
         ``baked`` boots the nodes from the baked golden image (:mod:`aegis_lab.bake`,
         baked first if its tag does not exist) instead of the plain node image; like
         ``caps``, a fleet keeps its choice unless another is given, and a node whose image
-        changes is re-created.
+        changes is re-created. ``without`` boots the plain node image built without those
+        packages (:func:`aegis_lab.image.ensure_image`): a bare node to measure "before".
 
         Input is checked before anything is created: a bad size, node name or level
         raises LabInputError naming the fix.
@@ -175,8 +176,11 @@ class LocalFleet:
         net = saved.get("network") or pick_network(self.prefix).cidr
         if baked is None:
             baked = str(saved.get("image", "")).startswith(BAKED_REPO + ":")
+        if baked and without:
+            raise LabInputError("a fleet boots from the baked image or from a bare one "
+                                "(without packages), not both")
         image = self._timed("image", (lambda: bake_image(self.paths, prefix=self.prefix))
-                            if baked else ensure_image)
+                            if baked else (lambda: ensure_image(without=without)))
         self._prepare()
         caps = caps or saved.get("caps") or DEFAULT_CAPS
         variables = self._variables(nodes, image.ref, net, caps)  # type: ignore[attr-defined]

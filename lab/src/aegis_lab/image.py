@@ -17,7 +17,7 @@ import re
 import shutil
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +28,8 @@ log = logging.getLogger("aegis.lab.image")
 RECIPE_DIR = Path(__file__).resolve().parent / "recipe"
 CACHE_ROOT = Path(os.environ.get("AEGIS_CACHE", "/var/cache/aegis"))
 IMAGE_REPO = "localhost/aegis-node"
+#: the node image without the packages a role brings (:func:`ensure_image` ``without``)
+BARE_REPO = "localhost/aegis-bare"
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
 
 
@@ -94,6 +96,7 @@ class RootfsRecipe:
     changes: tuple[str, ...]  # ``podman import --change`` instructions
     what: str              # for progress and errors, e.g. ``node image``
     stream: bool = False   # hand each line of the build's output to ``progress`` as it comes
+    env: tuple[tuple[str, str], ...] = ()  # extra environment of the build script
 
 
 def stream_lines(cmd: list[str], progress, prefix: str, *, cwd: Path | None = None,
@@ -114,9 +117,10 @@ def stream_lines(cmd: list[str], progress, prefix: str, *, cwd: Path | None = No
 
 def _build(recipe: RootfsRecipe, cmd: list[str], progress) -> tuple[int, list[str]]:
     """Run a build script; returns its exit code and its output's last lines."""
+    env = {**os.environ, **dict(recipe.env)} if recipe.env else None
     if recipe.stream:
-        return stream_lines(cmd, progress, f"{recipe.name} | ")
-    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        return stream_lines(cmd, progress, f"{recipe.name} | ", env=env)
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
     return proc.returncode, (proc.stderr or proc.stdout).strip().splitlines()[-30:]
 
 
@@ -186,12 +190,25 @@ def ensure_rootfs_image(recipe: RootfsRecipe, mirror: str, progress=log.info) ->
     return NodeImage(ref, tarball, digest, built, imported, time.monotonic() - started)
 
 
-def ensure_image(progress=log.info) -> NodeImage:
-    """Return the node image for the current recipe, building/importing only if needed."""
+def ensure_image(progress=log.info, without: Sequence[str] = ()) -> NodeImage:
+    """Return the node image for the current recipe, building/importing only if needed.
+
+    ``without`` names packages of the recipe to leave out: a bare variant (its own name
+    and tag) for measuring a node before a role that needs those packages, e.g. the
+    Lynis index of a plain Debian node before ``aegis.fleet.harden``."""
     mirror = apt_mirror()
+    left_out = sorted(set(without))
+    unknown = [p for p in left_out if not re.fullmatch(r"[a-z0-9][a-z0-9.+-]+", p)]
+    if unknown:
+        raise ImageBuildError(f"not a Debian package name: {', '.join(unknown)}")
+    digest = recipe_hash(mirror)
+    if left_out:
+        digest = hashlib.sha256(f"{digest} {' '.join(left_out)}".encode()).hexdigest()[:12]
     recipe = RootfsRecipe(
-        name="aegis-node", repo=IMAGE_REPO, script=RECIPE_DIR / "build-rootfs.sh",
-        digest=recipe_hash(mirror),
-        changes=('CMD ["/sbin/init"]', "STOPSIGNAL SIGRTMIN+3"), what="node image",
+        name="aegis-bare" if left_out else "aegis-node",
+        repo=BARE_REPO if left_out else IMAGE_REPO, script=RECIPE_DIR / "build-rootfs.sh",
+        digest=digest, changes=('CMD ["/sbin/init"]', "STOPSIGNAL SIGRTMIN+3"),
+        what="bare node image" if left_out else "node image",
+        env=(("AEGIS_IMAGE_WITHOUT", " ".join(left_out)),) if left_out else (),
     )
     return ensure_rootfs_image(recipe, mirror, progress)

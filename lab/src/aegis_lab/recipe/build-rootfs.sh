@@ -5,12 +5,14 @@
 #
 # usage: build-rootfs.sh ROOTFS_DIR MIRROR OUTPUT_TARBALL
 # The package list is read from packages.txt beside this script; changing either file
-# changes the recipe hash and so triggers a rebuild.
+# changes the recipe hash and so triggers a rebuild. AEGIS_IMAGE_WITHOUT (space-separated
+# package names) leaves those out: the bare variant a benchmark measures "before" on.
 set -euo pipefail
 
 rootfs=$1 mirror=$2 out=$3
 here=$(cd "$(dirname "$0")" && pwd)
-include=$(grep -v '^\s*#' "$here/packages.txt" | tr -s ' \n' ',' | sed 's/^,//; s/,$//')
+include=$(grep -v '^\s*#' "$here/packages.txt" | tr -s ' \n' '\n' | grep -v '^$' |
+  grep -vxF -f <(printf '%s\n' ${AEGIS_IMAGE_WITHOUT:-} '#none#') | paste -sd, -)
 
 echo "aegis-image: debootstrap bookworm from $mirror into $rootfs" >&2
 debootstrap --variant=minbase --include="$include" bookworm "$rootfs" "$mirror" >&2
