@@ -118,7 +118,10 @@ def test_audit_reports_and_changes_nothing(fleet3, tmp_path):
             assert set(left) <= set(lynis[plural])
             assert len(left) + sum(w["kind"] == kind for w in lynis["waived"]) == len(lynis[plural])
         # no warning is left without a waiver (the image lists the security archive now)
-        assert lynis["warnings_unwaived"] == [], lynis["warnings_unwaived"]
+        # but, on a node not converged yet, AIDE's missing baseline: the image carries AIDE,
+        # the converge makes the baseline (./aegis bench harden audits after converge too)
+        left = {w.split("|")[0] for w in lynis["warnings_unwaived"]}
+        assert left <= {"FINT-4316"}, lynis["warnings_unwaived"]
         assert ("suggestion", "PKGS-7420") in waived, lynis["waived"]
 
 
