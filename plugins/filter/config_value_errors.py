@@ -37,7 +37,7 @@ author: Aegis contributors
 EXAMPLES = r"""
 - name: Refuse bad fail2ban values
   ansible.builtin.assert:
-    that: ({'harden_fail2ban_ignore': harden_fail2ban_ignore} | aegis.fleet.config_value_errors('network')) == []
+    that: "({'harden_fail2ban_ignore': harden_fail2ban_ignore} | aegis.fleet.config_value_errors('network')) == []"
 """
 
 RETURN = r"""
