@@ -106,8 +106,8 @@ def _bare_audit(paths: Paths, prefix: str, work: Path) -> dict:
     packages: a bare Debian node."""
     fleet = LocalFleet(prefix, paths)
     try:
-        print(f"bare Debian node (the node image without {', '.join(role_packages(paths))})",
-              flush=True)
+        print(f"bare Debian node (the node image without {', '.join(role_packages(paths))}; "
+              "its image is built the first time, about two minutes)", flush=True)
         fleet.up(size=1, caps="admin", without=role_packages(paths))
         return next(iter(_audit(fleet, work).values()))
     finally:
