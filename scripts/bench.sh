@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Benchmarks that print figures (./aegis bench [fleet|harden|bpf|exec|secrets|controller|recovery]; all by
+# Benchmarks that print figures (./aegis bench [fleet|harden|harden-vm|bpf|exec|secrets|controller|recovery]; all by
 # default; harden-vm only when named, a QEMU TCG VM makes it slow). Each is a module of
 # benchmarks/ and prints through benchmarks.figures.report.
 # Targets are read from the output, never asserted by timed tests.
@@ -20,8 +20,8 @@ if want harden; then
   echo "=== hardening: converge time, Lynis index and systemd exposure before/after"
   run harden "$@"
 fi
-if [ "$which" = harden-vm ]; then  # not in all: TCG emulation makes it slow (about TIME)
-  echo "=== hardening on a QEMU TCG VM node: Lynis before/after, kernel-global sysctls in force (slow: about TIME)"
+if [ "$which" = harden-vm ]; then  # not in all: TCG emulation makes it slow (one run: about 40 min on two cores)
+  echo "=== hardening on a QEMU TCG VM node: Lynis before/after, kernel-global sysctls in force (slow: about 40 min)"
   run harden_vm "$@"
 fi
 if want bpf; then
