@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Benchmarks that print figures (./aegis bench [fleet|harden|bpf|exec|secrets|controller|recovery]; all by
-# default). Each is a module of benchmarks/ and prints through benchmarks.figures.report.
+# Benchmarks that print figures (./aegis bench [fleet|harden|harden-vm|bpf|exec|secrets|controller|recovery]; all by
+# default; harden-vm only when named, a QEMU TCG VM makes it slow). Each is a module of
+# benchmarks/ and prints through benchmarks.figures.report.
 # Targets are read from the output, never asserted by timed tests.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
@@ -18,6 +19,10 @@ fi
 if want harden; then
   echo "=== hardening: converge time, Lynis index and systemd exposure before/after"
   run harden "$@"
+fi
+if [ "$which" = harden-vm ]; then  # not in all: TCG emulation makes it slow (one run: about 40 min on two cores)
+  echo "=== hardening on a QEMU TCG VM node: Lynis before/after, kernel-global sysctls in force (slow: about 40 min)"
+  run harden_vm "$@"
 fi
 if want bpf; then
   echo "=== eBPF segment filter: ns/packet (100,000 edges vs empty XDP), grant-to-enforce latency"
