@@ -33,6 +33,7 @@ from .paths import Paths
 
 VM_RECIPE = RECIPE_DIR / "vm" / "build-vm.sh"
 PACKAGES = RECIPE_DIR / "packages.txt"
+APT_UPDATES = RECIPE_DIR / "apt-updates.sh"  # sourced by the VM build too
 
 
 @dataclass(frozen=True)
@@ -47,7 +48,7 @@ class VmImage:
 
 def vm_recipe_hash(mirror: str) -> str:
     h = hashlib.sha256()
-    for path in (VM_RECIPE, PACKAGES):
+    for path in (VM_RECIPE, PACKAGES, APT_UPDATES):
         h.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
     h.update(mirror.encode())
     return h.hexdigest()[:12]

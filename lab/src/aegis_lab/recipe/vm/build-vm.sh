@@ -15,6 +15,10 @@ include="$include,linux-image-cloud-amd64,initramfs-tools,udev,e2fsprogs"
 echo "aegis-vm: debootstrap bookworm from $mirror (with the cloud kernel)" >&2
 debootstrap --variant=minbase --include="$include" bookworm "$rootfs" "$mirror" >&2
 in_root() { chroot "$rootfs" /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin "$@"; }
+. "$(cd "$(dirname "$0")/.." && pwd)/apt-updates.sh"
+# Security and point-release updates first: before the identity is removed below (an
+# upgraded openssh-server would make host keys) and before units are masked or disabled
+apply_updates
 
 : > "$rootfs/etc/machine-id"
 rm -f "$rootfs/var/lib/dbus/machine-id" "$rootfs"/etc/ssh/ssh_host_*
@@ -72,10 +76,6 @@ install -d -m 0755 "$rootfs/etc/systemd/journald.conf.d"
 for unit in systemd-journal-upload.service systemd-journal-remote.socket systemd-journal-remote.service; do
   in_root systemctl disable "$unit" >/dev/null 2>&1 || true
 done
-# Security updates come with a rebuilt image; a node switched to mutable packages
-# (harden_package_lock: mutable) gets them from the security archive like any Debian host.
-grep -q bookworm-security "$rootfs/etc/apt/sources.list" 2>/dev/null ||
-  echo "deb http://security.debian.org/debian-security bookworm-security main" >> "$rootfs/etc/apt/sources.list"
 printf '[Journal]\nStorage=volatile\nRuntimeMaxUse=32M\n' > "$rootfs/etc/systemd/journald.conf.d/10-aegis.conf"
 
 in_root apt-get clean
