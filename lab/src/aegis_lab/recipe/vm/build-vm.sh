@@ -40,8 +40,11 @@ for k in /run/aegis-seed/ssh_host_*_key; do
   install -m 0600 "$k" "/etc/ssh/$(basename "$k")"
   install -m 0644 "$k.pub" "/etc/ssh/$(basename "$k").pub"
 done
-hostname "$(cat /run/aegis-seed/hostname)"
-cat /run/aegis-seed/hostname > /etc/hostname
+name=$(cat /run/aegis-seed/hostname)
+hostname "$name"
+echo "$name" > /etc/hostname
+# the name resolves locally, as the Debian installer writes it (Lynis NAME-4404)
+printf '127.0.0.1 localhost\n127.0.1.1 %s\n::1 localhost ip6-localhost ip6-loopback\n' "$name" > /etc/hosts
 umount /run/aegis-seed
 SH
 chmod 0755 "$rootfs/usr/local/sbin/aegis-seed"
