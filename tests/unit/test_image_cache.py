@@ -28,3 +28,17 @@ def test_the_most_recently_used_tarballs_of_a_recipe_stay(tmp_path: Path) -> Non
     assert sorted(removed) == sorted(made[1:3])
     assert {p.name for p in tmp_path.iterdir()} == {
         made[0].name, *(p.name for p in made[3:]), other.name}
+
+
+def test_a_bare_image_asked_without_a_bad_package_name_is_refused_before_building() -> None:
+    from aegis_lab.fleet import LocalFleet
+    from aegis_lab.image import ImageBuildError, ensure_image
+    from aegis_lab.naming import LabInputError
+    from aegis_lab.paths import Paths
+
+    with pytest.raises(ImageBuildError, match="not a Debian package name: aide;rm"):
+        ensure_image(without=["aide;rm", "fail2ban"])
+    fleet = LocalFleet("atbare", Paths.discover())
+    with pytest.raises(LabInputError, match="baked image or from a bare one"):
+        fleet.up(size=1, baked=True, without=["aide"])
+    assert not fleet.dir.exists()  # refused before anything was made

@@ -164,6 +164,9 @@ class LocalFleet:
         Input is checked before anything is created: a bad size, node name or level
         raises LabInputError naming the fix.
         """
+        if baked and without:
+            raise LabInputError("a fleet boots from the baked image or from a bare one "
+                                "(without packages), not both")
         wanted = check_node_names(list(names)) if names else node_names(size or 0)
         if caps is not None:
             check_caps(caps)
@@ -176,9 +179,6 @@ class LocalFleet:
         net = saved.get("network") or pick_network(self.prefix).cidr
         if baked is None:
             baked = str(saved.get("image", "")).startswith(BAKED_REPO + ":")
-        if baked and without:
-            raise LabInputError("a fleet boots from the baked image or from a bare one "
-                                "(without packages), not both")
         image = self._timed("image", (lambda: bake_image(self.paths, prefix=self.prefix))
                             if baked else (lambda: ensure_image(without=without)))
         self._prepare()
