@@ -58,6 +58,12 @@ in_root systemctl enable ssh.service >/dev/null
 for unit in systemd-journal-upload.service systemd-journal-remote.socket systemd-journal-remote.service; do
   in_root systemctl disable "$unit" >/dev/null 2>&1 || true
 done
+# fail2ban and the daily AIDE check are off until aegis.fleet.harden configures them: Debian's
+# sshd jail watches /var/log/auth.log, which a journal-only node lacks (fail2ban would fail
+# and the node boot "degraded"), and AIDE has no baseline before the role makes one.
+for unit in fail2ban.service dailyaidecheck.timer; do
+  in_root systemctl disable "$unit" >/dev/null 2>&1 || true
+done
 # A container node lacks CAP_SYS_PACCT: process accounting would fail at every boot (the
 # VM image keeps it; aegis.fleet.harden turns it on there).
 in_root systemctl disable acct.service >/dev/null 2>&1 || true

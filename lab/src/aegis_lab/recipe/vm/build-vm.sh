@@ -79,6 +79,12 @@ install -d -m 0755 "$rootfs/etc/systemd/journald.conf.d"
 for unit in systemd-journal-upload.service systemd-journal-remote.socket systemd-journal-remote.service; do
   in_root systemctl disable "$unit" >/dev/null 2>&1 || true
 done
+# fail2ban and the daily AIDE check are off until aegis.fleet.harden configures them: Debian's
+# sshd jail watches /var/log/auth.log, which a journal-only node lacks (fail2ban would fail
+# and the node boot "degraded"), and AIDE has no baseline before the role makes one.
+for unit in fail2ban.service dailyaidecheck.timer; do
+  in_root systemctl disable "$unit" >/dev/null 2>&1 || true
+done
 printf '[Journal]\nStorage=volatile\nRuntimeMaxUse=32M\n' > "$rootfs/etc/systemd/journald.conf.d/10-aegis.conf"
 
 in_root apt-get clean
