@@ -22,11 +22,13 @@ from aegis_lab.cleanup import down
 from aegis_lab.fleet import LocalFleet
 from aegis_lab.naming import check_prefix, check_size
 from aegis_lab.paths import Paths
-from aegis_lab.playbook import ansible_playbook
+from aegis_lab.playbook import Target, ansible_playbook
 from benchmarks.figures import report
 
 
-def _audit(fleet: LocalFleet, report_dir: Path) -> dict[str, dict]:
+def audit(fleet: Target, report_dir: Path) -> dict[str, dict]:
+    """The audit playbook (role dry run + Lynis) on ``fleet`` (a lab fleet or a VM node);
+    node → report."""
     report_dir.mkdir(parents=True, exist_ok=True)
     ansible_playbook(fleet, fleet.paths.playbooks / "audit.yml",
                      extravars={"aegis_audit_report_dir": str(report_dir)},
@@ -57,21 +59,17 @@ def _index(report: dict) -> int:
     return int(report["lynis"]["hardening_index"] or 0)
 
 
-def harden_figures(before: dict[str, dict], after: dict[str, dict], first: float,
-                   second: float, second_changed: int = 0, bare: dict | None = None,
-                   ) -> tuple[dict[str, float], dict[str, str], dict[str, str]]:
-    """Figures, targets and notes of the harden bench from the audit reports (node → report)
-    before and after converge, the two converge times and the tasks the second changed.
+def lynis_figures(before: dict[str, dict], after: dict[str, dict], bare: dict | None = None,
+                  ) -> tuple[dict[str, float], dict[str, str], dict[str, str]]:
+    """Lynis figures, targets and notes per node from the audit reports (node → report)
+    before and after converge.
 
     ``bare`` is the report of a bare Debian node (the node image without the packages the
     role needs): the gain is counted from it, as for a role that installs its packages
     (the node image carries them only because lab nodes have no mirror); the gain over the
     node image as booted is printed beside it."""
-    figures: dict[str, float] = {"converge_first_s": first, "converge_second_s": second,
-                                 "converge_ratio": round(second / first, 2) if first else 0.0,
-                                 "second_converge_changed": second_changed}
-    targets = {"converge_first_s": "<= 60", "converge_second_s": "<= 20",
-               "converge_ratio": "<= 0.3", "second_converge_changed": "== 0"}
+    figures: dict[str, float] = {}
+    targets: dict[str, str] = {}
     notes: dict[str, str] = {}
     if bare is not None:
         figures["lynis_bare_debian"] = _index(bare)
@@ -95,21 +93,36 @@ def harden_figures(before: dict[str, dict], after: dict[str, dict], first: float
     return figures, targets, notes
 
 
+def harden_figures(before: dict[str, dict], after: dict[str, dict], first: float,
+                   second: float, second_changed: int = 0, bare: dict | None = None,
+                   ) -> tuple[dict[str, float], dict[str, str], dict[str, str]]:
+    """Figures, targets and notes of the harden bench: the two converge times, their ratio
+    and the tasks the second changed, then :func:`lynis_figures`."""
+    figures: dict[str, float] = {"converge_first_s": first, "converge_second_s": second,
+                                 "converge_ratio": round(second / first, 2) if first else 0.0,
+                                 "second_converge_changed": second_changed}
+    targets = {"converge_first_s": "<= 60", "converge_second_s": "<= 20",
+               "converge_ratio": "<= 0.3", "second_converge_changed": "== 0"}
+    lynis, lynis_targets, notes = lynis_figures(before, after, bare)
+    return {**figures, **lynis}, {**targets, **lynis_targets}, notes
+
+
 def role_packages(paths: Paths) -> list[str]:
     """The packages aegis.fleet.harden needs from the node image (its features' packages)."""
     role_vars = yaml.safe_load((paths.repo_root / "roles/harden/vars/main.yml").read_text())
     return sorted(role_vars["__harden_image_package_features"])
 
 
-def _bare_audit(paths: Paths, prefix: str, work: Path) -> dict:
+def _bareaudit(paths: Paths, prefix: str, work: Path) -> dict:
     """The audit report of one node booted from the node image without the role's
     packages: a bare Debian node."""
     fleet = LocalFleet(prefix, paths)
+    packages = role_packages(paths)
     try:
-        print(f"bare Debian node (the node image without {', '.join(role_packages(paths))}; "
+        print(f"bare Debian node (the node image without {', '.join(packages)}; "
               "its image is built the first time, about two minutes)", flush=True)
-        fleet.up(size=1, caps="admin", without=role_packages(paths))
-        return next(iter(_audit(fleet, work).values()))
+        fleet.up(size=1, caps="admin", without=packages)
+        return next(iter(audit(fleet, work).values()))
     finally:
         down(fleet)
 
@@ -117,16 +130,16 @@ def _bare_audit(paths: Paths, prefix: str, work: Path) -> dict:
 def run(paths: Paths, nodes: object = 3, prefix: str = "aegishb") -> int:
     """Lynis index and systemd exposure before/after, converge time first and second run."""
     size = check_size(nodes)
-    bare = _bare_audit(paths, check_prefix(prefix[:7] + "b"),
+    bare = _bareaudit(paths, check_prefix(prefix[:7] + "b"),
                        paths.state_root / "bench-harden-bare")
     fleet = LocalFleet(prefix, paths)
     try:
         fleet.up(size=size, caps="admin")  # the harden role mounts and uses a scratch netns
         work = fleet.dir / "bench"
-        before = _audit(fleet, work / "before")
+        before = audit(fleet, work / "before")
         first, _ = _converge(fleet)
         second, second_changed = _converge(fleet)
-        after = _audit(fleet, work / "after")
+        after = audit(fleet, work / "after")
     finally:
         down(fleet)
     figures, targets, notes = harden_figures(before, after, first, second, second_changed,

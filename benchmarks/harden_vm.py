@@ -25,7 +25,6 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from aegis_controller.playbook import Progress
 from aegis_lab.naming import check_prefix
@@ -33,7 +32,7 @@ from aegis_lab.paths import Paths
 from aegis_lab.playbook import ansible_playbook, ansible_results
 from aegis_lab.vm import VmNode
 from benchmarks.figures import report
-from benchmarks.harden import _audit, harden_figures
+from benchmarks.harden import audit, lynis_figures
 
 KERNEL_CONF = "/etc/sysctl.d/90-aegis-kernel.conf"
 _LIVE_MARK = "#--- live"
@@ -84,13 +83,10 @@ def vm_figures(before: dict[str, dict], after: dict[str, dict], took: Mapping[st
                wanted: Mapping[str, str], live: Mapping[str, str],
                ) -> tuple[dict[str, object], dict[str, str], dict[str, str]]:
     """Figures, targets and notes of the VM bench: the Lynis ones of the container bench
-    (:func:`benchmarks.harden.harden_figures`) with one converge, the kernel-global sysctls
-    (wanted → live) and the seconds of each phase (``took``: phase → s)."""
-    figures, targets, notes = harden_figures(before, after, took.get("converge", 0.0), 0.0)
-    for key in ("converge_first_s", "converge_second_s", "converge_ratio",
-                "second_converge_changed"):
-        figures.pop(key, None)
-        targets.pop(key, None)  # container targets; one converge here, under TCG
+    (:func:`benchmarks.harden.lynis_figures`), the kernel-global sysctls (wanted → live) and
+    the seconds of each phase (``took``: phase → s; one converge, under TCG)."""
+    lynis, targets, notes = lynis_figures(before, after)
+    figures: dict[str, object] = dict(lynis)
     states = sysctl_states(wanted, live)
     figures["kernel_keys_set"] = len(wanted)
     figures["kernel_keys_hardened"] = sum(s.startswith("hardened") for s in states.values())
@@ -128,21 +124,14 @@ class Phases:
                       f"{'done' if ok else 'FAILED'} in {self.took[name]} s")
 
 
-@dataclass(frozen=True)
-class VmTarget:
-    """What aegis_lab.playbook needs of a fleet (its paths and inventory), for a VM node."""
-
-    paths: Paths
-    inventory_file: Path
-
-
 def _raise_on_sigterm(signum: int, frame: object) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
 
-def _read_kernel_sysctls(target: VmTarget, node: str) -> tuple[dict[str, str], dict[str, str]]:
-    result = ansible_results(target, node, "ansible.builtin.shell",  # type: ignore[arg-type]
-                             READ_KERNEL_SYSCTLS, timeout=300)[node]
+def _read_kernel_sysctls(vm: VmNode) -> tuple[dict[str, str], dict[str, str]]:
+    node = vm.name
+    result = ansible_results(vm, node, "ansible.builtin.shell", READ_KERNEL_SYSCTLS,
+                             timeout=300)[node]
     if result.get("rc", 1) != 0 and not result.get("stdout"):
         raise RuntimeError(f"could not read {KERNEL_CONF} on {node}: "
                            f"{result.get('stderr') or result.get('msg')}")
@@ -163,18 +152,16 @@ def run(paths: Paths, prefix: str = "aegishv", scope: str = "full") -> int:
         with phases("boot", f"booting VM {vm.prefix}-{vm.name} (QEMU TCG) until SSH answers"):
             vm.up(progress=print)
             booted = True
-        target = VmTarget(paths, vm.inventory)
         work = vm.dir / "bench"
         with phases("audit_before", "audit before converge (role dry run + Lynis)"):
-            before = _audit(target, work / "before")  # type: ignore[arg-type]
+            before = audit(vm, work / "before")
         with phases("converge", f"converge aegis.fleet.harden ({scope}: "
                                 f"{playbook.relative_to(paths.repo_root)})"):
-            ansible_playbook(target, playbook, on_event=Progress("harden"),  # type: ignore[arg-type]
-                             check=True)
+            ansible_playbook(vm, playbook, on_event=Progress("harden"), check=True)
         with phases("read_sysctls", f"reading the kernel-global sysctls over SSH ({KERNEL_CONF})"):
-            wanted, live = _read_kernel_sysctls(target, vm.name)
+            wanted, live = _read_kernel_sysctls(vm)
         with phases("audit_after", "audit after converge (role dry run + Lynis)"):
-            after = _audit(target, work / "after")  # type: ignore[arg-type]
+            after = audit(vm, work / "after")
     finally:
         if booted:
             with phases("down", "taking the VM down"):

@@ -1,19 +1,30 @@
-"""Running Ansible against a lab fleet: the project's collections and settings, through
-the controller's ansible-runner wrapper (``aegis_controller.playbook``)."""
+"""Running Ansible against a lab fleet or VM node: the project's collections and settings,
+through the controller's ansible-runner wrapper (``aegis_controller.playbook``)."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Protocol
 
 from aegis_controller.playbook import Ansible, EventHandler, PlayResult
 
-from .fleet import LocalFleet
 from .paths import Paths
 from .podman import podman_env
 
 
-def ansible_env(paths: Paths, fleet: LocalFleet | None = None) -> dict[str, str]:
+class Target(Protocol):
+    """What Ansible runs against: a :class:`~aegis_lab.fleet.LocalFleet` or a
+    :class:`~aegis_lab.vm.VmNode` (the checkout's paths and an inventory file)."""
+
+    @property
+    def paths(self) -> Paths: ...
+
+    @property
+    def inventory_file(self) -> Path: ...
+
+
+def ansible_env(paths: Paths, fleet: Target | None = None) -> dict[str, str]:
     """Environment for ansible/ansible-playbook/molecule: source tree first on the
     collections path (the ``ansible`` package's collections come after it from the
     virtualenv), the project's ansible.cfg, and podman settings for the break-glass
@@ -39,12 +50,12 @@ def ansible_env(paths: Paths, fleet: LocalFleet | None = None) -> dict[str, str]
     return env
 
 
-def fleet_ansible(fleet: LocalFleet) -> Ansible:
+def fleet_ansible(fleet: Target) -> Ansible:
     """An ansible-runner driver for the fleet (runs kept under the state dir)."""
     return Ansible(fleet.paths.runs, env=ansible_env(fleet.paths, fleet))
 
 
-def ansible_results(fleet: LocalFleet, pattern: str, module: str, module_args: str = "",
+def ansible_results(fleet: Target, pattern: str, module: str, module_args: str = "",
                     timeout: float = 600, inventory: Path | None = None) -> dict[str, dict]:
     """Run one module ad hoc and return ``{host: result}`` from the runner's events, so
     callers read structured results instead of screen output."""
@@ -56,7 +67,7 @@ def ansible_results(fleet: LocalFleet, pattern: str, module: str, module_args: s
     return result.per_host()
 
 
-def ansible_playbook(fleet: LocalFleet, playbook: Path, *, extra_files: tuple[Path, ...] = (),
+def ansible_playbook(fleet: Target, playbook: Path, *, extra_files: tuple[Path, ...] = (),
                      extravars: dict | None = None, tags: str | None = None,
                      on_event: EventHandler | None = None, timeout: float = 1800,
                      check: bool = False) -> PlayResult:

@@ -92,6 +92,7 @@ class VmNode:
                  cpus: int = 2) -> None:
         self.prefix = check_prefix(prefix)
         self.name = check_node_name(name)
+        self.paths = paths
         self.dir = paths.vms / f"{self.prefix}-{self.name}"
         self.memory_mb = memory_mb
         self.cpus = cpus
@@ -99,7 +100,7 @@ class VmNode:
     # paths
     ssh_key = property(lambda self: self.dir / "id_ed25519")
     known_hosts = property(lambda self: self.dir / "known_hosts")
-    inventory = property(lambda self: self.dir / "inventory.yml")
+    inventory_file = property(lambda self: self.dir / "inventory.yml")
     console = property(lambda self: self.dir / "console.log")
     pidfile = property(lambda self: self.dir / "qemu.pid")
     info_file = property(lambda self: self.dir / "vm.json")
@@ -158,7 +159,7 @@ class VmNode:
             boot = round(time.monotonic() - started, 1)
             info = {"name": self.name, "prefix": self.prefix, "port": port,
                     "ssh_private_key": str(self.ssh_key), "known_hosts": str(self.known_hosts),
-                    "inventory": str(self.inventory), "boot_to_ssh_s": boot,
+                    "inventory": str(self.inventory_file), "boot_to_ssh_s": boot,
                     "image": image.digest}
             self._write_inventory(port)
             self.info_file.write_text(json.dumps(info, indent=2))
@@ -199,7 +200,7 @@ class VmNode:
             "ansible_ssh_private_key_file": str(self.ssh_key),
             "ansible_ssh_common_args": args, "ansible_python_interpreter": "/usr/bin/python3",
         }}}}
-        self.inventory.write_text(json.dumps(doc, indent=2))
+        self.inventory_file.write_text(json.dumps(doc, indent=2))
 
     def _pid(self) -> int | None:
         try:
