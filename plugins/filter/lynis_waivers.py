@@ -48,7 +48,9 @@ RETURN = r"""
 _value:
   description: C(hardening_index), C(warnings), C(suggestions) (the report's entries),
     C(waived) (C(id), C(kind) warning or suggestion, C(detail), C(reason)),
-    C(warnings_unwaived) and C(suggestions_unwaived).
+    C(warnings_unwaived) and C(suggestions_unwaived), and C(sysctl_differs): each kernel
+    key that Lynis's C(KRNL-6000) found different from its scan profile, with its C(value)
+    and the C(wanted) value (alternatives separated by spaces), from the report's details.
   type: dict
 """
 
@@ -110,6 +112,23 @@ def _waiver_for(entry, waivers, container):
     return None
 
 
+def _sysctl_differs(lines):
+    # details[]=KRNL-6000|sysctl|desc:...;field:KEY;prefval:WANTED;value:LIVE;|
+    out = {}
+    for line in lines:
+        if not line.startswith("details[]=KRNL-6000|"):
+            continue
+        fields = {}
+        for part in line.partition("=")[2].split("|")[2].split(";"):
+            name, sep, value = part.partition(":")
+            if sep:
+                fields[name] = value
+        if fields.get("field"):
+            out[fields["field"]] = {"value": fields.get("value", ""),
+                                    "wanted": fields.get("prefval", "")}
+    return out
+
+
 def lynis_report(lines, waivers, container=False):
     if not isinstance(lines, list):
         raise AnsibleFilterError("aegis.fleet.lynis_report: the input must be the report's lines")
@@ -117,7 +136,7 @@ def lynis_report(lines, waivers, container=False):
     if errors:
         raise AnsibleFilterError("aegis.fleet.lynis_report: " + "; ".join(errors))
     rules = yaml.safe_load(waivers or "") or []
-    out = {"hardening_index": "", "waived": []}
+    out = {"hardening_index": "", "waived": [], "sysctl_differs": _sysctl_differs(lines)}
     for line in lines:
         if line.startswith("hardening_index="):
             out["hardening_index"] = line.partition("=")[2]

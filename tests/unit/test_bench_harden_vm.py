@@ -75,6 +75,8 @@ def test_vm_figures_gain_sysctls_and_phase_times() -> None:
     wanted, live = split_kernel_read(STDOUT)
     before = {"vm1": _report(57, ["SSH-7408|PermitRootLogin|-|", "KRNL-5830|reboot|-|"], [])}
     after = {"vm1": _report(80, [], ["PKGS-7392"])}
+    after["vm1"]["lynis"]["sysctl_differs"] = {
+        "kernel.modules_disabled": {"value": "0", "wanted": "1"}}
     took = {"boot": 61.2, "audit_before": 400.0, "converge": 250.5, "total": 1500.0}
     figures, targets, notes = vm_figures(before, after, took, wanted, live)
     assert figures["lynis_before_vm1"] == 57
@@ -94,6 +96,7 @@ def test_vm_figures_gain_sysctls_and_phase_times() -> None:
     assert notes["warnings_left_vm1"] == "-"
     assert notes["suggestions_left_vm1"] == "PKGS-7346"
     assert notes["sysctl kernel.yama.ptrace_scope"] == "NOT hardened: 1, want 2"
+    assert notes["Lynis KRNL-6000 kernel.modules_disabled"] == "0, Lynis wants 1"
     out = io.StringIO()
     report("harden_vm", figures, targets=targets, notes=notes, out=out)
     last = json.loads(out.getvalue().splitlines()[-1])

@@ -65,7 +65,24 @@ def test_waivers_match_id_node_kind_and_detail() -> None:
 def test_no_lynis_output_gives_an_empty_report() -> None:
     assert lynis_report([], "[]") == {"hardening_index": "", "waived": [], "warnings": [],
                                       "warnings_unwaived": [], "suggestions": [],
-                                      "suggestions_unwaived": []}
+                                      "suggestions_unwaived": [], "sysctl_differs": {}}
+
+
+def test_the_kernel_keys_lynis_finds_different_are_named_with_both_values() -> None:
+    lines = [
+        "suggestion[]=KRNL-6000|One or more sysctl values differ from the scan profile and "
+        "could be tweaked||Change sysctl value or disable test (skip-test=KRNL-6000:<sysctl-key>)|",
+        "details[]=KRNL-6000|sysctl|desc:Restrict module loading once this sysctl value is "
+        "loaded;field:kernel.modules_disabled;prefval:1;value:0;|",
+        "details[]=KRNL-6000|sysctl|desc:Disable process tracing for everyone;"
+        "field:kernel.yama.ptrace_scope;prefval:1 2 3;value:0;|",
+        "details[]=SSH-7408|sshd|desc:sshd option;field:Port;prefval:;value:22;|",
+    ]
+    report = lynis_report(lines, "[]")
+    assert report["sysctl_differs"] == {
+        "kernel.modules_disabled": {"value": "0", "wanted": "1"},
+        "kernel.yama.ptrace_scope": {"value": "0", "wanted": "1 2 3"},
+    }
 
 
 @pytest.mark.parametrize(("text", "expected"), [
