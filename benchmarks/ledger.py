@@ -11,7 +11,8 @@ are included):
 * append, one writer, ``--batch`` records per transaction
 * verify (hash, link and signature of every record, streamed, signatures in one worker
   process per CPU), over the batched ledger; the notes give the CPU time of one Ed25519
-  verify here and the ceiling it sets (CPUs / that time)
+  verify here (libsodium's, which verify uses, and OpenSSL's beside it) and the ceiling it
+  sets (CPUs / that time)
 
 Prints through :func:`benchmarks.figures.report`: a table, then one JSON line.
 """
@@ -39,7 +40,8 @@ from aegis_controller.ledger import (
     load_signer,
     load_verifier,
 )
-from aegis_protocol.sigbatch import default_workers
+from aegis_controller.sigbatch import default_workers
+from aegis_controller.sigcheck import Ed25519Check
 
 from .figures import report
 
@@ -101,15 +103,22 @@ def _grouped(ledger: Ledger, total: int, threads: int) -> tuple[float, int, floa
     return elapsed, commits[0], cpu
 
 
-def _ed25519_verify_us(n: int = 2000) -> float:
-    """CPU microseconds of one Ed25519 verify (cryptography/OpenSSL) in this process."""
+def _ed25519_verify_us(n: int = 2000) -> tuple[float, float]:
+    """CPU microseconds of one Ed25519 verify in this process: the ledger's check
+    (libsodium, :mod:`aegis_controller.sigcheck`) and cryptography's (OpenSSL), its peer."""
     key = Ed25519PrivateKey.generate()
     public, message = key.public_key(), b"aegis-ledger-record/1\0" + bytes(32)
     signature = key.sign(message)
+    check = Ed25519Check.of(public)
+    started = time.process_time()
+    for _ in range(n):
+        check.ok(signature, message)
+    libsodium = time.process_time() - started
     started = time.process_time()
     for _ in range(n):
         public.verify(signature, message)
-    return (time.process_time() - started) / n * 1e6
+    openssl = time.process_time() - started
+    return libsodium / n * 1e6, openssl / n * 1e6
 
 
 def run(records: int, single: int, batch: int, every: int, where: Path,
@@ -138,7 +147,7 @@ def run(records: int, single: int, batch: int, every: int, where: Path,
     if not grouped.ok or grouped.count < single:
         raise SystemExit(f"benchmarks.ledger: the group-committed ledger did not verify: "
                          f"{grouped.detail or grouped.count}")
-    verify_us = _ed25519_verify_us()
+    verify_us, openssl_us = _ed25519_verify_us()
     return {
         "append_single_per_s": round(single / single_s),
         "append_single_records": single,
@@ -155,6 +164,7 @@ def run(records: int, single: int, batch: int, every: int, where: Path,
         "append_grouped_cpu_us": round(grouped_cpu / single * 1e6, 1),
         "signature_workers": default_workers(),
         "ed25519_verify_cpu_us": round(verify_us, 1),
+        "ed25519_verify_cpu_us_openssl": round(openssl_us, 1),
         "verify_ceiling_per_s": round((os.cpu_count() or 1) * 1e6 / verify_us),
         "db_bytes": (where / "batched.db").stat().st_size,
         "filesystem": _filesystem(where),

@@ -13,15 +13,16 @@ Signatures and hashes are stored as lowercase hex.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from aegis_protocol.files import PrivateKeyError, check_private, key_pem, write_atomically
 from aegis_protocol.signing import key_id
 
+from ..sigcheck import Ed25519Check
 from .errors import KeyFileError
 
 PRIVATE_NAME = "ledger.key"
@@ -43,10 +44,14 @@ class Verifier:
 
     def _ok(self, sig_hex: str, message: bytes) -> bool:
         try:
-            self.public.verify(bytes.fromhex(sig_hex), message)
-        except (InvalidSignature, ValueError, TypeError):
+            signature = bytes.fromhex(sig_hex)
+        except (ValueError, TypeError):
             return False
-        return True
+        return self._check.ok(signature, message)
+
+    @cached_property
+    def _check(self) -> Ed25519Check:
+        return Ed25519Check.of(self.public)
 
     def record_ok(self, hash_hex: str, sig_hex: str) -> bool:
         try:

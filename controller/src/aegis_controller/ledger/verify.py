@@ -31,7 +31,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from aegis_protocol.sigbatch import SignaturePool, default_workers
+from aegis_controller.sigbatch import SignaturePool, default_workers
 
 from .anchor import FORMAT, HEAD_FORMAT, Anchor, read_anchor
 from .errors import AnchorError

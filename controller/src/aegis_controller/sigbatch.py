@@ -1,11 +1,13 @@
 """Check many Ed25519 signatures of one key in worker processes.
 
-cryptography's ``Ed25519PublicKey.verify`` holds the GIL (measured: two threads verify no
+A signature check holds the GIL (measured with cryptography's verify: two threads verify no
 faster than one), so checking a long run of signatures on several cores needs processes.
-The workers are ``python -m aegis_protocol.sigbatch`` children fed over pipes (not a
+Each check is libsodium's (:mod:`aegis_controller.sigcheck`). The workers are
+``python -m aegis_controller.sigbatch`` children fed over pipes (not a
 multiprocessing pool: its spawn start re-imports the caller's main script, its fork start
-copies a threaded controller's held locks). This module imports only cryptography, so a
-worker starts quickly; it knows nothing of what is signed beyond "``prefix`` + the bytes
+copies a threaded controller's held locks). This module imports only
+:mod:`aegis_controller.sigcheck` (PyNaCl, cryptography's key type), so a worker starts
+quickly; it knows nothing of what is signed beyond "``prefix`` + the bytes
 of a hex digest".
 
 Wire, one line each way per chunk: ``ID:DIGEST:SIG ID:DIGEST:SIG ...`` in, ``ok`` or
@@ -22,20 +24,22 @@ import sys
 import threading
 from collections.abc import Sequence
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from aegis_controller.sigcheck import Ed25519Check, raw_public
 
-def first_bad(key: Ed25519PublicKey, prefix: bytes,
+
+def first_bad(check: Ed25519Check, prefix: bytes,
               items: Sequence[tuple[int, str, str]]) -> int | None:
     """The id of the first ``(id, digest_hex, sig_hex)`` whose signature over
     ``prefix + bytes.fromhex(digest_hex)`` does not verify; None when all do."""
-    verify = key.verify
+    ok = check.ok
     for ident, digest_hex, sig_hex in items:
         try:
-            verify(bytes.fromhex(sig_hex), prefix + bytes.fromhex(digest_hex))
-        except (InvalidSignature, ValueError, TypeError):
+            signature, digest = bytes.fromhex(sig_hex), bytes.fromhex(digest_hex)
+        except ValueError:
+            return ident
+        if not ok(signature, prefix + digest):
             return ident
     return None
 
@@ -50,14 +54,14 @@ def _worker() -> int:
     """The child's loop: the key line, then one answer per chunk line until EOF."""
     stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
     public_hex, prefix_hex = stdin.readline().split()
-    key = Ed25519PublicKey.from_public_bytes(bytes.fromhex(public_hex.decode()))
+    check = Ed25519Check(bytes.fromhex(public_hex.decode()))
     prefix = b"" if prefix_hex == b"-" else bytes.fromhex(prefix_hex.decode())
     for line in stdin:
         items = []
         for item in line.decode("ascii").split():
             ident, digest, sig = item.split(":")
             items.append((int(ident), digest, sig))
-        bad = first_bad(key, prefix, items)
+        bad = first_bad(check, prefix, items)
         stdout.write(b"ok\n" if bad is None else f"bad {bad}\n".encode())
         stdout.flush()
     return 0
@@ -71,7 +75,7 @@ class SignaturePool:
 
     def __init__(self, key: Ed25519PublicKey, prefix: bytes, *, workers: int,
                  chunk: int = 1000) -> None:
-        raw = key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+        raw = raw_public(key)
         self.chunk = chunk
         self.items: list[str] = []
         self.bad: int | None = None
@@ -88,7 +92,7 @@ class SignaturePool:
             raise
 
     def _start(self, raw: bytes, prefix: bytes) -> None:
-        proc = subprocess.Popen([sys.executable, "-m", "aegis_protocol.sigbatch"],
+        proc = subprocess.Popen([sys.executable, "-m", "aegis_controller.sigbatch"],
                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE)
         feed: queue.Queue[bytes | None] = queue.Queue(maxsize=2)
         header = f"{raw.hex()} {prefix.hex() or '-'}\n".encode()
