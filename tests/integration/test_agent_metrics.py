@@ -62,8 +62,8 @@ def metered(daemon: Daemon) -> Iterator[tuple[Daemon, Path]]:  # noqa: F811
 
 
 def test_the_daemon_writes_its_metrics_for_the_textfile_collector(metered) -> None:
-    daemon, textfile = metered
-    daemon.start()
+    agent, textfile = metered
+    agent.start()
     assert wait_until(textfile.exists, 10)
     first, families = read(textfile)
     assert families == METRIC_NAMES
@@ -95,25 +95,25 @@ def test_the_daemon_writes_its_metrics_for_the_textfile_collector(metered) -> No
     assert value(samples, "aegis_agent_process_cpu_seconds_total") > 0
     assert any(k[0] == "aegis_agent_segment_packets_total" for k in samples)
     # written by rename: no temporary file left beside it for the collector to trip on
-    assert daemon.stop() == 0
+    assert agent.stop() == 0
     assert [p.name for p in textfile.parent.iterdir()] == ["aegis_agent.prom"]
 
 
 def test_a_textfile_that_cannot_be_written_is_said_once_and_the_agent_runs_on(
         metered) -> None:
-    daemon, textfile = metered
+    agent, textfile = metered
     textfile.parent.rmdir()  # nowhere to write
-    daemon.start()
-    assert daemon.cli("status")[0] == 0
-    assert daemon.stop() == 0
-    log = daemon.log[-1].read_text()
+    agent.start()
+    assert agent.cli("status")[0] == 0
+    assert agent.stop() == 0
+    log = agent.log[-1].read_text()
     assert log.count("metrics textfile not written") == 1, log
     assert str(textfile) in log
 
 
 def test_lost_exec_events_make_the_node_suspect(metered, server: Server) -> None:  # noqa: F811
-    daemon, textfile = metered
-    node_id, _token = _connect(daemon, server, interval=0.5)
+    agent, textfile = metered
+    node_id, _token = _connect(agent, server, interval=0.5)
 
     def state() -> dict:
         out = server.ctl("node", "show", node_id)
@@ -121,13 +121,13 @@ def test_lost_exec_events_make_the_node_suspect(metered, server: Server) -> None
 
     assert wait_until(lambda: state().get("state") == "enrolled"
                       and state().get("heartbeat_at"), 30)
-    assert daemon.proc is not None
+    assert agent.proc is not None
     # stopped, the agent drains nothing: 1 MiB of exec ring holds about 3,200 records
-    os.kill(daemon.proc.pid, signal.SIGSTOP)
+    os.kill(agent.proc.pid, signal.SIGSTOP)
     try:
         _execs(6000)
     finally:
-        os.kill(daemon.proc.pid, signal.SIGCONT)
+        os.kill(agent.proc.pid, signal.SIGCONT)
 
     def lost() -> float:
         return value(read(textfile)[0], "aegis_agent_events_lost_total", source="exec")
@@ -138,5 +138,5 @@ def test_lost_exec_events_make_the_node_suspect(metered, server: Server) -> None
     assert reason.startswith("events lost: ") and "exec " in reason, reason
     assert reason.endswith("threshold 100)")
     # reported once: the count the controller was told is kept for the next heartbeat
-    told = json.loads((daemon.root / "agent-state" / "lost-reported.json").read_text())
+    told = json.loads((agent.root / "agent-state" / "lost-reported.json").read_text())
     assert told["exec"] >= 100

@@ -91,7 +91,7 @@ class Agent:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._readers: dict[int, asyncio.TimerHandle | None] = {}  # fd -> re-arm timer
         self._rings: list[tuple[RingBatch, Any]] = []  # each ring and its decoder
-        self._ring_sources: dict[int, str] = {}  # ring fd -> exec, connect or segment
+        self._ring_sources: dict[int, str] = {}  # id(ring) -> exec, connect or segment
         self.drains: Counter[str] = Counter()  # ring drains per source (metrics)
         self.drained: Counter[str] = Counter()  # records drained per source (metrics)
         self.uplink: Uplink | None = None
@@ -170,7 +170,7 @@ class Agent:
             events = self._one_by_one(records, to_events)
         self.spool.append(events)  # one write + one fsync for the whole batch
         ring.release()
-        source = self._ring_sources.get(ring.fileno(), "other")
+        source = self._ring_sources.get(id(ring), "other")
         self.drains[source] += 1
         self.drained[source] += len(records)
         self.record(events, written=True)
@@ -344,7 +344,7 @@ class Agent:
                 return [from_record(part.decode(raw), self.offset_ns).model_copy(
                     update={"id": ids(pos)}) for pos, raw in records]
         self._rings.append((ring, to_events))
-        self._ring_sources[ring.fileno()] = ("segment" if part is self.segment else
+        self._ring_sources[id(ring)] = ("segment" if part is self.segment else
                                              "exec" if isinstance(part, ExecMonitor)
                                              else "connect")
         self._watch(ring, to_events)

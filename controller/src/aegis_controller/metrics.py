@@ -174,7 +174,8 @@ class ControllerMetrics:
         # no ``*_created`` series beside each counter and histogram: a second gauge per
         # family that Prometheus ingests as such (the library's switch is per process)
         disable_created_metrics()
-        self.registry = CollectorRegistry(auto_describe=True)
+        # not auto_describe: registering StateCollector must not read the database
+        self.registry = CollectorRegistry()
         reg = self.registry
         Info("aegis_controller_build", "Version of the controller", registry=reg).info(
             {"version": __version__, "python": platform.python_version()})
