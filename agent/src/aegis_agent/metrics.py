@@ -14,6 +14,7 @@ beside it and renamed over it, so the collector never reads half a file.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -23,7 +24,7 @@ from prometheus_client import (
     Info,
     ProcessCollector,
     disable_created_metrics,
-    write_to_textfile,
+    generate_latest,
 )
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -161,7 +162,7 @@ class AgentMetrics:
         """Write the textfile (temporary file + rename); a failure is logged once until
         it changes or writing works again. Returns whether it was written."""
         try:
-            write_to_textfile(str(self.textfile), self.registry)
+            write_textfile(self.textfile, generate_latest(self.registry))
         except OSError as e:
             problem = f"{self.textfile}: {e.strerror or e}"
             if problem != self._failing:
@@ -170,3 +171,23 @@ class AgentMetrics:
             return False
         self._failing = None
         return True
+
+
+def write_textfile(path: Path, data: bytes) -> None:
+    """``data`` to a temporary file beside ``path`` (a name the collector skips: it reads
+    ``*.prom`` only), then renamed over it. Mode 0644 whatever the umask (the agent's unit
+    has 0077): node_exporter reads it as its own user."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+        try:
+            os.fchmod(fd, 0o644)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        raise
