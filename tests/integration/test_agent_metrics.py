@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from prometheus_client.parser import text_string_to_metric_families
+from harness_prometheus import Samples, parse, value
 from test_agent_controller import _connect, server  # noqa: F401
 from test_agent_daemon import Daemon, daemon  # noqa: F401
 
@@ -23,9 +23,6 @@ from harness import wait_until
 from harness_controller import Server
 
 pytestmark = pytest.mark.integration
-
-Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
-
 
 def _with_metrics(daemon: Daemon) -> Path:  # noqa: F811
     textfile = daemon.root / "textfile" / "aegis_agent.prom"
@@ -37,17 +34,7 @@ def _with_metrics(daemon: Daemon) -> Path:  # noqa: F811
 
 
 def read(textfile: Path) -> tuple[Samples, set[str]]:
-    samples: Samples = {}
-    families = set()
-    for family in text_string_to_metric_families(textfile.read_text()):
-        families.add(family.name)
-        for s in family.samples:
-            samples[(s.name, frozenset(s.labels.items()))] = s.value
-    return samples, families
-
-
-def value(samples: Samples, name: str, **labels: str) -> float:
-    return samples.get((name, frozenset(labels.items())), 0.0)
+    return parse(textfile.read_text())
 
 
 def _execs(n: int) -> None:

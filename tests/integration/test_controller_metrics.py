@@ -14,7 +14,8 @@ from pathlib import Path
 import httpx
 import pytest
 from harness_domain import quarantine
-from prometheus_client.parser import text_string_to_metric_families
+from harness_prometheus import Samples, parse, value
+from test_attestation import _tree
 
 from aegis_agent.measure import collect, signed_report
 from aegis_controller.domain import Controller, open_controller
@@ -24,30 +25,23 @@ from aegis_controller.recovery.states import JobState
 from aegis_controller.settings import Settings
 from aegis_controller.trust import Transition, transition
 from aegis_protocol.attestation import ExpectedProfile
-from aegis_protocol.events import Event, EventBatch
-from harness_controller import Node, Server, enroll, new_node, operator_client
+from harness_controller import (
+    Node,
+    Server,
+    enroll,
+    new_node,
+    operator_client,
+    report_incidents_twice,
+)
 
 pytestmark = pytest.mark.integration
-
-Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
-
 
 def scrape(op: httpx.Client) -> tuple[Samples, set[str]]:
     """Every sample of ``/metrics`` keyed on (name, labels), and the families' names."""
     r = op.get("/metrics")
     assert r.status_code == 200, r.text
     assert r.headers["content-type"].startswith("text/plain")
-    samples: Samples = {}
-    families = set()
-    for family in text_string_to_metric_families(r.text):
-        families.add(family.name)
-        for s in family.samples:
-            samples[(s.name, frozenset(s.labels.items()))] = s.value
-    return samples, families
-
-
-def value(samples: Samples, name: str, **labels: str) -> float:
-    return samples.get((name, frozenset(labels.items())), 0.0)
+    return parse(r.text)
 
 
 def _domain(server: Server) -> Controller:
@@ -74,16 +68,8 @@ def test_metrics_move_with_what_the_controller_does(server: Server) -> None:
         assert value(before, "aegis_nodes", state="enrolled") == 0
         assert value(before, "aegis_controller_process_resident_memory_bytes") > 0
 
-        node = new_node(server, "m1")
-        assert enroll(server, node, server.token("m1")).status_code == 200
-        denied = Event(ts_ns=1, kind="exec_denied", severity="warning",
-                       data={"filename": "/usr/bin/nc", "pid": 4242, "uid": 0})
-        quarantined = Event(ts_ns=2, kind="policy", severity="critical",
-                            data={"rule": "scan", "action": "quarantine", "result": "ok"})
-        batch = EventBatch(node_id="m1", events=[denied, quarantined]).model_dump(mode="json")
+        node = report_incidents_twice(server, "m1")
         with node.client(server) as c:
-            assert c.post("/v1/events", json=batch).json() == {"stored": 2, "duplicates": 0}
-            assert c.post("/v1/events", json=batch).json() == {"stored": 0, "duplicates": 2}
             # a node's certificate does not open the fleet's figures
             assert c.get("/metrics").status_code == 401
         with httpx.Client(base_url=server.url, verify=server.ca, timeout=30) as anon:
@@ -151,15 +137,6 @@ def _wait_for_verify(op: httpx.Client) -> Samples:
             return samples
         time.sleep(0.5)
     raise AssertionError("the ledger was not verified within 60 s (timer: 1 s)")
-
-
-def _tree(root: Path) -> Path:
-    (root / "etc").mkdir(parents=True)
-    (root / "etc/nftables.conf").write_text("table inet aegis {}\n")
-    (root / "var/lib/aegis").mkdir(parents=True)
-    (root / "var/lib/aegis/golden.json").write_text(json.dumps(
-        {"schema": "aegis.golden/v1", "files": {"/etc/nftables.conf": "y"}}))
-    return root
 
 
 def _beat(server: Server, node: Node, **lost: int) -> httpx.Response:

@@ -12,7 +12,7 @@ from ..domain import open_controller
 from ..recovery.engine import RecoveryWiring
 from ..secrets.settings import SecretsConfigError, SecretsSettings, add_options
 from ..settings import Settings
-from .conventions import EXIT_OK, InputError, positive
+from .conventions import EXIT_OK, InputError, non_negative, positive
 
 
 def cmd_serve_run(args: argparse.Namespace, settings: Settings) -> int:
@@ -54,16 +54,6 @@ def token_command(settings: Settings) -> list[str]:
             "--no-wrap"]
 
 
-def _count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{value} must be 0 or more")
-    return value
-
-
 def _register_serve(groups: argparse._SubParsersAction) -> None:
     sp = groups.add_parser("serve", help="run the HTTPS API (mutual TLS for agents)")
     sp.add_argument("--host", default="127.0.0.1")
@@ -74,11 +64,11 @@ def _register_serve(groups: argparse._SubParsersAction) -> None:
                     help="seconds between ledger seals (a checkpoint and the signed head "
                          "outside the database, when the head moved; also at shutdown; "
                          "default 60)")
-    sp.add_argument("--lost-events-threshold", type=_count, default=LOST_EVENTS_THRESHOLD,
+    sp.add_argument("--lost-events-threshold", type=non_negative, default=LOST_EVENTS_THRESHOLD,
                     metavar="N", help="events a node may report lost between two heartbeats "
                     "(full ring buffers, spool past its bound) before it is suspect "
                     f"(default {LOST_EVENTS_THRESHOLD}; 0: any loss)")
-    sp.add_argument("--ledger-verify-interval", type=_count, default=3600, metavar="S",
+    sp.add_argument("--ledger-verify-interval", type=non_negative, default=3600, metavar="S",
                     help="seconds between whole-ledger verifications in the server, shown "
                          "by the aegis_ledger_verify_* metrics (default 3600; 0: never)")
     sp.add_argument("--read-timeout", type=positive, default=15, metavar="S",
