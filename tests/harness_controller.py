@@ -27,6 +27,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from aegis_controller.pki import new_key
 from aegis_protocol import routes
 from aegis_protocol.enrollment import node_csr
+from aegis_protocol.events import Event, EventBatch
 from aegis_protocol.files import key_pem
 from aegis_protocol.signing import public_key_text
 from harness import free_port
@@ -150,6 +151,24 @@ def new_node(server: Server, node_id: str) -> Node:
     node = Node(node_id, path)
     node.csr = make_csr(key, node_id).decode()  # type: ignore[attr-defined]
     node.identity = Ed25519PrivateKey.generate()  # type: ignore[attr-defined]
+    return node
+
+
+def report_incidents_twice(server: Server, node_id: str) -> Node:
+    """``node_id`` enrolls and sends, twice, an event batch that raises two incidents: an
+    exec the kernel denied (``denied-exec``, high) and its agent's policy quarantining
+    the node (``agent-quarantined-node``, critical, with a quarantine order); the second
+    copy is stored as duplicates. Returns the node."""
+    node = new_node(server, node_id)
+    assert enroll(server, node, server.token(node_id)).status_code == 200
+    denied = Event(ts_ns=1, kind="exec_denied", severity="warning",
+                   data={"filename": "/usr/bin/nc", "pid": 4242, "uid": 0})
+    quarantined = Event(ts_ns=2, kind="policy", severity="critical",
+                        data={"rule": "scan", "action": "quarantine", "result": "ok"})
+    batch = EventBatch(node_id=node_id, events=[denied, quarantined]).model_dump(mode="json")
+    with node.client(server) as c:
+        assert c.post("/v1/events", json=batch).json() == {"stored": 2, "duplicates": 0}
+        assert c.post("/v1/events", json=batch).json() == {"stored": 0, "duplicates": 2}
     return node
 
 

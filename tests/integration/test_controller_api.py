@@ -19,7 +19,7 @@ from aegis_controller.pki import new_key
 from aegis_protocol.enrollment import renew_request
 from aegis_protocol.events import Event, EventBatch
 from aegis_protocol.files import key_pem
-from harness_controller import Node, Server, enroll, make_csr, new_node
+from harness_controller import Node, Server, enroll, make_csr, new_node, report_incidents_twice
 
 pytestmark = pytest.mark.integration
 
@@ -186,16 +186,8 @@ def test_a_node_cannot_post_for_another(server: Server) -> None:
 
 
 def test_events_become_incidents_once_and_a_quarantine_is_ordered(server: Server) -> None:
-    node = new_node(server, "i1")
-    assert enroll(server, node, server.token("i1")).status_code == 200
-    denied = Event(ts_ns=1, kind="exec_denied", severity="warning",
-                   data={"filename": "/usr/bin/nc", "pid": 4242, "uid": 0})
-    quarantined = Event(ts_ns=2, kind="policy", severity="critical",
-                        data={"rule": "scan", "action": "quarantine", "result": "ok"})
-    batch = EventBatch(node_id="i1", events=[denied, quarantined]).model_dump(mode="json")
+    node = report_incidents_twice(server, "i1")
     with node.client(server) as c:
-        assert c.post("/v1/events", json=batch).json() == {"stored": 2, "duplicates": 0}
-        assert c.post("/v1/events", json=batch).json() == {"stored": 0, "duplicates": 2}
         pending = c.get("/v1/orders").json()
     incidents = [json.loads(line) for line in server.ctl("incidents").stdout.splitlines()]
     assert [(i["rule"], i["severity"]) for i in incidents] == [

@@ -91,3 +91,23 @@ def test_pinned_bpf_comes_from_the_last_attestation() -> None:
         reported_bpf("n1", m.model_dump_json())
     m.bpf = [{"component": "segment", "mode": "xdp"}]
     assert reported_bpf("n1", m.model_dump_json()) == {"mode:segment": "xdp"}
+
+
+def test_lost_events_over_the_threshold_make_a_node_suspect_once() -> None:
+    from aegis_controller.trust import after_lost_events
+
+    assert after_lost_events("trusted", "ok", {"exec": 6, "spool": 4}, 10) is None
+    t = after_lost_events("trusted", "ok", {"exec": 8, "connect": 0, "spool": 3}, 10)
+    assert t is not None and t.after == "suspect"
+    assert t.reason == ("events lost: 11 since the previous heartbeat (exec 8, spool 3; "
+                        "threshold 10)")
+    assert after_lost_events("enrolled", "x", {"segment": 1}, 0).after == "suspect"  # type: ignore[union-attr]
+    # a deadline's suspicion becomes this one (an attestation would clear the deadline's)
+    t = after_lost_events("suspect", "no heartbeat for 200 s", {"exec": 11}, 10)
+    assert t is not None and t.reason.startswith("events lost: 11")
+    # a measurement's stays; nodes already out of trust are not moved
+    assert after_lost_events("suspect", "attestation mismatch: x", {"exec": 11}, 10) is None
+    for state in ("quarantined", "rebuilding", "retired", "provisioning"):
+        assert after_lost_events(state, "", {"exec": 11}, 10) is None
+    # and it is not cleared by a matching attestation
+    assert after_attestation("suspect", [], t.reason) is None

@@ -327,6 +327,23 @@ class SecretsConfig(_Strict):
         return self
 
 
+class MetricsConfig(_Strict):
+    textfile: Path | None = Field(
+        None, description="write Prometheus metrics to this file for node_exporter's "
+        "textfile collector (its name must end in .prom; written to a temporary file "
+        "beside it and renamed over it), e.g. /var/lib/prometheus/node-exporter/"
+        "aegis_agent.prom; unset: no metrics")
+    interval: Annotated[float, Field(gt=0)] = 15.0
+
+    @field_validator("textfile")
+    @classmethod
+    def _prom(cls, value: Path | None) -> Path | None:
+        if value is not None and value.suffix != ".prom":
+            raise ValueError(f"{value}: node_exporter's textfile collector reads only files "
+                             "whose name ends in .prom")
+        return value
+
+
 class AgentConfig(_Strict):
     node_id: str | None = None
     segment: SegmentConfig = Field(default_factory=SegmentConfig)
@@ -335,6 +352,7 @@ class AgentConfig(_Strict):
     control: ControlConfig = Field(default_factory=ControlConfig)
     policy: list[Rule] = Field(default_factory=list)
     watchdog: WatchdogConfig = Field(default_factory=WatchdogConfig)
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     controller: ControllerConfig | None = None
     secrets: SecretsConfig | None = Field(None, description="leased secrets on tmpfs "
                                           "(needs controller: fetch-secrets orders)")

@@ -19,6 +19,7 @@ import logging
 import os
 import signal
 import time
+from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -41,6 +42,7 @@ from .spool import Spool
 from .watchdog import SelfWatch
 
 if TYPE_CHECKING:  # the controller link (httpx, cryptography) loads only when configured
+    from .metrics import AgentMetrics
     from .secrets import SecretSink
     from .uplink import Uplink
 
@@ -89,6 +91,9 @@ class Agent:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._readers: dict[int, asyncio.TimerHandle | None] = {}  # fd -> re-arm timer
         self._rings: list[tuple[RingBatch, Any]] = []  # each ring and its decoder
+        self._ring_sources: dict[int, str] = {}  # id(ring) -> exec, connect or segment
+        self.drains: Counter[str] = Counter()  # ring drains per source (metrics)
+        self.drained: Counter[str] = Counter()  # records drained per source (metrics)
         self.uplink: Uplink | None = None
         self.secrets: SecretSink | None = None
 
@@ -123,6 +128,7 @@ class Agent:
             self.spool.append([self._act(d) for d in decisions])
 
     _alarm_reported = False
+    _metrics: AgentMetrics | None = None
 
     def _record_from_any_thread(self, events: list[Event]) -> None:
         """``record``, handed to the loop when called from the controller link's thread."""
@@ -164,6 +170,9 @@ class Agent:
             events = self._one_by_one(records, to_events)
         self.spool.append(events)  # one write + one fsync for the whole batch
         ring.release()
+        source = self._ring_sources.get(id(ring), "other")
+        self.drains[source] += 1
+        self.drained[source] += len(records)
         self.record(events, written=True)
 
     @staticmethod
@@ -335,6 +344,9 @@ class Agent:
                 return [from_record(part.decode(raw), self.offset_ns).model_copy(
                     update={"id": ids(pos)}) for pos, raw in records]
         self._rings.append((ring, to_events))
+        self._ring_sources[id(ring)] = ("segment" if part is self.segment else
+                                             "exec" if isinstance(part, ExecMonitor)
+                                             else "connect")
         self._watch(ring, to_events)
         if part is self.segment:
             self._segment_reader = ring.fileno()
@@ -353,7 +365,8 @@ class Agent:
             self.secrets = SecretSink(self.cfg.secrets, self._record_from_any_thread)
             self.enforcement.on_quarantine.append(self.secrets.wipe)
         self.uplink = Uplink(cc, self.cfg.node_id, self.spool, order_handlers(self.enforcement),
-                             bpf_state=self.bpf_state, secrets=self.secrets)
+                             bpf_state=self.bpf_state, secrets=self.secrets,
+                             lost_events=self.lost_events)
 
     def _open_secrets_path(self) -> None:
         """Consumers that are not root reach their secret files (0400/0440, their own)
@@ -365,23 +378,42 @@ class Agent:
         if sc is not None and run_dir in sc.dir.parents:
             os.chmod(run_dir, 0o711)  # noqa: S103 - traverse only, see above
 
+    def attach_modes(self) -> dict[str, str]:
+        """Each enforcement component's attach mode (segment, exec, connect)."""
+        modes: dict[str, str] = {}
+        if self.segment is not None:
+            info = self.segment.attach_info()
+            modes["segment"] = f"xdp/{info.xdp_mode} {info.tc_mode}" if info else "detached"
+        if self.execs is not None:
+            modes["exec"] = self.execs.mode
+        if self.connects is not None:
+            modes["connect"] = "cgroup"
+        return modes
+
     def bpf_state(self) -> list[dict[str, str | int]]:
         """The enforcement as the attestation reports it: each component with its attach
         mode, and the programs and links pinned for it, read back from the kernel."""
         from . import measure
         state: list[dict[str, str | int]] = []
-        if self.segment is not None:
-            info = self.segment.attach_info()
-            mode = f"xdp/{info.xdp_mode} {info.tc_mode}" if info else "detached"
-            state.append({"component": "segment", "mode": mode})
-            state += measure.bpf_objects("segment", self.segment.pin_dir)
-        if self.execs is not None:
-            state.append({"component": "exec", "mode": self.execs.mode})
-            state += measure.bpf_objects("exec", self.execs.pin_dir)
-        if self.connects is not None:
-            state.append({"component": "connect", "mode": "cgroup"})
-            state += measure.bpf_objects("connect", self.connects.pin_dir)
+        parts = {"segment": self.segment, "exec": self.execs, "connect": self.connects}
+        for component, mode in self.attach_modes().items():
+            state.append({"component": component, "mode": mode})
+            state += measure.bpf_objects(component, parts[component].pin_dir)  # type: ignore[union-attr]
         return state
+
+    def lost_events(self) -> dict[str, int]:
+        """Events lost so far, per source: the kernel counters of full ring buffers (they
+        live with the pinned maps, across agent restarts) and the spool's drops (this
+        process's). The controller link reports their increase with each heartbeat."""
+        lost: dict[str, int] = {"spool": self.spool.dropped}
+        for source, mon in (("exec", self.execs), ("connect", self.connects)):
+            if mon is not None:
+                with contextlib.suppress(BpfError, OSError):
+                    lost[source] = int(mon.stats()["lost"])  # type: ignore[call-overload]
+        if self.segment is not None:
+            with contextlib.suppress(BpfError, OSError):
+                lost["segment"] = self.segment.counters()["events"]["lost"]
+        return lost
 
     async def _uplink_loop(self) -> None:
         assert self.uplink is not None and self.cfg.controller is not None
@@ -463,6 +495,13 @@ class Agent:
                  asyncio.create_task(self._every(self.cfg.watchdog.interval, self._check_self))]
         if self.uplink:
             tasks.append(asyncio.create_task(self._uplink_loop()))
+        if self.cfg.metrics.textfile is not None:
+            from .metrics import AgentMetrics  # prometheus_client: only when configured
+
+            self._metrics = AgentMetrics(self, self.cfg.metrics.textfile)
+            self._metrics.write()
+            tasks.append(asyncio.create_task(self._every(self.cfg.metrics.interval,
+                                                         self._metrics.write)))
         ping = watchdog_interval()
         if ping:
             tasks.append(asyncio.create_task(self._every(ping, lambda: notify("WATCHDOG=1"))))
@@ -490,6 +529,8 @@ class Agent:
             self.secrets.close()
         with contextlib.suppress(Exception):
             self.record([agent_event("stop", exit=self._exit)])
+        if self._metrics is not None:  # the last figures, before the handles close
+            self._metrics.write()
         for part in (self.segment, self.execs, self.connects):
             if part is not None:
                 part.close()

@@ -10,6 +10,7 @@ public.
 
 from __future__ import annotations
 
+import json
 import logging
 import ssl
 import time
@@ -64,6 +65,9 @@ class Uplink:
     # the leased secrets (config ``secrets``): fetch-secrets and rotate secrets orders,
     # and the trust state of each heartbeat answer
     secrets: SecretSink | None = None
+    # events lost so far per source (daemon.lost_events); each heartbeat carries their
+    # increase since the last one the controller answered
+    lost_events: Callable[[], dict[str, int]] | None = None
     _unwrapped: str | None = field(default=None, repr=False)
     _inventory_sent: str | None = None  # digest of the inventory the controller holds
 
@@ -196,15 +200,48 @@ class Uplink:
                                                       "not_after": answer.not_after})
         return answer.not_after
 
+    @property
+    def _lost_file(self) -> Path:
+        return self.state / "lost-reported.json"
+
+    def _lost_since_reported(self) -> tuple[dict[str, int] | None, dict[str, int]]:
+        """(events lost per source now if that is not what was last reported, and the
+        increase since then). A count below the one reported was reset (maps loaded anew,
+        a reboot, a new process's spool): all of it is new."""
+        if self.lost_events is None:
+            return None, {}
+        now = self.lost_events()
+        try:
+            reported = json.loads(self._lost_file.read_text())
+        except (OSError, ValueError):
+            reported = {}
+        if not isinstance(reported, dict):
+            reported = {}
+        increase = {}
+        for source, n in now.items():
+            before = reported.get(source, 0)
+            grown = n - before if isinstance(before, int) and n >= before else n
+            if grown:
+                increase[source] = grown
+        return (None if now == reported else now), increase
+
     def heartbeat(self) -> None:
         """A heartbeat with the inventory's digest; the inventory itself only when it
-        changed since the controller last took it, or when the controller asks for it."""
+        changed since the controller last took it, or when the controller asks for it.
+        It carries the events lost since the last heartbeat the controller answered (the
+        counts it was told are kept in the state directory, so a restart repeats none)."""
         inv = inventory.collect()
         digest = inv.digest()
+        lost_now, lost = self._lost_since_reported()
         hb = Heartbeat(node_id=self.node_id, boot_id=_boot_id(), inventory_digest=digest,
-                       inventory=inv if digest != self._inventory_sent else None)
+                       inventory=inv if digest != self._inventory_sent else None,
+                       events_lost=lost)
         with self._client() as c:
             r = c.post(routes.HEARTBEAT, json=hb.model_dump(mode="json")).raise_for_status()
+        if lost_now is not None:  # what the controller was told, for the next heartbeat
+            write_atomically(self._lost_file, json.dumps(lost_now).encode(), 0o600)
+        if lost:
+            log.warning("events lost since the last heartbeat", extra={"lost": lost})
         if hb.inventory is not None:
             self._inventory_sent = digest
         ack = HeartbeatAck.model_validate(r.json())

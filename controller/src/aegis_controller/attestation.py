@@ -30,6 +30,7 @@ from .orders import Orders
 from .trust import (
     TransitionRefused,
     after_attestation,
+    after_lost_events,
     judge,
     missed_deadline,
     suspicion_of,
@@ -38,6 +39,9 @@ from .trust import (
 
 log = logging.getLogger(__name__)
 NONCE_TTL = 120
+#: Events a node may lose between two heartbeats before it is suspect (``serve
+#: --lost-events-threshold``).
+LOST_EVENTS_THRESHOLD = 100
 #: Challenges a node may hold at once; asking for more drops its oldest.
 MAX_OUTSTANDING_CHALLENGES = 4
 _c = tables.nonces.c
@@ -61,6 +65,7 @@ class Attestation:
         self.nodes = nodes
         self.ledger = ledger
         self.orders = orders
+        self.lost_events_threshold = LOST_EVENTS_THRESHOLD
 
     def set_profile(self, node_id: str, profile: ExpectedProfile, actor: str) -> None:
         with self.ledger.recording() as rec:
@@ -186,8 +191,25 @@ class Attestation:
             wanted = held is None or Inventory.model_validate_json(held).digest() != \
                 hb.inventory_digest
         self.nodes.update(node_id, **values)
+        state = self._judge_lost(node_id, hb.events_lost) or node["state"]
         self.nodes.notify(node_id)  # e.g. the secrets gate: due for (new) secrets?
-        return HeartbeatAck(inventory_wanted=wanted, trust=node["state"])
+        return HeartbeatAck(inventory_wanted=wanted, trust=state)
+
+    def _judge_lost(self, node_id: str, lost: dict[str, int]) -> str | None:
+        """Make the node suspect when it lost more events than the threshold; returns its
+        new state (None: unchanged)."""
+        if sum(lost.values()) <= self.lost_events_threshold:
+            return None
+        with self.ledger.recording() as rec:
+            row = self.nodes.row_in(rec.conn, node_id)
+            t = after_lost_events(row["state"], row["reason"], lost,
+                                  self.lost_events_threshold)
+            if t is not None:
+                self.nodes.move_in(rec, node_id, t, f"node:{node_id}")
+        if t is None:
+            return None
+        log.warning("node lost events: now suspect", extra={"node": node_id, "lost": lost})
+        return t.after
 
     def check_deadlines(self, deadline: int, now: int | None = None) -> list[str]:
         """Nodes (enrolled or trusted) silent for more than ``deadline`` seconds become

@@ -43,6 +43,9 @@ class Suspicion(StrEnum):
 
     MEASUREMENT = "attestation mismatch"
     DEADLINE = "no heartbeat"
+    #: the node's agent lost events (full ring buffers, spool past its bound): what it
+    #: did meanwhile is not on record, so an operator clears it, as for a mismatch
+    LOST_EVENTS = "events lost"
 
 
 def suspicion_of(reason: str | None) -> Suspicion | None:
@@ -77,6 +80,23 @@ def missed_deadline(current: str, silent_for: int, deadline: int) -> Transition:
     later matching attestation clears)."""
     return transition(current, _S.SUSPECT, f"{Suspicion.DEADLINE} for {silent_for} s "
                                            f"(deadline {deadline} s)")
+
+
+def after_lost_events(current: str, reason: str | None, lost: dict[str, int],
+                      threshold: int) -> Transition | None:
+    """The transition a heartbeat reporting ``lost`` events (per source, since the previous
+    heartbeat) causes: more than ``threshold`` in all makes an enrolled or trusted node
+    suspect (a heartbeat deadline's suspicion too: an attestation would clear that one)."""
+    total = sum(lost.values())
+    if total <= threshold:
+        return None
+    if not (current in (_S.ENROLLED, _S.TRUSTED) or (
+            current == _S.SUSPECT and suspicion_of(reason) is Suspicion.DEADLINE)):
+        return None
+    where = ", ".join(f"{source} {n}" for source, n in sorted(lost.items()) if n)
+    return transition(current, _S.SUSPECT, f"{Suspicion.LOST_EVENTS}: {total} since the "
+                                           f"previous heartbeat ({where}; threshold "
+                                           f"{threshold})")
 
 
 def after_enrollment(current: str) -> Transition | None:

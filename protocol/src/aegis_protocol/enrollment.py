@@ -150,6 +150,9 @@ class Inventory(BaseModel):
 
 
 Digest = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+#: Where an agent loses events: a kernel ring buffer that was full (``exec``, ``connect``,
+#: ``segment``) or the spool dropping unsent events past its bound (``spool``).
+LostSource = Annotated[str, Field(min_length=1, max_length=32, pattern=r"^[a-z0-9_]+$")]
 
 
 class Heartbeat(BaseModel):
@@ -163,6 +166,10 @@ class Heartbeat(BaseModel):
     boot_id: Annotated[str, Field(max_length=64)]
     inventory: Inventory | None = None
     inventory_digest: Digest | None = None
+    #: events lost since the previous heartbeat the controller answered, per source; the
+    #: controller makes a node that lost more than its threshold suspect
+    events_lost: dict[LostSource, Annotated[int, Field(ge=0, le=2**63 - 1)]] = Field(
+        default_factory=dict, max_length=16)
 
     @model_validator(mode="after")
     def _digest_matches(self) -> Heartbeat:

@@ -10,7 +10,7 @@ from typing import Annotated
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from aegis_protocol import routes
@@ -38,6 +38,7 @@ from ..errors import (
     TooMany,
     Unauthenticated,
 )
+from ..metrics import ControllerMetrics, RequestTimer
 from .limits import RequestLimits
 
 #: The one mapping of domain refusals to HTTP statuses.
@@ -65,7 +66,9 @@ def _readable(exc: RequestValidationError) -> str:
     return "; ".join(parts)
 
 
-def create_app(controller: Controller) -> FastAPI:
+def create_app(controller: Controller, metrics: ControllerMetrics | None = None) -> FastAPI:
+    metrics = metrics or ControllerMetrics(controller.engine)
+
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         yield
@@ -74,6 +77,7 @@ def create_app(controller: Controller) -> FastAPI:
     app = FastAPI(title="Aegis controller", version="1", docs_url=None, redoc_url=None,
                   lifespan=lifespan)
     app.add_middleware(RequestLimits)  # certificate and body size, before any body is read
+    app.add_middleware(RequestTimer, metrics=metrics)  # outermost: refusals are timed too
 
     @app.exception_handler(DomainError)
     async def refused(_request: Request, exc: DomainError) -> JSONResponse:
@@ -121,7 +125,9 @@ def create_app(controller: Controller) -> FastAPI:
               responses={401: {"description": "no node certificate"},
                          403: {"description": "not this node's batch"}})
     def events(batch: EventBatch, node: Node) -> EventBatchAck:
-        return controller.intake.store(node, batch)
+        ack = controller.intake.store(node, batch)
+        metrics.ingested(ack)
+        return ack
 
     @app.post(routes.CERTIFICATE, response_model=RenewResponse,
               responses={401: {"description": "no current node certificate"}})
@@ -146,7 +152,9 @@ def create_app(controller: Controller) -> FastAPI:
 
     @app.post(routes.HEARTBEAT)
     def heartbeat(hb: Heartbeat, node: Node) -> HeartbeatAck:
-        return controller.attestation.heartbeat(node, hb)
+        ack = controller.attestation.heartbeat(node, hb)
+        metrics.lost_reported(hb.events_lost)
+        return ack
 
     @app.put(routes.NODE_PROFILE, status_code=204)
     def set_profile(node_id: str, profile: ExpectedProfile, operator: Operator) -> None:
@@ -163,6 +171,12 @@ def create_app(controller: Controller) -> FastAPI:
     @app.post(routes.ORDER_ACK)
     def ack_order(order_id: str, ack: SignedAck, node: Node) -> dict:
         return controller.orders.acknowledge(node, order_id, ack)
+
+    @app.get("/metrics", include_in_schema=False, response_class=Response)
+    def metrics_text(_operator: Operator) -> Response:
+        """Prometheus text format (aegis_controller.metrics); an operator certificate."""
+        body, content_type = metrics.exposition()
+        return Response(body, media_type=content_type)
 
     @app.get("/healthz")
     def health() -> dict[str, str]:

@@ -53,6 +53,7 @@ POLICIES: dict[str, Policy] = {
     routes.NODE_PROFILE: Policy(1 * MiB),
     routes.ORDERS: Policy(16 * KiB),
     routes.ORDER_ACK: Policy(16 * KiB),
+    "/metrics": Policy(0),  # an operator's certificate (aegis_controller.metrics)
     "/healthz": Policy(0, needs_certificate=False),
     "/openapi.json": Policy(0, needs_certificate=False),
 }

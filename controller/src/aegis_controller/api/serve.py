@@ -15,6 +15,7 @@ import uvicorn
 
 from ..domain import Controller
 from ..ledger import DEFAULT_SEAL_INTERVAL, sealing
+from ..metrics import ControllerMetrics, verify_periodically
 from ..secrets.settings import SecretsSettings
 from .app import create_app
 from .connections import ConnectionLimits, guarded_protocol
@@ -53,8 +54,14 @@ def serve(controller: Controller, state_dir: Path, host: str, port: int,
           heartbeat_deadline: int = 90, limits: ConnectionLimits | None = None,
           seal_interval: float = DEFAULT_SEAL_INTERVAL,
           secrets: SecretsSettings | None = None,
-          recovery: RecoveryWiring | None = None) -> None:
+          recovery: RecoveryWiring | None = None, verify_interval: float = 0) -> None:
     limits = limits or ConnectionLimits()
+    metrics = ControllerMetrics(controller.engine)
+    stop_verify = threading.Event()
+    if verify_interval > 0:  # the whole ledger, on a timer: aegis_ledger_verify_*
+        threading.Thread(target=verify_periodically, name="ledger-verify", daemon=True,
+                         args=(metrics, controller.ledger, verify_interval, stop_verify)
+                         ).start()
     gate = None
     if secrets is not None:  # leased secrets: gated on trust, revoked without the agent
         from ..secrets.gate import SecretsGate
@@ -71,7 +78,7 @@ def serve(controller: Controller, state_dir: Path, host: str, port: int,
     tls_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     key, cert = controller.ca.server_cert(tls_dir, [host, "localhost"])
     config = uvicorn.Config(
-        create_app(controller), host=host, port=port, ssl_keyfile=str(key),
+        create_app(controller, metrics), host=host, port=port, ssl_keyfile=str(key),
         ssl_certfile=str(cert), ssl_ca_certs=str(controller.ca.cert_path),
         ssl_cert_reqs=ssl.CERT_OPTIONAL, http=guarded_protocol(limits), log_config=None,
         access_log=False, lifespan="on", limit_concurrency=limits.max_connections,
@@ -88,6 +95,7 @@ def serve(controller: Controller, state_dir: Path, host: str, port: int,
         with sealing(controller.ledger, seal_interval):
             uvicorn.Server(config).run()
     finally:
+        stop_verify.set()
         if engine is not None:
             engine.stop()
         if gate is not None:

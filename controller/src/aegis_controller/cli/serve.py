@@ -7,11 +7,12 @@ import os
 import sys
 from pathlib import Path
 
+from ..attestation import LOST_EVENTS_THRESHOLD
 from ..domain import open_controller
 from ..recovery.engine import RecoveryWiring
 from ..secrets.settings import SecretsConfigError, SecretsSettings, add_options
 from ..settings import Settings
-from .conventions import EXIT_OK, InputError, positive
+from .conventions import EXIT_OK, InputError, non_negative, positive
 
 
 def cmd_serve_run(args: argparse.Namespace, settings: Settings) -> int:
@@ -34,8 +35,11 @@ def cmd_serve_run(args: argparse.Namespace, settings: Settings) -> int:
         command = token_command(settings)  # first: it sets what the steps' runs inherit
         rsettings, steps = recovery_steps(Path(args.recovery_config), settings)
         recovery = RecoveryWiring(rsettings, steps, command)
-    serve(open_controller(settings), settings.state_dir, args.host, args.port,
-          args.heartbeat_deadline, limits, args.ledger_seal_interval, secrets, recovery)
+    controller = open_controller(settings)
+    controller.attestation.lost_events_threshold = args.lost_events_threshold
+    serve(controller, settings.state_dir, args.host, args.port,
+          args.heartbeat_deadline, limits, args.ledger_seal_interval, secrets, recovery,
+          args.ledger_verify_interval)
     return EXIT_OK
 
 
@@ -60,6 +64,13 @@ def _register_serve(groups: argparse._SubParsersAction) -> None:
                     help="seconds between ledger seals (a checkpoint and the signed head "
                          "outside the database, when the head moved; also at shutdown; "
                          "default 60)")
+    sp.add_argument("--lost-events-threshold", type=non_negative, default=LOST_EVENTS_THRESHOLD,
+                    metavar="N", help="events a node may report lost between two heartbeats "
+                    "(full ring buffers, spool past its bound) before it is suspect "
+                    f"(default {LOST_EVENTS_THRESHOLD}; 0: any loss)")
+    sp.add_argument("--ledger-verify-interval", type=non_negative, default=3600, metavar="S",
+                    help="seconds between whole-ledger verifications in the server, shown "
+                         "by the aegis_ledger_verify_* metrics (default 3600; 0: never)")
     sp.add_argument("--read-timeout", type=positive, default=15, metavar="S",
                     help="seconds a client has to send a whole request, head and body; "
                          "slower connections are closed (default 15)")
