@@ -15,6 +15,7 @@ from pathlib import Path
 _SYS_BPF = {"x86_64": 321, "aarch64": 280, "riscv64": 280}
 
 # enum bpf_cmd
+MAP_CREATE = 0
 MAP_LOOKUP_ELEM = 1
 MAP_UPDATE_ELEM = 2
 MAP_DELETE_ELEM = 3
@@ -79,6 +80,13 @@ def bpf(cmd: int, attr: ctypes.Structure, what: str) -> int:
 
 def _addr(buf: ctypes.Array | None) -> int:
     return ctypes.addressof(buf) if buf is not None else 0
+
+
+class _MapCreateAttr(ctypes.Structure):
+    _fields_ = [("map_type", ctypes.c_uint32), ("key_size", ctypes.c_uint32),
+                ("value_size", ctypes.c_uint32), ("max_entries", ctypes.c_uint32),
+                ("map_flags", ctypes.c_uint32), ("inner_map_fd", ctypes.c_uint32),
+                ("numa_node", ctypes.c_uint32), ("map_name", ctypes.c_char * 16)]
 
 
 class _MapElemAttr(ctypes.Structure):
@@ -148,6 +156,15 @@ class ProgInfo(ctypes.Structure):
     @property
     def prog_name(self) -> str:
         return bytes(self.name).split(b"\0", 1)[0].decode(errors="replace")
+
+
+def map_create(map_type: int, key_size: int, value_size: int, max_entries: int,
+               name: str = "", flags: int = 0) -> int:
+    """A new map's fd (what a loader does for a declared map; tests build other shapes)."""
+    attr = _MapCreateAttr(map_type=map_type, key_size=key_size, value_size=value_size,
+                          max_entries=max_entries, map_flags=flags,
+                          map_name=name.encode()[:15])
+    return bpf(MAP_CREATE, attr, f"map create {name}")
 
 
 def map_lookup(fd: int, key: bytes, value_size: int) -> bytes | None:
