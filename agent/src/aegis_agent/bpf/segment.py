@@ -191,10 +191,10 @@ class SegmentFilter(PinnedObject):
     def _migrate(self, why: str, skip: tuple[str, ...]) -> None:
         """Pins from an older build (a map of another size, or one it did not have):
         recreate them with this build, carrying the policy over (config, management
-        peers, edges with their times, the node's own flows) and re-attaching the links
-        where they were. Counters restart at zero; between the old links' detach and
-        the new attach the interface has no filter (the load in between: well under a
-        second)."""
+        peers, edges with their times, the node's own flows), and move the links over.
+        The new object is loaded and filled in a staging directory first, so the
+        interface is without a filter only between the old links' detach and the new
+        attach (milliseconds); counters restart at zero."""
         old = read_old_pins(self.pin_dir, self.MAPS,
                             carry=[*POLICY_MAPS[1:], MAP_SEG_FLOWS])
         state = old.attach
@@ -208,28 +208,64 @@ class SegmentFilter(PinnedObject):
                     "with this build and carrying the policy over%s", self.pin_dir, why,
                     f"; not carried: {', '.join(old.left_behind)}" if old.left_behind else "")
         t0 = time.monotonic()
-        problems = self._detach_links(state)
-        if problems:
-            raise AttachError(0, f"migrating {self.pin_dir}: the old links could not be "
-                                 f"removed: {'; '.join(problems)}")
+        # (bpffs refuses names with a dot)
+        staging = SegmentFilter(self.iface, self.pin_dir.with_name(self.pin_dir.name + "-new"),
+                                object_file=self.object_file)
+        staging.remove()  # what an interrupted migration left
+        staging._load_fresh(old.config, skip)
+        try:
+            staging._write_rows(old.rows)
+            t1 = time.monotonic()
+            if attached and state.tc_mode == 1:
+                moved, gap = self._move_links(staging, state), 0.0
+            else:  # clsact filters are no links: detach, then attach anew
+                problems = self._detach_links(state)
+                if problems:
+                    raise AttachError(0, f"migrating {self.pin_dir}: the old links could "
+                                         f"not be removed: {'; '.join(problems)}")
+                if attached:
+                    staging._reattach(state)
+                moved, gap = False, time.monotonic() - t1
+        except BaseException:
+            staging.detach()
+            raise
         self.close()
         self.remove()
-        self._load_fresh(old.config, skip)
-        rows = dict(old.rows)
+        staging.close()
+        os.rename(staging.pin_dir, self.pin_dir)
+        self.open()
+        log.warning("segment pins in %s recreated in %.0f ms (%s)", self.pin_dir,
+                    (time.monotonic() - t0) * 1000,
+                    "the links now run this build's programs (swapped in place, no gap)"
+                    if moved else f"links re-made, {gap * 1000:.1f} ms without a filter"
+                    if attached else "nothing was attached")
+
+    def _move_links(self, staging: SegmentFilter, state: AttachState) -> bool:
+        """Point the live XDP and tcx links at ``staging``'s programs (BPF_LINK_UPDATE:
+        each swap is atomic) and pin them there, with the attach state."""
+        for name, prog in (("link_tc", PROGRAMS["egress"]), ("link_xdp", PROGRAMS["ingress"])):
+            fd = syscall.obj_get(self._pin(name))
+            try:
+                syscall.link_update(fd, staging.prog_fd(prog))
+                syscall.obj_pin(fd, staging._pin(name))
+            finally:
+                os.close(fd)
+        staging._write_attach_state(state)
+        for name in LINK_PINS:  # the old directory's pins of the (now moved) links
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self._pin(name))
+        return True
+
+    def _write_rows(self, rows: dict[str, dict[bytes, bytes]]) -> None:
+        """Write carried-over map rows in batches (management networks first)."""
+        rows = dict(rows)
         if MAP_SEG_MGMT in rows and MAP_SEG_MGMT_NETS not in rows:
             rows[MAP_SEG_MGMT_NETS] = _nets_of(rows[MAP_SEG_MGMT])
         for name in (MAP_SEG_MGMT_NETS, *[n for n in rows if n != MAP_SEG_MGMT_NETS]):
-            if rows.get(name):
-                keys, values = list(rows[name]), list(rows[name].values())
-                for i in range(0, len(keys), 8192):
-                    syscall.map_update_batch(self.map_fd(name), b"".join(keys[i:i + 8192]),
-                                             b"".join(values[i:i + 8192]),
-                                             len(keys[i:i + 8192]))
-        if attached:
-            self._reattach(state)
-        log.warning("segment pins in %s recreated in %.0f ms (%s)", self.pin_dir,
-                    (time.monotonic() - t0) * 1000,
-                    "links re-attached" if attached else "nothing was attached")
+            keys, values = list(rows.get(name, {})), list(rows.get(name, {}).values())
+            for i in range(0, len(keys), 8192):
+                syscall.map_update_batch(self.map_fd(name), b"".join(keys[i:i + 8192]),
+                                         b"".join(values[i:i + 8192]), len(keys[i:i + 8192]))
 
     def _reattach(self, old: AttachState) -> None:
         """Attach to ``old``'s interface with the modes the old links had."""

@@ -26,6 +26,7 @@ PROG_GET_FD_BY_ID = 13
 OBJ_GET_INFO_BY_FD = 15
 MAP_UPDATE_BATCH = 26
 LINK_CREATE = 28
+LINK_UPDATE = 29
 LINK_DETACH = 34
 
 # map update flags
@@ -117,6 +118,11 @@ class _LinkCreateAttr(ctypes.Structure):
                 ("attach_type", ctypes.c_uint32), ("flags", ctypes.c_uint32),
                 ("relative_fd", ctypes.c_uint32), ("_pad", ctypes.c_uint32),
                 ("expected_revision", ctypes.c_uint64)]
+
+
+class _LinkUpdateAttr(ctypes.Structure):
+    _fields_ = [("link_fd", ctypes.c_uint32), ("new_prog_fd", ctypes.c_uint32),
+                ("flags", ctypes.c_uint32), ("old_prog_fd", ctypes.c_uint32)]
 
 
 class _LinkDetachAttr(ctypes.Structure):
@@ -266,6 +272,11 @@ def link_create(prog_fd: int, ifindex: int, attach_type: int, flags: int = 0) ->
     attr = _LinkCreateAttr(prog_fd=prog_fd, target_ifindex=ifindex, attach_type=attach_type,
                            flags=flags)
     return bpf(LINK_CREATE, attr, "link create")
+
+
+def link_update(fd: int, prog_fd: int) -> None:
+    """Swap the program a link runs, atomically (no packet sees neither)."""
+    bpf(LINK_UPDATE, _LinkUpdateAttr(link_fd=fd, new_prog_fd=prog_fd), "link update")
 
 
 def link_detach(fd: int) -> None:
