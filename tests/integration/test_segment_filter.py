@@ -399,6 +399,19 @@ def test_management_peers_pass_under_default_drop_too(seg):
     assert nonzero(seg) == {"pass_mgmt": 3, "drop_no_edge": 2}
 
 
+def test_a_restored_snapshot_keeps_the_protected_peers(seg):
+    """A revert (restore of an earlier policy) cannot drop what ``protect`` installed:
+    the controller and the break-glass peers stay in every mode."""
+    before = seg.snapshot()  # a policy without them
+    seg.protect(["192.0.2.10 tcp/22", "198.51.100.0/28"])
+    seg.restore(before)
+    assert [str(p) for p in seg.management()] == ["192.0.2.10 tcp/22", "198.51.100.0/28"]
+    seg.quarantine(True, management=[])
+    assert passes(seg, syn(src="192.0.2.10", dport=22))
+    assert passes(seg, ipv4("198.51.100.5", NODE, 17, udp(999, 1)))
+    assert not passes(seg, syn(src=PEER, dport=22))
+
+
 def test_observe_mode_passes_and_reports_would_drop(seg):
     seg.set_mode("observe")
     assert passes(seg, syn(dport=23))

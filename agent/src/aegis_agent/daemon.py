@@ -219,7 +219,9 @@ class Agent:
             seg.load()  # re-opens the pins; an older build's are recreated with their policy
         before = seg.snapshot() if seg.loaded else None
         info = seg.attach()
-        seg.protect(protected)
+        # the controller and the configured (break-glass) peers pass in every mode: no
+        # quarantine order, rule, CLI list or revert can leave them out (issue 15 part 6)
+        seg.protect([*protected, *sc.management])
         if not info.reused:
             for g in sc.edges:
                 seg.grant(g.edge, g.ttl, g.idle)

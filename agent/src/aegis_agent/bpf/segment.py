@@ -565,7 +565,8 @@ class SegmentFilter(PinnedObject):
 
     def restore(self, snap: dict[str, dict[bytes, bytes]]) -> None:
         """Put back a ``snapshot``: entries not in it are removed, the others rewritten.
-        The quarantine switch stays as it is now: a revert never lifts a quarantine."""
+        The quarantine switch stays as it is now: a revert never lifts a quarantine, and
+        the ``protected`` peers stay."""
         quarantined = self.config().quarantine
         snap = dict(snap)
         if MAP_SEG_MGMT in snap and MAP_SEG_MGMT_NETS not in snap:
@@ -583,6 +584,8 @@ class SegmentFilter(PinnedObject):
         cfg = self.config()
         cfg.quarantine = quarantined
         self._write_config(cfg)
+        if self.protected:  # an earlier policy may predate them: they stay all the same
+            self.protect(self.protected)
 
     def _edge_value(self, ttl: float | None, idle: float | None, now: int) -> bytes:
         ttl_ns = _seconds_to_ns(ttl, "ttl")
