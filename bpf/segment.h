@@ -50,6 +50,7 @@ enum verdict {
 #define SLOT_EVENTS_SENT 128
 #define SLOT_EVENTS_SUPPRESSED 129
 #define SLOT_EVENTS_LOST 130
+#define SLOT_FLOW_CACHE_HIT 131 /* inbound packets passed by the established-flow cache */
 #define N_SLOTS 136
 
 struct config {
@@ -58,10 +59,15 @@ struct config {
 	__u32 arp;
 	__u32 ipv6;
 	__u32 edge_kinds;
-	__u32 _pad;
+	__u32 flags;          /* CFG_* */
 	__u64 flow_timeout_ns;
 	__u64 event_cost_ns;  /* 0: no rate limit */
 	__u64 event_burst_ns; /* bucket depth = burst * cost */
+};
+
+/* config.flags */
+enum config_flags {
+	CFG_NO_FLOW_CACHE = 1 << 0, /* every inbound packet takes the full edge lookup */
 };
 
 /* IPv4 addresses and ports in network byte order, as on the wire. */
@@ -90,6 +96,13 @@ struct edge_lpm_key {
 	__u32 src;
 };
 
+/* seg_mgmt_nets: every management peer's network alone, so a packet from anywhere
+ * else is told apart with one lookup before the four of seg_mgmt. */
+struct mgmt_net_key {
+	__u32 prefixlen;
+	__u32 peer;
+};
+
 struct mgmt_key {
 	__u32 prefixlen; /* 32 + peer prefix length */
 	__u8 proto;      /* 0: any protocol (then port 0) */
@@ -107,10 +120,14 @@ struct flow_key {
 	__u8 _pad[3];
 };
 
+/* One entry per flow: either a flow this node opened (its replies pass), or an inbound
+ * flow an edge admitted (the established-flow cache: ``kind`` names the edge shape that
+ * admitted it, so its next packet looks up that one edge, live, instead of the whole
+ * chain; the entry itself never passes a packet). */
 struct flow_val {
 	__u64 last_seen_ns;
-	__u32 outbound; /* 1: opened by this node; 0: inbound marker (never passes) */
-	__u32 _pad;
+	__u32 outbound; /* 1: opened by this node; 0: inbound (never passes by itself) */
+	__u32 kind;     /* inbound: the enum edge_kind bit that admitted it, 0: none */
 };
 
 struct ratelimit {

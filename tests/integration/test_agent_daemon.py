@@ -196,6 +196,41 @@ def test_restart_keeps_enforcement(daemon: Daemon) -> None:
     assert [e["data"]["reused"] for e in attached] == [False, True]
 
 
+def test_restart_on_pins_of_an_older_build_migrates_them(daemon: Daemon) -> None:
+    """Pins left by the build before the fast path (which had no seg_mgmt_nets; stand-in:
+    this build's pins with that one unpinned) are recreated with the policy carried over
+    and the live links swapped to the new programs: the agent starts, and enforcement is
+    what it was, with no moment without a filter."""
+    daemon.start()
+    lab = daemon.lab
+    lab.listen("b", "192.0.2.2", 8080)
+    lab.listen("b", "192.0.2.2", 9090)
+    daemon.cli("grant", EDGE, "--ttl", "600")
+    assert daemon.stop() == 0
+    pin = Path(lab.pin)
+    old_links = _pinned_link_ids(pin)
+    (pin / "seg_mgmt_nets").unlink()
+    daemon.start()
+    _rc, status, _e = daemon.cli("status")
+    assert status["segment"]["attached"] is True and status["segment"]["edges"] == 1
+    assert status["segment"]["management"] == ["192.0.2.1 tcp/2222"]
+    assert (pin / "seg_mgmt_nets").exists()
+    # the same links (never detached), now running the programs pinned with the new maps
+    assert _pinned_link_ids(pin) == old_links
+    for link, prog in (("link_xdp", "seg_ingress"), ("link_tc", "seg_egress")):
+        lfd, pfd = syscall.obj_get(str(pin / link)), syscall.obj_get(str(pin / prog))
+        try:
+            assert syscall.link_info(lfd).prog_id == syscall.prog_info(pfd).id
+        finally:
+            os.close(lfd)
+            os.close(pfd)
+    assert not Path(f"{lab.pin}-new").exists()
+    assert lab.reachable(8080) and not lab.reachable(9090)
+    log = daemon.log[-1].read_text()
+    assert "come from an older build" in log and "recreated" in log
+    print(next(line for line in log.splitlines() if "recreated" in line))
+
+
 def _pinned_link_ids(pin_dir: Path) -> set[int]:
     """The kernel ids of every BPF link pinned under ``pin_dir``."""
     ids = set()

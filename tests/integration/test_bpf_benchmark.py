@@ -21,7 +21,12 @@ def test_bpf_benchmark_prints_its_figures() -> None:
     assert out.returncode == 0, out.stderr[-3000:]
     figures = json.loads(out.stdout.strip().splitlines()[-1])
     assert figures["bench"] == "bpf_segment" and figures["edges"] == 200
-    keys = {"empty_xdp_ns", "allow_hit_ns", "miss_ns", "miss_all_shapes_ns",
-            "grant_to_enforce_us_p50", "grant_to_enforce_us_p99"}
+    keys = {"empty_xdp_ns", "allow_established_ns", "allow_new_flow_ns", "miss_ns",
+            "miss_all_shapes_ns", "grant_to_enforce_us_p50", "grant_to_enforce_us_p99"}
     assert keys <= set(figures), figures
     assert all(figures[k] > 0 for k in keys - {"empty_xdp_ns"}), figures
+    # both targets are printed next to the empty program, as differences from it
+    for name in ("allow_established", "miss"):
+        assert figures[f"{name}_over_empty_ns"] == figures[f"{name}_ns"] - figures[
+            "empty_xdp_ns"]
+        assert f"{name}_over_empty_ns" in out.stdout and "empty XDP program" in out.stdout

@@ -13,7 +13,7 @@ from ipaddress import IPv4Address
 
 import pytest
 
-from aegis_agent.bpf import SegmentFilter
+from aegis_agent.bpf import SegmentFilter, layout
 from aegis_agent.bpf.edges import Edge
 from aegis_agent.bpf.libbpf import LibbpfError
 from conftest import sub_prefix
@@ -202,6 +202,119 @@ def test_grant_many_uses_batches(seg):
     assert not passes(seg, syn(src="10.200.0.1"))
 
 
+# -- the established-flow cache -----------------------------------------------------------
+EDGE = f"{PEER} -> {NODE} tcp/22"
+
+
+def ack(src: str = PEER, dport: int = 22, sport: int = 40000) -> bytes:
+    return ipv4(src, NODE, 6, tcp(sport, dport, ACK))
+
+
+def cache_hits(seg: SegmentFilter) -> int:
+    return seg.counters()["flow_cache"]["hits"]
+
+
+def established(seg: SegmentFilter, edge: str = EDGE, **limits: float) -> None:
+    """A flow the edge admitted (its SYN) whose next packet came through the cache."""
+    seg.grant(edge, **limits)
+    assert passes(seg, syn())
+    assert cache_hits(seg) == 0  # the first packet takes the full lookup
+    assert passes(seg, ack())
+    assert cache_hits(seg) == 1
+
+
+def test_established_flow_passes_through_the_cache(seg):
+    established(seg)
+    assert passes(seg, ack())
+    assert cache_hits(seg) == 2
+    assert passes(seg, syn(sport=40001))  # another flow of the edge: full lookup first
+    assert cache_hits(seg) == 2
+    assert nonzero(seg) == {"pass_edge": 4}
+
+
+def test_without_the_cache_every_packet_takes_the_full_lookup(seg):
+    cfg = seg.config()
+    cfg.flags = layout.CFG_NO_FLOW_CACHE
+    seg._write_config(cfg)
+    seg.grant(EDGE)
+    assert passes(seg, syn()) and passes(seg, ack())
+    assert cache_hits(seg) == 0
+    seg.revoke(EDGE)
+    assert not passes(seg, ack())
+
+
+def test_revoke_cuts_an_established_flow_at_its_next_packet(seg):
+    established(seg)
+    seg.revoke(EDGE)
+    assert not passes(seg, ack())
+    assert cache_hits(seg) == 1
+    assert nonzero(seg) == {"pass_edge": 2, "drop_no_edge": 1}
+    seg.grant(EDGE)  # granted again: the flow passes again
+    assert passes(seg, ack())
+
+
+def test_revoked_edge_falls_back_to_another_live_edge(seg):
+    established(seg)
+    seg.grant(f"any -> {NODE} tcp/22")
+    seg.revoke(EDGE)
+    assert passes(seg, ack())  # the full lookup finds the wildcard edge ...
+    assert passes(seg, ack())  # ... which the cache then names
+    assert cache_hits(seg) == 2
+    seg.revoke(f"any -> {NODE} tcp/22")
+    assert not passes(seg, ack())
+
+
+def test_expiry_cuts_an_established_flow(seg):
+    established(seg, ttl=60)
+    seg.set_edge_times(EDGE, expires_ns=time.monotonic_ns() - 1)
+    assert not passes(seg, ack())
+    assert nonzero(seg) == {"pass_edge": 2, "drop_expired": 1}
+
+
+def test_short_ttl_cuts_an_established_flow_by_itself(seg):
+    established(seg, ttl=0.1)
+    time.sleep(0.12)
+    assert not passes(seg, ack())
+    assert nonzero(seg) == {"pass_edge": 2, "drop_expired": 1}
+
+
+def test_idle_timeout_cuts_an_established_flow_and_its_traffic_keeps_the_edge_alive(seg):
+    established(seg, idle=5)
+    before = seg.edges()[0].last_seen_ns
+    time.sleep(0.01)
+    assert passes(seg, ack())
+    assert cache_hits(seg) == 2
+    assert seg.edges()[0].last_seen_ns > before  # a cache hit is activity on the edge
+    assert seg.sweep() == []
+    seg.set_edge_times(EDGE, last_seen_ns=time.monotonic_ns() - 10 * 10**9)
+    assert not passes(seg, ack())
+    assert nonzero(seg) == {"pass_edge": 3, "drop_idle": 1}
+
+
+def test_quarantine_cuts_an_established_flow(seg):
+    established(seg)
+    seg.quarantine(True, management=["192.0.2.10 tcp/22"])
+    assert not passes(seg, ack())
+    assert passes(seg, ack(src="192.0.2.10"))  # management still passes
+    assert cache_hits(seg) == 1
+    seg.quarantine(False)
+    assert passes(seg, ack())
+    assert cache_hits(seg) == 2
+
+
+def test_an_established_flow_is_cut_at_the_expiry_not_a_tick_later(seg):
+    """Cache hits read the coarse clock (it lags by up to a tick) except near a
+    deadline, where they read the precise one: the edge ends at its expiry."""
+    established(seg, ttl=60)
+    for _ in range(20):
+        seg.set_edge_times(EDGE, expires_ns=time.monotonic_ns() + 50_000_000)
+        assert passes(seg, ack())
+        seg.set_edge_times(EDGE, expires_ns=time.monotonic_ns())
+        assert not passes(seg, ack())
+    hits = cache_hits(seg)
+    assert hits == 21, hits
+
+
 # -- flows the node opened ----------------------------------------------------------------
 def test_reply_to_own_outbound_tcp_connection(seg):
     out_syn = ipv4(NODE, "198.51.100.7", 6, tcp(40001, 443, SYN))
@@ -284,6 +397,19 @@ def test_management_peers_pass_under_default_drop_too(seg):
     assert passes(seg, ipv4("198.51.100.5", NODE, 17, udp(999, 1)))  # the whole /28
     assert not passes(seg, syn(src=PEER, dport=22))
     assert nonzero(seg) == {"pass_mgmt": 3, "drop_no_edge": 2}
+
+
+def test_a_restored_snapshot_keeps_the_protected_peers(seg):
+    """A revert (restore of an earlier policy) cannot drop what ``protect`` installed:
+    the controller and the break-glass peers stay in every mode."""
+    before = seg.snapshot()  # a policy without them
+    seg.protect(["192.0.2.10 tcp/22", "198.51.100.0/28"])
+    seg.restore(before)
+    assert [str(p) for p in seg.management()] == ["192.0.2.10 tcp/22", "198.51.100.0/28"]
+    seg.quarantine(True, management=[])
+    assert passes(seg, syn(src="192.0.2.10", dport=22))
+    assert passes(seg, ipv4("198.51.100.5", NODE, 17, udp(999, 1)))
+    assert not passes(seg, syn(src=PEER, dport=22))
 
 
 def test_observe_mode_passes_and_reports_would_drop(seg):

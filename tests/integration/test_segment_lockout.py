@@ -142,3 +142,25 @@ def test_a_controller_that_cannot_be_placed_refuses_the_filter(daemon: Daemon) -
     assert "cannot resolve the controller's host 'aegis-no-such-host.invalid'" in str(e.value)
     daemon.proc = None
     assert not Path(daemon.lab.pin).exists()  # nothing attached
+
+
+def test_configured_break_glass_peers_stay_in_every_mode(daemon: Daemon) -> None:
+    """segment.management (CIDR-scoped break-glass peers, the play's SSH source) is kept
+    like the controller: under the default drop, in observe mode, and in a quarantine
+    whose own list leaves it out (issue 15 part 6)."""
+    lab = daemon.lab
+    lab.listen("b", "192.0.2.2", 2222)  # the break-glass service (SSH stand-in)
+    lab.listen("b", "192.0.2.2", 8080)  # anything else
+    _configure(daemon, management=["192.0.2.0/30 tcp/2222"])
+    daemon.start()
+    assert lab.reachable(2222) and not lab.reachable(8080)  # default drop
+    sock = daemon.root / "run" / "agent.sock"
+    out = call(sock, "quarantine", management=["198.51.100.9 tcp/22"])
+    assert out["quarantine"] is True
+    assert sorted(out["management"]) == ["192.0.2.0/30 tcp/2222", "198.51.100.9 tcp/22"]
+    assert lab.reachable(2222)  # the way in stays open in quarantine
+    assert not lab.reachable(8080)
+    call(sock, "release")
+    out = call(sock, "quarantine", management=[])  # an empty list cannot drop it either
+    assert out["management"] == ["192.0.2.0/30 tcp/2222"]
+    assert lab.reachable(2222)

@@ -19,6 +19,7 @@ pytestmark = pytest.mark.unit
 BPF_DIR = REPO / "bpf"
 HEADERS = {"segment.h": [layout.CONFIG, layout.EDGE_KEY, layout.EDGE_VAL, layout.EDGE_LPM_KEY,
                          layout.EDGE_LPM_DATA, layout.MGMT_KEY, layout.MGMT_DATA,
+                         layout.MGMT_NET_KEY, layout.MGMT_NET_DATA,
                          layout.FLOW_KEY, layout.FLOW_VAL, layout.ATTACH, layout.SEG_EVENT,
                          layout.RATELIMIT],
            "exec.h": [layout.EXEC_KEY, layout.EXEC_EVENT],

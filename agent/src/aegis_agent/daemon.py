@@ -224,9 +224,13 @@ class Agent:
                      if self.cfg.controller else [])
         seg = SegmentFilter(sc.interface, sc.pin_dir, xdp_mode=sc.xdp_mode, tc_mode=sc.tc_mode,
                             mode=sc.mode, arp=sc.arp, ipv6=sc.ipv6)
+        if seg.loaded:
+            seg.load()  # re-opens the pins; an older build's are recreated with their policy
         before = seg.snapshot() if seg.loaded else None
         info = seg.attach()
-        seg.protect(protected)
+        # the controller and the configured (break-glass) peers pass in every mode: no
+        # quarantine order, rule, CLI list or revert can leave them out (issue 15 part 6)
+        seg.protect([*protected, *sc.management])
         if not info.reused:
             for g in sc.edges:
                 seg.grant(g.edge, g.ttl, g.idle)

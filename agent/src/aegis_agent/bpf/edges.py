@@ -234,6 +234,11 @@ class Peer:
         return (layout.MGMT_KEY.pack(layout.MGMT_EXACT_BITS + self.net.prefixlen)
                 + layout.MGMT_DATA.pack(self.proto, self.port, int(self.net.network_address)))
 
+    def net_key(self) -> bytes:
+        """The key of the peer's network alone (seg_mgmt_nets: the one-lookup pre-check)."""
+        return (layout.MGMT_NET_KEY.pack(self.net.prefixlen)
+                + layout.MGMT_NET_DATA.pack(int(self.net.network_address)))
+
     def __str__(self) -> str:
         net = str(self.net.network_address) if self.net.prefixlen == 32 else str(self.net)
         if not self.proto:

@@ -52,6 +52,7 @@ MAP_SEG_CONFIG = "seg_config"
 MAP_SEG_EDGES = "seg_edges"
 MAP_SEG_EDGES_LPM = "seg_edges_lpm"
 MAP_SEG_MGMT = "seg_mgmt"
+MAP_SEG_MGMT_NETS = "seg_mgmt_nets"
 MAP_SEG_FLOWS = "seg_flows"
 MAP_SEG_COUNTERS = "seg_counters"
 MAP_SEG_EVENTS = "seg_events"
@@ -138,11 +139,13 @@ PROTO_NAMES = {v: k for k, v in PROTOS.items()}
 SLOT_DIR = 64
 SLOT_OBSERVED = 32
 SLOT_EVENTS = {"sent": 128, "suppressed": 129, "lost": 130}
+SLOT_FLOW_CACHE_HIT = 131
 N_SLOTS = 136
 
 CONFIG = CStruct("config", "<", [
     ("mode", "I"), ("quarantine", "I"), ("arp", "I"), ("ipv6", "I"), ("edge_kinds", "I"),
-    ("_pad", "I"), ("flow_timeout_ns", "Q"), ("event_cost_ns", "Q"), ("event_burst_ns", "Q")])
+    ("flags", "I"), ("flow_timeout_ns", "Q"), ("event_cost_ns", "Q"), ("event_burst_ns", "Q")])
+CFG_NO_FLOW_CACHE = 1 << 0  # config.flags (older builds kept 0 there: padding)
 EDGE_KEY = CStruct("edge_key", "!", [
     ("src", "I"), ("dst", "I"), ("dport", "H"), ("proto", "B"), ("_pad", "x")])
 EDGE_VAL = CStruct("edge_val", "<", [
@@ -157,10 +160,13 @@ MGMT_KEY = CStruct("mgmt_key", "<", [("prefixlen", "I")], whole=False)
 MGMT_DATA = CStruct("mgmt_key", "!", [
     ("proto", "B"), ("_pad", "x"), ("port", "H"), ("peer", "I")], at=4)
 MGMT_EXACT_BITS = 32
+# struct mgmt_net_key: prefixlen in host order, the peer's network in wire order
+MGMT_NET_KEY = CStruct("mgmt_net_key", "<", [("prefixlen", "I")], whole=False)
+MGMT_NET_DATA = CStruct("mgmt_net_key", "!", [("peer", "I")], at=4)
 FLOW_KEY = CStruct("flow_key", "!", [
     ("remote", "I"), ("local", "I"), ("rport", "H"), ("lport", "H"), ("proto", "B"),
     ("_pad", "3x")])
-FLOW_VAL = CStruct("flow_val", "<", [("last_seen_ns", "Q"), ("outbound", "I"), ("_pad", "I")])
+FLOW_VAL = CStruct("flow_val", "<", [("last_seen_ns", "Q"), ("outbound", "I"), ("kind", "I")])
 ATTACH = CStruct("attach_state", "<", [
     ("ifindex", "I"), ("xdp_mode", "I"), ("tc_mode", "I"), ("tc_handle", "I"),
     ("tc_priority", "I"), ("tc_hook_created", "I"), ("attached_ns", "Q"), ("netns_ino", "Q")])
@@ -177,6 +183,7 @@ SEGMENT_MAPS: dict[str, MapSpec] = {
     MAP_SEG_EDGES_LPM: MapSpec(EDGE_LPM_KEY.size + EDGE_LPM_DATA.size, EDGE_VAL.size,
                                MAP_LPM_TRIE, 65536),
     MAP_SEG_MGMT: MapSpec(MGMT_KEY.size + MGMT_DATA.size, 4, MAP_LPM_TRIE, 1024),
+    MAP_SEG_MGMT_NETS: MapSpec(MGMT_NET_KEY.size + MGMT_NET_DATA.size, 4, MAP_LPM_TRIE, 1024),
     MAP_SEG_FLOWS: MapSpec(FLOW_KEY.size, FLOW_VAL.size, MAP_LRU_HASH, 65536),
     MAP_SEG_COUNTERS: MapSpec(4, 8, MAP_PERCPU_ARRAY, N_SLOTS),
     MAP_SEG_EVENTS: MapSpec(0, 0, MAP_RINGBUF, 256 * 1024),
@@ -199,15 +206,17 @@ class Config:
     flow_timeout_ns: int = 300 * 10**9
     event_cost_ns: int = 10**6
     event_burst_ns: int = 100 * 10**6
+    flags: int = 0
 
     def pack(self) -> bytes:
         return CONFIG.pack(self.mode, self.quarantine, self.arp, self.ipv6, self.edge_kinds,
-                           0, self.flow_timeout_ns, self.event_cost_ns, self.event_burst_ns)
+                           self.flags, self.flow_timeout_ns, self.event_cost_ns,
+                           self.event_burst_ns)
 
     @classmethod
     def unpack(cls, raw: bytes) -> Config:
-        m, q, a, v6, k, _, ft, cost, burst = CONFIG.unpack(raw[:CONFIG.size])
-        return cls(m, q, a, v6, k, ft, cost, burst)
+        m, q, a, v6, k, flags, ft, cost, burst = CONFIG.unpack(raw[:CONFIG.size])
+        return cls(m, q, a, v6, k, ft, cost, burst, flags)
 
 
 @dataclass

@@ -17,6 +17,7 @@ module keeps the filter's verbs.
 from __future__ import annotations
 
 import contextlib
+import errno
 import ipaddress
 import logging
 import os
@@ -35,20 +36,25 @@ from .layout import (
     MAP_SEG_EDGES,
     MAP_SEG_EDGES_LPM,
     MAP_SEG_EVENTS,
+    MAP_SEG_FLOWS,
     MAP_SEG_MGMT,
+    MAP_SEG_MGMT_NETS,
     AttachState,
     Config,
     DropRecord,
     Verdict,
 )
-from .pinned import PinnedObject
+from .pin_migration import read_old_pins
+from .pinned import PinMismatchError, PinnedObject
 from .syscall import BpfError
 
 log = logging.getLogger(__name__)
 
 PROGRAMS = {"ingress": layout.PROG_SEG_INGRESS, "egress": layout.PROG_SEG_EGRESS}
 LINK_PINS = ("link_xdp", "link_tc")
-POLICY_MAPS = (MAP_SEG_CONFIG, MAP_SEG_MGMT, MAP_SEG_EDGES, MAP_SEG_EDGES_LPM)
+POLICY_MAPS = (MAP_SEG_CONFIG, MAP_SEG_MGMT, MAP_SEG_MGMT_NETS, MAP_SEG_EDGES,
+               MAP_SEG_EDGES_LPM)
+_ONE = (1).to_bytes(4, "little")
 XDP_PASS, XDP_DROP = 2, 1
 TC_ACT_OK, TC_ACT_SHOT = 0, 2
 _XDP_FLAGS = {"native": syscall.XDP_FLAGS_DRV_MODE, "generic": syscall.XDP_FLAGS_SKB_MODE}
@@ -109,6 +115,18 @@ def _edge_map(e: Edge) -> str:
     return MAP_SEG_EDGES_LPM if e.in_lpm else MAP_SEG_EDGES
 
 
+def _nets_of(mgmt_rows: dict[bytes, bytes]) -> dict[bytes, bytes]:
+    """seg_mgmt_nets rows for seg_mgmt rows (a snapshot or pins from before the map)."""
+    size = layout.MGMT_KEY.size
+    out = {}
+    for key in mgmt_rows:
+        (plen,) = layout.MGMT_KEY.unpack(key[:size])
+        _proto, _port, peer = layout.MGMT_DATA.unpack(key[size:])
+        out[layout.MGMT_NET_KEY.pack(plen - layout.MGMT_EXACT_BITS)
+            + layout.MGMT_NET_DATA.pack(peer)] = _ONE
+    return out
+
+
 def _netns_ino() -> int:
     return os.stat("/proc/thread-self/ns/net").st_ino
 
@@ -151,16 +169,123 @@ class SegmentFilter(PinnedObject):
         if self.is_open:
             return False
         if self.loaded:
-            self.open()
+            try:
+                self.open()
+            except BpfError as e:
+                if not isinstance(e, PinMismatchError) and e.errno != errno.ENOENT:
+                    raise
+                self._migrate(str(e), skip)
             return False
+        self._load_fresh(self._seed, skip)
+        return True
+
+    def _load_fresh(self, cfg: Config, skip: tuple[str, ...]) -> None:
         super().load(skip)
         try:
-            self._write_config(self._seed)
+            self._write_config(cfg)
         except BaseException:
             self.close()
             self.remove()
             raise
+
+    def _migrate(self, why: str, skip: tuple[str, ...]) -> None:
+        """Pins from an older build (a map of another size, or one it did not have):
+        recreate them with this build, carrying the policy over (config, management
+        peers, edges with their times, the node's own flows), and move the links over.
+        The new object is loaded and filled in a staging directory first, so the
+        interface is without a filter only between the old links' detach and the new
+        attach (milliseconds); counters restart at zero."""
+        old = read_old_pins(self.pin_dir, self.MAPS,
+                            carry=[*POLICY_MAPS[1:], MAP_SEG_FLOWS])
+        state = old.attach
+        attached = bool(state.ifindex) and self._links_alive(state)
+        if attached and state.netns_ino and state.netns_ino != _netns_ino():
+            raise AttachError(0, f"the pins in {self.pin_dir} come from an older build and "
+                                 "their links live in another network namespace: run the "
+                                 "agent there (e.g. nsenter --net=/run/netns/NAME) to "
+                                 f"migrate them ({why})")
+        log.warning("segment pins in %s come from an older build (%s): recreating them "
+                    "with this build and carrying the policy over%s", self.pin_dir, why,
+                    f"; not carried: {', '.join(old.left_behind)}" if old.left_behind else "")
+        t0 = time.monotonic()
+        # (bpffs refuses names with a dot)
+        staging = SegmentFilter(self.iface, self.pin_dir.with_name(self.pin_dir.name + "-new"),
+                                object_file=self.object_file)
+        staging.remove()  # what an interrupted migration left
+        staging._load_fresh(old.config, skip)
+        try:
+            staging._write_rows(old.rows)
+            t1 = time.monotonic()
+            if attached and state.tc_mode == 1:
+                moved, gap = self._move_links(staging, state), 0.0
+            else:  # clsact filters are no links: detach, then attach anew
+                problems = self._detach_links(state)
+                if problems:
+                    raise AttachError(0, f"migrating {self.pin_dir}: the old links could "
+                                         f"not be removed: {'; '.join(problems)}")
+                if attached:
+                    staging._reattach(state)
+                moved, gap = False, time.monotonic() - t1
+        except BaseException:
+            staging.detach()
+            raise
+        self.close()
+        self.remove()
+        staging.close()
+        os.rename(staging.pin_dir, self.pin_dir)
+        self.open()
+        log.warning("segment pins in %s recreated in %.0f ms (%s)", self.pin_dir,
+                    (time.monotonic() - t0) * 1000,
+                    "the links now run this build's programs (swapped in place, no gap)"
+                    if moved else f"links re-made, {gap * 1000:.1f} ms without a filter"
+                    if attached else "nothing was attached")
+
+    def _move_links(self, staging: SegmentFilter, state: AttachState) -> bool:
+        """Point the live XDP and tcx links at ``staging``'s programs (BPF_LINK_UPDATE:
+        each swap is atomic) and pin them there, with the attach state."""
+        for name, prog in (("link_tc", PROGRAMS["egress"]), ("link_xdp", PROGRAMS["ingress"])):
+            fd = syscall.obj_get(self._pin(name))
+            try:
+                syscall.link_update(fd, staging.prog_fd(prog))
+                syscall.obj_pin(fd, staging._pin(name))
+            finally:
+                os.close(fd)
+        staging._write_attach_state(state)
+        for name in LINK_PINS:  # the old directory's pins of the (now moved) links
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self._pin(name))
         return True
+
+    def _write_rows(self, rows: dict[str, dict[bytes, bytes]]) -> None:
+        """Write carried-over map rows in batches (management networks first)."""
+        rows = dict(rows)
+        if MAP_SEG_MGMT in rows and MAP_SEG_MGMT_NETS not in rows:
+            rows[MAP_SEG_MGMT_NETS] = _nets_of(rows[MAP_SEG_MGMT])
+        for name in (MAP_SEG_MGMT_NETS, *[n for n in rows if n != MAP_SEG_MGMT_NETS]):
+            keys, values = list(rows.get(name, {})), list(rows.get(name, {}).values())
+            for i in range(0, len(keys), 8192):
+                syscall.map_update_batch(self.map_fd(name), b"".join(keys[i:i + 8192]),
+                                         b"".join(values[i:i + 8192]), len(keys[i:i + 8192]))
+
+    def _reattach(self, old: AttachState) -> None:
+        """Attach to ``old``'s interface with the modes the old links had."""
+        state = AttachState(ifindex=old.ifindex, attached_ns=time.monotonic_ns(),
+                            netns_ino=_netns_ino())
+        wanted = (self.xdp_mode, self.tc_mode)
+        self.xdp_mode = layout.XDP_MODES.get(old.xdp_mode, "auto")
+        self.tc_mode = layout.TC_MODES.get(old.tc_mode, "auto")
+        if self.xdp_mode == "none":
+            self.xdp_mode = "auto"
+        if self.tc_mode == "none":
+            self.tc_mode = "auto"
+        try:
+            self._attach_tc(state)
+            self._attach_xdp(state)
+        except BaseException:
+            self._detach_links(state)
+            raise
+        finally:
+            self.xdp_mode, self.tc_mode = wanted
 
     def _ifindex(self) -> int:
         if not self.iface:
@@ -377,9 +502,10 @@ class SegmentFilter(PinnedObject):
         installed now and kept by every later ``quarantine(…, management)`` of this
         object, so no order, rule or CLI call can cut them."""
         self.protected = tuple(Peer.parse(p) for p in peers)
-        fd = self.map_fd(MAP_SEG_MGMT)
+        fd, nets = self.map_fd(MAP_SEG_MGMT), self.map_fd(MAP_SEG_MGMT_NETS)
         for p in self.protected:
-            syscall.map_update(fd, p.key(), (1).to_bytes(4, "little"))
+            syscall.map_update(nets, p.net_key(), _ONE)
+            syscall.map_update(fd, p.key(), _ONE)
 
     protected: tuple[Peer, ...] = ()
 
@@ -388,17 +514,29 @@ class SegmentFilter(PinnedObject):
         current list; the list (with the ``protected`` peers) is installed before the
         switch flips."""
         peers = None if management is None else [Peer.parse(p) for p in management]
-        fd = self.map_fd(MAP_SEG_MGMT)
         if peers is not None:
-            wanted = {p.key() for p in [*peers, *self.protected]}
-            for key in list(syscall.map_keys(fd, layout.SEGMENT_MAPS[MAP_SEG_MGMT].key_size)):
-                if key not in wanted:
-                    syscall.map_delete(fd, key)
-            for key in wanted:
-                syscall.map_update(fd, key, (1).to_bytes(4, "little"))
+            self._set_management([*peers, *self.protected])
         cfg = self.config()
         cfg.quarantine = int(bool(on))
         self._write_config(cfg)
+
+    def _set_management(self, peers: list[Peer]) -> None:
+        """Make seg_mgmt hold exactly ``peers``, and seg_mgmt_nets their networks; the
+        networks are added first and removed last, so the pre-check never hides a
+        peer that is in seg_mgmt."""
+        fd, nets = self.map_fd(MAP_SEG_MGMT), self.map_fd(MAP_SEG_MGMT_NETS)
+        want_nets = {p.net_key() for p in peers}
+        wanted = {p.key() for p in peers}
+        for key in want_nets:
+            syscall.map_update(nets, key, _ONE)
+        for key in list(syscall.map_keys(fd, layout.SEGMENT_MAPS[MAP_SEG_MGMT].key_size)):
+            if key not in wanted:
+                syscall.map_delete(fd, key)
+        for key in wanted:
+            syscall.map_update(fd, key, _ONE)
+        for key in list(syscall.map_keys(nets, layout.SEGMENT_MAPS[MAP_SEG_MGMT_NETS].key_size)):
+            if key not in want_nets:
+                syscall.map_delete(nets, key)
 
     def management(self) -> list[Peer]:
         fd = self.map_fd(MAP_SEG_MGMT)
@@ -427,9 +565,15 @@ class SegmentFilter(PinnedObject):
 
     def restore(self, snap: dict[str, dict[bytes, bytes]]) -> None:
         """Put back a ``snapshot``: entries not in it are removed, the others rewritten.
-        The quarantine switch stays as it is now: a revert never lifts a quarantine."""
+        The quarantine switch stays as it is now: a revert never lifts a quarantine, and
+        the ``protected`` peers stay."""
         quarantined = self.config().quarantine
-        for name, rows in snap.items():
+        snap = dict(snap)
+        if MAP_SEG_MGMT in snap and MAP_SEG_MGMT_NETS not in snap:
+            snap[MAP_SEG_MGMT_NETS] = _nets_of(snap[MAP_SEG_MGMT])
+        order = [MAP_SEG_MGMT_NETS, *[n for n in snap if n != MAP_SEG_MGMT_NETS]]
+        for name in [n for n in order if n in snap]:
+            rows = snap[name]
             spec, fd = layout.SEGMENT_MAPS[name], self.map_fd(name)
             if name != MAP_SEG_CONFIG:
                 for key in list(syscall.map_keys(fd, spec.key_size)):
@@ -440,6 +584,8 @@ class SegmentFilter(PinnedObject):
         cfg = self.config()
         cfg.quarantine = quarantined
         self._write_config(cfg)
+        if self.protected:  # an earlier policy may predate them: they stay all the same
+            self.protect(self.protected)
 
     def _edge_value(self, ttl: float | None, idle: float | None, now: int) -> bytes:
         ttl_ns = _seconds_to_ns(ttl, "ttl")
@@ -524,8 +670,9 @@ class SegmentFilter(PinnedObject):
 
     # -- counters and events ------------------------------------------------------------
     def counters(self) -> dict[str, dict[str, int]]:
-        """Per-verdict packet counts by direction (``would_drop_*``: observe mode), and
-        ring-buffer event counts (sent, suppressed by the rate limit, lost)."""
+        """Per-verdict packet counts by direction (``would_drop_*``: observe mode),
+        ring-buffer event counts (sent, suppressed by the rate limit, lost), and how many
+        inbound packets the established-flow cache passed (also counted as pass_edge)."""
         def read(slot: int) -> int:
             return self.percpu_sum(MAP_SEG_COUNTERS, slot)
 
@@ -538,6 +685,7 @@ class SegmentFilter(PinnedObject):
                     row["would_" + v.label] = read(d * layout.SLOT_DIR + layout.SLOT_OBSERVED + v)
             out[direction] = row
         out["events"] = {name: read(slot) for name, slot in layout.SLOT_EVENTS.items()}
+        out["flow_cache"] = {"hits": read(layout.SLOT_FLOW_CACHE_HIT)}
         return out
 
     def decode(self, raw: bytes) -> DropRecord:

@@ -15,6 +15,7 @@ from pathlib import Path
 _SYS_BPF = {"x86_64": 321, "aarch64": 280, "riscv64": 280}
 
 # enum bpf_cmd
+MAP_CREATE = 0
 MAP_LOOKUP_ELEM = 1
 MAP_UPDATE_ELEM = 2
 MAP_DELETE_ELEM = 3
@@ -25,6 +26,7 @@ PROG_GET_FD_BY_ID = 13
 OBJ_GET_INFO_BY_FD = 15
 MAP_UPDATE_BATCH = 26
 LINK_CREATE = 28
+LINK_UPDATE = 29
 LINK_DETACH = 34
 
 # map update flags
@@ -81,6 +83,13 @@ def _addr(buf: ctypes.Array | None) -> int:
     return ctypes.addressof(buf) if buf is not None else 0
 
 
+class _MapCreateAttr(ctypes.Structure):
+    _fields_ = [("map_type", ctypes.c_uint32), ("key_size", ctypes.c_uint32),
+                ("value_size", ctypes.c_uint32), ("max_entries", ctypes.c_uint32),
+                ("map_flags", ctypes.c_uint32), ("inner_map_fd", ctypes.c_uint32),
+                ("numa_node", ctypes.c_uint32), ("map_name", ctypes.c_char * 16)]
+
+
 class _MapElemAttr(ctypes.Structure):
     _fields_ = [("map_fd", ctypes.c_uint32), ("_pad", ctypes.c_uint32),
                 ("key", ctypes.c_uint64), ("value", ctypes.c_uint64),
@@ -109,6 +118,11 @@ class _LinkCreateAttr(ctypes.Structure):
                 ("attach_type", ctypes.c_uint32), ("flags", ctypes.c_uint32),
                 ("relative_fd", ctypes.c_uint32), ("_pad", ctypes.c_uint32),
                 ("expected_revision", ctypes.c_uint64)]
+
+
+class _LinkUpdateAttr(ctypes.Structure):
+    _fields_ = [("link_fd", ctypes.c_uint32), ("new_prog_fd", ctypes.c_uint32),
+                ("flags", ctypes.c_uint32), ("old_prog_fd", ctypes.c_uint32)]
 
 
 class _LinkDetachAttr(ctypes.Structure):
@@ -148,6 +162,15 @@ class ProgInfo(ctypes.Structure):
     @property
     def prog_name(self) -> str:
         return bytes(self.name).split(b"\0", 1)[0].decode(errors="replace")
+
+
+def map_create(map_type: int, key_size: int, value_size: int, max_entries: int,
+               name: str = "", flags: int = 0) -> int:
+    """A new map's fd (what a loader does for a declared map; tests build other shapes)."""
+    attr = _MapCreateAttr(map_type=map_type, key_size=key_size, value_size=value_size,
+                          max_entries=max_entries, map_flags=flags,
+                          map_name=name.encode()[:15])
+    return bpf(MAP_CREATE, attr, f"map create {name}")
 
 
 def map_lookup(fd: int, key: bytes, value_size: int) -> bytes | None:
@@ -249,6 +272,11 @@ def link_create(prog_fd: int, ifindex: int, attach_type: int, flags: int = 0) ->
     attr = _LinkCreateAttr(prog_fd=prog_fd, target_ifindex=ifindex, attach_type=attach_type,
                            flags=flags)
     return bpf(LINK_CREATE, attr, "link create")
+
+
+def link_update(fd: int, prog_fd: int) -> None:
+    """Swap the program a link runs, atomically (no packet sees neither)."""
+    bpf(LINK_UPDATE, _LinkUpdateAttr(link_fd=fd, new_prog_fd=prog_fd), "link update")
 
 
 def link_detach(fd: int) -> None:
