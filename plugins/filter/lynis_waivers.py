@@ -19,7 +19,10 @@ description:
   - A waiver matches a finding when its C(id) is the finding's test id, its C(applies)
     (C(all), C(container) or C(vm); default C(all)) fits the node, and its optional
     C(detail) occurs in the finding's detail field (for tests such as C(SSH-7408) that
-    report several settings under one id).
+    report several settings under one id). For C(KRNL-6000), one suggestion for every kernel
+    key that differs from Lynis's profile, a waiver's C(detail) is one key: the finding is
+    waived only when each differing key (from the report's details) has its waiver, or
+    one waiver without C(detail) covers them all.
   - The companion filter C(lynis_waiver_errors) returns what is wrong with a waiver file.
 options:
   _input:
@@ -57,6 +60,7 @@ _value:
 APPLIES = ("all", "container", "vm")
 KEYS = ("id", "reason", "applies", "detail")
 KINDS = (("warning", "warnings"), ("suggestion", "suggestions"))
+SYSCTL_TEST = "KRNL-6000"
 
 
 def _entry_errors(entry, where):
@@ -100,23 +104,39 @@ def _fields(entry):
     return parts[0], (parts[2] if len(parts) > 2 else "")
 
 
-def _waiver_for(entry, waivers, container):
+def _waiver_for(entry, waivers, container, sysctl_differs=None):
     test_id, detail = _fields(entry)
     scope = "container" if container else "vm"
-    for waiver in waivers:
-        if waiver["id"] != test_id or waiver.get("applies", "all") not in ("all", scope):
-            continue
+    mine = [w for w in waivers if w["id"] == test_id and w.get("applies", "all") in ("all", scope)]
+    if test_id == SYSCTL_TEST and sysctl_differs:
+        return _sysctl_waiver(mine, sysctl_differs)
+    for waiver in mine:
         if waiver.get("detail") and waiver["detail"] not in detail:
             continue
         return waiver
     return None
 
 
+def _sysctl_waiver(waivers, sysctl_differs):
+    # KRNL-6000 is one suggestion for every kernel key that differs from Lynis's profile:
+    # a waiver without a detail covers them all, otherwise each key needs a waiver whose
+    # detail is that key, and the finding stays when one key has none
+    reasons = []
+    for key in sorted(sysctl_differs):
+        waiver = next((w for w in waivers if w.get("detail", key) == key), None)
+        if waiver is None:
+            return None
+        if "detail" not in waiver:
+            return waiver
+        reasons.append("%s: %s" % (key, " ".join(waiver["reason"].split())))
+    return {"id": SYSCTL_TEST, "reason": "; ".join(reasons)}
+
+
 def _sysctl_differs(lines):
     # details[]=KRNL-6000|sysctl|desc:...;field:KEY;prefval:WANTED;value:LIVE;|
     out = {}
     for line in lines:
-        if not line.startswith("details[]=KRNL-6000|"):
+        if not line.startswith("details[]=%s|" % SYSCTL_TEST):
             continue
         fields = {}
         for part in line.partition("=")[2].split("|")[2].split(";"):
@@ -136,7 +156,8 @@ def lynis_report(lines, waivers, container=False):
     if errors:
         raise AnsibleFilterError("aegis.fleet.lynis_report: " + "; ".join(errors))
     rules = yaml.safe_load(waivers or "") or []
-    out = {"hardening_index": "", "waived": [], "sysctl_differs": _sysctl_differs(lines)}
+    sysctl_differs = _sysctl_differs(lines)
+    out = {"hardening_index": "", "waived": [], "sysctl_differs": sysctl_differs}
     for line in lines:
         if line.startswith("hardening_index="):
             out["hardening_index"] = line.partition("=")[2]
@@ -145,7 +166,7 @@ def lynis_report(lines, waivers, container=False):
         out[plural] = entries
         out[plural + "_unwaived"] = []
         for entry in entries:
-            waiver = _waiver_for(entry, rules, container)
+            waiver = _waiver_for(entry, rules, container, sysctl_differs)
             if waiver is None:
                 out[plural + "_unwaived"].append(entry)
                 continue

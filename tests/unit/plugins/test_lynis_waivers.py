@@ -62,6 +62,36 @@ def test_waivers_match_id_node_kind_and_detail() -> None:
     assert left == ["SSH-7408", "TIME-3104", "NEW-0001"]
 
 
+KRNL = [
+    "suggestion[]=KRNL-6000|One or more sysctl values differ from the scan profile and could "
+    "be tweaked||Change sysctl value or disable test (skip-test=KRNL-6000:<sysctl-key>)|",
+    "details[]=KRNL-6000|sysctl|desc:Restrict module loading;field:kernel.modules_disabled;"
+    "prefval:1;value:0;|",
+]
+PTRACE = ("details[]=KRNL-6000|sysctl|desc:Disable process tracing for everyone;"
+          "field:kernel.yama.ptrace_scope;prefval:1 2 3;value:0;|")
+KEY_WAIVERS = """
+- {id: KRNL-6000, applies: vm, detail: kernel.modules_disabled, reason: "modules load late"}
+- {id: KRNL-6000, applies: container, reason: "the host's kernel"}
+"""
+
+
+def test_a_kernel_key_waiver_waives_krnl_6000_only_while_every_key_it_names_has_one() -> None:
+    vm = lynis_report(KRNL, KEY_WAIVERS)
+    assert vm["suggestions_unwaived"] == []
+    assert vm["waived"] == [{"id": "KRNL-6000", "kind": "suggestion", "detail": "",
+                             "reason": "kernel.modules_disabled: modules load late"}]
+    # one more key differs: the suggestion is left, with both keys named in sysctl_differs
+    vm = lynis_report([*KRNL, PTRACE], KEY_WAIVERS)
+    assert [e.split("|")[0] for e in vm["suggestions_unwaived"]] == ["KRNL-6000"]
+    assert vm["waived"] == []
+    assert set(vm["sysctl_differs"]) == {"kernel.modules_disabled", "kernel.yama.ptrace_scope"}
+    # the container waiver has no detail: it covers every key
+    container = lynis_report([*KRNL, PTRACE], KEY_WAIVERS, container=True)
+    assert container["suggestions_unwaived"] == []
+    assert container["waived"][0]["reason"] == "the host's kernel"
+
+
 def test_no_lynis_output_gives_an_empty_report() -> None:
     assert lynis_report([], "[]") == {"hardening_index": "", "waived": [], "warnings": [],
                                       "warnings_unwaived": [], "suggestions": [],
