@@ -26,13 +26,13 @@ from aegis_lab.playbook import Target, ansible_playbook
 from benchmarks.figures import report
 
 
-def audit(fleet: Target, report_dir: Path) -> dict[str, dict]:
+def audit(fleet: Target, report_dir: Path, timeout: float = 1800) -> dict[str, dict]:
     """The audit playbook (role dry run + Lynis) on ``fleet`` (a lab fleet or a VM node);
     node → report."""
     report_dir.mkdir(parents=True, exist_ok=True)
     ansible_playbook(fleet, fleet.paths.playbooks / "audit.yml",
                      extravars={"aegis_audit_report_dir": str(report_dir)},
-                     on_event=Progress("audit"), check=True)
+                     on_event=Progress("audit"), check=True, timeout=timeout)
     return {p.stem: json.loads(p.read_text()) for p in sorted(report_dir.glob("*.json"))}
 
 

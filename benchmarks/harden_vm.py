@@ -43,6 +43,9 @@ READ_KERNEL_SYSCTLS = (
     f"sed -n 's/^-\\?[[:space:]]*\\([a-z][^[:space:]=]*\\)[[:space:]]*=.*/\\1/p' {KERNEL_CONF}"
     " | xargs -r sysctl -e")
 SCOPES = ("full", "kernel")
+# Lynis under TCG took 18-20 min on a quiet machine and over 30 min (the playbook's default
+# timeout) with the machine's two cores loaded about 9 deep
+AUDIT_TIMEOUT_S = 5400
 
 
 def parse_sysctl(text: str) -> dict[str, str]:
@@ -157,14 +160,14 @@ def run(paths: Paths, prefix: str = "aegishv", scope: str = "full") -> int:
             booted = True
         work = vm.dir / "bench"
         with phases("audit_before", "audit before converge (role dry run + Lynis)"):
-            before = audit(vm, work / "before")
+            before = audit(vm, work / "before", timeout=AUDIT_TIMEOUT_S)
         with phases("converge", f"converge aegis.fleet.harden ({scope}: "
                                 f"{playbook.relative_to(paths.repo_root)})"):
             ansible_playbook(vm, playbook, on_event=Progress("harden"), check=True)
         with phases("read_sysctls", f"reading the kernel-global sysctls over SSH ({KERNEL_CONF})"):
             wanted, live = _read_kernel_sysctls(vm)
         with phases("audit_after", "audit after converge (role dry run + Lynis)"):
-            after = audit(vm, work / "after")
+            after = audit(vm, work / "after", timeout=AUDIT_TIMEOUT_S)
     finally:
         if booted:
             with phases("down", "taking the VM down"):
