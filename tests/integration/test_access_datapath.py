@@ -13,6 +13,7 @@ import contextlib
 import json
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -164,3 +165,38 @@ def test_granted_user_connects_through_the_filter_and_revoke_cuts_it(fleet: Flee
     assert wait_until(lambda: not lab.reachable(PORT), 10)
     assert fleet.server.ctl("ledger", "verify").returncode == 0
 
+
+
+def test_trickle_keeps_the_grant_and_silence_revokes_it_after_idle(fleet: Fleet) -> None:
+    """One packet every 5 s for longer than the 60 s idle timeout keeps the edge; then,
+    with no traffic (nothing probes the edge meanwhile: the test watches the controller),
+    the agent drops it, the controller records the idle revoke, and a new connection
+    fails."""
+    lab = fleet.daemon.lab
+    r = fleet.as_user("dana", "POST", routes.ACCESS,
+                      {"service": "db", "ttl": "30m", "reason": "INC-43"})
+    assert r.status_code == 201, r.text
+    rid = r.json()["request_id"]
+    assert wait_until(lambda: lab.reachable(PORT), 30)
+    conn = lab.connect(PORT, timeout=5)
+    assert conn is not None
+    with conn:
+        for _ in range(16):  # 16 x 5 s = 80 s > 60 s idle
+            conn.sendall(b"tick")
+            assert conn.recv(4) == b"tick"
+            time.sleep(5)
+    state = fleet.as_user("dana", "GET", routes.access_one(rid)).json()
+    assert state["status"] == "granted" and state["edges"][0]["status"] == "active", state
+    assert lab.reachable(PORT)  # still open: a new connection passes
+    assert wait_until(lambda: fleet.as_user("dana", "GET", routes.access_one(rid)).json()
+                      ["status"] == "revoked", 120, 2)
+    state = fleet.as_user("dana", "GET", routes.access_one(rid)).json()
+    assert state["end_reason"].startswith("idle: no traffic for 60 s"), state
+    assert state["edges"][0]["status"] == "idle"
+    assert not lab.reachable(PORT)
+    ledger = fleet.server.ctl("ledger", "show")
+    events = [json.loads(line)["body"] for line in ledger.stdout.splitlines()
+              if json.loads(line)["subject"] == f"access:{rid}"]
+    assert [e["event"] for e in events] == ["request", "grant", "idle_revoke"]
+    assert events[-1]["user"]["name"] == f"{fleet.idp.tag}-dana"
+    assert fleet.server.ctl("ledger", "verify").returncode == 0

@@ -11,11 +11,11 @@ from collections.abc import Iterator
 
 import jwt
 import pytest
-from conftest import sub_prefix
 from harness_idp import Idp, make_idp, stand_in_token
 
 from aegis_controller.access.identity import OidcConfigError, OidcSettings, TokenVerifier
 from aegis_controller.errors import Unauthenticated
+from conftest import sub_prefix
 from harness import OpenBao
 
 pytestmark = pytest.mark.integration

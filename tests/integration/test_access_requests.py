@@ -19,7 +19,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import sub_prefix
 from harness_idp import Idp, make_idp, stand_in_token
 
 from aegis_agent.measure import collect, signed_report
@@ -27,6 +26,7 @@ from aegis_agent.orders import FileReplayGuard, OrderExecutor
 from aegis_protocol import routes
 from aegis_protocol.attestation import ExpectedProfile
 from aegis_protocol.signing import load_public_key
+from conftest import sub_prefix
 from harness import OpenBao
 from harness_controller import Node, Server, enroll, new_node, operator_client
 
@@ -137,10 +137,13 @@ class Lab:
         the controller's order key from enrollment, node id, expiry, nonce); returns the
         grants and revokes it ran."""
         done: list[tuple] = []
+
+        def handler(kind: str):
+            return lambda args: done.append((kind, args)) or "ok"
+
         ex = OrderExecutor(NODE, load_public_key(self.node.order_key),  # type: ignore[attr-defined]
                            self.node.identity, FileReplayGuard(self.tmp / "nonces.json"),  # type: ignore[attr-defined]
-                           {k: (lambda k: lambda args: done.append((k, args)) or "ok")(k)
-                            for k in kinds})
+                           {k: handler(k) for k in kinds})
         with self.node.client(self.server) as c:
             for signed in c.get(routes.ORDERS).json():
                 ack = ex.execute(signed)

@@ -69,10 +69,12 @@ class Controller:
         orders = Orders(nodes, ledger, order_signer)
         access = Access(engine, ledger, nodes, orders)
         nodes.leaving_trust.append(access.node_left_trust_in)
+        intake = Intake(nodes, ledger, orders)
+        intake.listeners.append(access.agent_event)
         return cls(engine=engine, ledger=ledger, ca=ca, nodes=nodes,
                    enrollment=Enrollment(nodes, ledger, ca, orders.key),
                    attestation=Attestation(nodes, ledger, orders), orders=orders,
-                   intake=Intake(nodes, ledger, orders),
+                   intake=intake,
                    operators=Operators(engine, ledger, ca),
                    secrets=SecretsStore(nodes, ledger),
                    recovery=RecoveryStore(engine, ledger, nodes), access=access)

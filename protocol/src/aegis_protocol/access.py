@@ -66,7 +66,7 @@ class Approval(BaseModel):
 class AccessEdge(BaseModel):
     node_id: str
     edge: str
-    status: Literal["active", "revoked", "expired"]
+    status: Literal["active", "revoked", "expired", "idle"]
     grant_order: str
     revoke_order: str | None = None
 

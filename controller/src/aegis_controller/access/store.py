@@ -21,6 +21,7 @@ import sqlalchemy as sa
 from sqlalchemy import Connection, Engine
 
 from aegis_protocol.access import AccessRequest, AccessState
+from aegis_protocol.events import Event
 from aegis_protocol.orders import MAX_LIFETIME
 
 from .. import db, tables
@@ -33,6 +34,8 @@ from .policy import BUILTIN_LABEL_KEYS, Policy, PolicyError, load, parse
 
 #: Seconds without traffic after which the agent removes a granted edge.
 IDLE = 60
+#: An edge the agent drops this close to its end expired (not idle).
+EXPIRY_SLACK = 5
 _r = tables.access_requests.c
 _e = tables.access_edges.c
 _p = tables.access_policies.c
@@ -261,6 +264,40 @@ class Access:
             if not left and row.status == "granted":
                 self._end(rec.conn, request_id, "revoked", now,
                           f"node {node_id} left trusted: {reason}")
+
+    def agent_event(self, node_id: str, event: Event) -> None:
+        """An agent's ``edges_expired`` event: the granted edges it names that are still
+        active before their end were dropped for :data:`IDLE` seconds without traffic —
+        recorded (``idle_revoke``), and the request ends when none of its edges is left."""
+        if event.kind != "edges_expired":
+            return
+        gone = {e.strip() for e in str(event.data.get("edges", "")).split(",") if e.strip()}
+        if not gone:
+            return
+        now = int(time.time())
+        with self.ledger.recording() as rec:
+            rows = rec.conn.execute(
+                sa.select(tables.access_edges, _r.expires_at, _r.status.label("req_status"))
+                .join(tables.access_requests, _r.request_id == _e.request_id)
+                .where(_e.node_id == node_id, _e.status == "active",
+                       _e.edge.in_(sorted(gone)))).all()
+            for edge in rows:
+                if edge.expires_at is not None and now >= edge.expires_at - EXPIRY_SLACK:
+                    continue  # its time ended: expire_due records it
+                rec.conn.execute(tables.access_edges.update().where(
+                    _e.request_id == edge.request_id, _e.node_id == node_id
+                ).values(status="idle"))
+                row = self._row(rec.conn, edge.request_id)
+                rec.append(Kind.ACCESS_GRANT, _subject(edge.request_id), {
+                    "event": "idle_revoke", "user": _user_of(row).ledger(), "node": node_id,
+                    "edge": edge.edge, "idle": IDLE, "agent_event": str(event.id),
+                    "at_ns": event.ts_ns}, actor=f"node:{node_id}")
+                left = rec.conn.execute(sa.select(sa.func.count()).where(
+                    _e.request_id == edge.request_id, _e.status == "active")).scalar()
+                if not left and row.status == "granted":
+                    self._end(rec.conn, edge.request_id, "revoked", now,
+                              f"idle: no traffic for {IDLE} s (the agent of {node_id} "
+                              "dropped the edge)")
 
     # -- internals ------------------------------------------------------------------------
     @staticmethod
