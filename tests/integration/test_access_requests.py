@@ -21,14 +21,15 @@ import httpx
 import pytest
 from harness_idp import Idp, make_idp, stand_in_token
 
-from aegis_agent.measure import collect, signed_report
+from aegis_agent.measure import collect
 from aegis_agent.orders import FileReplayGuard, OrderExecutor
 from aegis_protocol import routes
 from aegis_protocol.attestation import ExpectedProfile
+from aegis_protocol.events import EventBatch, agent_event
 from aegis_protocol.signing import load_public_key
 from conftest import sub_prefix
 from harness import OpenBao
-from harness_controller import Node, Server, enroll, new_node, operator_client
+from harness_controller import Node, Server, attest, enroll, new_node, node_tree, operator_client
 
 pytestmark = pytest.mark.integration
 
@@ -117,13 +118,7 @@ class Lab:
         return [o for o in r.json() if o["order"]["kind"] in ("grant", "revoke")]
 
     def attest(self) -> str:
-        with self.node.client(self.server) as c:
-            nonce = c.get(routes.ATTEST_CHALLENGE).json()["nonce"]
-            report = signed_report(self.node.identity, NODE, nonce,  # type: ignore[attr-defined]
-                                   collect(root=self.root, sshd=False))
-            r = c.post(routes.ATTEST, json=report.model_dump(mode="json"))
-        assert r.status_code == 200, r.text
-        return r.json()["state"]
+        return attest(self.server, self.node, self.root)["state"]
 
     def set_profile(self, golden: dict[str, str]) -> None:
         with operator_client(self.server) as op:
@@ -154,17 +149,6 @@ class Lab:
         return [d for d in done if d[0] != "attest"]
 
 
-def _tree(root: Path) -> Path:
-    (root / "etc").mkdir(parents=True)
-    (root / "etc/aegis.conf").write_text("ok\n")
-    (root / "var/lib/aegis").mkdir(parents=True)
-    (root / "var/lib/aegis/golden.json").write_text(json.dumps(
-        {"schema": "aegis.golden/v1", "files": {"/etc/aegis.conf": "x"}}))
-    (root / "proc/sys/kernel/random").mkdir(parents=True)
-    (root / "proc/sys/kernel/random/boot_id").write_text("boot-1\n")
-    return root
-
-
 def _lab(idp: Idp, db: str | None, tmp: Path) -> Iterator[Lab]:
     state = Path(tempfile.mkdtemp(prefix=f"{sub_prefix()}-access-ctl-"))
     srv = Server(state, db)
@@ -174,7 +158,7 @@ def _lab(idp: Idp, db: str | None, tmp: Path) -> Iterator[Lab]:
                   "--oidc-leeway", "0")
         node = new_node(srv, NODE)
         assert enroll(srv, node, srv.token(NODE)).status_code == 200
-        lab = Lab(srv, idp, node, _tree(tmp / "root"), tmp)
+        lab = Lab(srv, idp, node, node_tree(tmp / "root"), tmp)
         lab.set_profile(collect(root=lab.root, sshd=False).golden)
         assert lab.attest() == "trusted"
         out = srv.ctl("node", "labels", NODE, "role=db", "env=lab", "--address", NODE_IP)
@@ -301,6 +285,28 @@ def test_node_leaving_trusted_revokes_its_grants_and_expiry_is_recorded(lab: Lab
     events = {(e["subject"], e["event"]) for e in lab.access_events()}
     assert (f"access:{short['request_id']}", "expiry") in events
     assert (f"access:{long['request_id']}", "revoke") in events
+    assert lab.server.ctl("ledger", "verify").returncode == 0
+
+
+def test_an_agents_idle_drop_ends_the_grant_on_the_ledger(lab: Lab) -> None:
+    """The agent reports the edges it swept (agent event ``edges_expired``); an active
+    granted edge among them, before its end, was idle: recorded, request revoked. The
+    real agent's idle sweep is in test_access_datapath."""
+    granted = lab.request("dana", "db", "30m").json()
+    other = lab.request("dana", "db", "30m").json()  # the same edge: both named
+    edge = granted["edges"][0]["edge"]
+    batch = EventBatch(node_id=NODE, events=[
+        agent_event("edges_expired", edges=f"10.1.1.1 -> {NODE_IP} tcp/80,{edge}")])
+    with lab.node.client(lab.server) as c:
+        r = c.post(routes.EVENTS, json=batch.model_dump(mode="json"))
+    assert r.status_code == 200, r.text
+    for rid in (granted["request_id"], other["request_id"]):
+        state = lab.call("dana", "GET", routes.access_one(rid)).json()
+        assert state["status"] == "revoked" and state["edges"][0]["status"] == "idle"
+        assert state["end_reason"].startswith("idle: no traffic for 60 s")
+    events = [e for e in lab.access_events() if e["event"] == "idle_revoke"]
+    assert len(events) == 2 and events[0]["edge"] == edge
+    assert events[0]["user"]["name"] == f"{lab.idp.tag}-dana"
     assert lab.server.ctl("ledger", "verify").returncode == 0
 
 

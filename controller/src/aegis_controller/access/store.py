@@ -231,7 +231,11 @@ class Access:
         """Mark granted requests past their end expired (the agents drop the edges by
         themselves at the ttl); returns their ids."""
         now = int(time.time()) if now is None else now
-        done = []
+        done: list[str] = []
+        with db.errors(self.engine), db.reader(self.engine) as conn:  # most often: none
+            if conn.execute(sa.select(_r.request_id).where(
+                    _r.status == "granted", _r.expires_at <= now).limit(1)).first() is None:
+                return done
         with self.ledger.recording() as rec:
             rows = rec.conn.execute(sa.select(tables.access_requests).where(
                 _r.status == "granted", _r.expires_at <= now)).all()
@@ -266,10 +270,11 @@ class Access:
                           f"node {node_id} left trusted: {reason}")
 
     def agent_event(self, node_id: str, event: Event) -> None:
-        """An agent's ``edges_expired`` event: the granted edges it names that are still
-        active before their end were dropped for :data:`IDLE` seconds without traffic —
-        recorded (``idle_revoke``), and the request ends when none of its edges is left."""
-        if event.kind != "edges_expired":
+        """An agent's ``edges_expired`` event (kind ``agent``): the granted edges it names
+        that are still active before their end were dropped for :data:`IDLE` seconds
+        without traffic — recorded (``idle_revoke``), and the request ends when none of
+        its edges is left."""
+        if event.kind != "agent" or event.data.get("what") != "edges_expired":
             return
         gone = {e.strip() for e in str(event.data.get("edges", "")).split(",") if e.strip()}
         if not gone:
