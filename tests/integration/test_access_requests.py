@@ -23,6 +23,9 @@ from harness_idp import Idp, make_idp, stand_in_token
 
 from aegis_agent.measure import collect
 from aegis_agent.orders import FileReplayGuard, OrderExecutor
+from aegis_controller.access.store import PENDING_MAX
+from aegis_controller.domain import open_controller
+from aegis_controller.settings import Settings
 from aegis_protocol import routes
 from aegis_protocol.attestation import ExpectedProfile
 from aegis_protocol.events import EventBatch, agent_event
@@ -258,6 +261,18 @@ def test_two_approvers_not_one_and_never_the_requester(lab: Lab) -> None:
               for e in lab.access_events() if e["subject"] == f"access:{rid}"]
     assert events == [("request", "adam"), ("approval", "sam"), ("approval", "dora"),
                       ("grant", "adam")]
+    # a request nobody decides on expires after an hour (the controller's sweep, run here
+    # an hour ahead: the 20 min grant ends too)
+    rid3 = lab.request("adam", "db-ssh", "5m").json()["request_id"]
+    ctl = open_controller(Settings.resolve(lab.server.state, lab.server.db))
+    assert set(ctl.access.expire_due(int(time.time()) + PENDING_MAX + 1)) == {rid, rid3}
+    ctl.engine.dispose()
+    listed = {r["request_id"]: r for r in map(json.loads, lab.server.ctl(
+        "access", "requests").stdout.splitlines())}
+    assert (listed[rid]["status"], listed[rid]["edges"][0]["status"]) == ("expired", "expired")
+    assert listed[rid3]["status"] == "expired"
+    assert listed[rid3]["end_reason"] == f"not approved within {PENDING_MAX} s"
+    assert listed[rid2]["status"] == "denied"
     assert lab.server.ctl("ledger", "verify").returncode == 0
 
 

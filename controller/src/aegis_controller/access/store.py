@@ -34,6 +34,8 @@ from .policy import BUILTIN_LABEL_KEYS, Policy, PolicyError, load, parse
 
 #: Seconds without traffic after which the agent removes a granted edge.
 IDLE = 60
+#: Seconds a request may wait for its approvers before it expires.
+PENDING_MAX = 3600
 #: An edge the agent drops this close to its end expired (not idle).
 EXPIRY_SLACK = 5
 _r = tables.access_requests.c
@@ -229,24 +231,28 @@ class Access:
     # -- time and trust -------------------------------------------------------------------
     def expire_due(self, now: int | None = None) -> list[str]:
         """Mark granted requests past their end expired (the agents drop the edges by
-        themselves at the ttl); returns their ids."""
+        themselves at the ttl), and pending requests nobody decided on within
+        :data:`PENDING_MAX` seconds; returns their ids."""
         now = int(time.time()) if now is None else now
+        due = sa.or_(sa.and_(_r.status == "granted", _r.expires_at <= now),
+                     sa.and_(_r.status == "pending", _r.created_at <= now - PENDING_MAX))
         done: list[str] = []
         with db.errors(self.engine), db.reader(self.engine) as conn:  # most often: none
-            if conn.execute(sa.select(_r.request_id).where(
-                    _r.status == "granted", _r.expires_at <= now).limit(1)).first() is None:
+            if conn.execute(sa.select(_r.request_id).where(due).limit(1)).first() is None:
                 return done
         with self.ledger.recording() as rec:
-            rows = rec.conn.execute(sa.select(tables.access_requests).where(
-                _r.status == "granted", _r.expires_at <= now)).all()
-            for row in rows:
-                rec.conn.execute(tables.access_edges.update().where(
-                    _e.request_id == row.request_id, _e.status == "active"
-                ).values(status="expired"))
-                self._end(rec.conn, row.request_id, "expired", now, "the granted time ended")
+            for row in rec.conn.execute(sa.select(tables.access_requests).where(due)).all():
+                if row.status == "granted":
+                    rec.conn.execute(tables.access_edges.update().where(
+                        _e.request_id == row.request_id, _e.status == "active"
+                    ).values(status="expired"))
+                    why = "the granted time ended"
+                else:
+                    why = f"not approved within {PENDING_MAX} s"
+                self._end(rec.conn, row.request_id, "expired", now, why)
                 rec.append(Kind.ACCESS_GRANT, _subject(row.request_id), {
-                    "event": "expiry", "user": _user_of(row).ledger(),
-                    "expires_at": row.expires_at}, actor=ACTOR)
+                    "event": "expiry", "user": _user_of(row).ledger(), "was": row.status,
+                    "reason": why, "expires_at": row.expires_at}, actor=ACTOR)
                 done.append(row.request_id)
         return done
 

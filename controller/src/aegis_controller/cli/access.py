@@ -8,7 +8,8 @@ The controller's address is ``--url`` / ``AEGIS_CONTROLLER_URL``, its CA ``--ca`
 ``AEGIS_ACCESS_TOKEN_FILE``, else ``AEGIS_ACCESS_TOKEN`` (never from the command line,
 which other users can read).
 
-On the controller (its state): ``access policy set FILE``, ``access policy show``.
+On the controller (its state): ``access policy set FILE``, ``access policy show``,
+``access requests`` (every request).
 """
 
 from __future__ import annotations
@@ -109,6 +110,12 @@ def cmd_access_policy_set(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_OK
 
 
+def cmd_access_requests(args: argparse.Namespace, settings: Settings) -> int:
+    for state in open_controller(settings).access.visible(None):
+        print_json(state.model_dump(mode="json"))
+    return EXIT_OK
+
+
 def cmd_access_policy_show(args: argparse.Namespace, settings: Settings) -> int:
     print_json(open_controller(settings).access.current_policy())
     return EXIT_OK
@@ -150,6 +157,8 @@ def _register_access(groups: argparse._SubParsersAction) -> None:
     sp.add_argument("request_id")
     _client_options(sp)
     sp.set_defaults(func=cmd_access_show)
+    verbs.add_parser("requests", help="every request, newest first (on the controller: "
+                     "its state)").set_defaults(func=cmd_access_requests)
     policy = verbs.add_parser("policy", help="the access policy (on the controller)")
     pverbs = policy.add_subparsers(dest="policy_verb", required=True, metavar="VERB")
     sp = pverbs.add_parser("set", help="check FILE (YAML) and make it the policy in force; "
