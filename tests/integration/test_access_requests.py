@@ -14,6 +14,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -219,7 +220,8 @@ def test_allowed_user_is_granted_a_signed_edge_other_group_refused(lab_db: Lab) 
     assert lab.server.ctl("ledger", "verify").returncode == 0
 
 
-def test_two_approvers_not_one_and_never_the_requester(lab: Lab) -> None:
+def test_two_approvers_not_one_and_never_the_requester(lab_db: Lab) -> None:
+    lab = lab_db
     r = lab.request("adam", "db-ssh", "20m")
     assert r.status_code == 201, r.text
     req = r.json()
@@ -273,6 +275,15 @@ def test_two_approvers_not_one_and_never_the_requester(lab: Lab) -> None:
     assert listed[rid3]["status"] == "expired"
     assert listed[rid3]["end_reason"] == f"not approved within {PENDING_MAX} s"
     assert listed[rid2]["status"] == "denied"
+    # the two approvals at the same moment: one grant, one grant order
+    rid4 = lab.request("adam", "db-ssh", "5m").json()["request_id"]
+    tokens = [lab.idp.token(u) for u in ("sam", "dora")]
+    with ThreadPoolExecutor(2) as pool:
+        answers = list(pool.map(lambda t: lab.call(
+            None, "POST", routes.access_one(rid4, "approve"), {}, token=t), tokens))
+    assert [a.status_code for a in answers] == [200, 200], [a.text for a in answers]
+    assert sorted(a.json()["status"] for a in answers) == ["granted", "pending"]
+    assert len(lab.run_orders()) == 1
     assert lab.server.ctl("ledger", "verify").returncode == 0
 
 
