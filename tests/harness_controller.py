@@ -5,6 +5,7 @@ the run's PostgreSQL, and nodes with their own keys that enroll against it."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import select
 import shutil
@@ -24,6 +25,7 @@ import sqlalchemy as sa
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from aegis_agent.measure import collect, signed_report
 from aegis_controller.pki import new_key
 from aegis_protocol import routes
 from aegis_protocol.enrollment import node_csr
@@ -170,6 +172,31 @@ def report_incidents_twice(server: Server, node_id: str) -> Node:
         assert c.post("/v1/events", json=batch).json() == {"stored": 2, "duplicates": 0}
         assert c.post("/v1/events", json=batch).json() == {"stored": 0, "duplicates": 2}
     return node
+
+
+def node_tree(root: Path) -> Path:
+    """A node's file tree as the agent measures it (``collect(root=...)``): one golden file,
+    the golden record and a boot id; a profile of its golden files makes it trusted."""
+    (root / "etc").mkdir(parents=True)
+    (root / "etc/aegis.conf").write_text("ok\n")
+    (root / "var/lib/aegis").mkdir(parents=True)
+    (root / "var/lib/aegis/golden.json").write_text(json.dumps(
+        {"schema": "aegis.golden/v1", "files": {"/etc/aegis.conf": "x"}}))
+    (root / "proc/sys/kernel/random").mkdir(parents=True)
+    (root / "proc/sys/kernel/random/boot_id").write_text("boot-1\n")
+    return root
+
+
+def attest(server: Server, node: Node, root: Path) -> dict:
+    """One attestation of ``node`` as its agent makes it (challenge, a signed report of
+    the tree at ``root``); the controller's verdict."""
+    with node.client(server) as c:
+        nonce = c.get(routes.ATTEST_CHALLENGE).json()["nonce"]
+        report = signed_report(node.identity, node.node_id, nonce,  # type: ignore[attr-defined]
+                               collect(root=root, sshd=False))
+        r = c.post(routes.ATTEST, json=report.model_dump(mode="json"))
+    assert r.status_code == 200, r.text
+    return r.json()
 
 
 def enroll(server: Server, node: Node, token: str) -> httpx.Response:

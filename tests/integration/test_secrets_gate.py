@@ -25,7 +25,7 @@ import pytest
 from harness_vault import Wiring, pg_connect, pg_role_exists, wire
 from hvac import exceptions as hvac_errors
 
-from aegis_agent.measure import collect, signed_report
+from aegis_agent.measure import collect
 from aegis_controller.secrets.store import fetch_backoff
 from aegis_protocol import routes
 from aegis_protocol.attestation import ExpectedProfile
@@ -33,7 +33,7 @@ from aegis_protocol.enrollment import Heartbeat
 from aegis_protocol.events import Event, EventBatch
 from aegis_protocol.orders import OrderAck, sign_ack
 from aegis_protocol.secrets import SECRETS_UNWRAP_FAILED, SecretsReport, secret_id_path
-from harness_controller import Node, Server, enroll, new_node, operator_client
+from harness_controller import Node, Server, attest, enroll, new_node, node_tree, operator_client
 
 pytestmark = pytest.mark.integration
 
@@ -157,13 +157,7 @@ class Gate:
         return [o for o in r.json() if o["order"]["kind"] == "fetch-secrets"]
 
     def attest(self) -> dict:
-        with self.node.client(self.server) as c:
-            nonce = c.get(routes.ATTEST_CHALLENGE).json()["nonce"]
-            report = signed_report(self.node.identity, NODE, nonce,  # type: ignore[attr-defined]
-                                   collect(root=self.root, sshd=False))
-            r = c.post(routes.ATTEST, json=report.model_dump(mode="json"))
-        assert r.status_code == 200, r.text
-        return r.json()
+        return attest(self.server, self.node, self.root)
 
     def ack(self, order: dict, status: str, detail: str) -> dict:
         ack = sign_ack(self.node.identity, OrderAck(  # type: ignore[attr-defined]
@@ -185,17 +179,6 @@ def _wait(what: Callable[[], object], timeout: float = 30, every: float = 0.3) -
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
-def _tree(root: Path) -> Path:
-    (root / "etc").mkdir(parents=True)
-    (root / "etc/aegis.conf").write_text("ok\n")
-    (root / "var/lib/aegis").mkdir(parents=True)
-    (root / "var/lib/aegis/golden.json").write_text(json.dumps(
-        {"schema": "aegis.golden/v1", "files": {"/etc/aegis.conf": "x"}}))
-    (root / "proc/sys/kernel/random").mkdir(parents=True)
-    (root / "proc/sys/kernel/random/boot_id").write_text("boot-1\n")
-    return root
-
-
 def _gate(request: pytest.FixtureRequest, w: Wiring, db: str | None,
           tmp: Path, wrap_ttl: int = 30) -> Iterator[Gate]:
     host, port = w.bao.addr.removeprefix("http://").rsplit(":", 1)
@@ -213,7 +196,7 @@ def _gate(request: pytest.FixtureRequest, w: Wiring, db: str | None,
         srv.start(*args)
         node = new_node(srv, NODE)
         assert enroll(srv, node, srv.token(NODE)).status_code == 200
-        yield Gate(srv, relay, w, node, _tree(tmp / "root"), args)
+        yield Gate(srv, relay, w, node, node_tree(tmp / "root"), args)
     finally:
         if srv.proc is not None:
             srv.kill()

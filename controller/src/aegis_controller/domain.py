@@ -11,6 +11,8 @@ Modules, one job each:
 * :mod:`.orders` — signed orders and their acknowledgments
 * :mod:`.intake` — events stored once, and the incidents they raise (rules: :mod:`.incidents`)
 * :mod:`.operators` — operator certificates on record (issue, revoke, check)
+* :mod:`.access` — just-in-time access: users' tokens, the access policy, requests and
+  grants (revoked when their node leaves trusted)
 * :mod:`.recovery` — recovery jobs replacing quarantined nodes (store, guard rails, engine)
 * :mod:`.errors` — the domain's refusals (``NotFound``, ``Forbidden``, ``Conflict``...)
 
@@ -31,6 +33,7 @@ from sqlalchemy import Engine
 from aegis_protocol.files import private_key
 
 from . import db
+from .access.store import Access
 from .attestation import Attestation
 from .enrollment import Enrollment
 from .intake import Intake
@@ -57,19 +60,24 @@ class Controller:
     operators: Operators
     secrets: SecretsStore
     recovery: RecoveryStore
+    access: Access
 
     @classmethod
     def assemble(cls, engine: Engine, ledger: Ledger, ca: CertificateAuthority,
                  order_signer: Ed25519PrivateKey) -> Controller:
         nodes = NodeStore(engine, ledger)
         orders = Orders(nodes, ledger, order_signer)
+        access = Access(engine, ledger, nodes, orders)
+        nodes.leaving_trust.append(access.node_left_trust_in)
+        intake = Intake(nodes, ledger, orders)
+        intake.listeners.append(access.agent_event)
         return cls(engine=engine, ledger=ledger, ca=ca, nodes=nodes,
                    enrollment=Enrollment(nodes, ledger, ca, orders.key),
                    attestation=Attestation(nodes, ledger, orders), orders=orders,
-                   intake=Intake(nodes, ledger, orders),
+                   intake=intake,
                    operators=Operators(engine, ledger, ca),
                    secrets=SecretsStore(nodes, ledger),
-                   recovery=RecoveryStore(engine, ledger, nodes))
+                   recovery=RecoveryStore(engine, ledger, nodes), access=access)
 
 
 def open_controller(settings: Settings) -> Controller:

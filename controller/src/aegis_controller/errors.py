@@ -2,7 +2,7 @@
 
 ``api/app.py`` maps each class to one HTTP status (``NotFound`` 404, ``Forbidden`` 403,
 ``Conflict`` 409, ``Invalid`` 400, ``Unauthenticated`` 401, ``TooMany`` 429 with
-Retry-After) and the CLI to exit code 2;
+Retry-After, ``Unavailable`` 503) and the CLI to exit code 2;
 ``message`` is the text either shows.
 """
 
@@ -44,3 +44,7 @@ class TooMany(DomainError):
     def __init__(self, message: str, retry_after: float) -> None:
         super().__init__(message)
         self.retry_after = max(1, int(retry_after + 0.999))
+
+
+class Unavailable(DomainError):
+    """Something the controller depends on (the identity provider) does not answer now."""

@@ -5,8 +5,9 @@ most one per node, rule and window, however many events match."""
 from __future__ import annotations
 
 import json
+import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -20,6 +21,8 @@ from .incidents import INCIDENT_WINDOW, IncidentRule, first_per_rule, summarize
 from .ledger import Ledger
 from .nodes import NOT_LIVE, NodeStore
 from .orders import Orders
+
+log = logging.getLogger(__name__)
 
 
 def _insert_events(dialect: str) -> sa.Insert:
@@ -40,6 +43,9 @@ class Intake:
         self.ledger = ledger
         self.orders = orders
         self.window = window
+        #: told (node id, event) for each newly stored event, after it committed; just-in-
+        #: time access learns here which granted edges the agent dropped as idle
+        self.listeners: list[Callable[[str, Event], None]] = []
 
     def store(self, node_id: str, batch: EventBatch) -> EventBatchAck:
         """Store a batch idempotently: an event id already stored for this node is counted
@@ -73,6 +79,13 @@ class Intake:
         stored = len(new)
         for rule, ev in first_per_rule(new):
             self._raise_incident(node_id, rule, ev, now)
+        for ev in new:
+            for listener in list(self.listeners):
+                try:
+                    listener(node_id, ev)
+                except Exception:
+                    log.exception("event listener failed", extra={"node": node_id,
+                                                                  "kind": ev.kind})
         return EventBatchAck(stored=stored, duplicates=len(batch.events) - stored)
 
     def _raise_incident(self, node_id: str, rule: IncidentRule, ev: Event, now: int) -> None:

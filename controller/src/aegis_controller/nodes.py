@@ -58,6 +58,9 @@ class NodeStore:
         #: told a node's id after a change of it committed (state, order, ack, heartbeat);
         #: the secrets gate listens here
         self.watchers: list[Callable[[str], None]] = []
+        #: called inside the transaction that moves a node to any state but trusted, with
+        #: (recorder, node id, reason); just-in-time access revokes the node's grants here
+        self.leaving_trust: list[Callable[[Recorder, str, str], None]] = []
 
     # -- telling watchers -----------------------------------------------------------------
     def notify_after(self, rec: Recorder, node_id: str) -> None:
@@ -124,6 +127,8 @@ class NodeStore:
             from .secrets.store import request_revocation  # it imports this module
 
             request_revocation(rec.conn, node_id, f"node {t.before} -> {t.after}: {t.reason}")
+            for hook in self.leaving_trust:
+                hook(rec, node_id, f"{t.before} -> {t.after}: {t.reason}")
         self.notify_after(rec, node_id)
 
     @staticmethod

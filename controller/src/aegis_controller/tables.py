@@ -21,6 +21,8 @@ nodes = sa.Table(
     sa.Column("inventory", sa.Text()),
     sa.Column("measurement", sa.Text()),  # the last attestation's (0003)
     sa.Column("secrets_role", sa.String(63)),  # node role for leased secrets (0006)
+    sa.Column("address", sa.String(45)),  # where users reach it (0008)
+    sa.Column("labels", sa.Text()),  # JSON object, what access policies select on (0008)
 )
 
 # each set of leased secrets a node fetched and reported (0006): what revoking it needs
@@ -156,4 +158,50 @@ recovery_history = sa.Table(
     sa.Column("state", sa.String(24), nullable=False),
     sa.Column("message", sa.Text(), nullable=False),
     sa.Column("fields", sa.Text(), nullable=False),
+)
+
+
+# just-in-time access (0008): the policy in force (the newest version), users' requests and
+# the edges a granted request opened on each node
+access_policies = sa.Table(
+    "access_policies", metadata,
+    sa.Column("version", sa.Integer(), primary_key=True, autoincrement=True),
+    sa.Column("document", sa.Text(), nullable=False),
+    sa.Column("digest", sa.String(64), nullable=False),
+    sa.Column("set_at", sa.BigInteger(), nullable=False),
+    sa.Column("set_by", sa.String(255), nullable=False),
+)
+
+access_requests = sa.Table(
+    "access_requests", metadata,
+    sa.Column("request_id", sa.String(36), primary_key=True),
+    sa.Column("service", sa.String(63), nullable=False),
+    sa.Column("rule", sa.String(63), nullable=False),
+    sa.Column("policy_version", sa.Integer(), nullable=False),
+    sa.Column("terms", sa.Text(), nullable=False),
+    sa.Column("sub", sa.String(255), nullable=False),
+    sa.Column("user_name", sa.String(255), nullable=False),
+    sa.Column("groups", sa.Text(), nullable=False),
+    sa.Column("source", sa.String(45), nullable=False),
+    sa.Column("node_filter", sa.String(63)),
+    sa.Column("ttl", sa.Integer(), nullable=False),
+    sa.Column("reason", sa.Text(), nullable=False),
+    sa.Column("status", sa.String(16), nullable=False, index=True),
+    sa.Column("approvals", sa.Text(), nullable=False),
+    sa.Column("created_at", sa.BigInteger(), nullable=False),
+    sa.Column("granted_at", sa.BigInteger()),
+    sa.Column("expires_at", sa.BigInteger()),
+    sa.Column("ended_at", sa.BigInteger()),
+    sa.Column("end_reason", sa.Text()),
+)
+
+access_edges = sa.Table(
+    "access_edges", metadata,
+    sa.Column("request_id", sa.String(36), primary_key=True),
+    sa.Column("node_id", sa.String(63), primary_key=True),
+    sa.Column("edge", sa.String(200), nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("grant_order", sa.String(36), nullable=False),
+    sa.Column("revoke_order", sa.String(36)),
+    sa.Index("ix_access_edges_node_status", "node_id", "status"),
 )

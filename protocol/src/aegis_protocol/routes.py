@@ -25,3 +25,16 @@ def node_profile(node_id: str) -> str:
 
 def order_ack(order_id: object) -> str:
     return ORDER_ACK.format(order_id=order_id)
+
+
+ACCESS = "/v1/access"
+ACCESS_ONE = "/v1/access/{request_id}"
+ACCESS_APPROVE = "/v1/access/{request_id}/approve"
+ACCESS_DENY = "/v1/access/{request_id}/deny"
+ACCESS_REVOKE = "/v1/access/{request_id}/revoke"
+
+
+def access_one(request_id: object, verb: str | None = None) -> str:
+    """``/v1/access/ID`` or, with ``verb`` (approve, deny, revoke), ``/v1/access/ID/VERB``."""
+    path = ACCESS_ONE.format(request_id=request_id)
+    return f"{path}/{verb}" if verb else path

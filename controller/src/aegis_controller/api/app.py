@@ -27,6 +27,7 @@ from aegis_protocol.enrollment import (
 from aegis_protocol.events import EventBatch, EventBatchAck
 from aegis_protocol.orders import OrderKind, SignedAck, SignedOrder
 
+from ..access.identity import TokenVerifier, User
 from ..db import DatabaseBusy
 from ..domain import Controller
 from ..errors import (
@@ -37,14 +38,16 @@ from ..errors import (
     NotFound,
     TooMany,
     Unauthenticated,
+    Unavailable,
 )
 from ..metrics import ControllerMetrics, RequestTimer
+from .access_routes import add_access_routes
 from .limits import RequestLimits
 
 #: The one mapping of domain refusals to HTTP statuses.
 STATUS: dict[type[DomainError], int] = {
     Invalid: 400, Unauthenticated: 401, Forbidden: 403, NotFound: 404, Conflict: 409,
-    TooMany: 429}
+    TooMany: 429, Unavailable: 503}
 #: Seconds a client is told to wait when the database's write lock is contended (503).
 RETRY_AFTER = 2
 
@@ -66,7 +69,10 @@ def _readable(exc: RequestValidationError) -> str:
     return "; ".join(parts)
 
 
-def create_app(controller: Controller, metrics: ControllerMetrics | None = None) -> FastAPI:
+def create_app(controller: Controller, metrics: ControllerMetrics | None = None,
+               verifier: TokenVerifier | None = None) -> FastAPI:
+    """The API; ``verifier`` checks users' tokens for the access routes (None: those routes
+    answer 401 saying no identity provider is configured)."""
     metrics = metrics or ControllerMetrics(controller.engine)
 
     @contextlib.asynccontextmanager
@@ -111,6 +117,16 @@ def create_app(controller: Controller, metrics: ControllerMetrics | None = None)
         controller.operators.check(cn.removeprefix("operator:"),
                                    getattr(request.state, "peer_serial", None))
         return cn
+
+    def user_identity(request: Request) -> User:
+        if verifier is None:
+            raise Unauthenticated("this controller accepts no user tokens: start it with "
+                                  "--oidc-issuer URL --oidc-audience AUD")
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise Unauthenticated("Authorization: send the JSON Web Token from your "
+                                  "identity provider as 'Authorization: Bearer TOKEN'")
+        return verifier.verify(token.strip())
 
     Node = Annotated[str, Depends(node_identity)]
     Operator = Annotated[str, Depends(operator_identity)]
@@ -177,6 +193,8 @@ def create_app(controller: Controller, metrics: ControllerMetrics | None = None)
         """Prometheus text format (aegis_controller.metrics); an operator certificate."""
         body, content_type = metrics.exposition()
         return Response(body, media_type=content_type)
+
+    add_access_routes(app, controller, user_identity)
 
     @app.get("/healthz")
     def health() -> dict[str, str]:

@@ -54,6 +54,12 @@ POLICIES: dict[str, Policy] = {
     routes.ORDERS: Policy(16 * KiB),
     routes.ORDER_ACK: Policy(16 * KiB),
     "/metrics": Policy(0),  # an operator's certificate (aegis_controller.metrics)
+    # users of just-in-time access: a JSON Web Token as bearer, no client certificate
+    routes.ACCESS: Policy(4 * KiB, needs_certificate=False),
+    routes.ACCESS_ONE: Policy(0, needs_certificate=False),
+    routes.ACCESS_APPROVE: Policy(4 * KiB, needs_certificate=False),
+    routes.ACCESS_DENY: Policy(4 * KiB, needs_certificate=False),
+    routes.ACCESS_REVOKE: Policy(4 * KiB, needs_certificate=False),
     "/healthz": Policy(0, needs_certificate=False),
     "/openapi.json": Policy(0, needs_certificate=False),
 }

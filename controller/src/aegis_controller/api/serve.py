@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 import uvicorn
 
+from ..access.identity import OidcSettings, TokenVerifier
 from ..domain import Controller
 from ..ledger import DEFAULT_SEAL_INTERVAL, sealing
 from ..metrics import ControllerMetrics, verify_periodically
@@ -38,6 +39,18 @@ def _watch_heartbeats(controller: Controller, deadline: int) -> None:
                         extra={"node": node, "deadline_s": deadline})
 
 
+def _expire_access(controller: Controller, interval: float = 5.0) -> None:
+    """Record granted access whose time ended (the agents drop the edges themselves)."""
+    log = logging.getLogger("aegis_controller.access")
+    while True:
+        time.sleep(interval)
+        try:
+            for request_id in controller.access.expire_due():
+                log.info("access grant expired", extra={"request_id": request_id})
+        except Exception:
+            log.exception("access expiry check failed")
+
+
 def _exit_on_sigterm() -> None:
     """Make SIGTERM end the process through Python's unwinding (``finally`` blocks run),
     like SIGINT does: uvicorn stops gracefully on it and then re-raises it to the handler
@@ -54,7 +67,8 @@ def serve(controller: Controller, state_dir: Path, host: str, port: int,
           heartbeat_deadline: int = 90, limits: ConnectionLimits | None = None,
           seal_interval: float = DEFAULT_SEAL_INTERVAL,
           secrets: SecretsSettings | None = None,
-          recovery: RecoveryWiring | None = None, verify_interval: float = 0) -> None:
+          recovery: RecoveryWiring | None = None, verify_interval: float = 0,
+          oidc: OidcSettings | None = None) -> None:
     limits = limits or ConnectionLimits()
     metrics = ControllerMetrics(controller.engine)
     stop_verify = threading.Event()
@@ -73,12 +87,15 @@ def serve(controller: Controller, state_dir: Path, host: str, port: int,
 
     threading.Thread(target=_watch_heartbeats, args=(controller, heartbeat_deadline),
                      daemon=True, name="heartbeat-deadlines").start()
+    threading.Thread(target=_expire_access, args=(controller,), daemon=True,
+                     name="access-expiry").start()
+    verifier = TokenVerifier(oidc) if oidc is not None else None
 
     tls_dir = state_dir / "tls"
     tls_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     key, cert = controller.ca.server_cert(tls_dir, [host, "localhost"])
     config = uvicorn.Config(
-        create_app(controller, metrics), host=host, port=port, ssl_keyfile=str(key),
+        create_app(controller, metrics, verifier), host=host, port=port, ssl_keyfile=str(key),
         ssl_certfile=str(cert), ssl_ca_certs=str(controller.ca.cert_path),
         ssl_cert_reqs=ssl.CERT_OPTIONAL, http=guarded_protocol(limits), log_config=None,
         access_log=False, lifespan="on", limit_concurrency=limits.max_connections,

@@ -1,8 +1,8 @@
 """``aegis-controller``: the Aegis controller from the command line.
 
 Commands come in groups, one module per noun (:mod:`.ledger`, :mod:`.keys`, :mod:`.nodes`,
-:mod:`.orders`, :mod:`.serve`, :mod:`.backup`, :mod:`.recovery`; shared conventions in
-:mod:`.conventions`):
+:mod:`.orders`, :mod:`.serve`, :mod:`.backup`, :mod:`.recovery`, :mod:`.access`; shared
+conventions in :mod:`.conventions`):
 each group registers its sub-commands in one ``_register_<group>`` function and each command is one
 ``cmd_<group>_<verb>(args, settings) -> exit code`` function. Where things live is
 :class:`aegis_controller.settings.Settings`; the domain is
@@ -45,6 +45,7 @@ from ..db import DatabaseError
 from ..errors import DomainError
 from ..ledger import LedgerError
 from ..settings import DEFAULT_STATE_DIR, Settings
+from .access import _register_access
 from .backup import _register_backup
 from .conventions import EXIT_BAD_INPUT, EXIT_INTERNAL, InputError
 from .keys import _register_keys, _register_operator_cert
@@ -62,7 +63,7 @@ log = logging.getLogger("aegis_controller.cli")
 _GROUPS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
     _register_ledger, _register_keys, _register_serve, _register_incidents, _register_orders,
     _register_operator_cert, _register_operator, _register_profile, _register_token,
-    _register_nodes, _register_backup, _register_recovery)
+    _register_nodes, _register_backup, _register_recovery, _register_access)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -54,6 +54,18 @@ def cmd_node_secrets_role(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_OK
 
 
+def cmd_node_labels(args: argparse.Namespace, settings: Settings) -> int:
+    labels = {}
+    for item in args.labels:
+        key, sep, value = item.partition("=")
+        if not sep or not key or not value:
+            raise InputError(f"label {item!r}: write KEY=VALUE, e.g. role=db")
+        labels[key] = value
+    print_json(open_controller(settings).access.set_node(args.node, labels, args.address,
+                                                         default_actor()))
+    return EXIT_OK
+
+
 def cmd_node_secrets(args: argparse.Namespace, settings: Settings) -> int:
     ctl = open_controller(settings)
     deadline = time.monotonic() + (args.wait_revoked or 0)
@@ -172,6 +184,14 @@ def _register_nodes(groups: argparse._SubParsersAction) -> None:
     sp.add_argument("--clear", action="store_true",
                     help="no role: NODE gets no secrets and those it has are revoked")
     sp.set_defaults(func=cmd_node_secrets_role)
+    sp = verbs.add_parser("labels", help="set NODE's labels (replacing them; access "
+                          "policies select nodes by them) and the address users reach it at "
+                          "(recorded)")
+    sp.add_argument("node")
+    sp.add_argument("labels", nargs="*", metavar="KEY=VALUE")
+    sp.add_argument("--address", metavar="IP", help="NODE's IPv4 address (access edges end "
+                    "there)")
+    sp.set_defaults(func=cmd_node_labels)
     sp = verbs.add_parser("secrets", help="NODE's secrets role and each set of leased "
                           "secrets it fetched: accessor, leases, logins, revocation state")
     sp.add_argument("node")

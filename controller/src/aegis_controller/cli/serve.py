@@ -7,6 +7,7 @@ import os
 import sys
 from pathlib import Path
 
+from ..access.identity import MAX_LEEWAY, OidcConfigError, OidcSettings
 from ..attestation import LOST_EVENTS_THRESHOLD
 from ..domain import open_controller
 from ..recovery.engine import RecoveryWiring
@@ -28,6 +29,12 @@ def cmd_serve_run(args: argparse.Namespace, settings: Settings) -> int:
             wrap_ttl=args.secrets_wrap_ttl, verify_dsn=args.secrets_verify_dsn)
     except SecretsConfigError as err:
         raise InputError(str(err)) from None
+    try:
+        oidc = OidcSettings.resolve(args.oidc_issuer, args.oidc_audience, args.oidc_ca_file,
+                                    args.oidc_leeway, args.oidc_groups_claim,
+                                    args.oidc_jwks_refetch)
+    except OidcConfigError as err:
+        raise InputError(str(err)) from None
     recovery = None
     if args.recovery_config:
         from .recovery import recovery_steps  # ansible-runner: only with recovery on
@@ -39,7 +46,7 @@ def cmd_serve_run(args: argparse.Namespace, settings: Settings) -> int:
     controller.attestation.lost_events_threshold = args.lost_events_threshold
     serve(controller, settings.state_dir, args.host, args.port,
           args.heartbeat_deadline, limits, args.ledger_seal_interval, secrets, recovery,
-          args.ledger_verify_interval)
+          args.ledger_verify_interval, oidc)
     return EXIT_OK
 
 
@@ -80,6 +87,23 @@ def _register_serve(groups: argparse._SubParsersAction) -> None:
                     help="open connections in all; keep it well under the unit's "
                          "LimitNOFILE (default 4096)")
     add_options(sp)
+    oidc = sp.add_argument_group("just-in-time access (users' JSON Web Tokens)")
+    oidc.add_argument("--oidc-issuer", metavar="URL",
+                      help="the OIDC issuer whose tokens users send (its iss claim; keys "
+                           "from <URL>/.well-known/openid-configuration); default "
+                           "$AEGIS_OIDC_ISSUER; without it the access routes refuse")
+    oidc.add_argument("--oidc-audience", metavar="AUD",
+                      help="the aud claim tokens must carry (default $AEGIS_OIDC_AUDIENCE)")
+    oidc.add_argument("--oidc-ca-file", metavar="FILE",
+                      help="CA bundle for the issuer's https (default $AEGIS_OIDC_CA_FILE, "
+                           "else the system's)")
+    oidc.add_argument("--oidc-leeway", type=int, default=None, metavar="S",
+                      help=f"clock skew allowed, 0 to {MAX_LEEWAY} seconds (default 30)")
+    oidc.add_argument("--oidc-groups-claim", metavar="CLAIM",
+                      help="the claim listing the user's groups (default groups)")
+    oidc.add_argument("--oidc-jwks-refetch", type=positive, default=None, metavar="S",
+                      help="least seconds between two key fetches caused by an unknown key "
+                           "id (default 30)")
     sp.add_argument("--recovery-config", metavar="FILE",
                     help="run the recovery engine with these settings (YAML: guard rails, "
                          "the steps' backend: runner with the Terraform root module, "

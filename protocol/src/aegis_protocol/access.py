@@ -1,0 +1,94 @@
+"""Just-in-time access on the wire: what a user sends to ``POST /v1/access`` (with the
+user's JSON Web Token as bearer) and to the approve / deny / revoke routes, what the
+controller answers, and the one duration syntax (``90s``, ``15m``, ``1h``, ``2d`` or
+plain seconds) that the CLI, the policy file and the API share."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+_DURATION = re.compile(r"(\d{1,7})\s*([smhd]?)")
+_UNIT = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+DURATION_HELP = "a whole number with an optional unit s, m, h or d (e.g. 90s, 15m, 1h)"
+AccessStatus = Literal["pending", "granted", "denied", "revoked", "expired"]
+
+
+def parse_duration(value: str | int, what: str = "duration") -> int:
+    """Seconds from ``15m``, ``1h``, ``90`` ...; ValueError naming ``what`` otherwise."""
+    if isinstance(value, bool):
+        raise ValueError(f"{what}: {value!r} is not a duration — {DURATION_HELP}")
+    if isinstance(value, int):
+        seconds = value
+    else:
+        m = _DURATION.fullmatch(str(value).strip())
+        if m is None:
+            raise ValueError(f"{what}: {value!r} is not a duration — {DURATION_HELP}")
+        seconds = int(m.group(1)) * _UNIT[m.group(2)]
+    if seconds < 1:
+        raise ValueError(f"{what}: {value!r} must be at least 1 second")
+    return seconds
+
+
+class AccessRequest(BaseModel):
+    """A user asks for ``service`` (a name of the access policy) for ``ttl``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    service: Annotated[str, Field(min_length=1, max_length=63, pattern=r"^[A-Za-z0-9._-]+$")]
+    ttl: int | str = Field(description="seconds, or a duration such as 15m")
+    reason: Annotated[str, Field(min_length=1, max_length=500)]
+    node: Annotated[str | None, Field(max_length=63)] = Field(
+        None, description="only this node of the service's nodes")
+
+    @field_validator("ttl")
+    @classmethod
+    def _ttl(cls, value: int | str) -> int:
+        return parse_duration(value, "ttl")
+
+
+class AccessDecision(BaseModel):
+    """An approver's (or the requester's, for revoke) word on a request."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    reason: Annotated[str, Field(max_length=500)] = ""
+
+
+class Approval(BaseModel):
+    sub: str
+    name: str
+    at: int
+
+
+class AccessEdge(BaseModel):
+    node_id: str
+    edge: str
+    status: Literal["active", "revoked", "expired", "idle"]
+    grant_order: str
+    revoke_order: str | None = None
+
+
+class AccessState(BaseModel):
+    """A request as the controller holds it."""
+
+    request_id: str
+    service: str
+    rule: str
+    status: AccessStatus
+    sub: str
+    user_name: str
+    groups: list[str]
+    source: str
+    ttl: int
+    reason: str
+    approvals_needed: int
+    approvals: list[Approval]
+    created_at: int
+    granted_at: int | None = None
+    expires_at: int | None = None
+    ended_at: int | None = None
+    end_reason: str | None = None
+    edges: list[AccessEdge] = Field(default_factory=list)
