@@ -5,7 +5,7 @@ the client certificate), calls the domain and maps its errors to statuses, here 
 nowhere else."""
 
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Annotated
 
 from fastapi import Depends, FastAPI, Request
@@ -69,6 +69,39 @@ def _readable(exc: RequestValidationError) -> str:
     return "; ".join(parts)
 
 
+def _answer_errors(app: FastAPI) -> None:
+    """Refusals, a busy database and invalid bodies as JSON with one clear detail."""
+    @app.exception_handler(DomainError)
+    async def refused(_request: Request, exc: DomainError) -> JSONResponse:
+        status = next((STATUS[c] for c in type(exc).__mro__ if c in STATUS), 400)
+        headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, TooMany) else None
+        return JSONResponse({"detail": exc.message}, status_code=status, headers=headers)
+
+    @app.exception_handler(DatabaseBusy)
+    async def busy(_request: Request, _exc: DatabaseBusy) -> JSONResponse:
+        return JSONResponse({"detail": "the controller is busy (database write lock held by "
+                                       "other requests): retry after a few seconds"},
+                            status_code=503, headers={"Retry-After": str(RETRY_AFTER)})
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse({"detail": f"invalid request: {_readable(exc)}"}, status_code=422)
+
+
+def _user_identity(verifier: TokenVerifier | None) -> Callable[[Request], User]:
+    """The access routes' dependency: the user a bearer token names (its issuer's keys)."""
+    def user_identity(request: Request) -> User:
+        if verifier is None:
+            raise Unauthenticated("this controller accepts no user tokens: start it with "
+                                  "--oidc-issuer URL --oidc-audience AUD")
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise Unauthenticated("Authorization: send the JSON Web Token from your "
+                                  "identity provider as 'Authorization: Bearer TOKEN'")
+        return verifier.verify(token.strip())
+    return user_identity
+
+
 def create_app(controller: Controller, metrics: ControllerMetrics | None = None,
                verifier: TokenVerifier | None = None) -> FastAPI:
     """The API; ``verifier`` checks users' tokens for the access routes (None: those routes
@@ -85,21 +118,7 @@ def create_app(controller: Controller, metrics: ControllerMetrics | None = None,
     app.add_middleware(RequestLimits)  # certificate and body size, before any body is read
     app.add_middleware(RequestTimer, metrics=metrics)  # outermost: refusals are timed too
 
-    @app.exception_handler(DomainError)
-    async def refused(_request: Request, exc: DomainError) -> JSONResponse:
-        status = next((STATUS[c] for c in type(exc).__mro__ if c in STATUS), 400)
-        headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, TooMany) else None
-        return JSONResponse({"detail": exc.message}, status_code=status, headers=headers)
-
-    @app.exception_handler(DatabaseBusy)
-    async def busy(_request: Request, _exc: DatabaseBusy) -> JSONResponse:
-        return JSONResponse({"detail": "the controller is busy (database write lock held by "
-                                       "other requests): retry after a few seconds"},
-                            status_code=503, headers={"Retry-After": str(RETRY_AFTER)})
-
-    @app.exception_handler(RequestValidationError)
-    async def invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
-        return JSONResponse({"detail": f"invalid request: {_readable(exc)}"}, status_code=422)
+    _answer_errors(app)
 
     def node_identity(request: Request) -> str:
         cn = getattr(request.state, "peer_cn", None)
@@ -117,16 +136,6 @@ def create_app(controller: Controller, metrics: ControllerMetrics | None = None,
         controller.operators.check(cn.removeprefix("operator:"),
                                    getattr(request.state, "peer_serial", None))
         return cn
-
-    def user_identity(request: Request) -> User:
-        if verifier is None:
-            raise Unauthenticated("this controller accepts no user tokens: start it with "
-                                  "--oidc-issuer URL --oidc-audience AUD")
-        scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
-            raise Unauthenticated("Authorization: send the JSON Web Token from your "
-                                  "identity provider as 'Authorization: Bearer TOKEN'")
-        return verifier.verify(token.strip())
 
     Node = Annotated[str, Depends(node_identity)]
     Operator = Annotated[str, Depends(operator_identity)]
@@ -194,7 +203,7 @@ def create_app(controller: Controller, metrics: ControllerMetrics | None = None,
         body, content_type = metrics.exposition()
         return Response(body, media_type=content_type)
 
-    add_access_routes(app, controller, user_identity)
+    add_access_routes(app, controller, _user_identity(verifier))
 
     @app.get("/healthz")
     def health() -> dict[str, str]:
