@@ -20,7 +20,7 @@ if want harden; then
   echo "=== hardening: converge time, Lynis index and systemd exposure before/after"
   run harden "$@"
 fi
-if [ "$which" = harden-vm ]; then  # not in all: TCG emulation makes it slow (one run: about 40 min on two cores)
+if [ "$which" = harden-vm ]; then  # not in all: TCG emulation makes it slow (one run: 40-70 min on two cores)
   echo "=== hardening on a QEMU TCG VM node: Lynis before/after, kernel-global sysctls in force (slow: about 40 min)"
   run harden_vm "$@"
 fi
