@@ -20,7 +20,7 @@ description:
     (C(all), C(container) or C(vm); default C(all)) fits the node, and its optional
     C(detail) occurs in the finding's detail field (for tests such as C(SSH-7408) that
     report several settings under one id). For C(KRNL-6000), one suggestion for every kernel
-    key that differs from Lynis's profile, a waiver's C(detail) is one key: the finding is
+    key that differs from Lynis's profile, a waiver's C(detail) is one key, and the finding is
     waived only when each differing key (from the report's details) has its waiver, or
     one waiver without C(detail) covers them all.
   - The companion filter C(lynis_waiver_errors) returns what is wrong with a waiver file.
@@ -51,7 +51,7 @@ RETURN = r"""
 _value:
   description: C(hardening_index), C(warnings), C(suggestions) (the report's entries),
     C(waived) (C(id), C(kind) warning or suggestion, C(detail), C(reason)),
-    C(warnings_unwaived) and C(suggestions_unwaived), and C(sysctl_differs): each kernel
+    C(warnings_unwaived) and C(suggestions_unwaived), and C(sysctl_differs), each kernel
     key that Lynis's C(KRNL-6000) found different from its scan profile, with its C(value)
     and the C(wanted) value (alternatives separated by spaces), from the report's details.
   type: dict
