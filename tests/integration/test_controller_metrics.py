@@ -15,9 +15,8 @@ import httpx
 import pytest
 from harness_domain import quarantine
 from harness_prometheus import Samples, parse, value
-from test_attestation import _tree
 
-from aegis_agent.measure import collect, signed_report
+from aegis_agent.measure import collect
 from aegis_controller.domain import Controller, open_controller
 from aegis_controller.metrics import METRIC_NAMES
 from aegis_controller.nodes import NodeState
@@ -28,8 +27,10 @@ from aegis_protocol.attestation import ExpectedProfile
 from harness_controller import (
     Node,
     Server,
+    attest,
     enroll,
     new_node,
+    node_tree,
     operator_client,
     report_incidents_twice,
 )
@@ -150,20 +151,13 @@ def test_lost_events_over_the_threshold_make_a_node_suspect(server: Server,
     _restart(server, "--lost-events-threshold", "10")
     node = new_node(server, "l1")
     assert enroll(server, node, server.token("l1")).status_code == 200
-    root = _tree(tmp_path / "root")
+    root = node_tree(tmp_path / "root")
     expected = ExpectedProfile(golden=collect(root=root, sshd=False).golden)
-
-    def attest() -> dict:
-        with node.client(server) as c:
-            nonce = c.get("/v1/attest/challenge").json()["nonce"]
-            report = signed_report(node.identity, "l1", nonce,  # type: ignore[attr-defined]
-                                   collect(root=root, sshd=False))
-            return c.post("/v1/attest", json=report.model_dump(mode="json")).json()
 
     with operator_client(server) as op:
         assert op.put("/v1/nodes/l1/profile",
                       json=expected.model_dump(mode="json")).status_code == 204
-        assert attest()["state"] == "trusted"
+        assert attest(server, node, root)["state"] == "trusted"
         # at the threshold: still trusted (the answer says so too)
         r = _beat(server, node, exec=6, segment=4)
         assert r.status_code == 200 and r.json()["trust"] == "trusted", r.text
@@ -176,7 +170,7 @@ def test_lost_events_over_the_threshold_make_a_node_suspect(server: Server,
         assert show["reason"] == ("events lost: 11 since the previous heartbeat (exec 8, "
                                   "spool 3; threshold 10)")
         # a matching attestation does not clear it: what went unrecorded is unknown
-        assert attest()["state"] == "suspect"
+        assert attest(server, node, root)["state"] == "suspect"
         samples, _ = scrape(op)
     assert value(samples, "aegis_events_lost_reported_total", source="exec") == 14
     assert value(samples, "aegis_events_lost_reported_total", source="segment") == 4

@@ -26,7 +26,7 @@ from aegis_protocol.access import parse_duration
 
 from ..domain import open_controller
 from ..settings import Settings
-from .conventions import EXIT_OK, InputError, default_actor, print_json
+from .conventions import EXIT_OK, InputError, default_actor, print_json, read_input
 
 
 def duration(text: str) -> int:
@@ -102,10 +102,7 @@ def cmd_access_show(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_access_policy_set(args: argparse.Namespace, settings: Settings) -> int:
-    try:
-        text = Path(args.file).read_text()
-    except OSError as e:
-        raise InputError(f"{args.file}: {e.strerror}") from None
+    text = read_input(args.file)
     print_json(open_controller(settings).access.set_policy(text, default_actor()))
     return EXIT_OK
 

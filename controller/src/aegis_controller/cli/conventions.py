@@ -7,6 +7,7 @@ import argparse
 import getpass
 import json
 import os
+from pathlib import Path
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERNAL = 0, 1, 2, 3
 
@@ -53,3 +54,11 @@ def default_actor() -> str:
         return f"operator:{getpass.getuser()}"
     except (KeyError, OSError):
         return f"operator:uid{os.getuid()}"
+
+
+def read_input(path: str) -> str:
+    """A file the operator named on the command line; InputError saying why it cannot be read."""
+    try:
+        return Path(path).read_text()
+    except OSError as err:
+        raise InputError(f"{path}: cannot read it ({err.strerror or err})") from None

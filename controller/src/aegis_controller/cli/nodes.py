@@ -7,7 +7,6 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
 
 from aegis_protocol.attestation import reported_bpf
 
@@ -15,7 +14,15 @@ from ..attestation import profile_document
 from ..domain import open_controller
 from ..settings import Settings
 from ..vault_wrap import VaultError, VaultSettings, wrap_bootstrap
-from .conventions import EXIT_FAILED, EXIT_OK, InputError, default_actor, positive, print_json
+from .conventions import (
+    EXIT_FAILED,
+    EXIT_OK,
+    InputError,
+    default_actor,
+    positive,
+    print_json,
+    read_input,
+)
 
 
 def cmd_nodes_list(args: argparse.Namespace, settings: Settings) -> int:
@@ -86,10 +93,7 @@ def cmd_node_secrets(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_profile_set(args: argparse.Namespace, settings: Settings) -> int:
-    try:
-        text = Path(args.file).read_text()
-    except OSError as err:
-        raise InputError(f"{args.file}: cannot read it ({err})") from None
+    text = read_input(args.file)
     profile = profile_document(text, args.file)
     ctl = open_controller(settings)
     if args.pin_bpf:
