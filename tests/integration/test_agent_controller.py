@@ -136,6 +136,32 @@ def test_agent_enrolls_forwards_and_obeys_signed_orders(daemon: Daemon,  # noqa:
     assert "certificate_rotated" in ledger.stdout, ledger.stderr
 
 
+def test_an_order_runs_when_it_is_made_not_at_the_next_round(daemon: Daemon,  # noqa: F811
+                                                              server: Server) -> None:
+    """Rounds a minute apart: a grant made after the agent's first round opens the edge
+    within seconds, through the agent's long poll for orders (without it: at the next
+    round, a minute later)."""
+    node_id, _token = _connect(daemon, server, interval=60)
+
+    def status() -> dict:
+        return daemon.cli("status")[1]["controller"] or {}
+
+    assert _wait(lambda: status().get("error") is None and "orders" in status())
+    daemon.lab.listen("b", "192.0.2.2", 8080)
+    assert not daemon.lab.reachable(8080)
+
+    def order() -> int:
+        with operator_client(server) as op:
+            return op.post("/v1/orders", json={"node_id": node_id, "kind": "grant",
+                                               "args": {"edge": EDGE, "ttl": 600}}).status_code
+
+    assert daemon.lab.in_a.submit(order).result() == 201
+    assert _wait(lambda: daemon.lab.reachable(8080), timeout=30), \
+        daemon.log[-1].read_text()[-4000:]
+    orders = [json.loads(line) for line in server.ctl("orders").stdout.splitlines()]
+    assert [(o["kind"], o["status"]) for o in orders] == [("grant", "done")]
+
+
 def test_ten_thousand_events_once_across_kill_9_of_agent_and_controller(
         daemon: Daemon, server: Server) -> None:  # noqa: F811
     """10,000 exec events, each of its own name (a hard link per burst index), go from the

@@ -6,6 +6,9 @@ states for quarantine and release. Forged and misdirected acknowledgments are re
 from __future__ import annotations
 
 import json
+import signal
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -104,3 +107,69 @@ def test_orders_need_an_operator_and_a_live_node(server: Server) -> None:
         r = op.post("/v1/orders", json={"node_id": "d1", "kind": "release", "args": {}})
         assert r.status_code == 409 and "provisioning" in r.json()["detail"]
         assert op.post("/v1/orders", json={"node_id": "zz", "kind": "release"}).status_code == 404
+
+
+def _long_poll(server: Server, node: Node, wait: float) -> tuple[float, list]:
+    """``GET /v1/orders?wait=`` from a thread; returns (seconds it took, the orders)."""
+    with node.client(server) as c:
+        t0 = time.monotonic()
+        r = c.get("/v1/orders", params={"wait": wait}, timeout=wait + 30)
+        assert r.status_code == 200, r.text
+        return time.monotonic() - t0, r.json()
+
+
+def test_the_long_poll_answers_when_an_order_is_made(server: Server) -> None:
+    """An agent's long poll for orders is answered as soon as an order for its node is
+    made: by an operator through this server (the order's commit rings the node's bell) or
+    by the CLI in another process (found by the poll's re-read); with none it is held for
+    its wait and answered empty; an order for another node does not answer it."""
+    node, other, quiet = new_node(server, "lp1"), new_node(server, "lp2"), new_node(server, "lp4")
+    for n in (node, other, quiet):
+        assert enroll(server, n, server.token(n.node_id)).status_code == 200
+    with ThreadPoolExecutor(2) as pool:
+        took, orders = _long_poll(server, node, 2)
+        assert orders == [] and took >= 1.9  # held for its wait
+        poll = pool.submit(_long_poll, server, node, 20)
+        time.sleep(1)
+        with operator_client(server) as op:
+            r = op.post("/v1/orders", json={"node_id": "lp2", "kind": "attest", "args": {}})
+            assert r.status_code == 201, r.text
+            time.sleep(1)
+            assert not poll.done()  # another node's order
+            r = op.post("/v1/orders", json={"node_id": "lp1", "kind": "attest", "args": {}})
+            assert r.status_code == 201, r.text
+        took, orders = poll.result(timeout=30)
+        assert [o["order"]["id"] for o in orders] == [r.json()["order"]["id"]]
+        assert took < 15  # answered by the order, not by the end of its 20 s
+        # pending orders: answered at once, whatever the wait
+        took, orders = _long_poll(server, node, 20)
+        assert len(orders) == 1 and took < 15
+        # an order made by another process (the CLI writes the database itself)
+        poll = pool.submit(_long_poll, server, quiet, 20)
+        time.sleep(1)
+        out = server.ctl("order", "create", "lp4", "attest")
+        assert out.returncode == 0, out.stderr
+        took, orders = poll.result(timeout=30)
+        assert len(orders) == 1 and took < 15
+    with node.client(server) as c:
+        for bad in ("-1", "26", "soon"):
+            r = c.get("/v1/orders", params={"wait": bad})
+            assert r.status_code == 422 and "wait" in r.json()["detail"], r.text
+
+
+def test_a_stopping_server_does_not_wait_for_long_polls(server: Server) -> None:
+    """SIGTERM with a long poll held: the poll is answered (empty) and the server exits
+    long before the poll's wait would have ended (uvicorn waits for every answer)."""
+    node = new_node(server, "lp3")
+    assert enroll(server, node, server.token("lp3")).status_code == 200
+    with ThreadPoolExecutor(1) as pool:
+        poll = pool.submit(_long_poll, server, node, 25)
+        time.sleep(1)
+        assert server.proc is not None
+        t0 = time.monotonic()
+        server.proc.send_signal(signal.SIGTERM)
+        server.proc.wait(timeout=30)
+        stopped = time.monotonic() - t0
+        server.proc = None
+        took, orders = poll.result(timeout=30)
+    assert orders == [] and took < 15 and stopped < 15, (took, stopped)

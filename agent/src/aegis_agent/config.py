@@ -22,6 +22,7 @@ from pydantic import (
 )
 
 from aegis_protocol.events import EventKind, Scalar
+from aegis_protocol.routes import ORDERS_WAIT_MAX
 from aegis_protocol.secrets import MOUNT, NAME
 from aegis_protocol.urls import checked_url
 
@@ -193,6 +194,10 @@ class ControllerConfig(_Strict):
     max_backoff: Annotated[float, Field(ge=1, description="longest wait in seconds between "
                                         "attempts while the controller cannot be reached "
                                         "(the wait doubles from 1 s up to this)")] = 60.0
+    orders_wait: Annotated[float, Field(ge=0, le=ORDERS_WAIT_MAX, description=(
+        "seconds the controller holds the agent's long poll for orders: an order made for "
+        "the node (a grant, a quarantine) runs as soon as it is made instead of at the next "
+        "round; 0: orders only at each round"))] = 20.0
 
 
 # -- leased secrets (the secret sink) ------------------------------------------------------

@@ -18,6 +18,7 @@ import contextlib
 import logging
 import os
 import signal
+import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -86,6 +87,10 @@ class Agent:
         self.last_reading: dict[str, object] = {}
         self.offset_ns = time.time_ns() - time.monotonic_ns()
         self._stop = asyncio.Event()
+        #: set with _stop, for the threads that cannot await it (the long poll for orders)
+        self._halt = threading.Event()
+        #: the long poll saw pending orders: the uplink loop runs them between rounds
+        self._orders_due = asyncio.Event()
         self._exit = 0
         self._server: ControlServer | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -420,11 +425,54 @@ class Agent:
         return lost
 
     async def _uplink_loop(self) -> None:
+        """A round every ``interval`` (uplink.tick); between rounds, the orders the long
+        poll (``_poll_orders``) announces run at once."""
         assert self.uplink is not None and self.cfg.controller is not None
         while not self._stop.is_set():
             await asyncio.to_thread(self.uplink.tick)
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), self.cfg.controller.interval)
+            due = time.monotonic() + self.cfg.controller.interval
+            while not self._stop.is_set() and (left := due - time.monotonic()) > 0:
+                if await self._until(self._orders_due, left):
+                    self._orders_due.clear()
+                    await asyncio.to_thread(self.uplink.run_orders_now)
+
+    async def _until(self, event: asyncio.Event, timeout: float) -> bool:
+        """Wait for ``event``, the agent's stop or ``timeout``; True when ``event`` is set."""
+        waits = [asyncio.ensure_future(event.wait()), asyncio.ensure_future(self._stop.wait())]
+        try:
+            await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waits:
+                w.cancel()
+        return event.is_set()
+
+    def _poll_orders(self, loop: asyncio.AbstractEventLoop) -> None:
+        """The long poll for orders, on its own (daemon) thread: a stop never waits for its
+        answer. Pending orders set ``_orders_due`` for the uplink loop; a controller that
+        cannot be reached is retried with the same doubling wait as the rounds; one that
+        answers at once with nothing (it holds no long polls) is asked once per round."""
+        assert self.uplink is not None and self.cfg.controller is not None
+        cc, uplink, backoff = self.cfg.controller, self.uplink, 0.0
+        while not self._halt.is_set():
+            if not uplink.enrolled:  # the first round enrolls
+                self._halt.wait(min(cc.interval, 1.0))
+                continue
+            asked = time.monotonic()
+            try:
+                pending = uplink.wait_for_orders(cc.orders_wait)
+            except Exception as e:  # any failure (unreachable, refused): wait, ask again
+                backoff = min(cc.max_backoff, max(1.0, backoff * 2))
+                # said once per outage (the rounds report the controller link too)
+                (log.warning if backoff == 1.0 else log.debug)(
+                    "long poll for orders failed: %s; again in %.0f s", e, backoff)
+                self._halt.wait(backoff)
+                continue
+            backoff = 0.0
+            if pending:
+                loop.call_soon_threadsafe(self._orders_due.set)
+                self._halt.wait(0.05)  # the loop takes them before the next poll
+            elif time.monotonic() - asked < cc.orders_wait / 2:
+                self._halt.wait(cc.interval)
 
     def status(self) -> dict[str, object]:
         return {"version": __version__, "pid": os.getpid(), "node_id": self.cfg.node_id,
@@ -499,6 +547,9 @@ class Agent:
                  asyncio.create_task(self._every(self.cfg.watchdog.interval, self._check_self))]
         if self.uplink:
             tasks.append(asyncio.create_task(self._uplink_loop()))
+            if self.cfg.controller is not None and self.cfg.controller.orders_wait > 0:
+                threading.Thread(target=self._poll_orders, args=(loop,), daemon=True,
+                                 name="orders-long-poll").start()
         if self.cfg.metrics.textfile is not None:
             from .metrics import AgentMetrics  # prometheus_client: only when configured
 
@@ -514,6 +565,7 @@ class Agent:
                f"exec={'on' if self.execs else 'off'}, connect={'on' if self.connects else 'off'}")
         log.info("agent ready", extra={"status": self.status()})
         await self._stop.wait()
+        self._halt.set()
         notify("STOPPING=1")
         for t in tasks:
             t.cancel()

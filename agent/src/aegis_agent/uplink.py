@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import ssl
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -69,6 +70,8 @@ class Uplink:
     # increase since the last one the controller answered
     lost_events: Callable[[], dict[str, int]] | None = None
     _unwrapped: str | None = field(default=None, repr=False)
+    #: one run of orders at a time (the round's, or one the long poll announced)
+    _orders_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _inventory_sent: str | None = None  # digest of the inventory the controller holds
 
     def __post_init__(self) -> None:
@@ -268,7 +271,28 @@ class Uplink:
                 sent += len(records)
         return sent
 
+    def wait_for_orders(self, wait: float) -> int:
+        """The long poll: how many orders are pending for this node, answered by the
+        controller as soon as there is one, or after ``wait`` seconds with none."""
+        with httpx.Client(base_url=self.cfg.url, verify=self._ctx(),
+                          timeout=httpx.Timeout(30, read=wait + 15)) as c:
+            r = c.get(routes.ORDERS, params={"wait": wait})
+        r.raise_for_status()
+        return len(r.json())
+
+    def run_orders_now(self) -> None:
+        """The orders the long poll announced, between two rounds (a failure is logged;
+        the next round runs them)."""
+        try:
+            self.last["orders"] = self.run_orders()
+        except (httpx.HTTPError, OSError, UplinkError, ValueError) as e:
+            log.warning("orders announced by the controller failed: %s", e)
+
     def run_orders(self) -> list[dict]:
+        with self._orders_lock:
+            return self._run_orders()
+
+    def _run_orders(self) -> list[dict]:
         executor = OrderExecutor(self.node_id,
                                  load_public_key((self.state / "order.key").read_text().strip()),
                                  identity_key(self.state / "identity.key"),

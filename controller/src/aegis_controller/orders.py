@@ -26,6 +26,7 @@ from . import db, tables
 from .errors import Conflict, Forbidden, Invalid, NotFound
 from .ledger import Kind, Ledger, Recorder
 from .nodes import NOT_LIVE, NodeState, NodeStore
+from .order_bell import OrderBell
 from .secrets import store as secrets_store
 from .trust import TransitionRefused, transition
 
@@ -43,6 +44,8 @@ class Orders:
         self.nodes = nodes
         self.ledger = ledger
         self.signer = signer
+        #: rung for a node once an order for it committed (its agent's long poll wakes)
+        self.bell = OrderBell()
 
     @property
     def key(self) -> str:
@@ -84,6 +87,7 @@ class Orders:
             secrets_store.request_revocation(rec.conn, node_id,
                                              f"quarantine order {order.id} created")
             self.nodes.notify_after(rec, node_id)
+        rec.after_commit.append(lambda: self.bell.ring(node_id))
         return signed
 
     def pending(self, node_id: str) -> list[SignedOrder]:

@@ -16,6 +16,9 @@ ATTEST = "/v1/attest"
 HEARTBEAT = "/v1/heartbeat"
 NODE_PROFILE = "/v1/nodes/{node_id}/profile"
 ORDERS = "/v1/orders"
+#: Longest ``GET ORDERS?wait=S`` a controller holds: the agent's long poll for orders
+#: (answered at once when some are pending, else when one is made or after S seconds).
+ORDERS_WAIT_MAX = 25.0
 ORDER_ACK = "/v1/orders/{order_id}/ack"
 
 

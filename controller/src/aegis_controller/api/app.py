@@ -5,10 +5,12 @@ the client certificate), calls the domain and maps its errors to statuses, here 
 nowhere else."""
 
 import contextlib
+import time
 from collections.abc import AsyncIterator, Callable
 from typing import Annotated
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import Depends, FastAPI, Query, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
@@ -41,6 +43,7 @@ from ..errors import (
     Unavailable,
 )
 from ..metrics import ControllerMetrics, RequestTimer
+from ..order_bell import RECHECK
 from .access_routes import add_access_routes
 from .limits import RequestLimits
 
@@ -100,6 +103,33 @@ def _user_identity(verifier: TokenVerifier | None) -> Callable[[Request], User]:
                                   "identity provider as 'Authorization: Bearer TOKEN'")
         return verifier.verify(token.strip())
     return user_identity
+
+
+def _never() -> bool:
+    return False
+
+
+async def _orders_long_poll(controller: Controller, node: str, wait: float,
+                            stopping: Callable[[], bool]) -> list[SignedOrder]:
+    """The node's pending orders; none, held up to ``wait`` seconds for one: woken by the
+    node's bell (an order made in this process), re-read every ``RECHECK`` seconds (one
+    another process made), given up early when the server is stopping (checked twice a
+    second, so a shutdown never waits on a poll)."""
+    bell = controller.orders.bell
+    deadline = time.monotonic() + wait
+    since, next_read = bell.rings(node), 0.0
+    while True:
+        now = time.monotonic()
+        if now >= next_read:
+            orders = await run_in_threadpool(controller.orders.pending, node)
+            if orders:
+                return orders
+            next_read = now + RECHECK
+        left = deadline - now
+        if left <= 0 or stopping():
+            return []
+        if await bell.wait(node, since, min(left, 0.5, max(0.0, next_read - now))):
+            since, next_read = bell.rings(node), 0.0
 
 
 def create_app(controller: Controller, metrics: ControllerMetrics | None = None,
@@ -190,8 +220,12 @@ def create_app(controller: Controller, metrics: ControllerMetrics | None = None,
         return controller.orders.create(req.node_id, req.kind, req.args, operator, req.lifetime)
 
     @app.get(routes.ORDERS, response_model=list[SignedOrder])
-    def my_orders(node: Node) -> list[SignedOrder]:
-        return controller.orders.pending(node)
+    async def my_orders(request: Request, node: Node, wait: Annotated[float, Query(
+            ge=0, le=routes.ORDERS_WAIT_MAX,
+            description="seconds to hold the answer until an order is made for the node "
+                        "(0: answer at once)")] = 0) -> list[SignedOrder]:
+        return await _orders_long_poll(controller, node, wait,
+                                       getattr(request.app.state, "stopping", _never))
 
     @app.post(routes.ORDER_ACK)
     def ack_order(order_id: str, ack: SignedAck, node: Node) -> dict:

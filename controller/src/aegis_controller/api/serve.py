@@ -94,8 +94,9 @@ def serve(controller: Controller, state_dir: Path, host: str, port: int,
     tls_dir = state_dir / "tls"
     tls_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     key, cert = controller.ca.server_cert(tls_dir, [host, "localhost"])
+    app = create_app(controller, metrics, verifier)
     config = uvicorn.Config(
-        create_app(controller, metrics, verifier), host=host, port=port, ssl_keyfile=str(key),
+        app, host=host, port=port, ssl_keyfile=str(key),
         ssl_certfile=str(cert), ssl_ca_certs=str(controller.ca.cert_path),
         ssl_cert_reqs=ssl.CERT_OPTIONAL, http=guarded_protocol(limits), log_config=None,
         access_log=False, lifespan="on", limit_concurrency=limits.max_connections,
@@ -108,9 +109,13 @@ def serve(controller: Controller, state_dir: Path, host: str, port: int,
     # The ledger's head is sealed on a timer and at shutdown (an unanchored tail no older
     # than the interval).
     _exit_on_sigterm()
+    server = uvicorn.Server(config)
+    # agents' long polls for orders give up when the server stops (uvicorn waits for every
+    # answer in flight before it exits)
+    app.state.stopping = lambda: server.should_exit
     try:
         with sealing(controller.ledger, seal_interval):
-            uvicorn.Server(config).run()
+            server.run()
     finally:
         stop_verify.set()
         if engine is not None:
