@@ -12,6 +12,7 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from aegis_protocol import routes
 from aegis_protocol.attestation import Challenge, ExpectedProfile, SignedReport, Verdict
@@ -28,6 +29,9 @@ from aegis_protocol.events import EventBatch, EventBatchAck
 from aegis_protocol.orders import OrderKind, SignedAck, SignedOrder
 
 from ..access.identity import TokenVerifier, User
+from ..console import PREFIX as CONSOLE
+from ..console import add_console
+from ..console.render import error_page
 from ..db import DatabaseBusy
 from ..domain import Controller
 from ..errors import (
@@ -41,6 +45,7 @@ from ..errors import (
     Unavailable,
 )
 from ..metrics import ControllerMetrics, RequestTimer
+from ..recovery.guard import GuardRails
 from .access_routes import add_access_routes
 from .limits import RequestLimits
 
@@ -71,21 +76,31 @@ def _readable(exc: RequestValidationError) -> str:
 
 def _answer_errors(app: FastAPI) -> None:
     """Refusals, a busy database and invalid bodies as JSON with one clear detail."""
+    def refusal(request: Request, status: int, detail: str,
+                headers: dict[str, str] | None = None) -> Response:
+        if request.url.path == CONSOLE or request.url.path.startswith(CONSOLE + "/"):
+            return error_page(request, status, detail, headers)  # a page, or its JSON
+        return JSONResponse({"detail": detail}, status_code=status, headers=headers)
+
     @app.exception_handler(DomainError)
-    async def refused(_request: Request, exc: DomainError) -> JSONResponse:
+    async def refused(request: Request, exc: DomainError) -> Response:
         status = next((STATUS[c] for c in type(exc).__mro__ if c in STATUS), 400)
         headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, TooMany) else None
-        return JSONResponse({"detail": exc.message}, status_code=status, headers=headers)
+        return refusal(request, status, exc.message, headers)
 
     @app.exception_handler(DatabaseBusy)
-    async def busy(_request: Request, _exc: DatabaseBusy) -> JSONResponse:
-        return JSONResponse({"detail": "the controller is busy (database write lock held by "
-                                       "other requests): retry after a few seconds"},
-                            status_code=503, headers={"Retry-After": str(RETRY_AFTER)})
+    async def busy(request: Request, _exc: DatabaseBusy) -> Response:
+        return refusal(request, 503, "the controller is busy (database write lock held by "
+                       "other requests): retry after a few seconds",
+                       {"Retry-After": str(RETRY_AFTER)})
 
     @app.exception_handler(RequestValidationError)
-    async def invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
-        return JSONResponse({"detail": f"invalid request: {_readable(exc)}"}, status_code=422)
+    async def invalid(request: Request, exc: RequestValidationError) -> Response:
+        return refusal(request, 422, f"invalid request: {_readable(exc)}")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        return refusal(request, exc.status_code, str(exc.detail), exc.headers)
 
 
 def _user_identity(verifier: TokenVerifier | None) -> Callable[[Request], User]:
@@ -103,9 +118,11 @@ def _user_identity(verifier: TokenVerifier | None) -> Callable[[Request], User]:
 
 
 def create_app(controller: Controller, metrics: ControllerMetrics | None = None,
-               verifier: TokenVerifier | None = None) -> FastAPI:
-    """The API; ``verifier`` checks users' tokens for the access routes (None: those routes
-    answer 401 saying no identity provider is configured)."""
+               verifier: TokenVerifier | None = None,
+               rails: GuardRails | None = None) -> FastAPI:
+    """The API and the operator console; ``verifier`` checks users' tokens for the access
+    routes (None: those routes answer 401 saying no identity provider is configured);
+    ``rails`` are the recovery engine's guard rails the console shows (None: no engine)."""
     metrics = metrics or ControllerMetrics(controller.engine)
 
     @contextlib.asynccontextmanager
@@ -204,6 +221,7 @@ def create_app(controller: Controller, metrics: ControllerMetrics | None = None,
         return Response(body, media_type=content_type)
 
     add_access_routes(app, controller, _user_identity(verifier))
+    add_console(app, controller, metrics, rails)
 
     @app.get("/healthz")
     def health() -> dict[str, str]:

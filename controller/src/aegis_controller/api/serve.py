@@ -95,7 +95,9 @@ def serve(controller: Controller, state_dir: Path, host: str, port: int,
     tls_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     key, cert = controller.ca.server_cert(tls_dir, [host, "localhost"])
     config = uvicorn.Config(
-        create_app(controller, metrics, verifier), host=host, port=port, ssl_keyfile=str(key),
+        create_app(controller, metrics, verifier,
+                   recovery.settings.guard_rails if recovery is not None else None),
+        host=host, port=port, ssl_keyfile=str(key),
         ssl_certfile=str(cert), ssl_ca_certs=str(controller.ca.cert_path),
         ssl_cert_reqs=ssl.CERT_OPTIONAL, http=guarded_protocol(limits), log_config=None,
         access_log=False, lifespan="on", limit_concurrency=limits.max_connections,

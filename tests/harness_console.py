@@ -1,0 +1,93 @@
+"""A populated controller for the console's tests and benchmark: nodes in each trust state
+with reasons, events and incidents, a recovery job held for approval, an access request
+pending an approver. Written through the controller's own domain on the server's database
+(the records are the ones the API and the engine would write)."""
+
+from __future__ import annotations
+
+import itertools
+import uuid
+
+from harness_domain import enroll_trusted, quarantine
+
+from aegis_controller import db, tables
+from aegis_controller.access.identity import User
+from aegis_controller.domain import Controller, open_controller
+from aegis_controller.nodes import NodeState
+from aegis_controller.recovery.states import JobState
+from aegis_controller.settings import Settings
+from aegis_controller.trust import transition
+from aegis_protocol.access import AccessRequest
+from aegis_protocol.events import Event, EventBatch
+from harness_controller import Server
+
+SUSPECT_REASON = "attestation differs from the expected profile: /usr/bin/sshd changed"
+POLICY = """
+roles:
+  developer: [dev]
+  security: [sec]
+services:
+  db:
+    nodes: {role: db}
+    port: tcp/5432
+rules:
+  - name: developers-db
+    service: db
+    roles: [developer]
+    max_ttl: 1h
+    approvers: [security]
+    approvals: 1
+"""
+#: The requester, as the domain receives a user once its token is verified (a stand-in
+#: for an OIDC login: the console's tests are about the operator's side).
+DANA = User(sub="dana-sub", name="dana", groups=("dev",))
+
+
+def domain(server: Server) -> Controller:
+    return open_controller(Settings.resolve(server.state, server.db,
+                                            server.state / "ledger.anchor.json"))
+
+
+def populate(ctl: Controller) -> dict[str, str]:
+    """web1 trusted (the access target), web2 suspect with a reason, web3 quarantined with
+    an incident and a recovery job held for approval, one pending access request. Returns
+    their ids."""
+    for node_id in ("web1", "web2", "web3"):
+        enroll_trusted(ctl, node_id)
+    ctl.nodes.move("web2", transition(NodeState.TRUSTED, NodeState.SUSPECT, SUSPECT_REASON),
+                   "test")
+    events = [Event(ts_ns=1, kind="exec_denied", severity="warning",
+                    data={"filename": "/usr/bin/nc", "pid": 4242, "uid": 0})]
+    ctl.intake.store("web3", EventBatch(node_id="web3", events=events))
+    quarantine(ctl, "web3")
+    job = ctl.recovery.create("web3", actor="test")
+    ctl.recovery.move(job["job_id"], JobState.AWAITING_APPROVAL,
+                      "held: more than 2 nodes quarantined within 10 min", actor="test")
+    ctl.access.set_node("web1", {"role": "db"}, "10.77.0.5", actor="test")
+    ctl.access.set_policy(POLICY, actor="test")
+    state = ctl.access.request(DANA, AccessRequest(service="db", ttl="30m",
+                                                   reason="debug a slow query"), "10.77.0.9")
+    return {"job": job["job_id"], "request": state.request_id}
+
+
+def bulk(ctl: Controller, nodes: int, events: int) -> None:
+    """``nodes`` more nodes (row writes, as enrollment leaves them) and ``events`` events
+    spread over them, for the benchmark."""
+    states = itertools.cycle([s.value for s in NodeState])
+    with db.transaction(ctl.engine) as conn:
+        conn.execute(tables.nodes.insert(), [
+            {"node_id": f"bulk{i:04d}", "state": next(states), "reason": f"bench node {i}",
+             "enrolled_at": 1, "heartbeat_at": 1, "last_seen": 1} for i in range(nodes)])
+    per = max(1, events // nodes)
+    rows = []
+    for i in range(events):
+        rows.append({"node_id": f"bulk{(i // per) % nodes:04d}", "event_id": str(uuid.uuid4()),
+                     "ts_ns": i, "kind": "exec", "severity": "info",
+                     "data": '{"filename": "/usr/bin/true"}', "received_at": 1})
+        if len(rows) == 5000:
+            with db.transaction(ctl.engine) as conn:
+                conn.execute(tables.events.insert(), rows)
+            rows = []
+    if rows:
+        with db.transaction(ctl.engine) as conn:
+            conn.execute(tables.events.insert(), rows)

@@ -1,0 +1,108 @@
+"""The operator console on a real `aegis-controller serve` with a populated database:
+every page answers HTML and, for ``Accept: application/json``, the same data as JSON; a
+node's certificate gets a 403 page, no certificate a 401 page; a read-only operator sees
+no buttons and its posts are refused; a forged post (no CSRF token) is a 403 page;
+unknown node, bad filters and oversized query strings are 4xx pages naming the problem,
+never a traceback."""
+
+from __future__ import annotations
+
+import html
+
+import httpx
+import pytest
+from harness_console import SUSPECT_REASON, domain, populate
+
+from harness_controller import Server, operator_client, report_incidents_twice
+
+pytestmark = pytest.mark.integration
+JSON = {"accept": "application/json"}
+PAGES = ("fleet", "nodes/web2", "incidents", "recovery", "access", "ledger")
+
+
+def _csrf(op: httpx.Client, page: str) -> str:
+    html = op.get(f"/console/{page}").text
+    return html.split('name="csrf" value="', 1)[1].split('"', 1)[0]
+
+
+def test_console_pages_rights_and_bad_input(server: Server) -> None:
+    ids = populate(domain(server))
+    node = report_incidents_twice(server, "web4")
+    out = server.ctl("operator-cert", "carol", "--approve", "--group", "sec",
+                     "--out", str(server.state / "ops"))
+    assert out.returncode == 0, out.stderr
+    with operator_client(server, "rita") as ro:  # read-only (no --approve)
+        for page in PAGES:
+            r = ro.get(f"/console/{page}")
+            assert r.status_code == 200, (page, r.text)
+            assert r.headers["content-type"].startswith("text/html")
+            twin = ro.get(f"/console/{page}", headers=JSON)
+            assert twin.status_code == 200 and twin.headers["content-type"] == \
+                "application/json"
+        fleet = ro.get("/console/fleet", headers=JSON).json()
+        states = {n["node_id"]: n["state"] for n in fleet["nodes"]}
+        assert states == {"web1": "trusted", "web2": "suspect", "web3": "quarantined",
+                          "web4": "enrolled"}  # its quarantine order is not acked yet
+        assert fleet["counts"]["quarantined"] == 1 and fleet["counts"]["trusted"] == 1
+        assert ro.get("/console/fleet?state=suspect", headers=JSON).json()["shown"] == 1
+        desc = ro.get("/console/fleet?sort=node_id&order=desc", headers=JSON).json()
+        assert [n["node_id"] for n in desc["nodes"]] == ["web4", "web3", "web2", "web1"]
+        assert ro.get("/console/nodes/web2", headers=JSON).json()["node"]["reason"] == \
+            SUSPECT_REASON
+        assert SUSPECT_REASON in ro.get("/console/nodes/web2").text
+        web4 = ro.get("/console/nodes/web4", headers=JSON).json()
+        assert {i["rule"] for i in web4["incidents"]} == {"denied-exec",
+                                                          "agent-quarantined-node"}
+        timeline = ro.get("/console/incidents", headers=JSON).json()["incidents"]
+        assert [s["stage"] for s in timeline[0]["stages"]] == [
+            "detection", "containment", "forensics", "replacement", "trusted"]
+        # read-only: no buttons, and a post with a good token is still refused
+        assert "Approve" not in ro.get("/console/access").text
+        token = _csrf(ro, "ledger")
+        r = ro.post(f"/console/access/{ids['request']}/approve", data={"csrf": token})
+        assert r.status_code == 403 and "read-only" in r.text, r.text
+        r = ro.post(f"/console/recovery/{ids['job']}/approve", data={"csrf": token})
+        assert r.status_code == 403 and "--approve" in r.text
+        # bad input: pages that say what was wrong, never a traceback
+        for url, status, words in [
+                ("/console/nodes/nope", 404, "no node 'nope'"),
+                ("/console/fleet?state=bogus", 400, "state='bogus' is not one of"),
+                ("/console/fleet?sort=evil", 400, "sort='evil'"),
+                ("/console/fleet?colour=red", 400, "unknown filter 'colour'"),
+                ("/console/fleet?q=%3Cscript%3E", 400, "give up to 63"),
+                ("/console/fleet?q=" + "a" * 2000, 400, "at most 1024")]:
+            r = ro.get(url)
+            assert r.status_code == status, (url, r.status_code, r.text)
+            assert words in html.unescape(r.text) and "Traceback" not in r.text
+            assert r.headers["content-type"].startswith("text/html")
+        assert ro.get("/console/nodes/nope", headers=JSON).json()["detail"].startswith(
+            "no node 'nope'")
+        # ledger verify is open to any operator (it changes nothing), with the token
+        r = ro.post("/console/ledger/verify", data={"csrf": token}, headers=JSON)
+        assert r.status_code == 200 and r.json()["verify"]["ok"] is True, r.text
+
+    ctx = server.ca
+    ctx.load_cert_chain(server.state / "ops/operator-carol.pem",
+                        server.state / "ops/operator-carol.key")
+    with httpx.Client(base_url=server.url, verify=ctx, timeout=30) as op:
+        assert "Approve" in op.get("/console/access").text
+        # forged: no token, or another operator's page's token
+        r = op.post(f"/console/access/{ids['request']}/approve", data={})
+        assert r.status_code == 403 and "CSRF" in r.text
+        r = op.post(f"/console/access/{ids['request']}/approve", data={"csrf": token})
+        assert r.status_code == 403 and "CSRF" in r.text
+        assert op.get("/console/access", headers=JSON).json()["pending"]
+        mine = _csrf(op, "access")
+        r = op.post(f"/console/access/{ids['request']}/approve", data={"csrf": mine},
+                    headers=JSON)
+        assert r.status_code == 200 and r.json()["status"] == "granted", r.text
+        r = op.post(f"/console/recovery/{ids['job']}/approve", data={"csrf": mine})
+        assert r.status_code == 303  # back to the page
+        jobs = op.get("/console/recovery", headers=JSON).json()["jobs"]
+        assert [j["state"] for j in jobs if j["job_id"] == ids["job"]] == ["queued"]
+
+    with node.client(server) as c:  # a node's certificate: authenticated, not an operator
+        r = c.get("/console/fleet")
+        assert r.status_code == 403 and "belongs to a node" in r.text
+    with httpx.Client(base_url=server.url, verify=server.ca, timeout=30) as anon:
+        assert anon.get("/console/fleet").status_code == 401
