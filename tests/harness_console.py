@@ -5,12 +5,8 @@ pending an approver. Written through the controller's own domain on the server's
 
 from __future__ import annotations
 
-import itertools
-import uuid
-
 from harness_domain import enroll_trusted, quarantine
 
-from aegis_controller import db, tables
 from aegis_controller.access.identity import User
 from aegis_controller.domain import Controller, open_controller
 from aegis_controller.nodes import NodeState
@@ -69,25 +65,3 @@ def populate(ctl: Controller) -> dict[str, str]:
                                                    reason="debug a slow query"), "10.77.0.9")
     return {"job": job["job_id"], "request": state.request_id}
 
-
-def bulk(ctl: Controller, nodes: int, events: int) -> None:
-    """``nodes`` more nodes (row writes, as enrollment leaves them) and ``events`` events
-    spread over them, for the benchmark."""
-    states = itertools.cycle([s.value for s in NodeState])
-    with db.transaction(ctl.engine) as conn:
-        conn.execute(tables.nodes.insert(), [
-            {"node_id": f"bulk{i:04d}", "state": next(states), "reason": f"bench node {i}",
-             "enrolled_at": 1, "heartbeat_at": 1, "last_seen": 1} for i in range(nodes)])
-    per = max(1, events // nodes)
-    rows = []
-    for i in range(events):
-        rows.append({"node_id": f"bulk{(i // per) % nodes:04d}", "event_id": str(uuid.uuid4()),
-                     "ts_ns": i, "kind": "exec", "severity": "info",
-                     "data": '{"filename": "/usr/bin/true"}', "received_at": 1})
-        if len(rows) == 5000:
-            with db.transaction(ctl.engine) as conn:
-                conn.execute(tables.events.insert(), rows)
-            rows = []
-    if rows:
-        with db.transaction(ctl.engine) as conn:
-            conn.execute(tables.events.insert(), rows)
