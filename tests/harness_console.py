@@ -1,4 +1,4 @@
-"""A populated controller for the console's tests and benchmark: nodes in each trust state
+"""A populated controller for the console's tests: nodes in each trust state
 with reasons, events and incidents, a recovery job held for approval, an access request
 pending an approver. Written through the controller's own domain on the server's database
 (the records are the ones the API and the engine would write)."""

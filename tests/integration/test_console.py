@@ -36,6 +36,9 @@ def test_console_pages_rights_and_bad_input(server: Server) -> None:
             r = ro.get(f"/console/{page}")
             assert r.status_code == 200, (page, r.text)
             assert r.headers["content-type"].startswith("text/html")
+            # no scripts, no framing: a button cannot be clicked through another page
+            assert "frame-ancestors 'none'" in r.headers["content-security-policy"]
+            assert "script-src" not in r.headers["content-security-policy"]
             twin = ro.get(f"/console/{page}", headers=JSON)
             assert twin.status_code == 200 and twin.headers["content-type"] == \
                 "application/json"

@@ -44,6 +44,15 @@ def _span(seconds: float | None) -> str:
 _env.filters.update(when=_when, ago=_ago, span=_span)
 
 
+#: Every console answer: no scripts at all, no framing (a button cannot be clicked through
+#: another site's page), forms post only here, nothing cached or sent as a referrer.
+HEADERS = {"Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; "
+                                      "img-src 'self'; form-action 'self'; "
+                                      "frame-ancestors 'none'; base-uri 'none'",
+           "X-Frame-Options": "DENY", "Referrer-Policy": "no-referrer",
+           "Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"}
+
+
 def wants_json(request: Request) -> bool:
     return "application/json" in request.headers.get("accept", "")
 
@@ -53,9 +62,9 @@ def answer(request: Request, template: str, data: dict[str, Any], *,
     """``data`` as JSON, or rendered by ``template`` (with ``extra``: the page's own
     things, such as the CSRF token, never in the JSON)."""
     if wants_json(request):
-        return JSONResponse(data, status_code=status)
+        return JSONResponse(data, status_code=status, headers=HEADERS)
     html = _env.get_template(template).render(**data, **(extra or {}))
-    return HTMLResponse(html, status_code=status)
+    return HTMLResponse(html, status_code=status, headers=HEADERS)
 
 
 TITLES = {400: "Bad request", 401: "Certificate needed", 403: "Not allowed",
@@ -65,6 +74,7 @@ TITLES = {400: "Bad request", 401: "Certificate needed", 403: "Not allowed",
 
 def error_page(request: Request, status: int, detail: str,
                headers: dict[str, str] | None = None) -> Response:
+    headers = {**HEADERS, **(headers or {})}
     if wants_json(request):
         return JSONResponse({"detail": detail}, status_code=status, headers=headers)
     html = _env.get_template("error.html").render(
