@@ -2,12 +2,12 @@
 ``Accept: application/json``, the same data as JSON; forms post back with the CSRF token
 and redirect to their page (303) or answer JSON."""
 
-from __future__ import annotations
-
-from typing import Any
+# no ``from __future__ import annotations``: FastAPI reads the routes' annotations, and
+# Operator is local to add_console
+from typing import Annotated, Any
 from urllib.parse import parse_qs
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 
 from .. import db
@@ -42,6 +42,11 @@ def add_console(app: FastAPI, controller: Controller, metrics: ControllerMetrics
                 rails: GuardRails | None = None) -> None:
     auth = ConsoleAuth(controller)
 
+    def console_identity(request: Request) -> ConsoleUser:
+        return auth.identify(request)
+
+    Operator = Annotated[ConsoleUser, Depends(console_identity)]
+
     def page(request: Request, user: ConsoleUser, template: str, data: dict[str, Any],
              title: str) -> Response:
         return answer(request, template, data, extra={
@@ -55,12 +60,11 @@ def add_console(app: FastAPI, controller: Controller, metrics: ControllerMetrics
         with db.errors(controller.engine), db.reader(controller.engine) as conn:
             return fn(conn, *args)
 
-    async def posted(request: Request, what: str) -> tuple[ConsoleUser, dict[str, str]]:
-        user = auth.identify(request)
+    async def posted(request: Request, user: ConsoleUser, what: str) -> dict[str, str]:
         form = await _form(request)
         auth.check_token(user, form.get("csrf") or request.headers.get("x-csrf-token"))
         auth.require_approve(user, what)
-        return user, form
+        return form
 
     def done(request: Request, where: str, result: Any) -> Response:
         if wants_json(request):
@@ -69,74 +73,68 @@ def add_console(app: FastAPI, controller: Controller, metrics: ControllerMetrics
 
     @app.get(PREFIX, include_in_schema=False)
     @app.get(PREFIX + "/", include_in_schema=False)
-    def home(request: Request) -> Response:
-        auth.identify(request)
+    def home(_user: Operator) -> Response:
         return RedirectResponse(f"{PREFIX}/fleet", status_code=303)
 
     @app.get(PREFIX + "/fleet", include_in_schema=False)
-    def fleet_page(request: Request) -> Response:
-        user = auth.identify(request)
+    def fleet_page(request: Request, user: Operator) -> Response:
         f = query(request, {"state": tuple(s.value for s in NodeState), "sort": fleet.SORTS,
                             "order": ("asc", "desc"), "q": ()})
         return page(request, user, "fleet.html", read(fleet.fleet, f["state"], f["sort"],
                                                       f["order"], f["q"]), "Fleet")
 
     @app.get(PREFIX + "/nodes/{node_id}", include_in_schema=False)
-    def node_page(node_id: str, request: Request) -> Response:
-        user = auth.identify(request)
+    def node_page(node_id: str, request: Request, user: Operator) -> Response:
         query(request, {})
         return page(request, user, "node.html", read(node.node, node_id[:200]),
                     f"Node {node_id[:63]}")
 
     @app.get(PREFIX + "/incidents", include_in_schema=False)
-    def incidents_page(request: Request) -> Response:
-        user = auth.identify(request)
+    def incidents_page(request: Request, user: Operator) -> Response:
         query(request, {})
         return page(request, user, "incidents.html", read(incidents.timeline), "Incidents")
 
     @app.get(PREFIX + "/recovery", include_in_schema=False)
-    def recovery_page(request: Request) -> Response:
-        user = auth.identify(request)
+    def recovery_page(request: Request, user: Operator) -> Response:
         query(request, {})
         return page(request, user, "recovery.html", read(recovery.jobs, rails),
                     "Recovery jobs")
 
     @app.post(PREFIX + "/recovery/{job_id}/approve", include_in_schema=False)
-    async def recovery_approve(job_id: str, request: Request) -> Response:
-        user, _ = await posted(request, "approve recovery jobs")
+    async def recovery_approve(job_id: str, request: Request, user: Operator) -> Response:
+        await posted(request, user, "approve recovery jobs")
         return done(request, "recovery", controller.recovery.approve(job_id, user.actor))
 
     @app.post(PREFIX + "/recovery/{job_id}/reject", include_in_schema=False)
-    async def recovery_reject(job_id: str, request: Request) -> Response:
-        user, form = await posted(request, "reject recovery jobs")
+    async def recovery_reject(job_id: str, request: Request, user: Operator) -> Response:
+        form = await posted(request, user, "reject recovery jobs")
         return done(request, "recovery", controller.recovery.reject(
             job_id, user.actor, form.get("reason", "")))
 
     @app.get(PREFIX + "/access", include_in_schema=False)
-    def access_page(request: Request) -> Response:
-        user = auth.identify(request)
+    def access_page(request: Request, user: Operator) -> Response:
         query(request, {})
         return page(request, user, "access.html", access.access(controller), "Access")
 
     @app.post(PREFIX + "/access/{request_id}/{verb}", include_in_schema=False)
-    async def access_decide(request_id: str, verb: str, request: Request) -> Response:
+    async def access_decide(request_id: str, verb: str, request: Request,
+                            user: Operator) -> Response:
         if verb not in ("approve", "deny"):
             raise Invalid(f"/access/ID/{verb[:20]}: give approve or deny")
-        user, form = await posted(request, f"{verb} access requests")
+        form = await posted(request, user, f"{verb} access requests")
         act = controller.access.approve if verb == "approve" else controller.access.deny
         state = act(user.as_user(), request_id, form.get("reason", "")[:500])
         return done(request, "access", state.model_dump(mode="json"))
 
     @app.get(PREFIX + "/ledger", include_in_schema=False)
-    def ledger_page(request: Request) -> Response:
-        user = auth.identify(request)
+    def ledger_page(request: Request, user: Operator) -> Response:
         query(request, {})
         return page(request, user, "ledger.html", {**read(ledger.ledger), "verify": None},
                     "Ledger")
 
     @app.post(PREFIX + "/ledger/verify", include_in_schema=False)
-    async def ledger_verify(request: Request) -> Response:
-        user = auth.identify(request)  # any operator may verify: it changes nothing
+    async def ledger_verify(request: Request, user: Operator) -> Response:
+        # any operator may verify: it changes nothing
         auth.check_token(user, (await _form(request)).get("csrf")
                          or request.headers.get("x-csrf-token"))
         result = metrics.verify_result(controller.ledger)
