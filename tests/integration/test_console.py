@@ -80,6 +80,9 @@ def test_console_pages_rights_and_bad_input(server: Server) -> None:
             assert r.headers["content-type"].startswith("text/html")
         assert ro.get("/console/nodes/nope", headers=JSON).json()["detail"].startswith(
             "no node 'nope'")
+        # past what the HTTP parser reads at all (16 KiB head): refused before any route
+        r = ro.get("/console/fleet?q=" + "a" * 20000)
+        assert 400 <= r.status_code < 500 and "Traceback" not in r.text, r.status_code
         # ledger verify is open to any operator (it changes nothing), with the token
         r = ro.post("/console/ledger/verify", data={"csrf": token}, headers=JSON)
         assert r.status_code == 200 and r.json()["verify"]["ok"] is True, r.text
@@ -99,6 +102,11 @@ def test_console_pages_rights_and_bad_input(server: Server) -> None:
         r = op.post(f"/console/access/{ids['request']}/approve", data={"csrf": mine},
                     headers=JSON)
         assert r.status_code == 200 and r.json()["status"] == "granted", r.text
+        r = op.post(f"/console/recovery/{ids['job']}/reject", data={"csrf": mine})
+        assert r.status_code == 400 and "give a --reason" in r.text  # the store's words
+        r = op.post(f"/console/recovery/{ids['job']}/reject",
+                    data={"csrf": mine, "reason": "x" * 5000})
+        assert r.status_code == 413
         r = op.post(f"/console/recovery/{ids['job']}/approve", data={"csrf": mine})
         assert r.status_code == 303  # back to the page
         jobs = op.get("/console/recovery", headers=JSON).json()["jobs"]

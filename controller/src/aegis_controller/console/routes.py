@@ -4,15 +4,17 @@ and redirect to their page (303) or answer JSON."""
 
 # no ``from __future__ import annotations``: FastAPI reads the routes' annotations, and
 # Operator is local to add_console
+import threading
 from typing import Annotated, Any
 from urllib.parse import parse_qs
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, RedirectResponse, Response
+from starlette.concurrency import run_in_threadpool
 
 from .. import db
 from ..domain import Controller
-from ..errors import Invalid
+from ..errors import Conflict, Invalid
 from ..metrics import ControllerMetrics
 from ..nodes import NodeState
 from ..recovery.guard import GuardRails
@@ -103,13 +105,14 @@ def add_console(app: FastAPI, controller: Controller, metrics: ControllerMetrics
     @app.post(PREFIX + "/recovery/{job_id}/approve", include_in_schema=False)
     async def recovery_approve(job_id: str, request: Request, user: Operator) -> Response:
         await posted(request, user, "approve recovery jobs")
-        return done(request, "recovery", controller.recovery.approve(job_id, user.actor))
+        return done(request, "recovery", await run_in_threadpool(
+            controller.recovery.approve, job_id, user.actor))
 
     @app.post(PREFIX + "/recovery/{job_id}/reject", include_in_schema=False)
     async def recovery_reject(job_id: str, request: Request, user: Operator) -> Response:
         form = await posted(request, user, "reject recovery jobs")
-        return done(request, "recovery", controller.recovery.reject(
-            job_id, user.actor, form.get("reason", "")))
+        return done(request, "recovery", await run_in_threadpool(
+            controller.recovery.reject, job_id, user.actor, form.get("reason", "")))
 
     @app.get(PREFIX + "/access", include_in_schema=False)
     def access_page(request: Request, user: Operator) -> Response:
@@ -123,7 +126,8 @@ def add_console(app: FastAPI, controller: Controller, metrics: ControllerMetrics
             raise Invalid(f"/access/ID/{verb[:20]}: give approve or deny")
         form = await posted(request, user, f"{verb} access requests")
         act = controller.access.approve if verb == "approve" else controller.access.deny
-        state = act(user.as_user(), request_id, form.get("reason", "")[:500])
+        state = await run_in_threadpool(act, user.as_user(), request_id,
+                                        form.get("reason", "")[:500])
         return done(request, "access", state.model_dump(mode="json"))
 
     @app.get(PREFIX + "/ledger", include_in_schema=False)
@@ -137,7 +141,18 @@ def add_console(app: FastAPI, controller: Controller, metrics: ControllerMetrics
         # any operator may verify: it changes nothing
         auth.check_token(user, (await _form(request)).get("csrf")
                          or request.headers.get("x-csrf-token"))
-        result = metrics.verify_result(controller.ledger)
+        return await run_in_threadpool(verify, request, user)
+
+    verifying = threading.Lock()  # one console verification at a time: it takes every CPU
+
+    def verify(request: Request, user: ConsoleUser) -> Response:
+        if not verifying.acquire(blocking=False):
+            raise Conflict("a ledger verification started from the console is running: "
+                           "wait for it to end and verify again")
+        try:
+            result = metrics.verify_result(controller.ledger)
+        finally:
+            verifying.release()
         data = {**read(ledger.ledger), "verify": result.to_dict(),
                 "first_bad": read(ledger.first_bad, result.first_bad_seq)}
         return page(request, user, "ledger.html", data, "Ledger")
