@@ -47,6 +47,7 @@ PAGES = {"fleet": ("/console/fleet", "/console/fleet"),
          "incidents": ("/console/incidents", "/console/incidents"),
          "recovery": ("/console/recovery", "/console/recovery"),
          "access": ("/console/access", "/console/access"),
+         "policies": ("/console/policies", "/console/policies"),
          "ledger": ("/console/ledger", "/console/ledger")}
 
 

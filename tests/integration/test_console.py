@@ -17,7 +17,7 @@ from harness_controller import Server, operator_client, report_incidents_twice
 
 pytestmark = pytest.mark.integration
 JSON = {"accept": "application/json"}
-PAGES = ("fleet", "nodes/web2", "incidents", "recovery", "access", "ledger")
+PAGES = ("fleet", "nodes/web2", "incidents", "recovery", "access", "policies", "ledger")
 
 
 def _csrf(op: httpx.Client, page: str) -> str:
@@ -59,6 +59,9 @@ def test_console_pages_rights_and_bad_input(server: Server) -> None:
         timeline = ro.get("/console/incidents", headers=JSON).json()["incidents"]
         assert [s["stage"] for s in timeline[0]["stages"]] == [
             "detection", "containment", "forensics", "replacement", "trusted"]
+        rules = ro.get("/console/policies", headers=JSON).json()["policy"]["rules"]
+        assert [(r["name"], r["approvers"]) for r in rules] == [("developers-db", ["security"])]
+        assert "<svg" in ro.get("/console/policies").text
         # read-only: no buttons, and a post with a good token is still refused
         assert "Approve" not in ro.get("/console/access").text
         token = _csrf(ro, "ledger")

@@ -119,6 +119,10 @@ def test_console_in_chromium(console_server: Server, tmp_path: Path,
             assert job.locator(".job-state").inner_text() == "queued"
             _shot(page, shots, "recovery-approved")
 
+            page.goto(f"{server.url}/console/policies")
+            assert page.locator("#flow line").count() == 1  # developer -> db
+            _shot(page, shots, "policies")
+
             page.goto(f"{server.url}/console/ledger")
             page.click("#verify")
             assert "Intact" in page.locator("#result").inner_text()

@@ -98,6 +98,12 @@ def _answer_errors(app: FastAPI) -> None:
     async def invalid(request: Request, exc: RequestValidationError) -> Response:
         return refusal(request, 422, f"invalid request: {_readable(exc)}")
 
+    @app.exception_handler(Exception)
+    async def failed(request: Request, _exc: Exception) -> Response:
+        """A bug: a clear 500 (the traceback goes to the log, never to the client)."""
+        return refusal(request, 500, "the controller failed on this request; its log has "
+                       "the details")
+
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
         return refusal(request, exc.status_code, str(exc.detail), exc.headers)

@@ -72,6 +72,7 @@ POLICIES: dict[str, Policy] = {
     "/console/recovery/{job_id}/reject": Policy(4 * KiB),
     "/console/access": Policy(0),
     "/console/access/{request_id}/{verb}": Policy(4 * KiB),
+    "/console/policies": Policy(0),
     "/console/ledger": Policy(0),
     "/console/ledger/verify": Policy(4 * KiB),
     "/healthz": Policy(0, needs_certificate=False),

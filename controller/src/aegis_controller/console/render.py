@@ -69,7 +69,7 @@ def answer(request: Request, template: str, data: dict[str, Any], *,
 
 TITLES = {400: "Bad request", 401: "Certificate needed", 403: "Not allowed",
           404: "Not found", 409: "Conflict", 422: "Bad request", 429: "Slow down",
-          503: "Busy"}
+          500: "Controller error", 503: "Busy"}
 
 
 def error_page(request: Request, status: int, detail: str,

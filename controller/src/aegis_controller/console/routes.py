@@ -18,7 +18,7 @@ from ..errors import Conflict, Invalid
 from ..metrics import ControllerMetrics
 from ..nodes import NodeState
 from ..recovery.guard import GuardRails
-from . import access, filters, fleet, incidents, ledger, node, recovery
+from . import access, filters, fleet, incidents, ledger, node, policies, recovery
 from .auth import ConsoleAuth, ConsoleUser
 from .render import answer, wants_json
 
@@ -26,7 +26,7 @@ PREFIX = "/console"
 #: The largest form body the console reads (a reason and the token).
 MAX_FORM = 4096
 PAGES = (("fleet", "Fleet"), ("incidents", "Incidents"), ("recovery", "Recovery jobs"),
-         ("access", "Access"), ("ledger", "Ledger"))
+         ("access", "Access"), ("policies", "Policies"), ("ledger", "Ledger"))
 
 
 async def _form(request: Request) -> dict[str, str]:
@@ -129,6 +129,11 @@ def add_console(app: FastAPI, controller: Controller, metrics: ControllerMetrics
         state = await run_in_threadpool(act, user.as_user(), request_id,
                                         form.get("reason", "")[:500])
         return done(request, "access", state.model_dump(mode="json"))
+
+    @app.get(PREFIX + "/policies", include_in_schema=False)
+    def policies_page(request: Request, user: Operator) -> Response:
+        query(request, {})
+        return page(request, user, "policies.html", policies.policies(controller), "Policies")
 
     @app.get(PREFIX + "/ledger", include_in_schema=False)
     def ledger_page(request: Request, user: Operator) -> Response:
