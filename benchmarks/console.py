@@ -143,7 +143,7 @@ def run(nodes: int, events: int, rounds: int) -> tuple[dict[str, float], dict[st
                         raise SystemExit(f"{path}: {r.status_code} {r.text[:300]}")
                 client[label] = times
                 server[label] = _mean(before, _totals(c.get("/metrics").text), (route, "GET"))
-            token = c.get("/console/ledger").text.split('name="csrf" value="', 1)[1][:64]
+            token = c.get("/console/ledger").headers["x-csrf-token"]
             before = _totals(c.get("/metrics").text)
             t = time.perf_counter()
             r = c.post("/console/ledger/verify", headers={"x-csrf-token": token})

@@ -102,8 +102,11 @@ def test_console_pages_rights_and_bad_input(server: Server) -> None:
         assert r.status_code == 403 and "CSRF" in r.text
         assert op.get("/console/access", headers=JSON).json()["pending"]
         mine = _csrf(op, "access")
-        r = op.post(f"/console/access/{ids['request']}/approve", data={"csrf": mine},
-                    headers=JSON)
+        # a JSON client sends the token it read from a page's header back as a header
+        header = op.get("/console/fleet", headers=JSON).headers["x-csrf-token"]
+        assert header == mine
+        r = op.post(f"/console/access/{ids['request']}/approve",
+                    headers={**JSON, "x-csrf-token": header})
         assert r.status_code == 200 and r.json()["status"] == "granted", r.text
         r = op.post(f"/console/recovery/{ids['job']}/reject", data={"csrf": mine})
         assert r.status_code == 400 and "give a --reason" in r.text  # the store's words

@@ -4,6 +4,7 @@ JavaScript), each also JSON for ``Accept: application/json``. Operators open it 
 their client certificate; only operators issued ``--approve`` see and may use the approve /
 reject / deny buttons. See the README's *Operator console* section."""
 
-from .routes import PREFIX, add_console
+from .routes import add_console
+from .site import PREFIX
 
 __all__ = ["PREFIX", "add_console"]

@@ -58,13 +58,15 @@ def wants_json(request: Request) -> bool:
 
 
 def answer(request: Request, template: str, data: dict[str, Any], *,
-           extra: dict[str, Any] | None = None, status: int = 200) -> Response:
+           extra: dict[str, Any] | None = None, headers: dict[str, str] | None = None,
+           status: int = 200) -> Response:
     """``data`` as JSON, or rendered by ``template`` (with ``extra``: the page's own
     things, such as the CSRF token, never in the JSON)."""
+    headers = {**HEADERS, **(headers or {})}
     if wants_json(request):
-        return JSONResponse(data, status_code=status, headers=HEADERS)
+        return JSONResponse(data, status_code=status, headers=headers)
     html = _env.get_template(template).render(**data, **(extra or {}))
-    return HTMLResponse(html, status_code=status, headers=HEADERS)
+    return HTMLResponse(html, status_code=status, headers=headers)
 
 
 TITLES = {400: "Bad request", 401: "Certificate needed", 403: "Not allowed",
