@@ -2,7 +2,8 @@
 with ``--nodes`` nodes (500) and ``--events`` events (100,000) in the database.
 
 Fills a throw-away SQLite state (nodes in every trust state, events spread over them, one
-incident per five nodes, written as rows: the figures are about reading them), starts a
+incident and one finished recovery job per five nodes, written as rows: the figures are
+about reading them; the ledger holds only what the set-up wrote), starts a
 real ``aegis-controller serve`` (mutual TLS), and asks each page ``--rounds`` times over
 one keep-alive connection with an operator certificate. The server-side figure per page is
 the controller's own: the mean of ``aegis_http_request_duration_seconds`` for that route
@@ -39,6 +40,7 @@ from .figures import percentile, report
 from .intake import _free_port, _up
 
 TARGET = "<= 300 ms server-side"
+STEPS = ("queued", "containing", "collecting", "replacing", "verifying", "enrolling", "trusted")
 #: page label -> (path, route template as the metrics name it)
 PAGES = {"fleet": ("/console/fleet", "/console/fleet"),
          "fleet_filtered": ("/console/fleet?state=suspect&sort=heartbeat&order=desc",
@@ -52,7 +54,8 @@ PAGES = {"fleet": ("/console/fleet", "/console/fleet"),
 
 
 def fill(state: Path, nodes: int, events: int) -> None:
-    """``nodes`` nodes, ``events`` events, ``nodes // 5`` incidents, as rows."""
+    """``nodes`` nodes, ``events`` events, ``nodes // 5`` incidents each with a finished
+    recovery job and its history, as rows."""
     ctl = open_controller(Settings.resolve(state))
     states = itertools.cycle([s.value for s in NodeState])
     now = int(time.time())
@@ -67,6 +70,16 @@ def fill(state: Path, nodes: int, events: int) -> None:
             {"node_id": f"n{i:04d}", "rule": "denied-exec", "severity": "high",
              "event_id": str(uuid.uuid4()), "summary": "exec of /usr/bin/nc by pid 1 (uid 0)",
              "created_at": now - i} for i in range(0, nodes, 5)])
+        jobs = [{"job_id": str(uuid.uuid4()), "node_id": f"n{i:04d}", "cause": "compromised",
+                 "state": "trusted", "reason": "replaced", "flagged_at": now - i + 1.0,
+                 "started_at": now - i + 2.0, "ended_at": now - i + 60.0, "data": "{}",
+                 "step_pgids": "[]", "created_at": now - i + 1.0,
+                 "updated_at": now - i + 60.0} for i in range(0, nodes, 5)]
+        conn.execute(tables.recovery_jobs.insert(), jobs)
+        conn.execute(tables.recovery_history.insert(), [
+            {"job_id": job["job_id"], "seq": n, "at": job["flagged_at"] + n * 8.0,
+             "state": state, "message": state, "fields": "{}"}
+            for job in jobs for n, state in enumerate(STEPS)])
     rows = []
     for i in range(events):
         rows.append({"node_id": f"n{i % nodes:04d}", "event_id": str(uuid.uuid4()),
