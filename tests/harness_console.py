@@ -26,6 +26,9 @@ services:
   db:
     nodes: {role: db}
     port: tcp/5432
+  db-ssh:
+    nodes: {role: db}
+    port: tcp/22
 rules:
   - name: developers-db
     service: db
@@ -33,6 +36,12 @@ rules:
     max_ttl: 1h
     approvers: [security]
     approvals: 1
+  - name: developers-db-ssh
+    service: db-ssh
+    roles: [developer]
+    max_ttl: 30m
+    approvers: [security]
+    approvals: 2
 """
 #: The requester, as the domain receives a user once its token is verified (a stand-in
 #: for an OIDC login: the console's tests are about the operator's side).
@@ -46,8 +55,8 @@ def domain(server: Server) -> Controller:
 
 def populate(ctl: Controller) -> dict[str, str]:
     """web1 trusted (the access target), web2 suspect with a reason, web3 quarantined with
-    an incident and a recovery job held for approval, one pending access request. Returns
-    their ids."""
+    an incident and a recovery job held for approval, two pending access requests (one
+    needing one approver, one needing two). Returns their ids."""
     for node_id in ("web1", "web2", "web3"):
         enroll_trusted(ctl, node_id)
     ctl.nodes.move("web2", transition(NodeState.TRUSTED, NodeState.SUSPECT, SUSPECT_REASON),
@@ -63,5 +72,7 @@ def populate(ctl: Controller) -> dict[str, str]:
     ctl.access.set_policy(POLICY, actor="test")
     state = ctl.access.request(DANA, AccessRequest(service="db", ttl="30m",
                                                    reason="debug a slow query"), "10.77.0.9")
-    return {"job": job["job_id"], "request": state.request_id}
+    two = ctl.access.request(DANA, AccessRequest(service="db-ssh", ttl="10m",
+                                                 reason="read the slow query log"), "10.77.0.9")
+    return {"job": job["job_id"], "request": state.request_id, "two_person": two.request_id}
 

@@ -60,7 +60,8 @@ def test_console_pages_rights_and_bad_input(server: Server) -> None:
         assert [s["stage"] for s in timeline[0]["stages"]] == [
             "detection", "containment", "forensics", "replacement", "trusted"]
         rules = ro.get("/console/policies", headers=JSON).json()["policy"]["rules"]
-        assert [(r["name"], r["approvers"]) for r in rules] == [("developers-db", ["security"])]
+        assert [(r["name"], r["approvals"]) for r in rules] == [("developers-db", 1),
+                                                                ("developers-db-ssh", 2)]
         assert "<svg" in ro.get("/console/policies").text
         # read-only: no buttons, and a post with a good token is still refused
         assert "Approve" not in ro.get("/console/access").text
@@ -108,6 +109,12 @@ def test_console_pages_rights_and_bad_input(server: Server) -> None:
         r = op.post(f"/console/access/{ids['request']}/approve",
                     headers={**JSON, "x-csrf-token": header})
         assert r.status_code == 200 and r.json()["status"] == "granted", r.text
+        # two-person rule: one operator's approval is not enough, nor the same one twice
+        two = f"/console/access/{ids['two_person']}/approve"
+        r = op.post(two, headers={**JSON, "x-csrf-token": header})
+        assert r.json()["status"] == "pending" and len(r.json()["approvals"]) == 1, r.text
+        r = op.post(two, data={"csrf": mine})
+        assert r.status_code == 409 and "approved it already" in r.text, r.text
         r = op.post(f"/console/recovery/{ids['job']}/reject", data={"csrf": mine})
         assert r.status_code == 400 and "give a --reason" in r.text  # the store's words
         r = op.post(f"/console/recovery/{ids['job']}/reject",
@@ -117,6 +124,18 @@ def test_console_pages_rights_and_bad_input(server: Server) -> None:
         assert r.status_code == 303  # back to the page
         jobs = op.get("/console/recovery", headers=JSON).json()["jobs"]
         assert [j["state"] for j in jobs if j["job_id"] == ids["job"]] == ["queued"]
+
+    out = server.ctl("operator-cert", "sam", "--approve", "--group", "sec",
+                     "--out", str(server.state / "ops"))
+    assert out.returncode == 0, out.stderr
+    ctx = server.ca
+    ctx.load_cert_chain(server.state / "ops/operator-sam.pem",
+                        server.state / "ops/operator-sam.key")
+    with httpx.Client(base_url=server.url, verify=ctx, timeout=30) as sam:
+        token = sam.get("/console/access").headers["x-csrf-token"]
+        r = sam.post(f"/console/access/{ids['two_person']}/approve",
+                     headers={**JSON, "x-csrf-token": token})
+        assert r.status_code == 200 and r.json()["status"] == "granted", r.text
 
     with node.client(server) as c:  # a node's certificate: authenticated, not an operator
         r = c.get("/console/fleet")

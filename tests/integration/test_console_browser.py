@@ -120,7 +120,7 @@ def test_console_in_chromium(console_server: Server, tmp_path: Path,
             _shot(page, shots, "recovery-approved")
 
             page.goto(f"{server.url}/console/policies")
-            assert page.locator("#flow line").count() == 1  # developer -> db
+            assert page.locator("#flow line").count() == 2  # developer -> db, db-ssh
             _shot(page, shots, "policies")
 
             page.goto(f"{server.url}/console/ledger")
