@@ -13,6 +13,7 @@ import httpx
 import pytest
 from harness_console import SUSPECT_REASON, domain, populate
 
+from aegis_controller.recovery.states import JobState
 from harness_controller import Server, operator_client, report_incidents_twice
 
 pytestmark = pytest.mark.integration
@@ -124,6 +125,17 @@ def test_console_pages_rights_and_bad_input(server: Server) -> None:
         assert r.status_code == 303  # back to the page
         jobs = op.get("/console/recovery", headers=JSON).json()["jobs"]
         assert [j["state"] for j in jobs if j["job_id"] == ids["job"]] == ["queued"]
+        # the engine's next steps (as it records them): the timeline shows each stage
+        ctl = domain(server)
+        for step in (JobState.CONTAINING, JobState.COLLECTING, JobState.REPLACING):
+            ctl.recovery.move(ids["job"], step, "test step", actor="controller:recovery")
+        web3 = next(i for i in op.get("/console/incidents", headers=JSON).json()["incidents"]
+                    if i["node_id"] == "web3")
+        assert web3["job_id"] == ids["job"]
+        after = {s["stage"]: s["after_s"] for s in web3["stages"]}
+        assert after["forensics"] is not None and after["replacement"] is not None
+        assert after["replacement"] >= after["forensics"] >= 0
+        assert after["trusted"] is None and after["containment"] is None  # no order acked
 
     out = server.ctl("operator-cert", "sam", "--approve", "--group", "sec",
                      "--out", str(server.state / "ops"))
