@@ -16,9 +16,19 @@ import pytest
 import sqlalchemy as sa
 from harness_console import SUSPECT_REASON, domain, populate
 
+from aegis_agent.measure import collect
 from aegis_controller.ledger.store import records_table
+from aegis_protocol.attestation import ExpectedProfile
 from conftest import sub_prefix
-from harness_controller import Server, controller_server
+from harness_controller import (
+    Server,
+    attest,
+    controller_server,
+    enroll,
+    new_node,
+    node_tree,
+    operator_client,
+)
 
 pytestmark = pytest.mark.integration
 CHROMIUM = Path("/usr/bin/chromium")
@@ -65,6 +75,23 @@ def _tampered_copy(server: Server) -> Server:
     return copy
 
 
+def _drifted_node(server: Server, tmp_path: Path) -> str:
+    """web5 enrolls and attests for real (trusted against its profile), then a golden file
+    changes and its next attestation makes it suspect; the verdict's reason."""
+    node = new_node(server, "web5")
+    assert enroll(server, node, server.token("web5")).status_code == 200
+    root = node_tree(tmp_path / "web5")
+    expected = ExpectedProfile(golden=collect(root=root, sshd=False).golden)
+    with operator_client(server) as op:
+        assert op.put("/v1/nodes/web5/profile",
+                      json=expected.model_dump(mode="json")).status_code == 204
+    assert attest(server, node, root)["state"] == "trusted"
+    (root / "etc/aegis.conf").write_text("changed\n")
+    verdict = attest(server, node, root)
+    assert verdict["state"] == "suspect", verdict
+    return str(verdict["reason"])
+
+
 def test_console_in_chromium(console_server: Server, tmp_path: Path,
                              monkeypatch: pytest.MonkeyPatch) -> None:
     if not CHROMIUM.exists():
@@ -75,6 +102,7 @@ def test_console_in_chromium(console_server: Server, tmp_path: Path,
     # (the copy below has the same CA)
     monkeypatch.setenv("NODE_EXTRA_CA_CERTS", str(server.state / "ca" / "ca.pem"))
     ids = populate(domain(server))
+    drifted = _drifted_node(server, tmp_path)
     out = server.ctl("operator-cert", "carol", "--approve", "--group", "sec",
                      "--out", str(server.state / "ops"))
     assert out.returncode == 0, out.stderr
@@ -89,8 +117,16 @@ def test_console_in_chromium(console_server: Server, tmp_path: Path,
             rows = page.locator("#nodes tr[data-node]")
             states = {rows.nth(i).get_attribute("data-node"):
                       rows.nth(i).locator(".state").inner_text() for i in range(rows.count())}
-            assert states == {"web1": "trusted", "web2": "suspect", "web3": "quarantined"}
+            assert states == {"web1": "trusted", "web2": "suspect", "web3": "quarantined",
+                              "web5": "suspect"}
             _shot(page, shots, "fleet")
+
+            page.click("text=web5")  # suspect by a real attestation: the file is named
+            assert page.locator("#reason").inner_text() == drifted
+            assert "/etc/aegis.conf" in drifted
+            assert "mismatches: golden /etc/aegis.conf" in page.locator("#history").inner_text()
+            _shot(page, shots, "node-web5")
+            page.goto(f"{server.url}/console/fleet")
 
             page.click("text=web2")
             assert page.locator("#reason").inner_text() == SUSPECT_REASON

@@ -41,9 +41,12 @@ def _summary(body: Any) -> str:
     if not isinstance(body, dict):
         return str(body)[:300]
     parts = []
-    for key in ("from", "to", "verdict", "state", "reason", "differences", "event"):
-        if key in body:
-            parts.append(f"{key}: {body[key]}")
+    for key in ("from", "to", "verdict", "state", "reason", "mismatches", "event"):
+        value = body.get(key)
+        if isinstance(value, list):  # an attestation's differences from the profile
+            value = "; ".join(str(v) for v in value) or "none"
+        if value is not None:
+            parts.append(f"{key}: {value}")
     return "; ".join(parts)[:600] or json.dumps(body, sort_keys=True)[:300]
 
 
