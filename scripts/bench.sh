@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Benchmarks that print figures (./aegis bench [fleet|harden|harden-vm|bpf|exec|secrets|controller|recovery]; all by
+# Benchmarks that print figures (./aegis bench [fleet|harden|harden-vm|bpf|exec|secrets|controller|recovery|console]; all by
 # default; harden-vm only when named, a QEMU TCG VM makes it slow). Each is a module of
 # benchmarks/ and prints through benchmarks.figures.report.
 # Targets are read from the output, never asserted by timed tests.
@@ -39,6 +39,10 @@ fi
 if want recovery; then
   echo "=== recovery: detect -> contained (ms), contained -> replacement trusted (s), 1 and 3 nodes"
   run recovery "$@"
+fi
+if want console; then
+  echo "=== operator console: server-side render time per page, 500 nodes and 100,000 events"
+  run console "$@"
 fi
 if want controller; then
   echo "=== controller: ledger append/verify rates, event intake over mutual TLS"

@@ -29,6 +29,8 @@ APT_PACKAGES=(
   qemu-system-x86 qemu-utils e2fsprogs
   # controller state on PostgreSQL (the test fixture starts its own cluster on loopback)
   postgresql
+  # the operator console's browser tests (Playwright drives /usr/bin/chromium)
+  chromium
   # fallback interpreter for the virtualenv when no python3.11 with venv is present
   python3-venv
 )

@@ -1,6 +1,6 @@
-"""The controller, secrets and exec benchmarks behind `./aegis bench controller|secrets|exec`
-still run against the current API (a tiny size: behaviour, not speed; the figures come from
-the command)."""
+"""The controller, secrets, exec and console benchmarks behind `./aegis bench
+controller|secrets|exec|console` still run against the current API (a tiny size: behaviour,
+not speed; the figures come from the command)."""
 
 from __future__ import annotations
 
@@ -23,6 +23,9 @@ pytestmark = pytest.mark.integration
     ("benchmarks.secrets", ["--rounds", "1", "--rotations", "1"],
      {"token_revoked_p50_ms", "login_gone_p50_ms", "agent_wipe_p50_ms",
       "rotation_to_reload_p50_s"}),
+    ("benchmarks.console", ["--nodes", "20", "--events", "200", "--rounds", "2"],
+     {"fleet_server_ms", "node_server_ms", "incidents_server_ms", "recovery_server_ms",
+      "access_server_ms", "ledger_server_ms", "ledger_verify_server_ms"}),
 ])
 def test_benchmark_prints_its_figures(module: str, args: list[str], keys: set[str]) -> None:
     out = subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True,

@@ -104,7 +104,7 @@ def test_requests_within_the_limits_reach_their_handler(controller: mock.Mock) -
 
 def test_every_route_has_a_policy_that_matches_its_identity() -> None:
     app = create_app(mock.Mock())
-    identity = {"node_identity", "operator_identity"}
+    identity = {"node_identity", "operator_identity", "console_identity"}
     for route in app.routes:
         if not isinstance(route, APIRoute):
             continue

@@ -47,6 +47,7 @@ from aegis_protocol.events import EventBatchAck
 from . import __version__, db, tables
 from .ledger import Ledger
 from .ledger.store import records_table
+from .ledger.verify import VerifyResult
 from .nodes import NodeState
 from .recovery.states import TERMINAL, JobState
 
@@ -229,6 +230,10 @@ class ControllerMetrics:
 
     def verify(self, ledger: Ledger) -> bool:
         """Verify the whole ledger, timed; returns whether it is intact."""
+        return self.verify_result(ledger).ok
+
+    def verify_result(self, ledger: Ledger) -> VerifyResult:
+        """Verify the whole ledger, timed; the result (the console shows it)."""
         started = time.perf_counter()
         result = ledger.verify()
         self.verify_seconds.observe(time.perf_counter() - started)
@@ -236,7 +241,7 @@ class ControllerMetrics:
         self.verified_at.set(time.time())
         if not result.ok:
             log.error("ledger verification failed", extra={"result": result.to_dict()})
-        return result.ok
+        return result
 
     def exposition(self) -> tuple[bytes, str]:
         """The registry in the Prometheus text format, and its content type."""

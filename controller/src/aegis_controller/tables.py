@@ -121,6 +121,9 @@ operators = sa.Table(  # 0005_operators
     sa.Column("issued_at", sa.BigInteger(), nullable=False),
     sa.Column("expires_at", sa.BigInteger(), nullable=False),
     sa.Column("revoked_at", sa.BigInteger()),
+    # console rights (0009): approve/reject/deny in the console; groups the access policy sees
+    sa.Column("may_approve", sa.Boolean(), nullable=False, server_default=sa.false()),
+    sa.Column("groups", sa.Text(), nullable=False, server_default="[]"),
 )
 
 

@@ -14,6 +14,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from aegis_protocol import routes
 from aegis_protocol.attestation import Challenge, ExpectedProfile, SignedReport, Verdict
@@ -30,6 +31,9 @@ from aegis_protocol.events import EventBatch, EventBatchAck
 from aegis_protocol.orders import OrderKind, SignedAck, SignedOrder
 
 from ..access.identity import TokenVerifier, User
+from ..console import PREFIX as CONSOLE
+from ..console import add_console
+from ..console.render import error_page
 from ..db import DatabaseBusy
 from ..domain import Controller
 from ..errors import (
@@ -44,6 +48,7 @@ from ..errors import (
 )
 from ..metrics import ControllerMetrics, RequestTimer
 from ..order_bell import RECHECK
+from ..recovery.guard import GuardRails
 from .access_routes import add_access_routes
 from .limits import RequestLimits
 
@@ -74,21 +79,37 @@ def _readable(exc: RequestValidationError) -> str:
 
 def _answer_errors(app: FastAPI) -> None:
     """Refusals, a busy database and invalid bodies as JSON with one clear detail."""
+    def refusal(request: Request, status: int, detail: str,
+                headers: dict[str, str] | None = None) -> Response:
+        if request.url.path == CONSOLE or request.url.path.startswith(CONSOLE + "/"):
+            return error_page(request, status, detail, headers)  # a page, or its JSON
+        return JSONResponse({"detail": detail}, status_code=status, headers=headers)
+
     @app.exception_handler(DomainError)
-    async def refused(_request: Request, exc: DomainError) -> JSONResponse:
+    async def refused(request: Request, exc: DomainError) -> Response:
         status = next((STATUS[c] for c in type(exc).__mro__ if c in STATUS), 400)
         headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, TooMany) else None
-        return JSONResponse({"detail": exc.message}, status_code=status, headers=headers)
+        return refusal(request, status, exc.message, headers)
 
     @app.exception_handler(DatabaseBusy)
-    async def busy(_request: Request, _exc: DatabaseBusy) -> JSONResponse:
-        return JSONResponse({"detail": "the controller is busy (database write lock held by "
-                                       "other requests): retry after a few seconds"},
-                            status_code=503, headers={"Retry-After": str(RETRY_AFTER)})
+    async def busy(request: Request, _exc: DatabaseBusy) -> Response:
+        return refusal(request, 503, "the controller is busy (database write lock held by "
+                       "other requests): retry after a few seconds",
+                       {"Retry-After": str(RETRY_AFTER)})
 
     @app.exception_handler(RequestValidationError)
-    async def invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
-        return JSONResponse({"detail": f"invalid request: {_readable(exc)}"}, status_code=422)
+    async def invalid(request: Request, exc: RequestValidationError) -> Response:
+        return refusal(request, 422, f"invalid request: {_readable(exc)}")
+
+    @app.exception_handler(Exception)
+    async def failed(request: Request, _exc: Exception) -> Response:
+        """A bug: a clear 500 (the traceback goes to the log, never to the client)."""
+        return refusal(request, 500, "the controller failed on this request; its log has "
+                       "the details")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        return refusal(request, exc.status_code, str(exc.detail), exc.headers)
 
 
 def _user_identity(verifier: TokenVerifier | None) -> Callable[[Request], User]:
@@ -133,9 +154,11 @@ async def _orders_long_poll(controller: Controller, node: str, wait: float,
 
 
 def create_app(controller: Controller, metrics: ControllerMetrics | None = None,
-               verifier: TokenVerifier | None = None) -> FastAPI:
-    """The API; ``verifier`` checks users' tokens for the access routes (None: those routes
-    answer 401 saying no identity provider is configured)."""
+               verifier: TokenVerifier | None = None,
+               rails: GuardRails | None = None) -> FastAPI:
+    """The API and the operator console; ``verifier`` checks users' tokens for the access
+    routes (None: those routes answer 401 saying no identity provider is configured);
+    ``rails`` are the recovery engine's guard rails the console shows (None: no engine)."""
     metrics = metrics or ControllerMetrics(controller.engine)
 
     @contextlib.asynccontextmanager
@@ -238,6 +261,7 @@ def create_app(controller: Controller, metrics: ControllerMetrics | None = None,
         return Response(body, media_type=content_type)
 
     add_access_routes(app, controller, _user_identity(verifier))
+    add_console(app, controller, metrics, rails)
 
     @app.get("/healthz")
     def health() -> dict[str, str]:

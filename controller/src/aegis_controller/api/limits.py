@@ -60,6 +60,21 @@ POLICIES: dict[str, Policy] = {
     routes.ACCESS_APPROVE: Policy(4 * KiB, needs_certificate=False),
     routes.ACCESS_DENY: Policy(4 * KiB, needs_certificate=False),
     routes.ACCESS_REVOKE: Policy(4 * KiB, needs_certificate=False),
+    # the operator console (aegis_controller.console): an operator's certificate; forms
+    # carry a reason and the CSRF token
+    "/console": Policy(0),
+    "/console/": Policy(0),
+    "/console/fleet": Policy(0),
+    "/console/nodes/{node_id}": Policy(0),
+    "/console/incidents": Policy(0),
+    "/console/recovery": Policy(0),
+    "/console/recovery/{job_id}/approve": Policy(4 * KiB),
+    "/console/recovery/{job_id}/reject": Policy(4 * KiB),
+    "/console/access": Policy(0),
+    "/console/access/{request_id}/{verb}": Policy(4 * KiB),
+    "/console/policies": Policy(0),
+    "/console/ledger": Policy(0),
+    "/console/ledger/verify": Policy(4 * KiB),
     "/healthz": Policy(0, needs_certificate=False),
     "/openapi.json": Policy(0, needs_certificate=False),
 }

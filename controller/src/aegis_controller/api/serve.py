@@ -94,7 +94,8 @@ def serve(controller: Controller, state_dir: Path, host: str, port: int,
     tls_dir = state_dir / "tls"
     tls_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     key, cert = controller.ca.server_cert(tls_dir, [host, "localhost"])
-    app = create_app(controller, metrics, verifier)
+    app = create_app(controller, metrics, verifier,
+                     recovery.settings.guard_rails if recovery is not None else None)
     config = uvicorn.Config(
         app, host=host, port=port, ssl_keyfile=str(key),
         ssl_certfile=str(cert), ssl_ca_certs=str(controller.ca.cert_path),

@@ -33,7 +33,9 @@ def cmd_keys_public(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_operator_cert_issue(args: argparse.Namespace, settings: Settings) -> int:
     hours = args.hours or env_int("AEGIS_OPERATOR_CERT_HOURS") or OPERATOR_CERT_HOURS
-    key, cert = open_controller(settings).operators.issue(args.name, default_actor(), hours)
+    key, cert = open_controller(settings).operators.issue(
+        args.name, default_actor(), hours, may_approve=args.approve,
+        groups=tuple(args.group or ()))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True, mode=0o700)
     write_atomically(out / f"operator-{args.name}.key", key, mode=0o600)
@@ -62,4 +64,10 @@ def _register_operator_cert(groups: argparse._SubParsersAction) -> None:
                     help=f"lifetime (default {OPERATOR_CERT_HOURS}, or "
                          "$AEGIS_OPERATOR_CERT_HOURS; at most 168)")
     sp.add_argument("--out", default=".", help="directory for the key and certificate")
+    sp.add_argument("--approve", action="store_true", help="may approve or reject held "
+                    "recovery jobs and approve or deny access requests in the console "
+                    "(default: read-only console)")
+    sp.add_argument("--group", action="append", metavar="GROUP", help="a group the access "
+                    "policy sees for this operator when it approves from the console "
+                    "(repeatable)")
     sp.set_defaults(func=cmd_operator_cert_issue)
