@@ -115,6 +115,19 @@ def cmd_segment_edges(_args: argparse.Namespace, _seg: SegmentFilter, e: Enforce
 
 
 @_on_segment
+def cmd_segment_policies(_args: argparse.Namespace, seg: SegmentFilter,
+                         _e: Enforcement) -> object:
+    return seg.label_policies.report()
+
+
+@_on_segment
+def cmd_segment_policy_mode(args: argparse.Namespace, seg: SegmentFilter,
+                            _e: Enforcement) -> object:
+    seg.label_policies.set_mode(args.policy, args.mode)
+    return seg.label_policies.report()[args.policy]
+
+
+@_on_segment
 def cmd_segment_status(_args: argparse.Namespace, seg: SegmentFilter, _e: Enforcement) -> object:
     return seg.status()
 
@@ -134,7 +147,8 @@ def register_segment(groups: argparse._SubParsersAction) -> None:
     sp.add_argument("--arp", default="allow", choices=["allow", "deny"])
     sp.add_argument("--ipv6", default="deny", choices=["allow", "deny", "filter"])
     for name, fn in (("detach", cmd_segment_detach), ("status", cmd_segment_status),
-                     ("counters", cmd_segment_counters), ("edges", cmd_segment_edges)):
+                     ("counters", cmd_segment_counters), ("edges", cmd_segment_edges),
+                     ("policies", cmd_segment_policies)):
         verbs.add_parser(name).set_defaults(func=fn)
     sp = verbs.add_parser("grant")
     sp.set_defaults(func=cmd_segment_grant)
@@ -148,6 +162,11 @@ def register_segment(groups: argparse._SubParsersAction) -> None:
     sp.set_defaults(func=cmd_segment_quarantine)
     sp.add_argument("state", choices=["on", "off"])
     sp.add_argument("--management", action="append")
+    sp = verbs.add_parser("policy-mode", help="flip one installed label policy between "
+                          "observe and enforce (the controller's next push sets it again)")
+    sp.add_argument("policy")
+    sp.add_argument("mode", choices=["enforce", "observe"])
+    sp.set_defaults(func=cmd_segment_policy_mode)
     sp = verbs.add_parser("mode")
     sp.add_argument("mode", choices=["enforce", "observe"])
     sp.set_defaults(func=cmd_segment_mode)

@@ -205,3 +205,21 @@ access_edges = sa.Table(
     sa.Column("revoke_order", sa.String(36)),
     sa.Index("ix_access_edges_node_status", "node_id", "status"),
 )
+
+segment_policies = sa.Table(
+    "segment_policies", metadata,
+    sa.Column("version", sa.Integer(), primary_key=True, autoincrement=True),
+    sa.Column("document", sa.Text(), nullable=False),
+    sa.Column("digest", sa.String(64), nullable=False),
+    sa.Column("set_at", sa.BigInteger(), nullable=False),
+    sa.Column("set_by", sa.String(255), nullable=False),
+)
+
+segment_pushes = sa.Table(
+    "segment_pushes", metadata,
+    sa.Column("node_id", sa.String(63), primary_key=True),
+    sa.Column("digest", sa.String(64), nullable=False),
+    sa.Column("document", sa.Text(), nullable=False),
+    sa.Column("order_id", sa.String(36), nullable=False),
+    sa.Column("pushed_at", sa.BigInteger(), nullable=False),
+)

@@ -46,6 +46,7 @@ from .layout import (
 )
 from .pin_migration import read_old_pins
 from .pinned import PinMismatchError, PinnedObject
+from .policy_edges import LabelPolicies
 from .syscall import BpfError
 
 log = logging.getLogger(__name__)
@@ -668,6 +669,11 @@ class SegmentFilter(PinnedObject):
             self.revoke(e)
         return gone
 
+    @property
+    def label_policies(self) -> LabelPolicies:
+        """The controller's label policies in this filter (entries, modes, counters)."""
+        return LabelPolicies(self)
+
     # -- counters and events ------------------------------------------------------------
     def counters(self) -> dict[str, dict[str, int]]:
         """Per-verdict packet counts by direction (``would_drop_*``: observe mode),
@@ -721,4 +727,5 @@ class SegmentFilter(PinnedObject):
                 "xdp_mode": info.xdp_mode if info else None,
                 "tc_mode": info.tc_mode if info else None,
                 **self.policy(),
-                "edges": len(self.edges())}
+                "edges": len(self.edges()),
+                "label_policies": self.label_policies.report()}

@@ -114,6 +114,7 @@ class Access:
             rec.append(Kind.ACCESS_GRANT, node_id, {"event": "node_labels", "labels": labels,
                                                      "address": values.get("address")},
                        actor=actor)
+            self.nodes.changed_in(rec, node_id, "labels or address set")
         return {"node_id": node_id, "labels": labels, "address": values.get("address")}
 
     # -- users ----------------------------------------------------------------------------
