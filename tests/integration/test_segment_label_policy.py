@@ -17,13 +17,13 @@ pytestmark = pytest.mark.integration
 WEB, DB, OTHER = "192.0.2.1", "192.0.2.2", "192.0.2.9"
 
 
-def _install(seg: SegmentFilter, mode: str = "enforce", action: str = "allow") -> dict:
-    return seg.label_policies.apply({"web-db": mode}, [
+def _install(filt: SegmentFilter, mode: str = "enforce", action: str = "allow") -> dict:
+    return filt.label_policies.apply({"web-db": mode}, [
         f"web-db {action} {WEB} -> {DB} tcp/5432", f"web-db default {WEB} -> {DB}"])
 
 
-def _edges(seg: SegmentFilter) -> dict[str, dict]:
-    return {e["edge"]: e for e in seg.label_policies.report()["web-db"]["edges"]}
+def _edges(filt: SegmentFilter) -> dict[str, dict]:
+    return {e["edge"]: e for e in filt.label_policies.report()["web-db"]["edges"]}
 
 
 def test_allow_rule_passes_its_port_and_the_pair_default_drops_the_rest(seg):  # noqa: F811

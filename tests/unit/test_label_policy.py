@@ -16,6 +16,7 @@ import sqlalchemy as sa
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from aegis_agent.bpf.policy_edges import PolicyEntry
 from aegis_controller.access.policy import PolicyError
 from aegis_controller.domain import Controller, open_controller
 from aegis_controller.errors import Invalid
@@ -112,8 +113,13 @@ def test_compile_covers_trusted_pairs_only_and_never_a_node_to_itself() -> None:
     assert out["web1"]["entries"] == ["web-web allow 10.0.0.3 -> 10.0.0.1 tcp/80",
                                       "web-web default 10.0.0.3 -> 10.0.0.1"]
     assert out["web1"]["policies"] == ["web-web=observe"]
-    # the wire accepts what the compiler makes
+    # the wire and the agent accept what the compiler makes, icmp included
     parse("segment-policy", out["db1"])
+    icmp = compile_for(load("policies: [{name: ping, from: {role: web}, to: {role: db}, "
+                            "ports: [icmp]}]"), nodes)["db1"]["entries"]
+    assert [str(PolicyEntry.parse(e)) for e in icmp] == icmp == [
+        "ping allow 10.0.0.1 -> 10.0.0.2 icmp", "ping allow 10.0.0.3 -> 10.0.0.2 icmp",
+        "ping default 10.0.0.1 -> 10.0.0.2", "ping default 10.0.0.3 -> 10.0.0.2"]
     # without web2 (not trusted: not passed in), web1 has no peer of its role
     out = compile_for(policies, nodes[:2])
     assert "web1" not in out and len(out["db1"]["entries"]) == 2

@@ -82,7 +82,8 @@ class PolicyEntry:
         if self.action == "default":
             return f"{self.policy} default {pair}"
         proto = layout.PROTO_NAMES.get(self.proto, str(self.proto))
-        return f"{self.policy} {self.action} {pair} {proto}/{self.port}"
+        port = "" if proto == "icmp" else f"/{self.port}"
+        return f"{self.policy} {self.action} {pair} {proto}{port}"
 
 
 def _check_name(name: str, spec: str) -> None:

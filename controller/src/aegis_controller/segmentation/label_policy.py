@@ -180,10 +180,6 @@ def _no_conflict(policies: tuple[LabelPolicy, ...]) -> None:
                     "same nodes; make the selectors disjoint or the actions equal")
 
 
-def _entry_port(port: str) -> str:
-    return "icmp/0" if port == "icmp" else port
-
-
 def compile_for(policies: PolicySet, trusted: list[Node]) -> dict[str, dict[str, Any]]:
     """Per destination node id: ``{"policies": [NAME=MODE...], "entries": [...]}`` for the
     ``segment-policy`` order (nodes no policy selects as a destination are left out)."""
@@ -201,7 +197,7 @@ def compile_for(policies: PolicySet, trusted: list[Node]) -> dict[str, dict[str,
                 pair = f"{src.address} -> {dst.address}"
                 for port in p.ports:
                     entries.setdefault((src.address, port),
-                                       f"{p.name} {p.action} {pair} {_entry_port(port)}")
+                                       f"{p.name} {p.action} {pair} {port}")
                 entries.setdefault((src.address, ""), f"{p.name} default {pair}")
         if entries:
             out[dst.node_id] = {"policies": [f"{n}={m}" for n, m in sorted(modes.items())],
