@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+import yaml
 from test_agent_controller import _connect
 from test_agent_daemon import Daemon
 from test_agent_orders_path import _module_daemon
@@ -101,6 +102,12 @@ class Fleet:
                     return False
         return self.in_a(run)
 
+    def reported(self) -> list[dict]:
+        """The label_policy_counters events the controller got from db's agent."""
+        out = self.ctl("events", "--node", self.db, "--kind", "agent", "--limit", "1000")
+        return [e["data"] for e in map(json.loads, out.splitlines())
+                if e["data"].get("what") == "label_policy_counters"]
+
     def policies(self) -> dict:
         _rc, status, _err = self.daemon.cli("status")
         return status["segment"]["label_policies"]  # type: ignore[index]
@@ -112,6 +119,9 @@ def fleet() -> Iterator[Fleet]:
             controller_server(d.prefix + "c", None, host=pair.a_addr, netns=pair.a) as srv, \
             tempfile.TemporaryDirectory(prefix=f"{d.prefix}-nodes-") as root:
         pair.run(pair.a, "ip", "addr", "add", f"{WEB2_ADDR}/24", "dev", pair.a_if)
+        cfg = yaml.safe_load(d.config.read_text())
+        cfg["segment"]["policy_report_interval"] = 0.5
+        d.config.write_text(yaml.safe_dump(cfg))
         node_id, _token = _connect(d, srv, interval=0.3)
         f = Fleet(d, srv, node_id, Path(root))
         assert wait_until(lambda: f.state(node_id) == "enrolled", 60), d.log[-1].read_text()
@@ -170,6 +180,12 @@ def test_label_policy_follows_trust_and_replacement(fleet: Fleet) -> None:
     enforced = fleet.policies()["web-db"]
     assert enforced["mode"] == "enforce"
     assert enforced["dropped_packets"] > observed["dropped_packets"]
+    # the counters reach the controller as the agent's label_policy_counters events
+    assert wait_until(lambda: any(
+        e["policy"] == "web-db" and e["mode"] == "enforce"
+        and e["dropped_packets"] >= enforced["dropped_packets"]
+        and e["observed_packets"] == enforced["observed_packets"] > 0
+        for e in fleet.reported()), 30), fleet.reported()[-3:]
     assert fleet.server.ctl("ledger", "verify").returncode == 0
 
 
