@@ -159,6 +159,7 @@ struct pkt {
 	__u8 tcp_flags;
 	__u8 icmp_type;
 	__u8 pol_flags;   /* POLF_*: set with pol_counter by a label policy's entry */
+	__u16 pol_index;  /* that entry's policy (seg_policies index) */
 	__u32 pol_counter; /* the policy edge whose counters this packet goes to, 0: none */
 };
 
@@ -222,6 +223,8 @@ static __always_inline void report(const struct config *cfg, const struct pkt *p
 	e->ifindex = ifindex;
 	e->l3_proto = p->l3_proto;
 	e->pkt_len = len > 0xffff ? 0xffff : len;
+	e->policy = p->pol_counter ? p->pol_index : 0;
+	e->_pad = 0;
 	bpf_ringbuf_submit(e, 0);
 	count(SLOT_EVENTS_SENT);
 }
@@ -530,6 +533,7 @@ static __always_inline int policy_entry(struct pkt *p, __u16 port, __u8 proto)
 	idx = pv->policy;
 	pol = bpf_map_lookup_elem(&seg_policies, &idx);
 	p->pol_counter = pv->counter;
+	p->pol_index = pv->policy;
 	p->pol_flags = pol && pol->mode == MODE_OBSERVE ? POLF_OBSERVE : 0;
 	return pv->action;
 }
@@ -590,7 +594,7 @@ static __always_inline __u32 decide_ingress(const struct config *cfg, struct pkt
 	 * runs over, the controller), nor by a policy; looked up only for packets no edge
 	 * let through */
 	if (v != V_PASS_EDGE && mgmt_match(p->proto, p->dport, p->sport, p->src)) {
-		p->pol_counter = 0;
+		p->pol_counter = 0; /* not the policy's doing */
 		return V_PASS_MGMT;
 	}
 	if (v == V_PASS_EDGE) {

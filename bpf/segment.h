@@ -181,6 +181,8 @@ struct seg_event {
 	__u32 ifindex;
 	__u16 l3_proto;
 	__u16 pkt_len;
+	__u32 policy; /* the label policy (seg_policies index) that decided, 0: none */
+	__u32 _pad;
 };
 
 /* Attach bookkeeping for the loader (user space only). */

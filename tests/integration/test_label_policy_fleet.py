@@ -186,6 +186,12 @@ def test_label_policy_follows_trust_and_replacement(fleet: Fleet) -> None:
         and e["dropped_packets"] >= enforced["dropped_packets"]
         and e["observed_packets"] == enforced["observed_packets"] > 0
         for e in fleet.reported()), 30), fleet.reported()[-3:]
+    # and each would-be drop of observe mode was a flow event naming the policy
+    drops = [json.loads(line)["data"] for line in fleet.ctl(
+        "events", "--node", fleet.db, "--kind", "drop", "--limit", "1000").splitlines()]
+    verdicts = {(d["verdict"], d["observed"], d.get("policy")) for d in drops
+                if d["dport"] == OTHER_PORT}
+    assert {("drop_policy", True, "web-db"), ("drop_policy", False, "web-db")} <= verdicts
     assert fleet.server.ctl("ledger", "verify").returncode == 0
 
 

@@ -53,8 +53,8 @@ def test_observe_passes_would_be_drops_and_enforce_drops_them_without_reattach(s
     assert (report["mode"], report["allowed_packets"], report["dropped_packets"],
             report["observed_packets"]) == ("observe", 1, 0, 1)
     events = drained(seg)
-    assert [(e.verdict, e.observed) for e in events] == [("drop_policy", True),
-                                                         ("drop_no_edge", False)]
+    assert [(e.verdict, e.observed, e.policy) for e in events] == [
+        ("drop_policy", True, "web-db"), ("drop_no_edge", False, None)]
     prog = seg.prog_fd("seg_ingress")
     seg.label_policies.set_mode("web-db", "enforce")
     assert seg.prog_fd("seg_ingress") == prog
@@ -82,7 +82,8 @@ def test_log_rule_passes_and_reports_each_packet(seg):  # noqa: F811
     _install(seg, action="log")
     assert passes(seg, syn(WEB, 5432, dst=DB))
     (ev,) = drained(seg)
-    assert (ev.verdict, ev.dport, ev.observed) == ("pass_edge", 5432, False)
+    assert (ev.verdict, ev.dport, ev.observed, ev.policy) == ("pass_edge", 5432, False,
+                                                              "web-db")
 
 
 def test_a_new_set_replaces_the_old_and_an_empty_set_removes_everything(seg):  # noqa: F811

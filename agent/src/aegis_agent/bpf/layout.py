@@ -189,7 +189,7 @@ ATTACH = CStruct("attach_state", "<", [
 SEG_EVENT = CStruct("seg_event", "<", [
     ("ts_ns", "Q"), ("src", "4s"), ("dst", "4s"), ("sport", "2s"), ("dport", "2s"),
     ("proto", "B"), ("verdict", "B"), ("direction", "B"), ("observed", "B"),
-    ("ifindex", "I"), ("l3_proto", "H"), ("pkt_len", "H")])
+    ("ifindex", "I"), ("l3_proto", "H"), ("pkt_len", "H"), ("policy", "I"), ("_pad", "4x")])
 RATELIMIT = CStruct("ratelimit", "<", [
     ("lock", "I"), ("_pad", "I"), ("credit_ns", "Q"), ("last_ns", "Q")])
 
@@ -276,15 +276,17 @@ class DropRecord:
     ifindex: int
     l3_proto: int
     length: int
+    policy_index: int = 0  # the label policy that decided (seg_policies), 0: none
+    policy: str | None = None  # its name (SegmentFilter.decode looks it up)
 
     @classmethod
     def unpack(cls, raw: bytes) -> DropRecord:
         (ts, src, dst, sport, dport, proto, verdict, direction, observed, ifindex, l3,
-         length) = SEG_EVENT.unpack(raw[:SEG_EVENT.size])
+         length, policy) = SEG_EVENT.unpack(raw[:SEG_EVENT.size])
         return cls(ts, ipaddress.IPv4Address(src), ipaddress.IPv4Address(dst),
                    int.from_bytes(sport, "big"), int.from_bytes(dport, "big"),
                    PROTO_NAMES.get(proto, str(proto)), Verdict(verdict).label,
-                   DIRECTIONS[direction], bool(observed), ifindex, l3, length)
+                   DIRECTIONS[direction], bool(observed), ifindex, l3, length, policy)
 
 
 # -- common.h, scope.h ---------------------------------------------------------------------

@@ -129,6 +129,13 @@ class LabelPolicies:
                 out[name] = (idx, names.get(mode, str(mode)))
         return out
 
+    def name_of(self, index: int) -> str | None:
+        """The name of the policy at ``index`` of seg_policies (None: none there now)."""
+        raw = syscall.map_lookup(self._fd(layout.MAP_SEG_POLICIES), index.to_bytes(4, "little"),
+                                 layout.POL_POLICY.size)
+        name = layout.POL_POLICY.unpack(raw)[1].split(b"\0", 1)[0].decode() if raw else ""
+        return name or None
+
     def _entries(self) -> dict[bytes, tuple[int, int, int]]:
         """key -> (counter, policy index, action) of the installed entries."""
         fd = self._fd(layout.MAP_SEG_POL_EDGES)

@@ -17,6 +17,7 @@ module keeps the filter's verbs.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import ipaddress
 import logging
@@ -695,7 +696,11 @@ class SegmentFilter(PinnedObject):
         return out
 
     def decode(self, raw: bytes) -> DropRecord:
-        return DropRecord.unpack(raw)
+        record = DropRecord.unpack(raw)
+        if record.policy_index:
+            return dataclasses.replace(record, policy=self.label_policies.name_of(
+                record.policy_index))
+        return record
 
     def events(self, timeout: float = 0.0) -> list[DropRecord]:
         """Drop (and would-drop) records waiting in the ring buffer; waits up to
