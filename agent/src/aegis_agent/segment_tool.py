@@ -3,7 +3,8 @@
     aegis-agent segment --pin-dir /sys/fs/bpf/aegis/segment --iface eth0 attach
     aegis-agent segment --pin-dir ... grant '10.0.0.0/24 -> 192.0.2.2 tcp/22' --ttl 60
     aegis-agent segment --pin-dir ... quarantine on --management '192.0.2.10 tcp/22'
-    aegis-agent segment --pin-dir ... status | counters | edges | detach
+    aegis-agent segment --pin-dir ... status | counters | edges | policies | detach
+    aegis-agent segment --pin-dir ... policy-mode web-db enforce   (one label policy)
 
 (``python -m aegis_agent.bpf ARGS`` is ``aegis-agent segment ARGS``.) Every command
 prints one JSON document; an error prints ``{"error": …}`` on stderr and exits 1. The

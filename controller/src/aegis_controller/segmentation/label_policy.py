@@ -33,9 +33,14 @@ import re
 from dataclasses import dataclass
 from typing import Any, Literal
 
-import yaml
-
-from ..access.policy import BUILTIN_LABEL_KEYS, PolicyError, _mapping, _name
+from ..access.policy import (
+    BUILTIN_LABEL_KEYS,
+    PolicyError,
+    _mapping,
+    _name,
+    read_yaml,
+    selector,
+)
 
 _PORT = re.compile(r"(tcp|udp)/(\d{1,5})")
 _TOP = {"policies"}
@@ -101,11 +106,7 @@ def _may_meet(a: dict[str, str], b: dict[str, str]) -> bool:
 
 
 def load(text: str, label_keys: set[str] | frozenset[str] = BUILTIN_LABEL_KEYS) -> PolicySet:
-    try:
-        doc = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        raise PolicyError(f"not valid YAML: {e}") from None
-    return parse(doc, label_keys)
+    return parse(read_yaml(text), label_keys)
 
 
 def parse(doc: object, label_keys: set[str] | frozenset[str] = BUILTIN_LABEL_KEYS) -> PolicySet:
@@ -117,20 +118,6 @@ def parse(doc: object, label_keys: set[str] | frozenset[str] = BUILTIN_LABEL_KEY
     policies = tuple(_policy(p, f"policies[{i}]", keys) for i, p in enumerate(raw))
     _no_conflict(policies)
     return PolicySet(policies)
-
-
-def _selector(value: object, where: str, label_keys: set[str] | frozenset[str]
-              ) -> dict[str, str]:
-    if not isinstance(value, dict) or not value:
-        raise PolicyError(f"{where}: expected a mapping of label -> value, e.g. {{role: web}}")
-    for key, v in value.items():
-        if key not in label_keys:
-            raise PolicyError(f"{where}.{key}: unknown label key (no node carries it; known: "
-                              f"{', '.join(sorted(label_keys))}); set node labels with "
-                              "`aegis-controller node labels NODE KEY=VALUE`")
-        if not isinstance(v, str | int) or isinstance(v, bool):
-            raise PolicyError(f"{where}.{key}: expected a label value (a string)")
-    return {str(k): str(v) for k, v in value.items()}
 
 
 def _ports(value: object, where: str) -> tuple[str, ...]:
@@ -153,8 +140,8 @@ def _ports(value: object, where: str) -> tuple[str, ...]:
 def _policy(raw: object, where: str, label_keys: set[str] | frozenset[str]) -> LabelPolicy:
     body = _mapping(raw, where, _POLICY)
     name = _name(body.get("name"), f"{where}.name")
-    src = _selector(body.get("from"), f"{where}.from", label_keys)
-    dst = _selector(body.get("to"), f"{where}.to", label_keys)
+    src = selector(body.get("from"), f"{where}.from", label_keys, "{role: web}")
+    dst = selector(body.get("to"), f"{where}.to", label_keys, "{role: db}")
     ports = _ports(body.get("ports"), f"{where}.ports")
     action = body.get("action", "allow")
     if action not in ACTIONS:

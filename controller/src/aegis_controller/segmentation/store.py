@@ -17,9 +17,9 @@ from sqlalchemy import Connection, Engine
 
 from aegis_protocol.orders import MAX_LIFETIME
 
-from .. import db, tables
+from .. import db, document_versions, tables
 from ..access.policy import PolicyError
-from ..errors import Conflict, Invalid
+from ..errors import Invalid
 from ..ledger import Kind, Ledger, Recorder
 from ..nodes import NOT_LIVE, NodeState, NodeStore
 from ..orders import Orders
@@ -66,9 +66,8 @@ class LabelPolicies:
     def _store_in(self, rec: Recorder, policies: PolicySet, actor: str,
                   event: str) -> dict[str, Any]:
         digest = policies.digest()
-        version = rec.conn.execute(tables.segment_policies.insert().values(
-            document=json.dumps(policies.document()), digest=digest,
-            set_at=int(time.time()), set_by=actor)).inserted_primary_key[0]
+        version = document_versions.add(rec.conn, tables.segment_policies,
+                                        policies.document(), digest, actor)
         rec.append(Kind.ACCESS_GRANT, SUBJECT, {
             "event": event, "version": version, "digest": digest,
             "policies": {p.name: p.mode for p in policies.policies}}, actor=actor)
@@ -76,14 +75,12 @@ class LabelPolicies:
         return {"version": version, "digest": digest, "pushed": pushed}
 
     def current_in(self, conn: Connection) -> tuple[int, PolicySet]:
-        row = conn.execute(sa.select(_p.version, _p.document)
-                           .order_by(_p.version.desc()).limit(1)).first()
-        if row is None:
-            raise Conflict("no label policy is set: an operator sets one with "
-                           "`aegis-controller segment policy set FILE`")
-        doc = json.loads(row.document)  # validated when set: its label keys stand
+        version, doc = document_versions.newest(conn, tables.segment_policies,
+                                                "label policy",
+                                                "aegis-controller segment policy set FILE")
+        # validated when set: its label keys stand
         keys = {k for p in doc["policies"] for side in ("from", "to") for k in p[side]}
-        return row.version, parse(doc, frozenset(keys))
+        return version, parse(doc, frozenset(keys))
 
     def current(self) -> dict[str, Any]:
         with db.errors(self.engine), db.reader(self.engine) as conn:
