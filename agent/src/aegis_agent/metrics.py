@@ -48,6 +48,7 @@ METRIC_NAMES = frozenset({
     "aegis_agent_process_cpu_seconds", "aegis_agent_process_resident_memory_bytes",
     "aegis_agent_process_virtual_memory_bytes", "aegis_agent_process_start_time_seconds",
     "aegis_agent_process_open_fds", "aegis_agent_process_max_fds",
+    "aegis_agent_label_policy_packets", "aegis_agent_label_policy_bytes",
 })
 
 
