@@ -6,6 +6,8 @@ test_label_policy_fleet.py."""
 
 from __future__ import annotations
 
+import os
+
 import pytest
 from test_segment_filter import drained, nonzero, passes, seg, syn  # noqa: F401
 
@@ -113,3 +115,25 @@ def test_bad_entries_are_refused_before_anything_is_written(seg):  # noqa: F811
     assert len(_edges(seg)) == 2
     assert passes(seg, syn(WEB, 5432, dst=DB))
 
+
+
+def test_label_policies_survive_a_migration_of_older_pins(seg):  # noqa: F811
+    """Pins of an older build (stand-in: this build's with seg_mgmt_nets unpinned) are
+    recreated with the label policies carried over; their counters restart."""
+    _install(seg, "observe")
+    assert passes(seg, syn(WEB, 5433, dst=DB))
+    seg.close()
+    os.unlink(seg.pin_dir / "seg_mgmt_nets")
+    again = SegmentFilter(None, seg.pin_dir, event_rate=0)
+    assert again.load() is False
+    try:
+        report = again.label_policies.report()["web-db"]
+        assert (report["mode"], len(report["edges"]), report["observed_packets"]) == (
+            "observe", 2, 0)
+        assert passes(again, syn(WEB, 5433, dst=DB))
+        assert passes(again, syn(WEB, 5432, dst=DB))
+        again.label_policies.set_mode("web-db", "enforce")
+        assert not passes(again, syn(WEB, 5433, dst=DB))
+        assert not passes(again, syn(OTHER, 5432, dst=DB))
+    finally:
+        again.close()

@@ -56,6 +56,8 @@ PROGRAMS = {"ingress": layout.PROG_SEG_INGRESS, "egress": layout.PROG_SEG_EGRESS
 LINK_PINS = ("link_xdp", "link_tc")
 POLICY_MAPS = (MAP_SEG_CONFIG, MAP_SEG_MGMT, MAP_SEG_MGMT_NETS, MAP_SEG_EDGES,
                MAP_SEG_EDGES_LPM)
+#: the controller's label policies: carried over a migration (their counters restart)
+LABEL_POLICY_MAPS = (layout.MAP_SEG_POLICIES, layout.MAP_SEG_POL_EDGES)
 _ONE = (1).to_bytes(4, "little")
 XDP_PASS, XDP_DROP = 2, 1
 TC_ACT_OK, TC_ACT_SHOT = 0, 2
@@ -193,12 +195,13 @@ class SegmentFilter(PinnedObject):
     def _migrate(self, why: str, skip: tuple[str, ...]) -> None:
         """Pins from an older build (a map of another size, or one it did not have):
         recreate them with this build, carrying the policy over (config, management
-        peers, edges with their times, the node's own flows), and move the links over.
+        peers, edges with their times, the node's own flows, the label policies), and move
+        the links over.
         The new object is loaded and filled in a staging directory first, so the
         interface is without a filter only between the old links' detach and the new
         attach (milliseconds); counters restart at zero."""
         old = read_old_pins(self.pin_dir, self.MAPS,
-                            carry=[*POLICY_MAPS[1:], MAP_SEG_FLOWS])
+                            carry=[*POLICY_MAPS[1:], MAP_SEG_FLOWS, *LABEL_POLICY_MAPS])
         state = old.attach
         attached = bool(state.ifindex) and self._links_alive(state)
         if attached and state.netns_ino and state.netns_ino != _netns_ino():
