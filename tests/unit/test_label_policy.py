@@ -191,6 +191,7 @@ def test_the_controller_pushes_on_join_suspicion_and_replacement(ctl: Controller
     assert attest(ctl, "web2") == NodeState.TRUSTED
     assert sent(ctl, "db1")[-1]["entries"] == ["web-db allow 10.0.0.7 -> 10.0.0.2 tcp/5432",
                                                "web-db default 10.0.0.7 -> 10.0.0.2"]
+    assert sent(ctl, "web2") == []  # a source only: nothing to install on it
     # mode switch: a new version, the same entries, the new mode
     n = len(sent(ctl, "db1"))
     ctl.segment.set_mode("web-db", "observe", "operator:a")

@@ -108,7 +108,7 @@ class Enforcement:
         return self._done("segment-policy", source, {**done, "policies": modes},
                           f"label policies: {len(modes)} policies, {len(entries)} entries "
                           f"({done['added']} added, {done['removed']} removed)",
-                          policies=",".join(f"{n}={m}" for n, m in sorted(modes.items())),
+                          policies=",".join(f"{n}={m}" for n, m in sorted(modes.items()))[:1000],
                           entries=len(entries), **done)
 
     def quarantine(self, level: str = "soft", management: list[str] | None = None,

@@ -124,7 +124,8 @@ class LabelPolicies:
                 continue
             body = wanted.get(node_id, _EMPTY)
             digest = digest_of(body)
-            if sent.get(node_id, digest_of(_EMPTY)) == digest and node_id != force:
+            again = node_id == force and (node_id in wanted or node_id in sent)
+            if sent.get(node_id, digest_of(_EMPTY)) == digest and not again:
                 continue
             signed = self.orders.create_in(
                 rec, node_id, "segment-policy", dict(body), ACTOR, lifetime=MAX_LIFETIME,
