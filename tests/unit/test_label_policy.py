@@ -216,3 +216,23 @@ def test_a_refused_policy_changes_nothing(ctl: Controller) -> None:
     assert sent(ctl, "db1") == before
     assert len(list(ctl.ledger.records())) == records
     assert ctl.segment.current()["version"] == 1
+
+
+def test_a_set_over_one_orders_entries_is_refused_or_kept_never_failing_a_transition(
+        ctl: Controller, monkeypatch: pytest.MonkeyPatch) -> None:
+    """(The bound lowered from 8192 to 2 entries, so two web nodes are over it.)"""
+    from aegis_controller.segmentation import store
+
+    join(ctl, "db1", "10.0.0.2", "db")
+    join(ctl, "web1", "10.0.0.1", "web")
+    monkeypatch.setattr(store, "MAX_POLICY_ENTRIES", 1)
+    with pytest.raises(Invalid, match="node db1: the label policies compile to 2 entries, "
+                                      "over the 1 one order carries"):
+        ctl.segment.set_policy(POLICY, "operator:a")
+    assert sent(ctl, "db1") == []
+    monkeypatch.setattr(store, "MAX_POLICY_ENTRIES", 2)
+    ctl.segment.set_policy(POLICY, "operator:a")
+    assert len(sent(ctl, "db1")) == 1
+    join(ctl, "web2", "10.0.0.7", "web")  # db1's set would be 4 entries: kept as it was
+    assert ctl.nodes.get("web2")["state"] == NodeState.TRUSTED
+    assert len(sent(ctl, "db1")) == 1

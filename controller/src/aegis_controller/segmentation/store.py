@@ -9,12 +9,14 @@ suspicion, quarantine, rebuild, retirement) and label/address changes call.
 from __future__ import annotations
 
 import json
+import logging
 import time
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy import Connection, Engine
 
+from aegis_protocol.commands import MAX_POLICY_ENTRIES
 from aegis_protocol.orders import MAX_LIFETIME
 
 from .. import db, document_versions, tables
@@ -28,6 +30,7 @@ from .label_policy import Node, PolicySet, compile_for, digest_of, load, parse
 _p = tables.segment_policies.c
 _s = tables.segment_pushes.c
 _n = tables.nodes.c
+log = logging.getLogger(__name__)
 ACTOR = "controller:segment"
 SUBJECT = "segment-policy"
 _EMPTY = {"policies": [], "entries": []}
@@ -71,7 +74,7 @@ class LabelPolicies:
         rec.append(Kind.ACCESS_GRANT, SUBJECT, {
             "event": event, "version": version, "digest": digest,
             "policies": {p.name: p.mode for p in policies.policies}}, actor=actor)
-        pushed = self.recompile_in(rec, f"label policies version {version}")
+        pushed = self.recompile_in(rec, f"label policies version {version}", strict=True)
         return {"version": version, "digest": digest, "pushed": pushed}
 
     def current_in(self, conn: Connection) -> tuple[int, PolicySet]:
@@ -106,11 +109,14 @@ class LabelPolicies:
         ).order_by(_n.node_id))
         return [Node(r.node_id, r.address, json.loads(r.labels)) for r in rows]
 
-    def recompile_in(self, rec: Recorder, reason: str, force: str | None = None) -> list[str]:
+    def recompile_in(self, rec: Recorder, reason: str, force: str | None = None,
+                     strict: bool = False) -> list[str]:
         """Compile the policies in force against the trusted nodes now and queue a signed
         ``segment-policy`` order for each live node whose set differs from what it was
         last sent (and for ``force``, a node that just turned trusted: an order it missed
-        while away may have expired). Returns the order ids."""
+        while away may have expired). Returns the order ids. A node whose set would be
+        over :data:`MAX_POLICY_ENTRIES` is refused (``strict``: a policy being set) or
+        keeps its last set, logged (a trust transition never fails for it)."""
         conn = rec.conn
         if conn.execute(sa.select(_p.version).limit(1)).first() is None:
             return []  # no label policy was ever set: nothing to keep in step
@@ -123,6 +129,15 @@ class LabelPolicies:
             if state in NOT_LIVE:
                 continue
             body = wanted.get(node_id, _EMPTY)
+            if len(body["entries"]) > MAX_POLICY_ENTRIES:
+                why = (f"node {node_id}: the label policies compile to "
+                       f"{len(body['entries'])} entries, over the {MAX_POLICY_ENTRIES} one "
+                       "order carries; narrow the selectors")
+                if strict:
+                    raise Invalid(f"label policy: {why}")
+                log.warning("label policy set not sent: %s", why,
+                            extra={"node": node_id, "reason": reason})
+                continue
             digest = digest_of(body)
             again = node_id == force and (node_id in wanted or node_id in sent)
             if sent.get(node_id, digest_of(_EMPTY)) == digest and not again:
