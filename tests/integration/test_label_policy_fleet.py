@@ -20,7 +20,7 @@ import pytest
 import sqlalchemy as sa
 import yaml
 from test_agent_controller import _connect
-from test_agent_daemon import Daemon
+from test_agent_daemon import Daemon, _pinned_link_ids
 from test_agent_orders_path import _module_daemon
 
 from conftest import sub_prefix
@@ -166,6 +166,8 @@ def test_label_policy_follows_trust_and_replacement(fleet: Fleet) -> None:
 
     # observe: the would-be drop passes and is counted; enforce: dropped
     before = fleet.policies()["web-db"]
+    links = _pinned_link_ids(Path(fleet.daemon.lab.pin))
+    assert len(links) == 2  # XDP and tcx
     fleet.ctl("segment", "policy", "mode", "web-db", "observe")
     assert wait_until(fleet.last_push_done, 30)
     assert wait_until(lambda: fleet.connects(WEB2_ADDR, OTHER_PORT), 10)
@@ -179,6 +181,7 @@ def test_label_policy_follows_trust_and_replacement(fleet: Fleet) -> None:
     assert fleet.connects(WEB2_ADDR, PORT)
     enforced = fleet.policies()["web-db"]
     assert enforced["mode"] == "enforce"
+    assert _pinned_link_ids(Path(fleet.daemon.lab.pin)) == links  # nothing re-attached
     assert enforced["dropped_packets"] > observed["dropped_packets"]
     # the counters reach the controller as the agent's label_policy_counters events
     assert wait_until(lambda: any(
