@@ -135,3 +135,14 @@ def test_label_policies_survive_a_migration_of_older_pins(seg):  # noqa: F811
         assert not passes(again, syn(OTHER, 5432, dst=DB))
     finally:
         again.close()
+
+
+def test_a_reverted_segment_policy_keeps_the_label_policies(seg):  # noqa: F811
+    """The timed confirmation's revert (restore of a snapshot taken before the controller's
+    order) leaves the label policies installed and switched on."""
+    snap = seg.snapshot()
+    _install(seg)
+    seg.restore(snap)
+    assert passes(seg, syn(WEB, 5432, dst=DB))
+    assert not passes(seg, syn(WEB, 5433, dst=DB))
+    assert nonzero(seg) == {"pass_edge": 1, "drop_policy": 1}

@@ -571,8 +571,10 @@ class SegmentFilter(PinnedObject):
     def restore(self, snap: dict[str, dict[bytes, bytes]]) -> None:
         """Put back a ``snapshot``: entries not in it are removed, the others rewritten.
         The quarantine switch stays as it is now: a revert never lifts a quarantine, and
-        the ``protected`` peers stay."""
-        quarantined = self.config().quarantine
+        the ``protected`` peers stay; so do the controller's label policies (not part of
+        a snapshot: their switch in the config stays as it is too)."""
+        now = self.config()
+        quarantined, labelled = now.quarantine, now.flags & layout.CFG_POLICY
         snap = dict(snap)
         if MAP_SEG_MGMT in snap and MAP_SEG_MGMT_NETS not in snap:
             snap[MAP_SEG_MGMT_NETS] = _nets_of(snap[MAP_SEG_MGMT])
@@ -588,6 +590,7 @@ class SegmentFilter(PinnedObject):
                 syscall.map_update(fd, key, value)
         cfg = self.config()
         cfg.quarantine = quarantined
+        cfg.flags = (cfg.flags & ~layout.CFG_POLICY) | labelled
         self._write_config(cfg)
         if self.protected:  # an earlier policy may predate them: they stay all the same
             self.protect(self.protected)
