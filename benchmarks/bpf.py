@@ -7,6 +7,11 @@
     of an allowed flow (the full lookup: the flow cache switched off), a miss (an
     unknown source, dropped), and a miss with all six edge shapes in use; the two
     targets (issue 15) are read as ns above the empty program;
+  - label policies (``--policy-sources`` web nodes, an allow and a pair default entry
+    each, installed the way the agent installs the controller's orders): a packet the
+    policy allows, one its pair default drops, and the unknown source's miss with the
+    policies installed (two more lookups), in the same rounds; and how long the agent
+    takes to install that set (seconds);
   - parsing ``--edges`` edge specs before the batch load (seconds);
   - grant-to-enforce latency: from just before the map update until a test run of the
     newly allowed packet returns XDP_PASS (the update syscall plus one run), p50/p99.
@@ -82,7 +87,34 @@ def _ns_per_packet(seg: SegmentFilter, empty_fd: int, hit: bytes, miss: bytes, r
     return {k: round(statistics.median(v)) for k, v in runs.items()}
 
 
-def run(edges: int, repeat: int, samples: int, rounds: int = 5) -> dict:
+def _policy_figures(seg: SegmentFilter, empty_fd: int, sources: int, repeat: int,
+                    rounds: int) -> dict:
+    """Label policy costs: ``sources`` web nodes allowed to NODE tcp/5432 in one policy."""
+    entries = [e for i in range(sources) for e in (
+        f"web-db allow {_src(i)} -> {NODE} tcp/5432", f"web-db default {_src(i)} -> {NODE}")]
+    t0 = time.perf_counter()
+    seg.label_policies.apply({"web-db": "enforce"}, entries)
+    res: dict = {"policy_install_s": round(time.perf_counter() - t0, 3)}
+    src = _src(sources // 2)
+    allow, pair, miss = (_syn(src, dport=5432), _syn(src, dport=5433),
+                         _syn("172.31.255.1"))
+    runs: dict[str, list[int]] = {k: [] for k in (
+        "policy_empty_xdp_ns", "policy_allow_ns", "policy_pair_drop_ns", "policy_miss_ns")}
+    for _ in range(rounds):
+        runs["policy_empty_xdp_ns"].append(libbpf.test_run(empty_fd, allow, repeat).duration_ns)
+        for name, pkt, want in (("policy_allow_ns", allow, True),
+                                ("policy_pair_drop_ns", pair, False),
+                                ("policy_miss_ns", miss, False)):
+            ok, r = seg.test_run(pkt, repeat=repeat)
+            assert ok == want, f"{name}: the packet was {'passed' if ok else 'dropped'}"
+            runs[name].append(r.duration_ns)
+    res.update({k: round(statistics.median(v)) for k, v in runs.items()})
+    seg.label_policies.apply({}, [])
+    return res
+
+
+def run(edges: int, repeat: int, samples: int, rounds: int = 5,
+        policy_sources: int = 4_000) -> dict:
     """The figures, by name (ns per packet, seconds, microseconds)."""
     res: dict = {}
     empty = libbpf.load_object(str(object_path("empty")))
@@ -106,6 +138,8 @@ def run(edges: int, repeat: int, samples: int, rounds: int = 5) -> dict:
         res.update(ns)
         res["allow_established_over_empty_ns"] = ns["allow_established_ns"] - ns["empty_xdp_ns"]
         res["miss_over_empty_ns"] = ns["miss_ns"] - ns["empty_xdp_ns"]
+        res.update(_policy_figures(seg, empty.program_fd(layout.PROG_EMPTY_XDP),
+                                   policy_sources, repeat, rounds))
 
         lat, upd = [], []
         for i in range(samples):
@@ -134,26 +168,33 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--edges", type=int, default=100_000)
     p.add_argument("--repeat", type=int, default=1_000_000)
     p.add_argument("--samples", type=int, default=1000)
+    p.add_argument("--policy-sources", type=int, default=4_000,
+                   help="label policy: web nodes allowed to the node (2 entries each; one "
+                   "order carries 8192 entries)")
     p.add_argument("--rounds", type=int, default=5,
                    help="interleaved rounds of the ns/packet runs; figures are medians")
     a = p.parse_args(argv)
-    figures = run(a.edges, a.repeat, a.samples, a.rounds)
+    figures = run(a.edges, a.repeat, a.samples, a.rounds, a.policy_sources)
     empty = f"empty XDP program: {figures['empty_xdp_ns']} ns"
     report("bpf_segment", figures,
            title=f"segment filter (BPF_PROG_TEST_RUN, repeat={a.repeat:,}, {a.edges:,} edges, "
                  f"medians of {a.rounds} interleaved rounds, libbpf {libbpf.version()}; "
                  "established: the flow cache's hit; new_flow: the flow cache off; "
-                 "miss_all_shapes: all six edge shapes in use)",
-           peers={k: empty for k in ("allow_established_ns", "allow_new_flow_ns", "miss_ns",
-                                     "miss_all_shapes_ns", "allow_established_over_empty_ns",
-                                     "miss_over_empty_ns")},
+                 "miss_all_shapes: all six edge shapes in use; policy_*: "
+                 f"{a.policy_sources:,} label policy sources installed)",
+           peers={**{k: empty for k in ("allow_established_ns", "allow_new_flow_ns", "miss_ns",
+                                        "miss_all_shapes_ns", "allow_established_over_empty_ns",
+                                        "miss_over_empty_ns")},
+                  **{k: f"empty XDP program: {figures['policy_empty_xdp_ns']} ns (same rounds)"
+                     for k in ("policy_allow_ns", "policy_pair_drop_ns", "policy_miss_ns")}},
            targets={"edge_parse_s": f"<= {0.5 * a.edges / 100_000:.3g} s "
                                     "(0.5 s per 100,000 specs; was 5-6.5 s)",
                     "allow_established_over_empty_ns": "<= 50 ns above the empty program "
                                                        "(issue 15; was 66)",
                     "miss_over_empty_ns": "<= 80 ns above the empty program (issue 15; "
                                           "was 86)"},
-           notes={"edges": a.edges, "repeat": a.repeat, "samples": a.samples,
+           notes={"edges": a.edges, "policy_sources": a.policy_sources, "repeat": a.repeat,
+                  "samples": a.samples,
                   "rounds": a.rounds, "libbpf": libbpf.version()})
     return 0
 

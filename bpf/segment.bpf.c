@@ -94,6 +94,28 @@ struct {
 } seg_mgmt_nets SEC(".maps");
 
 struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct edge_key);
+	__type(value, struct pol_val);
+} seg_pol_edges SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1024);
+	__type(key, __u32);
+	__type(value, struct pol_policy);
+} seg_policies SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 16384);
+	__type(key, __u32);
+	__type(value, struct pol_counters);
+} seg_pol_counters SEC(".maps");
+
+struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 65536);
 	__type(key, struct flow_key);
@@ -136,7 +158,13 @@ struct pkt {
 	__u8 proto;
 	__u8 tcp_flags;
 	__u8 icmp_type;
+	__u8 pol_flags;   /* POLF_*: set with pol_counter by a label policy's entry */
+	__u16 pol_index;  /* that entry's policy (seg_policies index) */
+	__u32 pol_counter; /* the policy edge whose counters this packet goes to, 0: none */
 };
+
+#define POLF_OBSERVE 1 /* the policy is in observe mode */
+#define POLF_LOG 2     /* action log: pass and report */
 
 static const struct config default_config = {};
 
@@ -195,6 +223,8 @@ static __always_inline void report(const struct config *cfg, const struct pkt *p
 	e->ifindex = ifindex;
 	e->l3_proto = p->l3_proto;
 	e->pkt_len = len > 0xffff ? 0xffff : len;
+	e->policy = p->pol_counter ? p->pol_index : 0;
+	e->_pad = 0;
 	bpf_ringbuf_submit(e, 0);
 	count(SLOT_EVENTS_SENT);
 }
@@ -487,12 +517,34 @@ static __always_inline int mgmt_match(__u8 proto, __u16 lport, __u16 rport, __u3
 	return bpf_map_lookup_elem(&seg_mgmt, &k) != NULL;
 }
 
+/* The label policy entry (src, dst, port, proto) of ``p``; on a hit its counter and the
+ * policy's mode go to ``p`` and its action is returned, else -1. */
+static __always_inline int policy_entry(struct pkt *p, __u16 port, __u8 proto)
+{
+	struct edge_key k;
+	struct pol_val *pv;
+	struct pol_policy *pol;
+	__u32 idx;
+
+	edge_key_set(&k, p->src, p->dst, port, proto);
+	pv = bpf_map_lookup_elem(&seg_pol_edges, &k);
+	if (!pv)
+		return -1;
+	idx = pv->policy;
+	pol = bpf_map_lookup_elem(&seg_policies, &idx);
+	p->pol_counter = pv->counter;
+	p->pol_index = pv->policy;
+	p->pol_flags = pol && pol->mode == MODE_OBSERVE ? POLF_OBSERVE : 0;
+	return pv->action;
+}
+
 /* ``now``: the coarse clock (flows); edges read the precise one themselves. */
 static __always_inline __u32 decide_ingress(const struct config *cfg, struct pkt *p, __u64 now)
 {
 	struct flow_key fk;
 	struct flow_val *f;
 	__u32 v, kind = 0;
+	int action;
 
 	if (cfg->quarantine)
 		return mgmt_match(p->proto, p->dport, p->sport, p->src) ? V_PASS_MGMT
@@ -524,11 +576,27 @@ static __always_inline __u32 decide_ingress(const struct config *cfg, struct pkt
 			/* revoked, expired or idle: the full lookup says what now */
 		}
 	}
-	v = match_edges(cfg, p, &kind);
+	/* label policies: an explicit rule decides first (allow, log, drop); else the edges;
+	 * a packet no edge passes between a policy's pair is that policy's drop */
+	action = cfg->flags & CFG_POLICY ? policy_entry(p, edge_port(p), p->proto) : -1;
+	if (action == POL_ALLOW || action == POL_LOG) {
+		if (action == POL_LOG)
+			p->pol_flags |= POLF_LOG;
+		v = V_PASS_EDGE;
+	} else if (action == POL_DROP) {
+		v = V_DROP_POLICY;
+	} else {
+		v = match_edges(cfg, p, &kind);
+		if (v != V_PASS_EDGE && (cfg->flags & CFG_POLICY) && policy_entry(p, 0, 0) >= 0)
+			v = V_DROP_POLICY;
+	}
 	/* the management path is never cut by the default drop either (the SSH a play
-	 * runs over, the controller); looked up only for packets no edge let through */
-	if (v != V_PASS_EDGE && mgmt_match(p->proto, p->dport, p->sport, p->src))
+	 * runs over, the controller), nor by a policy; looked up only for packets no edge
+	 * let through */
+	if (v != V_PASS_EDGE && mgmt_match(p->proto, p->dport, p->sport, p->src)) {
+		p->pol_counter = 0; /* not the policy's doing */
 		return V_PASS_MGMT;
+	}
 	if (v == V_PASS_EDGE) {
 		/* remember the inbound flow: its next packets look up the edge that admitted
 		 * it first, and (UDP) the service's replies do not open an outbound flow
@@ -598,6 +666,24 @@ static __always_inline __u32 decide_l2(const struct config *cfg, __u32 parsed, s
 	return V_DROP_IPV6;
 }
 
+static __always_inline void pol_count(__u32 counter, __u32 verdict, int observe, __u32 len)
+{
+	struct pol_counters *c = bpf_map_lookup_elem(&seg_pol_counters, &counter);
+
+	if (!c)
+		return;
+	if (verdict < V_FIRST_DROP) {
+		c->allowed_pkts++;
+		c->allowed_bytes += len;
+	} else if (observe) {
+		c->observed_pkts++;
+		c->observed_bytes += len;
+	} else {
+		c->dropped_pkts++;
+		c->dropped_bytes += len;
+	}
+}
+
 /* Returns 1 to pass, 0 to drop. */
 static __always_inline int segment(void *data, void *data_end, __u32 pkt_len, __u32 dir,
 				   __u32 ifindex)
@@ -617,11 +703,18 @@ static __always_inline int segment(void *data, void *data_end, __u32 pkt_len, __
 	else if (v == V_PASS_EDGE)
 		v = dir == DIR_INGRESS ? decide_ingress(cfg, &p, now) : decide_egress(cfg, &p, now);
 
-	observe = cfg->mode == MODE_OBSERVE && v >= V_FIRST_DROP;
+	/* a policy in observe mode passes its own drops (V_DROP_POLICY) only */
+	observe = v >= V_FIRST_DROP && (cfg->mode == MODE_OBSERVE ||
+					(v == V_DROP_POLICY && (p.pol_flags & POLF_OBSERVE)));
 	slot = dir * SLOT_DIR + (observe ? SLOT_OBSERVED : 0) + (v & 31);
 	count(slot);
-	if (v < V_FIRST_DROP)
+	if (p.pol_counter)
+		pol_count(p.pol_counter, v, observe, pkt_len);
+	if (v < V_FIRST_DROP) {
+		if (p.pol_flags & POLF_LOG)
+			report(cfg, &p, v, dir, 0, ifindex, pkt_len, now);
 		return 1;
+	}
 	report(cfg, &p, v, dir, observe, ifindex, pkt_len, now);
 	return observe;
 }

@@ -40,6 +40,7 @@ enum verdict {
 	V_DROP_MALFORMED,
 	V_DROP_FRAGMENT,
 	V_DROP_OTHER_L3,
+	V_DROP_POLICY, /* a label policy's drop: its explicit rule, or its pair's default */
 	V__COUNT,
 };
 #define V_FIRST_DROP V_DROP_NO_EDGE
@@ -68,6 +69,36 @@ struct config {
 /* config.flags */
 enum config_flags {
 	CFG_NO_FLOW_CACHE = 1 << 0, /* every inbound packet takes the full edge lookup */
+	CFG_POLICY = 1 << 1,        /* label policies are installed: look them up */
+};
+
+/* Label policies (issue 15 part 4): compiled by the controller into per-node entries of
+ * seg_pol_edges, keyed like seg_edges (exact source and destination). An entry with
+ * proto 0 and port 0 is the policy's pair default: a packet between the two that no
+ * rule of the policy allows is the policy's drop (or would-be drop in observe mode). */
+enum pol_action { POL_ALLOW = 0, POL_DROP = 1, POL_LOG = 2 };
+
+struct pol_val {
+	__u32 counter; /* index into seg_pol_counters (per edge) */
+	__u16 policy;  /* index into seg_policies */
+	__u8 action;   /* enum pol_action */
+	__u8 _pad;
+};
+
+#define POL_NAME_LEN 56
+struct pol_policy {
+	__u32 mode; /* enum mode: observe passes the policy's drops and counts them */
+	__u32 _pad;
+	char name[POL_NAME_LEN]; /* user space only */
+};
+
+struct pol_counters {
+	__u64 allowed_pkts;
+	__u64 allowed_bytes;
+	__u64 dropped_pkts;
+	__u64 dropped_bytes;
+	__u64 observed_pkts; /* observe mode: would have been dropped, passed */
+	__u64 observed_bytes;
 };
 
 /* IPv4 addresses and ports in network byte order, as on the wire. */
@@ -150,6 +181,8 @@ struct seg_event {
 	__u32 ifindex;
 	__u16 l3_proto;
 	__u16 pkt_len;
+	__u32 policy; /* the label policy (seg_policies index) that decided, 0: none */
+	__u32 _pad;
 };
 
 /* Attach bookkeeping for the loader (user space only). */

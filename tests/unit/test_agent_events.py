@@ -3,6 +3,7 @@ records packed with the shared layouts, decoded, then converted (no kernel neede
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import os
 import socket
@@ -22,17 +23,25 @@ def test_segment_drop_record_becomes_a_drop_event() -> None:
     raw = layout.SEG_EVENT.pack(5, ipaddress.IPv4Address("192.0.2.1").packed,
                                 ipaddress.IPv4Address("192.0.2.2").packed,
                                 (40000).to_bytes(2, "big"), (22).to_bytes(2, "big"), 6,
-                                layout.Verdict.DROP_NO_EDGE, 0, 0, 3, 0x0800, 60)
+                                layout.Verdict.DROP_NO_EDGE, 0, 0, 3, 0x0800, 60, 0)
     ev = from_record(DropRecord.unpack(raw), OFFSET)
     assert (ev.ts_ns, ev.kind, ev.severity) == (OFFSET + 5, "drop", "notice")
     assert ev.data == {"src": "192.0.2.1", "dst": "192.0.2.2", "sport": 40000, "dport": 22,
                        "proto": "tcp", "verdict": "drop_no_edge", "direction": "ingress",
                        "observed": False, "ifindex": 3}
     observed = layout.SEG_EVENT.pack(5, bytes(4), bytes(4), bytes(2), bytes(2), 17,
-                                     layout.Verdict.DROP_IDLE, 1, 1, 3, 0x0800, 60)
+                                     layout.Verdict.DROP_IDLE, 1, 1, 3, 0x0800, 60, 0)
     ev = from_record(DropRecord.unpack(observed), OFFSET)
     assert ev.severity == "info" and ev.data["observed"] is True
     assert (ev.data["direction"], ev.data["proto"]) == ("egress", "udp")
+    assert "policy" not in ev.data
+    # a label policy's would-be drop names the policy
+    record = dataclasses.replace(DropRecord.unpack(layout.SEG_EVENT.pack(
+        5, bytes(4), bytes(4), bytes(2), bytes(2), 6, layout.Verdict.DROP_POLICY, 0, 1, 3,
+        0x0800, 60, 4)), policy="web-db")
+    ev = from_record(record, OFFSET)
+    assert (ev.data["verdict"], ev.data["observed"], ev.data["policy"]) == (
+        "drop_policy", True, "web-db")
 
 
 @pytest.mark.parametrize(("flags", "kind", "severity", "extra"), [

@@ -144,7 +144,8 @@ def test_enforcement_order_kinds_run_through_one_enforcement(tmp_path: Path) -> 
 
     recorded: list = []
     handlers = order_handlers(Enforcement(None, None, None, recorded.extend))
-    assert set(handlers) == {"grant", "revoke", "quarantine", "release", "release-cgroup"}
+    assert set(handlers) == {"grant", "revoke", "quarantine", "release", "release-cgroup",
+                             "segment-policy"}
     ex = OrderExecutor("n1", CONTROLLER.public_key(), NODE,
                        FileReplayGuard(tmp_path / "nonces.json"), handlers)
     ack = ex.execute(_signed("release-cgroup", {"cgroup": "/sys/fs/cgroup/x"})).ack

@@ -83,6 +83,9 @@ class SegmentConfig(_Strict):
     management: list[ManagementPeer] = Field(default_factory=list)
     edges: list[EdgeGrant] = Field(default_factory=list, description="'SPEC' or {edge, ttl, idle}")
     sweep_interval: Annotated[float, Field(gt=0)] = 5.0
+    policy_report_interval: Annotated[float, Field(gt=0)] = Field(
+        60.0, description="seconds between reports of the label policies' counters (one "
+        "`label_policy_counters` event per policy whose counters moved)")
     confirm_seconds: Annotated[float, Field(gt=0, le=3600)] | None = Field(
         None, description="timed confirmation: a policy applied at start that differs from "
         "the one before is reverted (or the filter detached) unless `aegis-agent confirm` "

@@ -84,6 +84,8 @@ class Agent:
         self.enforcement = Enforcement(None, None, None, self._record_from_any_thread)
         self.watch = SelfWatch(cfg.watchdog)
         self.started = time.monotonic()
+        #: label policy name -> (mode, counters) of its last report
+        self._policy_counts: dict[str, tuple[object, dict[str, object]]] = {}
         self.last_reading: dict[str, object] = {}
         self.offset_ns = time.time_ns() - time.monotonic_ns()
         self._stop = asyncio.Event()
@@ -501,6 +503,27 @@ class Agent:
             if gone:
                 self.record([agent_event("edges_expired", edges=",".join(map(str, gone)))])
 
+    def _report_policies(self) -> None:
+        """One ``label_policy_counters`` event per label policy whose counters moved since
+        the last report (they reach the controller with the other events)."""
+        if not self.segment:
+            return
+        try:
+            report = self.segment.label_policies.report()
+        except (BpfError, OSError) as e:
+            log.warning("label policy counters unreadable: %s", e)
+            return
+        events = []
+        for name, row in report.items():
+            counts = {k: v for k, v in row.items() if k.endswith(("_packets", "_bytes"))}
+            if self._policy_counts.get(name) != (row["mode"], counts):
+                self._policy_counts[name] = (row["mode"], counts)
+                events.append(agent_event("label_policy_counters", policy=name,
+                                          mode=str(row["mode"]), edges=len(row["edges"]),  # type: ignore[arg-type]
+                                          **counts))  # type: ignore[arg-type]
+        if events:
+            self.record(events)
+
     def _check_self(self) -> None:
         r = self.watch.check()
         self.last_reading = {"cpu_percent": round(r.cpu_percent, 1), "rss_mb": round(r.rss_mb, 1),
@@ -544,7 +567,9 @@ class Agent:
         self._start_uplink()
         self._open_secrets_path()
         tasks = [asyncio.create_task(self._every(self.cfg.segment.sweep_interval, self._sweep)),
-                 asyncio.create_task(self._every(self.cfg.watchdog.interval, self._check_self))]
+                 asyncio.create_task(self._every(self.cfg.watchdog.interval, self._check_self)),
+                 asyncio.create_task(self._every(self.cfg.segment.policy_report_interval,
+                                                 self._report_policies))]
         if self.uplink:
             tasks.append(asyncio.create_task(self._uplink_loop()))
             if self.cfg.controller is not None and self.cfg.controller.orders_wait > 0:

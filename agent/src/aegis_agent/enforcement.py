@@ -24,6 +24,7 @@ from aegis_protocol.commands import ENFORCEMENT_VERBS
 from aegis_protocol.events import Event, Scalar, Severity, agent_event
 
 from .bpf.monitors import ConnectMonitor, ExecMonitor
+from .bpf.policy_edges import parse_modes
 from .bpf.segment import SegmentFilter
 
 log = logging.getLogger("aegis.agent")
@@ -97,6 +98,18 @@ class Enforcement:
         return self._done("revoke", source, {"revoked": found},
                           f"revoked {edge}" if found else f"{edge} was not granted",
                           edge=edge, found=found)
+
+    def segment_policy(self, policies: list[str], entries: list[str], *,
+                       source: Source) -> Outcome:
+        """Replace the label policy entries (the controller's compiled policies)."""
+        seg = self._segment()
+        modes = parse_modes(policies)
+        done = seg.label_policies.apply(modes, entries)
+        return self._done("segment-policy", source, {**done, "policies": modes},
+                          f"label policies: {len(modes)} policies, {len(entries)} entries "
+                          f"({done['added']} added, {done['removed']} removed)",
+                          policies=",".join(f"{n}={m}" for n, m in sorted(modes.items()))[:1000],
+                          entries=len(entries), **done)
 
     def quarantine(self, level: str = "soft", management: list[str] | None = None,
                    reason: str | None = None, *, source: Source) -> Outcome:

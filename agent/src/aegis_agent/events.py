@@ -50,7 +50,8 @@ def drop_event(d: DropRecord, offset_ns: int) -> Event:
                  data={"src": str(d.src), "dst": str(d.dst), "sport": d.sport,
                        "dport": d.dport, "proto": d.proto, "verdict": d.verdict,
                        "direction": d.direction, "observed": d.observed,
-                       "ifindex": d.ifindex})
+                       "ifindex": d.ifindex,
+                       **({"policy": d.policy} if d.policy else {})})
 
 
 def exec_event(r: ExecRecord, offset_ns: int) -> Event:

@@ -48,6 +48,7 @@ METRIC_NAMES = frozenset({
     "aegis_agent_process_cpu_seconds", "aegis_agent_process_resident_memory_bytes",
     "aegis_agent_process_virtual_memory_bytes", "aegis_agent_process_start_time_seconds",
     "aegis_agent_process_open_fds", "aegis_agent_process_max_fds",
+    "aegis_agent_label_policy_packets", "aegis_agent_label_policy_bytes",
 })
 
 
@@ -88,6 +89,7 @@ class AgentCollector(Collector):
                     packets.add_metric([direction, verdict], n)
         lost.add_metric(["spool"], a.spool.dropped)
         yield from (events, lost, denied, suppressed, packets)
+        yield from self._label_policies()
         yield from self._rings()
         yield from self._spool()
         attach = GaugeMetricFamily("aegis_agent_bpf_attach_info", "1 for each enforcement "
@@ -116,6 +118,25 @@ class AgentCollector(Collector):
         except (BpfError, OSError) as e:
             log.warning("metrics: segment counters unreadable: %s", e)
             return None
+
+    def _label_policies(self) -> Iterator[Metric]:
+        packets = CounterMetricFamily("aegis_agent_label_policy_packets", "Packets of the "
+                                      "controller's label policies, per policy and verdict "
+                                      "(observed: would have been dropped, passed in observe "
+                                      "mode)", labels=["policy", "verdict"])
+        octets = CounterMetricFamily("aegis_agent_label_policy_bytes", "Bytes of the same "
+                                     "packets", labels=["policy", "verdict"])
+        report: dict[str, dict[str, object]] = {}
+        if self.agent.segment is not None:
+            try:
+                report = self.agent.segment.label_policies.report()
+            except (BpfError, OSError) as e:
+                log.warning("metrics: label policy counters unreadable: %s", e)
+        for name, row in sorted(report.items()):
+            for verdict in ("allowed", "dropped", "observed"):
+                packets.add_metric([name, verdict], row[f"{verdict}_packets"])  # type: ignore[arg-type]
+                octets.add_metric([name, verdict], row[f"{verdict}_bytes"])  # type: ignore[arg-type]
+        yield from (packets, octets)
 
     def _rings(self) -> Iterator[Metric]:
         drains = CounterMetricFamily("aegis_agent_ring_drains", "Batches read from a ring "

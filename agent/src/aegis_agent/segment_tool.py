@@ -3,7 +3,8 @@
     aegis-agent segment --pin-dir /sys/fs/bpf/aegis/segment --iface eth0 attach
     aegis-agent segment --pin-dir ... grant '10.0.0.0/24 -> 192.0.2.2 tcp/22' --ttl 60
     aegis-agent segment --pin-dir ... quarantine on --management '192.0.2.10 tcp/22'
-    aegis-agent segment --pin-dir ... status | counters | edges | detach
+    aegis-agent segment --pin-dir ... status | counters | edges | policies | detach
+    aegis-agent segment --pin-dir ... policy-mode web-db enforce   (one label policy)
 
 (``python -m aegis_agent.bpf ARGS`` is ``aegis-agent segment ARGS``.) Every command
 prints one JSON document; an error prints ``{"error": …}`` on stderr and exits 1. The
@@ -115,6 +116,19 @@ def cmd_segment_edges(_args: argparse.Namespace, _seg: SegmentFilter, e: Enforce
 
 
 @_on_segment
+def cmd_segment_policies(_args: argparse.Namespace, seg: SegmentFilter,
+                         _e: Enforcement) -> object:
+    return seg.label_policies.report()
+
+
+@_on_segment
+def cmd_segment_policy_mode(args: argparse.Namespace, seg: SegmentFilter,
+                            _e: Enforcement) -> object:
+    seg.label_policies.set_mode(args.policy, args.mode)
+    return seg.label_policies.report()[args.policy]
+
+
+@_on_segment
 def cmd_segment_status(_args: argparse.Namespace, seg: SegmentFilter, _e: Enforcement) -> object:
     return seg.status()
 
@@ -134,7 +148,8 @@ def register_segment(groups: argparse._SubParsersAction) -> None:
     sp.add_argument("--arp", default="allow", choices=["allow", "deny"])
     sp.add_argument("--ipv6", default="deny", choices=["allow", "deny", "filter"])
     for name, fn in (("detach", cmd_segment_detach), ("status", cmd_segment_status),
-                     ("counters", cmd_segment_counters), ("edges", cmd_segment_edges)):
+                     ("counters", cmd_segment_counters), ("edges", cmd_segment_edges),
+                     ("policies", cmd_segment_policies)):
         verbs.add_parser(name).set_defaults(func=fn)
     sp = verbs.add_parser("grant")
     sp.set_defaults(func=cmd_segment_grant)
@@ -148,6 +163,11 @@ def register_segment(groups: argparse._SubParsersAction) -> None:
     sp.set_defaults(func=cmd_segment_quarantine)
     sp.add_argument("state", choices=["on", "off"])
     sp.add_argument("--management", action="append")
+    sp = verbs.add_parser("policy-mode", help="flip one installed label policy between "
+                          "observe and enforce (the controller's next push sets it again)")
+    sp.add_argument("policy")
+    sp.add_argument("mode", choices=["enforce", "observe"])
+    sp.set_defaults(func=cmd_segment_policy_mode)
     sp = verbs.add_parser("mode")
     sp.add_argument("mode", choices=["enforce", "observe"])
     sp.set_defaults(func=cmd_segment_mode)

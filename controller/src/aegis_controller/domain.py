@@ -13,6 +13,8 @@ Modules, one job each:
 * :mod:`.operators` — operator certificates on record (issue, revoke, check)
 * :mod:`.access` — just-in-time access: users' tokens, the access policy, requests and
   grants (revoked when their node leaves trusted)
+* :mod:`.segmentation` — label policies compiled into each trusted node's filter entries
+  (recompiled on every trust-state change)
 * :mod:`.recovery` — recovery jobs replacing quarantined nodes (store, guard rails, engine)
 * :mod:`.errors` — the domain's refusals (``NotFound``, ``Forbidden``, ``Conflict``...)
 
@@ -44,6 +46,7 @@ from .orders import Orders
 from .pki import CertificateAuthority
 from .recovery.store import RecoveryStore
 from .secrets.store import SecretsStore
+from .segmentation.store import LabelPolicies
 from .settings import Settings
 
 
@@ -61,6 +64,7 @@ class Controller:
     secrets: SecretsStore
     recovery: RecoveryStore
     access: Access
+    segment: LabelPolicies
 
     @classmethod
     def assemble(cls, engine: Engine, ledger: Ledger, ca: CertificateAuthority,
@@ -69,6 +73,8 @@ class Controller:
         orders = Orders(nodes, ledger, order_signer)
         access = Access(engine, ledger, nodes, orders)
         nodes.leaving_trust.append(access.node_left_trust_in)
+        segment = LabelPolicies(engine, ledger, nodes, orders, access.label_keys)
+        nodes.changed.append(segment.node_changed_in)
         intake = Intake(nodes, ledger, orders)
         intake.listeners.append(access.agent_event)
         return cls(engine=engine, ledger=ledger, ca=ca, nodes=nodes,
@@ -77,7 +83,8 @@ class Controller:
                    intake=intake,
                    operators=Operators(engine, ledger, ca),
                    secrets=SecretsStore(nodes, ledger),
-                   recovery=RecoveryStore(engine, ledger, nodes), access=access)
+                   recovery=RecoveryStore(engine, ledger, nodes), access=access,
+                   segment=segment)
 
 
 def open_controller(settings: Settings) -> Controller:

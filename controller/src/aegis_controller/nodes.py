@@ -61,6 +61,10 @@ class NodeStore:
         #: called inside the transaction that moves a node to any state but trusted, with
         #: (recorder, node id, reason); just-in-time access revokes the node's grants here
         self.leaving_trust: list[Callable[[Recorder, str, str], None]] = []
+        #: called inside the transaction of every move, and of a change of the node's
+        #: labels or address, with (recorder, node id, reason, turned trusted); the label
+        #: policies recompile here (a node joins, leaves, is replaced or loses trust)
+        self.changed: list[Callable[[Recorder, str, str, bool], None]] = []
 
     # -- telling watchers -----------------------------------------------------------------
     def notify_after(self, rec: Recorder, node_id: str) -> None:
@@ -129,7 +133,15 @@ class NodeStore:
             request_revocation(rec.conn, node_id, f"node {t.before} -> {t.after}: {t.reason}")
             for hook in self.leaving_trust:
                 hook(rec, node_id, f"{t.before} -> {t.after}: {t.reason}")
+        self.changed_in(rec, node_id, f"{t.before} -> {t.after}: {t.reason}",
+                        t.after == NodeState.TRUSTED)
         self.notify_after(rec, node_id)
+
+    def changed_in(self, rec: Recorder, node_id: str, reason: str,
+                   turned_trusted: bool = False) -> None:
+        """Tell the ``changed`` hooks, inside ``rec``'s transaction."""
+        for hook in self.changed:
+            hook(rec, node_id, reason, turned_trusted)
 
     @staticmethod
     def _state(conn: Connection, node_id: str) -> str | None:

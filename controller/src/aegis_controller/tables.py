@@ -166,14 +166,19 @@ recovery_history = sa.Table(
 
 # just-in-time access (0008): the policy in force (the newest version), users' requests and
 # the edges a granted request opened on each node
-access_policies = sa.Table(
-    "access_policies", metadata,
-    sa.Column("version", sa.Integer(), primary_key=True, autoincrement=True),
-    sa.Column("document", sa.Text(), nullable=False),
-    sa.Column("digest", sa.String(64), nullable=False),
-    sa.Column("set_at", sa.BigInteger(), nullable=False),
-    sa.Column("set_by", sa.String(255), nullable=False),
-)
+def document_versions(name: str) -> sa.Table:
+    """A table of a policy document's versions (see :mod:`.document_versions`)."""
+    return sa.Table(
+        name, metadata,
+        sa.Column("version", sa.Integer(), primary_key=True, autoincrement=True),
+        sa.Column("document", sa.Text(), nullable=False),
+        sa.Column("digest", sa.String(64), nullable=False),
+        sa.Column("set_at", sa.BigInteger(), nullable=False),
+        sa.Column("set_by", sa.String(255), nullable=False),
+    )
+
+
+access_policies = document_versions("access_policies")
 
 access_requests = sa.Table(
     "access_requests", metadata,
@@ -207,4 +212,15 @@ access_edges = sa.Table(
     sa.Column("grant_order", sa.String(36), nullable=False),
     sa.Column("revoke_order", sa.String(36)),
     sa.Index("ix_access_edges_node_status", "node_id", "status"),
+)
+
+segment_policies = document_versions("segment_policies")  # (0009)
+
+segment_pushes = sa.Table(
+    "segment_pushes", metadata,
+    sa.Column("node_id", sa.String(63), primary_key=True),
+    sa.Column("digest", sa.String(64), nullable=False),
+    sa.Column("document", sa.Text(), nullable=False),
+    sa.Column("order_id", sa.String(36), nullable=False),
+    sa.Column("pushed_at", sa.BigInteger(), nullable=False),
 )

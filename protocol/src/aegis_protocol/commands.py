@@ -23,7 +23,7 @@ from .secrets import NAME
 __all__ = ["ENFORCEMENT_VERBS", "QUERY_VERBS", "AllowExec", "Attest", "Command", "CommandError",
            "Confirm", "DenyExec", "Events", "FetchSecrets", "Grant", "Quarantine",
            "QuarantineCgroup", "Query",
-           "Release", "ReleaseCgroup", "Revoke", "Rotate", "parse"]
+           "Release", "ReleaseCgroup", "Revoke", "Rotate", "SegmentPolicy", "parse"]
 
 EDGE_HELP = "'SOURCE -> DESTINATION PROTO/PORT'"
 Reason = Annotated[str, Field(max_length=200)]
@@ -65,6 +65,22 @@ class Revoke(_EdgeVerb):
     """Remove a granted edge."""
 
     verb: Literal["revoke"] = "revoke"
+
+
+#: Entries of one ``segment-policy`` order at most (a node's compiled label policies).
+MAX_POLICY_ENTRIES = 8192
+
+
+class SegmentPolicy(_Verb):
+    """Replace the node's label policy entries (compiled by the controller): ``policies``
+    as ``NAME=observe|enforce``, ``entries`` as ``POLICY ACTION SRC -> DST PROTO/PORT``
+    (ACTION allow, drop or log) or ``POLICY default SRC -> DST``; the full grammar is the
+    agent's (``bpf.policy_edges``)."""
+
+    verb: Literal["segment-policy"] = "segment-policy"
+    policies: Annotated[list[Annotated[str, Field(max_length=80)]], Field(max_length=1000)]
+    entries: Annotated[list[Annotated[str, Field(max_length=200)]],
+                       Field(max_length=MAX_POLICY_ENTRIES)]
 
 
 class Quarantine(_Verb):
@@ -163,18 +179,18 @@ class Events(_Verb):
     after: int | None = None
 
 
-Command = Annotated[Grant | Revoke | Quarantine | Release | DenyExec | AllowExec
+Command = Annotated[Grant | Revoke | SegmentPolicy | Quarantine | Release | DenyExec | AllowExec
                     | QuarantineCgroup | ReleaseCgroup | Rotate | FetchSecrets | Attest | Query
                     | Confirm | Events,
                     Field(discriminator="verb")]
 _COMMAND: TypeAdapter[Any] = TypeAdapter(Command)
 _MODELS: dict[str, type[_Verb]] = {
     verb: m
-    for m in (Grant, Revoke, Quarantine, Release, DenyExec, AllowExec, QuarantineCgroup,
-              ReleaseCgroup, Rotate, FetchSecrets, Attest, Query, Confirm, Events)
+    for m in (Grant, Revoke, SegmentPolicy, Quarantine, Release, DenyExec, AllowExec,
+              QuarantineCgroup, ReleaseCgroup, Rotate, FetchSecrets, Attest, Query, Confirm, Events)
     for verb in get_args(m.model_fields["verb"].annotation)}
-ENFORCEMENT_VERBS = ("grant", "revoke", "quarantine", "release", "deny-exec", "allow-exec",
-                     "quarantine-cgroup", "release-cgroup")
+ENFORCEMENT_VERBS = ("grant", "revoke", "segment-policy", "quarantine", "release", "deny-exec",
+                     "allow-exec", "quarantine-cgroup", "release-cgroup")
 QUERY_VERBS = ("status", "edges", "events", "ping", "confirm")
 
 

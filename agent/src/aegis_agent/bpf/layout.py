@@ -58,6 +58,9 @@ MAP_SEG_COUNTERS = "seg_counters"
 MAP_SEG_EVENTS = "seg_events"
 MAP_SEG_RATELIMIT = "seg_ratelimit"
 MAP_SEG_ATTACH = "seg_attach"
+MAP_SEG_POL_EDGES = "seg_pol_edges"
+MAP_SEG_POLICIES = "seg_policies"
+MAP_SEG_POL_COUNTERS = "seg_pol_counters"
 PROG_SEG_INGRESS = "seg_ingress"
 PROG_SEG_EGRESS = "seg_egress"
 
@@ -110,6 +113,7 @@ class Verdict(IntEnum):
     DROP_MALFORMED = 12
     DROP_FRAGMENT = 13
     DROP_OTHER_L3 = 14
+    DROP_POLICY = 15
 
     @property
     def is_drop(self) -> bool:
@@ -146,6 +150,18 @@ CONFIG = CStruct("config", "<", [
     ("mode", "I"), ("quarantine", "I"), ("arp", "I"), ("ipv6", "I"), ("edge_kinds", "I"),
     ("flags", "I"), ("flow_timeout_ns", "Q"), ("event_cost_ns", "Q"), ("event_burst_ns", "Q")])
 CFG_NO_FLOW_CACHE = 1 << 0  # config.flags (older builds kept 0 there: padding)
+CFG_POLICY = 1 << 1  # label policies installed
+POL_ACTIONS = {"allow": 0, "drop": 1, "log": 2}  # enum pol_action
+POL_VAL = CStruct("pol_val", "<", [
+    ("counter", "I"), ("policy", "H"), ("action", "B"), ("_pad", "x")])
+POL_NAME_LEN = 56
+POL_POLICY = CStruct("pol_policy", "<", [("mode", "I"), ("_pad", "4x"),
+                                         ("name", f"{POL_NAME_LEN}s")])
+POL_COUNTERS = CStruct("pol_counters", "<", [
+    ("allowed_pkts", "Q"), ("allowed_bytes", "Q"), ("dropped_pkts", "Q"),
+    ("dropped_bytes", "Q"), ("observed_pkts", "Q"), ("observed_bytes", "Q")])
+POL_MAX_POLICIES = 1024  # seg_policies (index 0 unused)
+POL_MAX_COUNTERS = 16384  # seg_pol_counters (index 0 unused)
 EDGE_KEY = CStruct("edge_key", "!", [
     ("src", "I"), ("dst", "I"), ("dport", "H"), ("proto", "B"), ("_pad", "x")])
 EDGE_VAL = CStruct("edge_val", "<", [
@@ -173,7 +189,7 @@ ATTACH = CStruct("attach_state", "<", [
 SEG_EVENT = CStruct("seg_event", "<", [
     ("ts_ns", "Q"), ("src", "4s"), ("dst", "4s"), ("sport", "2s"), ("dport", "2s"),
     ("proto", "B"), ("verdict", "B"), ("direction", "B"), ("observed", "B"),
-    ("ifindex", "I"), ("l3_proto", "H"), ("pkt_len", "H")])
+    ("ifindex", "I"), ("l3_proto", "H"), ("pkt_len", "H"), ("policy", "I"), ("_pad", "4x")])
 RATELIMIT = CStruct("ratelimit", "<", [
     ("lock", "I"), ("_pad", "I"), ("credit_ns", "Q"), ("last_ns", "Q")])
 
@@ -189,6 +205,9 @@ SEGMENT_MAPS: dict[str, MapSpec] = {
     MAP_SEG_EVENTS: MapSpec(0, 0, MAP_RINGBUF, 256 * 1024),
     MAP_SEG_RATELIMIT: MapSpec(4, RATELIMIT.size, MAP_ARRAY, 1),
     MAP_SEG_ATTACH: MapSpec(4, ATTACH.size, MAP_ARRAY, 1),
+    MAP_SEG_POL_EDGES: MapSpec(EDGE_KEY.size, POL_VAL.size, MAP_HASH, 65536),
+    MAP_SEG_POLICIES: MapSpec(4, POL_POLICY.size, MAP_ARRAY, POL_MAX_POLICIES),
+    MAP_SEG_POL_COUNTERS: MapSpec(4, POL_COUNTERS.size, MAP_PERCPU_ARRAY, POL_MAX_COUNTERS),
 }
 SEGMENT_PROGRAMS = (PROG_SEG_INGRESS, PROG_SEG_EGRESS)
 
@@ -257,15 +276,17 @@ class DropRecord:
     ifindex: int
     l3_proto: int
     length: int
+    policy_index: int = 0  # the label policy that decided (seg_policies), 0: none
+    policy: str | None = None  # its name (SegmentFilter.decode looks it up)
 
     @classmethod
     def unpack(cls, raw: bytes) -> DropRecord:
         (ts, src, dst, sport, dport, proto, verdict, direction, observed, ifindex, l3,
-         length) = SEG_EVENT.unpack(raw[:SEG_EVENT.size])
+         length, policy) = SEG_EVENT.unpack(raw[:SEG_EVENT.size])
         return cls(ts, ipaddress.IPv4Address(src), ipaddress.IPv4Address(dst),
                    int.from_bytes(sport, "big"), int.from_bytes(dport, "big"),
                    PROTO_NAMES.get(proto, str(proto)), Verdict(verdict).label,
-                   DIRECTIONS[direction], bool(observed), ifindex, l3, length)
+                   DIRECTIONS[direction], bool(observed), ifindex, l3, length, policy)
 
 
 # -- common.h, scope.h ---------------------------------------------------------------------

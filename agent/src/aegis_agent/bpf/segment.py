@@ -17,6 +17,7 @@ module keeps the filter's verbs.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import ipaddress
 import logging
@@ -46,6 +47,7 @@ from .layout import (
 )
 from .pin_migration import read_old_pins
 from .pinned import PinMismatchError, PinnedObject
+from .policy_edges import LabelPolicies
 from .syscall import BpfError
 
 log = logging.getLogger(__name__)
@@ -54,6 +56,8 @@ PROGRAMS = {"ingress": layout.PROG_SEG_INGRESS, "egress": layout.PROG_SEG_EGRESS
 LINK_PINS = ("link_xdp", "link_tc")
 POLICY_MAPS = (MAP_SEG_CONFIG, MAP_SEG_MGMT, MAP_SEG_MGMT_NETS, MAP_SEG_EDGES,
                MAP_SEG_EDGES_LPM)
+#: the controller's label policies: carried over a migration (their counters restart)
+LABEL_POLICY_MAPS = (layout.MAP_SEG_POLICIES, layout.MAP_SEG_POL_EDGES)
 _ONE = (1).to_bytes(4, "little")
 XDP_PASS, XDP_DROP = 2, 1
 TC_ACT_OK, TC_ACT_SHOT = 0, 2
@@ -191,12 +195,13 @@ class SegmentFilter(PinnedObject):
     def _migrate(self, why: str, skip: tuple[str, ...]) -> None:
         """Pins from an older build (a map of another size, or one it did not have):
         recreate them with this build, carrying the policy over (config, management
-        peers, edges with their times, the node's own flows), and move the links over.
+        peers, edges with their times, the node's own flows, the label policies), and move
+        the links over.
         The new object is loaded and filled in a staging directory first, so the
         interface is without a filter only between the old links' detach and the new
         attach (milliseconds); counters restart at zero."""
         old = read_old_pins(self.pin_dir, self.MAPS,
-                            carry=[*POLICY_MAPS[1:], MAP_SEG_FLOWS])
+                            carry=[*POLICY_MAPS[1:], MAP_SEG_FLOWS, *LABEL_POLICY_MAPS])
         state = old.attach
         attached = bool(state.ifindex) and self._links_alive(state)
         if attached and state.netns_ino and state.netns_ino != _netns_ino():
@@ -566,8 +571,10 @@ class SegmentFilter(PinnedObject):
     def restore(self, snap: dict[str, dict[bytes, bytes]]) -> None:
         """Put back a ``snapshot``: entries not in it are removed, the others rewritten.
         The quarantine switch stays as it is now: a revert never lifts a quarantine, and
-        the ``protected`` peers stay."""
-        quarantined = self.config().quarantine
+        the ``protected`` peers stay; so do the controller's label policies (not part of
+        a snapshot: their switch in the config stays as it is too)."""
+        now = self.config()
+        quarantined, labelled = now.quarantine, now.flags & layout.CFG_POLICY
         snap = dict(snap)
         if MAP_SEG_MGMT in snap and MAP_SEG_MGMT_NETS not in snap:
             snap[MAP_SEG_MGMT_NETS] = _nets_of(snap[MAP_SEG_MGMT])
@@ -583,6 +590,7 @@ class SegmentFilter(PinnedObject):
                 syscall.map_update(fd, key, value)
         cfg = self.config()
         cfg.quarantine = quarantined
+        cfg.flags = (cfg.flags & ~layout.CFG_POLICY) | labelled
         self._write_config(cfg)
         if self.protected:  # an earlier policy may predate them: they stay all the same
             self.protect(self.protected)
@@ -668,6 +676,11 @@ class SegmentFilter(PinnedObject):
             self.revoke(e)
         return gone
 
+    @property
+    def label_policies(self) -> LabelPolicies:
+        """The controller's label policies in this filter (entries, modes, counters)."""
+        return LabelPolicies(self)
+
     # -- counters and events ------------------------------------------------------------
     def counters(self) -> dict[str, dict[str, int]]:
         """Per-verdict packet counts by direction (``would_drop_*``: observe mode),
@@ -689,7 +702,11 @@ class SegmentFilter(PinnedObject):
         return out
 
     def decode(self, raw: bytes) -> DropRecord:
-        return DropRecord.unpack(raw)
+        record = DropRecord.unpack(raw)
+        if record.policy_index:
+            return dataclasses.replace(record, policy=self.label_policies.name_of(
+                record.policy_index))
+        return record
 
     def events(self, timeout: float = 0.0) -> list[DropRecord]:
         """Drop (and would-drop) records waiting in the ring buffer; waits up to
@@ -721,4 +738,5 @@ class SegmentFilter(PinnedObject):
                 "xdp_mode": info.xdp_mode if info else None,
                 "tc_mode": info.tc_mode if info else None,
                 **self.policy(),
-                "edges": len(self.edges())}
+                "edges": len(self.edges()),
+                "label_policies": self.label_policies.report()}

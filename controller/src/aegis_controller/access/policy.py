@@ -144,11 +144,15 @@ class Policy:
 def load(text: str, label_keys: set[str] | frozenset[str] = BUILTIN_LABEL_KEYS) -> Policy:
     """The policy in ``text`` (YAML or the stored JSON); ``label_keys``: the keys a
     service's ``nodes`` selector may use."""
+    return parse(read_yaml(text), label_keys)
+
+
+def read_yaml(text: str) -> object:
+    """A policy file's document; PolicyError when it is not YAML."""
     try:
-        doc = yaml.safe_load(text)
+        return yaml.safe_load(text)
     except yaml.YAMLError as e:
         raise PolicyError(f"not valid YAML: {e}") from None
-    return parse(doc, label_keys)
 
 
 def parse(doc: object, label_keys: set[str] | frozenset[str] = BUILTIN_LABEL_KEYS) -> Policy:
@@ -212,24 +216,28 @@ def _services(raw: object, label_keys: set[str] | frozenset[str]) -> dict[str, S
         where = f"services.{name}"
         _name(name, where)
         body = _mapping(given, where, _SERVICE)
-        nodes = body.get("nodes")
-        if not isinstance(nodes, dict) or not nodes:
-            raise PolicyError(f"{where}.nodes: expected a mapping of label -> value, e.g. "
-                              "{role: db}")
-        for key, value in nodes.items():
-            if key not in label_keys:
-                raise PolicyError(f"{where}.nodes.{key}: unknown label key (no node carries "
-                                  f"it; known: {', '.join(sorted(label_keys))}); set node "
-                                  "labels with `aegis-controller node labels NODE KEY=VALUE`")
-            if not isinstance(value, str | int) or isinstance(value, bool):
-                raise PolicyError(f"{where}.nodes.{key}: expected a label value (a string)")
+        nodes = selector(body.get("nodes"), f"{where}.nodes", label_keys, "{role: db}")
         m = _PORT.fullmatch(str(body.get("port", "")))
         if m is None or not 1 <= int(m.group(2)) <= 65535:
             raise PolicyError(f"{where}.port: {body.get('port')!r} is not PROTO/PORT (tcp or "
                               "udp, port 1 to 65535), e.g. tcp/5432")
-        services[name] = Service(name, {str(k): str(v) for k, v in nodes.items()},
-                                 m.group(1), int(m.group(2)))
+        services[name] = Service(name, nodes, m.group(1), int(m.group(2)))
     return services
+
+
+def selector(value: object, where: str, label_keys: set[str] | frozenset[str],
+             example: str) -> dict[str, str]:
+    """A label selector (``{role: db, env: prod}``): every key among ``label_keys``."""
+    if not isinstance(value, dict) or not value:
+        raise PolicyError(f"{where}: expected a mapping of label -> value, e.g. {example}")
+    for key, v in value.items():
+        if key not in label_keys:
+            raise PolicyError(f"{where}.{key}: unknown label key (no node carries it; known: "
+                              f"{', '.join(sorted(label_keys))}); set node labels with "
+                              "`aegis-controller node labels NODE KEY=VALUE`")
+        if not isinstance(v, str | int) or isinstance(v, bool):
+            raise PolicyError(f"{where}.{key}: expected a label value (a string)")
+    return {str(k): str(v) for k, v in value.items()}
 
 
 def _rule(raw: object, where: str, roles: dict[str, tuple[str, ...]],

@@ -24,7 +24,7 @@ from aegis_protocol.access import AccessRequest, AccessState
 from aegis_protocol.events import Event
 from aegis_protocol.orders import MAX_LIFETIME
 
-from .. import db, tables
+from .. import db, document_versions, tables
 from ..errors import Conflict, Forbidden, Invalid, NotFound
 from ..ledger import Kind, Ledger, Recorder
 from ..nodes import NOT_LIVE, NodeState, NodeStore
@@ -72,23 +72,20 @@ class Access:
             except PolicyError as e:
                 raise Invalid(f"access policy: {e}") from None
             digest = policy.digest()
-            version = rec.conn.execute(tables.access_policies.insert().values(
-                document=json.dumps(policy.document()), digest=digest,
-                set_at=int(time.time()), set_by=actor)).inserted_primary_key[0]
+            version = document_versions.add(rec.conn, tables.access_policies,
+                                            policy.document(), digest, actor)
             rec.append(Kind.ACCESS_GRANT, "access-policy", {
                 "event": "policy_set", "version": version, "digest": digest,
                 "services": sorted(policy.services), "rules": len(policy.rules)}, actor=actor)
         return {"version": version, "digest": digest}
 
     def policy(self, conn: Connection) -> tuple[int, Policy]:
-        row = conn.execute(sa.select(_p.version, _p.document)
-                           .order_by(_p.version.desc()).limit(1)).first()
-        if row is None:
-            raise Conflict("no access policy is set: an operator sets one with "
-                           "`aegis-controller access policy set FILE`")
-        doc = json.loads(row.document)  # validated when set: its label keys stand
+        version, doc = document_versions.newest(conn, tables.access_policies,
+                                                "access policy",
+                                                "aegis-controller access policy set FILE")
+        # validated when set: its label keys stand
         keys = {k for svc in doc.get("services", {}).values() for k in svc["nodes"]}
-        return row.version, parse(doc, frozenset(keys))
+        return version, parse(doc, frozenset(keys))
 
     def current_policy(self) -> dict[str, Any]:
         with db.errors(self.engine), db.reader(self.engine) as conn:
@@ -114,6 +111,7 @@ class Access:
             rec.append(Kind.ACCESS_GRANT, node_id, {"event": "node_labels", "labels": labels,
                                                      "address": values.get("address")},
                        actor=actor)
+            self.nodes.changed_in(rec, node_id, "labels or address set")
         return {"node_id": node_id, "labels": labels, "address": values.get("address")}
 
     # -- users ----------------------------------------------------------------------------

@@ -54,6 +54,7 @@ from .nodes import _register_nodes, _register_profile, _register_token
 from .operators import _register_operator
 from .orders import _register_incidents, _register_orders
 from .recovery import _register_recovery
+from .segment import _register_segment
 from .serve import _register_serve
 
 __all__ = ["build_parser", "main"]
@@ -63,7 +64,8 @@ log = logging.getLogger("aegis_controller.cli")
 _GROUPS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
     _register_ledger, _register_keys, _register_serve, _register_incidents, _register_orders,
     _register_operator_cert, _register_operator, _register_profile, _register_token,
-    _register_nodes, _register_backup, _register_recovery, _register_access)
+    _register_nodes, _register_backup, _register_recovery, _register_access,
+    _register_segment)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -189,12 +189,12 @@ def _register_nodes(groups: argparse._SubParsersAction) -> None:
                     help="no role: NODE gets no secrets and those it has are revoked")
     sp.set_defaults(func=cmd_node_secrets_role)
     sp = verbs.add_parser("labels", help="set NODE's labels (replacing them; access "
-                          "policies select nodes by them) and the address users reach it at "
-                          "(recorded)")
+                          "and label policies select nodes by them) and the address users "
+                          "and other nodes reach it at (recorded; label policies follow)")
     sp.add_argument("node")
     sp.add_argument("labels", nargs="*", metavar="KEY=VALUE")
     sp.add_argument("--address", metavar="IP", help="NODE's IPv4 address (access edges end "
-                    "there)")
+                    "there; label policy entries use it)")
     sp.set_defaults(func=cmd_node_labels)
     sp = verbs.add_parser("secrets", help="NODE's secrets role and each set of leased "
                           "secrets it fetched: accessor, leases, logins, revocation state")
