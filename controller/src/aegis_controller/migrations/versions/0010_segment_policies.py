@@ -12,8 +12,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0009_segment_policies"
-down_revision = "0008_access"
+revision = "0010_segment_policies"
+down_revision = "0009_operator_rights"
 branch_labels = None
 depends_on = None
 
