@@ -331,11 +331,12 @@ class SshKrlConfig(_Strict):
     """sshd's ``RevokedKeys`` list of user certificates, kept from ``revoke-ssh-cert``
     orders (the aegis.fleet.harden role points sshd at the same files)."""
 
-    file: Path = Field(Path("/etc/ssh/aegis_revoked_keys.krl"),
+    # the agent's unit makes /var/lib/aegis/ssh (StateDirectory): /etc is read-only to it
+    file: Path = Field(Path("/var/lib/aegis/ssh/revoked_keys.krl"),
                        description="the KRL sshd's RevokedKeys names")
     ca_public_key: Path = Field(Path("/etc/ssh/aegis_user_ca.pub"),
                                 description="the user CA sshd trusts (TrustedUserCAKeys)")
-    spec_file: Path = Field(Path("/var/lib/aegis/agent/revoked_keys.spec"),
+    spec_file: Path = Field(Path("/var/lib/aegis/ssh/revoked_keys.spec"),
                             description="the revoked certificates, the KRL's source")
 
 
