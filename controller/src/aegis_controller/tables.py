@@ -200,6 +200,7 @@ access_requests = sa.Table(
     sa.Column("ssh_key_id", sa.String(200)),
     sa.Column("ssh_principal", sa.String(64)),
     sa.Column("ssh_valid_after", sa.BigInteger()),
+    sa.Column("ssh_valid_before", sa.BigInteger()),
 )
 
 access_edges = sa.Table(

@@ -389,7 +389,7 @@ class Access:
             cert = self._sign(row, now + row.ttl)
             values.update(ssh_certificate=cert.certificate, ssh_serial=cert.serial,
                           ssh_key_id=cert.key_id, ssh_principal=cert.principal,
-                          ssh_valid_after=cert.valid_after)
+                          ssh_valid_after=cert.valid_after, ssh_valid_before=cert.valid_before)
             ssh = {"ssh_certificate": cert.ledger()}
         rec.conn.execute(tables.access_requests.update().where(_r.request_id == request_id)
                          .values(**values))
@@ -495,7 +495,8 @@ class Access:
                     "krl_order": e.krl_order} for e in edges],
             ssh=SshCertificate(certificate=row.ssh_certificate, serial=row.ssh_serial,
                                key_id=row.ssh_key_id, principal=row.ssh_principal,
-                               valid_after=row.ssh_valid_after, valid_before=row.expires_at)
+                               valid_after=row.ssh_valid_after,
+                               valid_before=row.ssh_valid_before)
             if row.ssh_certificate else None)
 
 

@@ -27,6 +27,7 @@ def upgrade() -> None:
         batch.add_column(sa.Column("ssh_key_id", sa.String(200), nullable=True))
         batch.add_column(sa.Column("ssh_principal", sa.String(64), nullable=True))
         batch.add_column(sa.Column("ssh_valid_after", sa.BigInteger(), nullable=True))
+        batch.add_column(sa.Column("ssh_valid_before", sa.BigInteger(), nullable=True))
     with op.batch_alter_table("access_edges") as batch:
         batch.add_column(sa.Column("krl_order", sa.String(36), nullable=True))
 
@@ -35,6 +36,6 @@ def downgrade() -> None:
     with op.batch_alter_table("access_edges") as batch:
         batch.drop_column("krl_order")
     with op.batch_alter_table("access_requests") as batch:
-        for column in ("ssh_valid_after", "ssh_principal", "ssh_key_id", "ssh_serial",
-                       "ssh_certificate", "ssh_public_key"):
+        for column in ("ssh_valid_before", "ssh_valid_after", "ssh_principal", "ssh_key_id",
+                       "ssh_serial", "ssh_certificate", "ssh_public_key"):
             batch.drop_column(column)
