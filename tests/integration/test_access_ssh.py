@@ -251,7 +251,9 @@ def test_approved_certificate_logs_in_and_an_early_revoke_makes_sshd_refuse_it(
     assert login.stdout.strip() == "hello-42"
     assert f'ID {ssh["key_id"]} (serial {ssh["serial"]})' in lab.sshd.log()
     # the key alone (no certificate, no authorized_keys) does not
-    lab.refused(key, lab.tmp / "missing-cert.pub")
+    alone = lab.tmp / "adam-key-alone"  # no -cert.pub beside it for ssh to pick up
+    shutil.copy2(key, alone)
+    lab.refused(alone, lab.tmp / "missing-cert.pub")
     assert lab.run_orders() == [("grant", {"edge": f"127.0.0.1 -> {lab.sshd.pair.b_addr} "
                                           "tcp/22", "ttl": 1200, "idle": 60}, "ok")]
     # an early revoke: the edge's revoke order and the certificate's KRL order
