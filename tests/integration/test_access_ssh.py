@@ -14,6 +14,7 @@ orders are only checked for their content."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import tempfile
@@ -177,17 +178,28 @@ def idp(openbao: OpenBao) -> Idp:
 
 
 @pytest.fixture(scope="module")
-def lab(openbao: OpenBao, idp: Idp, tmp_path_factory: pytest.TempPathFactory
-        ) -> Iterator[Lab]:
+def ssh_ca(openbao: OpenBao, idp: Idp, tmp_path_factory: pytest.TempPathFactory) -> SshCa:
+    return make_ssh_ca(openbao, idp.tag, tmp_path_factory.mktemp("ssh-ca"))
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def lab(request: pytest.FixtureRequest, openbao: OpenBao, idp: Idp, ssh_ca: SshCa,
+        tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+    """The controller on SQLite, then on a fresh database of the run's PostgreSQL."""
     tmp = tmp_path_factory.mktemp("access-ssh")
     prefix = sub_prefix()
-    ca = make_ssh_ca(openbao, idp.tag, tmp)
+    ca = ssh_ca
     state = Path(tempfile.mkdtemp(prefix=f"{prefix}-ssh-ctl-"))
     srv = Server(state, None)
     try:
-        with netns_pair(f"{prefix}s") as pair, sshd_in_netns(
+        with contextlib.ExitStack() as stack:
+            if request.param == "postgresql":
+                srv.db = stack.enter_context(request.getfixturevalue("pg_server").database())
+            stack.callback(lambda: srv.proc is not None and srv.kill())  # before the drop
+            pair = stack.enter_context(netns_pair(f"{prefix}s"))
+            sshd = stack.enter_context(sshd_in_netns(
                 pair, tmp / "srv", f"{prefix}-sshd", ca.public_key,
-                {"root": [f"{idp.tag}-adam"]}) as sshd:
+                {"root": [f"{idp.tag}-adam"]}))
             assert srv.ctl("keys", "init").returncode == 0
             srv.start("--oidc-issuer", idp.issuer, "--oidc-audience", idp.audience,
                       "--oidc-leeway", "0", "--vault-addr", openbao.addr,
