@@ -21,6 +21,7 @@ from pathlib import Path
 import httpx
 import pytest
 from harness_idp import Idp, make_idp, stand_in_token
+from harness_prometheus import parse, value
 
 from aegis_agent.measure import collect
 from aegis_agent.orders import FileReplayGuard, OrderExecutor
@@ -129,6 +130,18 @@ class Lab:
             r = op.put(routes.node_profile(NODE),
                        json=ExpectedProfile(golden=golden).model_dump(mode="json"))
         assert r.status_code == 204, r.text
+
+    def grants(self) -> dict[str, float]:
+        """``aegis_grants`` per state and ``aegis_access_requests`` per status, as the
+        controller's ``/metrics`` exposes them now."""
+        with operator_client(self.server, "prometheus") as op:
+            r = op.get("/metrics")
+        assert r.status_code == 200, r.text
+        samples, _ = parse(r.text)
+        return {**{f"grants:{s}": value(samples, "aegis_grants", state=s)
+                   for s in ("live", "expired", "idle_revoked", "revoked")},
+                **{f"requests:{s}": value(samples, "aegis_access_requests", status=s)
+                   for s in ("pending", "granted", "denied", "expired", "revoked")}}
 
     def run_orders(self, kinds: tuple[str, ...] = ("grant", "revoke", "attest")
                    ) -> list[tuple]:
@@ -291,6 +304,10 @@ def test_node_leaving_trusted_revokes_its_grants_and_expiry_is_recorded(lab: Lab
     short = lab.request("dana", "db", 2).json()
     long = lab.request("dana", "db", "30m").json()
     assert short["status"] == long["status"] == "granted"
+    assert lab.grants() == {"grants:live": 2, "grants:expired": 0, "grants:idle_revoked": 0,
+                            "grants:revoked": 0, "requests:pending": 0, "requests:granted": 2,
+                            "requests:denied": 0, "requests:expired": 0,
+                            "requests:revoked": 0}
     lab.run_orders()
     # the short grant's time ends: recorded by the controller (the agent drops the edge)
     deadline = time.monotonic() + 30
@@ -311,6 +328,11 @@ def test_node_leaving_trusted_revokes_its_grants_and_expiry_is_recorded(lab: Lab
     events = {(e["subject"], e["event"]) for e in lab.access_events()}
     assert (f"access:{short['request_id']}", "expiry") in events
     assert (f"access:{long['request_id']}", "revoke") in events
+    # the controller's metrics count each end by its kind
+    assert lab.grants() == {"grants:live": 0, "grants:expired": 1, "grants:idle_revoked": 0,
+                            "grants:revoked": 1, "requests:pending": 0, "requests:granted": 0,
+                            "requests:denied": 0, "requests:expired": 1,
+                            "requests:revoked": 1}
     assert lab.server.ctl("ledger", "verify").returncode == 0
 
 
@@ -332,6 +354,8 @@ def test_an_agents_idle_drop_ends_the_grant_on_the_ledger(lab: Lab) -> None:
         assert state["end_reason"].startswith("idle: no traffic for 60 s")
     events = [e for e in lab.access_events() if e["event"] == "idle_revoke"]
     assert len(events) == 2 and events[0]["edge"] == edge
+    grants = lab.grants()
+    assert (grants["grants:idle_revoked"], grants["grants:live"]) == (2, 0), grants
     assert events[0]["user"]["name"] == f"{lab.idp.tag}-dana"
     assert lab.server.ctl("ledger", "verify").returncode == 0
 

@@ -74,10 +74,15 @@ METRIC_NAMES = frozenset({
     "aegis_controller_process_resident_memory_bytes",
     "aegis_controller_process_virtual_memory_bytes",
     "aegis_controller_process_start_time_seconds", "aegis_controller_process_open_fds",
-    "aegis_controller_process_max_fds",
+    "aegis_controller_process_max_fds", "aegis_access_requests", "aegis_grants",
 })
-# TODO(access grants, h/access): grants live / expired / idle-revoked belong in
-# StateCollector.collect as ``aegis_grants{state}`` read from the grants table.
+#: Statuses of an access request (access.store), every one exposed even at 0
+REQUEST_STATUSES = ("pending", "granted", "denied", "expired", "revoked")
+#: A granted edge on one node, by how it stands or ended: ``live`` (open), ``expired``
+#: (its time ran out), ``idle_revoked`` (the agent saw no packet for the idle timeout),
+#: ``revoked`` (by a user, an operator or the node leaving trusted)
+GRANT_STATES = {"active": "live", "expired": "expired", "idle": "idle_revoked",
+                "revoked": "revoked"}
 
 
 class StateCollector(Collector):
@@ -101,6 +106,7 @@ class StateCollector(Collector):
     def _read(self) -> Iterator[Metric]:
         n, o, i, j = (tables.nodes.c, tables.orders.c, tables.incidents.c,
                       tables.recovery_jobs.c)
+        ar, ae = tables.access_requests.c, tables.access_edges.c
         count = sa.func.count()
         with db.errors(self.engine), db.reader(self.engine) as conn:
             nodes = dict(conn.execute(sa.select(n.state, count).group_by(n.state)).all())
@@ -113,13 +119,11 @@ class StateCollector(Collector):
                 j.state.in_([str(s) for s in TERMINAL]), j.ended_at.is_not(None))).all()
             records = conn.execute(sa.select(sa.func.count()).select_from(records_table)
                                    ).scalar_one()
+            requests = dict(conn.execute(sa.select(ar.status, count).group_by(ar.status)).all())
+            edges = dict(conn.execute(sa.select(ae.status, count).group_by(ae.status)).all())
 
-        g = GaugeMetricFamily("aegis_nodes", "Nodes per trust state", labels=["state"])
-        for state in NodeState:
-            g.add_metric([state.value], nodes.pop(state.value, 0))
-        for state, value in sorted(nodes.items()):  # a state this version does not know
-            g.add_metric([state], value)
-        yield g
+        yield _by_state("aegis_nodes", "Nodes per trust state", "state",
+                        {s.value: s.value for s in NodeState}, nodes)
 
         g = GaugeMetricFamily("aegis_orders", "Signed orders on record per kind and status "
                               "(pending, done, failed, expired...)", labels=["kind", "status"])
@@ -133,19 +137,31 @@ class StateCollector(Collector):
             c.add_metric([rule, severity], value)
         yield c
 
-        g = GaugeMetricFamily("aegis_recovery_jobs", "Recovery jobs per state",
-                              labels=["state"])
-        for state in JobState:
-            g.add_metric([state.value], jobs.pop(state.value, 0))
-        for state, value in sorted(jobs.items()):
-            g.add_metric([state], value)
-        yield g
+        yield _by_state("aegis_recovery_jobs", "Recovery jobs per state", "state",
+                        {s.value: s.value for s in JobState}, jobs)
 
         yield _job_durations(ended)
 
         g = GaugeMetricFamily("aegis_ledger_records", "Records in the audit ledger")
         g.add_metric([], records)
         yield g
+
+        yield _by_state("aegis_access_requests", "Just-in-time access requests per status",
+                        "status", {s: s for s in REQUEST_STATUSES}, requests)
+        yield _by_state("aegis_grants", "Granted edges (one per node of a grant) per state: "
+                        "live, expired, idle_revoked, revoked", "state", GRANT_STATES, edges)
+
+
+def _by_state(name: str, doc: str, label: str, known: dict[str, str],
+              counts: dict[str, int]) -> GaugeMetricFamily:
+    """A gauge per state: every ``known`` one (stored value -> exposed name) even at 0,
+    then any other stored value as it is (written by a newer version)."""
+    g = GaugeMetricFamily(name, doc, labels=[label])
+    for stored, shown in known.items():
+        g.add_metric([shown], counts.pop(stored, 0))
+    for stored, value in sorted(counts.items()):
+        g.add_metric([stored], value)
+    return g
 
 
 def _job_durations(ended: Iterable[tuple[str, float]]) -> HistogramMetricFamily:
