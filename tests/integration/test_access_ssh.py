@@ -333,6 +333,21 @@ def test_ssh_request_bad_input_is_refused_naming_the_field(lab: Lab) -> None:
     assert {x["request_id"] for x in lab.call("sam", "GET", routes.ACCESS).json()} == before
 
 
+def test_an_operator_revokes_a_certificate_by_hand(lab: Lab) -> None:
+    """`aegis-controller order create NODE revoke-ssh-cert --arg serial=N --arg key_id=K`:
+    the serial stays text (the command line turned digits into a number, which the order's
+    model refuses)."""
+    granted, key, cert = lab.logged_in("adam-manual", "15m")
+    ssh = granted["ssh"]
+    out = lab.server.ctl("order", "create", NODE, "revoke-ssh-cert", "--arg",
+                         f"serial={ssh['serial']}", "--arg", f"key_id={ssh['key_id']}",
+                         "--arg", "reason=INC-7 key lost")
+    assert out.returncode == 0, out.stderr
+    assert [(k, a["serial"]) for k, a, _ in lab.run_orders()] == [
+        ("revoke-ssh-cert", ssh["serial"])]
+    lab.refused(key, cert)
+
+
 def test_node_leaving_trusted_puts_its_certificates_on_the_krl(lab: Lab) -> None:
     """Last in the module: the node ends suspect."""
     granted, key, cert = lab.logged_in("adam-trust", "15m")

@@ -201,6 +201,14 @@ ENFORCEMENT_VERBS = ("grant", "revoke", "quarantine", "release", "deny-exec", "a
 QUERY_VERBS = ("status", "edges", "events", "ping", "confirm")
 
 
+def takes_text(verb: str, name: str) -> bool:
+    """Whether ``verb``'s argument ``name`` is a string (so ``12`` stays ``"12"`` when a
+    command line gives it, e.g. a certificate serial)."""
+    model = _MODELS.get(verb)
+    field = model.model_fields.get(name) if model is not None else None
+    return field is not None and field.annotation is str
+
+
 def parse(verb: str, args: dict[str, Any]) -> Any:
     """The model of ``verb`` with ``args``; CommandError says what does not fit."""
     model = _MODELS.get(verb)
