@@ -346,6 +346,12 @@ def test_an_operator_revokes_a_certificate_by_hand(lab: Lab) -> None:
     assert [(k, a["serial"]) for k, a, _ in lab.run_orders()] == [
         ("revoke-ssh-cert", ssh["serial"])]
     lab.refused(key, cert)
+    # the grant itself ends too: its KRL order finds the certificate listed already
+    r = lab.call("adam", "POST", routes.access_one(granted["request_id"], "revoke"), {})
+    assert r.status_code == 200, r.text
+    done = lab.run_orders()
+    assert [k for k, _, _ in done] == ["revoke", "revoke-ssh-cert"]
+    assert done[1][2] == f"certificate serial {ssh['serial']} already in {lab.sshd.krl}"
 
 
 def test_node_leaving_trusted_puts_its_certificates_on_the_krl(lab: Lab) -> None:
