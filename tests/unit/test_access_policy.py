@@ -19,7 +19,7 @@ roles:
   contractor: [contractors]
 services:
   db: {nodes: {role: db}, port: tcp/5432}
-  db-ssh: {nodes: {role: db, env: prod}, port: tcp/22}
+  db-ssh: {nodes: {role: db, env: prod}, port: tcp/22, kind: ssh}
 rules:
   - {name: developers-db, service: db, roles: [developer], max_ttl: 1h}
   - {name: contractors-never, service: db, roles: [contractor], action: deny}
@@ -44,6 +44,10 @@ def test_rules_decide_by_the_users_groups() -> None:
     with pytest.raises(PolicyError, match="service: no service 'cache'"):
         policy.decide("cache", ["dev"])
     assert load(json.dumps(policy.document())).digest() == policy.digest()  # stored form
+    # a kind ssh service keeps its kind in the stored form and in a request's terms
+    assert policy.services["db-ssh"].kind == "ssh" and policy.services["db"].kind == "network"
+    assert load(json.dumps(policy.document())).services["db-ssh"].kind == "ssh"
+    assert policy.decide("db-ssh", ["ops-admins"]).terms(policy)["kind"] == "ssh"
 
 
 @pytest.mark.parametrize(("change", "message"), [
@@ -65,6 +69,9 @@ def test_rules_decide_by_the_users_groups() -> None:
     (("port: tcp/22", "port: sctp/22"), "services.db-ssh.port: 'sctp/22' is not PROTO/PORT"),
     (("port: tcp/22", "port: tcp/70000"), "services.db-ssh.port: 'tcp/70000'"),
     (("action: deny", "action: maybe"), "rules[1].action: 'maybe' is not allow or deny"),
+    (("kind: ssh", "kind: telnet"), "services.db-ssh.kind: 'telnet' is not network or ssh"),
+    (("port: tcp/22, kind: ssh", "port: udp/22, kind: ssh"),
+     "services.db-ssh.kind: ssh needs a tcp port, not udp/22"),
     (("rules:", "rulez:"), "policy.rulez: unknown key"),
     (("{name: developers-db, ", "{name: developers-db, when: never, "),
      "rules[0].when: unknown key"),

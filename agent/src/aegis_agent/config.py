@@ -335,6 +335,19 @@ class SecretsConfig(_Strict):
         return self
 
 
+class SshKrlConfig(_Strict):
+    """sshd's ``RevokedKeys`` list of user certificates, kept from ``revoke-ssh-cert``
+    orders (the aegis.fleet.harden role points sshd at the same files)."""
+
+    # the agent's unit makes /var/lib/aegis/ssh (StateDirectory): /etc is read-only to it
+    file: Path = Field(Path("/var/lib/aegis/ssh/revoked_keys.krl"),
+                       description="the KRL sshd's RevokedKeys names")
+    ca_public_key: Path = Field(Path("/etc/ssh/aegis_user_ca.pub"),
+                                description="the user CA sshd trusts (TrustedUserCAKeys)")
+    spec_file: Path = Field(Path("/var/lib/aegis/ssh/revoked_keys.spec"),
+                            description="the revoked certificates, the KRL's source")
+
+
 class MetricsConfig(_Strict):
     textfile: Path | None = Field(
         None, description="write Prometheus metrics to this file for node_exporter's "
@@ -364,6 +377,9 @@ class AgentConfig(_Strict):
     controller: ControllerConfig | None = None
     secrets: SecretsConfig | None = Field(None, description="leased secrets on tmpfs "
                                           "(needs controller: fetch-secrets orders)")
+    ssh_krl: SshKrlConfig | None = Field(None, description="sshd's revoked user "
+                                         "certificates (needs controller: revoke-ssh-cert "
+                                         "orders)")
 
     @model_validator(mode="after")
     def _node_id_for_controller(self) -> AgentConfig:
@@ -373,6 +389,9 @@ class AgentConfig(_Strict):
         if self.secrets is not None and self.controller is None:
             raise ValueError("secrets needs controller: the secret_id comes in the "
                              "controller's fetch-secrets order")
+        if self.ssh_krl is not None and self.controller is None:
+            raise ValueError("ssh_krl needs controller: revocations come in the "
+                             "controller's revoke-ssh-cert orders")
         return self
 
 

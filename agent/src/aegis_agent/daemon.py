@@ -375,7 +375,11 @@ class Agent:
             # every quarantine (order, policy, CLI) wipes the secrets first
             self.secrets = SecretSink(self.cfg.secrets, self._record_from_any_thread)
             self.enforcement.on_quarantine.append(self.secrets.wipe)
-        self.uplink = Uplink(cc, self.cfg.node_id, self.spool, order_handlers(self.enforcement),
+        handlers = order_handlers(self.enforcement)
+        if self.cfg.ssh_krl is not None:
+            from .revoked_keys import RevokedKeys
+            handlers["revoke-ssh-cert"] = RevokedKeys(self.cfg.ssh_krl).revoke
+        self.uplink = Uplink(cc, self.cfg.node_id, self.spool, handlers,
                              bpf_state=self.bpf_state, secrets=self.secrets,
                              lost_events=self.lost_events)
 

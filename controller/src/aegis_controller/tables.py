@@ -201,6 +201,14 @@ access_requests = sa.Table(
     sa.Column("expires_at", sa.BigInteger()),
     sa.Column("ended_at", sa.BigInteger()),
     sa.Column("end_reason", sa.Text()),
+    # an ssh grant (0009): the user's key, the certificate signed at the grant
+    sa.Column("ssh_public_key", sa.Text()),
+    sa.Column("ssh_certificate", sa.Text()),
+    sa.Column("ssh_serial", sa.String(20)),
+    sa.Column("ssh_key_id", sa.String(200)),
+    sa.Column("ssh_principal", sa.String(64)),
+    sa.Column("ssh_valid_after", sa.BigInteger()),
+    sa.Column("ssh_valid_before", sa.BigInteger()),
 )
 
 access_edges = sa.Table(
@@ -211,6 +219,7 @@ access_edges = sa.Table(
     sa.Column("status", sa.String(16), nullable=False),
     sa.Column("grant_order", sa.String(36), nullable=False),
     sa.Column("revoke_order", sa.String(36)),
+    sa.Column("krl_order", sa.String(36)),  # revoke-ssh-cert (0009)
     sa.Index("ix_access_edges_node_status", "node_id", "status"),
 )
 

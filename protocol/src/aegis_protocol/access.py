@@ -42,6 +42,9 @@ class AccessRequest(BaseModel):
     reason: Annotated[str, Field(min_length=1, max_length=500)]
     node: Annotated[str | None, Field(max_length=63)] = Field(
         None, description="only this node of the service's nodes")
+    ssh_public_key: Annotated[str | None, Field(max_length=16384)] = Field(
+        None, description="for a service of kind ssh: your OpenSSH public key line; the "
+        "grant carries a user certificate for it")
 
     @field_validator("ttl")
     @classmethod
@@ -69,6 +72,18 @@ class AccessEdge(BaseModel):
     status: Literal["active", "revoked", "expired", "idle"]
     grant_order: str
     revoke_order: str | None = None
+    krl_order: str | None = None
+
+
+class SshCertificate(BaseModel):
+    """The user certificate of an ssh grant (public: useless without the user's key)."""
+
+    certificate: str = Field(description="save as your key's -cert.pub file")
+    serial: str
+    key_id: str
+    principal: str
+    valid_after: int
+    valid_before: int
 
 
 class AccessState(BaseModel):
@@ -92,3 +107,4 @@ class AccessState(BaseModel):
     ended_at: int | None = None
     end_reason: str | None = None
     edges: list[AccessEdge] = Field(default_factory=list)
+    ssh: SshCertificate | None = None

@@ -6,7 +6,8 @@ arrives on the agent's control socket or in a signed order from the controller.
 
 ``Command`` is the discriminated union (on ``verb``) of every model. The enforcement
 verbs (``ENFORCEMENT_VERBS``) act on the node's kernel state; ``rotate``, ``attest`` and
-``fetch-secrets`` are run by the agent's controller link and exist only as order kinds; the queries
+``fetch-secrets`` are run by the agent's controller link and exist only as order kinds
+(``revoke-ssh-cert`` too: the agent's sshd revocation list); the queries
 and ``confirm`` (``QUERY_VERBS``) exist only on the control socket. :func:`parse`
 raises :class:`CommandError` (a ``ValueError``) with one clear line: an unknown or
 missing argument, an argument of the wrong type, a value outside its choices.
@@ -23,7 +24,8 @@ from .secrets import NAME
 __all__ = ["ENFORCEMENT_VERBS", "QUERY_VERBS", "AllowExec", "Attest", "Command", "CommandError",
            "Confirm", "DenyExec", "Events", "FetchSecrets", "Grant", "Quarantine",
            "QuarantineCgroup", "Query",
-           "Release", "ReleaseCgroup", "Revoke", "Rotate", "SegmentPolicy", "parse"]
+           "Release", "ReleaseCgroup", "Revoke", "RevokeSshCert", "Rotate", "SegmentPolicy",
+           "parse"]
 
 EDGE_HELP = "'SOURCE -> DESTINATION PROTO/PORT'"
 Reason = Annotated[str, Field(max_length=200)]
@@ -150,6 +152,27 @@ class FetchSecrets(_Verb):
     wrapped_secret_id: Annotated[str, Field(min_length=8, max_length=512, repr=False)]
 
 
+class RevokeSshCert(_Verb):
+    """Add an SSH user certificate to sshd's revocation list (``RevokedKeys``, a KRL) by
+    its serial and key id: an access grant that carried it ended before the certificate
+    did (order only)."""
+
+    verb: Literal["revoke-ssh-cert"] = "revoke-ssh-cert"
+    # decimal: OpenBao's serials are unsigned 64-bit, past the wire's signed integers
+    serial: Annotated[str, Field(pattern=r"^[1-9][0-9]{0,19}$",
+                                 description="the certificate's serial, decimal")]
+    key_id: Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[!-~]+$",
+                                 description="the certificate's key id")]
+    reason: Reason | None = None
+
+    @field_validator("serial")
+    @classmethod
+    def _u64(cls, value: str) -> str:
+        if int(value) >= 2**64:
+            raise ValueError(f"serial {value} is over 2^64 - 1")
+        return value
+
+
 class Attest(_Verb):
     """Attest now, not at the next period."""
 
@@ -180,18 +203,27 @@ class Events(_Verb):
 
 
 Command = Annotated[Grant | Revoke | SegmentPolicy | Quarantine | Release | DenyExec | AllowExec
-                    | QuarantineCgroup | ReleaseCgroup | Rotate | FetchSecrets | Attest | Query
-                    | Confirm | Events,
+                    | QuarantineCgroup | ReleaseCgroup | Rotate | FetchSecrets | RevokeSshCert
+                    | Attest | Query | Confirm | Events,
                     Field(discriminator="verb")]
 _COMMAND: TypeAdapter[Any] = TypeAdapter(Command)
 _MODELS: dict[str, type[_Verb]] = {
     verb: m
     for m in (Grant, Revoke, SegmentPolicy, Quarantine, Release, DenyExec, AllowExec,
-              QuarantineCgroup, ReleaseCgroup, Rotate, FetchSecrets, Attest, Query, Confirm, Events)
+              QuarantineCgroup, ReleaseCgroup, Rotate, FetchSecrets, RevokeSshCert, Attest,
+              Query, Confirm, Events)
     for verb in get_args(m.model_fields["verb"].annotation)}
 ENFORCEMENT_VERBS = ("grant", "revoke", "segment-policy", "quarantine", "release", "deny-exec",
                      "allow-exec", "quarantine-cgroup", "release-cgroup")
 QUERY_VERBS = ("status", "edges", "events", "ping", "confirm")
+
+
+def takes_text(verb: str, name: str) -> bool:
+    """Whether ``verb``'s argument ``name`` is a string (so ``12`` stays ``"12"`` when a
+    command line gives it, e.g. a certificate serial)."""
+    model = _MODELS.get(verb)
+    field = model.model_fields.get(name) if model is not None else None
+    return field is not None and field.annotation is str
 
 
 def parse(verb: str, args: dict[str, Any]) -> Any:

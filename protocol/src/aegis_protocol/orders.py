@@ -31,7 +31,7 @@ from .signing import SignatureError, key_id, sign, verify
 
 # each kind is a verb of aegis_protocol.commands, whose model checks the order's args
 OrderKind = Literal["quarantine", "release", "grant", "revoke", "release-cgroup", "rotate",
-                    "attest", "fetch-secrets", "segment-policy"]
+                    "attest", "fetch-secrets", "segment-policy", "revoke-ssh-cert"]
 RefusalReason = Literal["forged", "replayed", "expired", "misaddressed", "malformed"]
 
 #: Order arguments that are secrets: never shown in a repr (and never put on the ledger).

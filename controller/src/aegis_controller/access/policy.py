@@ -11,9 +11,10 @@ must approve. One YAML document::
       db:
         nodes: {role: db}
         port: tcp/5432
-      db-ssh:
+      db-ssh:                   # kind ssh: the grant carries an SSH user certificate
         nodes: {role: db, env: prod}
         port: tcp/22
+        kind: ssh
     rules:
       - name: developers-db     # granted at once, at most one hour
         service: db
@@ -31,7 +32,9 @@ must approve. One YAML document::
         approvals: 2
 
 Checked as a whole before it replaces the policy in force (a refusal changes nothing):
-every key known, label keys among those nodes carry (``role`` and ``env`` always), roles
+every key known, ``kind`` ``network`` (the default: an edge only) or ``ssh`` (on a tcp
+port; the grant also carries an SSH user certificate for the user's public key), label
+keys among those nodes carry (``role`` and ``env`` always), roles
 and services defined before use, ``approvals`` 0 to 2 and at least 1 when ``approvers``
 are named, and no two rules for one service sharing a role (overlapping rules, whether
 their actions conflict or not — which one would apply?). A user's request is decided by
@@ -58,7 +61,8 @@ MAX_TTL = 24 * 3600
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 _PORT = re.compile(r"(tcp|udp)/(\d{1,5})")
 _TOP = {"roles", "services", "rules"}
-_SERVICE = {"nodes", "port"}
+_SERVICE = {"nodes", "port", "kind"}
+KINDS = ("network", "ssh")
 _RULE = {"name", "service", "roles", "action", "max_ttl", "approvers", "approvals"}
 
 
@@ -72,6 +76,7 @@ class Service:
     nodes: dict[str, str]
     proto: str
     port: int
+    kind: str = "network"
 
     def selects(self, labels: dict[str, str]) -> bool:
         return all(labels.get(k) == v for k, v in self.nodes.items())
@@ -92,7 +97,8 @@ class Rule:
         groups its approvers must be in (the policy may change while it is pending)."""
         svc = policy.services[self.service]
         return {"rule": self.name, "service": svc.name, "nodes": svc.nodes,
-                "proto": svc.proto, "port": svc.port, "max_ttl": self.max_ttl,
+                "proto": svc.proto, "port": svc.port, "kind": svc.kind,
+                "max_ttl": self.max_ttl,
                 "approvals": self.approvals, "approver_roles": list(self.approvers),
                 "approver_groups": sorted({g for r in self.approvers
                                            for g in policy.roles[r]})}
@@ -129,7 +135,8 @@ class Policy:
 
     def document(self) -> dict[str, Any]:
         return {"roles": {k: list(v) for k, v in self.roles.items()},
-                "services": {n: {"nodes": s.nodes, "port": f"{s.proto}/{s.port}"}
+                "services": {n: {"nodes": s.nodes, "port": f"{s.proto}/{s.port}",
+                                 **({"kind": s.kind} if s.kind != "network" else {})}
                              for n, s in self.services.items()},
                 "rules": [{"name": r.name, "service": r.service, "roles": list(r.roles),
                            "action": r.action, "max_ttl": r.max_ttl,
@@ -221,7 +228,12 @@ def _services(raw: object, label_keys: set[str] | frozenset[str]) -> dict[str, S
         if m is None or not 1 <= int(m.group(2)) <= 65535:
             raise PolicyError(f"{where}.port: {body.get('port')!r} is not PROTO/PORT (tcp or "
                               "udp, port 1 to 65535), e.g. tcp/5432")
-        services[name] = Service(name, nodes, m.group(1), int(m.group(2)))
+        kind = body.get("kind", "network")
+        if kind not in KINDS:
+            raise PolicyError(f"{where}.kind: {kind!r} is not {' or '.join(KINDS)}")
+        if kind == "ssh" and m.group(1) != "tcp":
+            raise PolicyError(f"{where}.kind: ssh needs a tcp port, not {body.get('port')}")
+        services[name] = Service(name, nodes, m.group(1), int(m.group(2)), kind)
     return services
 
 

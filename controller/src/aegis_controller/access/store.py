@@ -4,6 +4,13 @@ the policy's rule decides (refused, ``pending`` until enough different approvers
 selects, with the edge ``USER_IP -> NODE_IP proto/port``, ``ttl`` = the granted time and
 ``idle`` = :data:`IDLE` seconds; a revoke is a signed ``revoke`` order per edge.
 
+A service of kind ``ssh`` also needs the user's SSH public key with the request: at the
+grant the SSH CA (:mod:`.ssh_ca`) signs it for the user's principal (their name), valid
+until the grant ends, and the request carries the certificate (its serial and key id on
+the ledger). Ended early (revoke, idle, a node leaving trusted), each node of the ended
+edges gets a signed ``revoke-ssh-cert`` order: its agent adds the certificate to sshd's
+KRL, as signed SSH certificates cannot be revoked at the CA.
+
 Every step (request, approval, deny, grant, revoke, expiry, a node losing trust) is one
 ``access_grant`` ledger record with the user's identity (sub, name, groups), written in the
 same transaction as the state it describes. A refusal writes nothing.
@@ -20,17 +27,18 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy import Connection, Engine
 
-from aegis_protocol.access import AccessRequest, AccessState
+from aegis_protocol.access import AccessRequest, AccessState, SshCertificate
 from aegis_protocol.events import Event
 from aegis_protocol.orders import MAX_LIFETIME
 
 from .. import db, document_versions, tables
-from ..errors import Conflict, Forbidden, Invalid, NotFound
+from ..errors import Conflict, Forbidden, Invalid, NotFound, Unavailable
 from ..ledger import Kind, Ledger, Recorder
 from ..nodes import NOT_LIVE, NodeState, NodeStore
 from ..orders import Orders
 from .identity import User
 from .policy import BUILTIN_LABEL_KEYS, Policy, PolicyError, load, parse
+from .ssh_ca import PRINCIPAL, SshCa, SshCaError, check_public_key
 
 #: Seconds without traffic after which the agent removes a granted edge.
 IDLE = 60
@@ -56,6 +64,8 @@ class Access:
         self.ledger = ledger
         self.nodes = nodes
         self.orders = orders
+        #: signs the certificates of ssh grants (``serve --ssh-ca-mount``); None: off
+        self.ssh_ca: SshCa | None = None
 
     # -- the policy and the nodes' labels (operators) -------------------------------------
     def label_keys(self, conn: Connection) -> set[str]:
@@ -137,6 +147,7 @@ class Access:
                 raise Invalid(f"ttl: {ttl} s is over the maximum of rule {rule.name!r} "
                               f"({rule.max_ttl} s)")
             terms = rule.terms(policy)
+            ssh_key = self._ssh_key(user, req, terms)
             if not self._targets(rec.conn, terms, req.node):
                 raise Conflict(f"service {req.service!r}: no trusted node with an address "
                                f"matches {terms['nodes']}"
@@ -146,12 +157,13 @@ class Access:
                 policy_version=version, terms=json.dumps(terms), sub=user.sub,
                 user_name=user.name, groups=json.dumps(list(user.groups)), source=source,
                 node_filter=req.node, ttl=ttl, reason=req.reason, status="pending",
-                approvals="[]", created_at=now))
+                approvals="[]", created_at=now, ssh_public_key=ssh_key))
             rec.append(Kind.ACCESS_GRANT, _subject(request_id), {
                 "event": "request", "user": user.ledger(), "service": req.service,
                 "rule": rule.name, "policy_version": version, "source": source, "ttl": ttl,
                 "reason": req.reason, "node": req.node,
-                "approvals_needed": rule.approvals}, actor=user.actor)
+                "approvals_needed": rule.approvals,
+                **({"ssh_public_key": ssh_key} if ssh_key else {})}, actor=user.actor)
             if rule.approvals == 0:
                 self._grant_in(rec, request_id, now)
         return self.get(user, request_id)
@@ -200,11 +212,11 @@ class Access:
             if row.status not in ("pending", "granted"):
                 raise Conflict(f"request {request_id} is {row.status} already")
             why = f"revoked by {user.name}" + (f": {reason}" if reason else "")
-            orders = self._revoke_edges(rec, request_id, None, user.actor)
+            orders = self._revoke_edges(rec, request_id, None, user.actor, why)
             self._end(rec.conn, request_id, "revoked", now, why)
             rec.append(Kind.ACCESS_GRANT, _subject(request_id), {
                 "event": "revoke", "user": user.ledger(), "reason": reason,
-                "requester": row.sub, "revoke_orders": orders}, actor=user.actor)
+                "requester": row.sub, **orders}, actor=user.actor)
         return self.get(user, request_id)
 
     def get(self, user: User | None, request_id: str) -> AccessState:
@@ -262,11 +274,11 @@ class Access:
         now = int(time.time())
         for request_id in ids:
             row = self._row(rec.conn, request_id)
-            orders = self._revoke_edges(rec, request_id, node_id, ACTOR)
+            why = f"node {node_id!r} left trusted: {reason}"
+            orders = self._revoke_edges(rec, request_id, node_id, ACTOR, why)
             rec.append(Kind.ACCESS_GRANT, _subject(request_id), {
                 "event": "revoke", "user": _user_of(row).ledger(), "node": node_id,
-                "reason": f"node {node_id!r} left trusted: {reason}",
-                "revoke_orders": orders}, actor=ACTOR)
+                "reason": why, **orders}, actor=ACTOR)
             left = rec.conn.execute(sa.select(sa.func.count()).where(
                 _e.request_id == request_id, _e.status == "active")).scalar()
             if not left and row.status == "granted":
@@ -293,14 +305,17 @@ class Access:
             for edge in rows:
                 if edge.expires_at is not None and now >= edge.expires_at - EXPIRY_SLACK:
                     continue  # its time ended: expire_due records it
+                row = self._row(rec.conn, edge.request_id)
+                krl = self._krl_order(rec, row, node_id, f"node:{node_id}",
+                                      f"idle: no traffic for {IDLE} s", now)
                 rec.conn.execute(tables.access_edges.update().where(
                     _e.request_id == edge.request_id, _e.node_id == node_id
-                ).values(status="idle"))
-                row = self._row(rec.conn, edge.request_id)
+                ).values(status="idle", krl_order=krl))
                 rec.append(Kind.ACCESS_GRANT, _subject(edge.request_id), {
                     "event": "idle_revoke", "user": _user_of(row).ledger(), "node": node_id,
                     "edge": edge.edge, "idle": IDLE, "agent_event": str(event.id),
-                    "at_ns": event.ts_ns}, actor=f"node:{node_id}")
+                    "at_ns": event.ts_ns, **({"krl_orders": [krl]} if krl else {})},
+                    actor=f"node:{node_id}")
                 left = rec.conn.execute(sa.select(sa.func.count()).where(
                     _e.request_id == edge.request_id, _e.status == "active")).scalar()
                 if not left and row.status == "granted":
@@ -365,30 +380,95 @@ class Access:
                 request_id=request_id, node_id=node_id, edge=edge, status="active",
                 grant_order=str(signed.order.id)))
             edges.append({"node": node_id, "edge": edge, "order_id": str(signed.order.id)})
+        values: dict[str, Any] = {"status": "granted", "granted_at": now,
+                                  "expires_at": now + row.ttl}
+        ssh: dict[str, Any] = {}
+        if terms.get("kind") == "ssh":
+            cert = self._sign(row, now + row.ttl)
+            values.update(ssh_certificate=cert.certificate, ssh_serial=cert.serial,
+                          ssh_key_id=cert.key_id, ssh_principal=cert.principal,
+                          ssh_valid_after=cert.valid_after, ssh_valid_before=cert.valid_before)
+            ssh = {"ssh_certificate": cert.ledger()}
         rec.conn.execute(tables.access_requests.update().where(_r.request_id == request_id)
-                         .values(status="granted", granted_at=now, expires_at=now + row.ttl))
+                         .values(**values))
         rec.append(Kind.ACCESS_GRANT, _subject(request_id), {
             "event": "grant", "user": _user_of(row).ledger(), "service": row.service,
             "ttl": row.ttl, "idle": IDLE, "expires_at": now + row.ttl, "edges": edges,
-            "approvers": [a["sub"] for a in json.loads(row.approvals)]}, actor=ACTOR)
+            "approvers": [a["sub"] for a in json.loads(row.approvals)], **ssh}, actor=ACTOR)
+
+    def _ssh_key(self, user: User, req: AccessRequest, terms: dict[str, Any]) -> str | None:
+        """The request's SSH public key, normalised: required for (and only for) a service
+        of kind ssh, on a controller with an SSH CA, for a user whose name is a principal."""
+        if terms.get("kind") != "ssh":
+            if req.ssh_public_key is not None:
+                raise Invalid(f"ssh_public_key: service {req.service!r} is not of kind ssh "
+                              "(no certificate to sign); leave it out")
+            return None
+        if req.ssh_public_key is None:
+            raise Invalid(f"ssh_public_key: service {req.service!r} is of kind ssh: send "
+                          "your OpenSSH public key (aegis-controller access request "
+                          "--ssh-key ~/.ssh/id_ed25519.pub)")
+        try:
+            key = check_public_key(req.ssh_public_key)
+        except ValueError as e:
+            raise Invalid(str(e)) from None
+        if self.ssh_ca is None:
+            raise Conflict(f"service {req.service!r} is of kind ssh but this controller has "
+                           "no SSH CA: an operator starts it with --ssh-ca-mount")
+        if not PRINCIPAL.match(user.name):
+            raise Forbidden(f"your name {user.name!r} cannot be an SSH principal (letters, "
+                            "digits, '.', '_', '@', '-'; at most 64)")
+        return key
+
+    def _sign(self, row: Any, valid_before: int) -> Any:
+        if self.ssh_ca is None:
+            raise Conflict(f"request {row.request_id} is for an ssh service but this "
+                           "controller has no SSH CA now (--ssh-ca-mount); nothing granted")
+        try:
+            return self.ssh_ca.sign(row.ssh_public_key, row.user_name,
+                                    f"{row.user_name}@aegis-access/{row.request_id}",
+                                    valid_before)
+        except SshCaError as e:
+            raise Unavailable(f"SSH certificate not signed, nothing granted: {e}") from None
+
+    def _krl_order(self, rec: Recorder, row: Any, node_id: str, actor: str, why: str,
+                   now: int) -> str | None:
+        """A revoke-ssh-cert order to ``node_id`` for ``row``'s certificate, if it has one
+        still valid and the node is live; its id."""
+        if not row.ssh_serial or now >= (row.expires_at or 0) or \
+                self.nodes.state_in(rec.conn, node_id) in NOT_LIVE:
+            return None
+        signed = self.orders.create_in(rec, node_id, "revoke-ssh-cert", {
+            "serial": row.ssh_serial, "key_id": row.ssh_key_id, "reason": why[:200]}, actor)
+        return str(signed.order.id)
 
     def _revoke_edges(self, rec: Recorder, request_id: str, node_id: str | None,
-                      actor: str) -> list[str]:
+                      actor: str, why: str) -> dict[str, list[str]]:
+        """Revoke orders for the request's active edges (on ``node_id`` only, if given),
+        and KRL orders for its certificate there; their ids (``revoke_orders``,
+        ``krl_orders`` when there is a certificate)."""
         q = sa.select(tables.access_edges).where(_e.request_id == request_id,
                                                  _e.status == "active")
         if node_id is not None:
             q = q.where(_e.node_id == node_id)
-        made = []
+        row = self._row(rec.conn, request_id)
+        now = int(time.time())
+        made: dict[str, list[str]] = {"revoke_orders": []}
+        if row.ssh_serial:
+            made["krl_orders"] = []
         for edge in rec.conn.execute(q).all():
             order_id = None
             if self.nodes.state_in(rec.conn, edge.node_id) not in NOT_LIVE:
                 signed = self.orders.create_in(rec, edge.node_id, "revoke",
                                                {"edge": edge.edge}, actor)
                 order_id = str(signed.order.id)
-                made.append(order_id)
+                made["revoke_orders"].append(order_id)
+            krl = self._krl_order(rec, row, edge.node_id, actor, why, now)
+            if krl:
+                made["krl_orders"].append(krl)
             rec.conn.execute(tables.access_edges.update().where(
                 _e.request_id == request_id, _e.node_id == edge.node_id
-            ).values(status="revoked", revoke_order=order_id))
+            ).values(status="revoked", revoke_order=order_id, krl_order=krl))
         return made
 
     @staticmethod
@@ -409,8 +489,13 @@ class Access:
             created_at=row.created_at, granted_at=row.granted_at, expires_at=row.expires_at,
             ended_at=row.ended_at, end_reason=row.end_reason,
             edges=[{"node_id": e.node_id, "edge": e.edge, "status": e.status,
-                    "grant_order": e.grant_order, "revoke_order": e.revoke_order}
-                   for e in edges])
+                    "grant_order": e.grant_order, "revoke_order": e.revoke_order,
+                    "krl_order": e.krl_order} for e in edges],
+            ssh=SshCertificate(certificate=row.ssh_certificate, serial=row.ssh_serial,
+                               key_id=row.ssh_key_id, principal=row.ssh_principal,
+                               valid_after=row.ssh_valid_after,
+                               valid_before=row.ssh_valid_before)
+            if row.ssh_certificate else None)
 
 
 def _user_of(row: Any) -> User:

@@ -3,6 +3,8 @@
 On a user's machine (over HTTPS, with the user's JSON Web Token from the identity
 provider): ``access request SERVICE --ttl 15m --reason "…"``, ``access approve ID``,
 ``access deny ID --reason "…"``, ``access revoke ID``, ``access list``, ``access show ID``.
+For a service of kind ssh, ``request`` sends ``--ssh-key ~/.ssh/id_ed25519.pub`` and
+``request`` / ``show`` save the grant's certificate with ``--ssh-cert-out FILE``.
 The controller's address is ``--url`` / ``AEGIS_CONTROLLER_URL``, its CA ``--ca`` /
 ``AEGIS_CONTROLLER_CA``; the token is read from ``--token-file`` /
 ``AEGIS_ACCESS_TOKEN_FILE``, else ``AEGIS_ACCESS_TOKEN`` (never from the command line,
@@ -80,8 +82,24 @@ def cmd_access_request(args: argparse.Namespace, settings: Settings) -> int:
     body = {"service": args.service, "ttl": args.ttl, "reason": args.reason}
     if args.node:
         body["node"] = args.node
-    print_json(_call(args, "POST", routes.ACCESS, body))
+    if args.ssh_key:
+        body["ssh_public_key"] = read_input(args.ssh_key).strip()
+    state = _call(args, "POST", routes.ACCESS, body)
+    _save_certificate(args, state)
+    print_json(state)
     return EXIT_OK
+
+
+def _save_certificate(args: argparse.Namespace, state: dict[str, Any]) -> None:
+    """Write the grant's SSH certificate to ``--ssh-cert-out`` when it has one."""
+    if not getattr(args, "ssh_cert_out", None) or not state.get("ssh"):
+        return
+    out = Path(args.ssh_cert_out)
+    try:
+        out.write_text(state["ssh"]["certificate"].strip() + "\n")
+    except OSError as err:
+        raise InputError(f"--ssh-cert-out {out}: cannot write it "
+                         f"({err.strerror or err})") from None
 
 
 def cmd_access_decide(args: argparse.Namespace, settings: Settings) -> int:
@@ -97,7 +115,9 @@ def cmd_access_list(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_access_show(args: argparse.Namespace, settings: Settings) -> int:
-    print_json(_call(args, "GET", routes.access_one(args.request_id)))
+    state = _call(args, "GET", routes.access_one(args.request_id))
+    _save_certificate(args, state)
+    print_json(state)
     return EXIT_OK
 
 
@@ -127,6 +147,11 @@ def _client_options(sp: argparse.ArgumentParser) -> None:
                     "$AEGIS_ACCESS_TOKEN_FILE, else $AEGIS_ACCESS_TOKEN)")
 
 
+def _cert_out(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument("--ssh-cert-out", metavar="FILE", help="save a granted ssh request's "
+                    "certificate here (e.g. ~/.ssh/id_ed25519-cert.pub)")
+
+
 def _register_access(groups: argparse._SubParsersAction) -> None:
     access = groups.add_parser("access", help="just-in-time access to a service (users: "
                                "request, approve, deny, revoke, list; operators: policy)")
@@ -136,6 +161,9 @@ def _register_access(groups: argparse._SubParsersAction) -> None:
     sp.add_argument("--ttl", type=duration, required=True, help="how long, e.g. 15m")
     sp.add_argument("--reason", required=True, help="why (recorded on the ledger)")
     sp.add_argument("--node", help="only this node of the service's nodes")
+    sp.add_argument("--ssh-key", metavar="FILE", help="a service of kind ssh: your OpenSSH "
+                    "public key (e.g. ~/.ssh/id_ed25519.pub), signed at the grant")
+    _cert_out(sp)
     _client_options(sp)
     sp.set_defaults(func=cmd_access_request)
     for verb, text in (("approve", "approve a pending request (an approver; not your own)"),
@@ -152,6 +180,7 @@ def _register_access(groups: argparse._SubParsersAction) -> None:
     sp.set_defaults(func=cmd_access_list)
     sp = verbs.add_parser("show", help="one request")
     sp.add_argument("request_id")
+    _cert_out(sp)
     _client_options(sp)
     sp.set_defaults(func=cmd_access_show)
     verbs.add_parser("requests", help="every request, newest first (on the controller: "

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 from typing import get_args
 
+from aegis_protocol.commands import takes_text
 from aegis_protocol.orders import OrderKind
 
 from ..domain import open_controller
@@ -38,7 +39,8 @@ def cmd_order_create(args: argparse.Namespace, settings: Settings) -> int:
         key, sep, value = item.partition("=")
         if not sep:
             raise InputError(f"--arg {item!r}: write KEY=VALUE, e.g. --arg edge='a -> b tcp/22'")
-        extra[key] = int(value) if value.isdigit() else value
+        extra[key] = int(value) if value.isdigit() and not takes_text(args.kind, key) \
+            else value
     signed = open_controller(settings).orders.create(args.node, args.kind, extra,
                                                      default_actor(), args.lifetime)
     print_json(signed.model_dump(mode="json"))

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from ..access.identity import MAX_LEEWAY, OidcConfigError, OidcSettings
+from ..access.ssh_ca import DEFAULT_ROLE, SshCa, SshCaError, SshCaSettings
 from ..attestation import LOST_EVENTS_THRESHOLD
 from ..domain import open_controller
 from ..recovery.engine import RecoveryWiring
@@ -35,6 +36,13 @@ def cmd_serve_run(args: argparse.Namespace, settings: Settings) -> int:
                                     args.oidc_jwks_refetch)
     except OidcConfigError as err:
         raise InputError(str(err)) from None
+    try:
+        ssh_ca = SshCaSettings.resolve(mount=args.ssh_ca_mount, role=args.ssh_ca_role,
+                                       token_file=args.ssh_ca_token_file,
+                                       addr=args.vault_addr, ca_file=args.vault_ca,
+                                       secrets_token_file=args.secrets_token_file)
+    except SshCaError as err:
+        raise InputError(str(err)) from None
     recovery = None
     if args.recovery_config:
         from .recovery import recovery_steps  # ansible-runner: only with recovery on
@@ -44,6 +52,8 @@ def cmd_serve_run(args: argparse.Namespace, settings: Settings) -> int:
         recovery = RecoveryWiring(rsettings, steps, command)
     controller = open_controller(settings)
     controller.attestation.lost_events_threshold = args.lost_events_threshold
+    if ssh_ca is not None:
+        controller.access.ssh_ca = SshCa(ssh_ca)
     serve(controller, settings.state_dir, args.host, args.port,
           args.heartbeat_deadline, limits, args.ledger_seal_interval, secrets, recovery,
           args.ledger_verify_interval, oidc)
@@ -104,6 +114,15 @@ def _register_serve(groups: argparse._SubParsersAction) -> None:
     oidc.add_argument("--oidc-jwks-refetch", type=positive, default=None, metavar="S",
                       help="least seconds between two key fetches caused by an unknown key "
                            "id (default 30)")
+    ssh = sp.add_argument_group("SSH user certificates of access grants to kind ssh services")
+    ssh.add_argument("--ssh-ca-mount", metavar="PATH",
+                     help="the SSH secrets engine that signs them (default "
+                          "$AEGIS_SSH_CA_MOUNT; without it ssh services are refused)")
+    ssh.add_argument("--ssh-ca-role", metavar="ROLE",
+                     help=f"its role (default $AEGIS_SSH_CA_ROLE, else {DEFAULT_ROLE})")
+    ssh.add_argument("--ssh-ca-token-file", metavar="FILE",
+                     help="the token allowed to update PATH/sign/ROLE (default "
+                          "$AEGIS_SSH_CA_TOKEN_FILE, else the secrets token file)")
     sp.add_argument("--recovery-config", metavar="FILE",
                     help="run the recovery engine with these settings (YAML: guard rails, "
                          "the steps' backend: runner with the Terraform root module, "

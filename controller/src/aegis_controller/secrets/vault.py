@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -34,12 +35,16 @@ class WrappedSecretId:
     creation_path: str
 
 
-class SecretsVault:
-    def __init__(self, settings: SecretsSettings, timeout: float = TIMEOUT) -> None:
-        self.settings = settings
-        verify: str | bool = str(settings.ca_file) if settings.ca_file else True
-        self._http = httpx.Client(base_url=settings.addr, verify=verify, timeout=timeout,
-                                  headers={"X-Vault-Token": settings.token})
+class VaultClient:
+    """One Vault-compatible server at ``addr`` with ``token``: :meth:`_call` is every
+    request, its failures one :class:`VaultCallError` line."""
+
+    def __init__(self, addr: str, token: str, ca_file: Path | None,
+                 timeout: float = TIMEOUT) -> None:
+        self.addr = addr
+        verify: str | bool = str(ca_file) if ca_file else True
+        self._http = httpx.Client(base_url=addr, verify=verify, timeout=timeout,
+                                  headers={"X-Vault-Token": token})
 
     def close(self) -> None:
         self._http.close()
@@ -49,14 +54,14 @@ class SecretsVault:
         try:
             r = self._http.request(method, f"/v1/{path}", json=body, headers=headers)
         except httpx.HTTPError as e:
-            raise VaultCallError(f"cannot reach the vault at {self.settings.addr} to {what}: "
+            raise VaultCallError(f"cannot reach the vault at {self.addr} to {what}: "
                                  f"{type(e).__name__}: {e}") from None
         if r.status_code >= 400:
             try:
                 errors = "; ".join(str(x) for x in r.json().get("errors") or [])
             except ValueError:
                 errors = r.text[:200]
-            raise VaultCallError(f"the vault at {self.settings.addr} refused to {what} "
+            raise VaultCallError(f"the vault at {self.addr} refused to {what} "
                                  f"({r.status_code}): {errors or 'no reason given'}",
                                  r.status_code)
         if r.status_code == 204 or not r.content:
@@ -64,9 +69,15 @@ class SecretsVault:
         try:
             doc = r.json()
         except ValueError:
-            raise VaultCallError(f"the vault at {self.settings.addr} answered {what} with "
+            raise VaultCallError(f"the vault at {self.addr} answered {what} with "
                                  "something that is not JSON") from None
         return doc if isinstance(doc, dict) else {}
+
+
+class SecretsVault(VaultClient):
+    def __init__(self, settings: SecretsSettings, timeout: float = TIMEOUT) -> None:
+        super().__init__(settings.addr, settings.token, settings.ca_file, timeout)
+        self.settings = settings
 
     def wrap_secret_id(self, role: str, node_id: str) -> WrappedSecretId:
         """A response-wrapped secret_id of node role ``role``'s AppRole, for ``node_id``:

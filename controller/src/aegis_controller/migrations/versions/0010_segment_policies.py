@@ -2,8 +2,8 @@
 (``segment_policies``) and the compiled set each node was last sent as a signed
 ``segment-policy`` order (``segment_pushes``).
 
-Revision ID: 0009_segment_policies
-Revises: 0008_access
+Revision ID: 0010_segment_policies
+Revises: 0009_operator_rights
 Create Date: 2026-12-07
 """
 
