@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Benchmarks that print figures (./aegis bench [fleet|harden|harden-vm|bpf|exec|secrets|controller|recovery|console]; all by
+# Benchmarks that print figures (./aegis bench [fleet|harden|harden-vm|bpf|exec|secrets|access|controller|recovery|console]; all by
 # default; harden-vm only when named, a QEMU TCG VM makes it slow). Each is a module of
 # benchmarks/ and prints through benchmarks.figures.report.
 # Targets are read from the output, never asserted by timed tests.
@@ -35,6 +35,10 @@ fi
 if want secrets; then
   echo "=== leased secrets: quarantine accepted -> token, leases, login revoked; agent wipe; rotation -> reload"
   run secrets "$@"
+fi
+if want access; then
+  echo "=== just-in-time access: request accepted -> first packet passes (p50/p99), idle revoke precision"
+  run access "$@"
 fi
 if want recovery; then
   echo "=== recovery: detect -> contained (ms), contained -> replacement trusted (s), 1 and 3 nodes"

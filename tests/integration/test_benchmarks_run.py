@@ -20,6 +20,8 @@ pytestmark = pytest.mark.integration
      {"new_events_per_s", "duplicate_events_per_s"}),
     ("benchmarks.ledger", ["--records", "200", "--batch", "50", "--single", "20", "--threads", "4"],
      {"append_single_per_s", "append_grouped_per_s", "append_batched_per_s", "verify_per_s"}),
+    ("benchmarks.access", ["--grants", "2", "--idle-samples", "0"],
+     {"grant_to_first_packet_p50_ms", "grant_to_first_packet_p99_ms"}),
     ("benchmarks.secrets", ["--rounds", "1", "--rotations", "1"],
      {"token_revoked_p50_ms", "login_gone_p50_ms", "agent_wipe_p50_ms",
       "rotation_to_reload_p50_s"}),
