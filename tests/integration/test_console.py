@@ -14,11 +14,21 @@ import pytest
 from harness_console import SUSPECT_REASON, domain, populate
 
 from aegis_controller.recovery.states import JobState
+from aegis_protocol import routes
+from aegis_protocol.events import EventBatch, agent_event
 from harness_controller import Server, operator_client, report_incidents_twice
 
 pytestmark = pytest.mark.integration
 JSON = {"accept": "application/json"}
 PAGES = ("fleet", "nodes/web2", "incidents", "recovery", "access", "policies", "ledger")
+LABEL_POLICY = """
+policies:
+  - name: web-db
+    from: {role: web}
+    to: {role: db}
+    ports: [tcp/5432]
+    mode: observe
+"""
 
 
 def _csrf(op: httpx.Client, page: str) -> str:
@@ -29,6 +39,15 @@ def _csrf(op: httpx.Client, page: str) -> str:
 def test_console_pages_rights_and_bad_input(server: Server) -> None:
     ids = populate(domain(server))
     node = report_incidents_twice(server, "web4")
+    # a label policy in observe mode, and the counters web4's agent reported for it
+    domain(server).segment.set_policy(LABEL_POLICY, "test")
+    counters = agent_event("label_policy_counters", policy="web-db", mode="observe", edges=2,
+                           allowed_packets=7, allowed_bytes=700, dropped_packets=0,
+                           dropped_bytes=0, observed_packets=3, observed_bytes=180)
+    with node.client(server) as c:
+        r = c.post(routes.EVENTS, json=EventBatch(node_id="web4", events=[counters])
+                   .model_dump(mode="json"))
+        assert r.status_code == 200, r.text
     out = server.ctl("operator-cert", "carol", "--approve", "--group", "sec",
                      "--out", str(server.state / "ops"))
     assert out.returncode == 0, out.stderr
@@ -64,6 +83,12 @@ def test_console_pages_rights_and_bad_input(server: Server) -> None:
         assert [(r["name"], r["approvals"]) for r in rules] == [("developers-db", 1),
                                                                 ("developers-db-ssh", 2)]
         assert "<svg" in ro.get("/console/policies").text
+        (web_db,) = ro.get("/console/policies", headers=JSON).json()["segment"]["policies"]
+        assert (web_db["name"], web_db["mode"], web_db["ports"]) == ("web-db", "observe",
+                                                                     ["tcp/5432"])
+        assert web_db["totals"]["observed_packets"] == 3
+        assert [(n["node_id"], n["allowed_packets"]) for n in web_db["nodes"]] == [("web4", 7)]
+        assert 'id="label-policies"' in ro.get("/console/policies").text
         # read-only: no buttons, and a post with a good token is still refused
         assert "Approve" not in ro.get("/console/access").text
         token = _csrf(ro, "ledger")

@@ -1,7 +1,9 @@
 """The Policies page: the access policy in force (roles, services, rules) and a flow graph
-of which access roles reach which services, drawn on the server as SVG. (The segment
-filters' per-edge counters and observe/enforce mode live on the agents, in their metrics
-textfile; the controller holds none of them, so this page does not show them.)"""
+of which access roles reach which services, drawn on the server as SVG; and the label
+policies in force (which nodes may talk to which), each with its observe/enforce mode and,
+per destination node, the counters its agent last reported (``label_policy_counters``
+events: packets and bytes allowed, dropped, and observed — would-be drops in observe
+mode)."""
 
 from __future__ import annotations
 
@@ -33,9 +35,41 @@ def _graph(doc: dict[str, Any]) -> dict[str, Any]:
             "edges": edges}
 
 
+#: counters an agent reports per label policy (agent/bpf/policy_edges.py)
+COUNTERS = ("allowed_packets", "allowed_bytes", "dropped_packets", "dropped_bytes",
+            "observed_packets", "observed_bytes")
+#: newest counter reports read (one per node and policy is kept)
+REPORTS = 2000
+
+
+def label_policies(controller: Controller) -> dict[str, Any]:
+    """The label policies in force with, per policy, each node's last reported counters
+    and their sum; ``note`` says why there are none."""
+    try:
+        doc = controller.segment.current()
+    except Conflict as e:
+        return {"version": None, "policies": [], "note": e.message}
+    latest: dict[tuple[str, str], dict[str, Any]] = {}
+    for ev in controller.intake.events(kinds=("agent",), limit=REPORTS):
+        data = ev["data"]
+        if data.get("what") == "label_policy_counters":  # oldest first: the newest stays
+            latest[(str(data.get("policy")), ev["node_id"])] = {
+                "node_id": ev["node_id"], "ts_ns": ev["ts_ns"], "mode": data.get("mode"),
+                "edges": data.get("edges", 0),
+                **{k: int(data.get(k, 0) or 0) for k in COUNTERS}}
+    out = []
+    for p in doc["policies"]:
+        nodes = sorted((r for (name, _n), r in latest.items() if name == p["name"]),
+                       key=lambda r: r["node_id"])
+        out.append({**p, "nodes": nodes,
+                    "totals": {k: sum(r[k] for r in nodes) for k in COUNTERS}})
+    return {"version": doc["version"], "policies": out, "note": ""}
+
+
 def policies(controller: Controller) -> dict[str, Any]:
+    segment = label_policies(controller)
     try:
         doc = controller.access.current_policy()
     except Conflict as e:
-        return {"policy": None, "note": e.message, "graph": None}
-    return {"policy": doc, "note": "", "graph": _graph(doc)}
+        return {"policy": None, "note": e.message, "graph": None, "segment": segment}
+    return {"policy": doc, "note": "", "graph": _graph(doc), "segment": segment}
