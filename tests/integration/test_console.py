@@ -8,6 +8,7 @@ never a traceback."""
 from __future__ import annotations
 
 import html
+import json
 
 import httpx
 import pytest
@@ -39,6 +40,11 @@ def _csrf(op: httpx.Client, page: str) -> str:
 def test_console_pages_rights_and_bad_input(server: Server) -> None:
     ids = populate(domain(server))
     node = report_incidents_twice(server, "web4")
+    # web1's last attestation as its agent reports it (kernel, agent, attach modes)
+    domain(server).nodes.update("web1", measurement=json.dumps({
+        "kernel_release": "6.1.0-test", "boot_id": "b", "agent_version": "0.1.0",
+        "bpf": [{"component": "segment", "mode": "xdp/native tcx"},
+                {"component": "exec", "mode": "lsm"}]}))
     # a label policy in observe mode, and the counters web4's agent reported for it
     domain(server).segment.set_policy(LABEL_POLICY, "test")
     counters = agent_event("label_policy_counters", policy="web-db", mode="observe", edges=2,
@@ -67,6 +73,10 @@ def test_console_pages_rights_and_bad_input(server: Server) -> None:
         assert states == {"web1": "trusted", "web2": "suspect", "web3": "quarantined",
                           "web4": "enrolled"}  # its quarantine order is not acked yet
         assert fleet["counts"]["quarantined"] == 1 and fleet["counts"]["trusted"] == 1
+        web1 = next(n for n in fleet["nodes"] if n["node_id"] == "web1")
+        assert web1["attach_modes"] == {"segment": "xdp/native tcx", "exec": "lsm"}
+        assert web1["kernel"] == "6.1.0-test"
+        assert "segment: xdp/native tcx, exec: lsm" in ro.get("/console/fleet").text
         assert ro.get("/console/fleet?state=suspect", headers=JSON).json()["shown"] == 1
         desc = ro.get("/console/fleet?sort=node_id&order=desc", headers=JSON).json()
         assert [n["node_id"] for n in desc["nodes"]] == ["web4", "web3", "web2", "web1"]

@@ -19,12 +19,16 @@ _e = tables.access_edges.c
 
 
 def measured(row: Any) -> dict[str, Any]:
-    """Agent version and kernel from the last attestation, and whether the agent is not
-    the version the node's expected profile names."""
+    """Agent version, kernel and the enforcement's attach modes from the last attestation
+    (``segment: xdp/native tcx``, ``exec: lsm``...), and whether the agent is not the
+    version the node's expected profile names."""
     m = json.loads(row.measurement) if row.measurement else {}
     p = json.loads(row.profile) if row.profile else {}
     agent, wanted = m.get("agent_version"), p.get("agent_version")
+    modes = {str(b["component"]): str(b["mode"]) for b in m.get("bpf", [])
+             if isinstance(b, dict) and "component" in b and "mode" in b}
     return {"agent_version": agent, "kernel": m.get("kernel_release"),
+            "attach_modes": modes,
             "agent_outdated": bool(agent and wanted and agent != wanted),
             "expected_agent_version": wanted}
 
