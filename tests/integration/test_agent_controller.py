@@ -58,6 +58,16 @@ def _connect(daemon: Daemon, server: Server, *, interval: float,  # noqa: F811
     return node_id, token_file
 
 
+def _grant_from_a(daemon: Daemon, server: Server, node_id: str) -> int:  # noqa: F811
+    """An operator's grant order for EDGE (port 8080 of the node), posted from namespace a;
+    returns the HTTP status."""
+    def post() -> int:
+        with operator_client(server) as op:
+            return op.post("/v1/orders", json={"node_id": node_id, "kind": "grant",
+                                               "args": {"edge": EDGE, "ttl": 600}}).status_code
+    return daemon.lab.in_a.submit(post).result()
+
+
 def test_agent_enrolls_forwards_and_obeys_signed_orders(daemon: Daemon,  # noqa: F811
                                                         server: Server) -> None:
     node_id, token_file = _connect(daemon, server, interval=0.5)
@@ -74,13 +84,7 @@ def test_agent_enrolls_forwards_and_obeys_signed_orders(daemon: Daemon,  # noqa:
 
     daemon.lab.listen("b", "192.0.2.2", 8080)
     assert not daemon.lab.reachable(8080)
-
-    def order() -> int:
-        with operator_client(server) as op:
-            return op.post("/v1/orders", json={"node_id": node_id, "kind": "grant",
-                                               "args": {"edge": EDGE, "ttl": 600}}).status_code
-
-    assert daemon.lab.in_a.submit(order).result() == 201  # the operator, from namespace a
+    assert _grant_from_a(daemon, server, node_id) == 201  # the operator, from namespace a
     assert _wait(lambda: daemon.lab.reachable(8080))
     orders = [json.loads(line) for line in server.ctl("orders").stdout.splitlines()]
     assert [(o["kind"], o["status"]) for o in orders] == [("grant", "done")]
@@ -149,13 +153,7 @@ def test_an_order_runs_when_it_is_made_not_at_the_next_round(daemon: Daemon,  # 
     assert _wait(lambda: status().get("error") is None and "orders" in status())
     daemon.lab.listen("b", "192.0.2.2", 8080)
     assert not daemon.lab.reachable(8080)
-
-    def order() -> int:
-        with operator_client(server) as op:
-            return op.post("/v1/orders", json={"node_id": node_id, "kind": "grant",
-                                               "args": {"edge": EDGE, "ttl": 600}}).status_code
-
-    assert daemon.lab.in_a.submit(order).result() == 201
+    assert _grant_from_a(daemon, server, node_id) == 201
     assert _wait(lambda: daemon.lab.reachable(8080), timeout=30), \
         daemon.log[-1].read_text()[-4000:]
     orders = [json.loads(line) for line in server.ctl("orders").stdout.splitlines()]
