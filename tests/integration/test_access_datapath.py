@@ -44,14 +44,21 @@ def test_granted_user_connects_through_the_filter_and_revoke_cuts_it(fleet: Flee
     assert edge["edge"] == f"{lab.pair.a_addr} -> {lab.pair.b_addr} tcp/{PORT}"
     assert wait_until(lambda: fleet.order_status(edge["grant_order"]) == "done", 30)
     assert wait_until(lambda: lab.reachable(PORT), 10)
+    # the agent reports the edge's first packet; the controller records it on the ledger
+    assert wait_until(lambda: fleet.as_user("dana", "GET", routes.access_one(
+        granted["request_id"])).json()["edges"][0]["first_packet_ns"], 30)
     r = fleet.as_user("dana", "POST", routes.access_one(granted["request_id"], "revoke"),
                       {"reason": "done"})
     assert r.status_code == 200 and r.json()["status"] == "revoked", r.text
     revoke = r.json()["edges"][0]["revoke_order"]
     assert wait_until(lambda: fleet.order_status(revoke) == "done", 30)
     assert wait_until(lambda: not lab.reachable(PORT), 10)
+    ledger = fleet.server.ctl("ledger", "show")
+    steps = [json.loads(line)["body"] for line in ledger.stdout.splitlines()
+             if json.loads(line)["subject"] == f"access:{granted['request_id']}"]
+    assert [s["event"] for s in steps] == ["request", "grant", "first_packet", "revoke"]
+    assert steps[2]["user"]["name"] == f"{fleet.idp.tag}-dana"
     assert fleet.server.ctl("ledger", "verify").returncode == 0
-
 
 
 def test_trickle_keeps_the_grant_and_silence_revokes_it_after_idle(fleet: Fleet) -> None:
@@ -84,6 +91,6 @@ def test_trickle_keeps_the_grant_and_silence_revokes_it_after_idle(fleet: Fleet)
     ledger = fleet.server.ctl("ledger", "show")
     events = [json.loads(line)["body"] for line in ledger.stdout.splitlines()
               if json.loads(line)["subject"] == f"access:{rid}"]
-    assert [e["event"] for e in events] == ["request", "grant", "idle_revoke"]
+    assert [e["event"] for e in events] == ["request", "grant", "first_packet", "idle_revoke"]
     assert events[-1]["user"]["name"] == f"{fleet.idp.tag}-dana"
     assert fleet.server.ctl("ledger", "verify").returncode == 0

@@ -343,6 +343,21 @@ def test_an_agents_idle_drop_ends_the_grant_on_the_ledger(lab: Lab) -> None:
     granted = lab.request("dana", "db", "30m").json()
     other = lab.request("dana", "db", "30m").json()  # the same edge: both named
     edge = granted["edges"][0]["edge"]
+    # the agent saw the edge's first packet (reported twice: an agent that restarted
+    # reports again): recorded once per grant, with the time the agent gave
+    used = [agent_event("edge_used", edge=edge, seen_by_ns=1_700_000_000_000_000_000 + i)
+            for i in (1, 2)]
+    with lab.node.client(lab.server) as c:
+        for ev in used:
+            r = c.post(routes.EVENTS, json=EventBatch(node_id=NODE, events=[ev])
+                       .model_dump(mode="json"))
+            assert r.status_code == 200, r.text
+    state = lab.call("dana", "GET", routes.access_one(granted["request_id"])).json()
+    assert state["edges"][0]["first_packet_ns"] == 1_700_000_000_000_000_001
+    firsts = [e for e in lab.access_events() if e["event"] == "first_packet"]
+    assert sorted(e["subject"] for e in firsts) == sorted(
+        f"access:{g['request_id']}" for g in (granted, other))
+    assert firsts[0]["user"]["name"] == f"{lab.idp.tag}-dana" and firsts[0]["edge"] == edge
     batch = EventBatch(node_id=NODE, events=[
         agent_event("edges_expired", edges=f"10.1.1.1 -> {NODE_IP} tcp/80,{edge}")])
     with lab.node.client(lab.server) as c:

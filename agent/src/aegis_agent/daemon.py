@@ -93,6 +93,8 @@ class Agent:
         self._halt = threading.Event()
         #: the long poll saw pending orders: the uplink loop runs them between rounds
         self._orders_due = asyncio.Event()
+        #: granted edges (edge, grant time) whose first packet was reported (edge_used)
+        self._edges_used: set[tuple[str, int]] = set()
         self._exit = 0
         self._server: ControlServer | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -502,10 +504,26 @@ class Agent:
                 fn()
 
     def _sweep(self) -> None:
-        if self.segment:
-            gone = self.segment.sweep()
-            if gone:
-                self.record([agent_event("edges_expired", edges=",".join(map(str, gone)))])
+        """Drop expired and idle edges (``edges_expired``), and report each edge with an
+        idle timeout (a just-in-time grant) the first time a packet is seen on it
+        (``edge_used``, ``seen_by_ns``: the wall time of the newest packet by this sweep,
+        so the first one came at most a sweep interval earlier)."""
+        if not self.segment:
+            return
+        states = self.segment.edges()
+        now_wall, now_mono = time.time_ns(), time.monotonic_ns()
+        events = []
+        for s in states:
+            key = (str(s.edge), s.granted_ns)
+            if s.idle_ns and s.used and key not in self._edges_used:
+                self._edges_used.add(key)
+                events.append(agent_event("edge_used", edge=str(s.edge),
+                                          seen_by_ns=now_wall - (now_mono - s.last_seen_ns)))
+        self._edges_used &= {(str(s.edge), s.granted_ns) for s in states}
+        gone = self.segment.sweep(states)
+        if gone:
+            events.append(agent_event("edges_expired", edges=",".join(map(str, gone))))
+        self.record(events)
 
     def _report_policies(self) -> None:
         """One ``label_policy_counters`` event per label policy whose counters moved since

@@ -219,11 +219,12 @@ access_edges = sa.Table(
     sa.Column("status", sa.String(16), nullable=False),
     sa.Column("grant_order", sa.String(36), nullable=False),
     sa.Column("revoke_order", sa.String(36)),
-    sa.Column("krl_order", sa.String(36)),  # revoke-ssh-cert (0009)
+    sa.Column("krl_order", sa.String(36)),  # revoke-ssh-cert (0011)
+    sa.Column("first_packet_ns", sa.BigInteger()),  # as the agent saw it (0012)
     sa.Index("ix_access_edges_node_status", "node_id", "status"),
 )
 
-segment_policies = document_versions("segment_policies")  # (0009)
+segment_policies = document_versions("segment_policies")  # (0010)
 
 segment_pushes = sa.Table(
     "segment_pushes", metadata,

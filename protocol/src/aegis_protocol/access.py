@@ -73,6 +73,8 @@ class AccessEdge(BaseModel):
     grant_order: str
     revoke_order: str | None = None
     krl_order: str | None = None
+    #: wall-clock ns by which the node's agent saw the first packet (None: none yet)
+    first_packet_ns: int | None = None
 
 
 class SshCertificate(BaseModel):

@@ -90,6 +90,12 @@ class EdgeState:
     last_seen_ns: int
     granted_ns: int
 
+    @property
+    def used(self) -> bool:
+        """A packet passed since the edge was granted (the filter moves ``last_seen`` on
+        from the grant's time, at most once a millisecond)."""
+        return self.last_seen_ns > self.granted_ns
+
     def state(self, now_ns: int | None = None) -> str:
         now = time.monotonic_ns() if now_ns is None else now_ns
         if self.expires_ns and now >= self.expires_ns:
@@ -668,10 +674,12 @@ class SegmentFilter(PinnedObject):
                     out.append(EdgeState(Edge.from_key(key, lpm), *layout.EDGE_VAL.unpack(raw)))
         return sorted(out, key=lambda s: s.edge)
 
-    def sweep(self) -> list[Edge]:
-        """Delete expired and idle edges; returns them."""
+    def sweep(self, states: list[EdgeState] | None = None) -> list[Edge]:
+        """Delete expired and idle edges (of ``states``, read from the maps by default);
+        returns them."""
         now = time.monotonic_ns()
-        gone = [s.edge for s in self.edges() if s.state(now) != "active"]
+        gone = [s.edge for s in (self.edges() if states is None else states)
+                if s.state(now) != "active"]
         for e in gone:
             self.revoke(e)
         return gone

@@ -289,8 +289,13 @@ class Access:
         """An agent's ``edges_expired`` event (kind ``agent``): the granted edges it names
         that are still active before their end were dropped for :data:`IDLE` seconds
         without traffic — recorded (``idle_revoke``), and the request ends when none of
-        its edges is left."""
-        if event.kind != "agent" or event.data.get("what") != "edges_expired":
+        its edges is left. An ``edge_used`` event: the edge's first packet (once)."""
+        if event.kind != "agent":
+            return
+        if event.data.get("what") == "edge_used":
+            self._first_packet(node_id, event)
+            return
+        if event.data.get("what") != "edges_expired":
             return
         gone = {e.strip() for e in str(event.data.get("edges", "")).split(",") if e.strip()}
         if not gone:
@@ -322,6 +327,29 @@ class Access:
                     self._end(rec.conn, edge.request_id, "revoked", now,
                               f"idle: no traffic for {IDLE} s (the agent of {node_id} "
                               "dropped the edge)")
+
+    def _first_packet(self, node_id: str, event: Event) -> None:
+        """The first packet on a granted edge, as the node's agent saw it (by
+        ``seen_by_ns``; its sweep runs every few seconds): recorded once per edge
+        (``first_packet``), with the user's identity; a report for an edge that is not an
+        active grant, or one already recorded (an agent that restarted reports again), is
+        passed over."""
+        edge = str(event.data.get("edge", ""))
+        seen = event.data.get("seen_by_ns")
+        seen_ns = seen if isinstance(seen, int) and seen > 0 else event.ts_ns
+        with self.ledger.recording() as rec:
+            rows = rec.conn.execute(sa.select(tables.access_edges).where(
+                _e.node_id == node_id, _e.edge == edge, _e.status == "active",
+                _e.first_packet_ns.is_(None))).all()
+            for row in rows:
+                request = self._row(rec.conn, row.request_id)
+                rec.conn.execute(tables.access_edges.update().where(
+                    _e.request_id == row.request_id, _e.node_id == node_id
+                ).values(first_packet_ns=seen_ns))
+                rec.append(Kind.ACCESS_GRANT, _subject(row.request_id), {
+                    "event": "first_packet", "user": _user_of(request).ledger(),
+                    "node": node_id, "edge": edge, "seen_by_ns": seen_ns,
+                    "agent_event": str(event.id)}, actor=f"node:{node_id}")
 
     # -- internals ------------------------------------------------------------------------
     @staticmethod
@@ -490,7 +518,8 @@ class Access:
             ended_at=row.ended_at, end_reason=row.end_reason,
             edges=[{"node_id": e.node_id, "edge": e.edge, "status": e.status,
                     "grant_order": e.grant_order, "revoke_order": e.revoke_order,
-                    "krl_order": e.krl_order} for e in edges],
+                    "krl_order": e.krl_order, "first_packet_ns": e.first_packet_ns}
+                   for e in edges],
             ssh=SshCertificate(certificate=row.ssh_certificate, serial=row.ssh_serial,
                                key_id=row.ssh_key_id, principal=row.ssh_principal,
                                valid_after=row.ssh_valid_after,
