@@ -64,7 +64,9 @@ def test_console_pages_rights_and_bad_input(server: Server) -> None:
             assert r.headers["content-type"].startswith("text/html")
             # no scripts, no framing: a button cannot be clicked through another page
             assert "frame-ancestors 'none'" in r.headers["content-security-policy"]
-            assert "script-src" not in r.headers["content-security-policy"]
+            # the console's own script only (live updates): no inline script, no eval
+            assert "script-src 'self';" in r.headers["content-security-policy"]
+            assert "unsafe-eval" not in r.headers["content-security-policy"]
             twin = ro.get(f"/console/{page}", headers=JSON)
             assert twin.status_code == 200 and twin.headers["content-type"] == \
                 "application/json"
@@ -184,7 +186,14 @@ def test_console_pages_rights_and_bad_input(server: Server) -> None:
                      headers={**JSON, "x-csrf-token": token})
         assert r.status_code == 200 and r.json()["status"] == "granted", r.text
 
+    with operator_client(server, "rita") as ro:  # the live-update script, for operators
+        r = ro.get("/console/static/live.js")
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/javascript")
+        assert "data-live" in r.text
+        assert 'data-live="10"' in ro.get("/console/fleet").text
+        assert "data-live" not in ro.get("/console/ledger").text  # a verify result stays
     with node.client(server) as c:  # a node's certificate: authenticated, not an operator
+        assert c.get("/console/static/live.js").status_code == 403
         r = c.get("/console/fleet")
         assert r.status_code == 403 and "belongs to a node" in r.text
     with httpx.Client(base_url=server.url, verify=server.ca, timeout=30) as anon:

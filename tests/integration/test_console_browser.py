@@ -2,8 +2,9 @@
 Playwright; the browser presents the operator's client certificate for mutual TLS and
 trusts nothing but what the test names): the fleet with each node's state, a suspect
 node's reason, approving an access request and a held recovery job (which moves back to
-queued), and "verify now" on a tampered copy of the controller naming the first bad
-record. A screenshot of each page is written under the test's tmp dir (paths printed)."""
+queued), a change in the controller showing on an open page by itself (live updates),
+and "verify now" on a tampered copy of the controller naming the first bad record. A
+screenshot of each page is written under the test's tmp dir (paths printed)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,8 @@ from harness_console import SUSPECT_REASON, domain, populate
 
 from aegis_agent.measure import collect
 from aegis_controller.ledger.store import records_table
+from aegis_controller.nodes import NodeState
+from aegis_controller.trust import transition
 from aegis_protocol.attestation import ExpectedProfile
 from conftest import sub_prefix
 from harness_controller import (
@@ -154,6 +157,15 @@ def test_console_in_chromium(console_server: Server, tmp_path: Path,
             job = page.locator(f"#jobs tr[data-job='{ids['job']}']")
             assert job.locator(".job-state").inner_text() == "queued"
             _shot(page, shots, "recovery-approved")
+            page.goto(f"{server.url}/console/fleet")
+            # live: web1 turns suspect in the controller; the open page shows it by itself
+            # (live.js fetches the page again every 10 s; no reload here)
+            domain(server).nodes.move("web1", transition(
+                NodeState.TRUSTED, NodeState.SUSPECT, "live update check"), "test")
+            # (a locator's wait: the page's CSP refuses Playwright's string evaluation)
+            page.locator('#nodes tr[data-node="web1"] .state').filter(
+                has_text="suspect").wait_for(timeout=30_000)
+            assert page.locator("main[data-updated]").count() == 1
 
             page.goto(f"{server.url}/console/policies")
             assert page.locator("#flow line").count() == 2  # developer -> db, db-ssh

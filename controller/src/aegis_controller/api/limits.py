@@ -65,6 +65,7 @@ POLICIES: dict[str, Policy] = {
     "/console": Policy(0),
     "/console/": Policy(0),
     "/console/fleet": Policy(0),
+    "/console/static/live.js": Policy(0),
     "/console/nodes/{node_id}": Policy(0),
     "/console/incidents": Policy(0),
     "/console/recovery": Policy(0),

@@ -44,9 +44,11 @@ def _span(seconds: float | None) -> str:
 _env.filters.update(when=_when, ago=_ago, span=_span)
 
 
-#: Every console answer: no scripts at all, no framing (a button cannot be clicked through
-#: another site's page), forms post only here, nothing cached or sent as a referrer.
-HEADERS = {"Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; "
+#: Every console answer: no script but the console's own file (live.js: no inline script,
+#: no eval), fetches only to itself, no framing (a button cannot be clicked through another
+#: site's page), forms post only here, nothing cached or sent as a referrer.
+HEADERS = {"Content-Security-Policy": "default-src 'none'; script-src 'self'; "
+                                      "connect-src 'self'; style-src 'unsafe-inline'; "
                                       "img-src 'self'; form-action 'self'; "
                                       "frame-ancestors 'none'; base-uri 'none'",
            "X-Frame-Options": "DENY", "Referrer-Policy": "no-referrer",

@@ -3,6 +3,8 @@
 
 # no ``from __future__ import annotations``: FastAPI reads the routes' annotations, and
 # Operator is local to add_console
+from pathlib import Path
+
 from fastapi import FastAPI, Request
 from fastapi.responses import RedirectResponse, Response
 
@@ -12,7 +14,10 @@ from ..nodes import NodeState
 from ..recovery.guard import GuardRails
 from . import access, fleet, incidents, ledger, node, policies, recovery
 from .actions import add_actions
+from .render import HEADERS
 from .site import PREFIX, Site
+
+LIVE_JS = (Path(__file__).parent / "static" / "live.js").read_bytes()
 
 
 def add_console(app: FastAPI, controller: Controller, metrics: ControllerMetrics,
@@ -24,6 +29,12 @@ def add_console(app: FastAPI, controller: Controller, metrics: ControllerMetrics
     @app.get(PREFIX + "/", include_in_schema=False)
     def home(_user: Operator) -> Response:
         return RedirectResponse(f"{PREFIX}/fleet", status_code=303)
+
+    @app.get(PREFIX + "/static/live.js", include_in_schema=False)
+    def live_js(_user: Operator) -> Response:
+        """The pages' live updates (the console's only script)."""
+        return Response(LIVE_JS, media_type="text/javascript",
+                        headers={**HEADERS, "Cache-Control": "private, max-age=3600"})
 
     @app.get(PREFIX + "/fleet", include_in_schema=False)
     def fleet_page(request: Request, user: Operator) -> Response:

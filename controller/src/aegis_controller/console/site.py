@@ -23,6 +23,10 @@ PREFIX = "/console"
 MAX_FORM = 4096
 PAGES = (("fleet", "Fleet"), ("incidents", "Incidents"), ("recovery", "Recovery jobs"),
          ("access", "Access"), ("policies", "Policies"), ("ledger", "Ledger"))
+#: Seconds between two live updates of a page (static/live.js); the ledger page is not
+#: updated (a verification's result stays on screen)
+LIVE_EVERY = 10
+STILL = frozenset({"ledger.html"})
 T = TypeVar("T")
 
 
@@ -45,7 +49,8 @@ class Site:
         token = self.auth.token(user)  # in the forms, and for JSON clients in a header
         return answer(request, template, data, headers={"X-CSRF-Token": token}, extra={
             "title": title, "pages": PAGES, "prefix": PREFIX, "operator": user.rights.name,
-            "may_approve": user.may_approve, "csrf": token})
+            "may_approve": user.may_approve, "csrf": token,
+            "live_every": 0 if template in STILL else LIVE_EVERY})
 
     @staticmethod
     def query(request: Request, allowed: dict[str, tuple[str, ...]]) -> dict[str, str]:
