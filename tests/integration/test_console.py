@@ -22,6 +22,14 @@ from harness_controller import Server, operator_client, report_incidents_twice
 pytestmark = pytest.mark.integration
 JSON = {"accept": "application/json"}
 PAGES = ("fleet", "nodes/web2", "incidents", "recovery", "access", "policies", "ledger")
+INVENTORIES = [
+    {"os": "Debian 12", "kernel": "6.1.0-1", "packages": {"curl": "7.88", "vim": "9.0"},
+     "services": {"ssh.service": "active/running"},
+     "listening": [{"proto": "tcp", "address": "192.0.2.5", "port": 22}]},
+    {"os": "Debian 12", "kernel": "6.1.0-1", "packages": {"curl": "7.89", "nmap": "7.93"},
+     "services": {"ssh.service": "active/running", "evil.service": "active/running"},
+     "listening": [{"proto": "tcp", "address": "192.0.2.5", "port": 22},
+                   {"proto": "tcp", "address": "192.0.2.5", "port": 4444}]}]
 LABEL_POLICY = """
 policies:
   - name: web-db
@@ -54,6 +62,11 @@ def test_console_pages_rights_and_bad_input(server: Server) -> None:
         r = c.post(routes.EVENTS, json=EventBatch(node_id="web4", events=[counters])
                    .model_dump(mode="json"))
         assert r.status_code == 200, r.text
+        # two inventories from web4's heartbeats: the node page shows what changed
+        for inventory in INVENTORIES:
+            r = c.post(routes.HEARTBEAT, json={"node_id": "web4", "boot_id": "b",
+                                               "inventory": inventory})
+            assert r.status_code == 200, r.text
     out = server.ctl("operator-cert", "carol", "--approve", "--group", "sec",
                      "--out", str(server.state / "ops"))
     assert out.returncode == 0, out.stderr
@@ -86,6 +99,13 @@ def test_console_pages_rights_and_bad_input(server: Server) -> None:
             SUSPECT_REASON
         assert SUSPECT_REASON in ro.get("/console/nodes/web2").text
         web4 = ro.get("/console/nodes/web4", headers=JSON).json()
+        changes = web4["inventory_changes"]
+        assert changes["packages"] == {"added": ["nmap 7.93"], "removed": ["vim 9.0"],
+                                       "changed": ["curl 7.88 → 7.89"]}
+        assert changes["services"]["added"] == ["evil.service"]
+        assert changes["listening"] == {"added": ["tcp 192.0.2.5:4444"], "removed": []}
+        assert changes["kernel"] is None
+        assert "tcp 192.0.2.5:4444" in ro.get("/console/nodes/web4").text
         assert {i["rule"] for i in web4["incidents"]} == {"denied-exec",
                                                           "agent-quarantined-node"}
         timeline = ro.get("/console/incidents", headers=JSON).json()["incidents"]

@@ -186,6 +186,10 @@ class Attestation:
         wanted = False
         if hb.inventory is not None:
             values["inventory"] = hb.inventory.model_dump_json()
+            held = node.get("inventory")
+            # the one before a change is kept: the console shows what changed
+            if held and Inventory.model_validate_json(held).digest() != hb.inventory.digest():
+                values.update(inventory_previous=held, inventory_changed_at=now)
         elif hb.inventory_digest is not None:
             held = node.get("inventory")
             wanted = held is None or Inventory.model_validate_json(held).digest() != \

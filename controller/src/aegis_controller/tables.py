@@ -19,6 +19,8 @@ nodes = sa.Table(
     sa.Column("profile", sa.Text()),
     sa.Column("heartbeat_at", sa.BigInteger()),
     sa.Column("inventory", sa.Text()),
+    sa.Column("inventory_previous", sa.Text()),  # before its last change (0013)
+    sa.Column("inventory_changed_at", sa.BigInteger()),  # (0013)
     sa.Column("measurement", sa.Text()),  # the last attestation's (0003)
     sa.Column("secrets_role", sa.String(63)),  # node role for leased secrets (0006)
     sa.Column("address", sa.String(45)),  # where users reach it (0008)

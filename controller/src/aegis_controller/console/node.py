@@ -60,6 +60,40 @@ def _inventory(text: str | None) -> dict[str, Any] | None:
             "listening": inv.get("listening", [])[:50]}
 
 
+#: entries shown per list of what changed
+CHANGES = 50
+
+
+def _added_removed(before: set[str], after: set[str]) -> dict[str, list[str]]:
+    return {"added": sorted(after - before)[:CHANGES],
+            "removed": sorted(before - after)[:CHANGES]}
+
+
+def _changes(before: str | None, after: str | None,
+             at: int | None) -> dict[str, Any] | None:
+    """What changed in the node's inventory at its last change (None: it never changed
+    since the controller first had it): packages added, removed and upgraded or
+    downgraded, services whose state changed, listening sockets opened and closed."""
+    if not before or not after:
+        return None
+    a, b = json.loads(before), json.loads(after)
+    pa, pb = a.get("packages", {}), b.get("packages", {})
+    sa_, sb = a.get("services", {}), b.get("services", {})
+    la = {f"{x['proto']} {x['address']}:{x['port']}" for x in a.get("listening", [])}
+    lb = {f"{x['proto']} {x['address']}:{x['port']}" for x in b.get("listening", [])}
+    packages = _added_removed({f"{k} {v}" for k, v in pa.items() if k not in pb},
+                              {f"{k} {v}" for k, v in pb.items() if k not in pa})
+    packages["changed"] = sorted(f"{k} {pa[k]} → {pb[k]}" for k in pa.keys() & pb.keys()
+                                 if pa[k] != pb[k])[:CHANGES]
+    services = _added_removed({k for k in sa_ if k not in sb}, {k for k in sb if k not in sa_})
+    services["changed"] = sorted(f"{k}: {sa_[k]} → {sb[k]}" for k in sa_.keys() & sb.keys()
+                                 if sa_[k] != sb[k])[:CHANGES]
+    return {"at": at, "os": [a.get("os"), b.get("os")] if a.get("os") != b.get("os") else None,
+            "kernel": ([a.get("kernel"), b.get("kernel")]
+                       if a.get("kernel") != b.get("kernel") else None),
+            "packages": packages, "services": services, "listening": _added_removed(la, lb)}
+
+
 def node(conn: Connection, node_id: str) -> dict[str, Any]:
     row = conn.execute(sa.select(tables.nodes).where(_n.node_id == node_id)).first()
     if row is None:
@@ -85,6 +119,9 @@ def node(conn: Connection, node_id: str) -> dict[str, Any]:
                      "address": row.address,
                      "labels": json.loads(row.labels) if row.labels else {},
                      **measured(row)},
-            "inventory": _inventory(row.inventory), "history": _history(conn, node_id),
+            "inventory": _inventory(row.inventory),
+            "inventory_changes": _changes(row.inventory_previous, row.inventory,
+                                          row.inventory_changed_at),
+            "history": _history(conn, node_id),
             "events": events, "incidents": incidents, "recovery_jobs": jobs,
             "grants": grants}
