@@ -47,6 +47,9 @@ def test_granted_user_connects_through_the_filter_and_revoke_cuts_it(fleet: Flee
     # the agent reports the edge's first packet; the controller records it on the ledger
     assert wait_until(lambda: fleet.as_user("dana", "GET", routes.access_one(
         granted["request_id"])).json()["edges"][0]["first_packet_ns"], 30)
+    # and its heartbeats carry the edge's last packet (the console shows it)
+    assert wait_until(lambda: fleet.as_user("dana", "GET", routes.access_one(
+        granted["request_id"])).json()["edges"][0]["last_packet_ns"], 30)
     r = fleet.as_user("dana", "POST", routes.access_one(granted["request_id"], "revoke"),
                       {"reason": "done"})
     assert r.status_code == 200 and r.json()["status"] == "revoked", r.text

@@ -95,6 +95,9 @@ class Agent:
         self._orders_due = asyncio.Event()
         #: granted edges (edge, grant time) whose first packet was reported (edge_used)
         self._edges_used: set[tuple[str, int]] = set()
+        #: the last packet on each used granted edge at the last sweep (edge -> wall ns),
+        #: replaced whole by each sweep; heartbeats carry it
+        self._edges_seen: dict[str, int] = {}
         self._exit = 0
         self._server: ControlServer | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -383,7 +386,8 @@ class Agent:
             handlers["revoke-ssh-cert"] = RevokedKeys(self.cfg.ssh_krl).revoke
         self.uplink = Uplink(cc, self.cfg.node_id, self.spool, handlers,
                              bpf_state=self.bpf_state, secrets=self.secrets,
-                             lost_events=self.lost_events)
+                             lost_events=self.lost_events,
+                             edges_seen=lambda: dict(list(self._edges_seen.items())[:4096]))
 
     def _open_secrets_path(self) -> None:
         """Consumers that are not root reach their secret files (0400/0440, their own)
@@ -520,6 +524,8 @@ class Agent:
                 events.append(agent_event("edge_used", edge=str(s.edge),
                                           seen_by_ns=now_wall - (now_mono - s.last_seen_ns)))
         self._edges_used &= {(str(s.edge), s.granted_ns) for s in states}
+        self._edges_seen = {str(s.edge): now_wall - (now_mono - s.last_seen_ns)
+                            for s in states if s.idle_ns and s.used}
         gone = self.segment.sweep(states)
         if gone:
             events.append(agent_event("edges_expired", edges=",".join(map(str, gone))))

@@ -69,6 +69,8 @@ class Uplink:
     # events lost so far per source (daemon.lost_events); each heartbeat carries their
     # increase since the last one the controller answered
     lost_events: Callable[[], dict[str, int]] | None = None
+    # the last packet per granted edge, from the daemon's last sweep (edge -> wall ns)
+    edges_seen: Callable[[], dict[str, int]] | None = None
     _unwrapped: str | None = field(default=None, repr=False)
     #: one run of orders at a time (the round's, or one the long poll announced)
     _orders_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
@@ -238,7 +240,8 @@ class Uplink:
         lost_now, lost = self._lost_since_reported()
         hb = Heartbeat(node_id=self.node_id, boot_id=_boot_id(), inventory_digest=digest,
                        inventory=inv if digest != self._inventory_sent else None,
-                       events_lost=lost)
+                       events_lost=lost,
+                       edges_seen=self.edges_seen() if self.edges_seen is not None else {})
         with self._client() as c:
             r = c.post(routes.HEARTBEAT, json=hb.model_dump(mode="json")).raise_for_status()
         if lost_now is not None:  # what the controller was told, for the next heartbeat

@@ -223,6 +223,7 @@ access_edges = sa.Table(
     sa.Column("revoke_order", sa.String(36)),
     sa.Column("krl_order", sa.String(36)),  # revoke-ssh-cert (0011)
     sa.Column("first_packet_ns", sa.BigInteger()),  # as the agent saw it (0012)
+    sa.Column("last_packet_ns", sa.BigInteger()),  # from its heartbeats (0012)
     sa.Index("ix_access_edges_node_status", "node_id", "status"),
 )
 

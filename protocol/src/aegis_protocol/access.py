@@ -75,6 +75,8 @@ class AccessEdge(BaseModel):
     krl_order: str | None = None
     #: wall-clock ns by which the node's agent saw the first packet (None: none yet)
     first_packet_ns: int | None = None
+    #: the last packet the node's agent reported (with its heartbeats; None: none yet)
+    last_packet_ns: int | None = None
 
 
 class SshCertificate(BaseModel):

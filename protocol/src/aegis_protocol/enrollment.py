@@ -170,6 +170,11 @@ class Heartbeat(BaseModel):
     #: controller makes a node that lost more than its threshold suspect
     events_lost: dict[LostSource, Annotated[int, Field(ge=0, le=2**63 - 1)]] = Field(
         default_factory=dict, max_length=16)
+    #: the last packet on each edge with an idle timeout (a just-in-time grant) that
+    #: carried traffic: edge spec -> wall-clock ns, as the agent's last sweep read it
+    edges_seen: dict[Annotated[str, Field(max_length=200)],
+                     Annotated[int, Field(ge=0, le=2**63 - 1)]] = Field(
+        default_factory=dict, max_length=4096)
 
     @model_validator(mode="after")
     def _digest_matches(self) -> Heartbeat:

@@ -328,6 +328,17 @@ class Access:
                               f"idle: no traffic for {IDLE} s (the agent of {node_id} "
                               "dropped the edge)")
 
+    def packets_seen(self, node_id: str, seen: dict[str, int]) -> None:
+        """The last packet on each of the node's active granted edges, from its heartbeat
+        (edge -> wall-clock ns): kept when newer than the one held (not on the ledger: the
+        first packet and the idle revoke are the steps)."""
+        with db.errors(self.engine), db.transaction(self.engine) as conn:
+            for edge, ns in seen.items():
+                conn.execute(tables.access_edges.update().where(
+                    _e.node_id == node_id, _e.edge == edge, _e.status == "active",
+                    sa.or_(_e.last_packet_ns.is_(None), _e.last_packet_ns < ns)
+                ).values(last_packet_ns=ns))
+
     def _first_packet(self, node_id: str, event: Event) -> None:
         """The first packet on a granted edge, as the node's agent saw it (by
         ``seen_by_ns``; its sweep runs every few seconds): recorded once per edge
@@ -518,7 +529,8 @@ class Access:
             ended_at=row.ended_at, end_reason=row.end_reason,
             edges=[{"node_id": e.node_id, "edge": e.edge, "status": e.status,
                     "grant_order": e.grant_order, "revoke_order": e.revoke_order,
-                    "krl_order": e.krl_order, "first_packet_ns": e.first_packet_ns}
+                    "krl_order": e.krl_order, "first_packet_ns": e.first_packet_ns,
+                    "last_packet_ns": e.last_packet_ns}
                    for e in edges],
             ssh=SshCertificate(certificate=row.ssh_certificate, serial=row.ssh_serial,
                                key_id=row.ssh_key_id, principal=row.ssh_principal,

@@ -232,6 +232,8 @@ def create_app(controller: Controller, metrics: ControllerMetrics | None = None,
     def heartbeat(hb: Heartbeat, node: Node) -> HeartbeatAck:
         ack = controller.attestation.heartbeat(node, hb)
         metrics.lost_reported(hb.events_lost)
+        if hb.edges_seen:
+            controller.access.packets_seen(node, hb.edges_seen)
         return ack
 
     @app.put(routes.NODE_PROFILE, status_code=204)
