@@ -31,7 +31,10 @@ def jobs(conn: Connection, rails: GuardRails | None) -> dict[str, Any]:
     rails = rails or GuardRails()
     in_flight = sum(1 for r in rows if r.state in IN_FLIGHT)
     started_hour = sum(1 for r in rows if r.started_at and r.started_at >= now - HOUR_S)
-    flagged_window = sum(1 for r in rows if r.flagged_at >= now - rails.breaker_window_s)
+    # the engine's rule (recovery.guard._held_by_history): distinct nodes quarantined within
+    # the window, here the one ending now: a job flagged now would be held past the threshold
+    flagged_window = len({r.node_id for r in rows
+                          if now - rails.breaker_window_s <= r.flagged_at <= now})
     out = []
     for r in rows:
         step = PATH.index(JobState(r.state)) if r.state in PATH else None
