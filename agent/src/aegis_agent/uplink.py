@@ -243,7 +243,10 @@ class Uplink:
                        events_lost=lost,
                        edges_seen=self.edges_seen() if self.edges_seen is not None else {})
         with self._client() as c:
-            r = c.post(routes.HEARTBEAT, json=hb.model_dump(mode="json")).raise_for_status()
+            # fields at their defaults are left out: a controller of an older version,
+            # which refuses fields it does not know, takes the heartbeat
+            r = c.post(routes.HEARTBEAT, json=hb.model_dump(mode="json", exclude_defaults=True)
+                       ).raise_for_status()
         if lost_now is not None:  # what the controller was told, for the next heartbeat
             write_atomically(self._lost_file, json.dumps(lost_now).encode(), 0o600)
         if lost:
