@@ -7,8 +7,12 @@ mode)."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
+import sqlalchemy as sa
+
+from .. import db, tables
 from ..domain import Controller
 from ..errors import Conflict
 
@@ -39,7 +43,9 @@ def _graph(doc: dict[str, Any]) -> dict[str, Any]:
 COUNTERS = ("allowed_packets", "allowed_bytes", "dropped_packets", "dropped_bytes",
             "observed_packets", "observed_bytes")
 #: newest counter reports read (one per node and policy is kept)
-REPORTS = 2000
+REPORTS = 5000
+#: how a counter report's data starts (stored as sorted JSON by the intake)
+REPORT_MARK = '%"what": "label_policy_counters"%'
 
 
 def label_policies(controller: Controller) -> dict[str, Any]:
@@ -50,11 +56,16 @@ def label_policies(controller: Controller) -> dict[str, Any]:
     except Conflict as e:
         return {"version": None, "policies": [], "note": e.message}
     latest: dict[tuple[str, str], dict[str, Any]] = {}
-    for ev in controller.intake.events(kinds=("agent",), limit=REPORTS):
-        data = ev["data"]
-        if data.get("what") == "label_policy_counters":  # oldest first: the newest stays
-            latest[(str(data.get("policy")), ev["node_id"])] = {
-                "node_id": ev["node_id"], "ts_ns": ev["ts_ns"], "mode": data.get("mode"),
+    ev = tables.events.c
+    with db.errors(controller.engine), db.reader(controller.engine) as conn:
+        rows = conn.execute(sa.select(ev.node_id, ev.ts_ns, ev.data).where(
+            ev.kind == "agent", ev.data.like(REPORT_MARK)
+        ).order_by(ev.ts_ns.desc()).limit(REPORTS)).all()
+    for row in reversed(rows):  # oldest first: the newest per (policy, node) stays
+        data = json.loads(row.data)
+        if data.get("what") == "label_policy_counters":
+            latest[(str(data.get("policy")), row.node_id)] = {
+                "node_id": row.node_id, "ts_ns": row.ts_ns, "mode": data.get("mode"),
                 "edges": data.get("edges", 0),
                 **{k: int(data.get(k, 0) or 0) for k in COUNTERS}}
     out = []
