@@ -24,13 +24,13 @@ from __future__ import annotations
 import argparse
 import os
 import secrets
-import signal
 import socket
 import sys
 import time
 from pathlib import Path
 
 from .figures import percentile, report
+from .teardown import exit_on_sigterm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "integration"))
@@ -130,7 +130,7 @@ def run(grants: int, idle_samples: int, interval: float) -> tuple[dict[str, floa
 
 
 def main(argv: list[str] | None = None) -> int:
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    exit_on_sigterm()
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--grants", type=int, default=50, help="grants timed (default 50)")
     p.add_argument("--idle-samples", type=int, default=1,

@@ -21,13 +21,13 @@ from __future__ import annotations
 import argparse
 import json
 import secrets
-import signal
 import statistics
 import sys
 import time
 from pathlib import Path
 
 from .figures import percentile, report
+from .teardown import exit_on_sigterm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
@@ -117,7 +117,7 @@ def run(rounds: int, rotations: int) -> tuple[dict[str, float], dict[str, object
 
 def main(argv: list[str] | None = None) -> int:
     # a terminated run still stops its servers, unmounts its tmpfs and removes its files
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    exit_on_sigterm()
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--rounds", type=int, default=20, help="quarantine rounds (default 20)")
     p.add_argument("--rotations", type=int, default=5, help="KV rotations (default 5)")

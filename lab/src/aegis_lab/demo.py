@@ -18,6 +18,7 @@ import hashlib
 import io
 import itertools
 import json
+import os
 import secrets
 import shlex
 import signal
@@ -574,7 +575,11 @@ def sigterm_unwinds() -> Iterator[None]:
     """SIGTERM (a CI timeout, ``kill``) raises SystemExit in the main thread, so the
     story's teardown runs: the fleet, the controller and OpenBao (a process of its own
     session, which no signal to ours reaches) are stopped, not left behind."""
+    main = os.getpid()
+
     def stop(signum: int, _frame: object) -> None:
+        if os.getpid() != main:  # a fork (pyroute2's, for a netns): never our teardown
+            os._exit(128 + signum)
         raise SystemExit(128 + signum)
 
     previous = signal.signal(signal.SIGTERM, stop)
