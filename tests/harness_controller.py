@@ -28,6 +28,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from aegis_agent.measure import collect, signed_report
 from aegis_controller.pki import new_key
 from aegis_protocol import routes
+from aegis_protocol.attestation import ExpectedProfile
 from aegis_protocol.enrollment import node_csr
 from aegis_protocol.events import Event, EventBatch
 from aegis_protocol.files import key_pem
@@ -197,6 +198,20 @@ def attest(server: Server, node: Node, root: Path) -> dict:
         r = c.post(routes.ATTEST, json=report.model_dump(mode="json"))
     assert r.status_code == 200, r.text
     return r.json()
+
+
+def trusted_node(server: Server, node_id: str, root: Path) -> Node:
+    """``node_id`` enrolled with a fresh token, its expected profile the golden files of
+    ``node_tree(root)``, and attested trusted against it (its tree stays at ``root``: a
+    change there makes its next :func:`attest` suspect)."""
+    node = new_node(server, node_id)
+    assert enroll(server, node, server.token(node_id)).status_code == 200
+    expected = ExpectedProfile(golden=collect(root=node_tree(root), sshd=False).golden)
+    with operator_client(server) as op:
+        r = op.put(routes.node_profile(node_id), json=expected.model_dump(mode="json"))
+    assert r.status_code == 204, r.text
+    assert attest(server, node, root)["state"] == "trusted"
+    return node
 
 
 def enroll(server: Server, node: Node, token: str) -> httpx.Response:

@@ -17,20 +17,15 @@ import pytest
 import sqlalchemy as sa
 from harness_console import SUSPECT_REASON, domain, populate
 
-from aegis_agent.measure import collect
 from aegis_controller.ledger.store import records_table
 from aegis_controller.nodes import NodeState
 from aegis_controller.trust import transition
-from aegis_protocol.attestation import ExpectedProfile
 from conftest import sub_prefix
 from harness_controller import (
     Server,
     attest,
     controller_server,
-    enroll,
-    new_node,
-    node_tree,
-    operator_client,
+    trusted_node,
 )
 
 pytestmark = pytest.mark.integration
@@ -81,14 +76,8 @@ def _tampered_copy(server: Server) -> Server:
 def _drifted_node(server: Server, tmp_path: Path) -> str:
     """web5 enrolls and attests for real (trusted against its profile), then a golden file
     changes and its next attestation makes it suspect; the verdict's reason."""
-    node = new_node(server, "web5")
-    assert enroll(server, node, server.token("web5")).status_code == 200
-    root = node_tree(tmp_path / "web5")
-    expected = ExpectedProfile(golden=collect(root=root, sshd=False).golden)
-    with operator_client(server) as op:
-        assert op.put("/v1/nodes/web5/profile",
-                      json=expected.model_dump(mode="json")).status_code == 204
-    assert attest(server, node, root)["state"] == "trusted"
+    root = tmp_path / "web5"
+    node = trusted_node(server, "web5", root)
     (root / "etc/aegis.conf").write_text("changed\n")
     verdict = attest(server, node, root)
     assert verdict["state"] == "suspect", verdict

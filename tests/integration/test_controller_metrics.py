@@ -16,23 +16,19 @@ import pytest
 from harness_domain import quarantine
 from harness_prometheus import Samples, parse, value
 
-from aegis_agent.measure import collect
 from aegis_controller.domain import Controller, open_controller
 from aegis_controller.metrics import METRIC_NAMES
 from aegis_controller.nodes import NodeState
 from aegis_controller.recovery.states import JobState
 from aegis_controller.settings import Settings
 from aegis_controller.trust import Transition, transition
-from aegis_protocol.attestation import ExpectedProfile
 from harness_controller import (
     Node,
     Server,
     attest,
-    enroll,
-    new_node,
-    node_tree,
     operator_client,
     report_incidents_twice,
+    trusted_node,
 )
 
 pytestmark = pytest.mark.integration
@@ -149,15 +145,10 @@ def _beat(server: Server, node: Node, **lost: int) -> httpx.Response:
 def test_lost_events_over_the_threshold_make_a_node_suspect(server: Server,
                                                             tmp_path: Path) -> None:
     _restart(server, "--lost-events-threshold", "10")
-    node = new_node(server, "l1")
-    assert enroll(server, node, server.token("l1")).status_code == 200
-    root = node_tree(tmp_path / "root")
-    expected = ExpectedProfile(golden=collect(root=root, sshd=False).golden)
+    root = tmp_path / "root"
+    node = trusted_node(server, "l1", root)
 
     with operator_client(server) as op:
-        assert op.put("/v1/nodes/l1/profile",
-                      json=expected.model_dump(mode="json")).status_code == 204
-        assert attest(server, node, root)["state"] == "trusted"
         # at the threshold: still trusted (the answer says so too)
         r = _beat(server, node, exec=6, segment=4)
         assert r.status_code == 200 and r.json()["trust"] == "trusted", r.text
