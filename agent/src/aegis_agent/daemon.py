@@ -36,6 +36,7 @@ from .config import AgentConfig
 from .control_server import ControlServer
 from .enforcement import Enforcement
 from .events import ExecDecoder, RingIds, from_record
+from .grant_usage import GrantUsage
 from .lockout import LockoutError, Snapshot, Unconfirmed, controller_peers, same_policy
 from .notify import notify, watchdog_interval
 from .policy import Decision, Policy, respond
@@ -93,11 +94,8 @@ class Agent:
         self._halt = threading.Event()
         #: the long poll saw pending orders: the uplink loop runs them between rounds
         self._orders_due = asyncio.Event()
-        #: granted edges (edge, grant time) whose first packet was reported (edge_used)
-        self._edges_used: set[tuple[str, int]] = set()
-        #: the last packet on each used granted edge at the last sweep (edge -> wall ns),
-        #: replaced whole by each sweep; heartbeats carry it
-        self._edges_seen: dict[str, int] = {}
+        #: first and newest packets on granted edges (edge_used events, heartbeats)
+        self.grants = GrantUsage()
         self._exit = 0
         self._server: ControlServer | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -387,7 +385,7 @@ class Agent:
         self.uplink = Uplink(cc, self.cfg.node_id, self.spool, handlers,
                              bpf_state=self.bpf_state, secrets=self.secrets,
                              lost_events=self.lost_events,
-                             edges_seen=lambda: dict(list(self._edges_seen.items())[:4096]))
+                             edges_seen=lambda: self.grants.seen)
 
     def _open_secrets_path(self) -> None:
         """Consumers that are not root reach their secret files (0400/0440, their own)
@@ -438,7 +436,7 @@ class Agent:
 
     async def _uplink_loop(self) -> None:
         """A round every ``interval`` (uplink.tick); between rounds, the orders the long
-        poll (``_poll_orders``) announces run at once."""
+        poll (``uplink.poll_orders``) announces run at once."""
         assert self.uplink is not None and self.cfg.controller is not None
         while not self._stop.is_set():
             await asyncio.to_thread(self.uplink.tick)
@@ -457,34 +455,6 @@ class Agent:
             for w in waits:
                 w.cancel()
         return event.is_set()
-
-    def _poll_orders(self, loop: asyncio.AbstractEventLoop) -> None:
-        """The long poll for orders, on its own (daemon) thread: a stop never waits for its
-        answer. Pending orders set ``_orders_due`` for the uplink loop; a controller that
-        cannot be reached is retried with the same doubling wait as the rounds; one that
-        answers at once with nothing (it holds no long polls) is asked once per round."""
-        assert self.uplink is not None and self.cfg.controller is not None
-        cc, uplink, backoff = self.cfg.controller, self.uplink, 0.0
-        while not self._halt.is_set():
-            if not uplink.enrolled:  # the first round enrolls
-                self._halt.wait(min(cc.interval, 1.0))
-                continue
-            asked = time.monotonic()
-            try:
-                pending = uplink.wait_for_orders(cc.orders_wait)
-            except Exception as e:  # any failure (unreachable, refused): wait, ask again
-                backoff = min(cc.max_backoff, max(1.0, backoff * 2))
-                # said once per outage (the rounds report the controller link too)
-                (log.warning if backoff == 1.0 else log.debug)(
-                    "long poll for orders failed: %s; again in %.0f s", e, backoff)
-                self._halt.wait(backoff)
-                continue
-            backoff = 0.0
-            if pending:
-                loop.call_soon_threadsafe(self._orders_due.set)
-                self._halt.wait(0.05)  # the loop takes them before the next poll
-            elif time.monotonic() - asked < cc.orders_wait / 2:
-                self._halt.wait(cc.interval)
 
     def status(self) -> dict[str, object]:
         return {"version": __version__, "pid": os.getpid(), "node_id": self.cfg.node_id,
@@ -515,17 +485,7 @@ class Agent:
         if not self.segment:
             return
         states = self.segment.edges()
-        now_wall, now_mono = time.time_ns(), time.monotonic_ns()
-        events = []
-        for s in states:
-            key = (str(s.edge), s.granted_ns)
-            if s.idle_ns and s.used and key not in self._edges_used:
-                self._edges_used.add(key)
-                events.append(agent_event("edge_used", edge=str(s.edge),
-                                          seen_by_ns=now_wall - (now_mono - s.last_seen_ns)))
-        self._edges_used &= {(str(s.edge), s.granted_ns) for s in states}
-        self._edges_seen = {str(s.edge): now_wall - (now_mono - s.last_seen_ns)
-                            for s in states if s.idle_ns and s.used}
+        events = self.grants.observe(states)
         gone = self.segment.sweep(states)
         if gone:
             events.append(agent_event("edges_expired", edges=",".join(map(str, gone))))
@@ -601,7 +561,10 @@ class Agent:
         if self.uplink:
             tasks.append(asyncio.create_task(self._uplink_loop()))
             if self.cfg.controller is not None and self.cfg.controller.orders_wait > 0:
-                threading.Thread(target=self._poll_orders, args=(loop,), daemon=True,
+                # its own (daemon) thread: a stop never waits for the poll's answer
+                threading.Thread(target=self.uplink.poll_orders, daemon=True,
+                                 args=(self._halt, lambda: loop.call_soon_threadsafe(
+                                     self._orders_due.set)),
                                  name="orders-long-poll").start()
         if self.cfg.metrics.textfile is not None:
             from .metrics import AgentMetrics  # prometheus_client: only when configured

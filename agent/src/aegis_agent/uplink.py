@@ -286,6 +286,34 @@ class Uplink:
         r.raise_for_status()
         return len(r.json())
 
+    def poll_orders(self, halt: threading.Event, due: Callable[[], None]) -> None:
+        """The long poll for orders until ``halt`` is set (run on a thread of its own):
+        pending orders call ``due`` (the daemon then runs :meth:`run_orders_now` between
+        rounds); a controller that cannot be reached is asked again after the same
+        doubling wait as the rounds; one that answers at once with nothing (it holds no
+        long polls) is asked once per round."""
+        cc, backoff = self.cfg, 0.0
+        while not halt.is_set():
+            if not self.enrolled:  # the first round enrolls
+                halt.wait(min(cc.interval, 1.0))
+                continue
+            asked = time.monotonic()
+            try:
+                pending = self.wait_for_orders(cc.orders_wait)
+            except Exception as e:  # any failure (unreachable, refused): wait, ask again
+                backoff = min(cc.max_backoff, max(1.0, backoff * 2))
+                # said once per outage (the rounds report the controller link too)
+                (log.warning if backoff == 1.0 else log.debug)(
+                    "long poll for orders failed: %s; again in %.0f s", e, backoff)
+                halt.wait(backoff)
+                continue
+            backoff = 0.0
+            if pending:
+                due()
+                halt.wait(0.05)  # the daemon takes them before the next poll
+            elif time.monotonic() - asked < cc.orders_wait / 2:
+                halt.wait(cc.interval)
+
     def run_orders_now(self) -> None:
         """The orders the long poll announced, between two rounds (a failure is logged;
         the next round runs them)."""
