@@ -122,11 +122,18 @@ def verify(ledger: Ledger, verifier: Verifier, *, batch: int = 2000,
     workers = default_workers() if workers is None else workers
     walk = _Walk(ledger.anchor_path, verifier)
     pool: SignaturePool | None = None
+    # A ledger known to be long starts its workers before the first row: they start up
+    # while this process walks, instead of leaving the first records to one core.
+    start_at = parallel_after
+    if workers > 1 and parallel_after > 0:
+        head = ledger.head()
+        if head is not None and head.seq > parallel_after:
+            start_at = 0
     try:
         try:
             with contextlib.closing(ledger.rows(batch=batch)) as rows:
                 for row in rows:
-                    if pool is None and workers > 1 and walk.count == parallel_after:
+                    if pool is None and workers > 1 and walk.count == start_at:
                         pool = _start_pool(verifier, workers)
                         if pool is not None:
                             walk.signature = _deferred(pool)
@@ -198,6 +205,8 @@ class _Walk:
             self.anchor = self._load(path, "anchor", FORMAT)
         if self.head_path is not None:
             self.signed_head = self._load(self.head_path, "signed head", HEAD_FORMAT)
+        #: the seqs the anchor and the signed head name
+        self.marks = {m.seq for m in (self.anchor, self.signed_head) if m is not None}
 
     def _load(self, path: Path, what: str, fmt: str) -> Anchor | None:
         try:
@@ -240,13 +249,19 @@ class _Walk:
                        f"records {prev_seq + 1} to {seq - 1} are")
             raise _Failed(Problem.DELETED, prev_seq + 1,
                           f"{missing} missing: seq jumps from {prev_seq} to {seq}")
-        try:
-            body = parse_body(row.body)
-        except ValueError as err:
-            raise _Failed(Problem.EDITED, seq,
-                          f"record {seq}'s body is no longer a JSON object ({err})") from None
         computed = stored_record_hash(seq, row.ts, row.kind, row.subject, row.actor, row.body,
                                       row.prev_hash)
+        # The body is decoded only when it is needed: a body whose text hashes to the stored
+        # hash is the canonical JSON object that was appended (anything else fails the
+        # signature), so only a checkpoint's body, or one that does not hash, is read.
+        body: dict[str, Any] = {}
+        if computed != row.hash or row.kind == Kind.CHECKPOINT:
+            try:
+                body = parse_body(row.body)
+            except ValueError as err:
+                raise _Failed(Problem.EDITED, seq,
+                              f"record {seq}'s body is no longer a JSON object ({err})"
+                              ) from None
         if computed != row.hash:  # edited, or a body stored in another (equal) encoding
             computed = record_hash(seq, row.ts, row.kind, row.subject, row.actor, body,
                                    row.prev_hash)
@@ -268,7 +283,7 @@ class _Walk:
             _check_checkpoint(seq, body, prev_hash)
             self.checkpoints += 1
             self.last_checkpoint = (seq, row.hash)
-        if any(m is not None and m.seq == seq for m in (self.anchor, self.signed_head)):
+        if seq in self.marks:
             self.seen[seq] = row.hash
         self.seq, self.hash, self.count = seq, row.hash, self.count + 1
 
