@@ -12,6 +12,7 @@ import itertools
 import os
 import signal
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -262,8 +263,41 @@ def _interrupt(signum: int, _frame: object) -> None:
     raise KeyboardInterrupt(signal.Signals(signum).name)
 
 
+_STARTED = time.monotonic()
+
+
 def pytest_sessionstart(session: pytest.Session) -> None:
     signal.signal(signal.SIGTERM, _interrupt)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Where the run's time went, for keeping the suite inside its budget: the slowest
+    test modules of this lane (setup, call and teardown of their tests summed) and each
+    background-lane job's start and length, next to when this lane ended."""
+    if _CHILD:
+        return
+    per_module: dict[str, float] = {}
+    for reports in terminalreporter.stats.values():
+        for report in reports:
+            if isinstance(report, pytest.TestReport):
+                module = report.nodeid.split("::", 1)[0]
+                per_module[module] = per_module.get(module, 0.0) + report.duration
+    if not per_module:
+        return
+    write = terminalreporter.write_line
+    terminalreporter.section("time per module (slowest 25)")
+    for module, seconds in sorted(per_module.items(), key=lambda kv: -kv[1])[:25]:
+        write(f"{seconds:8.1f}s  {module}")
+    jobs = [j for j in LANE.jobs.values() if j.started is not None]
+    if jobs:
+        terminalreporter.section("background lane")
+        for job in sorted(jobs, key=lambda j: j.started or 0.0):
+            start = (job.started or 0.0) - _STARTED
+            length = "running" if job.seconds is None else f"{job.seconds:.0f} s"
+            write(f"  +{start:6.0f} s  {job.key}: {length}")
+        ends = [(j.started or 0.0) + j.seconds - _STARTED for j in jobs if j.seconds]
+        write(f"  lane's last job ended at +{max(ends, default=0.0):.0f} s; "
+              f"this lane ended at +{time.monotonic() - _STARTED:.0f} s")
 
 
 def pytest_keyboard_interrupt(excinfo: pytest.ExceptionInfo[BaseException]) -> None:
