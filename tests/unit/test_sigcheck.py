@@ -64,3 +64,20 @@ def test_the_workers_check_names_the_first_bad_item() -> None:
     items[3] = (3, items[3][1], items[0][2])  # another record's signature
     assert first_bad(check, prefix, items) == 2
     assert first_bad(check, prefix, items[3:]) == 3
+
+
+def test_the_ledger_signs_with_libsodium_exactly_as_openssl_would() -> None:
+    """Ed25519 signing is deterministic: the signer's libsodium signatures are byte for byte
+    OpenSSL's, for records and anchors, and both verifiers accept them."""
+    from aegis_controller.ledger.keys import ANCHOR_TAG, RECORD_TAG, Signer
+
+    key = Ed25519PrivateKey.generate()
+    signer = Signer(key)
+    for i in range(50):
+        digest = bytes([i]) * 32
+        sig = bytes.fromhex(signer.sign_record(digest.hex()))
+        assert sig == key.sign(RECORD_TAG + digest)
+        assert signer.verifier.record_ok(digest.hex(), sig.hex())
+        payload = f'{{"seq": {i}}}'.encode()
+        assert bytes.fromhex(signer.sign_anchor(payload)) == key.sign(ANCHOR_TAG + payload)
+    assert not signer.verifier.record_ok((b"\x01" * 32).hex(), signer.sign_record("00" * 32))

@@ -4,7 +4,8 @@ Verifying is what a ledger verify spends its time on: one check per record. libs
 ``crypto_sign_open`` takes about half the CPU of OpenSSL's Ed25519 verify that
 ``cryptography`` calls (measured here: ~50 µs against ~96 µs a signature), and it is at
 least as strict (it rejects a non-canonical ``S``, and small-order keys and ``R``), so a
-signature it accepts OpenSSL accepts too. Signing stays with ``cryptography``.
+signature it accepts OpenSSL accepts too. The ledger signs with libsodium too
+(:class:`aegis_controller.ledger.keys.Signer`): the same deterministic signatures.
 
 This module imports only PyNaCl and cryptography's key types, so a signature worker
 (:mod:`aegis_controller.sigbatch`) that imports it starts quickly.
