@@ -97,9 +97,11 @@ def ee_job() -> Job:
 #: session fixtures whose value is a lane job
 FIXTURE_JOBS = {"execution_environment": ee_job}
 
-#: test modules that run whole in a child pytest in the lane: each makes its own fleet and
-#: uses no session fixture; their tests in this run wait for the child's verdicts
-LANE_MODULES = ("tests/e2e/test_harden.py",)
+#: test modules that run whole in a child pytest in the lane (-> the job's lane order): each
+#: makes what it needs itself (its own fleet; the benchmarks their own OpenBao, PostgreSQL
+#: and namespaces) and uses no session fixture; their tests in this run wait for the
+#: child's verdicts
+LANE_MODULES = {"tests/e2e/test_harden.py": 65, "tests/integration/test_benchmarks_run.py": 66}
 CHILD_SUFFIXES = 1100  # the child's sub-prefixes: RUN_PREFIX + (1100..1295 in base 36)
 
 
@@ -109,8 +111,9 @@ def _child_run(module: object, items: list[pytest.Item]) -> tuple[Job, list[pyte
     rel = Path(str(module.__file__)).relative_to(REPO_ROOT)
     key = f"pytest:{rel.stem}"
     xml = LANE.log_dir / f"{rel.stem}.xml"
+    suffixes = CHILD_SUFFIXES + 40 * list(LANE_MODULES).index(str(rel))  # one range a child
     env = dict(os.environ, AEGIS_TEST_PREFIX=RUN_PREFIX, AEGIS_TEST_LANE="0",
-               AEGIS_TEST_CHILD="1", AEGIS_TEST_SUFFIX_START=str(CHILD_SUFFIXES))
+               AEGIS_TEST_CHILD="1", AEGIS_TEST_SUFFIX_START=str(suffixes))
     cmd = Command([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-v",
                    f"--junitxml={xml}", *[i.nodeid for i in items]],
                   cwd=REPO_ROOT, env=env, timeout=2400, grace=300)
@@ -118,7 +121,7 @@ def _child_run(module: object, items: list[pytest.Item]) -> tuple[Job, list[pyte
                  for i in items]
     for old, new in zip(items, stand_ins, strict=True):
         new.own_markers = list(old.own_markers)
-    return Job(key, cmd.run, order=65, cancel=cmd.cancel), stand_ins
+    return Job(key, cmd.run, order=LANE_MODULES[str(rel)], cancel=cmd.cancel), stand_ins
 
 
 @pytest.hookimpl(trylast=True)  # after -k/-m deselection: these are the items that run
