@@ -32,6 +32,8 @@ from harness import OpenBao, netns_pair, wait_until
 from harness_controller import Server, controller_server
 
 PORT = 5432
+#: a second service of the node (``cache``), so one test can hold two grants side by side
+CACHE_PORT = 6379
 
 
 class NetnsRelay:
@@ -124,12 +126,15 @@ def access_fleet(openbao: OpenBao, prefix: str, interval: float = 0.3) -> Iterat
             policy = d.root / "access.yml"
             policy.write_text(
                 f"roles: {{developer: [{idp.group('dev')}]}}\n"
-                f"services: {{db: {{nodes: {{role: db}}, port: tcp/{PORT}}}}}\n"
+                f"services: {{db: {{nodes: {{role: db}}, port: tcp/{PORT}}}, "
+                f"cache: {{nodes: {{role: db}}, port: tcp/{CACHE_PORT}}}}}\n"
                 "rules: [{name: developers-db, service: db, roles: [developer], "
-                "max_ttl: 1h}]\n")
+                "max_ttl: 1h}, {name: developers-cache, service: cache, "
+                "roles: [developer], max_ttl: 1h}]\n")
             out = srv.ctl("access", "policy", "set", str(policy))
             assert out.returncode == 0, out.stderr
             d.lab.listen("b", pair.b_addr, PORT)
+            d.lab.listen("b", pair.b_addr, CACHE_PORT)
             yield Fleet(d, srv, idp, node_id)
         finally:
             relay.close()
