@@ -8,7 +8,7 @@ max(record TTL, floor) seconds. Only answers from a resolver the policy names co
 an answer from another server teaches nothing.
 
     learner = DnsLearner(seg, floor=60)
-    reader = seg.reader(learner.handle, ring=layout.MAP_SEG_DNS)   # the daemon's reader
+    reader = learner.reader()        # the daemon: loop.add_reader(reader.fileno(), reader.drain)
 """
 
 from __future__ import annotations
@@ -27,7 +27,9 @@ import dns.rdatatype
 from aegis_protocol.fqdn import canonical_name
 
 from .bpf import layout
+from .bpf.ring import RingReader
 from .bpf.segment import SegmentFilter
+from .bpf.syscall import BpfError
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +89,17 @@ class DnsLearner:
         self.seg = seg
         self.floor = floor
         self.counts: Counter[str] = Counter()  # answers by outcome (status, metrics)
+
+    def reader(self) -> RingReader[DnsAnswer]:
+        """A reader of seg_dns learning from each answer (closed with the filter)."""
+        return self.seg.reader(self._sink, layout.MAP_SEG_DNS, DnsAnswer.unpack)
+
+    def _sink(self, answer: DnsAnswer) -> None:
+        try:
+            self.handle(answer)
+        except (BpfError, OSError) as e:  # a map write failed: the answer is lost, said
+            self.counts["failed"] += 1
+            log.error("DNS answer from %s not learned from: %s", answer.server, e)
 
     def handle(self, answer: DnsAnswer) -> int:
         """Learn from one answer; returns how many rows it wrote (never raises for a bad
