@@ -188,7 +188,12 @@ def _fqdn_policy(body: dict[str, Any], where: str, name: str, src: dict[str, str
         except ValueError:
             raise PolicyError(f"{where}.resolvers[{i}]: {item!r} is not an IPv4 "
                               "address") from None
-    raw_ports = body.get("ports", ["any"])
+    return LabelPolicy(name, src, {}, _fqdn_ports(body.get("ports", ["any"]), where), "allow",
+                       mode, tuple(fqdns), tuple(dict.fromkeys(resolvers)))
+
+
+def _fqdn_ports(raw_ports: object, where: str) -> tuple[str, ...]:
+    """A to_fqdns entry's ports: tcp/N, udp/N or any."""
     if not isinstance(raw_ports, list) or not raw_ports:
         raise PolicyError(f"{where}.ports: expected a non-empty list, e.g. [tcp/443] (or "
                           "leave it out: any port)")
@@ -202,8 +207,7 @@ def _fqdn_policy(body: dict[str, Any], where: str, name: str, src: dict[str, str
         if canonical in ports:
             raise PolicyError(f"{where}.ports[{i}]: {item!r} is listed twice")
         ports.append(canonical)
-    return LabelPolicy(name, src, {}, tuple(ports), "allow", mode, tuple(fqdns),
-                       tuple(dict.fromkeys(resolvers)))
+    return tuple(ports)
 
 
 def _policy(raw: object, where: str, label_keys: set[str] | frozenset[str]) -> LabelPolicy:
