@@ -768,59 +768,15 @@ static __always_inline void pol_count(__u32 counter, __u32 verdict, int observe,
 	}
 }
 
-/* Returns 1 to pass, 0 to drop; the parsed packet goes to ``out`` and its verdict to
- * ``verdict``. */
-static __always_inline int segment(void *data, void *data_end, __u32 pkt_len, __u32 dir,
-				   __u32 ifindex, struct pkt *out, __u32 *verdict)
-{
-	__u32 zero = 0, v, slot;
-	const struct config *cfg = bpf_map_lookup_elem(&seg_config, &zero);
-	struct pkt p = {};
-	__u64 now;
-	int pass;
-	int observe;
-
-	if (!cfg)
-		cfg = &default_config;
-	now = bpf_ktime_get_coarse_ns(); /* flows and the rate limit; edges read their own */
-	v = parse(data, data_end, pkt_len, &p);
-	if (v == V_PASS_ARP || v == V_PASS_IPV6)
-		v = decide_l2(cfg, v, &p);
-	else if (v == V_PASS_EDGE)
-		v = dir == DIR_INGRESS ? decide_ingress(cfg, &p, now) : decide_egress(cfg, &p, now);
-
-	/* a policy in observe mode passes its own drops (V_DROP_POLICY) only; an egress
-	 * restriction in observe mode its own (V_DROP_EGRESS) */
-	observe = v >= V_FIRST_DROP && (cfg->mode == MODE_OBSERVE ||
-					(v == V_DROP_POLICY && (p.pol_flags & POLF_OBSERVE)) ||
-					(v == V_DROP_EGRESS && (cfg->flags & CFG_EGRESS_OBSERVE)));
-	slot = dir * SLOT_DIR + (observe ? SLOT_OBSERVED : 0) + (v & 31);
-	count(slot);
-	if (p.pol_counter)
-		pol_count(p.pol_counter, v, observe, pkt_len);
-	*verdict = v;
-	if (v < V_FIRST_DROP) {
-		if (p.pol_flags & POLF_LOG)
-			report(cfg, &p, v, dir, 0, ifindex, pkt_len, now);
-		pass = 1;
-	} else {
-		report(cfg, &p, v, dir, observe, ifindex, pkt_len, now);
-		pass = observe;
-	}
-	*out = p;
-	return pass;
-}
-
 /* Copy a DNS answer (the UDP payload of ``p``, at most DNS_CAPTURE_MAX bytes) to seg_dns
- * for the agent, when an FQDN policy asks for it (CFG_DNS_LEARN). */
+ * for the agent. */
 static __always_inline void dns_capture(struct xdp_md *ctx, const struct pkt *p)
 {
-	__u32 zero = 0, off, n;
-	const struct config *cfg = bpf_map_lookup_elem(&seg_config, &zero);
+	__u32 off, n;
 	struct dns_rec *r;
 
-	if (!cfg || !(cfg->flags & CFG_DNS_LEARN) || p->l4_len < sizeof(struct udphdr) + 12)
-		return; /* not asked for, or shorter than a DNS header */
+	if (p->l4_len < sizeof(struct udphdr) + 12)
+		return; /* shorter than a DNS header */
 	off = p->l4_off + sizeof(struct udphdr);
 	n = p->l4_len - sizeof(struct udphdr);
 	r = aegis_reserve(&seg_dns, &seg_counters, sizeof(*r), SLOT_DNS_LOST);
@@ -842,20 +798,58 @@ static __always_inline void dns_capture(struct xdp_md *ctx, const struct pkt *p)
 	count(SLOT_DNS_SENT);
 }
 
+/* Returns 1 to pass, 0 to drop. ``xdp``: the ingress program's context (NULL on egress),
+ * for copying DNS answers. */
+static __always_inline int segment(void *data, void *data_end, __u32 pkt_len, __u32 dir,
+				   __u32 ifindex, struct xdp_md *xdp)
+{
+	__u32 zero = 0, v, slot;
+	const struct config *cfg = bpf_map_lookup_elem(&seg_config, &zero);
+	struct pkt p = {};
+	__u64 now;
+	int observe;
+
+	if (!cfg)
+		cfg = &default_config;
+	now = bpf_ktime_get_coarse_ns(); /* flows and the rate limit; edges read their own */
+	v = parse(data, data_end, pkt_len, &p);
+	if (v == V_PASS_ARP || v == V_PASS_IPV6)
+		v = decide_l2(cfg, v, &p);
+	else if (v == V_PASS_EDGE)
+		v = dir == DIR_INGRESS ? decide_ingress(cfg, &p, now) : decide_egress(cfg, &p, now);
+
+	/* a policy in observe mode passes its own drops (V_DROP_POLICY) only; an egress
+	 * restriction in observe mode its own (V_DROP_EGRESS) */
+	observe = v >= V_FIRST_DROP && (cfg->mode == MODE_OBSERVE ||
+					(v == V_DROP_POLICY && (p.pol_flags & POLF_OBSERVE)) ||
+					(v == V_DROP_EGRESS && (cfg->flags & CFG_EGRESS_OBSERVE)));
+	slot = dir * SLOT_DIR + (observe ? SLOT_OBSERVED : 0) + (v & 31);
+	count(slot);
+	if (p.pol_counter)
+		pol_count(p.pol_counter, v, observe, pkt_len);
+	if (v < V_FIRST_DROP) {
+		if (p.pol_flags & POLF_LOG)
+			report(cfg, &p, v, dir, 0, ifindex, pkt_len, now);
+		/* a reply to a UDP flow this node opened to port 53, when an FQDN policy
+		 * asks for DNS answers */
+		if (xdp && v == V_PASS_FLOW && p.proto == IPPROTO_UDP &&
+		    p.sport == bpf_htons(53) && (cfg->flags & CFG_DNS_LEARN))
+			dns_capture(xdp, &p);
+		return 1;
+	}
+	report(cfg, &p, v, dir, observe, ifindex, pkt_len, now);
+	return observe;
+}
+
 SEC("xdp")
 int seg_ingress(struct xdp_md *ctx)
 {
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
-	struct pkt p;
-	__u32 v;
 
-	if (!segment(data, data_end, data_end - data, DIR_INGRESS, ctx->ingress_ifindex, &p, &v))
-		return XDP_DROP;
-	/* a reply to a UDP flow this node opened to port 53 */
-	if (v == V_PASS_FLOW && p.proto == IPPROTO_UDP && p.sport == bpf_htons(53))
-		dns_capture(ctx, &p);
-	return XDP_PASS;
+	return segment(data, data_end, data_end - data, DIR_INGRESS, ctx->ingress_ifindex, ctx)
+		       ? XDP_PASS
+		       : XDP_DROP;
 }
 
 /* Read a 32-bit __sk_buff field with one load at a fixed offset: clang may otherwise
@@ -874,15 +868,13 @@ int seg_egress(struct __sk_buff *skb)
 {
 	__u32 len = skb->len;
 	__u32 want = len < 128 ? len : 128;
-	struct pkt p;
-	__u32 v;
 
 	/* headers of locally built packets are linear; pull if a driver left them paged */
 	if (skb->data_end - skb->data < want)
 		bpf_skb_pull_data(skb, want);
 
 	if (segment((void *)(long)SKB_FIELD(skb, data), (void *)(long)SKB_FIELD(skb, data_end),
-		    len, DIR_EGRESS, skb->ifindex, &p, &v))
+		    len, DIR_EGRESS, skb->ifindex, NULL))
 		return TC_ACT_OK;
 	return TC_ACT_SHOT;
 }
