@@ -214,13 +214,9 @@ class FqdnPolicies:
 
     # -- reading and sweeping -------------------------------------------------------------
     def _rows(self) -> dict[bytes, tuple[int, int, int, int]]:
-        fd = self._fd(layout.MAP_SEG_FQDN)
-        out = {}
-        for key in list(syscall.map_keys(fd, layout.FQDN_KEY.size)):
-            raw = syscall.map_lookup(fd, key, layout.FQDN_VAL.size)
-            if raw is not None:
-                out[key] = layout.FQDN_VAL.unpack(raw)
-        return out
+        rows = syscall.map_rows(self._fd(layout.MAP_SEG_FQDN), layout.FQDN_KEY.size,
+                                layout.FQDN_VAL.size)
+        return {key: layout.FQDN_VAL.unpack(raw) for key, raw in rows.items()}
 
     def entries(self) -> list[Learned]:
         names, rules = self._policy_names(), self.rules()
