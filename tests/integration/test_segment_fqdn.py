@@ -138,6 +138,10 @@ def test_wildcards_cnames_expiry_and_rule_removal(seg):  # noqa: F811
     assert passes(seg, out_syn(API, 80, sport=40003), "egress")
     # the rule goes: what it taught goes with it; no rule left: egress is free again
     assert _install(seg, rules=("out api.example.test tcp/443",))["learned_removed"] == 1
+    learner.counts.clear()  # the same learner sees the new set at once
+    resolve(seg, learner, "deb.pkg.example.test", [API])
+    resolve(seg, learner, "api.example.test", [API])
+    assert learner.counts == {"not_allowed": 1, "learned": 1}
     seg.fqdn.apply({}, {}, [], [])
     assert seg.fqdn.status()["egress_restricted"] is False
     assert passes(seg, out_syn(OTHER, sport=40004), "egress")

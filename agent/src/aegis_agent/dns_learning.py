@@ -16,7 +16,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import dns.exception
 import dns.flags
@@ -24,7 +24,7 @@ import dns.message
 import dns.rcode
 import dns.rdatatype
 
-from aegis_protocol.fqdn import canonical_name
+from aegis_protocol.fqdn import FqdnRule, canonical_name, matches
 
 from .bpf import layout
 from .bpf.ring import RingReader
@@ -82,6 +82,17 @@ def addresses(payload: bytes) -> tuple[str, list[tuple[ipaddress.IPv4Address, in
     return canonical_name(qname.to_text()), found
 
 
+@dataclass
+class _RuleSet:
+    """The installed rules as the learner last read them (re-read when their generation
+    changes: one map lookup per answer instead of a walk of three maps)."""
+
+    generation: bytes = b""
+    resolvers: set[ipaddress.IPv4Address] = field(default_factory=set)
+    rules: dict[int, FqdnRule] = field(default_factory=dict)
+    index: dict[str, int] = field(default_factory=dict)
+
+
 class DnsLearner:
     """Turns DNS answers into seg_fqdn rows of the rules they match."""
 
@@ -89,6 +100,14 @@ class DnsLearner:
         self.seg = seg
         self.floor = floor
         self.counts: Counter[str] = Counter()  # answers by outcome (status, metrics)
+        self._set = _RuleSet()
+
+    def _rule_set(self) -> _RuleSet:
+        fq = self.seg.fqdn
+        generation = fq.generation()
+        if generation != self._set.generation or not generation:
+            self._set = _RuleSet(generation, fq.resolvers(), fq.rules(), fq.policy_indexes())
+        return self._set
 
     def reader(self) -> RingReader[DnsAnswer]:
         """A reader of seg_dns learning from each answer (closed with the filter)."""
@@ -104,9 +123,8 @@ class DnsLearner:
     def handle(self, answer: DnsAnswer) -> int:
         """Learn from one answer; returns how many rows it wrote (never raises for a bad
         answer: it is counted and logged)."""
-        fq = self.seg.fqdn
-        resolvers = {e.address for e in fq.entries() if e.kind == "resolver"}
-        if answer.server not in resolvers:
+        now = self._rule_set()
+        if answer.server not in now.resolvers:
             self.counts["other_server"] += 1
             return 0
         try:
@@ -116,14 +134,15 @@ class DnsLearner:
             log.info("DNS answer from %s not learned from: %s%s", answer.server, e,
                      " (cut at the capture size)" if answer.truncated else "")
             return 0
-        rules = fq.rules_for(name)
+        rules = [(slot, r) for slot, r in now.rules.items() if matches(r.pattern, name)]
         if not rules or not found:
             self.counts["not_allowed" if not rules else "no_address"] += 1
             return 0
-        written, index = 0, fq.policy_indexes()
+        written = 0
         for slot, rule in rules:
-            if rule.policy in index:
-                written += fq.learn(slot, rule, index[rule.policy], found, self.floor)
+            if rule.policy in now.index:
+                written += self.seg.fqdn.learn(slot, rule, now.index[rule.policy], found,
+                                               self.floor)
         self.counts["learned"] += 1
         log.info("learned %s -> %s (%s)", name, ", ".join(str(a) for a, _t in found),
                  ", ".join(str(r) for _s, r in rules))

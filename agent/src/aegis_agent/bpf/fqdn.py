@@ -26,7 +26,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from aegis_protocol.fqdn import FqdnError, FqdnRule, Resolver, matches
+from aegis_protocol.fqdn import FqdnError, FqdnRule, Resolver
 
 from . import layout, syscall
 
@@ -123,9 +123,15 @@ class FqdnPolicies:
                     out[idx] = name
         return out
 
-    def rules_for(self, name: str) -> list[tuple[int, FqdnRule]]:
-        """(slot, rule) of every installed rule whose pattern allows ``name``."""
-        return [(i, r) for i, r in self.rules().items() if matches(r.pattern, name)]
+    def generation(self) -> bytes:
+        """Changes whenever ``apply`` runs (one lookup: a learner's cue to re-read)."""
+        raw = syscall.map_lookup(self._fd(layout.MAP_SEG_FQDN_RULES), bytes(4),
+                                 layout.FQDN_RULE.size)
+        return raw or b""
+
+    def resolvers(self) -> set[ipaddress.IPv4Address]:
+        return {ipaddress.IPv4Address(layout.FQDN_KEY.unpack(key)[0])
+                for key, row in self._rows().items() if row[2] & layout.FQDN_RESOLVER}
 
     # -- writing --------------------------------------------------------------------------
     def apply(self, index: Mapping[str, int], modes: Mapping[str, str], rules: Iterable[str],
@@ -149,6 +155,9 @@ class FqdnPolicies:
         for slot in old:
             if slot not in wanted:
                 syscall.map_update(fd, slot.to_bytes(4, "little"), bytes(layout.FQDN_RULE.size))
+        # slot 0 (no rule) holds the set's generation: a learner re-reads the set on a change
+        syscall.map_update(fd, bytes(4), layout.FQDN_RULE.pack(
+            0, bytes(2), 0, str(time.monotonic_ns()).encode()))
         learned_gone = self._write_resolvers_and_prune(servers, index, set(wanted))
         cfg = self.seg.config()
         flags = cfg.flags & ~(layout.CFG_EGRESS | layout.CFG_EGRESS_OBSERVE
