@@ -130,6 +130,11 @@ def test_a_resolved_name_is_reachable_an_unresolved_address_is_not_and_a_restart
     d.start()
     assert learned(d) == 1
     assert reachable(d, API) and not reachable(d, OTHER)
+    rows = {(e["kind"], e["address"], e["port"], e["pattern"])
+            for e in d.lab.agent("fqdn")["entries"]}
+    assert rows == {("learned", API, f"tcp/{PORT}", "api.example.test"),
+                    ("resolver", DNS_SERVER, "tcp/53", None),
+                    ("resolver", DNS_SERVER, "udp/53", None)}
     drops = [e["data"] for e in d.events() if e["kind"] == "drop"
              and e["data"]["verdict"] == "drop_egress"]
     assert drops and {x["dst"] for x in drops} == {API, OTHER}

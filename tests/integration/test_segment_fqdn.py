@@ -104,6 +104,16 @@ def test_replies_and_flows_the_node_has_keep_working(seg):  # noqa: F811
     assert not passes(seg, out_syn(OTHER, 8081), "egress")
 
 
+def test_a_reverted_segment_policy_keeps_the_controllers_egress_restriction(seg):  # noqa: F811
+    """Timed confirmation's revert (``restore``) puts back the agent's own policy; the
+    controller's FQDN restriction is not part of it and stays, like its label policies."""
+    snap = seg.snapshot()
+    _install(seg)
+    seg.restore(snap)
+    assert seg.fqdn.status()["egress_restricted"] is True
+    assert not passes(seg, out_syn(OTHER), "egress")
+
+
 def test_observe_mode_passes_and_reports_would_be_drops(seg):  # noqa: F811
     _install(seg, "observe")
     assert seg.fqdn.status()["egress_mode"] == "observe"
