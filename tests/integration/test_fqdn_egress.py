@@ -141,6 +141,21 @@ def test_a_resolved_name_is_reachable_an_unresolved_address_is_not_and_a_restart
     assert not any(x["observed"] for x in drops)
 
 
+def test_an_answer_that_came_while_no_agent_ran_is_learned_at_its_start(daemon: Daemon) -> None:
+    d = daemon
+    d.start()
+    d.lab.listen("a", API, PORT)
+    push(d)
+    assert d.stop() == 0
+    with dns_server(d) as asked:
+        assert resolve(d, "api.example.test") == [API]  # copied to the pinned ring
+        assert not reachable(d, API)  # no agent to learn from it yet
+        d.start()
+        assert wait_until(lambda: learned(d) == 1, 10, 0.05)
+        assert reachable(d, API)
+        assert asked == ["api.example.test."]  # no second query
+
+
 def test_observe_mode_lets_the_unresolved_through_and_reports_it(daemon: Daemon) -> None:
     d = daemon
     d.start()
