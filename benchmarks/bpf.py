@@ -12,6 +12,11 @@
     policy allows, one its pair default drops, and the unknown source's miss with the
     policies installed (two more lookups), in the same rounds; and how long the agent
     takes to install that set (seconds);
+  - egress (tc program, issue 15 part 5), in the same rounds: a packet of no known flow
+    with no egress restriction (the path every egress packet took before), and on a node
+    an FQDN policy restricts, with ``--fqdn-learned`` learned addresses: a packet of an
+    outbound flow (no restriction lookup), one to a learned address (one seg_fqdn lookup)
+    and one to an address never learned (two lookups and the management check: dropped);
   - parsing ``--edges`` edge specs before the batch load (seconds);
   - grant-to-enforce latency: from just before the map update until a test run of the
     newly allowed packet returns XDP_PASS (the update syscall plus one run), p50/p99.
@@ -113,8 +118,58 @@ def _policy_figures(seg: SegmentFilter, empty_fd: int, sources: int, repeat: int
     return res
 
 
+def _out(dst: str, flags: int = 0x10, sport: int = 40000) -> bytes:
+    """A TCP packet from NODE (egress) to ``dst``:443."""
+    tcp = struct.pack("!HHIIBBHHH", sport, 443, 1, 0, 5 << 4, flags, 65535, 0, 0)
+    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(tcp), 1, 0, 64, 6, 0,
+                     IPv4Address(NODE).packed, IPv4Address(dst).packed)
+    return b"\x02\x00\x00\x00\x00\x01\x02\x00\x00\x00\x00\x02\x08\x00" + ip + tcp
+
+
+def _egress_figures(seg: SegmentFilter, empty_fd: int, learned: int, repeat: int,
+                    rounds: int) -> dict:
+    """Egress costs without and with an FQDN policy's restriction (``learned`` addresses
+    written the way the agent's learner writes them)."""
+    def dst(i: int) -> str:
+        return str(IPv4Address(int(IPv4Address("198.18.0.0")) + i))
+
+    flow_dst, known, unknown = dst(learned + 1), dst(learned // 2), "203.0.113.77"
+    ok, _ = seg.test_run(_out(flow_dst, 0x02), "egress")  # an outbound flow, before
+    assert ok
+    t0 = time.perf_counter()
+    seg.label_policies.apply({"out": "enforce"}, [])
+    seg.fqdn.apply(seg.fqdn.policy_indexes(), {"out": "enforce"},
+                   ["out *.example.test tcp/443"], ["out 192.0.2.53"])
+    slot, rule = next(iter(seg.fqdn.rules().items()))
+    seg.fqdn.learn(slot, rule, seg.fqdn.policy_indexes()["out"],
+                   [(IPv4Address(dst(i)), 3600) for i in range(learned)], 60)
+    res: dict = {"fqdn_learn_s": round(time.perf_counter() - t0, 3)}
+    restricted = seg.config().flags
+    runs: dict[str, list[int]] = {k: [] for k in (
+        "egress_empty_xdp_ns", "egress_unrestricted_ns", "egress_restricted_flow_ns",
+        "egress_restricted_learned_ns", "egress_restricted_drop_ns")}
+    for _ in range(rounds):
+        runs["egress_empty_xdp_ns"].append(
+            libbpf.test_run(empty_fd, _out(known), repeat).duration_ns)
+        _set_flags(seg, restricted & ~layout.CFG_EGRESS)
+        ok, r = seg.test_run(_out(unknown), "egress", repeat)
+        assert ok, "egress without restriction dropped a packet"
+        runs["egress_unrestricted_ns"].append(r.duration_ns)
+        _set_flags(seg, restricted)
+        for name, pkt, want in (("egress_restricted_flow_ns", _out(flow_dst), True),
+                                ("egress_restricted_learned_ns", _out(known), True),
+                                ("egress_restricted_drop_ns", _out(unknown), False)):
+            ok, r = seg.test_run(pkt, "egress", repeat)
+            assert ok == want, f"{name}: the packet was {'passed' if ok else 'dropped'}"
+            runs[name].append(r.duration_ns)
+    res.update({k: round(statistics.median(v)) for k, v in runs.items()})
+    seg.fqdn.apply({}, {}, [], [])
+    seg.label_policies.apply({}, [])
+    return res
+
+
 def run(edges: int, repeat: int, samples: int, rounds: int = 5,
-        policy_sources: int = 4_000) -> dict:
+        policy_sources: int = 4_000, fqdn_learned: int = 10_000) -> dict:
     """The figures, by name (ns per packet, seconds, microseconds)."""
     res: dict = {}
     empty = libbpf.load_object(str(object_path("empty")))
@@ -140,6 +195,8 @@ def run(edges: int, repeat: int, samples: int, rounds: int = 5,
         res["miss_over_empty_ns"] = ns["miss_ns"] - ns["empty_xdp_ns"]
         res.update(_policy_figures(seg, empty.program_fd(layout.PROG_EMPTY_XDP),
                                    policy_sources, repeat, rounds))
+        res.update(_egress_figures(seg, empty.program_fd(layout.PROG_EMPTY_XDP),
+                                   fqdn_learned, repeat, rounds))
 
         lat, upd = [], []
         for i in range(samples):
@@ -171,10 +228,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--policy-sources", type=int, default=4_000,
                    help="label policy: web nodes allowed to the node (2 entries each; one "
                    "order carries 8192 entries)")
+    p.add_argument("--fqdn-learned", type=int, default=10_000,
+                   help="egress by domain: addresses learned from DNS answers")
     p.add_argument("--rounds", type=int, default=5,
                    help="interleaved rounds of the ns/packet runs; figures are medians")
     a = p.parse_args(argv)
-    figures = run(a.edges, a.repeat, a.samples, a.rounds, a.policy_sources)
+    figures = run(a.edges, a.repeat, a.samples, a.rounds, a.policy_sources, a.fqdn_learned)
     empty = f"empty XDP program: {figures['empty_xdp_ns']} ns"
     report("bpf_segment", figures,
            title=f"segment filter (BPF_PROG_TEST_RUN, repeat={a.repeat:,}, {a.edges:,} edges, "
@@ -186,14 +245,19 @@ def main(argv: list[str] | None = None) -> int:
                                         "miss_all_shapes_ns", "allow_established_over_empty_ns",
                                         "miss_over_empty_ns")},
                   **{k: f"empty XDP program: {figures['policy_empty_xdp_ns']} ns (same rounds)"
-                     for k in ("policy_allow_ns", "policy_pair_drop_ns", "policy_miss_ns")}},
+                     for k in ("policy_allow_ns", "policy_pair_drop_ns", "policy_miss_ns")},
+                  **{k: f"empty XDP program: {figures['egress_empty_xdp_ns']} ns (same rounds)"
+                     for k in ("egress_unrestricted_ns", "egress_restricted_flow_ns",
+                               "egress_restricted_learned_ns",
+                               "egress_restricted_drop_ns")}},
            targets={"edge_parse_s": f"<= {0.5 * a.edges / 100_000:.3g} s "
                                     "(0.5 s per 100,000 specs; was 5-6.5 s)",
                     "allow_established_over_empty_ns": "<= 50 ns above the empty program "
                                                        "(issue 15; was 66)",
                     "miss_over_empty_ns": "<= 80 ns above the empty program (issue 15; "
                                           "was 86)"},
-           notes={"edges": a.edges, "policy_sources": a.policy_sources, "repeat": a.repeat,
+           notes={"edges": a.edges, "policy_sources": a.policy_sources,
+                  "fqdn_learned": a.fqdn_learned, "repeat": a.repeat,
                   "samples": a.samples,
                   "rounds": a.rounds, "libbpf": libbpf.version()})
     return 0

@@ -8,6 +8,12 @@
  *   seg_egress   tc/tcx on the same interface: records the node's own outbound flows
  *                so their replies pass, and cuts egress in quarantine.
  *
+ * Egress by domain (issue 15 part 5): on a node an FQDN policy restricts (CFG_EGRESS),
+ * a new outbound flow passes only to the management path or to an address of seg_fqdn
+ * (the policy's DNS resolvers, and what DNS answers for allowed names gave, until their
+ * TTL ends). Those answers come from seg_ingress: a reply to a UDP flow the node opened
+ * to port 53 is copied to the seg_dns ring, where the agent parses it.
+ *
  * Every decision has a verdict; each verdict has a per-CPU counter, and every drop
  * (or, in observe mode, every would-be drop) is reported through a ring buffer behind
  * an in-kernel token bucket, whose refusals are counted too.
@@ -116,6 +122,26 @@ struct {
 } seg_pol_counters SEC(".maps");
 
 struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct fqdn_key);
+	__type(value, struct fqdn_val);
+} seg_fqdn SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1024);
+	__type(key, __u32);
+	__type(value, struct fqdn_rule);
+} seg_fqdn_rules SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 256 * 1024);
+} seg_dns SEC(".maps");
+
+struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 65536);
 	__type(key, struct flow_key);
@@ -161,6 +187,8 @@ struct pkt {
 	__u8 pol_flags;   /* POLF_*: set with pol_counter by a label policy's entry */
 	__u16 pol_index;  /* that entry's policy (seg_policies index) */
 	__u32 pol_counter; /* the policy edge whose counters this packet goes to, 0: none */
+	__u16 l4_off;     /* IPv4: the L4 header's offset from the frame's start */
+	__u16 l4_len;     /* IPv4: its length with the payload */
 };
 
 #define POLF_OBSERVE 1 /* the policy is in observe mode */
@@ -280,6 +308,8 @@ static __always_inline __u32 parse(void *data, void *data_end, __u32 pkt_len, st
 		return V_DROP_FRAGMENT; /* no L4 header to match: later fragments never pass */
 
 	l4 = (void *)ip + hlen;
+	p->l4_off = sizeof(*eth) + hlen;
+	p->l4_len = tot - hlen;
 	switch (p->proto) {
 	case IPPROTO_TCP: {
 		struct tcphdr *tcp = l4;
@@ -497,6 +527,17 @@ static __always_inline __u32 match_edges(const struct config *cfg, const struct 
 	return reason;
 }
 
+static __always_inline void fqdn_key_set(struct fqdn_key *k, __u32 dst, __u16 dport,
+					 __u8 proto)
+{
+	__u32 *w = (__u32 *)k;
+
+	w[0] = dst;
+	w[1] = W16(dport, proto);
+}
+_Static_assert(sizeof(struct fqdn_key) == 8 && __builtin_offsetof(struct fqdn_key, dport) == 4,
+	       "fqdn_key words");
+
 static __always_inline int mgmt_match(__u8 proto, __u16 lport, __u16 rport, __u32 peer)
 {
 	struct mgmt_net_key nk = { .prefixlen = 32, .peer = peer };
@@ -613,42 +654,85 @@ static __always_inline __u32 decide_ingress(const struct config *cfg, struct pkt
 	return v;
 }
 
+/* Whether a restricted node may open a flow to ``p``'s destination: the management path,
+ * or a live seg_fqdn entry for its port (or for any port). ``now``: the coarse clock (a
+ * learned entry may outlive its TTL by a tick). */
+static __always_inline int egress_allowed(const struct pkt *p, __u64 now)
+{
+	struct fqdn_key k;
+	struct fqdn_val *v;
+
+	fqdn_key_set(&k, p->dst, edge_port(p), p->proto);
+	v = bpf_map_lookup_elem(&seg_fqdn, &k);
+	if (!v) {
+		fqdn_key_set(&k, p->dst, 0, 0);
+		v = bpf_map_lookup_elem(&seg_fqdn, &k);
+	}
+	if (v && (!v->expires_ns || (__s64)(v->expires_ns - now) > 0))
+		return 1;
+	return mgmt_match(p->proto, p->sport, p->dport, p->dst);
+}
+
+/* A restricted node's new flow to ``p``: V_PASS_EGRESS when allowed, else V_DROP_EGRESS
+ * (in observe mode the caller passes it, and its flow is still recorded below, so the
+ * replies pass as they would without the restriction). */
+#define EGRESS_CHECK(cfg, p, now)                                                     \
+	((((cfg)->flags & CFG_EGRESS) && !egress_allowed(p, now)) ? V_DROP_EGRESS           \
+								     : V_PASS_EGRESS)
+
 static __always_inline __u32 decide_egress(const struct config *cfg, struct pkt *p, __u64 now)
 {
 	struct flow_key fk;
 	struct flow_val fresh = { .last_seen_ns = now, .outbound = 1 };
 	struct flow_val *f;
+	__u32 v = V_PASS_EGRESS;
 
 	if (cfg->quarantine)
 		return mgmt_match(p->proto, p->sport, p->dport, p->dst) ? V_PASS_MGMT
 									: V_DROP_QUARANTINE;
 	flow_key_set(&fk, p->dst, p->src, p->dport, p->sport, p->proto);
+	/* a flow the node opened, or the reply to an inbound flow an edge admitted, is no
+	 * new flow: only new ones meet the egress restriction */
 	switch (p->proto) {
 	case IPPROTO_TCP:
 		f = bpf_map_lookup_elem(&seg_flows, &fk);
-		if (f && f->outbound)
+		if (f && f->outbound) {
 			f->last_seen_ns = now;
-		else if ((p->tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == TCP_FLAG_SYN)
+			break;
+		}
+		if (!f)
+			v = EGRESS_CHECK(cfg, p, now);
+		if ((p->tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == TCP_FLAG_SYN &&
+		    (v == V_PASS_EGRESS || (cfg->flags & CFG_EGRESS_OBSERVE)))
 			bpf_map_update_elem(&seg_flows, &fk, &fresh, BPF_ANY);
 		break;
 	case IPPROTO_UDP:
 		f = bpf_map_lookup_elem(&seg_flows, &fk);
-		if (f && f->outbound)
+		if (f && f->outbound) {
 			f->last_seen_ns = now;
-		else if (!f || (__s64)(now - f->last_seen_ns) >= (__s64)cfg->flow_timeout_ns)
+			break;
+		}
+		if (f && (__s64)(now - f->last_seen_ns) < (__s64)cfg->flow_timeout_ns)
+			break; /* the reply of an inbound flow */
+		v = EGRESS_CHECK(cfg, p, now);
+		if (v == V_PASS_EGRESS || (cfg->flags & CFG_EGRESS_OBSERVE))
 			bpf_map_update_elem(&seg_flows, &fk, &fresh, BPF_ANY);
 		break;
 	case IPPROTO_ICMP:
+		/* echo requests open flows; other messages answer something ingress decided */
 		if (p->icmp_type == ICMP_ECHO) {
+			v = EGRESS_CHECK(cfg, p, now);
 			/* the reply comes back with type 0 and the same identifier */
 			flow_key_set(&fk, p->dst, p->src, 0, p->dport, p->proto);
-			bpf_map_update_elem(&seg_flows, &fk, &fresh, BPF_ANY);
+			if (v == V_PASS_EGRESS || (cfg->flags & CFG_EGRESS_OBSERVE))
+				bpf_map_update_elem(&seg_flows, &fk, &fresh, BPF_ANY);
 		}
 		break;
 	default:
+		v = EGRESS_CHECK(cfg, p, now);
 		break;
 	}
-	return V_PASS_EGRESS;
+	return v;
 }
 
 static __always_inline __u32 decide_l2(const struct config *cfg, __u32 parsed, struct pkt *p)
@@ -684,9 +768,40 @@ static __always_inline void pol_count(__u32 counter, __u32 verdict, int observe,
 	}
 }
 
-/* Returns 1 to pass, 0 to drop. */
+/* Copy a DNS answer (the UDP payload of ``p``, at most DNS_CAPTURE_MAX bytes) to seg_dns
+ * for the agent. */
+static __always_inline void dns_capture(struct xdp_md *ctx, const struct pkt *p)
+{
+	__u32 off, n;
+	struct dns_rec *r;
+
+	if (p->l4_len < sizeof(struct udphdr) + 12)
+		return; /* shorter than a DNS header */
+	off = p->l4_off + sizeof(struct udphdr);
+	n = p->l4_len - sizeof(struct udphdr);
+	r = aegis_reserve(&seg_dns, &seg_counters, sizeof(*r), SLOT_DNS_LOST);
+	if (!r)
+		return;
+	r->ts_ns = bpf_ktime_get_ns();
+	r->server = p->src;
+	r->client = p->dst;
+	r->orig_len = n;
+	r->ifindex = ctx->ingress_ifindex;
+	if (n > DNS_CAPTURE_MAX)
+		n = DNS_CAPTURE_MAX;
+	r->len = n;
+	if (n < 1 || bpf_xdp_load_bytes(ctx, off, r->data, n)) {
+		bpf_ringbuf_discard(r, 0);
+		return;
+	}
+	bpf_ringbuf_submit(r, 0);
+	count(SLOT_DNS_SENT);
+}
+
+/* Returns 1 to pass, 0 to drop. ``xdp``: the ingress program's context (NULL on egress),
+ * for copying DNS answers. */
 static __always_inline int segment(void *data, void *data_end, __u32 pkt_len, __u32 dir,
-				   __u32 ifindex)
+				   __u32 ifindex, struct xdp_md *xdp)
 {
 	__u32 zero = 0, v, slot;
 	const struct config *cfg = bpf_map_lookup_elem(&seg_config, &zero);
@@ -703,9 +818,11 @@ static __always_inline int segment(void *data, void *data_end, __u32 pkt_len, __
 	else if (v == V_PASS_EDGE)
 		v = dir == DIR_INGRESS ? decide_ingress(cfg, &p, now) : decide_egress(cfg, &p, now);
 
-	/* a policy in observe mode passes its own drops (V_DROP_POLICY) only */
+	/* a policy in observe mode passes its own drops (V_DROP_POLICY) only; an egress
+	 * restriction in observe mode its own (V_DROP_EGRESS) */
 	observe = v >= V_FIRST_DROP && (cfg->mode == MODE_OBSERVE ||
-					(v == V_DROP_POLICY && (p.pol_flags & POLF_OBSERVE)));
+					(v == V_DROP_POLICY && (p.pol_flags & POLF_OBSERVE)) ||
+					(v == V_DROP_EGRESS && (cfg->flags & CFG_EGRESS_OBSERVE)));
 	slot = dir * SLOT_DIR + (observe ? SLOT_OBSERVED : 0) + (v & 31);
 	count(slot);
 	if (p.pol_counter)
@@ -713,6 +830,11 @@ static __always_inline int segment(void *data, void *data_end, __u32 pkt_len, __
 	if (v < V_FIRST_DROP) {
 		if (p.pol_flags & POLF_LOG)
 			report(cfg, &p, v, dir, 0, ifindex, pkt_len, now);
+		/* a reply to a UDP flow this node opened to port 53, when an FQDN policy
+		 * asks for DNS answers */
+		if (xdp && v == V_PASS_FLOW && p.proto == IPPROTO_UDP &&
+		    p.sport == bpf_htons(53) && (cfg->flags & CFG_DNS_LEARN))
+			dns_capture(xdp, &p);
 		return 1;
 	}
 	report(cfg, &p, v, dir, observe, ifindex, pkt_len, now);
@@ -725,7 +847,7 @@ int seg_ingress(struct xdp_md *ctx)
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
 
-	return segment(data, data_end, data_end - data, DIR_INGRESS, ctx->ingress_ifindex)
+	return segment(data, data_end, data_end - data, DIR_INGRESS, ctx->ingress_ifindex, ctx)
 		       ? XDP_PASS
 		       : XDP_DROP;
 }
@@ -750,8 +872,9 @@ int seg_egress(struct __sk_buff *skb)
 	/* headers of locally built packets are linear; pull if a driver left them paged */
 	if (skb->data_end - skb->data < want)
 		bpf_skb_pull_data(skb, want);
+
 	if (segment((void *)(long)SKB_FIELD(skb, data), (void *)(long)SKB_FIELD(skb, data_end),
-		    len, DIR_EGRESS, skb->ifindex))
+		    len, DIR_EGRESS, skb->ifindex, NULL))
 		return TC_ACT_OK;
 	return TC_ACT_SHOT;
 }

@@ -41,6 +41,7 @@ enum verdict {
 	V_DROP_FRAGMENT,
 	V_DROP_OTHER_L3,
 	V_DROP_POLICY, /* a label policy's drop: its explicit rule, or its pair's default */
+	V_DROP_EGRESS, /* egress restricted (FQDN policy): a destination no DNS answer named */
 	V__COUNT,
 };
 #define V_FIRST_DROP V_DROP_NO_EDGE
@@ -52,6 +53,8 @@ enum verdict {
 #define SLOT_EVENTS_SUPPRESSED 129
 #define SLOT_EVENTS_LOST 130
 #define SLOT_FLOW_CACHE_HIT 131 /* inbound packets passed by the established-flow cache */
+#define SLOT_DNS_SENT 132       /* DNS answers copied to seg_dns */
+#define SLOT_DNS_LOST 133       /* DNS answers not copied: seg_dns full */
 #define N_SLOTS 136
 
 struct config {
@@ -70,6 +73,53 @@ struct config {
 enum config_flags {
 	CFG_NO_FLOW_CACHE = 1 << 0, /* every inbound packet takes the full edge lookup */
 	CFG_POLICY = 1 << 1,        /* label policies are installed: look them up */
+	CFG_EGRESS = 1 << 2,        /* egress restricted: new flows only to seg_fqdn / mgmt */
+	CFG_EGRESS_OBSERVE = 1 << 3, /* ... in observe mode: pass and report would-be drops */
+	CFG_DNS_LEARN = 1 << 4,     /* copy DNS answers (replies from port 53) to seg_dns */
+};
+
+/* Egress by domain (issue 15 part 5): the addresses a node with an FQDN policy may open
+ * flows to. User space writes the DNS resolvers the policy names (never expire) and the
+ * addresses DNS answers gave for allowed names (expire at max(record TTL, a floor));
+ * port 0 with proto 0 is any port. */
+struct fqdn_key {
+	__u32 dst;
+	__u16 dport;
+	__u8 proto;
+	__u8 _pad;
+};
+
+enum fqdn_flags { FQDN_RESOLVER = 1 << 0, FQDN_LEARNED = 1 << 1 };
+
+struct fqdn_val {
+	__u64 expires_ns; /* absolute CLOCK_MONOTONIC ns, 0: never (resolvers) */
+	__u16 policy;     /* seg_policies index of the policy that allowed it */
+	__u8 flags;       /* enum fqdn_flags */
+	__u8 _pad;
+	__u32 rule;       /* seg_fqdn_rules index of the name pattern that matched, 0: none */
+};
+
+/* A name pattern of an FQDN policy: read by user space only (kept pinned, so a restarted
+ * agent learns from the same patterns without its controller). */
+#define FQDN_PATTERN_LEN 256
+struct fqdn_rule {
+	__u16 policy;  /* seg_policies index, 0: slot unused */
+	__u16 dport;   /* network order, 0: any */
+	__u8 proto;    /* 0: any */
+	__u8 _pad[3];
+	char pattern[FQDN_PATTERN_LEN]; /* api.example.test or *.pkg.example.test */
+};
+
+/* One DNS answer as it arrived (the UDP payload, cut at DNS_CAPTURE_MAX bytes). */
+#define DNS_CAPTURE_MAX 1232 /* the EDNS buffer size DNS Flag Day 2020 settled on */
+struct dns_rec {
+	__u64 ts_ns;
+	__u32 server;  /* the resolver that answered */
+	__u32 client;  /* this node's address */
+	__u16 len;     /* bytes in data */
+	__u16 orig_len; /* the whole payload's length */
+	__u32 ifindex;
+	__u8 data[DNS_CAPTURE_MAX];
 };
 
 /* Label policies (issue 15 part 4): compiled by the controller into per-node entries of

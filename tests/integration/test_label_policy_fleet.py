@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+import test_fqdn_egress as fqdn
 import yaml
 from test_agent_controller import _connect
 from test_agent_daemon import Daemon, _pinned_link_ids
@@ -209,6 +210,42 @@ def test_a_bad_policy_file_is_refused_naming_the_field_and_changes_nothing(
         fleet, POLICY.replace("role: web", "rack: r1"))))
     assert out.returncode != 0 and "policies[0].from.rack: unknown label key" in out.stderr
     assert fleet.server.ctl("segment", "policy", "show").stdout == before.stdout
+
+
+def test_a_to_fqdns_policy_reaches_the_node_and_restricts_its_egress(fleet: Fleet) -> None:
+    """Egress by domain through the real controller: ``segment policy set`` with a
+    to_fqdns entry for the db node, a signed order, the agent's filter; the node keeps
+    reaching its controller (the management path) while everything else it opens is
+    restricted to what the test DNS server answered for the allowed name."""
+    pair = fleet.daemon.lab.pair
+    for addr in (fqdn.API, fqdn.OTHER, fqdn.DNS_SERVER):
+        pair.run(pair.a, "ip", "addr", "add", f"{addr}/24", "dev", pair.a_if)
+    for addr in (fqdn.API, fqdn.OTHER):
+        fleet.daemon.lab.listen("a", addr, fqdn.PORT)
+    d = fleet.daemon
+    assert fqdn.reachable(d, fqdn.API) and fqdn.reachable(d, fqdn.OTHER)
+    text = POLICY + (f"  - {{name: db-out, from: {{role: db}}, to_fqdns: [api.example.test], "
+                     f"ports: [tcp/{fqdn.PORT}], resolvers: [{fqdn.DNS_SERVER}]}}\n")
+    fleet.ctl("segment", "policy", "set", str(_write(fleet, text)))
+    assert wait_until(fleet.last_push_done, 30)  # the order came over the management path
+    shown = json.loads(fleet.ctl("segment", "policy", "show"))["policies"]
+    assert shown[1]["to_fqdns"] == ["api.example.test"]
+    assert not fqdn.reachable(d, fqdn.API) and not fqdn.reachable(d, fqdn.OTHER)
+    with fqdn.dns_server(d):
+        assert fqdn.resolve(d, "api.example.test") == [fqdn.API]
+        assert wait_until(lambda: fqdn.learned(d) == 1, 10, 0.05)
+    assert fqdn.reachable(d, fqdn.API) and not fqdn.reachable(d, fqdn.OTHER)
+    # the controller still reaches the node and the node the controller: a new order runs
+    fleet.ctl("segment", "policy", "mode", "db-out", "observe")
+    assert wait_until(fleet.last_push_done, 30)
+    assert fqdn.reachable(d, fqdn.OTHER)  # observe: passed, reported
+    def egress_drops() -> set[tuple[str, bool]]:  # (destination, observed) at the controller
+        return {(x["dst"], x["observed"]) for x in (json.loads(line)["data"] for line in fleet.ctl(
+            "events", "--node", fleet.db, "--kind", "drop", "--limit", "1000").splitlines())
+            if x["verdict"] == "drop_egress"}
+
+    assert wait_until(lambda: {(fqdn.OTHER, True), (fqdn.OTHER, False),
+                               (fqdn.API, False)} <= egress_drops(), 30), egress_drops()
 
 
 def _write(fleet: Fleet, text: str) -> Path:

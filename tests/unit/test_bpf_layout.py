@@ -22,7 +22,8 @@ HEADERS = {"segment.h": [layout.CONFIG, layout.EDGE_KEY, layout.EDGE_VAL, layout
                          layout.MGMT_NET_KEY, layout.MGMT_NET_DATA,
                          layout.FLOW_KEY, layout.FLOW_VAL, layout.ATTACH, layout.SEG_EVENT,
                          layout.RATELIMIT, layout.POL_VAL, layout.POL_POLICY,
-                         layout.POL_COUNTERS],
+                         layout.POL_COUNTERS, layout.FQDN_KEY, layout.FQDN_VAL,
+                         layout.FQDN_RULE, layout.DNS_REC],
            "exec.h": [layout.EXEC_KEY, layout.EXEC_EVENT],
            "connect.h": [layout.CONNECT_EVENT, layout.CONNECT_MGMT_KEY],
            "scope.h": [layout.SCOPE]}

@@ -83,6 +83,9 @@ class SegmentConfig(_Strict):
     management: list[ManagementPeer] = Field(default_factory=list)
     edges: list[EdgeGrant] = Field(default_factory=list, description="'SPEC' or {edge, ttl, idle}")
     sweep_interval: Annotated[float, Field(gt=0)] = 5.0
+    fqdn_ttl_floor: Annotated[float, Field(ge=1, le=86400)] = Field(
+        60.0, description="egress by domain: an address learned from a DNS answer stays "
+        "allowed for max(the record's TTL, this many seconds)")
     policy_report_interval: Annotated[float, Field(gt=0)] = Field(
         60.0, description="seconds between reports of the label policies' counters (one "
         "`label_policy_counters` event per policy whose counters moved)")

@@ -34,6 +34,7 @@ from .bpf.segment import SegmentFilter
 from .bpf.syscall import BpfError, _libc, map_info
 from .config import AgentConfig
 from .control_server import ControlServer
+from .dns_learning import DnsLearner
 from .enforcement import Enforcement
 from .events import ExecDecoder, RingIds, from_record
 from .grant_usage import GrantUsage
@@ -100,6 +101,9 @@ class Agent:
         self._server: ControlServer | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._readers: dict[int, asyncio.TimerHandle | None] = {}  # fd -> re-arm timer
+        #: egress by domain: learns from the DNS answers the filter copies (seg_dns)
+        self.learner: DnsLearner | None = None
+        self._dns_fd: int | None = None
         self._rings: list[tuple[RingBatch, Any]] = []  # each ring and its decoder
         self._ring_sources: dict[int, str] = {}  # id(ring) -> exec, connect or segment
         self.drains: Counter[str] = Counter()  # ring drains per source (metrics)
@@ -298,6 +302,7 @@ class Agent:
             return
         try:
             if pending.previous is None:
+                self._stop_dns_learner()
                 if self._segment_reader is not None:
                     self._unwatch(self._segment_reader)
                     self._rings = [r for r in self._rings
@@ -346,6 +351,22 @@ class Agent:
             except (BpfError, OSError) as e:
                 self.record([agent_event("connect_monitor_unavailable", "warning",
                                           error=str(e))])
+
+    def _start_dns_learner(self) -> None:
+        """Learn from the DNS answers in seg_dns whenever some wait (those that came
+        while no agent ran are still in the pinned ring: learned now)."""
+        if self.segment is None:
+            return
+        self.learner = DnsLearner(self.segment, self.cfg.segment.fqdn_ttl_floor)
+        reader = self.learner.reader()
+        self._dns_fd = reader.fileno()
+        asyncio.get_running_loop().add_reader(self._dns_fd, reader.drain)
+        reader.drain()
+
+    def _stop_dns_learner(self) -> None:
+        if self._dns_fd is not None:
+            asyncio.get_running_loop().remove_reader(self._dns_fd)
+            self._dns_fd = None
 
     def _add_reader(self, part: PinnedObject) -> None:
         """Drain ``part``'s ring buffer into the spool whenever records wait."""
@@ -460,6 +481,7 @@ class Agent:
         return {"version": __version__, "pid": os.getpid(), "node_id": self.cfg.node_id,
                 "uptime_s": round(time.monotonic() - self.started, 1),
                 "segment": self.segment.status() if self.segment else None,
+                "dns_learning": dict(self.learner.counts) if self.learner else None,
                 "segment_unconfirmed_s": (round(max(0.0, self._unconfirmed.deadline
                                                     - time.time()), 1)
                                           if self._unconfirmed else None),
@@ -487,6 +509,10 @@ class Agent:
         states = self.segment.edges()
         events = self.grants.observe(states)
         gone = self.segment.sweep(states)
+        try:
+            self.segment.fqdn.sweep()
+        except (BpfError, OSError) as e:
+            log.warning("learned FQDN addresses not swept: %s", e)
         if gone:
             events.append(agent_event("edges_expired", edges=",".join(map(str, gone))))
         self.record(events)
@@ -548,6 +574,7 @@ class Agent:
         for part in (self.segment, self.execs, self.connects):
             if part is not None:
                 self._add_reader(part)
+        self._start_dns_learner()
         _trim_heap()
         self._server = ControlServer(self.cfg.control.socket, self.enforcement, self.spool,
                                      self.status, confirm=self.confirm)
@@ -592,6 +619,7 @@ class Agent:
         """Close handles; pins and enforcement stay."""
         for fd in list(self._readers):
             self._unwatch(fd)
+        self._stop_dns_learner()
         for ring, to_events in self._rings:  # what came since the last drain
             with contextlib.suppress(Exception):  # kept in the ring for the next start
                 self._drain(ring, to_events)

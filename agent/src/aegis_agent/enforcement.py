@@ -23,6 +23,7 @@ from typing import Any, Literal
 from aegis_protocol.commands import ENFORCEMENT_VERBS
 from aegis_protocol.events import Event, Scalar, Severity, agent_event
 
+from .bpf.fqdn import checked as fqdn_checked
 from .bpf.monitors import ConnectMonitor, ExecMonitor
 from .bpf.policy_edges import parse_modes
 from .bpf.segment import SegmentFilter
@@ -99,15 +100,21 @@ class Enforcement:
                           f"revoked {edge}" if found else f"{edge} was not granted",
                           edge=edge, found=found)
 
-    def segment_policy(self, policies: list[str], entries: list[str], *,
+    def segment_policy(self, policies: list[str], entries: list[str],
+                       fqdns: list[str] | None = None, resolvers: list[str] | None = None, *,
                        source: Source) -> Outcome:
-        """Replace the label policy entries (the controller's compiled policies)."""
+        """Replace the label policy entries and the FQDN egress rules (the controller's
+        compiled policies); everything is checked before anything is written."""
         seg = self._segment()
         modes = parse_modes(policies)
+        fqdns, resolvers = fqdns or [], resolvers or []
+        fqdn_checked(modes, fqdns, resolvers)
         done = seg.label_policies.apply(modes, entries)
+        done |= seg.fqdn.apply(seg.fqdn.policy_indexes(), modes, fqdns, resolvers)
         return self._done("segment-policy", source, {**done, "policies": modes},
                           f"label policies: {len(modes)} policies, {len(entries)} entries "
-                          f"({done['added']} added, {done['removed']} removed)",
+                          f"({done['added']} added, {done['removed']} removed), "
+                          f"{len(fqdns)} FQDN rules",
                           policies=",".join(f"{n}={m}" for n, m in sorted(modes.items()))[:1000],
                           entries=len(entries), **done)
 

@@ -49,6 +49,7 @@ METRIC_NAMES = frozenset({
     "aegis_agent_process_virtual_memory_bytes", "aegis_agent_process_start_time_seconds",
     "aegis_agent_process_open_fds", "aegis_agent_process_max_fds",
     "aegis_agent_label_policy_packets", "aegis_agent_label_policy_bytes",
+    "aegis_agent_fqdn_learned_addresses", "aegis_agent_dns_answers",
 })
 
 
@@ -90,6 +91,7 @@ class AgentCollector(Collector):
         lost.add_metric(["spool"], a.spool.dropped)
         yield from (events, lost, denied, suppressed, packets)
         yield from self._label_policies()
+        yield from self._fqdn()
         yield from self._rings()
         yield from self._spool()
         attach = GaugeMetricFamily("aegis_agent_bpf_attach_info", "1 for each enforcement "
@@ -118,6 +120,23 @@ class AgentCollector(Collector):
         except (BpfError, OSError) as e:
             log.warning("metrics: segment counters unreadable: %s", e)
             return None
+
+    def _fqdn(self) -> Iterator[Metric]:
+        learned = GaugeMetricFamily("aegis_agent_fqdn_learned_addresses", "Addresses (per "
+                                    "port) learned from DNS answers for FQDN egress "
+                                    "policies, not yet expired")
+        answers = CounterMetricFamily("aegis_agent_dns_answers", "DNS answers the agent "
+                                      "read for FQDN egress policies, per outcome",
+                                      labels=["outcome"])
+        if self.agent.segment is not None:
+            try:
+                learned.add_metric([], self.agent.segment.fqdn.status()["learned"])  # type: ignore[arg-type]
+            except (BpfError, OSError) as e:
+                log.warning("metrics: learned FQDN addresses unreadable: %s", e)
+        if self.agent.learner is not None:
+            for outcome, n in sorted(self.agent.learner.counts.items()):
+                answers.add_metric([outcome], n)
+        yield from (learned, answers)
 
     def _label_policies(self) -> Iterator[Metric]:
         packets = CounterMetricFamily("aegis_agent_label_policy_packets", "Packets of the "

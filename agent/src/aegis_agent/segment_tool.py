@@ -3,7 +3,7 @@
     aegis-agent segment --pin-dir /sys/fs/bpf/aegis/segment --iface eth0 attach
     aegis-agent segment --pin-dir ... grant '10.0.0.0/24 -> 192.0.2.2 tcp/22' --ttl 60
     aegis-agent segment --pin-dir ... quarantine on --management '192.0.2.10 tcp/22'
-    aegis-agent segment --pin-dir ... status | counters | edges | policies | detach
+    aegis-agent segment --pin-dir ... status | counters | edges | policies | fqdn | detach
     aegis-agent segment --pin-dir ... policy-mode web-db enforce   (one label policy)
 
 (``python -m aegis_agent.bpf ARGS`` is ``aegis-agent segment ARGS``.) Every command
@@ -22,6 +22,7 @@ import functools
 import json
 import logging
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import asdict
 
@@ -122,6 +123,12 @@ def cmd_segment_policies(_args: argparse.Namespace, seg: SegmentFilter,
 
 
 @_on_segment
+def cmd_segment_fqdn(_args: argparse.Namespace, seg: SegmentFilter, _e: Enforcement) -> object:
+    now = time.monotonic_ns()
+    return {**seg.fqdn.status(), "entries": [e.as_dict(now) for e in seg.fqdn.entries()]}
+
+
+@_on_segment
 def cmd_segment_policy_mode(args: argparse.Namespace, seg: SegmentFilter,
                             _e: Enforcement) -> object:
     seg.label_policies.set_mode(args.policy, args.mode)
@@ -149,7 +156,7 @@ def register_segment(groups: argparse._SubParsersAction) -> None:
     sp.add_argument("--ipv6", default="deny", choices=["allow", "deny", "filter"])
     for name, fn in (("detach", cmd_segment_detach), ("status", cmd_segment_status),
                      ("counters", cmd_segment_counters), ("edges", cmd_segment_edges),
-                     ("policies", cmd_segment_policies)):
+                     ("policies", cmd_segment_policies), ("fqdn", cmd_segment_fqdn)):
         verbs.add_parser(name).set_defaults(func=fn)
     sp = verbs.add_parser("grant")
     sp.set_defaults(func=cmd_segment_grant)

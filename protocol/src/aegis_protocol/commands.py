@@ -71,6 +71,8 @@ class Revoke(_EdgeVerb):
 
 #: Entries of one ``segment-policy`` order at most (a node's compiled label policies).
 MAX_POLICY_ENTRIES = 8192
+#: FQDN rules of one ``segment-policy`` order at most (the agent's seg_fqdn_rules holds 1023).
+MAX_FQDN_RULES = 1023
 
 
 class SegmentPolicy(_Verb):
@@ -83,6 +85,13 @@ class SegmentPolicy(_Verb):
     policies: Annotated[list[Annotated[str, Field(max_length=80)]], Field(max_length=1000)]
     entries: Annotated[list[Annotated[str, Field(max_length=200)]],
                        Field(max_length=MAX_POLICY_ENTRIES)]
+    #: egress by domain (issue 15 part 5), for the nodes an FQDN policy selects with
+    #: ``from``: ``POLICY PATTERN PROTO/PORT|any`` and ``POLICY ADDRESS`` (a DNS server
+    #: they may query); grammar in ``aegis_protocol.fqdn``. Empty (older controllers):
+    #: egress is not restricted.
+    fqdns: Annotated[list[Annotated[str, Field(max_length=400)]],
+                     Field(max_length=MAX_FQDN_RULES)] = []
+    resolvers: Annotated[list[Annotated[str, Field(max_length=120)]], Field(max_length=64)] = []
 
 
 class Quarantine(_Verb):

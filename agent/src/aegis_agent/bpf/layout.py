@@ -61,6 +61,9 @@ MAP_SEG_ATTACH = "seg_attach"
 MAP_SEG_POL_EDGES = "seg_pol_edges"
 MAP_SEG_POLICIES = "seg_policies"
 MAP_SEG_POL_COUNTERS = "seg_pol_counters"
+MAP_SEG_FQDN = "seg_fqdn"
+MAP_SEG_FQDN_RULES = "seg_fqdn_rules"
+MAP_SEG_DNS = "seg_dns"
 PROG_SEG_INGRESS = "seg_ingress"
 PROG_SEG_EGRESS = "seg_egress"
 
@@ -114,6 +117,7 @@ class Verdict(IntEnum):
     DROP_FRAGMENT = 13
     DROP_OTHER_L3 = 14
     DROP_POLICY = 15
+    DROP_EGRESS = 16
 
     @property
     def is_drop(self) -> bool:
@@ -144,6 +148,7 @@ SLOT_DIR = 64
 SLOT_OBSERVED = 32
 SLOT_EVENTS = {"sent": 128, "suppressed": 129, "lost": 130}
 SLOT_FLOW_CACHE_HIT = 131
+SLOT_DNS = {"sent": 132, "lost": 133}
 N_SLOTS = 136
 
 CONFIG = CStruct("config", "<", [
@@ -151,6 +156,25 @@ CONFIG = CStruct("config", "<", [
     ("flags", "I"), ("flow_timeout_ns", "Q"), ("event_cost_ns", "Q"), ("event_burst_ns", "Q")])
 CFG_NO_FLOW_CACHE = 1 << 0  # config.flags (older builds kept 0 there: padding)
 CFG_POLICY = 1 << 1  # label policies installed
+CFG_EGRESS = 1 << 2  # egress restricted (FQDN policy): new flows to seg_fqdn / mgmt only
+CFG_EGRESS_OBSERVE = 1 << 3  # ... in observe mode
+CFG_DNS_LEARN = 1 << 4  # DNS answers copied to seg_dns
+#: the config flags the controller's policies own (kept by a revert, see SegmentFilter.restore)
+CFG_POLICY_FLAGS = CFG_POLICY | CFG_EGRESS | CFG_EGRESS_OBSERVE | CFG_DNS_LEARN
+FQDN_KEY = CStruct("fqdn_key", "!", [("dst", "I"), ("dport", "H"), ("proto", "B"),
+                                     ("_pad", "x")])
+FQDN_RESOLVER, FQDN_LEARNED = 1, 2  # enum fqdn_flags
+FQDN_VAL = CStruct("fqdn_val", "<", [("expires_ns", "Q"), ("policy", "H"), ("flags", "B"),
+                                     ("_pad", "x"), ("rule", "I")])
+FQDN_PATTERN_LEN = 256
+FQDN_MAX_RULES = 1024  # seg_fqdn_rules (index 0 unused)
+FQDN_MAX_ENTRIES = 65536
+FQDN_RULE = CStruct("fqdn_rule", "<", [("policy", "H"), ("dport", "2s"), ("proto", "B"),
+                                       ("_pad", "3x"), ("pattern", f"{FQDN_PATTERN_LEN}s")])
+DNS_CAPTURE_MAX = 1232
+DNS_REC = CStruct("dns_rec", "<", [("ts_ns", "Q"), ("server", "4s"), ("client", "4s"),
+                                   ("len", "H"), ("orig_len", "H"), ("ifindex", "I"),
+                                   ("data", f"{DNS_CAPTURE_MAX}s")])
 POL_ACTIONS = {"allow": 0, "drop": 1, "log": 2}  # enum pol_action
 POL_VAL = CStruct("pol_val", "<", [
     ("counter", "I"), ("policy", "H"), ("action", "B"), ("_pad", "x")])
@@ -208,6 +232,9 @@ SEGMENT_MAPS: dict[str, MapSpec] = {
     MAP_SEG_POL_EDGES: MapSpec(EDGE_KEY.size, POL_VAL.size, MAP_HASH, 65536),
     MAP_SEG_POLICIES: MapSpec(4, POL_POLICY.size, MAP_ARRAY, POL_MAX_POLICIES),
     MAP_SEG_POL_COUNTERS: MapSpec(4, POL_COUNTERS.size, MAP_PERCPU_ARRAY, POL_MAX_COUNTERS),
+    MAP_SEG_FQDN: MapSpec(FQDN_KEY.size, FQDN_VAL.size, MAP_HASH, FQDN_MAX_ENTRIES),
+    MAP_SEG_FQDN_RULES: MapSpec(4, FQDN_RULE.size, MAP_ARRAY, FQDN_MAX_RULES),
+    MAP_SEG_DNS: MapSpec(0, 0, MAP_RINGBUF, 256 * 1024),
 }
 SEGMENT_PROGRAMS = (PROG_SEG_INGRESS, PROG_SEG_EGRESS)
 

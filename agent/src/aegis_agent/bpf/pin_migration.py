@@ -32,15 +32,6 @@ class OldPins:
     left_behind: list[str] = field(default_factory=list)  # maps not carried, with why
 
 
-def _read_rows(fd: int, key_size: int, value_size: int) -> dict[bytes, bytes]:
-    rows = {}
-    for key in list(syscall.map_keys(fd, key_size)):
-        raw = syscall.map_lookup(fd, key, value_size)
-        if raw is not None:
-            rows[key] = raw
-    return rows
-
-
 def _first(fd: int, value_size: int) -> bytes | None:
     return syscall.map_lookup(fd, bytes(4), value_size)
 
@@ -75,7 +66,7 @@ def read_old_pins(pin_dir: Path, maps: Mapping[str, MapSpec],
                 out.left_behind.append(f"{name} (key/value {info.key_size}/{info.value_size},"
                                        f" now {spec.key_size}/{spec.value_size})")
                 continue
-            out.rows[name] = _read_rows(fd, spec.key_size, spec.value_size)
+            out.rows[name] = syscall.map_rows(fd, spec.key_size, spec.value_size)
         return out
     finally:
         for fd, _info in fds.values():

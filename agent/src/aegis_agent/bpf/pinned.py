@@ -212,10 +212,12 @@ class PinnedObject:
         """One ring record as this component's record type."""
         raise NotImplementedError
 
-    def reader(self, sink: Callable[[Any], None]) -> RingReader[Any]:
-        """A reader of the ``RING`` map handing each decoded record to ``sink`` once,
-        before the ring advances past it; closed with this object."""
-        reader = RingReader(self.map_fd(self.RING), self.decode, sink)
+    def reader(self, sink: Callable[[Any], None], ring: str = "",
+               decode: Callable[[bytes], Any] | None = None) -> RingReader[Any]:
+        """A reader of the ``RING`` map (or of ``ring``, whose records ``decode`` reads)
+        handing each decoded record to ``sink`` once, before the ring advances past it;
+        closed with this object."""
+        reader = RingReader(self.map_fd(ring or self.RING), decode or self.decode, sink)
         self._readers.append(reader)
         return reader
 

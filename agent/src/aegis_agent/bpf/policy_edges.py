@@ -138,13 +138,9 @@ class LabelPolicies:
 
     def _entries(self) -> dict[bytes, tuple[int, int, int]]:
         """key -> (counter, policy index, action) of the installed entries."""
-        fd = self._fd(layout.MAP_SEG_POL_EDGES)
-        out = {}
-        for key in list(syscall.map_keys(fd, layout.EDGE_KEY.size)):
-            raw = syscall.map_lookup(fd, key, layout.POL_VAL.size)
-            if raw is not None:
-                out[key] = layout.POL_VAL.unpack(raw)
-        return out
+        rows = syscall.map_rows(self._fd(layout.MAP_SEG_POL_EDGES), layout.EDGE_KEY.size,
+                                layout.POL_VAL.size)
+        return {key: layout.POL_VAL.unpack(raw) for key, raw in rows.items()}
 
     def _counters(self, slot: int) -> dict[str, int]:
         ncpu = syscall.possible_cpus()

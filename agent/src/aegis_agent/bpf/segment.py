@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from . import layout, libbpf, syscall
 from .bpffs import PIN_ROOT, ensure_bpffs
 from .edges import Edge, EdgeSpecError, Peer
+from .fqdn import FqdnPolicies
 from .layout import (
     MAP_SEG_ATTACH,
     MAP_SEG_CONFIG,
@@ -57,7 +58,8 @@ LINK_PINS = ("link_xdp", "link_tc")
 POLICY_MAPS = (MAP_SEG_CONFIG, MAP_SEG_MGMT, MAP_SEG_MGMT_NETS, MAP_SEG_EDGES,
                MAP_SEG_EDGES_LPM)
 #: the controller's label policies: carried over a migration (their counters restart)
-LABEL_POLICY_MAPS = (layout.MAP_SEG_POLICIES, layout.MAP_SEG_POL_EDGES)
+LABEL_POLICY_MAPS = (layout.MAP_SEG_POLICIES, layout.MAP_SEG_POL_EDGES, layout.MAP_SEG_FQDN,
+                     layout.MAP_SEG_FQDN_RULES)
 _ONE = (1).to_bytes(4, "little")
 XDP_PASS, XDP_DROP = 2, 1
 TC_ACT_OK, TC_ACT_SHOT = 0, 2
@@ -580,7 +582,7 @@ class SegmentFilter(PinnedObject):
         the ``protected`` peers stay; so do the controller's label policies (not part of
         a snapshot: their switch in the config stays as it is too)."""
         now = self.config()
-        quarantined, labelled = now.quarantine, now.flags & layout.CFG_POLICY
+        quarantined, labelled = now.quarantine, now.flags & layout.CFG_POLICY_FLAGS
         snap = dict(snap)
         if MAP_SEG_MGMT in snap and MAP_SEG_MGMT_NETS not in snap:
             snap[MAP_SEG_MGMT_NETS] = _nets_of(snap[MAP_SEG_MGMT])
@@ -596,7 +598,7 @@ class SegmentFilter(PinnedObject):
                 syscall.map_update(fd, key, value)
         cfg = self.config()
         cfg.quarantine = quarantined
-        cfg.flags = (cfg.flags & ~layout.CFG_POLICY) | labelled
+        cfg.flags = (cfg.flags & ~layout.CFG_POLICY_FLAGS) | labelled
         self._write_config(cfg)
         if self.protected:  # an earlier policy may predate them: they stay all the same
             self.protect(self.protected)
@@ -689,6 +691,11 @@ class SegmentFilter(PinnedObject):
         """The controller's label policies in this filter (entries, modes, counters)."""
         return LabelPolicies(self)
 
+    @property
+    def fqdn(self) -> FqdnPolicies:
+        """Egress by domain: the FQDN rules, resolvers and learned addresses."""
+        return FqdnPolicies(self)
+
     # -- counters and events ------------------------------------------------------------
     def counters(self) -> dict[str, dict[str, int]]:
         """Per-verdict packet counts by direction (``would_drop_*``: observe mode),
@@ -747,4 +754,5 @@ class SegmentFilter(PinnedObject):
                 "tc_mode": info.tc_mode if info else None,
                 **self.policy(),
                 "edges": len(self.edges()),
-                "label_policies": self.label_policies.report()}
+                "label_policies": self.label_policies.report(),
+                "fqdn": self.fqdn.status()}

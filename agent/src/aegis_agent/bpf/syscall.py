@@ -222,6 +222,16 @@ def map_keys(fd: int, key_size: int) -> Iterator[bytes]:
         yield cur
 
 
+def map_rows(fd: int, key_size: int, value_size: int) -> dict[bytes, bytes]:
+    """Every key of a hash / LPM map with its value (keys deleted meanwhile left out)."""
+    rows = {}
+    for key in list(map_keys(fd, key_size)):
+        raw = map_lookup(fd, key, value_size)
+        if raw is not None:
+            rows[key] = raw
+    return rows
+
+
 def map_update_batch(fd: int, keys: bytes, values: bytes, count: int,
                      flags: int = BPF_ANY) -> int:
     """Update ``count`` elements in one call (keys and values packed back to back).

@@ -8,6 +8,17 @@ and their compilation into each node's filter entries. One YAML document::
         ports: [tcp/5432]       # tcp/N, udp/N or icmp
         action: allow           # allow | drop | log (log: allow and report each packet)
         mode: observe           # observe | enforce (default enforce)
+      - name: web-egress        # egress by domain (issue 15 part 5)
+        from: {role: web}       # the nodes whose egress it restricts
+        to_fqdns: [api.example.test, "*.pkg.example.test"]   # '*': exactly one label
+        ports: [tcp/443]        # tcp/N or udp/N; default: any port
+        resolvers: [10.0.0.53]  # the DNS servers they may query (udp and tcp port 53)
+        mode: enforce
+
+An entry with ``to_fqdns`` (instead of ``to``) restricts its ``from`` nodes' new outbound
+flows to its resolvers and to the addresses their DNS answers give for the names listed
+(learned by the agent, for max(record TTL, the agent's floor)), besides the management
+path; everything else is dropped (observe: passed and reported). Its action is allow.
 
 Checked as a whole before it replaces the policies in force (a refusal changes nothing):
 every key known; label keys among ``role``, ``env`` and those some node carries (the
@@ -28,10 +39,13 @@ a destination, and a destination that leaves trusted gets an empty set.
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
+
+from aegis_protocol.fqdn import FqdnError, check_pattern, check_port
 
 from ..access.policy import (
     BUILTIN_LABEL_KEYS,
@@ -44,7 +58,7 @@ from ..access.policy import (
 
 _PORT = re.compile(r"(tcp|udp)/(\d{1,5})")
 _TOP = {"policies"}
-_POLICY = {"name", "from", "to", "ports", "action", "mode"}
+_POLICY = {"name", "from", "to", "to_fqdns", "resolvers", "ports", "action", "mode"}
 ACTIONS = ("allow", "drop", "log")
 MODES = ("observe", "enforce")
 
@@ -57,8 +71,14 @@ class LabelPolicy:
     ports: tuple[str, ...]  # canonical: tcp/5432, udp/53, icmp
     action: Literal["allow", "drop", "log"]
     mode: Literal["observe", "enforce"]
+    fqdns: tuple[str, ...] = ()  # egress by domain: name patterns (then dst is empty)
+    resolvers: tuple[str, ...] = ()
 
     def document(self) -> dict[str, Any]:
+        if self.fqdns:
+            return {"name": self.name, "from": self.src, "to_fqdns": list(self.fqdns),
+                    "resolvers": list(self.resolvers), "ports": list(self.ports),
+                    "action": self.action, "mode": self.mode}
         return {"name": self.name, "from": self.src, "to": self.dst,
                 "ports": list(self.ports), "action": self.action, "mode": self.mode}
 
@@ -86,8 +106,7 @@ class PolicySet:
         if name not in {p.name for p in self.policies}:
             raise PolicyError(f"name: no label policy {name!r} (known: "
                               f"{', '.join(p.name for p in self.policies) or 'none'})")
-        return PolicySet(tuple(LabelPolicy(p.name, p.src, p.dst, p.ports, p.action,
-                                           mode if p.name == name else p.mode)  # type: ignore[arg-type]
+        return PolicySet(tuple(replace(p, mode=mode) if p.name == name else p  # type: ignore[arg-type]
                                for p in self.policies))
 
 
@@ -137,18 +156,77 @@ def _ports(value: object, where: str) -> tuple[str, ...]:
     return tuple(out)
 
 
+def _fqdn_policy(body: dict[str, Any], where: str, name: str, src: dict[str, str],
+                 mode: Any) -> LabelPolicy:
+    if "to" in body:
+        raise PolicyError(f"{where}: give 'to' (nodes by label) or 'to_fqdns' (DNS names), "
+                          "not both: write two policies")
+    if body.get("action", "allow") != "allow":
+        raise PolicyError(f"{where}.action: {body.get('action')!r}: a to_fqdns policy "
+                          "allows (what it does not allow is dropped)")
+    raw = body.get("to_fqdns")
+    if not isinstance(raw, list) or not raw:
+        raise PolicyError(f"{where}.to_fqdns: expected a non-empty list of DNS names, e.g. "
+                          "[api.example.test, \"*.pkg.example.test\"]")
+    fqdns: list[str] = []
+    for i, item in enumerate(raw):
+        try:
+            pattern = check_pattern(item)
+        except FqdnError as e:
+            raise PolicyError(f"{where}.to_fqdns[{i}]: {e}") from None
+        if pattern in fqdns:
+            raise PolicyError(f"{where}.to_fqdns[{i}]: {item!r} is listed twice")
+        fqdns.append(pattern)
+    servers = body.get("resolvers")
+    if not isinstance(servers, list) or not servers:
+        raise PolicyError(f"{where}.resolvers: expected a non-empty list of the DNS servers' "
+                          "IPv4 addresses its nodes query, e.g. [10.0.0.53]")
+    resolvers = []
+    for i, item in enumerate(servers):
+        try:
+            resolvers.append(str(ipaddress.IPv4Address(str(item))))
+        except ValueError:
+            raise PolicyError(f"{where}.resolvers[{i}]: {item!r} is not an IPv4 "
+                              "address") from None
+    return LabelPolicy(name, src, {}, _fqdn_ports(body.get("ports", ["any"]), where), "allow",
+                       mode, tuple(fqdns), tuple(dict.fromkeys(resolvers)))
+
+
+def _fqdn_ports(raw_ports: object, where: str) -> tuple[str, ...]:
+    """A to_fqdns entry's ports: tcp/N, udp/N or any."""
+    if not isinstance(raw_ports, list) or not raw_ports:
+        raise PolicyError(f"{where}.ports: expected a non-empty list, e.g. [tcp/443] (or "
+                          "leave it out: any port)")
+    ports: list[str] = []
+    for i, item in enumerate(raw_ports):
+        try:
+            proto, number = check_port(item)
+        except FqdnError as e:
+            raise PolicyError(f"{where}.ports[{i}]: {e}") from None
+        canonical = "any" if proto == "any" else f"{proto}/{number}"
+        if canonical in ports:
+            raise PolicyError(f"{where}.ports[{i}]: {item!r} is listed twice")
+        ports.append(canonical)
+    return tuple(ports)
+
+
 def _policy(raw: object, where: str, label_keys: set[str] | frozenset[str]) -> LabelPolicy:
     body = _mapping(raw, where, _POLICY)
     name = _name(body.get("name"), f"{where}.name")
     src = selector(body.get("from"), f"{where}.from", label_keys, "{role: web}")
+    mode = body.get("mode", "enforce")
+    if mode not in MODES:
+        raise PolicyError(f"{where}.mode: {mode!r} is not observe or enforce")
+    if "to_fqdns" in body:
+        return _fqdn_policy(body, where, name, src, mode)
+    for key in ("resolvers",):
+        if key in body:
+            raise PolicyError(f"{where}.{key}: only a to_fqdns policy has {key}")
     dst = selector(body.get("to"), f"{where}.to", label_keys, "{role: db}")
     ports = _ports(body.get("ports"), f"{where}.ports")
     action = body.get("action", "allow")
     if action not in ACTIONS:
         raise PolicyError(f"{where}.action: {action!r} is not allow, drop or log")
-    mode = body.get("mode", "enforce")
-    if mode not in MODES:
-        raise PolicyError(f"{where}.mode: {mode!r} is not observe or enforce")
     return LabelPolicy(name, src, dst, ports, action, mode)
 
 
@@ -157,6 +235,8 @@ def _no_conflict(policies: tuple[LabelPolicy, ...]) -> None:
         for j, b in enumerate(policies[:i]):
             if a.name == b.name:
                 raise PolicyError(f"policies[{i}].name: {a.name!r} is used by policies[{j}]")
+            if a.fqdns or b.fqdns:
+                continue  # egress by domain only allows: nothing to conflict with
             shared = sorted(set(a.ports) & set(b.ports))
             if (a.action != b.action and shared and _may_meet(a.src, b.src)
                     and _may_meet(a.dst, b.dst)):
@@ -168,13 +248,22 @@ def _no_conflict(policies: tuple[LabelPolicy, ...]) -> None:
 
 
 def compile_for(policies: PolicySet, trusted: list[Node]) -> dict[str, dict[str, Any]]:
-    """Per destination node id: ``{"policies": [NAME=MODE...], "entries": [...]}`` for the
-    ``segment-policy`` order (nodes no policy selects as a destination are left out)."""
+    """Per node id: ``{"policies": [NAME=MODE...], "entries": [...]}`` for the
+    ``segment-policy`` order, with ``fqdns`` and ``resolvers`` for a node a ``to_fqdns``
+    policy selects with ``from`` (nodes no policy selects are left out)."""
     out: dict[str, dict[str, Any]] = {}
     for dst in trusted:
         modes: dict[str, str] = {}
         entries: dict[tuple[str, str], str] = {}  # (src address, port or "") -> entry
+        fqdns: list[str] = []
+        resolvers: list[str] = []
         for p in policies.policies:
+            if p.fqdns:
+                if selects(p.src, dst.labels):
+                    modes[p.name] = p.mode
+                    fqdns += [f"{p.name} {f} {port}" for f in p.fqdns for port in p.ports]
+                    resolvers += [f"{p.name} {r}" for r in p.resolvers]
+                continue
             if not selects(p.dst, dst.labels):
                 continue
             for src in trusted:
@@ -186,7 +275,11 @@ def compile_for(policies: PolicySet, trusted: list[Node]) -> dict[str, dict[str,
                     entries.setdefault((src.address, port),
                                        f"{p.name} {p.action} {pair} {port}")
                 entries.setdefault((src.address, ""), f"{p.name} default {pair}")
-        if entries:
-            out[dst.node_id] = {"policies": [f"{n}={m}" for n, m in sorted(modes.items())],
-                                "entries": sorted(entries.values())}
+        if entries or fqdns:
+            body: dict[str, Any] = {
+                "policies": [f"{n}={m}" for n, m in sorted(modes.items())],
+                "entries": sorted(entries.values())}
+            if fqdns:  # only then: the digests of other nodes' sets stay as they were
+                body |= {"fqdns": fqdns, "resolvers": resolvers}
+            out[dst.node_id] = body
     return out

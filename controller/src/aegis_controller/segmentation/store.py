@@ -82,7 +82,7 @@ class LabelPolicies:
                                                 "label policy",
                                                 "aegis-controller segment policy set FILE")
         # validated when set: its label keys stand
-        keys = {k for p in doc["policies"] for side in ("from", "to") for k in p[side]}
+        keys = {k for p in doc["policies"] for side in ("from", "to") for k in p.get(side, {})}
         return version, parse(doc, frozenset(keys))
 
     def current(self) -> dict[str, Any]:
