@@ -15,6 +15,9 @@ long poll), a TCP service on the node. Then:
 - ``--idle-samples`` times: a grant, one connection, then silence: the time from that
   last packet until the controller records the idle revoke (the agent drops an edge idle
   for 60 s at its next sweep, every ``segment.sweep_interval`` = 5 s, and reports it).
+- ``--fleet N`` (off by default: it brings up a lab fleet, about 3 minutes) adds the
+  round of ``benchmarks/segment_rollout.py``: a label policy change → acknowledged by every
+  node's agent, and → seen in traffic on every node of a lab fleet of N nodes.
 
 Figures are printed, not asserted. Needs root.
 """
@@ -30,6 +33,7 @@ import time
 from pathlib import Path
 
 from .figures import percentile, report
+from .segment_rollout import rollout
 from .teardown import exit_on_sigterm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
@@ -124,8 +128,6 @@ def run(grants: int, idle_samples: int, interval: float) -> tuple[dict[str, floa
     return figures, {"grants": grants, "idle_samples": idle_samples,
                      "agent_round_interval_s": interval, "idle_timeout_s": IDLE,
                      "probe": "a new TCP connection every 3 ms from the user's namespace",
-                     "policy_change_to_enforced": "not measured here (needs label "
-                                                  "policies on the lab fleet)",
                      "load_average": " ".join(f"{x:.2f}" for x in os.getloadavg())}
 
 
@@ -138,13 +140,27 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--interval", type=float, default=10.0,
                    help="the agent's round interval in seconds (default 10, the agent's "
                         "default: orders come through the long poll)")
+    p.add_argument("--fleet", type=int, default=0, metavar="N",
+                   help="also time a label policy change on a lab fleet of N nodes "
+                        "(2 to 8; default 0: not run, it takes minutes)")
+    p.add_argument("--fleet-rounds", type=int, default=5,
+                   help="policy changes timed on the fleet (default 5)")
     args = p.parse_args(argv)
     if args.grants < 1 or args.idle_samples < 0 or args.interval <= 0:
         p.error("--grants must be >= 1, --idle-samples >= 0 and --interval > 0")
+    if args.fleet and not (2 <= args.fleet <= 8 and args.fleet_rounds >= 1):
+        p.error("--fleet must be 0 (off) or 2 to 8 nodes, --fleet-rounds >= 1")
     figures, notes = run(args.grants, args.idle_samples, args.interval)
+    if args.fleet:
+        more, more_notes = rollout(args.fleet, args.fleet_rounds,
+                                   lambda m: print(f"[bench] {m}", flush=True))
+        figures, notes = {**figures, **more}, {**notes, **more_notes}
+    else:
+        notes["policy_change_to_enforced"] = "not run (--fleet N: a lab fleet of N nodes)"
     report("access", figures,
            title="just-in-time access: request accepted → first packet passes; last packet "
-                 "→ idle revoke recorded:",
+                 "→ idle revoke recorded" + ("; label policy change → acked and enforced "
+                                             "on every fleet node:" if args.fleet else ":"),
            targets={"grant_to_first_packet_p50_ms": "<= 25",
                     "grant_to_first_packet_p99_ms": "<= 25",
                     "idle_revoke_late_max_s": "<= 5 (the agent's sweep interval)"},

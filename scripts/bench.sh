@@ -37,7 +37,7 @@ if want secrets; then
   run secrets "$@"
 fi
 if want access; then
-  echo "=== just-in-time access: request accepted -> first packet passes (p50/p99), idle revoke precision"
+  echo "=== just-in-time access: request accepted -> first packet passes (p50/p99), idle revoke precision (--fleet N: label policy change -> enforced on every node of a lab fleet)"
   run access "$@"
 fi
 if want recovery; then

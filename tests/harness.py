@@ -8,6 +8,7 @@ cleanup itself use them directly.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import struct
 import subprocess
@@ -54,13 +55,14 @@ def wait_until(pred, timeout: float = 60.0, step: float = 0.2) -> bool:
 # -- local fleet ------------------------------------------------------------------------
 @contextlib.contextmanager
 def local_fleet(prefix: str, size: int, caps: str = "base",
-                baked: bool = False) -> Iterator[LocalFleet]:
-    """A fleet of ``size`` nodes at capability level ``caps`` (``aegis_lab.naming.CAPS``:
-    ``admin`` for roles that mount or use a scratch netns, ``agent`` for the agent),
-    booted from the baked golden image when ``baked`` (``aegis_lab.bake``)."""
+                baked: bool = False, names: list[str] | None = None) -> Iterator[LocalFleet]:
+    """A fleet of ``size`` nodes (named ``names``, else node1..) at capability level
+    ``caps`` (``aegis_lab.naming.CAPS``: ``admin`` for roles that mount or use a scratch
+    netns, ``agent`` for the agent), booted from the baked golden image when ``baked``
+    (``aegis_lab.bake``)."""
     fleet = LocalFleet(prefix, PATHS)
     try:
-        fleet.up(size=size, caps=caps, baked=baked)
+        fleet.up(size=size, names=names, caps=caps, baked=baked)
         yield fleet
     finally:
         try:
@@ -70,6 +72,21 @@ def local_fleet(prefix: str, size: int, caps: str = "base",
 
 
 # -- network namespaces -------------------------------------------------------------------
+CLONE_NEWNET = 0x40000000
+
+
+def enter_netns(ns: str) -> None:
+    """Move the calling thread into network namespace ``ns`` (``/run/netns/ns``): the
+    initializer of a one-thread executor whose sockets live there."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    fd = os.open(f"/run/netns/{ns}", os.O_RDONLY)
+    try:
+        if libc.setns(fd, CLONE_NEWNET) != 0:
+            raise OSError(ctypes.get_errno(), f"setns {ns}")
+    finally:
+        os.close(fd)
+
+
 @dataclass(frozen=True)
 class NetnsPair:
     """Two namespaces joined by a veth pair: ``a`` (192.0.2.1) and ``b`` (192.0.2.2)."""

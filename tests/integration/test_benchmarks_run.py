@@ -58,3 +58,12 @@ def test_exec_benchmark_runs_paced_and_flat_out_with_its_policy() -> None:
     assert figures["paced_events_lost"] == 0, figures
     assert figures["agent_peak_rss_mb"] > 0
     assert "target <= 3" in out.stdout and "Falco users report 24" in out.stdout
+
+
+def test_access_benchmark_refuses_a_fleet_round_it_cannot_run() -> None:
+    """``--fleet N`` (the policy roll-out on a lab fleet, minutes: not run here) is checked
+    before anything starts: one node has no neighbour to probe from."""
+    out = subprocess.run([sys.executable, "-m", "benchmarks.access", "--fleet", "1"],
+                         capture_output=True, text=True, timeout=120, check=False, cwd=REPO)
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert "--fleet must be 0 (off) or 2 to 8 nodes" in out.stderr

@@ -9,7 +9,6 @@ and map changes come from this process, as a restarted agent would make them.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import json
 import os
 import shutil
@@ -25,21 +24,11 @@ from pathlib import Path
 import pytest
 
 from aegis_agent.bpf import SegmentFilter, syscall
-from harness import VENV_BIN, NetnsPair
+from harness import VENV_BIN, NetnsPair, enter_netns
 
 pytestmark = pytest.mark.integration
 
-CLONE_NEWNET = 0x40000000
-
-
-def _enter(ns: str) -> None:
-    libc = ctypes.CDLL(None, use_errno=True)
-    fd = os.open(f"/run/netns/{ns}", os.O_RDONLY)
-    try:
-        if libc.setns(fd, CLONE_NEWNET) != 0:
-            raise OSError(ctypes.get_errno(), f"setns {ns}")
-    finally:
-        os.close(fd)
+_enter = enter_netns  # the name the other modules import
 
 
 @dataclass
