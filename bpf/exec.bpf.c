@@ -11,6 +11,10 @@
  *               loader tries it first and falls back to SIGKILL, reporting which mode
  *               is active.
  *
+ * Each record names the sshd session processes above the exec'ing process (ssh_pid,
+ * ssh_pid_outer; see ssh_sessions below): the agent joins them with sshd's log, which
+ * names the certificate (key ID, serial) each session process accepted.
+ *
  * Records are in exec.h, shared with agent/src/aegis_agent/bpf/layout.py.
  */
 #include "vmlinux.h"
@@ -45,6 +49,70 @@ static __always_inline int denied(struct linux_binprm *bprm, struct exec_key *ke
 	return bpf_map_lookup_elem(&exec_deny, key) != NULL;
 }
 
+#define SSH_WALK 24 /* ancestors looked at: a session's commands nest deeper rarely */
+
+/* 1 when the task's comm is sshd's (OpenSSH's listener, its per-connection monitor and
+ * the session child keep the name across fork; OpenSSH 9.8+ calls them sshd-session). */
+static __always_inline int sshd_comm(struct task_struct *t)
+{
+	char c[6] = {};
+
+	bpf_probe_read_kernel(c, 5, __builtin_preserve_access_index(&t->comm));
+	return c[0] == 's' && c[1] == 's' && c[2] == 'h' && c[3] == 'd' &&
+	       (c[4] == 0 || c[4] == '-');
+}
+
+/* The tgid of task t at PID-namespace level ``level``; 0 when t is outside it. */
+static __always_inline __u32 pid_at(struct task_struct *t, unsigned int level)
+{
+	struct pid *p = BPF_CORE_READ(t, group_leader, thread_pid);
+	struct upid up = {};
+
+	if (!p || BPF_CORE_READ(p, level) < level || level > 32)
+		return 0;
+	bpf_probe_read_kernel(&up, sizeof(up),
+			      (void *)p + bpf_core_field_offset(struct pid, numbers) +
+				      level * bpf_core_type_size(struct upid));
+	return up.nr;
+}
+
+/* The sshd session processes above ``task``, nearest first. Going up the parents, a run
+ * of sshd processes is [session child,] monitor, listener: the listener's parent is
+ * not sshd (init, the container runtime), the monitor is the one just below the
+ * listener, and it is the process that logs "Accepted publickey ... ID <key id>".
+ * Inherited through fork and exec, so pipelines, subshells, setsid and renamed
+ * processes of the session all find it; a process outside every session finds none. */
+static __always_inline void ssh_sessions(struct task_struct *task, struct exec_event *e)
+{
+	unsigned int level = BPF_CORE_READ(task, thread_pid, level);
+	struct task_struct *t = BPF_CORE_READ(task, real_parent);
+	__u32 top = 0, below = 0, found = 0;
+
+	e->ssh_pid = 0;
+	e->ssh_pid_outer = 0;
+	for (int i = 0; i < SSH_WALK && t; i++) {
+		__u32 nr = pid_at(t, level);
+
+		if (nr && sshd_comm(t)) {
+			below = top;
+			top = nr;
+		} else {
+			if (below) {
+				if (!found)
+					e->ssh_pid = below;
+				else
+					e->ssh_pid_outer = below;
+				if (++found == 2)
+					break;
+			}
+			top = below = 0;
+			if (!nr || nr == 1)
+				break; /* outside the namespace, or its init */
+		}
+		t = BPF_CORE_READ(t, real_parent);
+	}
+}
+
 static __always_inline void report(struct task_struct *task, struct linux_binprm *bprm,
 				   struct exec_key *key, __u32 flags, __u32 tgid)
 {
@@ -66,6 +134,7 @@ static __always_inline void report(struct task_struct *task, struct linux_binprm
 	e->flags = flags | (BPF_CORE_READ(bprm, interp) != BPF_CORE_READ(bprm, filename)
 				    ? EXEC_INTERP : 0);
 	e->_pad = 0;
+	ssh_sessions(task, e);
 	bpf_get_current_comm(e->comm, sizeof(e->comm));
 	bpf_probe_read_kernel_str(e->filename, sizeof(e->filename), BPF_CORE_READ(bprm, filename));
 	bpf_ringbuf_submit(e, 0);

@@ -27,6 +27,10 @@ struct exec_event {
 	__u32 uid;
 	__u32 gid;
 	__u32 flags;
+	__u32 ssh_pid;	     /* the nearest sshd session (monitor) process above this one,
+			      * as its PID namespace sees it (what sshd logs); 0: none */
+	__u32 ssh_pid_outer; /* the next sshd session further up (an sshd started inside a
+			      * session, or a process named sshd made by the user); 0: none */
 	__u32 _pad;
 	char comm[16];
 	char filename[FILENAME_LEN];

@@ -10,13 +10,19 @@ user's public key and principal, valid until the grant's end, that logs in; an e
 revoke (or an idle drop) sends the node a signed revoke-ssh-cert order, after which sshd
 refuses the same, still valid certificate; a certificate past its window is refused.
 The network edge of the grant is test_access_datapath's (XDP): here the grant and revoke
-orders are only checked for their content."""
+orders are only checked for their content.
+
+The commands of a session reach the ledger the agent's way: the real exec monitor (BPF)
+names each exec's sshd session process, the agent's SshSessions joins it with sshd's log
+(through a syslog stand-in, see harness_sshd) and marks the grant, and the node posts the
+events to the controller's intake, which records them under the grant."""
 
 from __future__ import annotations
 
 import contextlib
 import json
 import shutil
+import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
@@ -29,13 +35,17 @@ import pytest
 from harness_idp import Idp, make_idp
 from harness_sshd import Sshd, keygen, sshd_in_netns
 
+from aegis_agent.bpf.monitors import ExecMonitor
 from aegis_agent.config import SshKrlConfig
+from aegis_agent.events import from_record
 from aegis_agent.measure import collect
 from aegis_agent.orders import FileReplayGuard, OrderExecutor
 from aegis_agent.revoked_keys import RevokedKeys
+from aegis_agent.ssh_sessions import SshSessions
 from aegis_protocol import routes
+from aegis_protocol.access import SESSION_GRANT
 from aegis_protocol.attestation import ExpectedProfile
-from aegis_protocol.events import EventBatch, agent_event
+from aegis_protocol.events import MAX_BATCH, Event, EventBatch, agent_event
 from aegis_protocol.signing import load_public_key
 from conftest import sub_prefix
 from harness import OpenBao, netns_pair
@@ -164,6 +174,14 @@ class Lab:
                            json=ack.model_dump(mode="json"))
                 assert r.status_code == 200, r.text
         return [(k, a, d) for (k, a), d in zip(done, acks, strict=True) if k != "attest"]
+
+    def post_events(self, events: list[Event]) -> None:
+        """``events`` sent to the controller as the node's agent sends them."""
+        with self.node.client(self.server) as c:
+            for i in range(0, len(events), MAX_BATCH):
+                batch = EventBatch(node_id=NODE, events=events[i:i + MAX_BATCH])
+                r = c.post(routes.EVENTS, json=batch.model_dump(mode="json"))
+                assert r.status_code == 200, r.text
 
     def access_events(self, request_id: str) -> list[dict]:
         out = self.server.ctl("ledger", "show")
@@ -354,6 +372,81 @@ def test_an_operator_revokes_a_certificate_by_hand(lab: Lab) -> None:
     assert done[1][2] == f"certificate serial {ssh['serial']} already in {lab.sshd.krl}"
 
 
+@pytest.fixture
+def execs() -> Iterator[ExecMonitor]:
+    mon = ExecMonitor(f"/sys/fs/bpf/{sub_prefix()}-exec")
+    try:
+        mon.start()
+        yield mon
+    finally:
+        mon.stop()
+
+
+def test_the_commands_of_a_session_go_on_the_ledger_under_its_grant(
+        lab: Lab, execs: ExecMonitor) -> None:
+    """id, a pipeline, a subshell and a child shell run in adam's session are recorded
+    under its grant with adam's identity; a second session open at the same time (another
+    certificate, another grant) and a command run on the node outside any session are
+    not."""
+    sessions = SshSessions(lab.sshd.syslog.path)
+    events: list[Event] = []
+    first, key, cert = lab.logged_in("adam-cmds", "15m")
+    other_key, other_cert = lab.tmp / "adam-other", lab.tmp / "adam-other-cert.pub"
+    other = lab.granted("adam", keygen(other_key), "15m")
+    other_cert.write_text(other["ssh"]["certificate"] + "\n")
+    assert [k for k, _, _ in lab.run_orders()] == ["grant"]
+    # the other session stays open while adam's runs, and runs commands of its own
+    second = subprocess.Popen(lab.sshd.ssh_argv(other_key, other_cert, "root",
+                                                "sleep 2; basename other-session"),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        out = lab.sshd.login(key, cert, command="id; ls /tmp | wc -l; sh -c 'echo hi'; "
+                             "(cat /dev/null; tail -n0 /dev/null)")
+        assert out.returncode == 0, out.stderr + lab.sshd.log()
+        assert "uid=0(root)" in out.stdout and out.stdout.rstrip().endswith("hi")
+        outside = subprocess.Popen(["basename", "outside-session"], stdout=subprocess.PIPE,
+                                   text=True)
+        assert outside.communicate(timeout=30)[0] == "outside-session\n"
+        b_out, b_err = second.communicate(timeout=30)
+        assert second.returncode == 0 and b_out == "other-session\n", b_err
+    finally:
+        if second.poll() is None:
+            second.kill()
+            second.wait()
+    # the agent's side: drain the monitor, mark, send everything it saw to the controller
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        batch = [from_record(r) for r in execs.wait(0.2)]
+        events += sessions.tag(batch)
+        names = {str(e.data.get("filename")).rsplit("/", 1)[-1] for e in events}
+        if {"tail", "basename"} <= names and not batch:
+            break
+    lab.post_events(events)
+    # the agent saw the exec outside every session, and marked it with no grant
+    (outside_ev,) = [e for e in events if e.data["pid"] == outside.pid]
+    assert outside_ev.data["comm"] == "basename" and SESSION_GRANT not in outside_ev.data
+    # ... and the ledger has adam's commands under his grant, with his identity
+    steps = [e for e in lab.access_events(first["request_id"])
+             if e["event"] == "session_command"]
+    ran = [s["filename"].rsplit("/", 1)[-1] for s in steps]
+    for command in ("id", "ls", "wc", "sh", "cat", "tail"):
+        assert command in ran, (command, ran)
+    assert "basename" not in ran and "sleep" not in ran, ran
+    principal = f"{lab.idp.tag}-adam"
+    assert all(s["user"]["name"] == principal and s["node"] == NODE for s in steps), steps
+    assert {s["ssh_serial"] for s in steps} == {first["ssh"]["serial"]}
+    assert all(s["uid"] == 0 and s["at_ns"] > 0 for s in steps)
+    # the other session's commands are under the other grant, not adam's first
+    theirs = [s["filename"].rsplit("/", 1)[-1] for s in lab.access_events(
+        other["request_id"]) if s["event"] == "session_command"]
+    assert "basename" in theirs and "sleep" in theirs and "id" not in theirs, theirs
+    assert lab.server.ctl("ledger", "verify").returncode == 0
+    for granted in (first, other):  # leave no grant open for the tests after
+        r = lab.call("adam", "POST", routes.access_one(granted["request_id"], "revoke"), {})
+        assert r.status_code == 200, r.text
+    lab.run_orders()
+
+
 def test_node_leaving_trusted_puts_its_certificates_on_the_krl(lab: Lab) -> None:
     """Last in the module: the node ends suspect."""
     granted, key, cert = lab.logged_in("adam-trust", "15m")
@@ -371,3 +464,4 @@ def test_node_leaving_trusted_puts_its_certificates_on_the_krl(lab: Lab) -> None
     lab.refused(key, cert)
     events = lab.access_events(granted["request_id"])
     assert events[-1]["event"] == "revoke" and len(events[-1]["krl_orders"]) == 1
+
