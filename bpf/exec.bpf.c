@@ -13,7 +13,8 @@
  *
  * Each record names the sshd session processes above the exec'ing process (ssh_pid,
  * ssh_pid_outer; see ssh_sessions below): the agent joins them with sshd's log, which
- * names the certificate (key ID, serial) each session process accepted.
+ * names the certificate (key ID, serial) each session process accepted. An exec inside a
+ * session also carries the start of its argv (struct exec_event_args).
  *
  * Records are in exec.h, shared with agent/src/aegis_agent/bpf/layout.py.
  */
@@ -82,14 +83,14 @@ static __always_inline __u32 pid_at(struct task_struct *t, unsigned int level)
  * listener, and it is the process that logs "Accepted publickey ... ID <key id>".
  * Inherited through fork and exec, so pipelines, subshells, setsid and renamed
  * processes of the session all find it; a process outside every session finds none. */
-static __always_inline void ssh_sessions(struct task_struct *task, struct exec_event *e)
+static __always_inline void ssh_sessions(struct task_struct *task, __u32 *ssh, __u32 *outer)
 {
 	unsigned int level = BPF_CORE_READ(task, thread_pid, level);
 	struct task_struct *t = BPF_CORE_READ(task, real_parent);
 	__u32 top = 0, below = 0, found = 0;
 
-	e->ssh_pid = 0;
-	e->ssh_pid_outer = 0;
+	*ssh = 0;
+	*outer = 0;
 	for (int i = 0; i < SSH_WALK && t; i++) {
 		__u32 nr = pid_at(t, level);
 
@@ -99,9 +100,9 @@ static __always_inline void ssh_sessions(struct task_struct *task, struct exec_e
 		} else {
 			if (below) {
 				if (!found)
-					e->ssh_pid = below;
+					*ssh = below;
 				else
-					e->ssh_pid_outer = below;
+					*outer = below;
 				if (++found == 2)
 					break;
 			}
@@ -113,12 +114,40 @@ static __always_inline void ssh_sessions(struct task_struct *task, struct exec_e
 	}
 }
 
-static __always_inline void report(struct task_struct *task, struct linux_binprm *bprm,
-				   struct exec_key *key, __u32 flags, __u32 tgid)
+/* The start of the new image's argv (current->mm is the new one at sched_process_exec;
+ * the kernel has just copied the strings there) into args, zero padded. */
+static __always_inline void read_args(struct task_struct *task, char *args)
 {
-	struct exec_event *e = aegis_reserve(&exec_events, &exec_stats, sizeof(*e), ST_LOST);
-	if (!e)
-		return;
+	unsigned long start = BPF_CORE_READ(task, mm, arg_start);
+	unsigned long len = BPF_CORE_READ(task, mm, arg_end) - start;
+
+	__builtin_memset(args, 0, EXEC_ARGS_LEN);
+	if (len > EXEC_ARGS_LEN - 1)
+		len = EXEC_ARGS_LEN - 1;
+	len &= EXEC_ARGS_LEN - 1;
+	if (len)
+		bpf_probe_read_user(args, len, (void *)start);
+}
+
+static __always_inline void report(struct task_struct *task, struct linux_binprm *bprm,
+				   struct exec_key *key, __u32 flags, __u32 tgid, int with_args)
+{
+	__u32 ssh, outer;
+	struct exec_event *e;
+
+	ssh_sessions(task, &ssh, &outer);
+	if (ssh && with_args) {
+		struct exec_event_args *ea = aegis_reserve(&exec_events, &exec_stats,
+							   sizeof(*ea), ST_LOST);
+		if (!ea)
+			return;
+		read_args(task, ea->args);
+		e = &ea->e;
+	} else {
+		e = aegis_reserve(&exec_events, &exec_stats, sizeof(*e), ST_LOST);
+		if (!e)
+			return;
+	}
 	__u64 ugid = bpf_get_current_uid_gid();
 	e->ktime_ns = bpf_ktime_get_ns();
 	e->ino = key->ino;
@@ -133,8 +162,9 @@ static __always_inline void report(struct task_struct *task, struct linux_binprm
 	 * interpreter, the script itself is no longer held */
 	e->flags = flags | (BPF_CORE_READ(bprm, interp) != BPF_CORE_READ(bprm, filename)
 				    ? EXEC_INTERP : 0);
+	e->ssh_pid = ssh;
+	e->ssh_pid_outer = outer;
 	e->_pad = 0;
-	ssh_sessions(task, e);
 	bpf_get_current_comm(e->comm, sizeof(e->comm));
 	bpf_probe_read_kernel_str(e->filename, sizeof(e->filename), BPF_CORE_READ(bprm, filename));
 	bpf_ringbuf_submit(e, 0);
@@ -154,7 +184,7 @@ int BPF_PROG(exec_trace, struct task_struct *task, pid_t old_pid, struct linux_b
 		aegis_count(&exec_stats, ST_DENIED);
 		flags |= EXEC_DENIED;
 	}
-	report(task, bprm, &key, flags, tgid);
+	report(task, bprm, &key, flags, tgid, 1);
 	return 0;
 }
 
@@ -169,7 +199,8 @@ int BPF_PROG(exec_lsm, struct linux_binprm *bprm, int ret)
 	if (!denied(bprm, &key))
 		return 0;
 	aegis_count(&exec_stats, ST_DENIED);
-	report(bpf_get_current_task_btf(), bprm, &key, EXEC_DENIED | EXEC_LSM, tgid);
+	/* before the exec: current's mm is still the old image's, no argv to read */
+	report(bpf_get_current_task_btf(), bprm, &key, EXEC_DENIED | EXEC_LSM, tgid, 0);
 	return -EPERM;
 }
 

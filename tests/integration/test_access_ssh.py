@@ -432,6 +432,10 @@ def test_the_commands_of_a_session_go_on_the_ledger_under_its_grant(
     for command in ("id", "ls", "wc", "sh", "cat", "tail"):
         assert command in ran, (command, ran)
     assert "basename" not in ran and "sleep" not in ran, ran
+    # with their arguments, as the kernel saw them
+    args = {s["args"] for s in steps}
+    for line in ("ls /tmp", "wc -l", "sh -c echo hi", "cat /dev/null", "tail -n0 /dev/null"):
+        assert line in args, (line, args)
     principal = f"{lab.idp.tag}-adam"
     assert all(s["user"]["name"] == principal and s["node"] == NODE for s in steps), steps
     assert {s["ssh_serial"] for s in steps} == {first["ssh"]["serial"]}

@@ -67,6 +67,11 @@ def test_an_exec_record_names_the_ssh_sessions_above_it() -> None:
     raw = layout.EXEC_EVENT.pack(7, 1234, 0, 100, 1, 0, 0, 0, 42, 7, b"id", b"/usr/bin/id")
     ev = from_record(ExecRecord.unpack(raw), OFFSET)
     assert (ev.data["ssh_pid"], ev.data["ssh_pid_outer"]) == (42, 7)
+    assert "args" not in ev.data
+    # inside a session the kernel appends the argv (NUL-separated, zero padded)
+    with_args = raw + b"ls\0-l\0/tmp\0".ljust(layout.EXEC_ARGS_LEN, b"\0")
+    ev = from_record(ExecRecord.unpack(with_args), OFFSET)
+    assert ev.data["args"] == "ls -l /tmp" and ev.data["filename"] == "/usr/bin/id"
 
 
 def test_connect_record_becomes_a_connect_event() -> None:

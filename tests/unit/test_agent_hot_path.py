@@ -134,7 +134,8 @@ def test_the_exec_decoder_makes_the_events_from_record_makes(flags: int) -> None
     ids = RingIds(5, boot_id="boot")
     raws = [(0, _exec_raw(flags)), (328, _exec_raw(flags, ino=2**64 - 1)),
             (656, _exec_raw(flags, ssh=(42, 0))), (984, _exec_raw(flags, ssh=(42, 7))),
-            (1312, _exec_raw_v1(flags))]
+            (1312, _exec_raw_v1(flags)),
+            (1640, _exec_raw(flags, ssh=(42, 0)) + b"id\0-u\0".ljust(layout.EXEC_ARGS_LEN, b"\0"))]
     fast = ExecDecoder(1_000, ids).events(raws)
     for (pos, raw), ev in zip(raws, fast, strict=True):
         slow = from_record(ExecRecord.unpack(raw), 1_000)

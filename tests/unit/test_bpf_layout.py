@@ -23,7 +23,7 @@ HEADERS = {"segment.h": [layout.CONFIG, layout.EDGE_KEY, layout.EDGE_VAL, layout
                          layout.FLOW_KEY, layout.FLOW_VAL, layout.ATTACH, layout.SEG_EVENT,
                          layout.RATELIMIT, layout.POL_VAL, layout.POL_POLICY,
                          layout.POL_COUNTERS],
-           "exec.h": [layout.EXEC_KEY, layout.EXEC_EVENT],
+           "exec.h": [layout.EXEC_KEY, layout.EXEC_EVENT, layout.EXEC_EVENT_ARGS],
            "connect.h": [layout.CONNECT_EVENT, layout.CONNECT_MGMT_KEY],
            "scope.h": [layout.SCOPE]}
 PRELUDE = ('#include "vmlinux.h"\n#include <bpf/bpf_helpers.h>\n#include <bpf/bpf_tracing.h>\n'

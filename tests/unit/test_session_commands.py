@@ -44,7 +44,8 @@ def command(ts_ns: int, filename: str, grant: str = "r-adam", serial: str = "77"
             pid: int = 100) -> Event:
     return Event(ts_ns=ts_ns, kind="exec", data={
         "pid": pid, "ppid": 99, "uid": 0, "gid": 0, "comm": Path(filename).name,
-        "filename": filename, "ino": 1, "dev": 2, "ssh_pid": 42, SESSION_GRANT: grant,
+        "filename": filename, "args": f"{Path(filename).name} -x", "ino": 1, "dev": 2,
+        "ssh_pid": 42, SESSION_GRANT: grant,
         SESSION_SERIAL: serial})
 
 
@@ -63,7 +64,7 @@ def test_marked_commands_go_on_the_ledger_under_the_grant_with_its_user(ctl) -> 
     assert [(s["event"], s["filename"], s["pid"]) for s in got] == [
         ("session_command", "/usr/bin/id", 100), ("session_command", "/usr/bin/ls", 101)]
     assert got[0]["user"] == {"sub": "sub-r-adam", "name": "adam", "groups": ["admins"]}
-    assert got[0]["node"] == "n1" and got[0]["at_ns"] == T0 + 1
+    assert got[0]["node"] == "n1" and got[0]["at_ns"] == T0 + 1 and got[0]["args"] == "id -x"
     assert got[0]["ssh_serial"] == "77"
     assert steps(ctl, "r-eve") == []
     # resent (at-least-once delivery): stored once, recorded once

@@ -28,6 +28,7 @@ from .bpf.layout import (
     ConnectRecord,
     DropRecord,
     ExecRecord,
+    exec_args,
     exec_raw_current,
     user_dev,
 )
@@ -66,7 +67,8 @@ def exec_event(r: ExecRecord, offset_ns: int) -> Event:
               **({"enforced_by": r.enforced_by} if r.denied else {}),
               **({"interpreted": True} if r.interpreted else {}),
               **({"ssh_pid": r.ssh_pid} if r.ssh_pid else {}),
-              **({"ssh_pid_outer": r.ssh_pid_outer} if r.ssh_pid_outer else {})})
+              **({"ssh_pid_outer": r.ssh_pid_outer} if r.ssh_pid_outer else {}),
+              **({"args": r.args} if r.args is not None else {})})
 
 
 def connect_event(r: ConnectRecord, offset_ns: int) -> Event:
@@ -147,6 +149,7 @@ class ExecDecoder:
 
     def events(self, batch: list[tuple[int, bytes]]) -> list[Event]:
         unpack, ids, offset = EXEC_EVENT.unpack_from, self.ids, self.offset_ns
+        size = EXEC_EVENT.size
         devs = self._devs
         out = []
         for pos, record in batch:
@@ -171,6 +174,8 @@ class ExecDecoder:
                 data["ssh_pid"] = ssh_pid
                 if ssh_outer:
                     data["ssh_pid_outer"] = ssh_outer
+                if len(record) > size:
+                    data["args"] = exec_args(record)
             out.append(trusted_event({"id": ids(pos), "ts_ns": ktime + offset, "kind": kind,
                                       "severity": severity, "data": data}))
         return out

@@ -1,6 +1,7 @@
 """Commands of an SSH grant's session on the ledger: one ``session_command`` step per
 command under the grant (``access:<request id>``), with the grant's user identity, the
-node, the file executed, pid, parent pid, uid and the time the node's kernel saw it.
+node, the file executed and the start of its argv (``args``, 255 bytes at most), pid,
+parent pid, uid and the time the node's kernel saw it.
 
 The node's agent marks the exec events of a session with the grant's request id and the
 certificate's serial (``aegis_protocol.access.SESSION_GRANT`` / ``SESSION_SERIAL``, see
@@ -119,7 +120,8 @@ class SessionCommands:
         d = ev.data
         rec.append(Kind.ACCESS_GRANT, f"access:{request_id}", {
             "event": "session_command", "user": m.user, "node": node_id,
-            "filename": d.get("filename"), "comm": d.get("comm"), "pid": d.get("pid"),
+            "filename": d.get("filename"), "args": d.get("args"), "comm": d.get("comm"),
+            "pid": d.get("pid"),
             "ppid": d.get("ppid"), "uid": d.get("uid"), "at_ns": ev.ts_ns,
             "ssh_serial": row.ssh_serial, "denied": ev.kind == "exec_denied",
             "agent_event": str(ev.id)}, actor=f"node:{node_id}")
