@@ -400,10 +400,13 @@ def test_the_commands_of_a_session_go_on_the_ledger_under_its_grant(
                                                 "sleep 2; basename other-session"),
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
+        # a pipeline, a child shell, a subshell, a new session (setsid) and a process
+        # renamed sshd (the walk must not stop at a look-alike of the session's sshd)
         out = lab.sshd.login(key, cert, command="id; ls /tmp | wc -l; sh -c 'echo hi'; "
-                             "(cat /dev/null; tail -n0 /dev/null)")
+                             "(cat /dev/null; tail -n0 /dev/null); setsid -w uname -s; "
+                             "cp /bin/sh /tmp/sshd && /tmp/sshd -c '/tmp/sshd -c \"id -u\"'")
         assert out.returncode == 0, out.stderr + lab.sshd.log()
-        assert "uid=0(root)" in out.stdout and out.stdout.rstrip().endswith("hi")
+        assert "uid=0(root)" in out.stdout and "hi\nLinux\n0\n" in out.stdout, out.stdout
         outside = subprocess.Popen(["basename", "outside-session"], stdout=subprocess.PIPE,
                                    text=True)
         assert outside.communicate(timeout=30)[0] == "outside-session\n"
@@ -429,12 +432,13 @@ def test_the_commands_of_a_session_go_on_the_ledger_under_its_grant(
     steps = [e for e in lab.access_events(first["request_id"])
              if e["event"] == "session_command"]
     ran = [s["filename"].rsplit("/", 1)[-1] for s in steps]
-    for command in ("id", "ls", "wc", "sh", "cat", "tail"):
+    for command in ("id", "ls", "wc", "sh", "cat", "tail", "uname"):
         assert command in ran, (command, ran)
     assert "basename" not in ran and "sleep" not in ran, ran
     # with their arguments, as the kernel saw them
     args = {s["args"] for s in steps}
-    for line in ("ls /tmp", "wc -l", "sh -c echo hi", "cat /dev/null", "tail -n0 /dev/null"):
+    for line in ("ls /tmp", "wc -l", "sh -c echo hi", "cat /dev/null", "tail -n0 /dev/null",
+                 "setsid -w uname -s", "uname -s", "id -u"):
         assert line in args, (line, args)
     principal = f"{lab.idp.tag}-adam"
     assert all(s["user"]["name"] == principal and s["node"] == NODE for s in steps), steps
