@@ -24,8 +24,9 @@ import json
 import shutil
 import subprocess
 import tempfile
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,8 +37,9 @@ from harness_idp import Idp, make_idp
 from harness_sshd import Sshd, keygen, sshd_in_netns
 
 from aegis_agent.bpf.monitors import ExecMonitor
+from aegis_agent.bpf.syscall import map_info
 from aegis_agent.config import SshKrlConfig
-from aegis_agent.events import from_record
+from aegis_agent.events import ExecDecoder, RingIds, wall_offset_ns
 from aegis_agent.measure import collect
 from aegis_agent.orders import FileReplayGuard, OrderExecutor
 from aegis_agent.revoked_keys import RevokedKeys
@@ -372,24 +374,71 @@ def test_an_operator_revokes_a_certificate_by_hand(lab: Lab) -> None:
     assert done[1][2] == f"certificate serial {ssh['serial']} already in {lab.sshd.krl}"
 
 
+class Drain:
+    """The daemon's exec path on the real exec monitor, from a thread that starts at once
+    (the ring is the host's: a busy host must not fill it while the test runs): ring
+    batches through the exec decoder and the session marks, released once kept."""
+
+    def __init__(self, mon: ExecMonitor, sessions: SshSessions) -> None:
+        self.ring = mon.batch()
+        self.to_events = sessions.marking(ExecDecoder(
+            wall_offset_ns(), RingIds(map_info(self.ring.fileno()).id)).events)
+        self.events: list[Event] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            records = self.ring.pending()
+            if records:
+                events = self.to_events(records)
+                self.ring.release()
+                with self._lock:
+                    self.events += events
+            else:
+                self._stop.wait(0.05)
+
+    def until(self, done: Callable[[list[Event]], bool], timeout: float = 10) -> list[Event]:
+        """Every event drained once ``done`` holds for them (or ``timeout`` passed) and one
+        more round found the ring empty; the thread is stopped."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self._lock:
+                if done(self.events):
+                    break
+            time.sleep(0.1)
+        time.sleep(0.3)
+        self.stop()
+        return self.events
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+
 @pytest.fixture
-def execs() -> Iterator[ExecMonitor]:
+def drain(lab: Lab) -> Iterator[Drain]:
+    """The real exec monitor (its own pins) drained the daemon's way from now on."""
     mon = ExecMonitor(f"/sys/fs/bpf/{sub_prefix()}-exec")
     try:
         mon.start()
-        yield mon
+        d = Drain(mon, SshSessions(lab.sshd.syslog.path))
+        try:
+            yield d
+        finally:
+            d.stop()
     finally:
         mon.stop()
 
 
 def test_the_commands_of_a_session_go_on_the_ledger_under_its_grant(
-        lab: Lab, execs: ExecMonitor) -> None:
+        lab: Lab, drain: Drain) -> None:
     """id, a pipeline, a subshell and a child shell run in adam's session are recorded
     under its grant with adam's identity; a second session open at the same time (another
     certificate, another grant) and a command run on the node outside any session are
     not."""
-    sessions = SshSessions(lab.sshd.syslog.path)
-    events: list[Event] = []
     first, key, cert = lab.logged_in("adam-cmds", "15m")
     other_key, other_cert = lab.tmp / "adam-other", lab.tmp / "adam-other-cert.pub"
     other = lab.granted("adam", keygen(other_key), "15m")
@@ -416,14 +465,9 @@ def test_the_commands_of_a_session_go_on_the_ledger_under_its_grant(
         if second.poll() is None:
             second.kill()
             second.wait()
-    # the agent's side: drain the monitor, mark, send everything it saw to the controller
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        batch = [from_record(r) for r in execs.wait(0.2)]
-        events += sessions.tag(batch)
-        names = {str(e.data.get("filename")).rsplit("/", 1)[-1] for e in events}
-        if {"tail", "basename"} <= names and not batch:
-            break
+    # the agent's side: what it drained and marked, all sent to the controller
+    events = drain.until(lambda seen: {"tail", "basename"} <= {
+        str(e.data.get("filename")).rsplit("/", 1)[-1] for e in seen})
     lab.post_events(events)
     # the agent saw the exec outside every session, and marked it with no grant
     (outside_ev,) = [e for e in events if e.data["pid"] == outside.pid]

@@ -85,14 +85,13 @@ def test_the_daemons_exec_path_marks_decoded_records(tmp_path: Path) -> None:
     """What the daemon puts between the exec ring and the spool when ssh_krl.session_log
     is set: the exec decoder, then the marks."""
     from aegis_agent.bpf import layout
-    from aegis_agent.daemon import _tagged
     from aegis_agent.events import ExecDecoder, RingIds
 
     log = tmp_path / "auth.log"
     log.write_text(CERT.format(pid=31, key_id=f"adam@aegis-access/{RID}", serial=77))
     raw = layout.EXEC_EVENT.pack(7, 1, 0, 500, 499, 0, 0, 0, 31, 0, b"id", b"/usr/bin/id")
     other = layout.EXEC_EVENT.pack(7, 1, 0, 501, 1, 0, 0, 0, 0, 0, b"id", b"/usr/bin/id")
-    to_events = _tagged(ExecDecoder(0, RingIds(1, boot_id="b")).events, SshSessions(log))
+    to_events = SshSessions(log).marking(ExecDecoder(0, RingIds(1, boot_id="b")).events)
     marked, plain = to_events([(0, raw), (328, other)])
     assert (marked.data[SESSION_GRANT], marked.data[SESSION_SERIAL]) == (RID, "77")
     assert SESSION_GRANT not in plain.data

@@ -356,7 +356,7 @@ class Agent:
             to_events = ExecDecoder(self.offset_ns, ids).events
             krl = self.cfg.ssh_krl
             if krl is not None and krl.session_log is not None:
-                to_events = _tagged(to_events, SshSessions(krl.session_log))
+                to_events = SshSessions(krl.session_log).marking(to_events)
         else:
             def to_events(records: list[tuple[int, bytes]]) -> list[Event]:
                 return [from_record(part.decode(raw), self.offset_ns).model_copy(
@@ -644,9 +644,3 @@ def detach(cfg: AgentConfig) -> dict[str, object]:
             done[name] = "detached"
     return done
 
-
-def _tagged(decode: Any, sessions: SshSessions) -> Any:
-    """``decode`` whose exec events of an SSH grant's session are marked with the grant."""
-    def to_events(records: list[tuple[int, bytes]]) -> list[Event]:
-        return sessions.tag(decode(records))
-    return to_events

@@ -17,6 +17,7 @@ batch of exec events is tagged finds every session that batch can belong to.
 
     sessions = SshSessions(Path("/var/log/auth.log"))
     events = sessions.tag(events)   # refreshes from the log, then marks
+    to_events = sessions.marking(ExecDecoder(offset, ids).events)   # the daemon's exec path
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import logging
 import os
 import re
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -123,3 +125,10 @@ class SshSessions:
                     ev.data[SESSION_SERIAL] = session.serial
                     break
         return events
+
+    def marking(self, decode: Callable[[list[tuple[int, bytes]]], list[Event]]
+                ) -> Callable[[list[tuple[int, bytes]]], list[Event]]:
+        """``decode`` (ring records to events) followed by :meth:`tag`."""
+        def to_events(records: list[tuple[int, bytes]]) -> list[Event]:
+            return self.tag(decode(records))
+        return to_events
