@@ -11,6 +11,11 @@
  *               loader tries it first and falls back to SIGKILL, reporting which mode
  *               is active.
  *
+ * Each record names the sshd session processes above the exec'ing process (ssh_pid,
+ * ssh_pid_outer; see ssh_sessions below): the agent joins them with sshd's log, which
+ * names the certificate (key ID, serial) each session process accepted. An exec inside a
+ * session also carries the start of its argv (struct exec_event_args).
+ *
  * Records are in exec.h, shared with agent/src/aegis_agent/bpf/layout.py.
  */
 #include "vmlinux.h"
@@ -45,12 +50,104 @@ static __always_inline int denied(struct linux_binprm *bprm, struct exec_key *ke
 	return bpf_map_lookup_elem(&exec_deny, key) != NULL;
 }
 
-static __always_inline void report(struct task_struct *task, struct linux_binprm *bprm,
-				   struct exec_key *key, __u32 flags, __u32 tgid)
+#define SSH_WALK 24 /* ancestors looked at: a session's commands nest deeper rarely */
+
+/* 1 when the task's comm is sshd's (OpenSSH's listener, its per-connection monitor and
+ * the session child keep the name across fork; OpenSSH 9.8+ calls them sshd-session). */
+static __always_inline int sshd_comm(struct task_struct *t)
 {
-	struct exec_event *e = aegis_reserve(&exec_events, &exec_stats, sizeof(*e), ST_LOST);
-	if (!e)
-		return;
+	char c[6] = {};
+
+	bpf_probe_read_kernel(c, 5, __builtin_preserve_access_index(&t->comm));
+	return c[0] == 's' && c[1] == 's' && c[2] == 'h' && c[3] == 'd' &&
+	       (c[4] == 0 || c[4] == '-');
+}
+
+/* The tgid of task t at PID-namespace level ``level``; 0 when t is outside it. */
+static __always_inline __u32 pid_at(struct task_struct *t, unsigned int level)
+{
+	struct pid *p = BPF_CORE_READ(t, group_leader, thread_pid);
+	struct upid up = {};
+
+	if (!p || BPF_CORE_READ(p, level) < level || level > 32)
+		return 0;
+	bpf_probe_read_kernel(&up, sizeof(up),
+			      (void *)p + bpf_core_field_offset(struct pid, numbers) +
+				      level * bpf_core_type_size(struct upid));
+	return up.nr;
+}
+
+/* The sshd session processes above ``task``, nearest first. Going up the parents, a run
+ * of sshd processes is [session child,] monitor, listener: the listener's parent is
+ * not sshd (init, the container runtime), the monitor is the one just below the
+ * listener, and it is the process that logs "Accepted publickey ... ID <key id>".
+ * Inherited through fork and exec, so pipelines, subshells, setsid and renamed
+ * processes of the session all find it; a process outside every session finds none. */
+static __always_inline void ssh_sessions(struct task_struct *task, __u32 *ssh, __u32 *outer)
+{
+	unsigned int level = BPF_CORE_READ(task, thread_pid, level);
+	struct task_struct *t = BPF_CORE_READ(task, real_parent);
+	__u32 top = 0, below = 0, found = 0;
+
+	*ssh = 0;
+	*outer = 0;
+	for (int i = 0; i < SSH_WALK && t; i++) {
+		__u32 nr = pid_at(t, level);
+
+		if (nr && sshd_comm(t)) {
+			below = top;
+			top = nr;
+		} else {
+			if (below) {
+				if (!found)
+					*ssh = below;
+				else
+					*outer = below;
+				if (++found == 2)
+					break;
+			}
+			top = below = 0;
+			if (!nr || nr == 1)
+				break; /* outside the namespace, or its init */
+		}
+		t = BPF_CORE_READ(t, real_parent);
+	}
+}
+
+/* The start of the new image's argv (current->mm is the new one at sched_process_exec;
+ * the kernel has just copied the strings there) into args, zero padded. */
+static __always_inline void read_args(struct task_struct *task, char *args)
+{
+	unsigned long start = BPF_CORE_READ(task, mm, arg_start);
+	unsigned long len = BPF_CORE_READ(task, mm, arg_end) - start;
+
+	__builtin_memset(args, 0, EXEC_ARGS_LEN);
+	if (len > EXEC_ARGS_LEN - 1)
+		len = EXEC_ARGS_LEN - 1;
+	len &= EXEC_ARGS_LEN - 1;
+	if (len)
+		bpf_probe_read_user(args, len, (void *)start);
+}
+
+static __always_inline void report(struct task_struct *task, struct linux_binprm *bprm,
+				   struct exec_key *key, __u32 flags, __u32 tgid, int with_args)
+{
+	__u32 ssh, outer;
+	struct exec_event *e;
+
+	ssh_sessions(task, &ssh, &outer);
+	if (ssh && with_args) {
+		struct exec_event_args *ea = aegis_reserve(&exec_events, &exec_stats,
+							   sizeof(*ea), ST_LOST);
+		if (!ea)
+			return;
+		read_args(task, ea->args);
+		e = &ea->e;
+	} else {
+		e = aegis_reserve(&exec_events, &exec_stats, sizeof(*e), ST_LOST);
+		if (!e)
+			return;
+	}
 	__u64 ugid = bpf_get_current_uid_gid();
 	e->ktime_ns = bpf_ktime_get_ns();
 	e->ino = key->ino;
@@ -65,6 +162,8 @@ static __always_inline void report(struct task_struct *task, struct linux_binprm
 	 * interpreter, the script itself is no longer held */
 	e->flags = flags | (BPF_CORE_READ(bprm, interp) != BPF_CORE_READ(bprm, filename)
 				    ? EXEC_INTERP : 0);
+	e->ssh_pid = ssh;
+	e->ssh_pid_outer = outer;
 	e->_pad = 0;
 	bpf_get_current_comm(e->comm, sizeof(e->comm));
 	bpf_probe_read_kernel_str(e->filename, sizeof(e->filename), BPF_CORE_READ(bprm, filename));
@@ -85,7 +184,7 @@ int BPF_PROG(exec_trace, struct task_struct *task, pid_t old_pid, struct linux_b
 		aegis_count(&exec_stats, ST_DENIED);
 		flags |= EXEC_DENIED;
 	}
-	report(task, bprm, &key, flags, tgid);
+	report(task, bprm, &key, flags, tgid, 1);
 	return 0;
 }
 
@@ -100,7 +199,8 @@ int BPF_PROG(exec_lsm, struct linux_binprm *bprm, int ret)
 	if (!denied(bprm, &key))
 		return 0;
 	aegis_count(&exec_stats, ST_DENIED);
-	report(bpf_get_current_task_btf(), bprm, &key, EXEC_DENIED | EXEC_LSM, tgid);
+	/* before the exec: current's mm is still the old image's, no argv to read */
+	report(bpf_get_current_task_btf(), bprm, &key, EXEC_DENIED | EXEC_LSM, tgid, 0);
 	return -EPERM;
 }
 

@@ -10,16 +10,23 @@ user's public key and principal, valid until the grant's end, that logs in; an e
 revoke (or an idle drop) sends the node a signed revoke-ssh-cert order, after which sshd
 refuses the same, still valid certificate; a certificate past its window is refused.
 The network edge of the grant is test_access_datapath's (XDP): here the grant and revoke
-orders are only checked for their content."""
+orders are only checked for their content.
+
+The commands of a session reach the ledger the agent's way: the real exec monitor (BPF)
+names each exec's sshd session process, the agent's SshSessions joins it with sshd's log
+(through a syslog stand-in, see harness_sshd) and marks the grant, and the node posts the
+events to the controller's intake, which records them under the grant."""
 
 from __future__ import annotations
 
 import contextlib
 import json
 import shutil
+import subprocess
 import tempfile
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,13 +36,18 @@ import pytest
 from harness_idp import Idp, make_idp
 from harness_sshd import Sshd, keygen, sshd_in_netns
 
+from aegis_agent.bpf.monitors import ExecMonitor
+from aegis_agent.bpf.syscall import map_info
 from aegis_agent.config import SshKrlConfig
+from aegis_agent.events import ExecDecoder, RingIds, wall_offset_ns
 from aegis_agent.measure import collect
 from aegis_agent.orders import FileReplayGuard, OrderExecutor
 from aegis_agent.revoked_keys import RevokedKeys
+from aegis_agent.ssh_sessions import SshSessions
 from aegis_protocol import routes
+from aegis_protocol.access import SESSION_GRANT
 from aegis_protocol.attestation import ExpectedProfile
-from aegis_protocol.events import EventBatch, agent_event
+from aegis_protocol.events import MAX_BATCH, Event, EventBatch, agent_event
 from aegis_protocol.signing import load_public_key
 from conftest import sub_prefix
 from harness import OpenBao, netns_pair
@@ -164,6 +176,14 @@ class Lab:
                            json=ack.model_dump(mode="json"))
                 assert r.status_code == 200, r.text
         return [(k, a, d) for (k, a), d in zip(done, acks, strict=True) if k != "attest"]
+
+    def post_events(self, events: list[Event]) -> None:
+        """``events`` sent to the controller as the node's agent sends them."""
+        with self.node.client(self.server) as c:
+            for i in range(0, len(events), MAX_BATCH):
+                batch = EventBatch(node_id=NODE, events=events[i:i + MAX_BATCH])
+                r = c.post(routes.EVENTS, json=batch.model_dump(mode="json"))
+                assert r.status_code == 200, r.text
 
     def access_events(self, request_id: str) -> list[dict]:
         out = self.server.ctl("ledger", "show")
@@ -354,6 +374,131 @@ def test_an_operator_revokes_a_certificate_by_hand(lab: Lab) -> None:
     assert done[1][2] == f"certificate serial {ssh['serial']} already in {lab.sshd.krl}"
 
 
+class Drain:
+    """The daemon's exec path on the real exec monitor, from a thread that starts at once
+    (the ring is the host's: a busy host must not fill it while the test runs): ring
+    batches through the exec decoder and the session marks, released once kept."""
+
+    def __init__(self, mon: ExecMonitor, sessions: SshSessions) -> None:
+        self.ring = mon.batch()
+        self.to_events = sessions.marking(ExecDecoder(
+            wall_offset_ns(), RingIds(map_info(self.ring.fileno()).id)).events)
+        self.events: list[Event] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            records = self.ring.pending()
+            if records:
+                events = self.to_events(records)
+                self.ring.release()
+                with self._lock:
+                    self.events += events
+            else:
+                self._stop.wait(0.05)
+
+    def until(self, done: Callable[[list[Event]], bool], timeout: float = 10) -> list[Event]:
+        """Every event drained once ``done`` holds for them (or ``timeout`` passed) and one
+        more round found the ring empty; the thread is stopped."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self._lock:
+                if done(self.events):
+                    break
+            time.sleep(0.1)
+        time.sleep(0.3)
+        self.stop()
+        return self.events
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+
+@pytest.fixture
+def drain(lab: Lab) -> Iterator[Drain]:
+    """The real exec monitor (its own pins) drained the daemon's way from now on."""
+    mon = ExecMonitor(f"/sys/fs/bpf/{sub_prefix()}-exec")
+    try:
+        mon.start()
+        d = Drain(mon, SshSessions(lab.sshd.syslog.path))
+        try:
+            yield d
+        finally:
+            d.stop()
+    finally:
+        mon.stop()
+
+
+def test_the_commands_of_a_session_go_on_the_ledger_under_its_grant(
+        lab: Lab, drain: Drain) -> None:
+    """id, a pipeline, a subshell and a child shell run in adam's session are recorded
+    under its grant with adam's identity; a second session open at the same time (another
+    certificate, another grant) and a command run on the node outside any session are
+    not."""
+    first, key, cert = lab.logged_in("adam-cmds", "15m")
+    other_key, other_cert = lab.tmp / "adam-other", lab.tmp / "adam-other-cert.pub"
+    other = lab.granted("adam", keygen(other_key), "15m")
+    other_cert.write_text(other["ssh"]["certificate"] + "\n")
+    assert [k for k, _, _ in lab.run_orders()] == ["grant"]
+    # the other session stays open while adam's runs, and runs commands of its own
+    second = subprocess.Popen(lab.sshd.ssh_argv(other_key, other_cert, "root",
+                                                "sleep 2; basename other-session"),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        # a pipeline, a child shell, a subshell, a new session (setsid) and a process
+        # renamed sshd (the walk must not stop at a look-alike of the session's sshd)
+        out = lab.sshd.login(key, cert, command="id; ls /tmp | wc -l; sh -c 'echo hi'; "
+                             "(cat /dev/null; tail -n0 /dev/null); setsid -w uname -s; "
+                             "cp /bin/sh /tmp/sshd && /tmp/sshd -c '/tmp/sshd -c \"id -u\"'")
+        assert out.returncode == 0, out.stderr + lab.sshd.log()
+        assert "uid=0(root)" in out.stdout and "hi\nLinux\n0\n" in out.stdout, out.stdout
+        outside = subprocess.Popen(["basename", "outside-session"], stdout=subprocess.PIPE,
+                                   text=True)
+        assert outside.communicate(timeout=30)[0] == "outside-session\n"
+        b_out, b_err = second.communicate(timeout=30)
+        assert second.returncode == 0 and b_out == "other-session\n", b_err
+    finally:
+        if second.poll() is None:
+            second.kill()
+            second.wait()
+    # the agent's side: what it drained and marked, all sent to the controller
+    events = drain.until(lambda seen: {"tail", "basename"} <= {
+        str(e.data.get("filename")).rsplit("/", 1)[-1] for e in seen})
+    lab.post_events(events)
+    # the agent saw the exec outside every session, and marked it with no grant
+    (outside_ev,) = [e for e in events if e.data["pid"] == outside.pid]
+    assert outside_ev.data["comm"] == "basename" and SESSION_GRANT not in outside_ev.data
+    # ... and the ledger has adam's commands under his grant, with his identity
+    steps = [e for e in lab.access_events(first["request_id"])
+             if e["event"] == "session_command"]
+    ran = [s["filename"].rsplit("/", 1)[-1] for s in steps]
+    for command in ("id", "ls", "wc", "sh", "cat", "tail", "uname"):
+        assert command in ran, (command, ran)
+    assert "basename" not in ran and "sleep" not in ran, ran
+    # with their arguments, as the kernel saw them
+    args = {s["args"] for s in steps}
+    for line in ("ls /tmp", "wc -l", "sh -c echo hi", "cat /dev/null", "tail -n0 /dev/null",
+                 "setsid -w uname -s", "uname -s", "id -u"):
+        assert line in args, (line, args)
+    principal = f"{lab.idp.tag}-adam"
+    assert all(s["user"]["name"] == principal and s["node"] == NODE for s in steps), steps
+    assert {s["ssh_serial"] for s in steps} == {first["ssh"]["serial"]}
+    assert all(s["uid"] == 0 and s["at_ns"] > 0 for s in steps)
+    # the other session's commands are under the other grant, not adam's first
+    theirs = [s["filename"].rsplit("/", 1)[-1] for s in lab.access_events(
+        other["request_id"]) if s["event"] == "session_command"]
+    assert "basename" in theirs and "sleep" in theirs and "id" not in theirs, theirs
+    assert lab.server.ctl("ledger", "verify").returncode == 0
+    for granted in (first, other):  # leave no grant open for the tests after
+        r = lab.call("adam", "POST", routes.access_one(granted["request_id"], "revoke"), {})
+        assert r.status_code == 200, r.text
+    lab.run_orders()
+
+
 def test_node_leaving_trusted_puts_its_certificates_on_the_krl(lab: Lab) -> None:
     """Last in the module: the node ends suspect."""
     granted, key, cert = lab.logged_in("adam-trust", "15m")
@@ -371,3 +516,4 @@ def test_node_leaving_trusted_puts_its_certificates_on_the_krl(lab: Lab) -> None
     lab.refused(key, cert)
     events = lab.access_events(granted["request_id"])
     assert events[-1]["event"] == "revoke" and len(events[-1]["krl_orders"]) == 1
+

@@ -21,6 +21,8 @@ import harness_vault as hv
 import hvac
 import psycopg
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from harness_vault import PgAdmin, pg_connect, pg_role_exists
 from hvac import exceptions as hvac_errors
 
@@ -30,6 +32,11 @@ from conftest import sub_prefix
 from harness import PATHS, OpenBao, free_port, openbao_dev
 
 pytestmark = pytest.mark.integration
+
+def _ssh_public_key() -> str:
+    return Ed25519PrivateKey.generate().public_key().public_bytes(
+        serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH).decode()
+
 
 def _root(bao: OpenBao) -> hvac.Client:
     return hvac.Client(url=bao.addr, token=bao.token)
@@ -54,7 +61,9 @@ def test_check_converge_idempotent_and_no_secret_in_output(
         openbao: OpenBao, pg_admin: PgAdmin, tmp_path: Path) -> None:
     names, token_file = hv.names(), tmp_path / "controller-token"
     root = _root(openbao)
-    role_vars = hv.role_vars(names, pg_admin, token_file)
+    ca_file = tmp_path / "user_ca.pub"
+    role_vars = hv.role_vars(names, pg_admin, token_file, vault_ssh_ca_enabled=True,
+                             vault_ssh_ca_public_key_file=str(ca_file))
     fresh = _snapshot(root)
 
     check = hv.play(openbao, tmp_path / "play.json", role_vars, "--check", "--diff", "-vvv",
@@ -62,7 +71,7 @@ def test_check_converge_idempotent_and_no_secret_in_output(
     assert check.rc == 0, check.output[-4000:]
     assert check.changed > 0  # it reports what it would do...
     assert _snapshot(root) == fresh  # ...and does none of it
-    assert not token_file.exists()
+    assert not token_file.exists() and not ca_file.exists()
 
     first = hv.play(openbao, tmp_path / "play.json", role_vars, "--diff", "-vvv", pg=pg_admin)
     assert first.rc == 0, first.output[-4000:]
@@ -71,8 +80,18 @@ def test_check_converge_idempotent_and_no_secret_in_output(
     for shown in (f'path "{names["vault_kv_mount"]}/data/web/*"',
                   f'sys/mounts/{names["vault_kv_mount"]}', '"192.0.2.10/32"',
                   f'"username": "{pg_admin.user}"', '"password": "updated"',
-                  "sys/leases/revoke-prefix/"):
+                  "sys/leases/revoke-prefix/", f'ssh role {names["vault_ssh_mount"]}/roles/'
+                  "aegis-access", f'path "{names["vault_ssh_mount"]}/sign/aegis-access"'):
         assert shown in first.output, shown
+    # the SSH CA of just-in-time access: a signing role for user certificates with the
+    # caller's key IDs, and the CA's public key where aegis.fleet.harden takes it from
+    ssh = names["vault_ssh_mount"]
+    role = root.read(f"{ssh}/roles/aegis-access")["data"]
+    assert (role["key_type"], role["allow_user_certificates"], role["allow_host_certificates"],
+            role["allow_user_key_ids"], role["allowed_users"], role["ttl"],
+            role["max_ttl"]) == ("ca", True, False, True, "*", 600, 86400), role
+    public = root.read(f"{ssh}/config/ca")["data"]["public_key"].strip()
+    assert public.startswith("ssh-ed25519 ") and ca_file.read_text() == public + "\n"
     assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
     controller_token = token_file.read_text().strip()
 
@@ -80,6 +99,8 @@ def test_check_converge_idempotent_and_no_secret_in_output(
     assert second.rc == 0, second.output[-4000:]
     assert second.changed == 0, second.output[-6000:]
     assert token_file.read_text().strip() == controller_token  # kept, not re-issued
+    # the CA key is not generated again
+    assert root.read(f"{ssh}/config/ca")["data"]["public_key"].strip() == public
 
     for value in (openbao.token, pg_admin.password, controller_token):
         for run in (check, first, second):
@@ -136,7 +157,8 @@ def wired(openbao: OpenBao, pg_admin: PgAdmin, tmp_path_factory: pytest.TempPath
     """The role converged once for the behaviour tests below."""
     tmp = tmp_path_factory.mktemp("vault-wired")
     names, token_file = hv.names(), tmp / "controller-token"
-    run = hv.play(openbao, tmp / "play.json", hv.role_vars(names, pg_admin, token_file),
+    run = hv.play(openbao, tmp / "play.json", hv.role_vars(names, pg_admin, token_file,
+                                                          vault_ssh_ca_enabled=True),
                   pg=pg_admin)
     assert run.rc == 0, run.output[-4000:]
     root = _root(openbao)
@@ -242,13 +264,20 @@ def test_controller_credential_is_narrow(openbao: OpenBao, wired) -> None:
         "creating a token": lambda: controller.auth.token.create(policies=["default"]),
         "revoking leases outside the database mount": lambda: controller.write_data(
             f"sys/leases/revoke-prefix/{kv}", data={}),
-        "signing with the SSH CA": lambda: controller.write_data(
+        "signing with another role of the SSH CA": lambda: controller.write_data(
             f"{names['vault_ssh_mount']}/sign/any", data={"public_key": "x"}),
+        "writing the SSH CA's roles": lambda: controller.write_data(
+            f"{names['vault_ssh_mount']}/roles/aegis-access", data={"key_type": "ca"}),
     }
     for what, attempt in refused.items():
         with pytest.raises((hvac_errors.Forbidden, hvac_errors.InvalidRequest)) as err:
             attempt()
         assert "permission denied" in str(err.value) or "wrapping" in str(err.value), what
+    # it signs a user certificate with the signing role, with the key ID it chooses
+    signed = controller.write_data(f"{names['vault_ssh_mount']}/sign/aegis-access", data={
+        "public_key": _ssh_public_key(), "cert_type": "user", "valid_principals": "adam",
+        "key_id": "adam@aegis-access/r1", "ttl": "5m"})
+    assert signed["data"]["signed_key"].startswith("ssh-ed25519-cert-v01@openssh.com ")
     with pytest.raises(hvac_errors.Forbidden):  # the one a test must show: 403 on a secret
         controller.secrets.kv.v2.read_secret_version("web/app", mount_point=kv,
                                                      raise_on_deleted_version=True)

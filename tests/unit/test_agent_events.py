@@ -55,12 +55,23 @@ def test_segment_drop_record_becomes_a_drop_event() -> None:
 def test_exec_record_becomes_an_exec_event(flags: int, kind: str, severity: str,
                                            extra: dict) -> None:
     dev = os.makedev(8, 1)
-    raw = layout.EXEC_EVENT.pack(7, 1234, layout.kernel_dev(dev), 100, 1, 0, 0, flags,
+    raw = layout.EXEC_EVENT.pack(7, 1234, layout.kernel_dev(dev), 100, 1, 0, 0, flags, 0, 0,
                                  b"touch", b"/usr/bin/touch")
     ev = from_record(ExecRecord.unpack(raw), OFFSET)
     assert (ev.ts_ns, ev.kind, ev.severity) == (OFFSET + 7, kind, severity)
     assert ev.data == {"pid": 100, "ppid": 1, "uid": 0, "gid": 0, "comm": "touch",
                        "filename": "/usr/bin/touch", "ino": 1234, "dev": dev, **extra}
+
+
+def test_an_exec_record_names_the_ssh_sessions_above_it() -> None:
+    raw = layout.EXEC_EVENT.pack(7, 1234, 0, 100, 1, 0, 0, 0, 42, 7, b"id", b"/usr/bin/id")
+    ev = from_record(ExecRecord.unpack(raw), OFFSET)
+    assert (ev.data["ssh_pid"], ev.data["ssh_pid_outer"]) == (42, 7)
+    assert "args" not in ev.data
+    # inside a session the kernel appends the argv (NUL-separated, zero padded)
+    with_args = raw + b"ls\0-l\0/tmp\0".ljust(layout.EXEC_ARGS_LEN, b"\0")
+    ev = from_record(ExecRecord.unpack(with_args), OFFSET)
+    assert ev.data["args"] == "ls -l /tmp" and ev.data["filename"] == "/usr/bin/id"
 
 
 def test_connect_record_becomes_a_connect_event() -> None:

@@ -109,16 +109,33 @@ def test_ring_batch_refuses_a_size_that_is_not_a_power_of_two(ring: FakeRingFile
         RingBatch(ring.fd, 3000)
 
 
-def _exec_raw(flags: int = 0, ino: int = 1234) -> bytes:
+def _exec_raw(flags: int = 0, ino: int = 1234, ssh: tuple[int, int] = (0, 0)) -> bytes:
     return layout.EXEC_EVENT.pack(7, ino, layout.kernel_dev(os.makedev(8, 1)), 100, 1, 0, 0,
-                                  flags, b"touch", b"/usr/bin/touch")
+                                  flags, *ssh, b"touch", b"/usr/bin/touch")
+
+
+def _exec_raw_v1(flags: int) -> bytes:
+    """A record of the previous layout (no ssh_pid, ssh_pid_outer), as a pinned ring may
+    hold it across an upgrade."""
+    return struct.pack("<QQQIIIIII16s256s", 7, 1234, layout.kernel_dev(os.makedev(8, 1)),
+                       100, 1, 0, 0, flags, 0, b"touch", b"/usr/bin/touch")
+
+
+def test_a_record_of_the_previous_layout_decodes_with_no_session() -> None:
+    (ev,) = ExecDecoder(0, RingIds(5, boot_id="boot")).events([(0, _exec_raw_v1(0))])
+    assert len(_exec_raw_v1(0)) == layout.EXEC_EVENT_V1_SIZE
+    assert ev.data["filename"] == "/usr/bin/touch" and "ssh_pid" not in ev.data
+    assert ExecRecord.unpack(_exec_raw_v1(0)).comm == "touch"
 
 
 @pytest.mark.parametrize("flags", [0, layout.EXEC_DENIED, layout.EXEC_DENIED | layout.EXEC_LSM,
                                    layout.EXEC_INTERP, layout.EXEC_DENIED | layout.EXEC_INTERP])
 def test_the_exec_decoder_makes_the_events_from_record_makes(flags: int) -> None:
     ids = RingIds(5, boot_id="boot")
-    raws = [(0, _exec_raw(flags)), (328, _exec_raw(flags, ino=2**64 - 1))]
+    raws = [(0, _exec_raw(flags)), (328, _exec_raw(flags, ino=2**64 - 1)),
+            (656, _exec_raw(flags, ssh=(42, 0))), (984, _exec_raw(flags, ssh=(42, 7))),
+            (1312, _exec_raw_v1(flags)),
+            (1640, _exec_raw(flags, ssh=(42, 0)) + b"id\0-u\0".ljust(layout.EXEC_ARGS_LEN, b"\0"))]
     fast = ExecDecoder(1_000, ids).events(raws)
     for (pos, raw), ev in zip(raws, fast, strict=True):
         slow = from_record(ExecRecord.unpack(raw), 1_000)
@@ -226,7 +243,7 @@ def test_a_drained_batch_pairs_each_records_pid_with_its_own_filename(
         for i in range(15):  # more than the ring holds at once: the second batch wraps
             pid, path = 1000 + i, f"/opt/app-{i}/bin/tool-{'x' * i}"
             want[pid] = path
-            ring.put(layout.EXEC_EVENT.pack(i, 10 + i, 0, pid, 1, 0, 0, 0, b"tool",
+            ring.put(layout.EXEC_EVENT.pack(i, 10 + i, 0, pid, 1, 0, 0, 0, 0, 0, b"tool",
                                             path.encode()))
             if i == 7:  # half now, half after the producer wrapped
                 events = ExecDecoder(0, RingIds(1, boot_id="b")).events(batch.pending())

@@ -24,7 +24,7 @@ HEADERS = {"segment.h": [layout.CONFIG, layout.EDGE_KEY, layout.EDGE_VAL, layout
                          layout.RATELIMIT, layout.POL_VAL, layout.POL_POLICY,
                          layout.POL_COUNTERS, layout.FQDN_KEY, layout.FQDN_VAL,
                          layout.FQDN_RULE, layout.DNS_REC],
-           "exec.h": [layout.EXEC_KEY, layout.EXEC_EVENT],
+           "exec.h": [layout.EXEC_KEY, layout.EXEC_EVENT, layout.EXEC_EVENT_ARGS],
            "connect.h": [layout.CONNECT_EVENT, layout.CONNECT_MGMT_KEY],
            "scope.h": [layout.SCOPE]}
 PRELUDE = ('#include "vmlinux.h"\n#include <bpf/bpf_helpers.h>\n#include <bpf/bpf_tracing.h>\n'

@@ -349,6 +349,11 @@ class SshKrlConfig(_Strict):
                                 description="the user CA sshd trusts (TrustedUserCAKeys)")
     spec_file: Path = Field(Path("/var/lib/aegis/ssh/revoked_keys.spec"),
                             description="the revoked certificates, the KRL's source")
+    session_log: Path | None = Field(
+        None, description="sshd's log in syslog's file format (/var/log/auth.log): its "
+        "'sshd[PID]: Accepted publickey ... ID <key id> (serial N)' lines tie the exec "
+        "monitor's commands to the SSH grant whose certificate opened the session; "
+        "None: commands are not attached to grants")
 
 
 class MetricsConfig(_Strict):

@@ -42,6 +42,7 @@ from .lockout import LockoutError, Snapshot, Unconfirmed, controller_peers, same
 from .notify import notify, watchdog_interval
 from .policy import Decision, Policy, respond
 from .spool import Spool
+from .ssh_sessions import SshSessions
 from .watchdog import SelfWatch
 
 if TYPE_CHECKING:  # the controller link (httpx, cryptography) loads only when configured
@@ -374,6 +375,9 @@ class Agent:
         ids = RingIds(map_info(ring.fileno()).id)
         if isinstance(part, ExecMonitor):
             to_events = ExecDecoder(self.offset_ns, ids).events
+            krl = self.cfg.ssh_krl
+            if krl is not None and krl.session_log is not None:
+                to_events = SshSessions(krl.session_log).marking(to_events)
         else:
             def to_events(records: list[tuple[int, bytes]]) -> list[Event]:
                 return [from_record(part.decode(raw), self.offset_ns).model_copy(
@@ -667,3 +671,4 @@ def detach(cfg: AgentConfig) -> dict[str, object]:
             mon.stop()
             done[name] = "detached"
     return done
+

@@ -22,11 +22,14 @@ from aegis_protocol.events import INT64_MAX, Event
 from .bpf.layout import (
     EXEC_DENIED,
     EXEC_EVENT,
+    EXEC_EVENT_V1_SIZE,
     EXEC_INTERP,
     EXEC_LSM,
     ConnectRecord,
     DropRecord,
     ExecRecord,
+    exec_args,
+    exec_raw_current,
     user_dev,
 )
 
@@ -62,7 +65,10 @@ def exec_event(r: ExecRecord, offset_ns: int) -> Event:
         data={"pid": r.pid, "ppid": r.ppid, "uid": r.uid, "gid": r.gid, "comm": r.comm,
               "filename": r.filename, "ino": u64(r.ino), "dev": r.dev,
               **({"enforced_by": r.enforced_by} if r.denied else {}),
-              **({"interpreted": True} if r.interpreted else {})})
+              **({"interpreted": True} if r.interpreted else {}),
+              **({"ssh_pid": r.ssh_pid} if r.ssh_pid else {}),
+              **({"ssh_pid_outer": r.ssh_pid_outer} if r.ssh_pid_outer else {}),
+              **({"args": r.args} if r.args is not None else {})})
 
 
 def connect_event(r: ConnectRecord, offset_ns: int) -> Event:
@@ -143,11 +149,13 @@ class ExecDecoder:
 
     def events(self, batch: list[tuple[int, bytes]]) -> list[Event]:
         unpack, ids, offset = EXEC_EVENT.unpack_from, self.ids, self.offset_ns
+        size = EXEC_EVENT.size
         devs = self._devs
         out = []
-        for pos, raw in batch:
-            (ktime, ino, kdev, pid, ppid, uid, gid, flags, comm,
-             filename) = unpack(raw)
+        for pos, record in batch:
+            (ktime, ino, kdev, pid, ppid, uid, gid, flags, ssh_pid, ssh_outer, comm,
+             filename) = unpack(record if len(record) != EXEC_EVENT_V1_SIZE
+                                else exec_raw_current(record))
             dev = devs.get(kdev)
             if dev is None:
                 dev = devs[kdev] = user_dev(kdev)
@@ -162,6 +170,12 @@ class ExecDecoder:
                 kind, severity = "exec", "info"
             if flags & EXEC_INTERP:
                 data["interpreted"] = True
+            if ssh_pid:
+                data["ssh_pid"] = ssh_pid
+                if ssh_outer:
+                    data["ssh_pid_outer"] = ssh_outer
+                if len(record) > size:
+                    data["args"] = exec_args(record)
             out.append(trusted_event({"id": ids(pos), "ts_ns": ktime + offset, "kind": kind,
                                       "severity": severity, "data": data}))
         return out

@@ -77,6 +77,7 @@ class Controller:
         nodes.changed.append(segment.node_changed_in)
         intake = Intake(nodes, ledger, orders)
         intake.listeners.append(access.agent_event)
+        intake.batch_listeners.append(access.sessions.events)
         return cls(engine=engine, ledger=ledger, ca=ca, nodes=nodes,
                    enrollment=Enrollment(nodes, ledger, ca, orders.key),
                    attestation=Attestation(nodes, ledger, orders), orders=orders,

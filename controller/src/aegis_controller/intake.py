@@ -46,6 +46,9 @@ class Intake:
         #: told (node id, event) for each newly stored event, after it committed; just-in-
         #: time access learns here which granted edges the agent dropped as idle
         self.listeners: list[Callable[[str, Event], None]] = []
+        #: told (node id, the batch's newly stored events) once per batch, after it
+        #: committed; an SSH grant's session commands go on the ledger here
+        self.batch_listeners: list[Callable[[str, list[Event]], None]] = []
 
     def store(self, node_id: str, batch: EventBatch) -> EventBatchAck:
         """Store a batch idempotently: an event id already stored for this node is counted
@@ -86,6 +89,11 @@ class Intake:
                 except Exception:
                     log.exception("event listener failed", extra={"node": node_id,
                                                                   "kind": ev.kind})
+        for batch_listener in list(self.batch_listeners) if new else []:
+            try:
+                batch_listener(node_id, new)
+            except Exception:
+                log.exception("event batch listener failed", extra={"node": node_id})
         return EventBatchAck(stored=stored, duplicates=len(batch.events) - stored)
 
     def _raise_incident(self, node_id: str, rule: IncidentRule, ev: Event, now: int) -> None:

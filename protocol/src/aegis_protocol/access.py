@@ -15,6 +15,26 @@ _UNIT = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 DURATION_HELP = "a whole number with an optional unit s, m, h or d (e.g. 90s, 15m, 1h)"
 AccessStatus = Literal["pending", "granted", "denied", "revoked", "expired"]
 
+#: An SSH grant's certificate key ID is ``<principal>@aegis-access/<request id>``: sshd
+#: logs it for each login, and the agent attaches the session's commands (exec events)
+#: to the request by it, adding these keys to the event's data (an older controller
+#: keeps them as data, an older agent sends none).
+SSH_KEY_ID_MARK = "@aegis-access/"
+SESSION_GRANT = "grant"  # data: the request id of the grant whose session ran the command
+SESSION_SERIAL = "ssh_serial"  # data: the serial (decimal text) of the session's certificate
+_REQUEST_ID = re.compile(r"[A-Za-z0-9-]{1,64}")
+
+
+def ssh_key_id(principal: str, request_id: str) -> str:
+    """The key ID the controller signs an SSH grant's certificate with."""
+    return f"{principal}{SSH_KEY_ID_MARK}{request_id}"
+
+
+def request_of_key_id(key_id: str) -> str | None:
+    """The request id in an SSH grant's key ID; None for any other key ID."""
+    _, mark, request_id = key_id.rpartition(SSH_KEY_ID_MARK)
+    return request_id if mark and _REQUEST_ID.fullmatch(request_id) else None
+
 
 def parse_duration(value: str | int, what: str = "duration") -> int:
     """Seconds from ``15m``, ``1h``, ``90`` ...; ValueError naming ``what`` otherwise."""

@@ -350,7 +350,33 @@ EXEC_DENIED, EXEC_LSM, EXEC_INTERP = 1, 2, 4
 EXEC_KEY = CStruct("exec_key", "<", [("dev", "Q"), ("ino", "Q")])
 EXEC_EVENT = CStruct("exec_event", "<", [
     ("ktime_ns", "Q"), ("ino", "Q"), ("dev", "Q"), ("pid", "I"), ("ppid", "I"), ("uid", "I"),
-    ("gid", "I"), ("flags", "I"), ("_pad", "4x"), ("comm", "16s"), ("filename", "256s")])
+    ("gid", "I"), ("flags", "I"), ("ssh_pid", "I"), ("ssh_pid_outer", "I"), ("_pad", "4x"),
+    ("comm", "16s"), ("filename", "256s")])
+#: An exec inside an sshd session: the record followed by the start of its argv.
+EXEC_ARGS_LEN = 256
+EXEC_EVENT_ARGS = CStruct("exec_event_args", "<", [
+    ("e", f"{EXEC_EVENT.size}s"), ("args", f"{EXEC_ARGS_LEN}s")])
+#: The record before ssh_pid and ssh_pid_outer (what a pinned ring may still hold after
+#: an upgrade): read as the current one with both 0.
+EXEC_EVENT_V1_SIZE = 320
+
+
+def exec_args(raw: bytes) -> str | None:
+    """The argv of an ``exec_event_args`` record, its strings joined by spaces (None for a
+    plain record; cut at EXEC_ARGS_LEN - 1 bytes)."""
+    if len(raw) <= EXEC_EVENT.size:
+        return None
+    return " ".join(a.decode(errors="replace")
+                    for a in raw[EXEC_EVENT.size:].rstrip(b"\0").split(b"\0"))
+
+
+def exec_raw_current(raw: bytes) -> bytes:
+    """An ``exec_event`` record in the current layout (an older one widened)."""
+    if len(raw) == EXEC_EVENT_V1_SIZE:
+        return raw[:48] + bytes(8) + raw[48:]
+    return raw
+
+
 EXEC_MAPS = monitor_maps(MAP_EXEC_EVENTS, 1024 * 1024,
                          MAP_EXEC_DENY, MapSpec(EXEC_KEY.size, 4, MAP_HASH, 4096),
                          MAP_EXEC_STATS, MAP_EXEC_SCOPE)
@@ -375,16 +401,19 @@ class ExecRecord:
     denied: bool
     enforced_by: str | None
     interpreted: bool = False
+    ssh_pid: int = 0
+    ssh_pid_outer: int = 0
+    args: str | None = None
 
     @classmethod
     def unpack(cls, raw: bytes) -> ExecRecord:
-        (ktime, ino, kdev, pid, ppid, uid, gid, flags, comm,
-         filename) = EXEC_EVENT.unpack_from(raw)
+        (ktime, ino, kdev, pid, ppid, uid, gid, flags, ssh_pid, ssh_outer, comm,
+         filename) = EXEC_EVENT.unpack_from(exec_raw_current(raw))
         denied = bool(flags & EXEC_DENIED)
         return cls(ktime, ino, user_dev(kdev), pid, ppid, uid, gid, _cstr(comm),
                    _cstr(filename), denied,
                    ("lsm" if flags & EXEC_LSM else "sigkill") if denied else None,
-                   bool(flags & EXEC_INTERP))
+                   bool(flags & EXEC_INTERP), ssh_pid, ssh_outer, exec_args(raw))
 
 
 # -- connect.h -----------------------------------------------------------------------------

@@ -27,7 +27,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy import Connection, Engine
 
-from aegis_protocol.access import AccessRequest, AccessState, SshCertificate
+from aegis_protocol.access import AccessRequest, AccessState, SshCertificate, ssh_key_id
 from aegis_protocol.events import Event
 from aegis_protocol.orders import MAX_LIFETIME
 
@@ -38,6 +38,7 @@ from ..nodes import NOT_LIVE, NodeState, NodeStore
 from ..orders import Orders
 from .identity import User
 from .policy import BUILTIN_LABEL_KEYS, Policy, PolicyError, load, parse
+from .sessions import SessionCommands
 from .ssh_ca import PRINCIPAL, SshCa, SshCaError, check_public_key
 
 #: Seconds without traffic after which the agent removes a granted edge.
@@ -62,6 +63,7 @@ class Access:
                  orders: Orders) -> None:
         self.engine = engine
         self.ledger = ledger
+        self.sessions = SessionCommands(ledger)
         self.nodes = nodes
         self.orders = orders
         #: signs the certificates of ssh grants (``serve --ssh-ca-mount``); None: off
@@ -465,8 +467,7 @@ class Access:
                            "controller has no SSH CA now (--ssh-ca-mount); nothing granted")
         try:
             return self.ssh_ca.sign(row.ssh_public_key, row.user_name,
-                                    f"{row.user_name}@aegis-access/{row.request_id}",
-                                    valid_before)
+                                    ssh_key_id(row.user_name, row.request_id), valid_before)
         except SshCaError as e:
             raise Unavailable(f"SSH certificate not signed, nothing granted: {e}") from None
 

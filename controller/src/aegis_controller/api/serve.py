@@ -47,6 +47,7 @@ def _expire_access(controller: Controller, interval: float = 5.0) -> None:
         try:
             for request_id in controller.access.expire_due():
                 log.info("access grant expired", extra={"request_id": request_id})
+            controller.access.sessions.flush(time.time_ns())
         except Exception:
             log.exception("access expiry check failed")
 
