@@ -16,13 +16,18 @@ her connection reaches db's service (that port of that node only); her revoke cu
 other, while the user host (no trusted node) stays out; when web's golden file changes
 (real attestation drift) web turns suspect and is dropped.
 
-The 60 s idle revoke and the trickle that keeps a grant are timed on namespace pairs
+(c) a second grant of dana's (``cache``, tcp/6379 on db) carries one connection and then
+nothing while (b) runs: db's agent drops it after 60 s without a packet, the controller
+records the idle revoke under her name, and a new connection is dropped.
+
+The trickle that keeps a grant open past 60 s is shown on namespace pairs
 (``tests/integration/test_access_datapath.py``), not repeated here.
 """
 
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -37,7 +42,9 @@ from harness import OpenBao, wait_until
 
 pytestmark = pytest.mark.e2e
 
-PORT, OTHER_PORT = 5432, 5433
+PORT, OTHER_PORT, CACHE_PORT = 5432, 5433, 6379
+#: dana's cache grant: (request id, monotonic time of its last packet), set by the first test
+SILENT: dict[str, tuple[str, float]] = {}
 LABELS = {"web": {"role": "web"}, "db": {"role": "db"}}
 SEGMENT_POLICY = {"policies": [{"name": "web-db", "from": {"role": "web"},
                                 "to": {"role": "db"}, "ports": [f"tcp/{PORT}"],
@@ -52,12 +59,15 @@ def lab(openbao: OpenBao) -> Iterator[AgentFleet]:
         policy = lab.server.state / "access.yml"
         policy.write_text(yaml.safe_dump({
             "roles": {"developer": [idp.group("dev")]},
-            "services": {"db": {"nodes": {"role": "db"}, "port": f"tcp/{PORT}"}},
+            "services": {"db": {"nodes": {"role": "db"}, "port": f"tcp/{PORT}"},
+                         "cache": {"nodes": {"role": "db"}, "port": f"tcp/{CACHE_PORT}"}},
             "rules": [{"name": "developers-db", "service": "db", "roles": ["developer"],
-                       "max_ttl": "1h"}]}))
+                       "max_ttl": "1h"},
+                      {"name": "developers-cache", "service": "cache",
+                       "roles": ["developer"], "max_ttl": "1h"}]}))
         lab.ctl("access", "policy", "set", str(policy))
         for node in lab.nodes:  # a timeout below is the filter's drop, not a closed port
-            for port in (PORT, OTHER_PORT):
+            for port in (PORT, OTHER_PORT, CACHE_PORT):
                 lab.listen(node, port)
         yield lab
 
@@ -106,6 +116,15 @@ def test_a_granted_user_reaches_db_on_the_fleet_and_others_do_not(lab: AgentFlee
         assert wait_until(lambda: user.request(
             lab.server, "GET", routes.access_one(granted["request_id"]), dana
         ).json()["edges"][0]["first_packet_ns"], 30)
+        # (c) a second grant, cache: one connection, then silence until the last test
+        r = user.request(lab.server, "POST", routes.ACCESS, dana,
+                         {"service": "cache", "ttl": "30m", "reason": "INC-42"})
+        assert r.status_code == 201 and r.json()["status"] == "granted", r.text
+        cache = r.json()
+        assert wait_until(lambda: lab.order_status(cache["edges"][0]["grant_order"])
+                          == "done", 30), lab.journal("db")
+        assert wait_until(lambda: user.connect(db, CACHE_PORT) == "open", 15)
+        SILENT["cache"] = (cache["request_id"], time.monotonic())
         # dana's revoke: the agent removes the edge, the connection is dropped again
         r = user.request(lab.server, "POST", routes.access_one(granted["request_id"],
                                                                "revoke"), dana,
@@ -150,3 +169,27 @@ def test_label_policy_lets_web_reach_db_until_web_turns_suspect(lab: AgentFleet)
     assert wait_until(lambda: lab.connect_from("web", db, PORT) == "timeout", 15)
     assert lab.agent_status("db")["segment"]["label_policies"] == {}
     assert lab.server.ctl("ledger", "verify").returncode == 0
+
+
+def test_a_silent_grant_is_revoked_after_60_s_without_a_packet(lab: AgentFleet) -> None:
+    """(c): nothing has used dana's cache grant since its one connection in the first
+    test; db's agent drops the edge after the idle timeout (60 s) and the controller
+    records it, and the user's next connection is dropped."""
+    assert lab.idp is not None and "cache" in SILENT, "the first test made the grant"
+    request_id, last_packet = SILENT["cache"]
+    dana = lab.idp.token("dana")
+    db = lab.address("db")
+    with user_host(lab) as user:
+        def grant() -> dict:
+            return user.request(lab.server, "GET", routes.access_one(request_id), dana).json()
+
+        assert wait_until(lambda: grant()["status"] == "revoked", 150, 2), grant()
+        assert time.monotonic() - last_packet >= 60
+        state = grant()
+        assert state["end_reason"].startswith("idle: no traffic for 60 s"), state
+        assert state["edges"][0]["status"] == "idle", state
+        assert user.connect(db, CACHE_PORT) == "timeout"
+    ledger = [json.loads(line) for line in lab.ctl("ledger", "show").splitlines()]
+    steps = [e["body"] for e in ledger if e["subject"] == f"access:{request_id}"]
+    assert [s["event"] for s in steps] == ["request", "grant", "first_packet", "idle_revoke"]
+    assert steps[-1]["user"]["name"] == f"{lab.idp.tag}-dana"
