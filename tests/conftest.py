@@ -101,7 +101,8 @@ FIXTURE_JOBS = {"execution_environment": ee_job}
 #: makes what it needs itself (its own fleet; the benchmarks their own OpenBao, PostgreSQL
 #: and namespaces) and uses no session fixture; their tests in this run wait for the
 #: child's verdicts
-LANE_MODULES = {"tests/e2e/test_harden.py": 65, "tests/integration/test_benchmarks_run.py": 66}
+LANE_MODULES = {"tests/e2e/test_harden.py": 65, "tests/integration/test_benchmarks_run.py": 66,
+                "tests/e2e/test_secrets_fleet.py": 67, "tests/e2e/test_agent_fleet.py": 68}
 CHILD_SUFFIXES = 1100  # the child's sub-prefixes: RUN_PREFIX + (1100..1295 in base 36)
 
 
