@@ -6,7 +6,11 @@ restarted after its delay, and closing the follower ends the child."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -84,4 +88,37 @@ def journal_exec(ssh_pid: int) -> Event:
 def test_a_missing_journalctl_is_retried_not_raised(tmp_path: Path) -> None:
     f = JournalFollower([str(tmp_path / "no-such-journalctl")])
     assert f.lines() == [] and f.proc is None and f.starts == 0
-    assert f._next_start > time.monotonic()  # noqa: SLF001 - the delay before a retry
+    assert f._next_start > time.monotonic()
+
+
+def test_the_child_ends_when_the_agent_is_killed(tmp_path: Path) -> None:
+    """SIGKILL gives the agent no time to close the follower: the kernel sends the child
+    SIGTERM (PR_SET_PDEATHSIG), so no journalctl is left behind."""
+    cmd = stand_in(tmp_path, "exec sleep 600\n")  # writes nothing: no SIGPIPE to end it
+    agent = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time\n"
+         "from aegis_agent.journal_follower import JournalFollower\n"
+         f"f = JournalFollower({cmd!r})\nf.lines()\n"
+         "print(f.proc.pid, flush=True)\ntime.sleep(600)\n"],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert agent.stdout is not None
+        child = int(agent.stdout.readline())
+        comm = Path(f"/proc/{child}/comm")
+        assert wait_until(lambda: comm.read_text().strip() == "sleep", 10)  # running
+    finally:
+        agent.kill()
+        agent.wait()
+
+    def gone() -> bool:
+        try:
+            os.kill(child, 0)
+        except ProcessLookupError:
+            return True
+        # not reaped by us: a zombie of init's until reaped counts as gone
+        return Path(f"/proc/{child}/stat").read_text().split(") ", 1)[1][0] == "Z"
+    try:
+        assert wait_until(gone, 10)
+    finally:  # left behind (the test failed): end it here
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(child, signal.SIGKILL)

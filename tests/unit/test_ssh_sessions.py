@@ -156,6 +156,6 @@ def test_session_log_is_journal_or_an_absolute_path() -> None:
     assert SshKrlConfig(session_log="/var/log/auth.log").session_log == Path(
         "/var/log/auth.log")
     assert SshKrlConfig().session_log is None
-    with pytest.raises(ValidationError, match="session_log: 'journald' is neither 'journal'"
-                       ".*absolute path"):
+    with pytest.raises(ValidationError, match=r"session_log: 'journald' is neither 'journal'"
+                       r".*absolute path"):
         SshKrlConfig(session_log="journald")

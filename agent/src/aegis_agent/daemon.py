@@ -38,11 +38,11 @@ from .dns_learning import DnsLearner
 from .enforcement import Enforcement
 from .events import ExecDecoder, RingIds, from_record
 from .grant_usage import GrantUsage
+from .journal_follower import JournalFollower
 from .lockout import LockoutError, Snapshot, Unconfirmed, controller_peers, same_policy
 from .notify import notify, watchdog_interval
 from .policy import Decision, Policy, respond
 from .spool import Spool
-from .journal_follower import JournalFollower
 from .ssh_sessions import SshSessions
 from .watchdog import SelfWatch
 
