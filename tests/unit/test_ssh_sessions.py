@@ -6,6 +6,8 @@ parts, and rotation."""
 
 from __future__ import annotations
 
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -95,3 +97,65 @@ def test_the_daemons_exec_path_marks_decoded_records(tmp_path: Path) -> None:
     marked, plain = to_events([(0, raw), (328, other)])
     assert (marked.data[SESSION_GRANT], marked.data[SESSION_SERIAL]) == (RID, "77")
     assert SESSION_GRANT not in plain.data
+
+
+def _append_later(log: Path, text: str, delay: float) -> threading.Thread:
+    def write() -> None:
+        time.sleep(delay)
+        with log.open("a") as f:
+            f.write(text)
+    t = threading.Thread(target=write)
+    t.start()
+    return t
+
+
+def test_a_line_that_comes_after_the_exec_still_marks_it(tmp_path: Path) -> None:
+    """sshd runs the session as soon as it logs the login: the exec can reach the agent
+    before syslog or journald has delivered the line (here 50 ms later)."""
+    log = tmp_path / "auth.log"
+    log.write_text(PLAIN.format(pid=5))
+    s = SshSessions(log, wait=2.0)
+    s.tag([exec_of(5)])  # the log read once: appended lines are new from here on
+    writer = _append_later(log, CERT.format(pid=100, key_id=f"adam@aegis-access/{RID}",
+                                            serial=77), 0.05)
+    try:
+        events = s.tag([exec_of(100), exec_of(5)])
+    finally:
+        writer.join()
+    assert events[0].data[SESSION_GRANT] == RID
+    assert SESSION_GRANT not in events[1].data
+    assert (s.unmatched, s.waits) == (0, 1)
+
+
+def test_a_line_that_never_comes_costs_the_bound_once_and_is_counted(tmp_path: Path) -> None:
+    log = tmp_path / "auth.log"
+    log.write_text(PLAIN.format(pid=5))
+    s = SshSessions(log, wait=0.2)
+    start = time.monotonic()
+    events = s.tag([exec_of(300), exec_of(300), exec_of(5)])
+    waited = time.monotonic() - start
+    assert not any(SESSION_GRANT in e.data for e in events)
+    assert 0.2 <= waited < 2.0  # the bound, not more (generous: a loaded machine)
+    assert (s.unmatched, s.waits) == (2, 1)
+    # known pids (named, or given up on) never wait again
+    s.tag([exec_of(300), exec_of(5)])
+    assert (s.unmatched, s.waits) == (3, 1)
+    assert s.status()["unmatched"] == 3
+    # a line that comes late still marks the pid's later execs
+    with log.open("a") as f:
+        f.write(CERT.format(pid=300, key_id=f"adam@aegis-access/{RID}", serial=9))
+    assert s.tag([exec_of(300)])[0].data[SESSION_SERIAL] == "9"
+
+
+def test_session_log_is_journal_or_an_absolute_path() -> None:
+    from pydantic import ValidationError
+
+    from aegis_agent.config import SshKrlConfig
+
+    assert SshKrlConfig(session_log="journal").session_log == "journal"
+    assert SshKrlConfig(session_log="/var/log/auth.log").session_log == Path(
+        "/var/log/auth.log")
+    assert SshKrlConfig().session_log is None
+    with pytest.raises(ValidationError, match=r"session_log: 'journald' is neither 'journal'"
+                       r".*absolute path"):
+        SshKrlConfig(session_log="journald")

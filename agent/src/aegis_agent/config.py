@@ -349,11 +349,28 @@ class SshKrlConfig(_Strict):
                                 description="the user CA sshd trusts (TrustedUserCAKeys)")
     spec_file: Path = Field(Path("/var/lib/aegis/ssh/revoked_keys.spec"),
                             description="the revoked certificates, the KRL's source")
-    session_log: Path | None = Field(
-        None, description="sshd's log in syslog's file format (/var/log/auth.log): its "
-        "'sshd[PID]: Accepted publickey ... ID <key id> (serial N)' lines tie the exec "
-        "monitor's commands to the SSH grant whose certificate opened the session; "
-        "None: commands are not attached to grants")
+    session_log: Literal["journal"] | Path | None = Field(
+        None, description="where sshd's 'sshd[PID]: Accepted publickey ... ID <key id> "
+        "(serial N)' lines are read, to tie the exec monitor's commands to the SSH grant "
+        "whose certificate opened the session: 'journal' (systemd's journal, through "
+        "journalctl: nodes without a syslog daemon) or the absolute path of sshd's log in "
+        "syslog's file format (rsyslog's /var/log/auth.log); None: commands are not "
+        "attached to grants")
+    session_wait: Annotated[float, Field(ge=0, le=2)] = Field(
+        0.2, description="the longest (seconds) a batch of exec events waits for the log "
+        "to name a session's sshd pid (sshd runs the session at once; the log line comes "
+        "through syslog or journald)")
+
+    @field_validator("session_log", mode="before")
+    @classmethod
+    def _session_log(cls, value: object) -> object:
+        if value is None or value == "journal":
+            return value
+        if isinstance(value, str | Path) and Path(value).is_absolute():
+            return Path(value)
+        raise ValueError(f"session_log: {value!r} is neither 'journal' (read sshd's lines "
+                         "from systemd's journal) nor an absolute path to sshd's log in "
+                         "syslog's file format (e.g. /var/log/auth.log)")
 
 
 class MetricsConfig(_Strict):

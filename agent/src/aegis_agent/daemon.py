@@ -38,6 +38,7 @@ from .dns_learning import DnsLearner
 from .enforcement import Enforcement
 from .events import ExecDecoder, RingIds, from_record
 from .grant_usage import GrantUsage
+from .journal_follower import JournalFollower
 from .lockout import LockoutError, Snapshot, Unconfirmed, controller_peers, same_policy
 from .notify import notify, watchdog_interval
 from .policy import Decision, Policy, respond
@@ -144,6 +145,7 @@ class Agent:
 
     _alarm_reported = False
     _metrics: AgentMetrics | None = None
+    ssh_sessions: SshSessions | None = None
 
     def _record_from_any_thread(self, events: list[Event]) -> None:
         """``record``, handed to the loop when called from the controller link's thread."""
@@ -377,7 +379,10 @@ class Agent:
             to_events = ExecDecoder(self.offset_ns, ids).events
             krl = self.cfg.ssh_krl
             if krl is not None and krl.session_log is not None:
-                to_events = SshSessions(krl.session_log).marking(to_events)
+                self.ssh_sessions = SshSessions(
+                    JournalFollower() if krl.session_log == "journal" else krl.session_log,
+                    wait=krl.session_wait)
+                to_events = self.ssh_sessions.marking(to_events)
         else:
             def to_events(records: list[tuple[int, bytes]]) -> list[Event]:
                 return [from_record(part.decode(raw), self.offset_ns).model_copy(
@@ -493,7 +498,8 @@ class Agent:
                 "connect_monitor": self.connects.stats() if self.connects else None,
                 "spool": self.spool.status(), "watchdog": self.last_reading,
                 "controller": self.uplink.last if self.uplink else None,
-                "secrets": self.secrets.status() if self.secrets else None}
+                "secrets": self.secrets.status() if self.secrets else None,
+                "ssh_sessions": self.ssh_sessions.status() if self.ssh_sessions else None}
 
     # -- periodic work ---------------------------------------------------------------------
     async def _every(self, seconds: float, fn: Any) -> None:
@@ -638,6 +644,8 @@ class Agent:
         for part in (self.segment, self.execs, self.connects):
             if part is not None:
                 part.close()
+        if self.ssh_sessions is not None:  # the journal reader's child ends with it
+            self.ssh_sessions.close()
         self.spool.close()
         log.info("agent stopped; enforcement stays pinned", extra={"exit": self._exit})
 

@@ -50,6 +50,7 @@ METRIC_NAMES = frozenset({
     "aegis_agent_process_open_fds", "aegis_agent_process_max_fds",
     "aegis_agent_label_policy_packets", "aegis_agent_label_policy_bytes",
     "aegis_agent_fqdn_learned_addresses", "aegis_agent_dns_answers",
+    "aegis_agent_ssh_session_execs_unmatched",
 })
 
 
@@ -94,6 +95,12 @@ class AgentCollector(Collector):
         yield from self._fqdn()
         yield from self._rings()
         yield from self._spool()
+        unmatched = CounterMetricFamily(
+            "aegis_agent_ssh_session_execs_unmatched", "Execs in an SSH session whose sshd "
+            "pid sshd's log had not named within ssh_krl.session_wait: not attached to a "
+            "grant (0 without ssh_krl.session_log)")
+        unmatched.add_metric([], a.ssh_sessions.unmatched if a.ssh_sessions else 0)
+        yield unmatched
         attach = GaugeMetricFamily("aegis_agent_bpf_attach_info", "1 for each enforcement "
                                    "component attached, labelled with its attach mode",
                                    labels=["component", "mode"])
