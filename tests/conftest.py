@@ -102,7 +102,13 @@ FIXTURE_JOBS = {"execution_environment": ee_job}
 #: and namespaces) and uses no session fixture; their tests in this run wait for the
 #: child's verdicts
 LANE_MODULES = {"tests/e2e/test_harden.py": 65, "tests/integration/test_benchmarks_run.py": 66,
-                "tests/e2e/test_secrets_fleet.py": 67, "tests/e2e/test_agent_fleet.py": 68}
+                "tests/e2e/test_secrets_fleet.py": 67, "tests/e2e/test_agent_fleet.py": 68,
+                "tests/integration/test_controller_fuzz.py": 69,
+                "tests/integration/test_agent_daemon.py": 70,
+                "tests/integration/test_recovery_steps.py": 71,
+                "tests/integration/test_ledger_cli.py": 72,
+                "tests/e2e/test_local_fleet.py": 73,
+                "tests/integration/test_segment_lockout.py": 74}
 CHILD_SUFFIXES = 1100  # the child's sub-prefixes: RUN_PREFIX + (1100..1295 in base 36)
 
 
@@ -112,7 +118,7 @@ def _child_run(module: object, items: list[pytest.Item]) -> tuple[Job, list[pyte
     rel = Path(str(module.__file__)).relative_to(REPO_ROOT)
     key = f"pytest:{rel.stem}"
     xml = LANE.log_dir / f"{rel.stem}.xml"
-    suffixes = CHILD_SUFFIXES + 40 * list(LANE_MODULES).index(str(rel))  # one range a child
+    suffixes = CHILD_SUFFIXES + 16 * list(LANE_MODULES).index(str(rel))  # one range a child
     env = dict(os.environ, AEGIS_TEST_PREFIX=RUN_PREFIX, AEGIS_TEST_LANE="0",
                AEGIS_TEST_CHILD="1", AEGIS_TEST_SUFFIX_START=str(suffixes))
     cmd = Command([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-v",
