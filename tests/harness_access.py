@@ -57,6 +57,7 @@ class NetnsRelay:
             except OSError:
                 inside.close()
                 continue
+            outside.settimeout(None)  # for connecting only: idle connections stay open
             self._conns += [inside, outside]
             for a, b in ((inside, outside), (outside, inside)):
                 threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()

@@ -89,6 +89,9 @@ class Relay:
             except OSError:
                 client.close()
                 continue
+            # the 5 s was for connecting: left on, an idle keep-alive connection was cut
+            # after 5 s, even while a request was waiting for its answer
+            upstream.settimeout(None)
             with self._lock:
                 if self._listener is not listener:
                     client.close()

@@ -143,3 +143,55 @@ def test_an_orders_repr_never_shows_the_wrapping_token() -> None:
     for text in (repr(order), str(order), repr(signed), str(signed)):
         assert WRAPPED not in text and "aegis-web" in text
     assert signed.order.args["wrapped_secret_id"] == WRAPPED  # the value itself is intact
+
+
+class _DropsFirstRequest:
+    """A loopback HTTP server (a local stand-in for a Vault behind a proxy) that reads the
+    first request and closes the connection without an answer — what a keep-alive
+    connection closed by a proxy's idle timeout does to a request already sent — then
+    answers every later one. ``drops``: how many requests to drop."""
+
+    def __init__(self, drops: int) -> None:
+        import socket
+        import threading
+        self.drops, self.requests = drops, 0
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.addr = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            with conn:
+                conn.recv(65536)
+                self.requests += 1
+                if self.requests <= self.drops:
+                    continue
+                body = b'{"auth": {"client_token": "renewed"}}'
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                             b"Connection: close\r\nContent-Length: "
+                             + str(len(body)).encode() + b"\r\n\r\n" + body)
+
+
+@pytest.mark.parametrize(("drops", "ok"), [(1, True), (2, True), (3, False)])
+def test_a_call_whose_connection_broke_before_an_answer_is_tried_twice_more(
+        token_file: Path, drops: int, ok: bool) -> None:
+    from aegis_controller.secrets.vault import SecretsVault, VaultCallError
+    server = _DropsFirstRequest(drops)
+    settings = SecretsSettings.resolve(token_file=str(token_file), addr=server.addr)
+    assert settings is not None
+    vault = SecretsVault(settings)
+    try:
+        if ok:
+            vault.renew_self()  # before: "Server disconnected without sending a response"
+        else:
+            with pytest.raises(VaultCallError, match=r"cannot reach the vault at .* to renew "
+                               r"the controller's token: RemoteProtocolError"):
+                vault.renew_self()
+        assert server.requests == min(drops + 1, 3)
+    finally:
+        vault.close()
+        server.sock.close()

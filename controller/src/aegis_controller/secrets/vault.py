@@ -6,6 +6,7 @@ travels only in the ``X-Vault-Token`` header; wrapping tokens only in return val
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,11 @@ import httpx
 from .settings import SecretsSettings
 
 TIMEOUT = 10.0
+#: Pauses before the second and third try of a call whose connection broke before an answer
+#: came (Vault's own Go client retries such calls twice, whatever the method): a keep-alive
+#: connection closed by a proxy or load balancer just as a request went out fails that
+#: request although the server is up. A timeout is not tried again (it already waited).
+RETRY_PAUSES = (0.2, 0.5)
 #: The secret_id metadata key (copied onto the node's token) naming the node.
 OWNER = "aegis_node"
 
@@ -51,11 +57,7 @@ class VaultClient:
 
     def _call(self, method: str, path: str, what: str, body: dict | None = None,
               headers: dict[str, str] | None = None) -> dict[str, Any]:
-        try:
-            r = self._http.request(method, f"/v1/{path}", json=body, headers=headers)
-        except httpx.HTTPError as e:
-            raise VaultCallError(f"cannot reach the vault at {self.addr} to {what}: "
-                                 f"{type(e).__name__}: {e}") from None
+        r = self._request(method, path, what, body, headers)
         if r.status_code >= 400:
             try:
                 errors = "; ".join(str(x) for x in r.json().get("errors") or [])
@@ -72,6 +74,21 @@ class VaultClient:
             raise VaultCallError(f"the vault at {self.addr} answered {what} with "
                                  "something that is not JSON") from None
         return doc if isinstance(doc, dict) else {}
+
+
+    def _request(self, method: str, path: str, what: str, body: dict | None,
+                 headers: dict[str, str] | None) -> httpx.Response:
+        pauses = iter(RETRY_PAUSES)
+        while True:
+            try:
+                return self._http.request(method, f"/v1/{path}", json=body, headers=headers)
+            except httpx.HTTPError as e:
+                pause = next(pauses, None)
+                if pause is None or not isinstance(e, httpx.TransportError) or isinstance(
+                        e, httpx.TimeoutException):
+                    raise VaultCallError(f"cannot reach the vault at {self.addr} to {what}: "
+                                         f"{type(e).__name__}: {e}") from None
+            time.sleep(pause)
 
 
 class SecretsVault(VaultClient):
