@@ -243,8 +243,26 @@ def alembic_config(url: str | None = None) -> Config:
     return config
 
 
+def newest_revision() -> str:
+    """The newest shipped migration: each file under ``migrations/versions`` is named for its
+    revision, ``NNNN_what`` (tests/unit/test_db_schema_head.py holds that to alembic's head)."""
+    return max(p.stem for p in (MIGRATIONS / "versions").glob("[0-9][0-9][0-9][0-9]_*.py"))
+
+
+def at_newest(engine: Engine) -> bool:
+    """Whether the schema is already at :func:`newest_revision`: one read, no alembic (whose
+    import and script scan cost a command-line call about a fifth of its time)."""
+    with errors(engine), engine.connect() as conn:
+        if not engine.dialect.has_table(conn, "alembic_version"):
+            return False
+        rows = conn.execute(text("SELECT version_num FROM alembic_version")).scalars().all()
+    return rows == [newest_revision()]
+
+
 def upgrade(engine: Engine) -> None:
     """Bring the schema to the newest revision (idempotent; safe from several processes)."""
+    if at_newest(engine):
+        return
     from alembic import command
     from alembic.runtime.migration import MigrationContext
 

@@ -23,12 +23,12 @@ import os
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any
-
-import httpx
-import jwt
+from typing import TYPE_CHECKING, Any
 
 from ..errors import Unauthenticated, Unavailable
+
+if TYPE_CHECKING:
+    import jwt
 
 log = logging.getLogger(__name__)
 
@@ -120,6 +120,8 @@ class TokenVerifier:
         return self._keys.fetches
 
     def verify(self, token: str) -> User:
+        import jwt  # only serve verifies tokens: the command line stays quick
+
         s = self.settings
         try:
             header = jwt.get_unverified_header(token)
@@ -196,6 +198,9 @@ class TokenVerifier:
         return key
 
     def _fetch(self, now: float) -> None:
+        import httpx  # see verify
+        import jwt
+
         verify: str | bool = self.settings.ca_file or True
         try:
             with httpx.Client(verify=verify, timeout=5, follow_redirects=False) as client:

@@ -21,8 +21,6 @@ import os
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 from aegis_protocol import routes
 from aegis_protocol.access import parse_duration
 
@@ -64,6 +62,8 @@ def _call(args: argparse.Namespace, method: str, path: str,
                          "AEGIS_CONTROLLER_URL)")
     ca = args.ca or os.environ.get("AEGIS_CONTROLLER_CA")
     headers = {"Authorization": f"Bearer {_token(args)}"}
+    import httpx  # the other commands never need it: they start quicker
+
     try:
         with httpx.Client(base_url=url, verify=ca or True, timeout=30) as client:
             answer = client.request(method, path, json=body, headers=headers)

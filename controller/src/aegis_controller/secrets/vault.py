@@ -9,11 +9,12 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import httpx
+from typing import TYPE_CHECKING, Any
 
 from .settings import SecretsSettings
+
+if TYPE_CHECKING:
+    import httpx
 
 TIMEOUT = 10.0
 #: Pauses before the second and third try of a call whose connection broke before an answer
@@ -48,6 +49,8 @@ class VaultClient:
     def __init__(self, addr: str, token: str, ca_file: Path | None,
                  timeout: float = TIMEOUT) -> None:
         self.addr = addr
+        import httpx  # only serve calls Vault: the command line stays quick
+
         verify: str | bool = str(ca_file) if ca_file else True
         self._http = httpx.Client(base_url=addr, verify=verify, timeout=timeout,
                                   headers={"X-Vault-Token": token})
@@ -78,6 +81,8 @@ class VaultClient:
 
     def _request(self, method: str, path: str, what: str, body: dict | None,
                  headers: dict[str, str] | None) -> httpx.Response:
+        import httpx
+
         pauses = iter(RETRY_PAUSES)
         while True:
             try:
