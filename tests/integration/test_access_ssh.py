@@ -453,7 +453,8 @@ def test_the_commands_of_a_session_go_on_the_ledger_under_its_grant(
         # renamed sshd (the walk must not stop at a look-alike of the session's sshd)
         out = lab.sshd.login(key, cert, command="id; ls /tmp | wc -l; sh -c 'echo hi'; "
                              "(cat /dev/null; tail -n0 /dev/null); setsid -w uname -s; "
-                             "cp /bin/sh /tmp/sshd && /tmp/sshd -c '/tmp/sshd -c \"id -u\"'")
+                             "cp /bin/sh /tmp/sshd && /tmp/sshd -c '/tmp/sshd -c \"id -u\"'; "
+                             "env DB_PASSWORD=s3cr3t-in-argv true")
         assert out.returncode == 0, out.stderr + lab.sshd.log()
         assert "uid=0(root)" in out.stdout and "hi\nLinux\n0\n" in out.stdout, out.stdout
         outside = subprocess.Popen(["basename", "outside-session"], stdout=subprocess.PIPE,
@@ -484,6 +485,11 @@ def test_the_commands_of_a_session_go_on_the_ledger_under_its_grant(
     for line in ("ls /tmp", "wc -l", "sh -c echo hi", "cat /dev/null", "tail -n0 /dev/null",
                  "setsid -w uname -s", "uname -s", "id -u"):
         assert line in args, (line, args)
+    # a secret typed on the command line is masked before the event is made: not in the
+    # agent's events (its spool), not on the ledger
+    assert "env DB_PASSWORD=***** true" in args, args
+    assert not [e for e in events if "s3cr3t-in-argv" in str(e.data)]
+    assert "s3cr3t-in-argv" not in lab.server.ctl("ledger", "show").stdout
     principal = f"{lab.idp.tag}-adam"
     assert all(s["user"]["name"] == principal and s["node"] == NODE for s in steps), steps
     assert {s["ssh_serial"] for s in steps} == {first["ssh"]["serial"]}

@@ -22,6 +22,8 @@ import struct
 from dataclasses import dataclass
 from enum import IntEnum
 
+from ..args_redaction import redact
+
 
 class CStruct(struct.Struct):
     """A ``struct.Struct`` built from named fields of one C struct (``c_name``).
@@ -362,12 +364,13 @@ EXEC_EVENT_V1_SIZE = 320
 
 
 def exec_args(raw: bytes) -> str | None:
-    """The argv of an ``exec_event_args`` record, its strings joined by spaces (None for a
-    plain record; cut at EXEC_ARGS_LEN - 1 bytes)."""
+    """The argv of an ``exec_event_args`` record, its strings joined by spaces, with
+    secrets masked (:mod:`aegis_agent.args_redaction`; None for a plain record; cut at
+    EXEC_ARGS_LEN - 1 bytes)."""
     if len(raw) <= EXEC_EVENT.size:
         return None
-    return " ".join(a.decode(errors="replace")
-                    for a in raw[EXEC_EVENT.size:].rstrip(b"\0").split(b"\0"))
+    return redact(" ".join(a.decode(errors="replace")
+                           for a in raw[EXEC_EVENT.size:].rstrip(b"\0").split(b"\0")))
 
 
 def exec_raw_current(raw: bytes) -> bytes:
