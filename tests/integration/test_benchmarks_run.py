@@ -16,8 +16,8 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.mark.parametrize(("module", "args", "keys"), [
-    ("benchmarks.intake", ["--events", "200", "--batch", "50"],
-     {"new_events_per_s", "duplicate_events_per_s"}),
+    ("benchmarks.intake", ["--events", "200", "--batch", "50", "--nodes", "2"],
+     {"new_events_per_s", "duplicate_events_per_s", "fleet_new_events_per_s"}),
     ("benchmarks.ledger", ["--records", "200", "--batch", "50", "--single", "20", "--threads", "4"],
      {"append_single_per_s", "append_grouped_per_s", "append_batched_per_s", "verify_per_s"}),
     ("benchmarks.access", ["--grants", "2", "--idle-samples", "0"],
