@@ -9,12 +9,14 @@ The request bodies are encoded before the clock starts (an agent encodes its bat
 own node; the client here shares the controller's two cores). Prints events/s for each
 phase, the controller's CPU per event, and one JSON line (through
 :func:`benchmarks.figures.report`). ``--db-url`` runs it on another database (e.g.
-``postgresql+psycopg://...``; an empty database the controller migrates).
+``postgresql+psycopg://...``; an empty database the controller migrates); ``--postgres``
+starts a throw-away PostgreSQL with fsync on, as in production, and runs it there.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -39,6 +41,10 @@ from aegis_protocol.files import key_pem
 from aegis_protocol.signing import public_key_text
 
 from .figures import report
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+
+from harness_pg import postgres_server  # the tests' throw-away PostgreSQL
 
 TARGETS = {"new_events_per_s": ">= 25,000 on SQLite, higher on PostgreSQL",
            "fleet_new_events_per_s": ">= 25,000 on SQLite, higher on PostgreSQL"}
@@ -185,13 +191,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch", type=int, default=500)
     p.add_argument("--nodes", type=int, default=4,
                    help="nodes posting at once in the fleet phase (default 4)")
-    p.add_argument("--db-url", help="the controller's database (default: SQLite in the "
-                   "throw-away state directory)")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--db-url", help="the controller's database (default: SQLite in the "
+                       "throw-away state directory)")
+    where.add_argument("--postgres", action="store_true", help="a throw-away PostgreSQL "
+                       "(fsync on) started for the run")
     args = p.parse_args(argv)
     if args.events < 1 or not 1 <= args.batch <= 1000 or not 1 <= args.nodes <= 64:
         p.error("--events must be >= 1, --batch between 1 and 1000, --nodes between 1 and 64")
-    r = run(args.events, args.batch, args.db_url, args.nodes)
-    database = "SQLite" if not args.db_url else args.db_url.split(":", 1)[0].split("+")[0]
+    with contextlib.ExitStack() as stack:
+        url = args.db_url
+        if args.postgres:
+            url = stack.enter_context(stack.enter_context(
+                postgres_server("aegis-bench-intake", durable=True)).database())
+        r = run(args.events, args.batch, url, args.nodes)
+    database = "SQLite" if not url else url.split(":", 1)[0].split("+")[0]
     report("intake", {"new_events_per_s": r["new_events_per_s"],
                       "duplicate_events_per_s": r["duplicate_events_per_s"],
                       "fleet_new_events_per_s": r["fleet_new_events_per_s"]},

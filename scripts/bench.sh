@@ -52,4 +52,5 @@ if want controller; then
   echo "=== controller: ledger append/verify rates, event intake over mutual TLS"
   run ledger "$@"
   run intake "$@"
+  run intake --postgres "$@"
 fi

@@ -74,10 +74,12 @@ class PgServer:
 
 
 @contextlib.contextmanager
-def postgres_server(prefix: str, hosts: tuple[str, ...] = ()) -> Iterator[PgServer]:
+def postgres_server(prefix: str, hosts: tuple[str, ...] = (),
+                    durable: bool = False) -> Iterator[PgServer]:
     """A running server; ``database()`` gives each test its own database. ``hosts``: other
     addresses of this machine to listen on too (a lab fleet's bridge address), where
-    clients of the same subnet log in with a password (never as the superuser)."""
+    clients of the same subnet log in with a password (never as the superuser).
+    ``durable``: fsync on, as in production (the tests run without it)."""
     binaries = pg_bin()
     try:
         pwd.getpwnam("postgres")
@@ -101,7 +103,8 @@ def postgres_server(prefix: str, hosts: tuple[str, ...] = ()) -> Iterator[PgServ
         _as_postgres(binaries / "pg_ctl", "-D", data, "-l", root / "server.log", "-w",
                      "-o", f"-c listen_addresses={','.join(('127.0.0.1', *hosts))} "
                            f"-c port={port} "
-                           f"-c unix_socket_directories={root} -c fsync=off", "start")
+                           f"-c unix_socket_directories={root} "
+                           f"-c fsync={'on' if durable else 'off'}", "start")
         started = True
         yield PgServer(port, hosts=hosts)
     finally:

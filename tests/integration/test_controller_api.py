@@ -202,7 +202,8 @@ def test_events_become_incidents_once_and_a_quarantine_is_ordered(server: Server
     assert [(e["kind"], e["ts_ns"], e["data"]["action"]) for e in events] == [
         ("policy", 2, "quarantine")]
     both = [json.loads(line) for line in server.ctl("events", "--node", "i1").stdout.splitlines()]
-    assert [e["kind"] for e in both] == ["exec_denied", "policy"]
+    assert [(e["kind"], e["severity"], e["ts_ns"]) for e in both] == [
+        ("exec_denied", "warning", 1), ("policy", "critical", 2)]
     assert both[0]["data"]["filename"] == "/usr/bin/nc"
     last = [json.loads(line) for line in server.ctl(
         "events", "--node", "i1", "--limit", "1").stdout.splitlines()]
