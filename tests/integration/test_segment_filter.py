@@ -16,7 +16,9 @@ import pytest
 from aegis_agent.bpf import SegmentFilter, layout
 from aegis_agent.bpf.edges import Edge
 from aegis_agent.bpf.libbpf import LibbpfError
+from aegis_agent.bpf.segment import LAST_SEEN_GRANULARITY_NS
 from conftest import sub_prefix
+from harness import REPO
 
 pytestmark = pytest.mark.integration
 
@@ -145,6 +147,26 @@ def test_short_ttl_expires_by_itself(seg):
     time.sleep(0.08)
     assert not passes(seg, syn())
     assert nonzero(seg) == {"pass_edge": 1, "drop_expired": 1}
+
+
+def test_a_packet_right_after_the_grant_marks_the_edge_used(seg):
+    """The filter rewrites an edge's last_seen only when it is a millisecond old; a grant
+    used only within its first millisecond (a quick probe, a retransmitted SYN landing
+    just after the grant) must still count as used — else its first packet is never
+    reported (found as a missing ``first_packet`` ledger step in a CI run)."""
+    packet = syn()
+    seg.test_run(packet, "ingress")  # the test-run path warmed up: no first-call cost below
+    granted = time.monotonic_ns()
+    seg.grant(f"{PEER} -> {NODE} tcp/22", idle=5)
+    assert passes(seg, packet)  # no sleep: inside the grant's first millisecond
+    passed = time.monotonic_ns()
+    state = seg.edges()[0]
+    if passed - granted >= 10**6:
+        pytest.skip("the packet came more than a millisecond after the grant here")
+    assert state.used and state.state() == "active"
+    # the agent's copy of the filter's constant (it sets last_seen that far before a grant)
+    source = (REPO / "bpf" / "segment.bpf.c").read_text()
+    assert f"#define LAST_SEEN_GRANULARITY_NS {LAST_SEEN_GRANULARITY_NS}ULL" in source
 
 
 def test_inactive_edge_is_dropped_and_traffic_refreshes_last_seen(seg):
