@@ -5,8 +5,10 @@ stored order scrubbed, report checks, revocation back-off, and the agent-event r
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -17,6 +19,7 @@ from aegis_controller.incidents import incidents_for
 from aegis_controller.secrets.revocation import MAX_BACKOFF, backoff
 from aegis_controller.secrets.settings import SecretsConfigError, SecretsSettings
 from aegis_controller.secrets.store import LEASE, ledger_args, scrub_signed
+from aegis_controller.secrets.vault import SecretsVault, VaultCallError
 from aegis_protocol.events import Event
 from aegis_protocol.orders import new_order, sign_order
 
@@ -152,8 +155,6 @@ class _DropsFirstRequest:
     answers every later one. ``drops``: how many requests to drop."""
 
     def __init__(self, drops: int) -> None:
-        import socket
-        import threading
         self.drops, self.requests = drops, 0
         self.sock = socket.create_server(("127.0.0.1", 0))
         self.addr = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
@@ -179,7 +180,6 @@ class _DropsFirstRequest:
 @pytest.mark.parametrize(("drops", "ok"), [(1, True), (2, True), (3, False)])
 def test_a_call_whose_connection_broke_before_an_answer_is_tried_twice_more(
         token_file: Path, drops: int, ok: bool) -> None:
-    from aegis_controller.secrets.vault import SecretsVault, VaultCallError
     server = _DropsFirstRequest(drops)
     settings = SecretsSettings.resolve(token_file=str(token_file), addr=server.addr)
     assert settings is not None

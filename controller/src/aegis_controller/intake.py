@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects import sqlite
 
 from aegis_protocol.events import Event, EventBatch, EventBatchAck
 
@@ -28,20 +28,18 @@ log = logging.getLogger(__name__)
 _encode_data = json.JSONEncoder(sort_keys=True).encode
 
 
-def _insert_events(dialect: str) -> sa.Insert:
-    """``INSERT … ON CONFLICT (node_id, event_id) DO NOTHING RETURNING event_id`` for the
-    engine's dialect, run with every row of a batch at once (SQLAlchemy sends them as
-    multi-row VALUES)."""
-    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    return (insert(tables.events).on_conflict_do_nothing(index_elements=["node_id", "event_id"])
-            .returning(tables.events.c.event_id))
+#: SQLite: ``INSERT … ON CONFLICT (node_id, event_id) DO NOTHING RETURNING event_id``, run
+#: with every row of a batch at once (SQLAlchemy sends them as multi-row VALUES).
+_SQLITE_INSERT_EVENTS = (
+    sqlite.insert(tables.events).on_conflict_do_nothing(index_elements=["node_id", "event_id"])
+    .returning(tables.events.c.event_id))
 
 
 #: PostgreSQL: the batch as five arrays through ``unnest`` — one short statement that
-#: psycopg parses once and then runs prepared. The multi-row VALUES of :func:`_insert_events`
-#: is 3,500 parameters for 500 events, and psycopg parsed that text again for every batch:
-#: 44 % of the controller's CPU per event (py-spy, ``./aegis bench controller`` on
-#: PostgreSQL). Same rows, same ``ON CONFLICT DO NOTHING``, same ``RETURNING``.
+#: psycopg parses once and then runs prepared. A multi-row VALUES (as SQLite gets) is 3,500
+#: parameters for 500 events, and psycopg parsed that text again for every batch: 44 % of
+#: the controller's CPU per event (py-spy, ``./aegis bench controller`` on PostgreSQL).
+#: Same rows, same ``ON CONFLICT DO NOTHING``, same ``RETURNING``.
 _PG_INSERT_EVENTS = sa.text(
     "INSERT INTO events (node_id, event_id, ts_ns, kind, severity, data, received_at) "
     "SELECT :node_id, e.event_id, e.ts_ns, e.kind, e.severity, e.data, :received_at "
@@ -64,7 +62,7 @@ def _store_rows(conn: sa.Connection, node_id: str, now: int,
             "severities": [ev.severity for ev in events],
             "data": [_encode_data(ev.data) for ev in events]})
     else:
-        result = conn.execute(_insert_events(conn.dialect.name), [
+        result = conn.execute(_SQLITE_INSERT_EVENTS, [
             {"node_id": node_id, "event_id": event_id, "ts_ns": ev.ts_ns, "kind": ev.kind,
              "severity": ev.severity, "data": _encode_data(ev.data), "received_at": now}
             for event_id, ev in unique.items()])

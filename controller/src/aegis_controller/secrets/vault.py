@@ -78,7 +78,6 @@ class VaultClient:
                                  "something that is not JSON") from None
         return doc if isinstance(doc, dict) else {}
 
-
     def _request(self, method: str, path: str, what: str, body: dict | None,
                  headers: dict[str, str] | None) -> httpx.Response:
         import httpx
