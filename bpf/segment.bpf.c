@@ -49,9 +49,6 @@
 #define ICMP_ECHO 8
 #define IPPROTO_ICMPV6 58
 #define IPV4_FRAG_OFFSET 0x1fff
-/* last_seen of an edge is rewritten at most once per millisecond per edge: idle
- * timeouts are seconds-scale, and fewer writes keep the cache line shared. */
-#define LAST_SEEN_GRANULARITY_NS 1000000ULL
 /* How far the coarse clock may lag the precise one (it lags by up to a tick, 1-10 ms,
  * a little more under load): a cache hit this close to a deadline reads the precise
  * clock. */

@@ -56,6 +56,11 @@ enum verdict {
 #define SLOT_DNS_SENT 132       /* DNS answers copied to seg_dns */
 #define SLOT_DNS_LOST 133       /* DNS answers not copied: seg_dns full */
 #define N_SLOTS 136
+/* last_seen of an edge is rewritten at most once per millisecond per edge: idle
+ * timeouts are seconds-scale, and fewer writes keep the cache line shared. The agent sets
+ * a new grant's last_seen this far before the grant, so a packet in its first millisecond
+ * still marks it used. */
+#define LAST_SEEN_GRANULARITY_NS 1000000ULL
 
 struct config {
 	__u32 mode;

@@ -3,7 +3,8 @@
 The C side declares the same structs once in ``bpf/segment.h``, ``bpf/exec.h``,
 ``bpf/connect.h`` and ``bpf/scope.h``. Each Python mirror here is a :class:`CStruct`
 that names its fields, so ``tests/unit/test_bpf_layout.py`` compiles a file of
-``sizeof``/``offsetof`` assertions from them against those headers: a drift fails the
+``sizeof``/``offsetof`` assertions from them (and of the ``#define``s mirrored here, such
+as counter slots and ``LAST_SEEN_GRANULARITY_NS``) against those headers: a drift fails the
 build of that test, not a node. Map names and sizes are declared per object
 (``SEGMENT_MAPS``, ``EXEC_MAPS``, ``CONNECT_MAPS``) and checked against the pinned maps
 whenever they are re-opened (``pinned.PinnedObject.open``).
@@ -152,6 +153,8 @@ SLOT_EVENTS = {"sent": 128, "suppressed": 129, "lost": 130}
 SLOT_FLOW_CACHE_HIT = 131
 SLOT_DNS = {"sent": 132, "lost": 133}
 N_SLOTS = 136
+#: An edge's last_seen is rewritten only when it is at least this old.
+LAST_SEEN_GRANULARITY_NS = 1_000_000
 
 CONFIG = CStruct("config", "<", [
     ("mode", "I"), ("quarantine", "I"), ("arp", "I"), ("ipv6", "I"), ("edge_kinds", "I"),

@@ -61,9 +61,6 @@ POLICY_MAPS = (MAP_SEG_CONFIG, MAP_SEG_MGMT, MAP_SEG_MGMT_NETS, MAP_SEG_EDGES,
 LABEL_POLICY_MAPS = (layout.MAP_SEG_POLICIES, layout.MAP_SEG_POL_EDGES, layout.MAP_SEG_FQDN,
                      layout.MAP_SEG_FQDN_RULES)
 _ONE = (1).to_bytes(4, "little")
-#: segment.bpf.c's LAST_SEEN_GRANULARITY_NS: an edge's last_seen is rewritten only when it
-#: is at least this old
-LAST_SEEN_GRANULARITY_NS = 1_000_000
 XDP_PASS, XDP_DROP = 2, 1
 TC_ACT_OK, TC_ACT_SHOT = 0, 2
 _XDP_FLAGS = {"native": syscall.XDP_FLAGS_DRV_MODE, "generic": syscall.XDP_FLAGS_SKB_MODE}
@@ -611,11 +608,11 @@ class SegmentFilter(PinnedObject):
         ttl_ns = _seconds_to_ns(ttl, "ttl")
         idle_ns = _seconds_to_ns(idle, "idle timeout")
         # last_seen a millisecond before the grant: the filter rewrites it only when it is
-        # that old (LAST_SEEN_GRANULARITY_NS), so even a packet in the grant's first
+        # that old (layout.LAST_SEEN_GRANULARITY_NS), so even a packet in the grant's first
         # millisecond moves it past the grant time and the edge counts as used (its first
         # packet is reported); the idle timeout starts a millisecond early
         return layout.EDGE_VAL.pack(now + ttl_ns if ttl_ns else 0, idle_ns,
-                                    now - LAST_SEEN_GRANULARITY_NS, now)
+                                    now - layout.LAST_SEEN_GRANULARITY_NS, now)
 
     def _add_kinds(self, kinds: int) -> None:
         cfg = self.config()
